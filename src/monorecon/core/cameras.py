@@ -1,0 +1,483 @@
+"""Cameras, look-at, orbits, coordinate transforms and rays.
+
+Conventions (used everywhere in monorecon; pinned by ``tests/test_cameras.py``):
+
+* **World**: right-handed, **+Y up**, +X right and **+Z towards the viewer of the input (front) view**. This is the
+  glTF convention, so meshes are exported without any rotation.
+* **Camera** (OpenGL style): the camera looks down its own **-Z**, +X is image right, +Y image up. A camera is given
+  by its camera-to-world matrix ``c2w`` (B, 4, 4) whose columns are ``[right, up, back, position]``.
+  ``depth = -z_camera`` is positive in front of the camera.
+* **NDC**: ``x_ndc`` in [-1, 1] from the left to the right image edge, ``y_ndc`` in [-1, 1] from the bottom to the
+  top edge (each axis spans its own side of the image).
+* **Pixels**: ``u`` from the left edge to the right, ``v`` from the top edge down, in pixel units; the centre of the
+  pixel in row ``i``, column ``j`` is ``(u, v) = (j + 0.5, i + 0.5)``.
+* **Spherical** positions: ``eye = d * (cos(el) sin(az), sin(el), cos(el) cos(az))``; azimuth 0 is the front (+Z),
+  azimuth 90 deg is +X, positive elevation is above.
+
+Named conversions to other frames live at the end of this module (:func:`triposr_to_world`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_image_size, check_tensor
+
+__all__ = [
+    "Cameras",
+    "OrthographicCameras",
+    "PerspectiveCameras",
+    "WeakPerspectiveCameras",
+    "fibonacci_sphere",
+    "look_at",
+    "orbit_c2w",
+    "pixel_centers",
+    "quaternion_to_matrix",
+    "spherical_to_cartesian",
+    "triposr_to_world",
+    "world_to_gltf",
+    "world_to_triposr",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Poses
+# --------------------------------------------------------------------------------------------------------------------
+def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up: torch.Tensor | None = None) -> torch.Tensor:
+    """Camera-to-world matrices of cameras at ``eye`` looking at ``target``.
+
+    Args:
+        eye: (B, 3) or (3,) camera positions (world).
+        target: (B, 3) or (3,) points looked at; default the origin.
+        up: (B, 3) or (3,) world up hint; default +Y.
+
+    Returns:
+        (B, 4, 4) c2w with columns [right, up, back, position]; differentiable w.r.t. ``eye`` and ``target``.
+    """
+    eye = check_tensor(eye, "eye", floating=True)
+    eye = eye.reshape(-1, 3)
+    target = eye.new_zeros(3) if target is None else check_tensor(target, "target", floating=True).to(eye)
+    up = eye.new_tensor([0.0, 1.0, 0.0]) if up is None else check_tensor(up, "up", floating=True).to(eye)
+    target, up = target.reshape(-1, 3).expand_as(eye), up.reshape(-1, 3).expand_as(eye)
+    back = eye - target
+    if bool((back.norm(dim=-1) < 1e-9).any()):
+        raise ValueError("look_at: eye and target coincide")
+    back = F.normalize(back, dim=-1)
+    right = torch.linalg.cross(up, back, dim=-1)
+    if bool((right.norm(dim=-1) < 1e-6).any()):
+        raise ValueError("look_at: viewing direction is parallel to the up vector; choose another up")
+    right = F.normalize(right, dim=-1)
+    true_up = torch.linalg.cross(back, right, dim=-1)
+    c2w = torch.zeros(eye.shape[0], 4, 4, dtype=eye.dtype, device=eye.device)
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, true_up, back, eye
+    c2w[:, 3, 3] = 1.0
+    return c2w
+
+
+def spherical_to_cartesian(
+    azimuth_deg: torch.Tensor | float, elevation_deg: torch.Tensor | float, distance: torch.Tensor | float
+) -> torch.Tensor:
+    """(…,) azimuth / elevation in degrees and distance -> (…, 3) positions (module convention)."""
+    az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.get_default_dtype()))
+    el = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=az.dtype))
+    d = torch.as_tensor(distance, dtype=az.dtype)
+    az, el, d = torch.broadcast_tensors(az, el, d)
+    return torch.stack([d * el.cos() * az.sin(), d * el.sin(), d * el.cos() * az.cos()], dim=-1)
+
+
+def orbit_c2w(
+    azimuth_deg: torch.Tensor | float,
+    elevation_deg: torch.Tensor | float,
+    distance: torch.Tensor | float,
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, 4, 4) c2w of cameras on a sphere around ``target`` (default origin) looking at it, world up +Y.
+
+    A camera exactly above or below (|elevation| = 90 deg) uses +Z as its up hint instead.
+    """
+    eye = spherical_to_cartesian(azimuth_deg, elevation_deg, distance).reshape(-1, 3)
+    if target is not None:
+        eye = eye + target.to(eye).reshape(-1, 3)
+    el = torch.as_tensor(elevation_deg, dtype=eye.dtype).reshape(-1).expand(eye.shape[0])
+    up = torch.where(
+        (el.abs() > 89.999)[:, None], eye.new_tensor([0.0, 0.0, -1.0]) * el.sign()[:, None], eye.new_tensor([0.0, 1, 0])
+    )
+    return look_at(eye, target, up)
+
+
+def fibonacci_sphere(n: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n, 3) unit vectors spread evenly on the sphere (golden-angle spiral), deterministic."""
+    if n < 1:
+        raise ValueError(f"fibonacci_sphere needs n >= 1, got {n}")
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    y = 1.0 - 2.0 * i / n
+    r = (1.0 - y * y).clamp_min(0).sqrt()
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    return torch.stack([r * phi.sin(), y, r * phi.cos()], dim=-1).to(dtype)
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(…, 4) quaternions (w, x, y, z), normalised here, -> (…, 3, 3) rotation matrices."""
+    q = check_tensor(q, "quaternion", floating=True)
+    if q.shape[-1] != 4:
+        raise ValueError(f"quaternion must have last dimension 4 (w, x, y, z), got {tuple(q.shape)}")
+    norm = q.norm(dim=-1, keepdim=True)
+    if bool((norm < 1e-12).any()):
+        raise ValueError("quaternion has zero norm")
+    w, x, y, z = (q / norm).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ]  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def pixel_centers(height: int, width: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """(H, W, 2) pixel-centre coordinates ``(u, v) = (j + 0.5, i + 0.5)``."""
+    height, width = check_image_size(height, width)
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device) + 0.5,
+        torch.arange(width, dtype=dtype, device=device) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([u, v], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Cameras:
+    """Base class: a batch of B cameras with an image size.
+
+    Subclasses implement :meth:`camera_to_ndc`, :meth:`ndc_to_camera_ray` and set ``is_perspective``.
+
+    Attributes:
+        c2w: (B, 4, 4) camera-to-world matrices (module convention).
+        height, width: image size in pixels.
+        znear, zfar: clipping depths (positive, in front of the camera).
+    """
+
+    c2w: torch.Tensor
+    height: int
+    width: int
+    znear: float = 0.01
+    zfar: float = 100.0
+
+    is_perspective = True
+
+    def __post_init__(self) -> None:
+        c2w = check_tensor(self.c2w, "c2w", floating=True)
+        if c2w.shape == (4, 4):
+            c2w = c2w[None]
+        check_tensor(c2w, "c2w", (None, 4, 4))
+        rot = c2w[:, :3, :3].detach()
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        if not torch.allclose(rot.transpose(1, 2) @ rot, eye.expand_as(rot), atol=1e-3):
+            raise ValueError("c2w rotation part is not orthonormal")
+        self.c2w = c2w
+        self.height, self.width = check_image_size(self.height, self.width)
+        if not (0 < self.znear < self.zfar) or not math.isfinite(self.zfar):
+            raise ValueError(f"need 0 < znear < zfar < inf, got znear={self.znear}, zfar={self.zfar}")
+
+    # -- basic properties ------------------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def position(self) -> torch.Tensor:
+        """(B, 3) camera centres in world space."""
+        return self.c2w[:, :3, 3]
+
+    @property
+    def w2c(self) -> torch.Tensor:
+        """(B, 4, 4) world-to-camera matrices (rigid inverse of ``c2w``)."""
+        rot_t = self.c2w[:, :3, :3].transpose(1, 2)
+        w2c = torch.zeros_like(self.c2w)
+        w2c[:, :3, :3] = rot_t
+        w2c[:, :3, 3] = -(rot_t @ self.c2w[:, :3, 3:]).squeeze(-1)
+        w2c[:, 3, 3] = 1.0
+        return w2c
+
+    @property
+    def aspect(self) -> float:
+        return self.width / self.height
+
+    # -- transforms ------------------------------------------------------------------------------------------------
+    def _batched_points(self, points: torch.Tensor) -> torch.Tensor:
+        points = check_tensor(points, "points", floating=True)
+        if points.dim() == 2:
+            points = points[None].expand(self.batch_size, -1, -1)
+        check_tensor(points, "points", (None, None, 3))
+        if points.shape[0] not in (1, self.batch_size):
+            raise ValueError(f"points batch {points.shape[0]} does not match {self.batch_size} cameras")
+        return points.expand(self.batch_size, -1, -1)
+
+    def world_to_camera(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) or (N, 3) world points -> (B, N, 3) camera-space points."""
+        points = self._batched_points(points)
+        w2c = self.w2c
+        return points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
+
+    def camera_to_world(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) camera-space points -> (B, N, 3) world points."""
+        points = self._batched_points(points)
+        return points @ self.c2w[:, :3, :3].transpose(1, 2) + self.c2w[:, None, :3, 3]
+
+    def camera_to_ndc(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) camera-space points -> (B, N, 3) ``(x_ndc, y_ndc, depth)``."""
+        raise NotImplementedError
+
+    def transform_points_ndc(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) or (N, 3) world points -> (B, N, 3) ``(x_ndc, y_ndc, depth)``, depth > 0 in front."""
+        return self.camera_to_ndc(self.world_to_camera(points))
+
+    def ndc_to_pixel(self, xy_ndc: torch.Tensor) -> torch.Tensor:
+        """(…, 2) NDC -> (…, 2) pixel coordinates ``(u, v)``."""
+        u = (xy_ndc[..., 0] + 1.0) * 0.5 * self.width
+        v = (1.0 - xy_ndc[..., 1]) * 0.5 * self.height
+        return torch.stack([u, v], dim=-1)
+
+    def pixel_to_ndc(self, uv: torch.Tensor) -> torch.Tensor:
+        """(…, 2) pixel coordinates ``(u, v)`` -> (…, 2) NDC."""
+        x = uv[..., 0] / self.width * 2.0 - 1.0
+        y = 1.0 - uv[..., 1] / self.height * 2.0
+        return torch.stack([x, y], dim=-1)
+
+    def transform_points_screen(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) or (N, 3) world points -> (B, N, 3) ``(u, v, depth)`` in pixels."""
+        ndc = self.transform_points_ndc(points)
+        return torch.cat([self.ndc_to_pixel(ndc[..., :2]), ndc[..., 2:]], dim=-1)
+
+    # -- rays ------------------------------------------------------------------------------------------------------
+    def ndc_to_camera_ray(self, xy_ndc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, …, 2) NDC -> camera-space ray origins and (unnormalised) directions, each (B, …, 3)."""
+        raise NotImplementedError
+
+    def get_rays(self, *, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rays through every pixel centre.
+
+        Returns:
+            origins, directions: (B, H, W, 3) world space; directions have unit length if ``normalize``,
+            else unit depth (``-z_camera`` = 1) for perspective cameras.
+        """
+        uv = pixel_centers(self.height, self.width, dtype=self.c2w.dtype, device=self.c2w.device)
+        ndc = self.pixel_to_ndc(uv)[None].expand(self.batch_size, -1, -1, -1)
+        o_cam, d_cam = self.ndc_to_camera_ray(ndc)
+        rot = self.c2w[:, None, None, :3, :3]
+        directions = (rot @ d_cam[..., None]).squeeze(-1)
+        origins = (rot @ o_cam[..., None]).squeeze(-1) + self.c2w[:, None, None, :3, 3]
+        if normalize:
+            directions = F.normalize(directions, dim=-1)
+        return origins, directions
+
+    def __getitem__(self, index: int | slice) -> Cameras:
+        """A sub-batch of the cameras (same intrinsics class)."""
+        raise NotImplementedError
+
+
+@dataclass
+class PerspectiveCameras(Cameras):
+    """Pinhole cameras with intrinsics in pixels.
+
+    Give either ``fov_y_deg`` (vertical field of view, square pixels, centred principal point) or ``focal``
+    ``(fx, fy)`` and ``principal`` ``(cx, cy)`` in pixels; each may be a float or a (B,) tensor (differentiable).
+    Projection: ``u = cx + fx * x / depth``, ``v = cy - fy * y / depth`` with ``depth = -z`` (camera space).
+    """
+
+    fov_y_deg: torch.Tensor | float | None = None
+    focal: torch.Tensor | tuple[float, float] | None = None
+    principal: torch.Tensor | tuple[float, float] | None = None
+
+    is_perspective = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        like = self.c2w
+        if self.focal is None:
+            if self.fov_y_deg is None:
+                raise ValueError("PerspectiveCameras needs fov_y_deg or focal")
+            fov = torch.as_tensor(self.fov_y_deg, dtype=like.dtype, device=like.device).reshape(-1)
+            check_tensor(fov, "fov_y_deg")
+            if bool(((fov <= 0) | (fov >= 180)).any()):
+                raise ValueError(f"fov_y_deg must lie in (0, 180), got {fov.tolist()}")
+            fy = 0.5 * self.height / torch.tan(torch.deg2rad(fov) / 2)
+            focal = torch.stack([fy, fy], dim=-1)
+        else:
+            focal = torch.as_tensor(self.focal, dtype=like.dtype, device=like.device).reshape(-1, 2)
+            check_tensor(focal, "focal")
+            if bool((focal <= 0).any()):
+                raise ValueError("focal lengths must be positive")
+            self.fov_y_deg = torch.rad2deg(2 * torch.atan(0.5 * self.height / focal[:, 1]))
+        if self.principal is None:
+            principal = like.new_tensor([self.width / 2.0, self.height / 2.0]).reshape(1, 2)
+        else:
+            principal = check_tensor(
+                torch.as_tensor(self.principal, dtype=like.dtype, device=like.device).reshape(-1, 2), "principal"
+            )
+        self.focal = focal.expand(self.batch_size, 2)
+        self.principal = principal.expand(self.batch_size, 2)
+
+    @property
+    def K(self) -> torch.Tensor:
+        """(B, 3, 3) intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` (OpenCV-style, v down)."""
+        k = torch.zeros(self.batch_size, 3, 3, dtype=self.c2w.dtype, device=self.c2w.device)
+        k[:, 0, 0], k[:, 1, 1] = self.focal[:, 0], self.focal[:, 1]
+        k[:, 0, 2], k[:, 1, 2], k[:, 2, 2] = self.principal[:, 0], self.principal[:, 1], 1.0
+        return k
+
+    def projection_matrix(self) -> torch.Tensor:
+        """(B, 4, 4) OpenGL projection matrix: camera space -> clip space (NDC z in [-1, 1] over [znear, zfar])."""
+        fx, fy = self.focal.unbind(-1)
+        cx, cy = self.principal.unbind(-1)
+        n, f = self.znear, self.zfar
+        p = torch.zeros(self.batch_size, 4, 4, dtype=self.c2w.dtype, device=self.c2w.device)
+        p[:, 0, 0] = 2 * fx / self.width
+        p[:, 1, 1] = 2 * fy / self.height
+        p[:, 0, 2] = 1 - 2 * cx / self.width
+        p[:, 1, 2] = 2 * cy / self.height - 1
+        p[:, 2, 2] = -(f + n) / (f - n)
+        p[:, 2, 3] = -2 * f * n / (f - n)
+        p[:, 3, 2] = -1.0
+        return p
+
+    def camera_to_ndc(self, points: torch.Tensor) -> torch.Tensor:
+        depth = -points[..., 2]
+        safe = torch.where(depth.abs() < 1e-12, torch.full_like(depth, 1e-12), depth)
+        u = self.principal[:, None, 0] + self.focal[:, None, 0] * points[..., 0] / safe
+        v = self.principal[:, None, 1] - self.focal[:, None, 1] * points[..., 1] / safe
+        ndc = self.pixel_to_ndc(torch.stack([u, v], dim=-1))
+        return torch.cat([ndc, depth[..., None]], dim=-1)
+
+    def ndc_to_camera_ray(self, xy_ndc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        uv = self.ndc_to_pixel(xy_ndc)
+        shape = (self.batch_size,) + (1,) * (uv.dim() - 2)
+        fx, fy = self.focal[:, 0].reshape(shape), self.focal[:, 1].reshape(shape)
+        cx, cy = self.principal[:, 0].reshape(shape), self.principal[:, 1].reshape(shape)
+        x = (uv[..., 0] - cx) / fx
+        y = -(uv[..., 1] - cy) / fy
+        directions = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
+        return torch.zeros_like(directions), directions
+
+    def __getitem__(self, index: int | slice) -> PerspectiveCameras:
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return PerspectiveCameras(
+            self.c2w[index], self.height, self.width, self.znear, self.zfar,
+            focal=self.focal[index], principal=self.principal[index],
+        )  # fmt: skip
+
+
+@dataclass
+class OrthographicCameras(Cameras):
+    """Orthographic cameras: ``x_ndc = x / (scale * aspect)``, ``y_ndc = y / scale`` (camera space).
+
+    ``scale`` (float or (B,) tensor) is half the image height in world units.
+    """
+
+    scale: torch.Tensor | float = 1.0
+
+    is_perspective = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        scale = torch.as_tensor(self.scale, dtype=self.c2w.dtype, device=self.c2w.device).reshape(-1)
+        check_tensor(scale, "scale")
+        if bool((scale <= 0).any()):
+            raise ValueError("orthographic scale must be positive")
+        self.scale = scale.expand(self.batch_size)
+
+    def camera_to_ndc(self, points: torch.Tensor) -> torch.Tensor:
+        s = self.scale[:, None]
+        return torch.stack([points[..., 0] / (s * self.aspect), points[..., 1] / s, -points[..., 2]], dim=-1)
+
+    def ndc_to_camera_ray(self, xy_ndc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scale.reshape((self.batch_size,) + (1,) * (xy_ndc.dim() - 2))
+        x, y = xy_ndc[..., 0] * s * self.aspect, xy_ndc[..., 1] * s
+        origins = torch.stack([x, y, torch.zeros_like(x)], dim=-1)
+        directions = torch.zeros_like(origins)
+        directions[..., 2] = -1.0
+        return origins, directions
+
+    def __getitem__(self, index: int | slice) -> OrthographicCameras:
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return OrthographicCameras(self.c2w[index], self.height, self.width, self.znear, self.zfar, self.scale[index])
+
+
+class WeakPerspectiveCameras(OrthographicCameras):
+    """MeshInversion / CMR weak-perspective camera: ``v' = R(q) (s v) + (tx, ty, 0)``, then orthographic.
+
+    The projected NDC point is ``(v'_x, v'_y)`` (the image spans [-1, 1] on both axes for a square image); depth is
+    ``depth_offset - v'_z`` so that points nearer the viewer (+Z) are in front. Differentiable w.r.t. ``scale``
+    (B,), ``translation`` (B, 2) and ``quaternion`` (B, 4) ``(w, x, y, z)``.
+    """
+
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        translation: torch.Tensor,
+        quaternion: torch.Tensor,
+        height: int,
+        width: int,
+        depth_offset: float = 10.0,
+    ) -> None:
+        scale = check_tensor(torch.as_tensor(scale), "scale", floating=True).reshape(-1)
+        batch = scale.shape[0]
+        translation = check_tensor(translation, "translation", (batch, 2), floating=True)
+        quaternion = check_tensor(quaternion, "quaternion", (batch, 4), floating=True)
+        if bool((scale <= 0).any()):
+            raise ValueError("weak-perspective scale must be positive")
+        rot = quaternion_to_matrix(quaternion)
+        # Camera frame = world rotated by R^T, shifted so that (tx, ty) appear as image offsets.
+        c2w = torch.zeros(batch, 4, 4, dtype=scale.dtype, device=scale.device)
+        c2w[:, :3, :3] = rot.transpose(1, 2)
+        # world -> camera: p_cam = R p + (tx / s, ty / s, -depth_offset / s); c2w is its rigid inverse.
+        shift = torch.cat([-translation, translation.new_full((batch, 1), depth_offset)], dim=-1) / scale[:, None]
+        c2w[:, :3, 3] = (rot.transpose(1, 2) @ shift[..., None]).squeeze(-1)
+        self.quaternion, self.translation, self.weak_scale = quaternion, translation, scale
+        self.depth_offset = depth_offset
+        self._rot = rot
+        super().__init__(c2w, height, width, znear=1e-3, zfar=2 * depth_offset + 1e3, scale=1.0 / scale)
+
+    def transform_points_ndc(self, points: torch.Tensor) -> torch.Tensor:
+        # Direct formula (same result as the rigid path, kept exact for gradients w.r.t. s, t, q).
+        points = self._batched_points(points)
+        v = (points * self.weak_scale[:, None, None]) @ self._rot.transpose(1, 2)
+        x = (v[..., 0] + self.translation[:, None, 0]) / self.aspect
+        y = v[..., 1] + self.translation[:, None, 1]
+        return torch.stack([x, y, (self.depth_offset - v[..., 2]) / self.weak_scale[:, None]], dim=-1)
+
+    def __getitem__(self, index: int | slice) -> WeakPerspectiveCameras:
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return WeakPerspectiveCameras(
+            self.weak_scale[index], self.translation[index], self.quaternion[index],
+            self.height, self.width, self.depth_offset,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Named frame conversions
+# --------------------------------------------------------------------------------------------------------------------
+# TripoSR frame: right-handed, +Z up, the input view's camera on +X looking at the origin (image right = +Y_t).
+# monorecon world = (y_t, z_t, x_t): a proper rotation (a cyclic axis permutation, det +1).
+_TRIPOSR_TO_WORLD = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+def triposr_to_world(points: torch.Tensor) -> torch.Tensor:
+    """(…, 3) points in the TripoSR frame (z up, input camera on +x) -> monorecon world (y up, input camera on +z)."""
+    return points @ _TRIPOSR_TO_WORLD.to(points).T
+
+
+def world_to_triposr(points: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`triposr_to_world`."""
+    return points @ _TRIPOSR_TO_WORLD.to(points)
+
+
+def world_to_gltf(points: torch.Tensor) -> torch.Tensor:
+    """monorecon world -> glTF (+Y up, +Z front, metres): the identity, kept as a named step for clarity."""
+    return points

@@ -1,0 +1,66 @@
+"""Input validation shared by the core: clear ``ValueError`` messages instead of failures deep inside.
+
+Shape specs are tuples whose entries are an int (exact size), ``None`` (any size) or a string (a named size that
+must agree across the tensors checked with the same ``sizes`` dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+ShapeSpec = Sequence[int | str | None]
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    shape: ShapeSpec | None = None,
+    *,
+    sizes: dict[str, int] | None = None,
+    finite: bool = True,
+    floating: bool | None = None,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor of the given shape (and finite); return it.
+
+    Raises:
+        ValueError: naming ``name`` and what is wrong with it.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if shape is not None:
+        if x.dim() != len(shape):
+            raise ValueError(f"{name} must have shape {_fmt(shape)}, got {tuple(x.shape)}")
+        for axis, (want, got) in enumerate(zip(shape, x.shape, strict=True)):
+            if want is None:
+                continue
+            if isinstance(want, str):
+                if sizes is None:
+                    continue
+                if want in sizes and sizes[want] != got:
+                    raise ValueError(f"{name} has {got} along axis {axis} ('{want}'), expected {sizes[want]}")
+                sizes.setdefault(want, got)
+            elif want != got:
+                raise ValueError(f"{name} must have shape {_fmt(shape)}, got {tuple(x.shape)}")
+    if floating is True and not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if floating is False and x.is_floating_point():
+        raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
+    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_image_size(height: int, width: int, *, max_side: int = 16384) -> tuple[int, int]:
+    """Check an image size (pixels) is positive and not absurd; return it as ints."""
+    for label, v in (("height", height), ("width", width)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"image {label} must be a positive integer, got {v}")
+        if v > max_side:
+            raise ValueError(f"image {label} {v} is larger than the maximum {max_side}")
+    return int(height), int(width)
+
+
+def _fmt(shape: ShapeSpec) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
