@@ -1,0 +1,189 @@
+"""Camera conventions and transforms, pinned against hand-computed values and independent formulas."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from monorecon.core.cameras import (
+    OrthographicCameras,
+    PerspectiveCameras,
+    WeakPerspectiveCameras,
+    fibonacci_sphere,
+    look_at,
+    orbit_c2w,
+    quaternion_to_matrix,
+    spherical_to_cartesian,
+    triposr_to_world,
+    world_to_triposr,
+)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_look_at_from_front_is_identity_rotation():
+    c2w = look_at(torch.tensor([0.0, 0.0, 3.0]))
+    expected = torch.eye(4)
+    expected[2, 3] = 3.0
+    assert torch.allclose(c2w[0], expected, atol=1e-12)
+
+
+def test_look_at_from_plus_x_axes():
+    c2w = look_at(torch.tensor([2.0, 0.0, 0.0]))[0]
+    # Looking down -X with +Y up: image right is -Z, back is +X.
+    assert torch.allclose(c2w[:3, 0], torch.tensor([0.0, 0.0, -1.0]), atol=1e-12)
+    assert torch.allclose(c2w[:3, 1], torch.tensor([0.0, 1.0, 0.0]), atol=1e-12)
+    assert torch.allclose(c2w[:3, 2], torch.tensor([1.0, 0.0, 0.0]), atol=1e-12)
+
+
+def test_spherical_convention():
+    assert torch.allclose(spherical_to_cartesian(0.0, 0.0, 2.0), torch.tensor([0.0, 0.0, 2.0]), atol=1e-12)
+    assert torch.allclose(spherical_to_cartesian(90.0, 0.0, 2.0), torch.tensor([2.0, 0.0, 0.0]), atol=1e-12)
+    assert torch.allclose(spherical_to_cartesian(0.0, 90.0, 2.0), torch.tensor([0.0, 2.0, 0.0]), atol=1e-12)
+    # Overhead orbit cameras are valid rotations.
+    c2w = orbit_c2w(torch.tensor([0.0, 45.0]), torch.tensor([90.0, -90.0]), 1.5)
+    rot = c2w[:, :3, :3]
+    assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(3).expand(2, 3, 3), atol=1e-9)
+    assert torch.allclose(c2w[:, :3, 3], torch.tensor([[0.0, 1.5, 0.0], [0.0, -1.5, 0.0]]), atol=1e-9)
+
+
+def test_perspective_projection_hand_values():
+    # fov 90 on a 100 x 100 image: fy = 50 px; the camera sits at the origin looking down -Z.
+    cam = PerspectiveCameras(torch.eye(4), 100, 100, fov_y_deg=90.0)
+    pts = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, -2.0], [0.0, 0.0, -5.0]])
+    screen = cam.transform_points_screen(pts)[0]
+    assert torch.allclose(screen[0], torch.tensor([100.0, 50.0, 1.0]))  # right edge
+    assert torch.allclose(screen[1], torch.tensor([50.0, 25.0, 2.0]))  # above centre -> smaller v
+    assert torch.allclose(screen[2], torch.tensor([50.0, 50.0, 5.0]))
+    ndc = cam.transform_points_ndc(pts)[0]
+    assert torch.allclose(ndc[:, :2], torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.0, 0.0]]))
+
+
+def test_projection_matrix_agrees_with_direct_projection():
+    torch.manual_seed(0)
+    cam = PerspectiveCameras(
+        orbit_c2w(30.0, 20.0, 3.0), 48, 64, znear=0.5, zfar=20.0, focal=(70.0, 60.0), principal=(30.0, 25.0)
+    )
+    pts = torch.randn(20, 3) * 0.5
+    direct = cam.transform_points_ndc(pts)[0]
+    cam_pts = cam.world_to_camera(pts)[0]
+    clip = torch.cat([cam_pts, torch.ones(20, 1)], -1) @ cam.projection_matrix()[0].T
+    ndc = clip[:, :3] / clip[:, 3:]
+    assert torch.allclose(ndc[:, :2], direct[:, :2], atol=1e-9)
+    # OpenGL depth mapping: znear -> -1, zfar -> +1.
+    z_near = torch.tensor([0.0, 0.0, -0.5, 1.0]) @ cam.projection_matrix()[0].T
+    assert z_near[2] / z_near[3] == pytest.approx(-1.0)
+
+
+def test_rays_pass_through_pixel_centres():
+    cam = PerspectiveCameras(orbit_c2w(torch.tensor([10.0, 200.0]), 25.0, 2.5), 12, 16, fov_y_deg=50.0)
+    origins, dirs = cam.get_rays()
+    assert torch.allclose(dirs.norm(dim=-1), torch.ones(2, 12, 16))
+    pts = origins + 1.3 * dirs
+    screen = cam.transform_points_screen(pts.reshape(2, -1, 3)).reshape(2, 12, 16, 3)
+    v, u = torch.meshgrid(torch.arange(12) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    assert torch.allclose(screen[..., 0], u.expand(2, -1, -1), atol=1e-9)
+    assert torch.allclose(screen[..., 1], v.expand(2, -1, -1), atol=1e-9)
+    # Top-left pixel ray goes up and left in camera space.
+    _, d_cam = cam.ndc_to_camera_ray(cam.pixel_to_ndc(torch.tensor([[0.5, 0.5]]))[None].expand(2, -1, -1))
+    assert d_cam[0, 0, 0] < 0 and d_cam[0, 0, 1] > 0 and d_cam[0, 0, 2] == -1
+
+
+def test_orthographic_rays_and_projection():
+    cam = OrthographicCameras(look_at(torch.tensor([0.0, 0.0, 4.0])), 10, 20, scale=2.0)
+    origins, dirs = cam.get_rays()
+    assert torch.allclose(dirs, torch.tensor([0.0, 0.0, -1.0]).expand_as(dirs))
+    ndc = cam.transform_points_ndc(origins.reshape(1, -1, 3))
+    uv = cam.ndc_to_pixel(ndc[..., :2]).reshape(10, 20, 2)
+    assert torch.allclose(uv[0, 0], torch.tensor([0.5, 0.5]))
+    # Half the image height is 2 world units, the width spans 8.
+    assert cam.transform_points_ndc(torch.tensor([[4.0, 2.0, 0.0]]))[0, 0, :2].tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_quaternion_matches_scipy():
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(8, 4))
+    ours = quaternion_to_matrix(torch.from_numpy(q)).numpy()
+    ref = Rotation.from_quat(q[:, [1, 2, 3, 0]]).as_matrix()  # scipy: (x, y, z, w)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_weak_perspective_formula_and_rigid_path_agree():
+    torch.manual_seed(2)
+    s, t, q = torch.tensor([0.8, 1.3]), torch.randn(2, 2) * 0.1, torch.randn(2, 4)
+    cam = WeakPerspectiveCameras(s, t, q, 32, 32)
+    pts = torch.randn(2, 30, 3)
+    got = cam.transform_points_ndc(pts)
+    rot = torch.from_numpy(Rotation.from_quat(q[:, [1, 2, 3, 0]].numpy()).as_matrix())
+    expected = (
+        torch.einsum("bij,bnj->bni", rot, pts * s[:, None, None]) + torch.cat([t, torch.zeros(2, 1)], -1)[:, None]
+    )
+    assert torch.allclose(got[..., :2], expected[..., :2], atol=1e-9)
+    # Nearer the viewer (+Z after rotation) means smaller depth.
+    order = torch.argsort(got[0, :, 2])
+    assert torch.all(expected[0, order, 2][:-1] >= expected[0, order, 2][1:])
+    rigid = OrthographicCameras.transform_points_ndc(cam, pts)
+    assert torch.allclose(rigid, got, atol=1e-9)
+
+
+def test_triposr_frame_conversion():
+    # TripoSR: z up, the input view's camera at (+1.9, 0, 0), image right = +y.
+    cam_t = torch.tensor([1.9, 0.0, 0.0])
+    assert torch.allclose(triposr_to_world(cam_t), spherical_to_cartesian(0.0, 0.0, 1.9), atol=1e-12)
+    assert torch.allclose(triposr_to_world(torch.tensor([0.0, 0.0, 1.0])), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.allclose(triposr_to_world(torch.tensor([0.0, 1.0, 0.0])), torch.tensor([1.0, 0.0, 0.0]))
+    m = triposr_to_world(torch.eye(3))
+    assert torch.linalg.det(m) == pytest.approx(1.0)  # a rotation: exports are not mirrored
+    p = torch.randn(5, 3)
+    assert torch.allclose(world_to_triposr(triposr_to_world(p)), p)
+
+
+def test_fibonacci_sphere_unit_and_spread():
+    pts = fibonacci_sphere(64, dtype=torch.float64)
+    assert torch.allclose(pts.norm(dim=-1), torch.ones(64))
+    assert pts.mean(0).norm() < 0.05
+    d = torch.cdist(pts, pts) + torch.eye(64) * 9
+    assert d.min() > 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fov_y_deg": 0.0}, "fov_y_deg"),
+        ({"fov_y_deg": 180.0}, "fov_y_deg"),
+        ({"fov_y_deg": 40.0, "height": 0}, "height"),
+        ({"fov_y_deg": 40.0, "width": 10**6}, "width"),
+        ({"fov_y_deg": 40.0, "znear": 2.0, "zfar": 1.0}, "znear"),
+        ({"focal": (-1.0, 1.0)}, "focal"),
+        ({}, "fov_y_deg or focal"),
+    ],
+)
+def test_bad_camera_parameters(kwargs, message):
+    args = {"c2w": torch.eye(4), "height": 8, "width": 8} | kwargs
+    with pytest.raises(ValueError, match=message):
+        PerspectiveCameras(**args)
+
+
+def test_bad_poses():
+    bad = torch.eye(4)
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        PerspectiveCameras(bad, 8, 8, fov_y_deg=40.0)
+    with pytest.raises(ValueError, match="orthonormal"):
+        PerspectiveCameras(torch.eye(4) * 2, 8, 8, fov_y_deg=40.0)
+    with pytest.raises(ValueError, match="shape"):
+        PerspectiveCameras(torch.eye(3), 8, 8, fov_y_deg=40.0)
+    with pytest.raises(ValueError, match="coincide"):
+        look_at(torch.zeros(3))
+    with pytest.raises(ValueError, match="parallel"):
+        look_at(torch.tensor([0.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match="points"):
+        PerspectiveCameras(torch.eye(4), 8, 8, fov_y_deg=40.0).transform_points_ndc(torch.zeros(4, 2))
