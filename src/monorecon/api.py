@@ -1,0 +1,140 @@
+"""The Python API that the CLI, the web UI and the REST server call: load a model, reconstruct an image.
+
+Data flows one way: image -> :mod:`monorecon.preprocess` -> model (scene code) -> field -> mesh -> export.
+Meshes are in the monorecon world frame: +Y up, the input view's front facing +Z (see :mod:`monorecon.core.cameras`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.mesh import Mesh
+from .io.images import load_image
+from .preprocess import PreparedImage, PreprocessConfig, preprocess_image
+
+#: Folder of the bundled default model (weights, config, model card), shipped inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+
+
+def load_model(
+    weights: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """Load a TripoSR-architecture model.
+
+    Args:
+        weights: ``model.ckpt`` / ``.safetensors`` path, a folder holding one and its ``config.yaml``, a Hugging Face
+            repo id (downloaded when the network allows), or None for the bundled default model.
+        config: the model's ``config.yaml``; default: beside the weights.
+        device: torch device.
+        dtype: ``torch.bfloat16`` runs the encoder and backbone under CPU autocast; fields stay float32.
+
+    Returns:
+        :class:`monorecon.models.triposr.TripoSRModel` in eval mode.
+    """
+    from .models.triposr import load_triposr
+
+    if weights is None:
+        if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+            raise ValueError(f"the bundled default model is missing from {DEFAULT_MODEL_DIR}; pass --weights")
+        weights = DEFAULT_MODEL_DIR / "model.safetensors"
+        config = config or DEFAULT_MODEL_DIR / "config.yaml"
+    return load_triposr(weights, config, device=device, dtype=dtype)
+
+
+@dataclass
+class ReconstructOptions:
+    """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``)."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    mc_resolution: int = 256
+    threshold: float = 25.0
+    extraction: str = "coarse_to_fine"
+    bake_texture: bool = False
+    texture_resolution: int = 1024
+    remove_floaters: bool = True
+    target_faces: int | None = None
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.mc_resolution <= 1024:
+            raise ValueError(f"mc_resolution must lie in [8, 1024], got {self.mc_resolution}")
+        if not 64 <= self.texture_resolution <= 8192:
+            raise ValueError(f"texture_resolution must lie in [64, 8192], got {self.texture_resolution}")
+        if self.extraction not in ("dense", "coarse_to_fine"):
+            raise ValueError(f"extraction must be 'dense' or 'coarse_to_fine', got {self.extraction!r}")
+        if not np.isfinite(self.threshold):
+            raise ValueError("threshold must be finite")
+
+
+@dataclass
+class Reconstruction:
+    """What :func:`reconstruct_full` returns: the mesh plus what produced it.
+
+    Attributes:
+        mesh: the reconstructed mesh (world frame).
+        prepared: the preprocessed input image.
+        scene_code: (1, 3, C, H, W) triplane of the model.
+    """
+
+    mesh: Mesh
+    prepared: PreparedImage
+    scene_code: torch.Tensor
+
+
+def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfig) -> PreparedImage:
+    """Load (if a path) and preprocess one image."""
+    array = load_image(image) if isinstance(image, str | os.PathLike) else np.asarray(image, dtype=np.float32)
+    return preprocess_image(array, config)
+
+
+def reconstruct_full(
+    image: str | os.PathLike | np.ndarray, model=None, options: ReconstructOptions | None = None
+) -> Reconstruction:
+    """Image -> preprocessed input -> scene code -> mesh (optionally texture-baked). See :func:`reconstruct`."""
+    from .core.bake import bake_texture
+    from .core.extract import cleanup_mesh
+
+    options = options or ReconstructOptions()
+    model = model if model is not None else load_model()
+    torch.manual_seed(options.seed)
+    prepared = prepare_input(image, options.preprocess)
+    with torch.inference_mode():
+        scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
+        mesh = model.extract_mesh(
+            scene_code, resolution=options.mc_resolution, threshold=options.threshold, method=options.extraction
+        )
+        if mesh.faces.shape[0] == 0:
+            raise ValueError("the model found no surface at this threshold (empty mesh); try a lower --threshold")
+        if options.remove_floaters or options.target_faces:
+            mesh = cleanup_mesh(mesh, target_faces=options.target_faces) if options.remove_floaters else mesh
+        if options.bake_texture:
+            mesh = bake_texture(
+                mesh,
+                lambda points: model.query(scene_code, points[None])[1][0],
+                resolution=options.texture_resolution,
+            )
+    return Reconstruction(mesh, prepared, scene_code)
+
+
+def reconstruct(image: str | os.PathLike | np.ndarray, model=None, **options) -> Mesh:
+    """Reconstruct a textured mesh from one image.
+
+    Args:
+        image: a path, or an (H, W, 3|4) float array in [0, 1].
+        model: from :func:`load_model`; default the bundled model.
+        **options: fields of :class:`ReconstructOptions` (``mc_resolution``, ``threshold``, ``bake_texture``, ...;
+            ``preprocess`` takes a :class:`PreprocessConfig`).
+
+    Returns:
+        The mesh in the monorecon world frame (+Y up, front +Z) with vertex colours, or a baked texture.
+    """
+    return reconstruct_full(image, model, ReconstructOptions(**options)).mesh

@@ -1,0 +1,157 @@
+"""The ``monorecon`` command line: thin wrappers over the Python API.
+
+Every command reports bad input as one line on stderr and exits with code 2; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+EXIT_BAD_INPUT = 2
+
+log = logging.getLogger("monorecon")
+
+
+class CommandError(ValueError):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reconstruct
+# --------------------------------------------------------------------------------------------------------------------
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="image(s) -> textured 3D mesh(es)", description=_doc_reconstruct)
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per image)")
+    p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
+    p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
+    p.add_argument("--format", choices=["glb", "obj", "ply"], default="glb")
+    p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
+    p.add_argument("--threshold", type=float, default=25.0, help="density iso level (default 25)")
+    p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
+    p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
+    p.add_argument("--texture-resolution", type=int, default=1024)
+    p.add_argument("--foreground-ratio", type=float, default=0.85)
+    p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
+    p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
+    p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
+    p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_run_reconstruct)
+
+
+_doc_reconstruct = (
+    "Reconstruct a 3D mesh from each image. Meshes are +Y up with the input view's front facing +Z (glTF frame). "
+    "A bad file in a folder is reported and skipped; the exit code is 2 if any input failed."
+)
+
+
+def _collect_images(inputs: Iterable[Path]) -> list[Path]:
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+            images.extend(found)
+        elif path.exists():
+            images.append(path)
+        else:
+            raise CommandError(f"input not found: {path}")
+    return images
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .api import ReconstructOptions, load_model, reconstruct_full
+    from .io.images import save_image
+    from .io.mesh_io import save_mesh
+    from .preprocess import PreprocessConfig
+
+    images = _collect_images(args.inputs)
+    options = ReconstructOptions(
+        preprocess=PreprocessConfig(
+            remove_background=not args.no_remove_bg,
+            foreground_ratio=args.foreground_ratio,
+            matting_model=args.matting_model,
+        ),
+        mc_resolution=args.mc_resolution,
+        threshold=args.threshold,
+        extraction=args.extraction,
+        bake_texture=args.bake_texture,
+        texture_resolution=args.texture_resolution,
+        remove_floaters=not args.keep_floaters,
+        seed=args.seed,
+    )
+    if args.render < 0 or args.render > 3600:
+        raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = load_model(args.weights, args.config, dtype=dtype)
+    failures = 0
+    for image_path in tqdm(images, desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1):
+        out_dir = args.output / image_path.stem
+        try:
+            result = reconstruct_full(image_path, model, options)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_image(result.prepared.rgba(), out_dir / "input.png")
+            mesh_path = save_mesh(result.mesh, out_dir / f"mesh.{args.format}")
+            if args.render:
+                from .video import save_turntable, turntable_from_scene_code
+
+                frames = turntable_from_scene_code(model, result.scene_code, args.render, progress=not args.quiet)
+                save_turntable(frames, out_dir / "turntable")
+        except ValueError as err:
+            failures += 1
+            print(f"monorecon: {image_path}: {err}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            print(f"{image_path} -> {mesh_path} ({result.mesh.faces.shape[0]} faces)")
+    if failures:
+        print(f"monorecon: {failures} of {len(images)} input(s) failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------------------------
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reconstruct]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monorecon", description="Single-image 3D reconstruction and fitting by differentiable rendering."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"monorecon: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("monorecon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

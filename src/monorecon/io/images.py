@@ -1,0 +1,74 @@
+"""Reading and writing images with clear errors for bad files.
+
+Images are numpy arrays ``(H, W, C)`` of float32 in [0, 1], C = 3 (RGB) or 4 (RGBA, straight alpha), row 0 at the top.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest accepted image side when reading (pixels); larger inputs are refused rather than slowly processed.
+MAX_IMAGE_SIDE = 16384
+
+
+def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
+    """Read an image file as float32 RGB or RGBA in [0, 1], EXIF orientation applied.
+
+    Greyscale and palette images become RGB (RGBA if they carry transparency); 16-bit images are scaled to [0, 1].
+
+    Raises:
+        ValueError: missing, empty, unreadable or corrupt file, or a side longer than ``max_side``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"image file is empty: {path}")
+    try:
+        with Image.open(path) as img:
+            if max(img.size) > max_side:
+                raise ValueError(f"image {path} is {img.width}x{img.height}, larger than the maximum side {max_side}")
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return pil_to_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+def pil_to_array(img: Image.Image) -> np.ndarray:
+    """PIL image -> (H, W, 3|4) float32 array in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+        return np.repeat(arr[..., None], 3, axis=-1).clip(0, 1)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img = img.convert("RGBA" if has_alpha else "RGB")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError("image has no pixels")
+    return arr
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint8 (rounded, clipped)."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a float [0, 1] (H, W[, C]) image atomically (temporary file, then rename). Format from the suffix."""
+    from .atomic import atomic_write
+
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or not np.isfinite(image).all():
+        raise ValueError(f"cannot save image of shape {image.shape} (or with NaN values)")
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format for {path}")
+    with atomic_write(path) as tmp:
+        Image.fromarray(to_uint8(image).squeeze()).save(tmp, format=fmt)
+    return path

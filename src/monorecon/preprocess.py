@@ -1,0 +1,213 @@
+"""Input preparation for single-image reconstruction: foreground alpha, crop, square pad, grey composite.
+
+The pipeline (TripoSR convention, SPEC §1): find the object's alpha, crop to its bounding box, pad to a square in which
+the object spans ``foreground_ratio`` of the side, and composite on grey 0.5.
+
+Where the alpha comes from, in order:
+
+1. an RGBA image's own alpha channel;
+2. a user-supplied salient-object ONNX model (``matting_model``: the U2Net / ISNet files that rembg uses), run with
+   onnxruntime; nothing is downloaded;
+3. otherwise, for an RGB image on a plain background, a flood fill from the image border over pixels within
+   ``border_tolerance`` of the border's median colour.
+
+Limits of the border flood fill: it needs a plain, evenly lit background that touches the image border all around
+(at least ``min_plain_border`` of the border pixels close to the median colour); background regions enclosed by the
+object (the inside of a mug's handle) are not reached and stay foreground; object parts of the same colour as the
+background and connected to the border are cut away. Photos with clutter need an RGBA input or ``matting_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of :func:`preprocess_image`.
+
+    Attributes:
+        remove_background: if False the image is used as it is (only padded to a square with grey, no crop).
+        foreground_ratio: fraction of the square's side taken by the object's larger bounding-box side.
+        background_gray: grey level of the composite background.
+        border_tolerance: max RGB distance (Euclidean, [0, 1] units) to the border colour counted as background.
+        min_plain_border: fraction of border pixels that must match the border colour for the flood fill to apply.
+        alpha_threshold: alpha above which a pixel counts for the bounding box.
+        matting_model: optional ONNX salient-object model (U2Net / ISNet layout).
+        output_size: side of the returned square image; None keeps the padded crop's own size.
+    """
+
+    remove_background: bool = True
+    foreground_ratio: float = 0.85
+    background_gray: float = 0.5
+    border_tolerance: float = 0.1
+    min_plain_border: float = 0.6
+    alpha_threshold: float = 0.5
+    matting_model: str | Path | None = None
+    output_size: int | None = 512
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.foreground_ratio <= 1.0:
+            raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio}")
+        if not 0.0 <= self.background_gray <= 1.0:
+            raise ValueError(f"background_gray must lie in [0, 1], got {self.background_gray}")
+        if self.output_size is not None and not 16 <= self.output_size <= 4096:
+            raise ValueError(f"output_size must lie in [16, 4096], got {self.output_size}")
+
+
+@dataclass
+class PreparedImage:
+    """A prepared input.
+
+    Attributes:
+        rgb: (S, S, 3) float32 in [0, 1], object composited on grey.
+        alpha: (S, S) float32 in [0, 1], the object's alpha in the same frame.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray
+
+    def rgba(self) -> np.ndarray:
+        """(S, S, 4) image with the alpha as fourth channel (for saving the processed input)."""
+        return np.concatenate([self.rgb, self.alpha[..., None]], axis=-1)
+
+
+def border_alpha(rgb: np.ndarray, tolerance: float = 0.1, min_plain_border: float = 0.6) -> np.ndarray:
+    """Alpha of an object on a plain background by flood fill from the image border.
+
+    Args:
+        rgb: (H, W, 3) float in [0, 1].
+
+    Returns:
+        (H, W) float32 alpha: 0 on background connected to the border, 1 elsewhere.
+
+    Raises:
+        ValueError: if the border is not plain enough, or nothing but background is found.
+    """
+    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]], axis=0)
+    background = np.median(border, axis=0)
+    close = np.linalg.norm(rgb - background, axis=-1) <= tolerance
+    border_close = np.concatenate([close[0], close[-1], close[1:-1, 0], close[1:-1, -1]])
+    if border_close.mean() < min_plain_border:
+        raise ValueError("background is not plain (use an RGBA image, --matting-model FILE.onnx, or --no-remove-bg)")
+    labels, _ = ndimage.label(close)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    is_background = np.isin(labels, edge_labels[edge_labels > 0])
+    alpha = (~is_background).astype(np.float32)
+    if alpha.sum() == 0:
+        raise ValueError("no foreground found: the image is all background")
+    return alpha
+
+
+def matting_alpha(rgb: np.ndarray, model_path: str | Path) -> np.ndarray:
+    """Alpha from a salient-object ONNX model (U2Net-family or ISNet input layout).
+
+    The model takes (1, 3, S, S) float input; S is read from the model (320 for U2Net, 1024 for ISNet). Input
+    normalisation follows each family: U2Net divides by the image maximum and applies ImageNet mean/std; ISNet
+    subtracts 0.5. The first output's first channel, min-max normalised, is the alpha.
+
+    Args:
+        rgb: (H, W, 3) float in [0, 1].
+
+    Returns:
+        (H, W) float32 alpha in [0, 1].
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError("--matting-model needs onnxruntime (pip install onnxruntime)") from None
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ValueError(f"matting model not found: {model_path}")
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for corrupt files
+        raise ValueError(f"cannot load matting model {model_path}: {str(err).splitlines()[0]}") from None
+    spec = session.get_inputs()[0]
+    side = spec.shape[-1] if isinstance(spec.shape[-1], int) else 320
+    resized = np.asarray(
+        Image.fromarray((rgb * 255).astype(np.uint8)).resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32
+    )
+    resized = resized / 255.0
+    if side >= 1024:  # ISNet family
+        normalised = resized - 0.5
+    else:  # U2Net family
+        normalised = resized / max(float(resized.max()), 1e-6)
+        normalised = (normalised - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    batch = normalised.transpose(2, 0, 1)[None].astype(np.float32)
+    prediction = np.asarray(session.run(None, {spec.name: batch})[0], dtype=np.float32)
+    mask = prediction.reshape(-1, *prediction.shape[-2:])[0]
+    lo, hi = float(mask.min()), float(mask.max())
+    mask = (mask - lo) / (hi - lo) if hi - lo > 1e-8 else np.zeros_like(mask)
+    height, width = rgb.shape[:2]
+    alpha = Image.fromarray((mask * 255).astype(np.uint8)).resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(alpha, dtype=np.float32) / 255.0
+
+
+def foreground_alpha(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """(H, W) alpha of the object in ``image`` ((H, W, 3|4) float [0, 1]) from the sources in the module docstring."""
+    if image.shape[-1] == 4:
+        return image[..., 3].astype(np.float32)
+    if config.matting_model is not None:
+        return matting_alpha(image, config.matting_model)
+    return border_alpha(image, config.border_tolerance, config.min_plain_border)
+
+
+def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) -> PreparedImage:
+    """Prepare an image for reconstruction: alpha, crop, pad to a square, grey composite, resize.
+
+    Args:
+        image: (H, W, 3|4) float in [0, 1], straight alpha.
+
+    Raises:
+        ValueError: empty/all-transparent alpha, non-plain background without alpha, bad array.
+    """
+    config = config or PreprocessConfig()
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must have shape (H, W, 3|4), got {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values")
+    rgb = image[..., :3]
+    if not config.remove_background:
+        alpha = np.ones(image.shape[:2], dtype=np.float32)
+        square_rgb, square_alpha = _pad_to_square(rgb, alpha, 1.0, config.background_gray)
+        return _finish(square_rgb, square_alpha, config)
+
+    alpha = foreground_alpha(image, config)
+    rows, cols = np.nonzero(alpha > config.alpha_threshold)
+    if rows.size == 0:
+        raise ValueError("no foreground: the alpha is empty (fully transparent image?)")
+    crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    rgb_c, alpha_c = rgb[crop], alpha[crop]
+    composite = rgb_c * alpha_c[..., None] + config.background_gray * (1.0 - alpha_c[..., None])
+    square_rgb, square_alpha = _pad_to_square(composite, alpha_c, config.foreground_ratio, config.background_gray)
+    return _finish(square_rgb, square_alpha, config)
+
+
+def _pad_to_square(rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``rgb``/``alpha`` in a grey square whose side is ``max(h, w) / ratio``."""
+    height, width = alpha.shape
+    side = max(int(round(max(height, width) / ratio)), height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    out_rgb = np.full((side, side, 3), gray, dtype=np.float32)
+    out_alpha = np.zeros((side, side), dtype=np.float32)
+    out_rgb[top : top + height, left : left + width] = rgb
+    out_alpha[top : top + height, left : left + width] = alpha
+    return out_rgb, out_alpha
+
+
+def _finish(rgb: np.ndarray, alpha: np.ndarray, config: PreprocessConfig) -> PreparedImage:
+    if config.output_size is not None and rgb.shape[0] != config.output_size:
+        size = (config.output_size, config.output_size)
+        rgb = np.stack(
+            [np.asarray(Image.fromarray(c).resize(size, Image.Resampling.BILINEAR)) for c in rgb.transpose(2, 0, 1)],
+            axis=-1,
+        )
+        alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
+    return PreparedImage(np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32))

@@ -1,0 +1,129 @@
+"""Input preparation: alpha sources, crop / pad geometry, and bad images."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monorecon.io.images import load_image
+from monorecon.preprocess import PreprocessConfig, border_alpha, matting_alpha, preprocess_image
+
+
+def _square_on(background, size=(60, 80), box=(10, 30, 20, 60), colour=(1.0, 0.0, 0.0)):
+    img = np.empty((*size, 3), np.float32)
+    img[:] = background
+    r0, r1, c0, c1 = box
+    img[r0:r1, c0:c1] = colour
+    return img
+
+
+def _bbox(mask):
+    rows, cols = np.nonzero(mask)
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
+def test_rgba_crop_pad_and_composite():
+    img = np.zeros((50, 70, 4), np.float32)
+    img[5:25, 10:50] = (0.2, 0.4, 0.6, 1.0)  # a 20 x 40 object
+    out = preprocess_image(img, PreprocessConfig(foreground_ratio=0.8, output_size=None))
+    side = round(40 / 0.8)
+    assert out.rgb.shape == (side, side, 3)
+    r0, r1, c0, c1 = _bbox(out.alpha > 0.5)
+    assert (c1 - c0, r1 - r0) == (40, 20)
+    # Centred: equal margins (to a pixel) on both axes.
+    assert abs(c0 - (side - c1)) <= 1 and abs(r0 - (side - r1)) <= 1
+    np.testing.assert_allclose(out.rgb[0, 0], 0.5)
+    np.testing.assert_allclose(out.rgb[(r0 + r1) // 2, (c0 + c1) // 2], (0.2, 0.4, 0.6), atol=1e-6)
+
+
+def test_border_flood_fill_finds_object_on_plain_background():
+    img = _square_on((1.0, 1.0, 1.0))
+    img += np.random.default_rng(0).normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise
+    alpha = border_alpha(np.clip(img, 0, 1))
+    assert _bbox(alpha > 0.5) == (10, 30, 20, 60)
+    assert alpha.sum() == 20 * 40
+
+
+def test_border_flood_fill_keeps_enclosed_background_as_foreground():
+    # Documented limit: background enclosed by the object (a ring) is not reached by the fill.
+    img = _square_on((1.0, 1.0, 1.0))
+    img[15:25, 30:50] = 1.0
+    alpha = border_alpha(img)
+    assert alpha[20, 40] == 1.0
+
+
+def test_cluttered_background_is_refused():
+    noise = np.random.default_rng(1).uniform(size=(40, 40, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="not plain"):
+        preprocess_image(noise)
+
+
+def test_empty_alpha_is_refused():
+    with pytest.raises(ValueError, match="alpha is empty"):
+        preprocess_image(np.zeros((20, 20, 4), np.float32))
+
+
+def test_no_remove_bg_keeps_image_and_pads_square():
+    img = _square_on((0.1, 0.9, 0.1), size=(20, 40))
+    out = preprocess_image(img, PreprocessConfig(remove_background=False, output_size=None))
+    assert out.rgb.shape == (40, 40, 3)
+    np.testing.assert_allclose(out.rgb[10:30], img)
+    np.testing.assert_allclose(out.rgb[:10], 0.5)
+
+
+def test_bad_arrays_and_options():
+    with pytest.raises(ValueError, match="shape"):
+        preprocess_image(np.zeros((10, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        preprocess_image(np.full((4, 4, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="foreground_ratio"):
+        PreprocessConfig(foreground_ratio=0.0)
+
+
+def test_matting_model_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    # A stand-in salient-object model: the saliency is the first (red) input channel.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["starts"], value=helper.make_tensor("s", TensorProto.INT64, [1], [0])),
+            helper.make_node("Constant", [], ["ends"], value=helper.make_tensor("e", TensorProto.INT64, [1], [1])),
+            helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [1], [1])),
+            helper.make_node("Slice", ["input", "starts", "ends", "axes"], ["saliency"]),
+        ],
+        "fake_u2net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("saliency", TensorProto.FLOAT, [1, 1, 320, 320])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path = tmp_path / "fake.onnx"
+    onnx.save(model, path)
+    img = _square_on((0.0, 0.0, 1.0), size=(64, 64), box=(16, 48, 8, 40))
+    alpha = matting_alpha(img, path)
+    assert _bbox(alpha > 0.5) == (16, 48, 8, 40)
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="cannot load matting model"):
+        matting_alpha(img, tmp_path / "bad.onnx")
+
+
+def test_load_image_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        load_image(tmp_path / "empty.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "corrupt.png")
+    Image.new("L", (20000, 1)).save(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match="larger than"):
+        load_image(tmp_path / "wide.png")
+
+
+def test_load_image_modes(tmp_path):
+    Image.new("LA", (4, 3), (128, 255)).save(tmp_path / "la.png")
+    Image.new("I;16", (4, 3), 65535).save(tmp_path / "deep.png")
+    la, deep = load_image(tmp_path / "la.png"), load_image(tmp_path / "deep.png")
+    assert la.shape == (3, 4, 4) and la[0, 0, 3] == 1.0
+    assert deep.shape == (3, 4, 3) and deep.max() == pytest.approx(1.0)
