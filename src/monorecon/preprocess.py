@@ -193,7 +193,7 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
 def _pad_to_square(rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float) -> tuple[np.ndarray, np.ndarray]:
     """Centre ``rgb``/``alpha`` in a grey square whose side is ``max(h, w) / ratio``."""
     height, width = alpha.shape
-    side = max(int(round(max(height, width) / ratio)), height, width)
+    side = max(round(max(height, width) / ratio), height, width)
     top, left = (side - height) // 2, (side - width) // 2
     out_rgb = np.full((side, side, 3), gray, dtype=np.float32)
     out_alpha = np.zeros((side, side), dtype=np.float32)
