@@ -69,6 +69,6 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image format for {path}")
-    with atomic_write(path) as tmp:
-        Image.fromarray(to_uint8(image).squeeze()).save(tmp, format=fmt)
+    with atomic_write(path) as f:
+        Image.fromarray(to_uint8(image).squeeze()).save(f, format=fmt)
     return path
