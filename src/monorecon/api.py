@@ -112,10 +112,9 @@ def reconstruct_full(
         mesh = model.extract_mesh(
             scene_code, resolution=options.mc_resolution, threshold=options.threshold, method=options.extraction
         )
-        if mesh.faces.shape[0] == 0:
-            raise ValueError("the model found no surface at this threshold (empty mesh); try a lower --threshold")
         if options.remove_floaters or options.target_faces:
-            mesh = cleanup_mesh(mesh, target_faces=options.target_faces) if options.remove_floaters else mesh
+            min_fraction = 0.01 if options.remove_floaters else 0.0
+            mesh = cleanup_mesh(mesh, min_component_fraction=min_fraction, target_faces=options.target_faces)
         if options.bake_texture:
             mesh = bake_texture(
                 mesh,

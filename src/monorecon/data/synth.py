@@ -1,0 +1,341 @@
+"""Synthetic multi-view datasets: procedural objects rendered from random views with the core mesh renderer.
+
+For each object: V cameras on a sphere around the origin (azimuth uniform in [0, 360), elevation uniform in a range,
+all looking at the origin with world up +Y, see :func:`monorecon.core.cameras.orbit_c2w`), at the distance where the
+object's bounding sphere (radius 0.5) fills a fixed fraction of the frame for a fixed vertical field of view. One
+random directional light per object (fixed in the world, so the views are consistent): direction in the upper
+hemisphere, slightly tinted white, Phong shading. Renders are hard (z-buffer, one sample per pixel centre: no
+anti-aliasing), so ``alpha`` is exactly 0 or 1.
+
+The on-disk format is described in ``docs/dataset_format.md`` and read by
+:class:`monorecon.data.dataset.MultiViewDataset`. Everything is deterministic given the seed: object ``i`` draws its
+shape seed, view seed and split from ``numpy.random.default_rng([seed, i])``, so a larger dataset with the same seed
+starts with the same objects. Each object folder is written to a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.mesh import Mesh
+from monorecon.core.mesh_renderer import render_mesh
+from monorecon.core.shading import DirectionalLights, vertex_normals
+from monorecon.io.atomic import atomic_write
+from monorecon.io.images import save_image
+from monorecon.io.mesh_io import save_mesh
+
+from .dataset import DATASET_FORMAT, DATASET_VERSION, SPLITS
+from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object
+
+__all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_object"]
+
+_ZNEAR, _ZFAR = 0.05, 100.0
+
+
+def camera_distance(fov_y_deg: float, object_radius: float = DEFAULT_RADIUS, fill: float = 0.85) -> float:
+    """Distance from the origin at which a sphere of ``object_radius`` around it projects to a disc whose radius is
+    ``fill`` times half the image height (pinhole camera looking at the origin, vertical fov ``fov_y_deg``)."""
+    if not 0 < fov_y_deg < 180 or not object_radius > 0 or not 0 < fill < 1 / math.tan(math.radians(fov_y_deg) / 2):
+        raise ValueError(f"invalid fov_y_deg={fov_y_deg}, object_radius={object_radius} or fill={fill}")
+    # Tangent cone half-angle a: tan(a) = fill * tan(fov / 2) and sin(a) = radius / distance.
+    return object_radius / math.sin(math.atan(fill * math.tan(math.radians(fov_y_deg) / 2)))
+
+
+@dataclass(frozen=True)
+class ViewSampling:
+    """How cameras and lights are drawn for each object.
+
+    Attributes:
+        fov_y_deg: vertical field of view of every camera (square images).
+        elevation_range_deg: (low, high) uniform elevation range; positive is above the object.
+        fill: radius of the object's bounding sphere on the image, as a fraction of half the image side.
+        light_elevation_range_deg: (low, high) uniform elevation of the light direction (azimuth uniform).
+        ambient_range, diffuse_range: uniform ranges of the light's ambient / diffuse intensity.
+        specular: specular intensity of the light.
+        max_tint: maximum saturation of the light colour (0 = white).
+    """
+
+    fov_y_deg: float = 40.0
+    elevation_range_deg: tuple[float, float] = (-10.0, 40.0)
+    fill: float = 0.85
+    light_elevation_range_deg: tuple[float, float] = (15.0, 75.0)
+    ambient_range: tuple[float, float] = (0.3, 0.5)
+    diffuse_range: tuple[float, float] = (0.5, 0.7)
+    specular: float = 0.15
+    max_tint: float = 0.2
+
+    def __post_init__(self) -> None:
+        camera_distance(self.fov_y_deg, DEFAULT_RADIUS, self.fill)  # validates fov and fill
+        for name in ("elevation_range_deg", "light_elevation_range_deg"):
+            low, high = getattr(self, name)
+            if not -90 < low <= high < 90:
+                raise ValueError(f"{name} must satisfy -90 < low <= high < 90, got {(low, high)}")
+        for name in ("ambient_range", "diffuse_range"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must satisfy 0 <= low <= high, got {(low, high)}")
+        if self.specular < 0 or not 0 <= self.max_tint <= 1:
+            raise ValueError(f"need specular >= 0 and 0 <= max_tint <= 1, got {self.specular}, {self.max_tint}")
+
+
+def _sample_views(rng: np.random.Generator, n_views: int, sampling: ViewSampling) -> list[dict[str, Any]]:
+    distance = camera_distance(sampling.fov_y_deg, DEFAULT_RADIUS, sampling.fill)
+    azimuth = rng.uniform(0.0, 360.0, size=n_views)
+    elevation = rng.uniform(*sampling.elevation_range_deg, size=n_views)
+    c2w = orbit_c2w(torch.from_numpy(azimuth), torch.from_numpy(elevation), distance)
+    return [
+        {
+            "c2w": c2w[i].tolist(),
+            "fov_y_deg": sampling.fov_y_deg,
+            "azimuth_deg": float(azimuth[i]),
+            "elevation_deg": float(elevation[i]),
+            "distance": distance,
+        }
+        for i in range(n_views)
+    ]
+
+
+def _sample_light(rng: np.random.Generator, sampling: ViewSampling) -> dict[str, list[float]]:
+    azimuth = rng.uniform(0.0, 360.0)
+    elevation = rng.uniform(*sampling.light_elevation_range_deg)
+    az, el = math.radians(azimuth), math.radians(elevation)
+    direction = [math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)]
+    tint = 1.0 - rng.uniform(0.0, sampling.max_tint) * rng.uniform(size=3)  # white, slightly tinted
+    tint = tint / tint.max()
+    return {
+        "direction": direction,
+        "ambient_color": (tint * rng.uniform(*sampling.ambient_range)).tolist(),
+        "diffuse_color": (tint * rng.uniform(*sampling.diffuse_range)).tolist(),
+        "specular_color": (tint * sampling.specular).tolist(),
+    }
+
+
+def render_views(mesh: Mesh, views: list[dict[str, Any]], size: int, light: dict[str, list[float]]) -> dict:
+    """Render ``mesh`` from the given views (as stored in ``cameras.json``) with one directional light.
+
+    Returns:
+        dict of numpy float32 arrays: ``rgba`` (V, H, W, 4) straight alpha (colour 0 on the background), ``depth``
+        (V, H, W) view depth ``-z_camera`` in world units (0 on the background), ``normals`` (V, H, W, 3) unit
+        world normals used for shading (0 on the background); H = W = ``size``.
+    """
+    c2w = torch.tensor([v["c2w"] for v in views], dtype=torch.float32)
+    fov = torch.tensor([v["fov_y_deg"] for v in views], dtype=torch.float32)
+    cameras = PerspectiveCameras(c2w, size, size, znear=_ZNEAR, zfar=_ZFAR, fov_y_deg=fov)
+    lights = DirectionalLights(**{k: tuple(v) for k, v in light.items()})
+    with torch.no_grad():
+        # Normals from the unwelded faces: shapes duplicate vertices along sharp edges to keep those edges hard
+        # (``Mesh.vertex_normals`` welds coincident vertices, which would round them off).
+        out = render_mesh(
+            mesh.verts, mesh.faces, cameras, vertex_colors=mesh.vertex_colors, uvs=mesh.uvs, texture=mesh.texture,
+            normals=vertex_normals(mesh.verts, mesh.faces), lights=lights, shading="phong", background=(0.0, 0.0, 0.0),
+        )  # fmt: skip
+    alpha = out["alpha"][..., None].clamp(0, 1)
+    rgba = torch.cat([out["rgb"].clamp(0, 1) * alpha, alpha], dim=-1)
+    return {
+        "rgba": rgba.numpy().astype(np.float32),
+        "depth": (out["depth"] * alpha[..., 0]).numpy().astype(np.float32),
+        "normals": (out["normals"] * alpha).numpy().astype(np.float32),
+    }
+
+
+def write_object(
+    mesh: Mesh,
+    folder: str | Path,
+    *,
+    n_views: int,
+    size: int,
+    seed: int,
+    class_name: str = "",
+    sampling: ViewSampling | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Render ``mesh`` (normalised, e.g. by :func:`~monorecon.data.shapes.make_object` or
+    :func:`~monorecon.data.shapes.load_normalized_mesh`) from ``n_views`` random views and write one object folder.
+
+    The folder is assembled in a temporary sibling folder and renamed into place when complete, so a crash never
+    leaves a partial object. Views and light are drawn from ``numpy.random.default_rng(seed)``.
+
+    Args:
+        folder: destination; must not exist yet (its parent must).
+        meta: extra entries for ``meta.json``.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    sampling = sampling or ViewSampling()
+    _check_count(n_views, "n_views")
+    _check_count(size, "size")
+    if folder.exists():
+        raise ValueError(f"object folder already exists: {folder}")
+    if not folder.parent.is_dir():
+        raise ValueError(f"parent folder does not exist: {folder.parent}")
+    rng = np.random.default_rng(seed)
+    views = _sample_views(rng, n_views, sampling)
+    light = _sample_light(rng, sampling)
+    rendered = render_views(mesh, views, size, light)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for sub in ("rgba", "depth", "normals"):
+            (tmp / sub).mkdir()
+        for i in range(n_views):
+            save_image(rendered["rgba"][i], tmp / "rgba" / f"{i:03d}.png")
+            # Normals stored as (n + 1) / 2 on the object and 0 on the background (normals are 0 there).
+            normals_png = 0.5 * (rendered["normals"][i] + rendered["rgba"][i, ..., 3:])
+            save_image(normals_png, tmp / "normals" / f"{i:03d}.png")
+            with atomic_write(tmp / "depth" / f"{i:03d}.npz") as f:
+                np.savez_compressed(f, depth=rendered["depth"][i])
+        cameras = {
+            "convention": "monorecon: world +Y up, front +Z; c2w columns [right, up, back, position], camera looks "
+            "down -Z; fov_y_deg vertical; depth = -z_camera in world units, 0 on the background",
+            "image_size": [size, size],
+            "znear": _ZNEAR,
+            "zfar": _ZFAR,
+            "light": light,
+            "sampling": asdict(sampling),
+            "views": views,
+        }
+        _write_json(tmp / "cameras.json", cameras)
+        save_mesh(mesh, tmp / "mesh.ply")
+        info = {
+            "format": DATASET_FORMAT,
+            "version": DATASET_VERSION,
+            "class": class_name,
+            "view_seed": seed,
+            "n_views": n_views,
+            "image_size": [size, size],
+            "num_verts": mesh.num_verts,
+            "num_faces": mesh.num_faces,
+            **(meta or {}),
+        }
+        _write_json(tmp / "meta.json", info)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def synthesize_dataset(
+    out_dir: str | Path,
+    n_objects: int,
+    n_views: int,
+    size: int,
+    seed: int,
+    classes: Sequence[str] | None = None,
+    progress: bool = True,
+    *,
+    sampling: ViewSampling | None = None,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Path:
+    """Generate procedural objects, render them and write a dataset readable by ``MultiViewDataset``.
+
+    Object ``i`` has class ``classes[i % len(classes)]`` (default: every class of ``SHAPE_CLASSES`` in turn) and
+    draws its shape seed, view seed and split (train / val / test with ``split_fractions``) from
+    ``numpy.random.default_rng([seed, i])``. Objects already present from an earlier run with the same arguments are
+    kept (the run resumes); ``index.json`` and ``manifest.csv`` are (re)written atomically at the end.
+
+    Args:
+        out_dir: dataset folder (created if needed).
+        n_objects, n_views: number of objects and of views per object.
+        size: image side in pixels (square images).
+        seed: master seed.
+        classes: class names to use (see ``SHAPE_CLASSES``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: bad counts, unknown class, bad split fractions, or an existing object folder that differs.
+    """
+    out_dir = Path(out_dir)
+    for value, name in ((n_objects, "n_objects"), (n_views, "n_views"), (size, "size")):
+        _check_count(value, name)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    classes = list(SHAPE_CLASSES) if classes is None else list(classes)
+    unknown = sorted(set(classes) - set(SHAPE_CLASSES))
+    if not classes or unknown:
+        raise ValueError(f"classes must be a non-empty list of {sorted(SHAPE_CLASSES)}; unknown: {unknown}")
+    fractions = np.asarray(split_fractions, dtype=np.float64)
+    if fractions.shape != (3,) or (fractions < 0).any() or not math.isclose(fractions.sum(), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}")
+    sampling = sampling or ViewSampling()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    entries = []
+    for i in tqdm(range(n_objects), desc="synthesising objects", unit="obj", disable=not progress):
+        rng = np.random.default_rng([int(seed), i])
+        class_name = classes[i % len(classes)]
+        shape_seed, view_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
+        split = SPLITS[int(np.searchsorted(np.cumsum(fractions), rng.uniform(), side="right").clip(0, 2))]
+        object_id = f"{i:06d}_{class_name}"
+        meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
+        folder = out_dir / object_id
+        if folder.exists():
+            _check_existing(folder, meta, class_name, view_seed, n_views, size)
+        else:
+            mesh = make_object(class_name, shape_seed)
+            write_object(
+                mesh, folder, n_views=n_views, size=size, seed=view_seed, class_name=class_name, sampling=sampling,
+                meta=meta,
+            )  # fmt: skip
+        entries.append({"id": object_id, "class": class_name, "split": split, "seed": shape_seed, "path": object_id})
+
+    index = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "seed": int(seed),
+        "n_views": n_views,
+        "image_size": [size, size],
+        "classes": sorted(set(classes)),
+        "objects": entries,
+    }
+    _write_json(out_dir / "index.json", index)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["id", "class", "split", "seed", "path"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(entries)
+    with atomic_write(out_dir / "manifest.csv", "w") as f:
+        f.write(table.getvalue())
+    return out_dir
+
+
+def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_seed: int, n_views: int, size: int):
+    """An object folder from an earlier run is kept only if it was made with the same arguments."""
+    try:
+        found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = {}
+    expected = {**meta, "class": class_name, "view_seed": view_seed, "n_views": n_views, "image_size": [size, size]}
+    if any(found.get(k) != v for k, v in expected.items()):
+        raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
+
+
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")

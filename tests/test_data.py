@@ -1,0 +1,396 @@
+"""Procedural shapes, synthetic multi-view datasets and their reader (monorecon.data)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from scipy.spatial import Delaunay, cKDTree
+
+from monorecon.core.cameras import orbit_c2w
+from monorecon.data import (
+    SHAPE_CLASSES,
+    ZERO123_FOV_DEG,
+    MultiViewDataset,
+    ObjaverseConvention,
+    ViewSampling,
+    camera_distance,
+    load_normalized_mesh,
+    make_object,
+    normalize_vertices,
+    synthesize_dataset,
+)
+
+BUNNY = Path("/work/shared/data/meshes/bunny.ply")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Independent references
+# --------------------------------------------------------------------------------------------------------------------
+def _merged(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weld vertices with identical positions (the generator duplicates them along sharp edges)."""
+    unique, inverse = np.unique(verts, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1)[faces]
+
+
+def _is_closed_and_oriented(faces: np.ndarray) -> bool:
+    """Every directed edge a->b is matched by as many b->a: a union of closed, consistently oriented surfaces."""
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    forward = {tuple(e): c for e, c in zip(*np.unique(directed, axis=0, return_counts=True), strict=True)}
+    return all(forward.get((b, a), 0) == c for (a, b), c in forward.items())
+
+
+def _signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
+    tri = verts[faces]
+    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
+
+
+def _ray_cast(origins: np.ndarray, dirs: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force Moller-Trumbore: nearest hit parameter t (inf if none) and face index of each ray."""
+    v0, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    best_t = np.full(len(origins), np.inf)
+    best_face = np.full(len(origins), -1)
+    for start in range(0, len(origins), 64):
+        o, d = origins[start : start + 64, None], dirs[start : start + 64, None]
+        p = np.cross(d, e2)
+        det = (e1 * p).sum(-1)
+        ok = np.abs(det) > 1e-12
+        inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+        s = o - v0
+        u = (s * p).sum(-1) * inv
+        q = np.cross(s, e1)
+        v = (d * q).sum(-1) * inv
+        t = (e2 * q).sum(-1) * inv
+        hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-9)
+        t = np.where(hit, t, np.inf)
+        best_t[start : start + 64] = t.min(axis=1)
+        best_face[start : start + 64] = np.where(np.isfinite(t.min(axis=1)), t.argmin(axis=1), -1)
+    return best_t, best_face
+
+
+def _pixel_rays(c2w: np.ndarray, fov_y_deg: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """World ray origins and directions (with unit view depth) through the pixel centres of a pinhole camera."""
+    focal = 0.5 * size / math.tan(math.radians(fov_y_deg) / 2)
+    i, j = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    d_cam = np.stack([(j - size / 2) / focal, -(i - size / 2) / focal, -np.ones_like(i)], -1).reshape(-1, 3)
+    return np.broadcast_to(c2w[:3, 3], d_cam.shape), d_cam @ c2w[:3, :3].T
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------------------------------
+def test_at_least_eight_classes():
+    assert len(SHAPE_CLASSES) >= 8
+    mesh = SHAPE_CLASSES["mug"](np.random.default_rng(0))
+    assert mesh.vertex_colors is not None and mesh.verts.norm(dim=1).max() == pytest.approx(0.5, abs=1e-5)
+
+
+@pytest.mark.parametrize("class_name", sorted(SHAPE_CLASSES))
+def test_class_valid_deterministic_upright(class_name):
+    a, b, other = make_object(class_name, 7), make_object(class_name, 7), make_object(class_name, 8)
+    for name in ("verts", "faces", "vertex_colors"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.verts.shape != other.verts.shape or not torch.equal(a.verts, other.verts)
+
+    verts, faces = a.verts.double().numpy(), a.faces.numpy()
+    assert len(faces) <= 5000
+    assert 0.0 <= float(a.vertex_colors.min()) and float(a.vertex_colors.max()) <= 1.0
+    # Normalised: farthest vertex at radius 0.5, bounding box centred on the origin.
+    assert np.linalg.norm(verts, axis=1).max() == pytest.approx(0.5, abs=1e-5)
+    np.testing.assert_allclose(verts.min(0) + verts.max(0), 0.0, atol=1e-5)
+    # Closed, outward oriented once coincident vertices are welded.
+    merged_verts, merged_faces = _merged(verts, faces)
+    assert _is_closed_and_oriented(merged_faces)
+    assert _signed_volume(merged_verts, merged_faces) > 1e-3
+    # Upright: the centre of mass lies above the footprint of the lowest points (it stands on its base).
+    com = trimesh.Trimesh(merged_verts, merged_faces, process=False).center_mass
+    base = verts[verts[:, 1] < verts[:, 1].min() + 0.01][:, [0, 2]]
+    assert Delaunay(base).find_simplex(com[[0, 2]]) >= 0
+    assert com[1] > verts[:, 1].min() + 0.05
+
+
+def test_classes_differ():
+    clouds = {}
+    for name in sorted(SHAPE_CLASSES):
+        mesh = make_object(name, 0)
+        tm = trimesh.Trimesh(mesh.verts.double().numpy(), mesh.faces.numpy(), process=False)
+        clouds[name] = trimesh.sample.sample_surface(tm, 1500, seed=0)[0]
+    names = sorted(clouds)
+    for i, p in enumerate(names):
+        for q in names[i + 1 :]:
+            a, b = clouds[p], clouds[q]
+            chamfer = cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()
+            assert chamfer > 0.03, (p, q, chamfer)
+
+
+def test_fronts_face_plus_z():
+    chair = make_object("chair", 3).verts.numpy()
+    top = chair[chair[:, 1] > chair[:, 1].max() - 0.1]
+    assert top[:, 2].mean() < -0.1  # the backrest is at the back (-Z)
+    car = make_object("car", 3)
+    headlight = np.all(np.isclose(car.vertex_colors.numpy(), [1.0, 0.95, 0.6], atol=1e-3), axis=1)
+    assert headlight.any() and car.verts.numpy()[headlight, 2].min() > 0.2  # headlights at the front (+Z)
+    snowman = make_object("snowman", 3)
+    nose = np.all(np.isclose(snowman.vertex_colors.numpy(), [1.0, 0.5, 0.1], atol=1e-3), axis=1)
+    nose_verts = snowman.verts.numpy()[nose]
+    assert nose.any() and nose_verts[:, 2].min() > 0.05  # the carrot nose sticks out towards +Z
+    assert np.abs(nose_verts[:, 0]).max() < 0.5 * np.ptp(nose_verts[:, 2])
+
+
+def test_make_object_bad_input():
+    with pytest.raises(ValueError, match="unknown shape class"):
+        make_object("spaceship", 0)
+    for seed in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            make_object("mug", seed)
+
+
+def test_normalize_vertices_known_values():
+    corners = np.array([[x, y, z] for x in (0, 2) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
+    # Centre (1, 0.5, 0.5); half diagonal sqrt(1 + 0.25 + 0.25) scaled to 0.5.
+    expected = (corners - [1.0, 0.5, 0.5]) * 0.5 / math.sqrt(1.5)
+    np.testing.assert_allclose(normalize_vertices(corners), expected, atol=1e-12)
+    for bad, match in ((np.zeros((0, 3)), "shape"), (np.full((3, 3), np.nan), "NaN"), (np.ones((4, 3)), "zero")):
+        with pytest.raises(ValueError, match=match):
+            normalize_vertices(bad)
+    with pytest.raises(ValueError, match="radius"):
+        normalize_vertices(corners, radius=0.0)
+
+
+def test_load_normalized_mesh_keeps_orientation(tmp_path):
+    original = trimesh.load(BUNNY, process=False, force="mesh").vertices
+    mesh = load_normalized_mesh(BUNNY)
+    verts = mesh.verts.double().numpy()
+    # The result is a positive scaling plus a translation of the file's vertices (no rotation, no flip).
+    design = np.concatenate([original.reshape(-1, 1), np.tile(np.eye(3), (len(original), 1))], axis=1)
+    (scale, *shift), *_ = np.linalg.lstsq(design, verts.reshape(-1), rcond=None)
+    assert scale > 0
+    np.testing.assert_allclose(original * scale + shift, verts, atol=1e-5)
+    assert np.linalg.norm(verts, axis=1).max() == pytest.approx(0.5, abs=1e-5)
+    np.testing.assert_allclose(mesh.vertex_colors.numpy(), 0.7, atol=1e-6)  # no colours in the file: default grey
+    with pytest.raises(ValueError, match="not found"):
+        load_normalized_mesh(tmp_path / "missing.ply")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Synthesis and reading back
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    return synthesize_dataset(root, n_objects=2, n_views=2, size=32, seed=3, progress=False)
+
+
+def test_camera_distance_analytic():
+    # fov 90: tan(a) = fill * 1 = 0.5, sin(a) = 0.5 / sqrt(1.25) -> distance = 0.5 * sqrt(1.25) / 0.5.
+    assert camera_distance(90.0, 0.5, 0.5) == pytest.approx(math.sqrt(1.25))
+    for bad in ((0.0, 0.5, 0.5), (40.0, -1.0, 0.5), (40.0, 0.5, 0.0)):
+        with pytest.raises(ValueError):
+            camera_distance(*bad)
+    with pytest.raises(ValueError, match="elevation_range_deg"):
+        ViewSampling(elevation_range_deg=(10.0, -10.0))
+
+
+def test_tiny_dataset_reads_back(tiny_dataset):
+    index = json.loads((tiny_dataset / "index.json").read_text())
+    assert [o["class"] for o in index["objects"]] == ["mug", "chair"]
+    assert (tiny_dataset / "manifest.csv").read_text().splitlines()[0] == "id,class,split,seed,path"
+    assert not [p for p in tiny_dataset.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    ds = MultiViewDataset(tiny_dataset, split="all")
+    assert len(ds) == 2
+    item = ds[1]
+    assert item["images"].shape == (2, 32, 32, 4) and item["images"].dtype == torch.float32
+    assert item["depth"].shape == (2, 32, 32) and item["normals"].shape == (2, 32, 32, 3)
+    assert item["class_name"] == "chair" and item["has_depth"] and Path(item["mesh_path"]).is_file()
+    np.testing.assert_allclose(item["fov_y_deg"].numpy(), 40.0)
+    c2w = item["c2w"].double()
+    distance = camera_distance(40.0)
+    np.testing.assert_allclose(c2w[:, :3, 3].norm(dim=-1).numpy(), distance, rtol=1e-5)
+    # Cameras look at the origin: the "back" axis points from the origin to the camera.
+    np.testing.assert_allclose(c2w[:, :3, 2].numpy(), (c2w[:, :3, 3] / distance).numpy(), atol=1e-5)
+    # Straight alpha with colour 0 on the background; alpha is hard coverage.
+    images = item["images"]
+    assert set(torch.unique(images[..., 3]).tolist()) <= {0.0, 1.0}
+    assert float(images[..., :3][images[..., 3] == 0].abs().max()) == 0.0
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["images"].shape == (2, 2, 32, 32, 4) and batch["class_name"] == ["mug", "chair"]
+    split_sizes = [len(MultiViewDataset(tiny_dataset, s)) for s in ("train", "val", "test") if _has_split(ds, s)]
+    assert sum(split_sizes) == 2
+
+
+def _has_split(ds: MultiViewDataset, split: str) -> bool:
+    index = json.loads((ds.root / "index.json").read_text())
+    return any(o["split"] == split for o in index["objects"])
+
+
+def test_depth_and_alpha_match_ray_casting(tiny_dataset):
+    ds = MultiViewDataset(tiny_dataset, split="all")
+    mismatched = total = 0
+    for item in ds:
+        tm = trimesh.load(item["mesh_path"], process=False, force="mesh")  # read by trimesh, not our loader
+        tri = np.asarray(tm.vertices, dtype=np.float64)[np.asarray(tm.faces)]
+        face_normals = np.asarray(tm.face_normals)
+        for view in range(len(item["c2w"])):
+            origins, dirs = _pixel_rays(item["c2w"][view].double().numpy(), float(item["fov_y_deg"][view]), 32)
+            t, face = _ray_cast(origins, dirs, tri)
+            hit = np.isfinite(t)
+            alpha = item["images"][view, ..., 3].numpy().reshape(-1) > 0.5
+            depth = item["depth"][view].numpy().reshape(-1)
+            mismatched += int((hit != alpha).sum())
+            total += hit.size
+            both = hit & alpha
+            assert both.sum() > 50
+            # Directions have unit view depth, so the ray parameter is the view depth.
+            np.testing.assert_allclose(depth[both], t[both], atol=1e-5)
+            assert (depth[~alpha] == 0).all()
+            normals = item["normals"][view].numpy().reshape(-1, 3)[both]
+            # Smooth normals stay within a facet angle of the hit face's normal; hard edges are not rounded off.
+            agreement = (normals * face_normals[face[both]]).sum(-1)
+            assert np.median(agreement) > 0.99 and agreement.min() > 0.9
+    assert mismatched <= 0.002 * total  # only pixel centres grazing a silhouette edge may differ
+
+
+def test_synthesis_deterministic_and_resumable(tiny_dataset, tmp_path):
+    again = synthesize_dataset(tmp_path / "again", n_objects=2, n_views=2, size=32, seed=3, progress=False)
+    for path in sorted(tiny_dataset.rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (again / path.relative_to(tiny_dataset)).read_bytes(), path
+    stamp = (again / "000000_mug" / "rgba" / "000.png").stat().st_mtime_ns
+    synthesize_dataset(again, n_objects=3, n_views=2, size=32, seed=3, progress=False)  # resumes, adds one object
+    assert (again / "000000_mug" / "rgba" / "000.png").stat().st_mtime_ns == stamp
+    assert len(MultiViewDataset(again, "all")) == 3
+    with pytest.raises(ValueError, match="not made with these arguments"):
+        synthesize_dataset(again, n_objects=1, n_views=3, size=32, seed=3, progress=False)
+    other = synthesize_dataset(tmp_path / "other", n_objects=1, n_views=2, size=32, seed=4, progress=False)
+    assert (other / "000000_mug" / "cameras.json").read_bytes() != (again / "000000_mug" / "cameras.json").read_bytes()
+
+
+def test_synthesize_bad_arguments(tmp_path):
+    good = {"n_objects": 1, "n_views": 1, "size": 8, "seed": 0, "progress": False}
+    for change, match in (
+        ({"n_objects": 0}, "n_objects"),
+        ({"size": -4}, "size"),
+        ({"seed": -1}, "seed"),
+        ({"classes": ["spaceship"]}, "spaceship"),
+        ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            synthesize_dataset(tmp_path / "bad", **{**good, **change})
+
+
+def test_missing_and_corrupt_files_are_skipped(tiny_dataset, tmp_path):
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    missing = root / "000000_mug" / "rgba" / "001.png"
+    missing.unlink()
+    with pytest.warns(UserWarning, match=re.escape(str(missing))):
+        ds = MultiViewDataset(root, split="all")
+    assert [o.object_id for o in ds.objects] == ["000001_chair"]
+
+    truncated = root / "000001_chair" / "rgba" / "000.png"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning) as caught, pytest.raises(ValueError, match="no usable object"):
+        MultiViewDataset(root, split="all")
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"missing or empty file {missing}" in messages and f"corrupt image {truncated}" in messages
+    # Without the up-front check, the damaged file is reported when its item is read, never used.
+    with pytest.warns(UserWarning, match=re.escape(str(missing))):
+        lazy = MultiViewDataset(root, split="all", verify=False)
+    with pytest.raises(ValueError, match=re.escape(str(truncated))):
+        lazy[0]
+
+    truncated.write_bytes(data)
+    depth = root / "000001_chair" / "depth" / "001.npz"
+    depth.write_bytes(b"not a zip file")
+    with pytest.warns(UserWarning) as caught, pytest.raises(ValueError, match="no usable object"):
+        MultiViewDataset(root, split="all")
+    assert any(str(depth) in str(w.message) for w in caught)
+
+    shutil.copy(tiny_dataset / "000001_chair" / "depth" / "001.npz", depth)
+    mesh = root / "000001_chair" / "mesh.ply"
+    mesh.write_bytes(mesh.read_bytes()[:100])
+    with pytest.warns(UserWarning) as caught, pytest.raises(ValueError, match="no usable object"):
+        MultiViewDataset(root, split="all")
+    assert any(str(mesh) in str(w.message) for w in caught)
+
+
+def test_reader_bad_roots_and_arguments(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="no usable object"):
+        MultiViewDataset(tmp_path, split="all")
+    with pytest.raises(ValueError, match="not found"):
+        MultiViewDataset(tmp_path / "missing", split="all")
+    with pytest.raises(ValueError, match="split"):
+        MultiViewDataset(tiny_dataset, split="training")
+    with pytest.raises(ValueError, match="max_views"):
+        MultiViewDataset(tiny_dataset, split="all", max_views=0)
+    assert MultiViewDataset(tiny_dataset, split="all", max_views=1)[0]["images"].shape[0] == 1
+    with pytest.warns(UserWarning, match="fewer than max_views"), pytest.raises(ValueError, match="no usable"):
+        MultiViewDataset(tiny_dataset, split="all", max_views=3)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"index\.json"):
+        MultiViewDataset(tmp_path, split="all")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Objaverse-style (zero123) folders
+# --------------------------------------------------------------------------------------------------------------------
+def _zero123_w2c(location_blender: np.ndarray) -> np.ndarray:
+    """3x4 world-to-camera of a Blender camera at ``location`` tracking the origin (-Z forward, Y up, world Z up)."""
+    back = location_blender / np.linalg.norm(location_blender)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    rot = np.stack([right, up, back], axis=1)  # camera-to-world rotation
+    return np.concatenate([rot.T, -(rot.T @ location_blender)[:, None]], axis=1)
+
+
+def _write_objaverse_object(folder: Path, matrices: list[np.ndarray]) -> None:
+    folder.mkdir(parents=True)
+    for i, matrix in enumerate(matrices):
+        pixels = np.zeros((16, 16, 4 if i == 0 else 3), dtype=np.uint8)
+        pixels[4:12, 4:12] = 200
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+        np.save(folder / f"{i:03d}.npy", matrix)
+
+
+def test_objaverse_zero123_convention(tmp_path):
+    assert ZERO123_FOV_DEG == pytest.approx(49.1343, abs=1e-3)  # 2 atan(16 / 35): 35 mm lens, 32 mm sensor
+    # Blender locations and the same cameras in monorecon's frame: (x, y, z)_blender -> (x, z, -y).
+    locations = [np.array([0.0, -2.0, 0.0]), np.array([1.5, 0.0, 0.0]), np.array([0.0, -1.0, 1.0])]
+    expected = [orbit_c2w(0.0, 0.0, 2.0), orbit_c2w(90.0, 0.0, 1.5), orbit_c2w(0.0, 45.0, math.sqrt(2.0))]
+    _write_objaverse_object(tmp_path / "uid_a", [_zero123_w2c(p) for p in locations])
+    item = MultiViewDataset(tmp_path, split="all")[0]
+    for got, want in zip(item["c2w"], expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(item["fov_y_deg"].numpy(), ZERO123_FOV_DEG, rtol=1e-6)
+    assert item["images"].shape == (3, 16, 16, 4) and not item["has_depth"] and item["mesh_path"] == ""
+    assert float(item["images"][1, 0, 0, 3]) == 1.0  # RGB file: opaque
+    assert float(item["images"][0, 0, 0, 3]) == 0.0 and float(item["images"][0, 8, 8, 3]) == pytest.approx(200 / 255)
+    with pytest.raises(ValueError, match="only split='all'"):
+        MultiViewDataset(tmp_path, split="train")
+
+
+def test_objaverse_other_conventions_and_bad_files(tmp_path):
+    want = orbit_c2w(30.0, 20.0, 1.8)[0].double().numpy()
+    opencv_c2w = want @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes: y down, looking down +z
+    _write_objaverse_object(tmp_path / "good", [opencv_c2w])
+    convention = ObjaverseConvention(matrix="c2w", camera_axes="opencv", world_up="y", fov_y_deg=30.0)
+    _write_objaverse_object(tmp_path / "skewed", [np.ones((3, 4))])
+    _write_objaverse_object(tmp_path / "broken", [np.eye(4)])
+    (tmp_path / "broken" / "000.npy").write_bytes(b"garbage")
+    with pytest.warns(UserWarning) as caught:
+        ds = MultiViewDataset(tmp_path, split="all", objaverse=convention)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "skewed" in messages and "orthonormal" in messages and "broken" in messages
+    assert [o.object_id for o in ds.objects] == ["good"]
+    np.testing.assert_allclose(ds[0]["c2w"][0].double().numpy(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="camera_axes"):
+        ObjaverseConvention(camera_axes="directx")
