@@ -1,0 +1,150 @@
+"""Loading TripoSR checkpoints: ``model.ckpt`` (torch) or ``.safetensors``, local or from the Hugging Face Hub.
+
+Loading is strict: every key of the architecture must be present with its shape, and nothing else. Problems raise
+``ValueError`` naming the file and the first offending keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import TripoSRConfig
+from .model import TripoSRModel
+
+__all__ = ["check_state_dict", "load_triposr", "read_state_dict"]
+
+_WEIGHT_NAMES = ("model.safetensors", "model.ckpt")
+_CONFIG_NAME = "config.yaml"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+_SHOWN = 5  # offending keys listed in error messages
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``.safetensors`` or a torch pickle (``torch.load(weights_only=True)``), on the CPU.
+
+    Raises:
+        ValueError: missing file, truncated or corrupt file, or content that is not a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # every reader failure means the same thing to the caller
+        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"weights {path} do not hold a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str) -> None:
+    """Check ``state`` has exactly the keys of ``expected`` with the same shapes.
+
+    Raises:
+        ValueError: naming the first few missing, unexpected or mis-shaped keys (or saying that the checkpoint is of
+            another architecture when it shares few keys with the model).
+    """
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if len(missing) > len(expected) / 2:
+        raise ValueError(
+            f"{source} is not a TripoSR checkpoint of this configuration: {len(missing)} of {len(expected)} "
+            f"expected keys are missing (its first keys: {list(state)[:_SHOWN]})"
+        )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {missing[:_SHOWN]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:_SHOWN]}")
+    shapes = [
+        f"{key} {tuple(state[key].shape)} vs model {tuple(shape)}"
+        for key, shape in expected.items()
+        if key in state and tuple(state[key].shape) != tuple(shape)
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} keys of the wrong shape: {shapes[:_SHOWN]}")
+    if problems:
+        raise ValueError(f"{source} does not match the TripoSR architecture: " + "; ".join(problems))
+
+
+def _hub_download(repo_id: str, filename: str) -> Path:
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as err:  # network, authentication, missing file: all mean "not available"
+        raise ValueError(
+            f"{repo_id!r} is no local file or folder, and downloading its {filename} from the Hugging Face Hub "
+            f"failed: {err}"
+        ) from err
+
+
+def _resolve_paths(weights_path: str | os.PathLike, config_path: str | os.PathLike | None) -> tuple[Path, Path]:
+    """Local file, folder, or Hugging Face repo id -> (weights file, config file)."""
+    location = Path(weights_path)
+    if location.is_dir():
+        candidates = [location / name for name in _WEIGHT_NAMES if (location / name).is_file()]
+        if not candidates:
+            raise ValueError(f"no {' or '.join(_WEIGHT_NAMES)} in the folder {location}")
+        weights = candidates[0]
+    elif location.is_file():
+        weights = location
+    elif isinstance(weights_path, str) and _REPO_ID.match(weights_path) and not weights_path.startswith("."):
+        weights = _hub_download(weights_path, "model.ckpt")
+        if config_path is None:
+            config_path = _hub_download(weights_path, _CONFIG_NAME)
+    else:
+        raise ValueError(f"weights not found: {weights_path} (neither a file, a folder nor a Hugging Face repo id)")
+    config = Path(config_path) if config_path is not None else weights.parent / _CONFIG_NAME
+    if not config.is_file():
+        raise ValueError(f"config file not found: {config} (pass config_path)")
+    return weights, config
+
+
+def load_triposr(
+    weights_path: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TripoSRModel:
+    """Load a TripoSR model in eval mode.
+
+    Args:
+        weights_path: ``model.ckpt`` or ``*.safetensors`` file, a folder holding one (and its ``config.yaml``), or a
+            Hugging Face repo id such as ``"stabilityai/TripoSR"`` (``config.yaml`` and ``model.ckpt`` are downloaded
+            with ``huggingface_hub.hf_hub_download``).
+        config_path: ``config.yaml`` (official or monorecon layout); default beside the weights.
+        device: torch device of the model.
+        dtype: ``torch.float32``, or ``torch.bfloat16`` to run the image encoder and backbone under autocast
+            (weights stay float32; scene codes, decoder and rendering are float32).
+
+    Raises:
+        ValueError: missing or unreadable files, an unsupported dtype, or weights that do not match the architecture.
+    """
+    if dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {_SUPPORTED_DTYPES}, got {dtype}")
+    weights, config_file = _resolve_paths(weights_path, config_path)
+    config = TripoSRConfig.load(config_file)
+    state = read_state_dict(weights)
+    # Built on the meta device: no time or memory spent on a random initialisation that is overwritten anyway.
+    with torch.device("meta"):
+        model = TripoSRModel(config)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    check_state_dict(state, expected, str(weights))
+    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.autocast_dtype = None if dtype == torch.float32 else dtype
+    return model.to(device).eval()

@@ -1,0 +1,352 @@
+"""TripoSR model: numerical parity with the official code, checkpoint layout, loading errors, frames.
+
+The reference in tests/data/triposr_ref was produced by the official TripoSR code (transformers 4.35) for a reduced
+configuration with seeded random weights (see its config.yaml): the ViT's position embeddings are a 3 x 3 grid and
+the 80-pixel input a 5 x 5 grid, so the legacy ``(n + 0.1) / m`` interpolation is exercised. ``official_keys.json``
+lists the key names and shapes of the full-size official model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mcubes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w, triposr_to_world
+from monorecon.models.triposr import TripoSRConfig, TripoSRModel, image_encoder, load_triposr
+from monorecon.models.triposr.image_encoder import legacy_interpolate_position_embeddings
+
+REF = Path(__file__).parent / "data" / "triposr_ref"
+WEIGHTS = REF / "model.safetensors"
+RTOL = 1e-4
+
+
+def rel_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest deviation relative to the largest reference magnitude."""
+    return float((value - reference).abs().max() / reference.abs().max())
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in np.load(REF / "reference.npz").items()}
+
+
+@pytest.fixture(scope="module")
+def model() -> TripoSRModel:
+    return load_triposr(WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def images(reference) -> torch.Tensor:
+    return reference["images_u8"].float() / 255.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parity with the official outputs
+# --------------------------------------------------------------------------------------------------------------------
+def test_scene_codes_match_official(model, images, reference):
+    with torch.no_grad():
+        codes = model.encode(images)
+    assert codes.shape == reference["scene_codes"].shape == (2, 3, 40, 16, 16)
+    assert codes.dtype == torch.float32
+    assert rel_error(codes, reference["scene_codes"]) < RTOL
+
+
+def test_query_matches_official(model, reference):
+    points = triposr_to_world(reference["points_triposr"])  # official frame -> ours
+    with torch.no_grad():
+        density, rgb = model.query(reference["scene_codes"], points)
+    assert density.shape == (2, 1000, 1) and rgb.shape == (2, 1000, 3)
+    # Densities span 1e-4 .. 250 (exp): compare each one relatively.
+    assert float(((density - reference["density"]).abs() / reference["density"]).max()) < RTOL
+    assert rel_error(rgb, reference["color"]) < RTOL
+    with torch.no_grad():  # unbatched form, and chunking does not change values
+        density_0, rgb_0 = model.query(reference["scene_codes"][0], points[0], chunk_size=77)
+    torch.testing.assert_close(density_0, density[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(rgb_0, rgb[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("key", "elevation", "n_views", "height", "width", "scene", "views"),
+    [("render_elev0_32x32", 0.0, 4, 32, 32, 0, [0, 1]), ("render_elev20_32x24", 20.0, 5, 32, 24, 1, [1])],
+)
+def test_render_matches_official(model, reference, key, elevation, n_views, height, width, scene, views):
+    # The official views: azimuth linspace(0, 360, n + 1)[:n] from +x_t towards +y_t, distance 1.9, fov 40. In our
+    # frame that is orbit_c2w(azimuth, elevation, 1.9) (view 0 = the input view, camera on +Z).
+    azimuth = torch.linspace(0, 360, n_views + 1)[:n_views][views]
+    cameras = PerspectiveCameras(orbit_c2w(azimuth, elevation, 1.9), height, width, fov_y_deg=40.0)
+    with torch.no_grad():
+        out = model.render(reference["scene_codes"][scene], cameras)
+    assert out["rgb"].shape == (len(views), height, width, 3)
+    assert out["opacity"].shape == out["depth"].shape == (len(views), height, width, 1)
+    assert rel_error(out["rgb"], reference[key][scene, views]) < RTOL
+    assert bool((out["opacity"] >= 0).all()) and bool((out["opacity"] <= 1 + 1e-5).all())
+
+
+def _modern_interpolation(position_embeddings: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """What newer transformers do: bicubic to ``size=(h, w)``."""
+    side = int((position_embeddings.shape[1] - 1) ** 0.5)
+    grid = position_embeddings[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+    return torch.cat([position_embeddings[:, :1], grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
+
+
+def test_reference_exercises_legacy_interpolation(model, images, reference, monkeypatch):
+    pos = model.image_tokenizer.model.embeddings.position_embeddings.detach()
+    legacy = legacy_interpolate_position_embeddings(pos, 5, 5)
+    assert legacy.shape == (1, 26, pos.shape[-1])
+    torch.testing.assert_close(legacy[:, 0], pos[:, 0])
+    assert legacy_interpolate_position_embeddings(pos, 3, 3) is pos  # native grid: unchanged
+    assert rel_error(_modern_interpolation(pos, 5, 5), legacy) > 0.03
+    # With the newer interpolation the scene codes leave the official ones by far more than the tolerance.
+    monkeypatch.setattr(image_encoder, "legacy_interpolate_position_embeddings", _modern_interpolation)
+    with torch.no_grad():
+        codes = model.encode(images)
+    assert rel_error(codes, reference["scene_codes"]) > 10 * RTOL
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoint layout of the full-size model
+# --------------------------------------------------------------------------------------------------------------------
+def test_full_size_architecture_matches_official_checkpoint_layout():
+    official = json.loads((REF / "official_keys.json").read_text())
+    with torch.device("meta"):
+        full = TripoSRModel(TripoSRConfig())
+    state = full.state_dict()
+    assert len(state) == 549
+    assert sum(value.numel() for value in state.values()) == 419_275_628
+    assert {key: list(value.shape) for key, value in state.items()} == official
+    assert state["backbone.transformer_blocks.15.attn2.to_k.weight"].shape == (1024, 768)
+    assert state["post_processor.upsample.weight"].shape == (1024, 40, 2, 2)
+
+
+def test_state_dict_round_trips_checkpoint(model):
+    stored = load_file(str(WEIGHTS))
+    state = model.state_dict()
+    assert set(state) == set(stored)
+    for key, value in stored.items():
+        assert torch.equal(state[key], value), key
+
+
+OFFICIAL_CONFIG_YAML = """
+cond_image_size: 512
+image_tokenizer_cls: tsr.models.tokenizers.image.DINOSingleImageTokenizer
+image_tokenizer:
+  pretrained_model_name_or_path: facebook/dino-vitb16
+tokenizer_cls: tsr.models.tokenizers.triplane.Triplane1DTokenizer
+tokenizer: {plane_size: 32, num_channels: 1024}
+backbone_cls: tsr.models.transformer.transformer_1d.Transformer1D
+backbone:
+  in_channels: ${tokenizer.num_channels}
+  num_attention_heads: 16
+  attention_head_dim: 64
+  num_layers: 16
+  cross_attention_dim: 768
+post_processor_cls: tsr.models.network_utils.TriplaneUpsampleNetwork
+post_processor: {in_channels: 1024, out_channels: 40}
+decoder_cls: tsr.models.network_utils.NeRFMLP
+decoder: {in_channels: 120, n_neurons: 64, n_hidden_layers: 9, activation: silu}
+renderer_cls: tsr.models.nerf_renderer.TriplaneNeRFRenderer
+renderer:
+  radius: 0.87
+  feature_reduction: concat
+  density_activation: exp
+  density_bias: -1.0
+  num_samples_per_ray: 128
+"""
+
+
+def test_official_config_yaml_gives_the_default_architecture(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(OFFICIAL_CONFIG_YAML)
+    assert TripoSRConfig.load(path) == TripoSRConfig()
+
+
+def test_official_layout_with_local_vit_folder_and_own_layout_round_trip(tmp_path):
+    own = TripoSRConfig.load(REF / "config.yaml")
+    vit = own.image_encoder
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({
+        "hidden_size": vit.hidden_size, "num_hidden_layers": vit.num_layers, "num_attention_heads": vit.num_heads,
+        "intermediate_size": vit.intermediate_size, "patch_size": vit.patch_size,
+        "image_size": vit.pretrained_image_size, "layer_norm_eps": vit.layer_norm_eps, "qkv_bias": True,
+    }))  # fmt: skip
+    official = yaml.safe_load(OFFICIAL_CONFIG_YAML)
+    official["cond_image_size"] = own.cond_image_size
+    official["image_tokenizer"]["pretrained_model_name_or_path"] = "vit"  # relative to the yaml's folder
+    official["tokenizer"] = {"plane_size": 8, "num_channels": 32}
+    official["backbone"].update(num_attention_heads=2, attention_head_dim=24, num_layers=2, cross_attention_dim=64,
+                                norm_num_groups=8)  # fmt: skip
+    official["post_processor"]["in_channels"] = 32
+    (tmp_path / "official.yaml").write_text(yaml.safe_dump(official))
+    assert TripoSRConfig.load(tmp_path / "official.yaml") == own
+    own.save(tmp_path / "own.yaml")
+    assert TripoSRConfig.load(tmp_path / "own.yaml") == own
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(decoder_cls="tsr.models.other.Decoder"), "not a TripoSR architecture"),
+        (lambda c: c.update(extra_key=1), "unknown keys"),
+        (lambda c: c["backbone"].update(activation_fn="gelu"), "activation_fn"),
+        (lambda c: c["backbone"].update(in_channels="${tokenizer.missing}"), "points to nothing"),
+        (lambda c: c["decoder"].update(in_channels=99), "decoder.in_channels"),
+        (lambda c: c["image_tokenizer"].update(pretrained_model_name_or_path="no/such-model"), "unknown image encoder"),
+        (lambda c: c.update(cond_image_size=500), "multiple of the patch size"),
+    ],
+)
+def test_bad_configs_raise(tmp_path, edit, message):
+    config = yaml.safe_load(OFFICIAL_CONFIG_YAML)
+    edit(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=message):
+        TripoSRConfig.load(path)
+
+
+def test_own_config_rejects_unknown_and_missing_files(tmp_path):
+    data = TripoSRConfig().to_dict()
+    data["backbone"]["heads"] = 4
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="heads"):
+        TripoSRConfig.load(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="not found"):
+        TripoSRConfig.load(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def checkpoint_dir(tmp_path) -> Path:
+    (tmp_path / "config.yaml").write_text((REF / "config.yaml").read_text())
+    return tmp_path
+
+
+def test_load_torch_ckpt_and_folder(checkpoint_dir, images, reference):
+    torch.save(load_file(str(WEIGHTS)), checkpoint_dir / "model.ckpt")
+    loaded = load_triposr(checkpoint_dir)  # a folder: model.ckpt + config.yaml
+    assert not loaded.training
+    with torch.no_grad():
+        assert rel_error(loaded.encode(images[:1]), reference["scene_codes"][:1]) < RTOL
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("backbone.transformer_blocks.1.attn2.to_k.weight"), r"missing keys.*attn2\.to_k\.weight"),
+        (lambda s: s.update({"decoder.layers.20.weight": torch.zeros(4, 4)}), r"unexpected keys.*layers\.20\.weight"),
+        (lambda s: s.update({"tokenizer.embeddings": torch.zeros(3, 32, 4, 4)}), r"wrong shape.*tokenizer\.embeddings"),
+        (lambda s: s.update({f"other.{k}": s.pop(k) for k in list(s)}), "not a TripoSR checkpoint"),
+    ],
+)
+def test_mismatched_checkpoints_raise_naming_keys(checkpoint_dir, change, message):
+    state = load_file(str(WEIGHTS))
+    change(state)
+    save_file(state, str(checkpoint_dir / "model.safetensors"))
+    with pytest.raises(ValueError, match=message):
+        load_triposr(checkpoint_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.ckpt"])
+def test_truncated_files_raise(checkpoint_dir, name):
+    full = checkpoint_dir / f"full_{name}"
+    if name.endswith(".ckpt"):
+        torch.save(load_file(str(WEIGHTS)), full)
+    else:
+        full.write_bytes(WEIGHTS.read_bytes())
+    data = full.read_bytes()
+    (checkpoint_dir / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_triposr(checkpoint_dir / name)
+
+
+def test_missing_paths_raise(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_triposr(tmp_path / "nothing" / "model.ckpt")
+    (tmp_path / "model.safetensors").write_bytes(WEIGHTS.read_bytes())
+    with pytest.raises(ValueError, match="config file not found"):
+        load_triposr(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="dtype"):
+        load_triposr(WEIGHTS, dtype=torch.float16)
+
+
+def test_hugging_face_repo_id_uses_hf_hub_download(monkeypatch, tmp_path, images, reference):
+    import huggingface_hub
+
+    torch.save(load_file(str(WEIGHTS)), tmp_path / "model.ckpt")
+    (tmp_path / "config.yaml").write_text((REF / "config.yaml").read_text())
+    calls = []
+
+    def fake_download(repo_id: str, filename: str, **kwargs) -> str:
+        calls.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    loaded = load_triposr("stabilityai/TripoSR")
+    assert sorted(calls) == [("stabilityai/TripoSR", "config.yaml"), ("stabilityai/TripoSR", "model.ckpt")]
+    with torch.no_grad():
+        assert rel_error(loaded.encode(images[1:]), reference["scene_codes"][1:]) < RTOL
+
+    def offline(repo_id: str, filename: str, **kwargs) -> str:
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match=r"no local file or folder.*model\.ckpt.*no network"):
+        load_triposr("stabilityai/TripoSR")
+
+
+def test_bfloat16_autocast_stays_close_and_returns_float32(images, reference):
+    model_bf16 = load_triposr(WEIGHTS, dtype=torch.bfloat16)
+    with torch.no_grad():
+        codes = model_bf16.encode(images)
+    assert codes.dtype == torch.float32
+    assert model_bf16.decoder.layers[0].weight.dtype == torch.float32
+    assert rel_error(codes, reference["scene_codes"]) < 0.05
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mesh extraction and input validation
+# --------------------------------------------------------------------------------------------------------------------
+def test_extract_mesh_matches_marching_cubes_in_the_official_frame(model, reference):
+    code, resolution, radius = reference["scene_codes"][0], 20, 0.87
+    mesh = model.extract_mesh(code[None], resolution=resolution, threshold=25.0)
+    # Independent path: grid built in TripoSR's frame (as the official code does), PyMCubes directly, then ours.
+    axis = torch.linspace(-radius, radius, resolution)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    with torch.no_grad():
+        density = model.query(code, triposr_to_world(grid))[0].reshape(resolution, resolution, resolution)
+    verts, faces = mcubes.marching_cubes(density.double().numpy(), 25.0)
+    expected = triposr_to_world(torch.from_numpy(-radius + verts * (2 * radius / (resolution - 1))).float())
+    assert mesh.faces.shape[0] == faces.shape[0] > 0
+    assert mesh.verts.shape == expected.shape
+    # Same surface; rounding in the deep random MLP (batches of other shapes) moves a few vertices on flat edges.
+    nearest = torch.cdist(mesh.verts, expected).min(dim=1).values
+    cell = 2 * radius / (resolution - 1)
+    assert float(nearest.median()) < 1e-6 and float(nearest.max()) < 0.02 * cell
+    with torch.no_grad():
+        torch.testing.assert_close(mesh.vertex_colors, model.query(code, mesh.verts)[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one scene code"):
+        model.extract_mesh(reference["scene_codes"], resolution=8)
+
+
+def test_bad_inputs_raise(model, reference):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.encode(torch.full((1, 16, 16, 3), 1.5))
+    with pytest.raises(ValueError, match="images"):
+        model.encode(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="batch"):
+        model.query(reference["scene_codes"], torch.zeros(1, 4, 3))
+    with pytest.raises(ValueError, match="scene_code"):
+        model.query(torch.zeros(1, 3, 8, 16, 16), torch.zeros(1, 4, 3))
+    cameras = PerspectiveCameras(orbit_c2w(torch.tensor([0.0, 90.0, 180.0]), 0.0, 1.9), 4, 4, fov_y_deg=40.0)
+    with pytest.raises(ValueError, match="cameras"):
+        model.render(reference["scene_codes"], cameras)
