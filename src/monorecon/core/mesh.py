@@ -1,0 +1,190 @@
+"""Triangle mesh container shared by monorecon (extraction, rendering, I/O, data synthesis).
+
+Conventions:
+
+* Coordinates are in the monorecon world frame (+Y up, +Z towards the front viewer, see
+  :mod:`monorecon.core.cameras`). This is glTF's frame, so meshes are exported without any rotation.
+* Faces are counter-clockwise seen from outside: the right-hand normal ``(v1 - v0) x (v2 - v0)`` points out.
+* Colours (vertex colours and texture texels) are display values in [0, 1], like the pixels of an image.
+* UVs are per vertex (vertices are split at seams, as xatlas outputs them, so ``faces`` index ``verts`` and ``uvs``
+  alike). ``u`` goes right and ``v`` goes **up from the bottom row** of the texture (the OBJ convention). The texture
+  is stored like an image, row 0 at the top, so the texel of ``(u, v)`` is at row ``(1 - v) * H``, column ``u * W``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from .checks import check_tensor
+from .shading import face_normals, vertex_normals
+
+__all__ = ["Mesh", "colors_to_uint8"]
+
+
+@dataclass(frozen=True, eq=False)
+class Mesh:
+    """A triangle mesh with optional vertex colours and/or UVs with a texture (immutable: use ``dataclasses.replace``).
+
+    Attributes:
+        verts: (V, 3) float vertex positions (world).
+        faces: (F, 3) int64 vertex indices, counter-clockwise seen from outside.
+        vertex_colors: (V, 3) float in [0, 1], or None.
+        uvs: (V, 2) float texture coordinates (``v`` up from the texture's bottom row), or None.
+        texture: (H, W, 3) float in [0, 1], row 0 at the top, or None; requires ``uvs``.
+
+    Raises:
+        ValueError: on an empty mesh, wrong shapes or dtypes, non-finite values, face indices out of range, colours
+            outside [0, 1], or a texture without UVs.
+    """
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    vertex_colors: torch.Tensor | None = None
+    uvs: torch.Tensor | None = None
+    texture: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        sizes: dict[str, int] = {}
+        check_tensor(self.verts, "mesh verts", ("V", 3), sizes=sizes, floating=True)
+        check_tensor(self.faces, "mesh faces", (None, 3), floating=False)
+        if self.faces.dtype != torch.int64:
+            raise ValueError(f"mesh faces must be int64 (torch.long), got {self.faces.dtype}")
+        if self.verts.shape[0] == 0 or self.faces.shape[0] == 0:
+            raise ValueError(f"mesh is empty: {self.verts.shape[0]} vertices, {self.faces.shape[0]} faces")
+        low, high = int(self.faces.min()), int(self.faces.max())
+        if low < 0 or high >= self.verts.shape[0]:
+            raise ValueError(
+                f"mesh faces index vertices {low}..{high}, out of range for {self.verts.shape[0]} vertices"
+            )
+        if self.vertex_colors is not None:
+            check_tensor(self.vertex_colors, "mesh vertex_colors", ("V", 3), sizes=sizes, floating=True)
+            _check_unit_range(self.vertex_colors, "mesh vertex_colors")
+        if self.uvs is not None:
+            check_tensor(self.uvs, "mesh uvs", ("V", 2), sizes=sizes, floating=True)
+        if self.texture is not None:
+            check_tensor(self.texture, "mesh texture", (None, None, 3), floating=True)
+            if self.texture.shape[0] == 0 or self.texture.shape[1] == 0:
+                raise ValueError(f"mesh texture is empty: shape {tuple(self.texture.shape)}")
+            _check_unit_range(self.texture, "mesh texture")
+            if self.uvs is None:
+                raise ValueError("mesh texture given without uvs")
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Sizes and geometry
+    # ----------------------------------------------------------------------------------------------------------------
+    @property
+    def num_verts(self) -> int:
+        return int(self.verts.shape[0])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    @property
+    def bounds(self) -> torch.Tensor:
+        """(2, 3) axis-aligned bounding box: row 0 the minimum corner, row 1 the maximum corner."""
+        return torch.stack([self.verts.amin(dim=0), self.verts.amax(dim=0)])
+
+    @property
+    def face_normals(self) -> torch.Tensor:
+        """(F, 3) unit outward face normals; zero for degenerate faces."""
+        return face_normals(self.verts, self.faces)
+
+    @property
+    def vertex_normals(self) -> torch.Tensor:
+        """(V, 3) unit vertex normals: area-weighted mean of the adjacent face normals; zero where undefined.
+
+        Vertices at the same position (copies split at UV seams) share one normal, so seams are not shaded.
+        """
+        _, position_id = torch.unique(self.verts.detach(), dim=0, return_inverse=True)
+        # First vertex at each position, gathered from verts so that gradients flow to the positions.
+        index = torch.arange(self.num_verts, device=self.verts.device)
+        first = torch.full_like(index[: int(position_id.max()) + 1], self.num_verts)
+        first = first.scatter_reduce(0, position_id, index, reduce="amin")
+        return vertex_normals(self.verts[first], position_id[self.faces])[position_id]
+
+    def normalized(self, box: float = 1.0) -> Mesh:
+        """Copy centred on its bounding-box centre and scaled so that the longest box side is ``box``."""
+        if not box > 0:
+            raise ValueError(f"box must be positive, got {box}")
+        low, high = self.bounds
+        extent = float((high - low).max())
+        if extent <= 0:
+            raise ValueError("cannot normalise a mesh whose vertices all coincide")
+        return dataclasses.replace(self, verts=(self.verts - (low + high) / 2) * (box / extent))
+
+    def to(self, device: torch.device | str) -> Mesh:
+        """Copy with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Mesh(**{k: None if v is None else v.to(device) for k, v in moved.items()})
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # trimesh conversion
+    # ----------------------------------------------------------------------------------------------------------------
+    def to_trimesh(self) -> trimesh.Trimesh:
+        """``trimesh.Trimesh`` (not processed: same vertices and faces in the same order) with the colours/texture."""
+        verts = self.verts.detach().cpu().double().numpy()
+        faces = self.faces.cpu().numpy()
+        visual = None
+        if self.uvs is not None:
+            image = None if self.texture is None else Image.fromarray(colors_to_uint8(self.texture))
+            material = trimesh.visual.material.SimpleMaterial(image=image)
+            visual = trimesh.visual.TextureVisuals(uv=self.uvs.detach().cpu().double().numpy(), material=material)
+        elif self.vertex_colors is not None:
+            visual = trimesh.visual.ColorVisuals(vertex_colors=colors_to_uint8(self.vertex_colors))
+        return trimesh.Trimesh(vertices=verts, faces=faces, visual=visual, process=False)
+
+    @classmethod
+    def from_trimesh(cls, tm: trimesh.Trimesh) -> Mesh:
+        """Mesh from a ``trimesh.Trimesh``: vertex colours (alpha dropped) or UVs with the material's image.
+
+        Face colours are ignored. trimesh stores UVs with ``v`` up, as this module does.
+        """
+        if not isinstance(tm, trimesh.Trimesh):
+            raise ValueError(f"expected a trimesh.Trimesh, got {type(tm).__name__}")
+        verts = torch.from_numpy(np.asarray(tm.vertices, dtype=np.float32).copy())
+        faces = torch.from_numpy(np.asarray(tm.faces, dtype=np.int64).copy()).reshape(-1, 3)
+        vertex_colors = uvs = texture = None
+        visual = tm.visual
+        if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
+            vertex_colors = _colors_to_float(visual.vertex_colors)
+        elif isinstance(visual, trimesh.visual.TextureVisuals):
+            if visual.uv is not None and len(visual.uv) > 0:
+                uvs = torch.from_numpy(np.asarray(visual.uv, dtype=np.float32)[:, :2].copy())
+                image = _material_image(visual.material)
+                if image is not None:
+                    texture = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+            if "color" in visual.vertex_attributes:  # trimesh keeps glTF COLOR_0 here when there is a material
+                vertex_colors = _colors_to_float(visual.vertex_attributes["color"])
+        return cls(verts=verts, faces=faces, vertex_colors=vertex_colors, uvs=uvs, texture=texture)
+
+
+def colors_to_uint8(colors: torch.Tensor) -> np.ndarray:
+    """(..., C) float colours or texture in [0, 1] -> contiguous uint8 numpy array (rounded to the nearest level)."""
+    return np.ascontiguousarray(np.round(colors.detach().cpu().float().numpy() * 255.0).astype(np.uint8))
+
+
+def _colors_to_float(colors: np.ndarray) -> torch.Tensor:
+    """(V, 3 or 4) uint8 or float [0, 1] colours -> (V, 3) float32 tensor in [0, 1] (alpha dropped)."""
+    rgb = np.asarray(colors)[:, :3]
+    scale = 255.0 if rgb.dtype == np.uint8 else 1.0
+    return torch.from_numpy(rgb.astype(np.float32) / scale)
+
+
+def _check_unit_range(x: torch.Tensor, name: str) -> None:
+    if bool((x < 0).any()) or bool((x > 1).any()):
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+
+
+def _material_image(material: object) -> Image.Image | None:
+    for attribute in ("baseColorTexture", "image"):  # PBRMaterial (glTF), SimpleMaterial (OBJ)
+        image = getattr(material, attribute, None)
+        if isinstance(image, Image.Image):
+            return image
+    return None

@@ -1,0 +1,311 @@
+"""Save and load :class:`~monorecon.core.mesh.Mesh` as GLB, OBJ (+ MTL + PNG) or binary PLY.
+
+* Frames: monorecon world coordinates are glTF's (+Y up, +Z front), so positions are written as given, with no
+  rotation node.
+* UVs: :class:`Mesh` stores ``v`` up from the texture's bottom row. OBJ uses the same convention (``vt`` written as
+  is); glTF's ``TEXCOORD_0`` has ``v`` down from the top, so GLB stores ``1 - v``. Loading (through trimesh, which uses
+  the OBJ convention) gives back our convention for every format.
+* Colours: vertex colours are written as 8-bit values (GLB ``COLOR_0`` as normalised unsigned bytes, PLY ``uchar``;
+  OBJ as floats after the position, the common ``v x y z r g b`` extension), as is usual for meshes exported by
+  trimesh. Note that glTF defines ``COLOR_0`` as linear while our colours are display values: no conversion is made.
+  The texture is a PNG (embedded in a GLB, beside the OBJ).
+* Every file is written atomically (:mod:`monorecon.io.atomic`): an error leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import torch
+import trimesh
+from PIL import Image
+
+from ..core.mesh import Mesh, colors_to_uint8
+from .atomic import atomic_write_bytes
+
+__all__ = ["MESH_FORMATS", "load_mesh", "save_mesh"]
+
+MESH_FORMATS = ("glb", "obj", "ply")
+_LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply")
+
+# glTF enumerations
+_FLOAT, _UNSIGNED_BYTE, _UNSIGNED_INT = 5126, 5121, 5125
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+_LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
+_UNLIT = "KHR_materials_unlit"
+
+
+def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = None, *, unlit: bool = False) -> Path:
+    """Write ``mesh`` to ``path``; the format comes from ``format`` or the file extension.
+
+    Args:
+        mesh: the mesh (world frame). A texture is written by GLB and OBJ; PLY refuses textured meshes.
+        path: destination file; its folder must exist.
+        format: ``"glb"``, ``"obj"`` or ``"ply"``; default from the extension of ``path``.
+        unlit: GLB only: mark the material ``KHR_materials_unlit`` (viewers show the colours without shading, right
+            for colours with baked-in lighting such as reconstructions).
+
+    Returns:
+        ``path``. A textured OBJ also writes ``path.mtl`` and ``path.png`` (same stem) beside it.
+
+    Raises:
+        ValueError: unknown format, missing folder, or a texture for PLY.
+    """
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"save_mesh expects a Mesh, got {type(mesh).__name__}")
+    path = Path(path)
+    fmt = _format_of(path, format, MESH_FORMATS)
+    if fmt == "glb":
+        atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit))
+    elif fmt == "ply":
+        atomic_write_bytes(path, _ply_bytes(mesh))
+    else:
+        _write_obj(mesh, path)
+    return path
+
+
+def load_mesh(path: str | os.PathLike[str]) -> Mesh:
+    """Read a mesh from OBJ, PLY, GLB or glTF with trimesh (unprocessed: vertex order kept).
+
+    Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
+    image are kept (see :meth:`Mesh.from_trimesh`).
+
+    Raises:
+        ValueError: unknown extension, missing file, or a file that cannot be read as a non-empty mesh.
+    """
+    path = Path(path)
+    _format_of(path, None, _LOADABLE_FORMATS)
+    if not path.is_file():
+        raise ValueError(f"mesh file not found: {path}")
+    try:
+        scene = trimesh.load_scene(path, process=False)
+        parts = [
+            (transform, scene.geometry[name])
+            for transform, name in (scene.graph[node] for node in scene.graph.nodes_geometry)
+            if isinstance(scene.geometry[name], trimesh.Trimesh) and len(scene.geometry[name].faces) > 0
+        ]
+    except Exception as exc:  # trimesh raises many types on bad data
+        raise ValueError(f"could not read mesh {path}: {type(exc).__name__}: {exc}") from exc
+    if not parts:
+        raise ValueError(f"could not read mesh {path}: no triangles found")
+    try:
+        if len(parts) > 1 and any(part.visual.kind == "texture" for _, part in parts):
+            # Several textured parts: trimesh packs their images into one atlas.
+            return Mesh.from_trimesh(trimesh.util.concatenate(scene.dump()))
+        return _concatenate([_transformed(Mesh.from_trimesh(part), transform) for transform, part in parts])
+    except ValueError as exc:
+        raise ValueError(f"invalid mesh in {path}: {exc}") from exc
+
+
+def _transformed(mesh: Mesh, transform: np.ndarray) -> Mesh:
+    """Apply a scene node's 4x4 world transform (faces reversed for mirroring transforms, to stay outward)."""
+    if np.allclose(transform, np.eye(4)):
+        return mesh
+    matrix = torch.from_numpy(np.array(transform, dtype=np.float64))
+    verts = (mesh.verts.double() @ matrix[:3, :3].T + matrix[:3, 3]).to(mesh.verts.dtype)
+    faces = mesh.faces.flip(1) if float(torch.linalg.det(matrix[:3, :3])) < 0 else mesh.faces
+    return dataclasses.replace(mesh, verts=verts, faces=faces)
+
+
+def _concatenate(meshes: list[Mesh]) -> Mesh:
+    """One mesh from untextured parts; vertex colours are kept only if every part has them."""
+    if len(meshes) == 1:
+        return meshes[0]
+    offsets = np.cumsum([0] + [m.num_verts for m in meshes[:-1]]).tolist()
+    colored = all(m.vertex_colors is not None for m in meshes)
+    return Mesh(
+        verts=torch.cat([m.verts for m in meshes]),
+        faces=torch.cat([m.faces + offset for m, offset in zip(meshes, offsets, strict=True)]),
+        vertex_colors=torch.cat([m.vertex_colors for m in meshes]) if colored else None,
+    )
+
+
+def _format_of(path: Path, format: str | None, allowed: tuple[str, ...]) -> str:
+    fmt = (format if format is not None else path.suffix.lstrip(".")).lower()
+    if fmt not in allowed:
+        got = f"format {format!r}" if format is not None else f"extension {path.suffix!r} of {path}"
+        raise ValueError(f"unknown mesh {got}; expected one of {', '.join(allowed)}")
+    return fmt
+
+
+def _png_bytes(texture_uint8: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(texture_uint8).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GLB
+# --------------------------------------------------------------------------------------------------------------------
+def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
+    """The mesh as a binary glTF 2.0 file (one node, one primitive, no transform); see the module notes."""
+    verts = mesh.verts.detach().cpu().float().numpy()
+    normals = mesh.vertex_normals.detach().cpu().double().numpy()
+    # Normals must be unit length for the validator; vertices without a defined normal get +Y.
+    undefined = np.linalg.norm(normals, axis=1) < 0.5
+    normals[undefined] = (0.0, 1.0, 0.0)
+    normals = (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
+
+    builder = _GlbBuilder()
+    attributes = pygltflib.Attributes(
+        POSITION=builder.accessor(verts, "VEC3", _FLOAT, _ARRAY_BUFFER, with_bounds=True),
+        NORMAL=builder.accessor(normals, "VEC3", _FLOAT, _ARRAY_BUFFER),
+    )
+    indices = builder.accessor(
+        mesh.faces.cpu().numpy().astype(np.uint32).reshape(-1), "SCALAR", _UNSIGNED_INT, _ELEMENT_ARRAY_BUFFER
+    )
+    pbr = pygltflib.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=1.0)
+    gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="monorecon"))
+    if mesh.uvs is not None:
+        uvs = mesh.uvs.detach().cpu().float().numpy().copy()
+        uvs[:, 1] = 1.0 - uvs[:, 1]  # glTF: v down from the top row
+        attributes.TEXCOORD_0 = builder.accessor(uvs, "VEC2", _FLOAT, _ARRAY_BUFFER)
+        if mesh.texture is not None:
+            image_view = builder.buffer_view(_png_bytes(colors_to_uint8(mesh.texture)), target=None)
+            gltf.images = [pygltflib.Image(bufferView=image_view, mimeType="image/png")]
+            gltf.samplers = [
+                pygltflib.Sampler(
+                    magFilter=_LINEAR, minFilter=_LINEAR_MIPMAP_LINEAR, wrapS=_CLAMP_TO_EDGE, wrapT=_CLAMP_TO_EDGE
+                )
+            ]
+            gltf.textures = [pygltflib.Texture(sampler=0, source=0)]
+            pbr.baseColorTexture = pygltflib.TextureInfo(index=0)
+    if mesh.vertex_colors is not None and mesh.texture is None:  # COLOR_0 would tint the texture
+        rgba = np.full((mesh.num_verts, 4), 255, dtype=np.uint8)
+        rgba[:, :3] = colors_to_uint8(mesh.vertex_colors)
+        attributes.COLOR_0 = builder.accessor(rgba, "VEC4", _UNSIGNED_BYTE, _ARRAY_BUFFER, normalized=True)
+
+    material = pygltflib.Material(pbrMetallicRoughness=pbr, name="material0")
+    if unlit:
+        material.extensions = {_UNLIT: {}}
+        gltf.extensionsUsed = [_UNLIT]
+    gltf.materials = [material]
+    gltf.meshes = [pygltflib.Mesh(primitives=[pygltflib.Primitive(attributes=attributes, indices=indices, material=0)])]
+    gltf.nodes = [pygltflib.Node(mesh=0)]
+    gltf.scenes = [pygltflib.Scene(nodes=[0])]
+    gltf.scene = 0
+    gltf.accessors = builder.accessors
+    gltf.bufferViews = builder.buffer_views
+    blob = builder.blob()
+    gltf.buffers = [pygltflib.Buffer(byteLength=len(blob))]
+    gltf.set_binary_blob(blob)
+    return b"".join(gltf.save_to_bytes())
+
+
+class _GlbBuilder:
+    """Packs arrays into one 4-byte aligned binary buffer with their buffer views and accessors."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+        self.buffer_views: list[pygltflib.BufferView] = []
+        self.accessors: list[pygltflib.Accessor] = []
+
+    def buffer_view(self, data: bytes, target: int | None) -> int:
+        self.buffer_views.append(
+            pygltflib.BufferView(buffer=0, byteOffset=self.offset, byteLength=len(data), target=target)
+        )
+        padded = data + b"\x00" * (-len(data) % 4)
+        self.chunks.append(padded)
+        self.offset += len(padded)
+        return len(self.buffer_views) - 1
+
+    def accessor(
+        self,
+        array: np.ndarray,
+        kind: str,
+        component_type: int,
+        target: int,
+        *,
+        normalized: bool = False,
+        with_bounds: bool = False,
+    ) -> int:
+        array = np.ascontiguousarray(array)
+        view = self.buffer_view(array.tobytes(), target)
+        accessor = pygltflib.Accessor(
+            bufferView=view, componentType=component_type, count=int(array.shape[0]), type=kind, normalized=normalized
+        )
+        if with_bounds:  # float32 values are exact in JSON doubles, as the validator requires
+            accessor.min = [float(x) for x in array.min(axis=0)]
+            accessor.max = [float(x) for x in array.max(axis=0)]
+        self.accessors.append(accessor)
+        return len(self.accessors) - 1
+
+    def blob(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PLY
+# --------------------------------------------------------------------------------------------------------------------
+def _ply_bytes(mesh: Mesh) -> bytes:
+    if mesh.texture is not None:
+        raise ValueError("PLY export does not carry textures; save textured meshes as .glb or .obj")
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if mesh.vertex_colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    if mesh.uvs is not None:
+        fields += [("s", "<f4"), ("t", "<f4")]
+    vertices = np.empty(mesh.num_verts, dtype=fields)
+    xyz = mesh.verts.detach().cpu().float().numpy()
+    vertices["x"], vertices["y"], vertices["z"] = xyz.T
+    if mesh.vertex_colors is not None:
+        rgb = colors_to_uint8(mesh.vertex_colors)
+        vertices["red"], vertices["green"], vertices["blue"] = rgb.T
+    if mesh.uvs is not None:
+        vertices["s"], vertices["t"] = mesh.uvs.detach().cpu().float().numpy().T
+    faces = np.empty(mesh.num_faces, dtype=[("n", "u1"), ("index", "<i4", (3,))])
+    faces["n"] = 3
+    faces["index"] = mesh.faces.cpu().numpy()
+    ply_types = {"<f4": "float", "u1": "uchar"}
+    header = [
+        "ply",
+        "format binary_little_endian 1.0",
+        "comment monorecon",
+        f"element vertex {mesh.num_verts}",
+        *(f"property {ply_types[dtype]} {name}" for name, dtype in fields),
+        f"element face {mesh.num_faces}",
+        "property list uchar int vertex_indices",
+        "end_header",
+    ]
+    return ("\n".join(header) + "\n").encode("ascii") + vertices.tobytes() + faces.tobytes()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OBJ
+# --------------------------------------------------------------------------------------------------------------------
+def _write_obj(mesh: Mesh, path: Path) -> None:
+    # Every file's content is made before any is written, so a failure leaves no file behind.
+    lines = ["# monorecon"]
+    companions: list[tuple[Path, bytes]] = []
+    if mesh.texture is not None:
+        mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
+        mtl = f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png_path.name}\n"
+        companions = [(mtl_path, mtl.encode()), (png_path, _png_bytes(colors_to_uint8(mesh.texture)))]
+        lines += [f"mtllib {mtl_path.name}", "usemtl material0"]
+    verts = mesh.verts.detach().cpu().float().numpy().astype(np.float64)  # %.9g keeps float32 values exact
+    if mesh.vertex_colors is not None:
+        colors = mesh.vertex_colors.detach().cpu().double().numpy()
+        lines += _format_rows("v", np.concatenate([verts, colors], axis=1))
+    else:
+        lines += _format_rows("v", verts)
+    faces = mesh.faces.cpu().numpy() + 1  # OBJ indices are 1-based
+    if mesh.uvs is not None:
+        lines += _format_rows("vt", mesh.uvs.detach().cpu().float().numpy().astype(np.float64))  # v up, as OBJ
+        lines += ["f " + " ".join(f"{i}/{i}" for i in face) for face in faces.tolist()]
+    else:
+        lines += ["f {} {} {}".format(*face) for face in faces.tolist()]
+    obj = ("\n".join(lines) + "\n").encode()
+    for companion, data in companions:  # first, so the OBJ never references a missing file
+        atomic_write_bytes(companion, data)
+    atomic_write_bytes(path, obj)
+
+
+def _format_rows(tag: str, rows: np.ndarray) -> list[str]:
+    row_format = " ".join([tag] + ["%.9g"] * rows.shape[1])
+    return [row_format % tuple(row) for row in rows.tolist()]

@@ -1,0 +1,412 @@
+"""Mesh container, mesh files (GLB / OBJ / PLY) and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+
+from monorecon.core.mesh import Mesh
+from monorecon.io import atomic, load_mesh, mesh_io, save_mesh
+from monorecon.io.atomic import atomic_write, atomic_write_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+VALIDATOR_DIR = REPO / "tools" / "gltf-validator"
+MESH_DIR = Path("/work/shared/data/meshes")
+COLOR_TOLERANCE = 1 / 255 + 1e-6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------------------------------
+def _arrow() -> Mesh:
+    """An asymmetric closed mesh: a square pyramid pointing up (+Y) whose base is shifted to +X, outward faces."""
+    verts = torch.tensor(
+        [[0.0, -0.5, -0.5], [1.0, -0.5, -0.5], [1.0, -0.5, 0.5], [0.0, -0.5, 0.5], [0.2, 1.5, 0.1]],
+    )
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3], [0, 4, 1], [1, 4, 2], [2, 4, 3], [3, 4, 0]])
+    return Mesh(verts, faces)
+
+
+def _colored_sphere(seed: int = 0) -> Mesh:
+    tm = trimesh.creation.icosphere(subdivisions=2)
+    rng = np.random.default_rng(seed)
+    verts = torch.from_numpy((tm.vertices * [1.0, 2.0, 0.5] + [0.3, 0.1, -0.2]).astype(np.float32))
+    colors = torch.from_numpy(rng.random((len(tm.vertices), 3)).astype(np.float32))
+    return Mesh(verts, torch.from_numpy(tm.faces.astype(np.int64)), vertex_colors=colors)
+
+
+def _textured_sphere(seed: int = 0) -> Mesh:
+    mesh = _colored_sphere(seed)
+    rng = np.random.default_rng(seed + 1)
+    uvs = torch.from_numpy(rng.random((mesh.num_verts, 2)).astype(np.float32))
+    texture = torch.from_numpy(rng.random((12, 20, 3)).astype(np.float32))  # non-square catches H/W swaps
+    return Mesh(mesh.verts, mesh.faces, uvs=uvs, texture=texture)
+
+
+def _gltf_accessor(gltf: pygltflib.GLTF2, index: int) -> np.ndarray:
+    """Raw accessor data read from the GLB buffer (independent of trimesh)."""
+    accessor = gltf.accessors[index]
+    view = gltf.bufferViews[accessor.bufferView]
+    dtype = {5126: np.float32, 5125: np.uint32, 5121: np.uint8}[accessor.componentType]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[accessor.type]
+    blob = gltf.binary_blob()
+    start = view.byteOffset + (accessor.byteOffset or 0)
+    data = np.frombuffer(blob, dtype=dtype, count=accessor.count * width, offset=start)
+    return data.reshape(accessor.count, width)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mesh
+# --------------------------------------------------------------------------------------------------------------------
+def test_mesh_geometry_analytic():
+    mesh = _arrow()
+    assert mesh.num_verts == 5 and mesh.num_faces == 6
+    torch.testing.assert_close(mesh.bounds, torch.tensor([[0.0, -0.5, -0.5], [1.0, 1.5, 0.5]]))
+    # The base (two faces at y = -0.5) faces down.
+    torch.testing.assert_close(mesh.face_normals[:2], torch.tensor([[0.0, -1.0, 0.0]] * 2))
+    # Closed outward mesh: positive signed volume = base area * height / 3.
+    v0, v1, v2 = mesh.verts[mesh.faces].unbind(1)
+    volume = float((v0 * torch.linalg.cross(v1, v2, dim=-1)).sum() / 6)
+    assert volume == pytest.approx(1.0 * 2.0 / 3, rel=1e-6)
+
+    normalized = mesh.normalized(2.0)
+    torch.testing.assert_close(normalized.bounds, torch.tensor([[-0.5, -1.0, -0.5], [0.5, 1.0, 0.5]]))
+
+
+def test_vertex_normals_sphere_and_seams():
+    tm = trimesh.creation.icosphere(subdivisions=3)
+    mesh = Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces))
+    # On a sphere the normal is the radial direction.
+    cosine = (mesh.vertex_normals * torch.nn.functional.normalize(mesh.verts, dim=-1)).sum(-1)
+    assert float(cosine.min()) > 0.999
+    # Split vertex 0 as at a UV seam: both copies keep the same normal.
+    faces = mesh.faces.clone()
+    first_face = int(torch.nonzero((faces == 0).any(1))[0, 0])
+    faces[first_face][faces[first_face] == 0] = mesh.num_verts
+    split = Mesh(torch.cat([mesh.verts, mesh.verts[:1]]), faces)
+    torch.testing.assert_close(split.vertex_normals[0], split.vertex_normals[-1])
+    torch.testing.assert_close(split.vertex_normals[0], mesh.vertex_normals[0])
+    # Differentiable with respect to the positions (shading in fitting losses).
+    verts = mesh.verts.clone().requires_grad_(True)
+    Mesh(verts, mesh.faces).vertex_normals[:, 0].sum().backward()
+    assert float(verts.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"verts": torch.zeros(0, 3), "faces": torch.zeros(0, 3, dtype=torch.long)}, "empty"),
+        ({"faces": torch.tensor([[0, 1, 5]])}, "out of range"),
+        ({"faces": torch.tensor([[0, 1, -1]])}, "out of range"),
+        ({"verts": torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, float("nan"), 0]])}, "NaN"),
+        ({"verts": torch.zeros(3, 2)}, "verts"),
+        ({"faces": torch.tensor([[0.0, 1.0, 2.0]])}, "faces"),
+        ({"faces": torch.tensor([[0, 1, 2]], dtype=torch.int32)}, "int64"),
+        ({"vertex_colors": torch.full((3, 3), 1.5)}, "[0, 1]"),
+        ({"vertex_colors": torch.zeros(4, 3)}, "vertex_colors"),
+        ({"uvs": torch.zeros(3, 2), "texture": torch.zeros(4, 4)}, "texture"),
+        ({"texture": torch.zeros(4, 4, 3)}, "without uvs"),
+    ],
+)
+def test_mesh_rejects_bad_input(kwargs, message):
+    fields = {"verts": torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]), "faces": torch.tensor([[0, 1, 2]])}
+    fields.update(kwargs)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Mesh(**fields)
+
+
+def test_trimesh_conversion_round_trip():
+    colored = _colored_sphere()
+    back = Mesh.from_trimesh(colored.to_trimesh())
+    assert torch.equal(back.verts, colored.verts) and torch.equal(back.faces, colored.faces)
+    assert float((back.vertex_colors - colored.vertex_colors).abs().max()) <= COLOR_TOLERANCE
+
+    textured = _textured_sphere()
+    back = Mesh.from_trimesh(textured.to_trimesh())
+    torch.testing.assert_close(back.uvs, textured.uvs)
+    assert back.texture.shape == textured.texture.shape
+    assert float((back.texture - textured.texture).abs().max()) <= COLOR_TOLERANCE
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Round trips
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
+def test_round_trip_vertex_colors(tmp_path, ext):
+    mesh = _colored_sphere()
+    assert save_mesh(mesh, tmp_path / f"mesh.{ext}") == tmp_path / f"mesh.{ext}"
+    loaded = load_mesh(tmp_path / f"mesh.{ext}")
+    assert torch.equal(loaded.verts, mesh.verts)  # float32 values written exactly
+    assert torch.equal(loaded.faces, mesh.faces)
+    assert float((loaded.vertex_colors - mesh.vertex_colors).abs().max()) <= COLOR_TOLERANCE
+    assert sorted(os.listdir(tmp_path)) == [f"mesh.{ext}"]  # no temporary files left
+
+
+@pytest.mark.parametrize("ext", ["glb", "obj"])
+def test_round_trip_texture(tmp_path, ext):
+    mesh = _textured_sphere()
+    save_mesh(mesh, tmp_path / f"mesh.{ext}")
+    loaded = load_mesh(tmp_path / f"mesh.{ext}")
+    assert torch.equal(loaded.verts, mesh.verts) and torch.equal(loaded.faces, mesh.faces)
+    assert float((loaded.uvs - mesh.uvs).abs().max()) <= 1e-6
+    assert loaded.texture.shape == mesh.texture.shape
+    assert float((loaded.texture - mesh.texture).abs().max()) <= COLOR_TOLERANCE
+    expected = {"glb": ["mesh.glb"], "obj": ["mesh.mtl", "mesh.obj", "mesh.png"]}[ext]
+    assert sorted(os.listdir(tmp_path)) == expected
+
+
+def test_obj_texture_coordinates_are_v_up(tmp_path):
+    """OBJ ``vt`` has v up from the bottom row, like Mesh.uvs: written unchanged (checked in the raw text)."""
+    mesh = _textured_sphere()
+    save_mesh(mesh, tmp_path / "mesh.obj")
+    text = (tmp_path / "mesh.obj").read_text().splitlines()
+    vt = np.array([[float(x) for x in line.split()[1:]] for line in text if line.startswith("vt ")])
+    np.testing.assert_array_equal(vt.astype(np.float32), mesh.uvs.numpy())
+    assert "map_Kd mesh.png" in (tmp_path / "mesh.mtl").read_text()
+    assert "mtllib mesh.mtl" in text
+
+
+def test_ply_keeps_uvs_and_refuses_textures(tmp_path):
+    textured = _textured_sphere()
+    untextured = Mesh(textured.verts, textured.faces, uvs=textured.uvs)
+    save_mesh(untextured, tmp_path / "uv.ply")
+    torch.testing.assert_close(load_mesh(tmp_path / "uv.ply").uvs, textured.uvs, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="PLY"):
+        save_mesh(textured, tmp_path / "mesh.ply")
+    assert sorted(os.listdir(tmp_path)) == ["uv.ply"]
+
+
+def test_ply_is_binary_with_uchar_colors(tmp_path):
+    mesh = _colored_sphere()
+    save_mesh(mesh, tmp_path / "mesh.ply")
+    data = (tmp_path / "mesh.ply").read_bytes()
+    header = data[: data.index(b"end_header\n")].decode()
+    assert "format binary_little_endian 1.0" in header
+    assert "property uchar red" in header and f"element vertex {mesh.num_verts}" in header
+    # First vertex record: 3 float32 then 3 uint8.
+    body = data[data.index(b"end_header\n") + len(b"end_header\n") :]
+    x, y, z, r, g, b = struct.unpack("<fffBBB", body[:15])
+    assert (x, y, z) == tuple(mesh.verts[0].tolist())
+    assert (r, g, b) == tuple(np.round(mesh.vertex_colors[0].numpy() * 255).astype(int).tolist())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GLB content
+# --------------------------------------------------------------------------------------------------------------------
+def test_glb_keeps_y_up_and_raw_positions(tmp_path):
+    mesh = _arrow()
+    save_mesh(mesh, tmp_path / "arrow.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "arrow.glb"))
+    assert len(gltf.nodes) == 1
+    node = gltf.nodes[0]
+    assert node.matrix is None and node.rotation is None and node.translation is None and node.scale is None
+    primitive = gltf.meshes[0].primitives[0]
+    positions = _gltf_accessor(gltf, primitive.attributes.POSITION)
+    np.testing.assert_array_equal(positions, mesh.verts.numpy())
+    assert gltf.accessors[primitive.attributes.POSITION].max == [1.0, 1.5, 0.5]  # apex stays at +Y
+    indices = _gltf_accessor(gltf, primitive.indices).reshape(-1, 3)
+    np.testing.assert_array_equal(indices, mesh.faces.numpy())
+    normals = _gltf_accessor(gltf, primitive.attributes.NORMAL)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
+    # trimesh sees the same +Y-up geometry.
+    loaded = trimesh.load(tmp_path / "arrow.glb", force="mesh", process=False)
+    np.testing.assert_array_equal(np.asarray(loaded.vertices, dtype=np.float32), mesh.verts.numpy())
+
+
+def test_glb_texcoords_are_v_down_and_material(tmp_path):
+    mesh = _textured_sphere()
+    save_mesh(mesh, tmp_path / "tex.glb", unlit=True)
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "tex.glb"))
+    primitive = gltf.meshes[0].primitives[0]
+    texcoords = _gltf_accessor(gltf, primitive.attributes.TEXCOORD_0)
+    np.testing.assert_allclose(texcoords[:, 0], mesh.uvs[:, 0].numpy())
+    np.testing.assert_allclose(texcoords[:, 1], 1.0 - mesh.uvs[:, 1].numpy(), atol=1e-7)
+    assert primitive.attributes.COLOR_0 is None
+    material = gltf.materials[primitive.material]
+    assert material.pbrMetallicRoughness.baseColorTexture.index == 0
+    assert material.extensions == {"KHR_materials_unlit": {}} and gltf.extensionsUsed == ["KHR_materials_unlit"]
+    assert gltf.images[0].mimeType == "image/png"
+
+
+def test_glb_vertex_colors_raw(tmp_path):
+    mesh = _colored_sphere()
+    save_mesh(mesh, tmp_path / "c.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "c.glb"))
+    primitive = gltf.meshes[0].primitives[0]
+    accessor = gltf.accessors[primitive.attributes.COLOR_0]
+    assert accessor.normalized and accessor.type == "VEC4"
+    rgba = _gltf_accessor(gltf, primitive.attributes.COLOR_0)
+    assert np.abs(rgba[:, :3] / 255.0 - mesh.vertex_colors.numpy()).max() <= 0.5 / 255 + 1e-6
+    assert (rgba[:, 3] == 255).all()
+    assert gltf.materials[0].pbrMetallicRoughness.metallicFactor == 0.0  # not the dark default metal
+
+
+def _validator_command() -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: cannot run the Khronos glTF validator")
+    if not (VALIDATOR_DIR / "node_modules" / "gltf-validator").is_dir():
+        pytest.skip("gltf-validator not installed: run `npm ci --prefix tools/gltf-validator`")
+    return [node, str(VALIDATOR_DIR / "validate.mjs")]
+
+
+def test_khronos_validator_accepts_our_glbs(tmp_path):
+    command = _validator_command()
+    bunny = load_mesh(MESH_DIR / "bunny.ply") if (MESH_DIR / "bunny.ply").is_file() else _arrow()
+    meshes = {
+        "colors": _colored_sphere(),
+        "texture": _textured_sphere(),
+        "unlit": _colored_sphere(),
+        "plain": _arrow(),
+        "real": bunny,
+    }
+    paths = []
+    for name, mesh in meshes.items():
+        paths.append(str(save_mesh(mesh, tmp_path / f"{name}.glb", unlit=name == "unlit")))
+    result = subprocess.run([*command, *paths], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    summaries = [line for line in lines if line.startswith(str(tmp_path))]
+    assert len(summaries) == len(paths)
+    for line in summaries:
+        assert ": 0 errors, 0 warnings" in line, line
+
+
+def test_khronos_validator_reports_errors(tmp_path):
+    """The validator wrapper fails on a broken file (so the test above can fail)."""
+    command = _validator_command()
+    save_mesh(_arrow(), tmp_path / "bad.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "bad.glb"))
+    gltf.accessors[0].max = [9.0, 9.0, 9.0]  # wrong bounds
+    gltf.save_binary(str(tmp_path / "bad.glb"))
+    result = subprocess.run([*command, str(tmp_path / "bad.glb")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "ACCESSOR_MAX_MISMATCH" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------------
+def test_load_real_meshes():
+    if not MESH_DIR.is_dir():
+        pytest.skip("shared meshes not available")
+    for path in sorted(MESH_DIR.glob("*.ply")):
+        mesh = load_mesh(path)
+        reference = trimesh.load(path, process=False)
+        assert mesh.num_verts == len(reference.vertices) and mesh.num_faces == len(reference.faces)
+        np.testing.assert_array_equal(mesh.faces.numpy(), reference.faces)
+
+
+def test_load_scene_applies_node_transforms(tmp_path):
+    """A GLB scene with two translated nodes, one mirrored, loads as one mesh in scene coordinates, outward."""
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    scene = trimesh.Scene()
+    scene.add_geometry(box, node_name="a", transform=trimesh.transformations.translation_matrix([2.0, 0.0, 0.0]))
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirror[:3, 3] = [0.0, 3.0, 0.0]
+    scene.add_geometry(box, node_name="b", transform=mirror)
+    (tmp_path / "scene.glb").write_bytes(scene.export(file_type="glb"))
+    mesh = load_mesh(tmp_path / "scene.glb")
+    assert mesh.num_faces == 2 * len(box.faces)
+    torch.testing.assert_close(mesh.bounds, torch.tensor([[-0.5, -0.5, -0.5], [2.5, 3.5, 0.5]]))
+    v0, v1, v2 = mesh.verts.double()[mesh.faces].unbind(1)
+    volume = float((v0 * torch.linalg.cross(v1, v2, dim=-1)).sum() / 6)
+    assert volume == pytest.approx(2.0, rel=1e-6)  # both boxes stay outward (mirroring flips the winding back)
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_mesh(tmp_path / "missing.obj")
+    with pytest.raises(ValueError, match="extension"):
+        load_mesh(tmp_path / "mesh.stl")
+    for name, content in [
+        ("corrupt.glb", b"glTF\x02\x00\x00\x00garbage"),
+        ("corrupt.ply", b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n\x00"),
+        ("corrupt.obj", b"this is not an obj file\n"),
+        ("empty.obj", b"v 0 0 0\nv 1 0 0\n"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=name):
+            load_mesh(tmp_path / name)
+
+
+def test_save_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="extension"):
+        save_mesh(_arrow(), tmp_path / "mesh.stl")
+    with pytest.raises(ValueError, match="format"):
+        save_mesh(_arrow(), tmp_path / "mesh.glb", format="fbx")
+    with pytest.raises(ValueError, match="does not exist"):
+        save_mesh(_arrow(), tmp_path / "missing" / "mesh.glb")
+    with pytest.raises(ValueError, match="Mesh"):
+        save_mesh(trimesh.creation.box(), tmp_path / "mesh.glb")
+    assert save_mesh(_arrow(), tmp_path / "upper.GLB", format=None).is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------------------------------
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "out.bin") as f:
+        f.write(b"partial")
+        raise RuntimeError("writer failed mid-way")
+    assert os.listdir(tmp_path) == []
+
+    (tmp_path / "out.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "out.txt", "w") as f:
+        f.write("new but incomplete")
+        raise RuntimeError("writer failed mid-way")
+    assert (tmp_path / "out.txt").read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+    atomic_write_bytes(tmp_path / "out.txt", b"new")
+    assert (tmp_path / "out.txt").read_bytes() == b"new"
+    with pytest.raises(ValueError, match="mode"):
+        atomic_write(tmp_path / "x", "a").__enter__()
+
+
+@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch, ext):
+    """The data is complete but the final flush to disk fails: no mesh file, no temporary file."""
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save_mesh(_textured_sphere() if ext != "ply" else _colored_sphere(), tmp_path / f"mesh.{ext}")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_obj_text_leaves_no_companion_files(tmp_path, monkeypatch):
+    def failing_format(*args):
+        raise RuntimeError("formatting failed")
+
+    monkeypatch.setattr(mesh_io, "_format_rows", failing_format)
+    with pytest.raises(RuntimeError):
+        save_mesh(_textured_sphere(), tmp_path / "mesh.obj")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    """Not the 0600 of temporary files: what a plain open() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    save_mesh(_arrow(), tmp_path / "mesh.ply")
+    assert (tmp_path / "mesh.ply").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_validator_package_is_pinned():
+    package = json.loads((VALIDATOR_DIR / "package.json").read_text())
+    version = package["dependencies"]["gltf-validator"]
+    assert version[0].isdigit(), "pin an exact version"
+    lock = json.loads((VALIDATOR_DIR / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/gltf-validator"]["version"] == version
