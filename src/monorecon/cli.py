@@ -122,9 +122,85 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# render
+# --------------------------------------------------------------------------------------------------------------------
+def _add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="turntable (MP4 + GIF) of a mesh or a reconstruct output folder")
+    p.add_argument("result", type=Path, help="a mesh file (GLB/OBJ/PLY) or a folder written by `reconstruct`")
+    p.add_argument("-o", "--output", type=Path, help="output stem (default: RESULT's folder/turntable)")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
+    p.add_argument("--distance", type=float, default=1.9)
+    p.add_argument("--fps", type=int, default=24)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_render)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from .io.mesh_io import load_mesh
+    from .video import save_turntable, turntable_from_mesh
+
+    path = args.result
+    if path.is_dir():
+        meshes = sorted(
+            p for p in path.iterdir() if p.name.startswith("mesh.") and p.suffix in (".glb", ".obj", ".ply")
+        )
+        if not meshes:
+            raise CommandError(f"no mesh.glb/.obj/.ply in {path}")
+        path = meshes[0]
+    if not 16 <= args.size <= 2048:
+        raise CommandError(f"--size must lie in [16, 2048], got {args.size}")
+    mesh = load_mesh(path)
+    frames = turntable_from_mesh(
+        mesh, args.frames, size=args.size, elevation_deg=args.elevation, distance=args.distance, progress=not args.quiet
+    )
+    stem = args.output or path.parent / "turntable"
+    mp4, gif = save_turntable(frames, stem, fps=args.fps)
+    if not args.quiet:
+        print(f"{path} -> {mp4}, {gif}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------------------
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="synthetic training data")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    s = data_sub.add_parser("synth", help="render procedural objects into a multi-view dataset")
+    s.add_argument("--n", type=int, required=True, help="number of objects")
+    s.add_argument("--views", type=int, default=8)
+    s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--classes", help="comma-separated class names (default: all)")
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_run_data_synth)
+
+
+def _run_data_synth(args: argparse.Namespace) -> int:
+    from .data.shapes import SHAPE_CLASSES
+    from .data.synth import synthesize_dataset
+
+    classes = None
+    if args.classes:
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        unknown = sorted(set(classes) - set(SHAPE_CLASSES))
+        if unknown:
+            raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}")
+    root = synthesize_dataset(
+        args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet
+    )
+    if not args.quiet:
+        print(f"dataset written to {root}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------------------------
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reconstruct]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reconstruct, _add_render, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
