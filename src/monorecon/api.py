@@ -73,6 +73,8 @@ class ReconstructOptions:
             raise ValueError(f"extraction must be 'dense' or 'coarse_to_fine', got {self.extraction!r}")
         if not np.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
+        if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
+            raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
 
 
 @dataclass

@@ -40,7 +40,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
+    p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
     p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
+    p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -57,7 +59,7 @@ def _collect_images(inputs: Iterable[Path]) -> list[Path]:
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
             images.extend(found)
@@ -65,7 +67,25 @@ def _collect_images(inputs: Iterable[Path]) -> list[Path]:
             images.append(path)
         else:
             raise CommandError(f"input not found: {path}")
+    seen: dict[str, Path] = {}
+    for image in images:  # each image writes OUTPUT/<stem>/: two with one stem would overwrite each other
+        if image.stem in seen:
+            raise CommandError(f"inputs {seen[image.stem]} and {image} would both write to the folder {image.stem!r}")
+        seen[image.stem] = image
     return images
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty)."""
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> None:
+    """Remove the files written for a failed input (and its folder if this run created it and it is now empty)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if created_folder and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
@@ -90,33 +110,52 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         bake_texture=args.bake_texture,
         texture_resolution=args.texture_resolution,
         remove_floaters=not args.keep_floaters,
+        target_faces=args.target_faces,
         seed=args.seed,
     )
+    # Checked before the (slow) model loading and reconstruction.
     if args.render < 0 or args.render > 3600:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
+    if not 16 <= args.render_size <= 2048:
+        raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
+    if args.bake_texture and args.format == "ply":
+        raise CommandError("--bake-texture needs --format glb or obj (PLY files carry no texture)")
+    if args.output.exists() and not args.output.is_dir():
+        raise CommandError(f"output {args.output} exists and is not a folder")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model = load_model(args.weights, args.config, dtype=dtype)
     failures = 0
     for image_path in tqdm(images, desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1):
         out_dir = args.output / image_path.stem
+        created_folder = not out_dir.exists()
+        written: list[Path] = []
         try:
             result = reconstruct_full(image_path, model, options)
             out_dir.mkdir(parents=True, exist_ok=True)
-            save_image(result.prepared.rgba(), out_dir / "input.png")
-            mesh_path = save_mesh(result.mesh, out_dir / f"mesh.{args.format}")
+            written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
+            mesh_path = out_dir / f"mesh.{args.format}"
+            if result.mesh.texture is not None and args.format == "obj":  # companions of a textured OBJ
+                written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
+            written.append(save_mesh(result.mesh, mesh_path))
             if args.render:
                 from .video import save_turntable, turntable_from_scene_code
 
-                frames = turntable_from_scene_code(model, result.scene_code, args.render, progress=not args.quiet)
+                frames = turntable_from_scene_code(
+                    model, result.scene_code, args.render, size=args.render_size, progress=not args.quiet
+                )
+                written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
                 save_turntable(frames, out_dir / "turntable")
-        except ValueError as err:
+        except (ValueError, OSError) as err:
+            # One bad input must not leave half its outputs behind nor stop the others.
+            _remove_outputs(written, out_dir, created_folder)
             failures += 1
-            print(f"monorecon: {image_path}: {err}", file=sys.stderr)
+            print(f"monorecon: {image_path}: {_one_line(err)}", file=sys.stderr)
             continue
         if not args.quiet:
             print(f"{image_path} -> {mesh_path} ({result.mesh.faces.shape[0]} faces)")
     if failures:
-        print(f"monorecon: {failures} of {len(images)} input(s) failed", file=sys.stderr)
+        if len(images) > 1:
+            print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -220,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"monorecon: error: {message}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input, or a file that cannot be read or written
+        print(f"monorecon: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("monorecon: interrupted", file=sys.stderr)

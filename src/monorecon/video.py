@@ -71,6 +71,8 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
 
     if not frames:
         raise ValueError("no frames to save")
+    if not 1 <= fps <= 240:
+        raise ValueError(f"fps must lie in [1, 240], got {fps}")
     stem = Path(stem)
     mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
     with atomic_path(mp4) as tmp:

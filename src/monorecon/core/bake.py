@@ -1,0 +1,113 @@
+"""Texture baking without an OpenGL context: xatlas UV atlas + the core rasteriser + a colour field.
+
+UV convention (as :class:`monorecon.core.mesh.Mesh`): ``u`` to the right, ``v`` up from the bottom row of the texture
+image; texture row 0 is the top of the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .mesh import Mesh
+from .raster import rasterize
+
+ColourFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def unwrap_uv(mesh: Mesh, resolution: int | None = None, padding: int = 4) -> Mesh:
+    """Split the mesh at UV seams and give every vertex a UV coordinate in [0, 1]^2 (xatlas).
+
+    Args:
+        mesh: the mesh to unwrap.
+        resolution: texture side the atlas is packed for (None: xatlas picks one).
+        padding: empty atlas texels kept around every chart (plus one for bilinear filtering), so that texture
+            filtering and dilation never mix colours of neighbouring charts.
+
+    Returns:
+        A new mesh whose ``uvs`` are per vertex (V', 2); vertex colours are carried over.
+    """
+    import xatlas
+
+    verts = mesh.verts.detach().cpu().numpy().astype(np.float32)
+    faces = mesh.faces.detach().cpu().numpy().astype(np.uint32)
+    pack = xatlas.PackOptions()
+    pack.padding, pack.bilinear = padding, True
+    for target in (resolution or 0, 0):
+        pack.resolution = target
+        atlas = xatlas.Atlas()
+        atlas.add_mesh(verts, faces)
+        atlas.generate(pack_options=pack)
+        if atlas.atlas_count == 1:  # a fixed resolution can overflow into several (overlapping) atlases: then retry
+            break
+    vmapping, indices, uvs = atlas[0]
+    vmapping = torch.from_numpy(vmapping.astype(np.int64))
+    colours = None if mesh.vertex_colors is None else mesh.vertex_colors[vmapping]
+    return Mesh(
+        verts=mesh.verts[vmapping],
+        faces=torch.from_numpy(indices.astype(np.int64)),
+        vertex_colors=colours,
+        uvs=torch.from_numpy(uvs.astype(np.float32)),
+    )
+
+
+def rasterize_uv_positions(mesh: Mesh, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surface position of every texel covered by the UV atlas.
+
+    Returns:
+        positions: (R, R, 3) world positions (zeros where uncovered); row 0 is the top (v = 1).
+        covered: (R, R) bool.
+    """
+    if mesh.uvs is None:
+        raise ValueError("mesh has no UVs: call unwrap_uv first")
+    uv = mesh.uvs.to(torch.float32)
+    verts_ndc = torch.cat([uv * 2.0 - 1.0, torch.ones_like(uv[:, :1])], dim=-1)[None]
+    fragments = rasterize(verts_ndc, mesh.faces, resolution, resolution, perspective_correct=False)
+    face_index = fragments.face_index[0, ..., 0]
+    covered = face_index >= 0
+    bary = fragments.bary[0, ..., 0, :]
+    face_verts = mesh.verts.to(torch.float32)[mesh.faces[face_index.clamp_min(0)]]  # (R, R, 3, 3)
+    positions = (bary[..., None] * face_verts).sum(dim=-2) * covered[..., None]
+    return positions, covered
+
+
+def dilate_texture(texture: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Fill uncovered texels with the colour of the nearest covered texel, so chart seams and mip-maps do not bleed.
+
+    Args:
+        texture: (R, R, 3) colours; covered: (R, R) bool.
+    """
+    if covered.all() or not covered.any():
+        return texture
+    _, (rows, cols) = ndimage.distance_transform_edt(~covered, return_indices=True)
+    return texture[rows, cols]
+
+
+def bake_texture(mesh: Mesh, colour_fn: ColourFn, resolution: int = 1024, chunk_size: int = 262144) -> Mesh:
+    """UV-unwrap ``mesh`` and bake ``colour_fn`` into a texture image.
+
+    Args:
+        mesh: mesh in world coordinates.
+        colour_fn: (N, 3) world points -> (N, 3) colours in [0, 1].
+        resolution: texture side in texels.
+        chunk_size: points per ``colour_fn`` call.
+
+    Returns:
+        A mesh with per-vertex ``uvs`` and a (R, R, 3) ``texture``; vertex colours are kept.
+    """
+    if not 16 <= resolution <= 8192:
+        raise ValueError(f"texture resolution must lie in [16, 8192], got {resolution}")
+    unwrapped = unwrap_uv(mesh, resolution)
+    positions, covered = rasterize_uv_positions(unwrapped, resolution)
+    flat = positions[covered]
+    colours = torch.empty(flat.shape[0], 3)
+    for start in range(0, flat.shape[0], chunk_size):
+        colours[start : start + chunk_size] = colour_fn(flat[start : start + chunk_size]).float().clamp(0, 1)
+    texture = np.zeros((resolution, resolution, 3), dtype=np.float32)
+    texture[covered.numpy()] = colours.numpy()
+    texture = dilate_texture(texture, covered.numpy())
+    return dataclasses.replace(unwrapped, texture=torch.from_numpy(texture))

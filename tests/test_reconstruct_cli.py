@@ -1,0 +1,353 @@
+"""``monorecon reconstruct`` / ``monorecon render`` end to end with the tiny TripoSR-architecture model, and bad input.
+
+Every bad input must give exactly one line on stderr (no traceback), exit code 2, and leave no output file behind
+(no mesh, no temporary file). The tiny model has random weights: its meshes are blobs, which is all these tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from monorecon import cli
+from monorecon.io import load_mesh
+from monorecon.io.images import save_image
+from test_mesh_io import _validator_command
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "triposr_ref"
+MODEL_ARGS = ["--weights", str(TINY / "model.safetensors"), "--config", str(TINY / "config.yaml")]
+# Small and fast: a 32^3 grid, and an iso level giving a few thousand faces with the random tiny model.
+FAST_ARGS = ["--mc-resolution", "32", "--threshold", "1", "--quiet"]
+
+
+def object_image(size: int = 48, seed: int = 0) -> np.ndarray:
+    """(size, size, 4) RGBA: a coloured ellipse on a transparent background."""
+    rows, cols = np.mgrid[:size, :size] / size
+    alpha = ((rows - 0.5) / 0.35) ** 2 + ((cols - 0.45) / 0.25) ** 2 < 1
+    image = np.zeros((size, size, 4), dtype=np.float32)
+    image[..., :3] = np.random.default_rng(seed).uniform(0.2, 0.8, 3)
+    image[..., 3] = alpha
+    return image
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    return save_image(object_image(), tmp_path_factory.mktemp("inputs") / "thing.png")
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def reconstruct(inputs: list[Path], output: Path, *extra: str, capsys) -> tuple[int, str, str]:
+    return run(["reconstruct", *map(str, inputs), "-o", str(output), *MODEL_ARGS, *FAST_ARGS, *extra], capsys)
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("monorecon: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def assert_no_temporaries(folder: Path) -> None:
+    assert not [p for p in files_under(folder) if p.name.startswith(".")], files_under(folder)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path / "out", capsys=capsys)
+    assert code == 0, err
+    result = tmp_path / "out" / "thing"
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb"]
+    with Image.open(result / "input.png") as prepared:
+        assert prepared.mode == "RGBA" and prepared.size == (512, 512)
+    validated = subprocess.run([*_validator_command(), str(result / "mesh.glb")], capture_output=True, text=True)
+    assert validated.returncode == 0 and ": 0 errors, 0 warnings" in validated.stdout, validated.stdout
+    mesh = load_mesh(result / "mesh.glb")
+    assert mesh.vertex_colors is not None and mesh.faces.shape[0] > 100
+    assert float(mesh.verts.abs().max()) <= 0.87 + 1e-4  # inside TripoSR's box
+
+
+@pytest.mark.parametrize("fmt", ["obj", "ply"])
+def test_reconstruct_other_formats(fmt, image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path, "--format", fmt, "--target-faces", "500", capsys=capsys)
+    assert code == 0, err
+    mesh = load_mesh(tmp_path / "thing" / f"mesh.{fmt}")
+    assert mesh.vertex_colors is not None
+    assert mesh.faces.shape[0] <= 550  # decimated to about --target-faces
+    assert_no_temporaries(tmp_path)
+
+
+def test_bake_texture_glb_is_valid_and_textured(image_path, tmp_path, capsys):
+    argv = ["--bake-texture", "--texture-resolution", "128", "--target-faces", "1500"]
+    code, _, err = reconstruct([image_path], tmp_path, *argv, capsys=capsys)
+    assert code == 0, err
+    glb = tmp_path / "thing" / "mesh.glb"
+    validated = subprocess.run([*_validator_command(), str(glb)], capture_output=True, text=True)
+    assert validated.returncode == 0 and ": 0 errors, 0 warnings" in validated.stdout, validated.stdout
+    loaded = trimesh.load(glb, force="mesh")
+    assert isinstance(loaded.visual, trimesh.visual.TextureVisuals)
+    image = loaded.visual.material.baseColorTexture
+    assert image is not None and image.size == (128, 128)
+
+
+def test_bake_texture_obj_writes_its_material_and_texture(image_path, tmp_path, capsys):
+    argv = ["--format", "obj", "--bake-texture", "--texture-resolution", "64", "--target-faces", "800"]
+    code, _, err = reconstruct([image_path], tmp_path, *argv, capsys=capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in files_under(tmp_path / "thing"))
+    assert names == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png"]
+    mesh = load_mesh(tmp_path / "thing" / "mesh.obj")
+    assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)
+
+
+def test_render_writes_turntables_and_render_command_reuses_the_result(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path, "--render", "4", "--render-size", "32", capsys=capsys)
+    assert code == 0, err
+    result = tmp_path / "thing"
+    assert sorted(p.name for p in files_under(result)) == [
+        "input.png", "mesh.glb", "turntable.gif", "turntable.mp4",
+    ]  # fmt: skip
+    video = iio.imread(result / "turntable.mp4")
+    assert video.shape == (4, 32, 32, 3)
+    with Image.open(result / "turntable.gif") as gif:
+        assert gif.n_frames == 4 and gif.size == (32, 32)
+    # The front frame (azimuth 0) shows the object: not just the white background.
+    assert video[0].min() < 200
+
+    # `monorecon render RESULT` on the written folder: a rasterised turntable of mesh.glb, replacing the files.
+    (result / "turntable.mp4").unlink()
+    code, _, err = run(["render", str(result), "--frames", "3", "--size", "32", "--quiet"], capsys)
+    assert code == 0, err
+    assert iio.imread(result / "turntable.mp4").shape == (3, 32, 32, 3)
+    with Image.open(result / "turntable.gif") as gif:
+        assert gif.n_frames == 3
+    assert_no_temporaries(tmp_path)
+
+
+def test_folder_with_a_corrupt_image_skips_it_and_fails_at_the_end(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(2):
+        save_image(object_image(seed=index), folder / f"good{index}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    code, _, err = reconstruct([folder], tmp_path / "out", capsys=capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "broken.png" in lines[0] and "1 of 3 inputs failed" in lines[1], err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0", "good1"]
+    for name in ("good0", "good1"):
+        assert (tmp_path / "out" / name / "mesh.glb").is_file()
+    assert_no_temporaries(tmp_path / "out")
+
+
+def test_failure_after_writing_removes_that_inputs_outputs(image_path, tmp_path, capsys, monkeypatch):
+    """The GIF write fails half-way (disk full) after input.png, mesh.glb and the MP4 were written: all of them go,
+    with the temporary GIF and the folder this run created."""
+    import imageio.v2
+
+    real_mimwrite = imageio.v2.mimwrite
+
+    def failing_mimwrite(uri, frames, **kwargs):
+        if kwargs.get("format") == "GIF":
+            Path(uri).write_bytes(b"GIF89a partial")
+            raise OSError(28, "No space left on device")
+        return real_mimwrite(uri, frames, **kwargs)
+
+    monkeypatch.setattr(imageio.v2, "mimwrite", failing_mimwrite)
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--render", "2", "--render-size", "16", capsys=capsys)
+    assert_one_line_error(code, err, "thing.png", "No space left on device")
+    assert files_under(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "thing").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2, nothing written
+# --------------------------------------------------------------------------------------------------------------------
+def _zero_size(folder: Path) -> Path:
+    (folder / "empty.png").touch()
+    return folder / "empty.png"
+
+
+def _garbage(folder: Path) -> Path:
+    (folder / "garbage.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
+    return folder / "garbage.jpg"
+
+
+def _truncated_png(folder: Path) -> Path:
+    path = save_image(np.random.default_rng(1).random((64, 64, 4)).astype(np.float32), folder / "cut.png")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _text_as_png(folder: Path) -> Path:
+    (folder / "text.png").write_text("hello")
+    return folder / "text.png"
+
+
+def _transparent(folder: Path) -> Path:
+    return save_image(np.zeros((32, 32, 4), dtype=np.float32), folder / "clear.png")
+
+
+BAD_IMAGES = {
+    "zero-size": (_zero_size, "empty"),
+    "garbage": (_garbage, "cannot read image"),
+    "truncated": (_truncated_png, "cannot read image"),
+    "text": (_text_as_png, "cannot read image"),
+    "transparent": (_transparent, "no foreground"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_image(case, tmp_path, capsys):
+    make, message = BAD_IMAGES[case]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = make(folder)
+    code, _, err = reconstruct([path], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, path.name, message)
+    assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files without permission")
+def test_unreadable_image(image_path, tmp_path, capsys):
+    path = tmp_path / "locked.png"
+    shutil.copy(image_path, path)
+    path.chmod(0)
+    code, _, err = reconstruct([path], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, "locked.png")
+    assert files_under(tmp_path / "out") == []
+
+
+def _other_architecture(folder: Path) -> Path:
+    save_file({"encoder.weight": torch.zeros(4, 4), "head.bias": torch.zeros(4)}, folder / "other.safetensors")
+    return folder / "other.safetensors"
+
+
+def _truncated_checkpoint(folder: Path) -> Path:
+    data = (TINY / "model.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    return folder / "cut.safetensors"
+
+
+def _wrong_shapes(folder: Path) -> Path:
+    state = load_file(TINY / "model.safetensors")
+    key = next(k for k in sorted(state) if k.startswith("decoder.") and k.endswith("weight"))
+    state[key] = torch.zeros(3, 3)
+    save_file(state, folder / "shapes.safetensors")
+    return folder / "shapes.safetensors"
+
+
+def _torch_pickle_garbage(folder: Path) -> Path:
+    (folder / "model.ckpt").write_bytes(b"PK\x03\x04 not a zip archive")
+    return folder / "model.ckpt"
+
+
+BAD_CHECKPOINTS = {
+    "other-architecture": (_other_architecture, "is not a TripoSR checkpoint"),
+    "truncated": (_truncated_checkpoint, "truncated or corrupt"),
+    "wrong-shapes": (_wrong_shapes, "wrong shape"),
+    "corrupt-ckpt": (_torch_pickle_garbage, "truncated or corrupt"),
+    "missing": (lambda folder: folder / "absent.safetensors", "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoint(case, image_path, tmp_path, capsys):
+    make, message = BAD_CHECKPOINTS[case]
+    weights = make(tmp_path)
+    argv = ["reconstruct", str(image_path), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    code, _, err = run([*argv, "--config", str(TINY / "config.yaml"), *FAST_ARGS], capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+BAD_OPTIONS = {
+    "mc-zero": (["--mc-resolution", "0"], "mc_resolution"),
+    "mc-huge": (["--mc-resolution", "100000"], "mc_resolution"),
+    "texture-tiny": (["--bake-texture", "--texture-resolution", "8"], "texture_resolution"),
+    "texture-huge": (["--bake-texture", "--texture-resolution", "100000"], "texture_resolution"),
+    "render-negative": (["--render", "-1"], "--render"),
+    "render-size": (["--render", "2", "--render-size", "5"], "--render-size"),
+    "bake-ply": (["--bake-texture", "--format", "ply"], "PLY"),
+    "target-faces": (["--target-faces", "0"], "target_faces"),
+    "threshold-nan": (["--threshold", "nan"], "threshold"),
+    "foreground-ratio": (["--foreground-ratio", "0"], "foreground_ratio"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_option(case, image_path, tmp_path, capsys):
+    extra, message = BAD_OPTIONS[case]
+    code, _, err = reconstruct([image_path], tmp_path / "out", *extra, capsys=capsys)
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_paths(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([tmp_path / "nowhere.png"], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, "input not found", "nowhere.png")
+    (tmp_path / "empty_folder").mkdir()
+    code, _, err = reconstruct([tmp_path / "empty_folder"], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, "no images")
+    (tmp_path / "a_file").write_text("x")
+    code, _, err = reconstruct([image_path], tmp_path / "a_file", capsys=capsys)
+    assert_one_line_error(code, err, "not a folder")
+    twin = tmp_path / "thing.jpg"
+    Image.open(image_path).convert("RGB").save(twin)
+    code, _, err = reconstruct([image_path, twin], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, "would both write")
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_command_bad_input(tmp_path, capsys):
+    code, _, err = run(["render", str(tmp_path / "missing.glb"), "--quiet"], capsys)
+    assert_one_line_error(code, err, "not found")
+    code, _, err = run(["render", str(tmp_path), "--quiet"], capsys)
+    assert_one_line_error(code, err, "no mesh")
+    box = trimesh.creation.box()
+    box.export(tmp_path / "mesh.ply")
+    for extra, message in ((["--fps", "0"], "fps"), (["--frames", "0"], "frame count"), (["--size", "4"], "--size")):
+        code, _, err = run(["render", str(tmp_path), "--quiet", "--size", "16", *extra], capsys)
+        assert_one_line_error(code, err, message)
+    assert not list(tmp_path.glob("turntable*")) and not list(tmp_path.glob(".*"))
+
+
+def test_console_script_reports_a_corrupt_checkpoint_in_one_line(image_path, tmp_path):
+    """The installed ``monorecon`` entry point in a fresh process: real stderr (warnings included), exit status."""
+    script = Path(sys.executable).with_name("monorecon")
+    if not script.is_file():
+        pytest.skip("the monorecon console script is not installed")
+    weights = _truncated_checkpoint(tmp_path)
+    argv = [str(script), "reconstruct", str(image_path), "-o", str(tmp_path / "out"), "--weights", str(weights)]
+    argv += ["--config", str(TINY / "config.yaml"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert_one_line_error(result.returncode, result.stderr, "truncated or corrupt")
+    assert result.stdout == ""
+    assert not (tmp_path / "out").exists()
