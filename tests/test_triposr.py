@@ -350,3 +350,14 @@ def test_bad_inputs_raise(model, reference):
     cameras = PerspectiveCameras(orbit_c2w(torch.tensor([0.0, 90.0, 180.0]), 0.0, 1.9), 4, 4, fov_y_deg=40.0)
     with pytest.raises(ValueError, match="cameras"):
         model.render(reference["scene_codes"], cameras)
+
+
+def test_missing_weights_file_that_looks_like_a_repo_id_is_not_downloaded(monkeypatch):
+    import huggingface_hub
+
+    def no_download(**kwargs):
+        raise AssertionError("a local-looking weights path must not trigger a download")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    with pytest.raises(ValueError, match="weights not found"):
+        load_triposr("checkpoints/model.safetensors")

@@ -102,7 +102,12 @@ def _resolve_paths(weights_path: str | os.PathLike, config_path: str | os.PathLi
         weights = candidates[0]
     elif location.is_file():
         weights = location
-    elif isinstance(weights_path, str) and _REPO_ID.match(weights_path) and not weights_path.startswith("."):
+    elif (
+        isinstance(weights_path, str)
+        and _REPO_ID.match(weights_path)
+        and not weights_path.startswith(".")
+        and location.suffix.lower() not in (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+    ):
         weights = _hub_download(weights_path, "model.ckpt")
         if config_path is None:
             config_path = _hub_download(weights_path, _CONFIG_NAME)
