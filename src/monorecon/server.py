@@ -1,0 +1,506 @@
+"""REST API over :func:`monorecon.api.reconstruct_full` (FastAPI), with the web page of :mod:`monorecon.webui`.
+
+Endpoints:
+
+* ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
+* ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply,
+  ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
+  ``remove_background``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and
+  PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame (+Y up, the input
+  view's front facing +Z: glTF's frame).
+* ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
+* ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
+
+Errors are JSON ``{"detail": "<one line>"}``: 400 for an upload that is not a readable image (empty, corrupt, too
+large a side), 422 for bad options and for images the pipeline cannot use (empty alpha, background not plain, no
+surface at the threshold), 413 for a request body over the size limit, 503 when the queue wait times out, and 500
+(no traceback; logged on the server) for anything unexpected.
+
+One model is loaded when the app is created; reconstructions run one at a time (a lock), since each one already uses
+every CPU core.
+"""
+
+import dataclasses
+import io
+import ipaddress
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .api import Reconstruction, ReconstructOptions, load_model, reconstruct_full
+from .core.mesh import Mesh
+from .io.images import load_image
+from .io.mesh_io import save_mesh
+from .preprocess import PreprocessConfig
+
+__all__ = [
+    "MESH_MEDIA_TYPES",
+    "BodySizeLimit",
+    "MeshForm",
+    "ReconstructionService",
+    "ServerSettings",
+    "create_app",
+    "mesh_file",
+    "mesh_form_dependency",
+    "run_server",
+]
+
+log = logging.getLogger("monorecon.server")
+
+#: Media type of each download format. PLY has no registered media type; OBJ comes zipped with its MTL and PNG.
+MESH_MEDIA_TYPES = {"glb": "model/gltf-binary", "obj": "application/zip", "ply": "application/octet-stream"}
+_DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply"}
+_MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits of the server (all requests share them).
+
+    Attributes:
+        max_upload_bytes: largest request body; larger ones get HTTP 413.
+        max_image_side: largest accepted image side in pixels (HTTP 400 above).
+        max_mc_resolution: cap on ``mc_resolution`` so that one request cannot take minutes.
+        max_texture_resolution: cap on ``texture_resolution``.
+        queue_timeout_s: how long a request waits for the running reconstruction before HTTP 503.
+        preview_frames: frames of the web page's turntable GIF.
+        preview_size: side in pixels of the turntable frames.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_side: int = 4096
+    max_mc_resolution: int = 256
+    max_texture_resolution: int = 2048
+    queue_timeout_s: float = 600.0
+    preview_frames: int = 12
+    preview_size: int = 160
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.max_upload_bytes <= 1 << 30:
+            raise ValueError(f"max_upload_bytes must lie in [1 KiB, 1 GiB], got {self.max_upload_bytes}")
+        if not 16 <= self.max_image_side <= 16384:
+            raise ValueError(f"max_image_side must lie in [16, 16384], got {self.max_image_side}")
+        if not 8 <= self.max_mc_resolution <= 1024:
+            raise ValueError(f"max_mc_resolution must lie in [8, 1024], got {self.max_mc_resolution}")
+        if not 64 <= self.max_texture_resolution <= 8192:
+            raise ValueError(f"max_texture_resolution must lie in [64, 8192], got {self.max_texture_resolution}")
+        if not self.queue_timeout_s > 0:
+            raise ValueError(f"queue_timeout_s must be positive, got {self.queue_timeout_s}")
+        if not 1 <= self.preview_frames <= 120:
+            raise ValueError(f"preview_frames must lie in [1, 120], got {self.preview_frames}")
+        if not 32 <= self.preview_size <= 1024:
+            raise ValueError(f"preview_size must lie in [32, 1024], got {self.preview_size}")
+
+    @property
+    def default_mc_resolution(self) -> int:
+        """``mc_resolution`` of a request that gives none: the API default, within the cap."""
+        return min(ReconstructOptions.mc_resolution, self.max_mc_resolution)
+
+    @property
+    def default_texture_resolution(self) -> int:
+        return min(ReconstructOptions.texture_resolution, self.max_texture_resolution)
+
+
+@dataclass(frozen=True)
+class MeshForm:
+    """One reconstruction request as parsed from the multipart form (ranges already checked by FastAPI).
+
+    Attributes:
+        image: the uploaded file's bytes.
+        filename: the uploaded file's name (may be empty).
+        mesh_format: ``"glb"``, ``"obj"`` or ``"ply"``.
+    """
+
+    image: bytes
+    filename: str
+    mesh_format: str
+    mc_resolution: int
+    threshold: float
+    bake_texture: bool
+    texture_resolution: int
+    foreground_ratio: float
+    remove_background: bool
+    seed: int
+
+    @property
+    def stem(self) -> str:
+        """A safe download name: the upload's stem reduced to ``[A-Za-z0-9._-]``, or ``"mesh"``."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.filename or "").stem).strip("._")[:64]
+        return stem or "mesh"
+
+    def to_options(self) -> ReconstructOptions:
+        """The :class:`ReconstructOptions` of this request.
+
+        Raises:
+            ValueError: options that the API refuses, or a texture asked for PLY.
+        """
+        if self.bake_texture and self.mesh_format == "ply":
+            raise ValueError("PLY cannot carry a baked texture; ask for format glb or obj, or bake_texture=false")
+        return ReconstructOptions(
+            preprocess=PreprocessConfig(
+                remove_background=self.remove_background, foreground_ratio=self.foreground_ratio
+            ),
+            mc_resolution=self.mc_resolution,
+            threshold=self.threshold,
+            bake_texture=self.bake_texture,
+            texture_resolution=self.texture_resolution,
+            seed=self.seed,
+        )
+
+
+def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[MeshForm]]:
+    """A FastAPI dependency parsing the multipart reconstruction form, with ranges from ``settings``.
+
+    The ranges are declared on the fields, so they appear in the OpenAPI schema and out-of-range values get HTTP 422.
+    """
+
+    async def mesh_form(
+        image: Annotated[UploadFile, File(description="the input image; an RGBA image's alpha is the object mask")],
+        mesh_format: Annotated[
+            Literal["glb", "obj", "ply"], Form(alias="format", description="glb, obj (zip with MTL and PNG) or ply")
+        ] = "glb",
+        mc_resolution: Annotated[
+            int, Form(ge=8, le=settings.max_mc_resolution, description="marching-cubes grid points per axis")
+        ] = settings.default_mc_resolution,
+        threshold: Annotated[
+            float, Form(allow_inf_nan=False, description="density iso level of the surface")
+        ] = ReconstructOptions.threshold,
+        bake_texture: Annotated[bool, Form(description="bake a UV texture instead of vertex colours")] = False,
+        texture_resolution: Annotated[
+            int, Form(ge=64, le=settings.max_texture_resolution, description="baked texture side in pixels")
+        ] = settings.default_texture_resolution,
+        foreground_ratio: Annotated[
+            float, Form(ge=0.05, le=1.0, description="share of the padded square taken by the object")
+        ] = PreprocessConfig.foreground_ratio,
+        remove_background: Annotated[
+            bool, Form(description="mask the object (RGBA alpha, else a plain-background fill)")
+        ] = True,
+        seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
+    ) -> MeshForm:
+        return MeshForm(
+            image=await image.read(),
+            filename=image.filename or "",
+            mesh_format=mesh_format,
+            mc_resolution=mc_resolution,
+            threshold=threshold,
+            bake_texture=bake_texture,
+            texture_resolution=texture_resolution,
+            foreground_ratio=foreground_ratio,
+            remove_background=remove_background,
+            seed=seed,
+        )
+
+    return mesh_form
+
+
+class ReconstructionService:
+    """The loaded model, the lock that serialises its use, and the server limits.
+
+    Errors come out as :class:`fastapi.HTTPException` with a one-line ``detail``.
+    """
+
+    def __init__(self, model: Any, settings: ServerSettings, model_source: str = "injected") -> None:
+        self.model = model
+        self.settings = settings
+        self.model_source = model_source
+        self._lock = threading.RLock()  # re-entrant: the web page's preview holds it around reconstruct()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model for the duration of the block (waits up to ``queue_timeout_s``, then HTTP 503)."""
+        if not self._lock.acquire(timeout=self.settings.queue_timeout_s):
+            raise HTTPException(503, "server busy: another reconstruction is running; retry later")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def model_summary(self) -> dict[str, Any]:
+        """What /health reports about the model: class, source, size, device, and its key config values."""
+        model = self.model
+        summary: dict[str, Any] = {"class": type(model).__name__, "source": self.model_source}
+        if isinstance(model, torch.nn.Module):
+            parameters = list(model.parameters())
+            summary["parameters"] = sum(p.numel() for p in parameters)
+            if parameters:
+                summary["device"] = str(parameters[0].device)
+        autocast = getattr(model, "autocast_dtype", None)
+        summary["compute_dtype"] = str(autocast or torch.float32).removeprefix("torch.")
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "cond_image_size"):
+            summary["cond_image_size"] = config.cond_image_size
+        if hasattr(model, "scene_code_shape"):
+            summary["scene_code_shape"] = list(model.scene_code_shape)
+        return summary
+
+    def decode_image(self, data: bytes, filename: str) -> np.ndarray:
+        """Upload bytes -> (H, W, 3|4) float32 image in [0, 1]; HTTP 400 if it is not a readable image."""
+        name = filename or "upload"
+        if not data:
+            raise HTTPException(400, f"the uploaded image {name} is empty")
+        with tempfile.TemporaryDirectory(prefix="monorecon-upload-") as folder:
+            path = Path(folder) / "upload"
+            path.write_bytes(data)
+            try:
+                return load_image(path, max_side=self.settings.max_image_side)
+            except ValueError as err:
+                raise HTTPException(400, _one_line(str(err).replace(str(path), name))) from None
+
+    def reconstruct(self, form: MeshForm) -> Reconstruction:
+        """Decode, check the options, and reconstruct (holding the model).
+
+        Raises:
+            HTTPException: 400 unreadable image, 422 refused options or an image the pipeline cannot use, 503 busy.
+        """
+        try:
+            options = form.to_options()
+        except ValueError as err:
+            raise HTTPException(422, _one_line(str(err))) from None
+        image = self.decode_image(form.image, form.filename)
+        with self.exclusive():
+            start = time.perf_counter()
+            try:
+                result = reconstruct_full(image, self.model, options)
+            except ValueError as err:
+                raise HTTPException(422, _one_line(str(err))) from None
+            log.info(
+                "reconstructed %s: %d faces in %.1f s",
+                form.filename or "upload",
+                result.mesh.num_faces,
+                time.perf_counter() - start,
+            )
+        return result
+
+
+def mesh_file(mesh: Mesh, mesh_format: str, stem: str) -> tuple[bytes, str, str]:
+    """Encode a mesh for download.
+
+    Args:
+        mesh: the mesh (world frame).
+        mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured) or ``"ply"``.
+        stem: file name without suffix.
+
+    Returns:
+        (file bytes, media type, download file name).
+
+    Raises:
+        ValueError: unknown format, or a textured mesh for PLY.
+    """
+    if mesh_format not in MESH_MEDIA_TYPES:
+        raise ValueError(f"unknown mesh format {mesh_format!r}; expected one of {', '.join(MESH_MEDIA_TYPES)}")
+    with tempfile.TemporaryDirectory(prefix="monorecon-mesh-") as folder:
+        path = save_mesh(mesh, Path(folder) / f"{stem}.{mesh_format}", unlit=True)
+        if mesh_format == "obj":
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for member in sorted(Path(folder).iterdir()):
+                    archive.write(member, member.name)
+            data = buffer.getvalue()
+        else:
+            data = path.read_bytes()
+    return data, MESH_MEDIA_TYPES[mesh_format], stem + _DOWNLOAD_SUFFIX[mesh_format]
+
+
+def _content_disposition(filename: str) -> str:
+    """``attachment`` header value for an ASCII file name (as made by :attr:`MeshForm.stem`)."""
+    return f'attachment; filename="{filename}"'
+
+
+def create_app(
+    model: Any = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    settings: ServerSettings | None = None,
+    ui: bool = True,
+) -> FastAPI:
+    """Build the FastAPI app (the model is loaded here, once).
+
+    Args:
+        model: a loaded model (:func:`monorecon.api.load_model`), or any object with the same ``encode`` / ``query`` /
+            ``extract_mesh`` / ``render`` interface; None loads ``weights``.
+        weights, config, device, dtype: passed to :func:`monorecon.api.load_model` when ``model`` is None (None
+            weights: the bundled default model).
+        settings: limits (default :class:`ServerSettings`).
+        ui: also serve the web page at ``GET /`` and its ``POST /preview``.
+
+    Raises:
+        ValueError: the model cannot be loaded.
+    """
+    settings = settings or ServerSettings()
+    if model is None:
+        model = load_model(weights, config, device=device, dtype=dtype)
+        source = str(weights) if weights is not None else "bundled default model"
+    else:
+        source = "injected"
+    service = ReconstructionService(model, settings, source)
+
+    app = FastAPI(
+        title="monorecon",
+        description="Single-image 3D reconstruction: upload an image, get a mesh (+Y up, front +Z, glTF frame).",
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    mesh_form = mesh_form_dependency(settings)
+
+    @app.get("/health", summary="liveness and model summary")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": service.model_summary(), "limits": dataclasses.asdict(settings)}
+
+    @app.post(
+        "/reconstruct",
+        summary="image -> mesh file",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the mesh file (attachment)",
+                "content": {media_type: {} for media_type in sorted(set(MESH_MEDIA_TYPES.values()))},
+            },
+            400: {"description": "not a readable image"},
+            413: {"description": "request body too large"},
+            422: {"description": "bad options, or an image the pipeline cannot use"},
+            503: {"description": "busy"},
+        },
+    )
+    def reconstruct(form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
+        result = service.reconstruct(form)
+        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem)
+        headers = {
+            "Content-Disposition": _content_disposition(filename),
+            "X-Mesh-Vertices": str(result.mesh.num_verts),
+            "X-Mesh-Faces": str(result.mesh.num_faces),
+        }
+        return Response(data, media_type=media_type, headers=headers)
+
+    if ui:
+        from .webui import build_ui
+
+        app.include_router(build_ui(service))
+    return app
+
+
+def run_server(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    weights: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    settings: ServerSettings | None = None,
+    ui: bool = True,
+    log_level: str = "info",
+) -> None:
+    """Load the model and serve the API (and web page) with uvicorn until interrupted.
+
+    The server has no authentication: keep the default loopback ``host`` unless a proxy in front controls access.
+
+    Raises:
+        ValueError: a bad port, or a model that cannot be loaded.
+    """
+    import uvicorn
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
+    if not _is_loopback(host):
+        log.warning("serving on %s: the API has no authentication; anyone who can reach it can use it", host)
+    app = create_app(weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Request size limit and error responses
+# --------------------------------------------------------------------------------------------------------------------
+class BodySizeLimit:
+    """ASGI middleware: reads request bodies up to ``max_bytes`` (HTTP 413 past it), then hands them on.
+
+    The declared ``Content-Length`` is checked first so that an oversized upload is refused before it is read.
+    """
+
+    def __init__(self, app: Callable, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
+        limit = f"{self.max_bytes / 2**20:.0f} MiB" if self.max_bytes >= 2**20 else f"{self.max_bytes} bytes"
+        response = JSONResponse({"detail": f"request body larger than the {limit} limit"}, status_code=413)
+        await response(scope, receive, send)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's list of validation errors -> one line naming each field."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "form"))
+        parts.append(f"{field}: {error.get('msg', 'invalid')}" if field else str(error.get("msg", "invalid")))
+    return JSONResponse({"detail": _one_line("; ".join(parts) or "invalid request")}, status_code=422)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "error"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

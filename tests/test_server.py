@@ -1,0 +1,359 @@
+"""REST API (monorecon.server): endpoints, file formats, error answers, size limit, serialisation, real tiny model.
+
+Most tests inject a stub model whose mesh and colours are known, so what comes back can be checked against them with
+independent readers (trimesh, zipfile, PIL); one test runs the reduced random-weights TripoSR of tests/data.
+"""
+
+import io
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from monorecon.core.mesh import Mesh
+from monorecon.server import MeshForm, ServerSettings, create_app, run_server
+
+TINY_WEIGHTS = Path(__file__).parent / "data" / "triposr_ref" / "model.safetensors"
+STUB_COLOR = (0.2, 0.6, 0.8)
+
+
+class StubModel:
+    """The model interface used by the API (encode / query / extract_mesh / render) with known outputs.
+
+    ``extract_mesh`` returns an icosphere of radius 0.5 with vertex colours; ``query`` gives a constant colour, so a
+    baked texture must be that colour. Calls are recorded; ``encode_delay`` and ``fail`` simulate slow or broken
+    models.
+    """
+
+    def __init__(self, encode_delay: float = 0.0, fail: Exception | None = None) -> None:
+        sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.5)
+        self.mesh = Mesh(
+            verts=torch.tensor(sphere.vertices, dtype=torch.float32),
+            faces=torch.tensor(sphere.faces, dtype=torch.long),
+            vertex_colors=torch.tensor(STUB_COLOR).expand(len(sphere.vertices), 3).clone(),
+        )
+        self.encode_delay = encode_delay
+        self.fail = fail
+        self.images: list[torch.Tensor] = []
+        self.extract_calls: list[dict] = []
+        self.active = 0
+        self.max_active = 0
+        self._count_lock = threading.Lock()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        with self._count_lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.fail is not None:
+                raise self.fail
+            time.sleep(self.encode_delay)
+            self.images.append(images.clone())
+            return torch.zeros(images.shape[0], 3, 4, 8, 8)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+    def query(self, scene_code: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        density = torch.zeros(*points.shape[:-1], 1)
+        return density, torch.tensor(STUB_COLOR).expand(*points.shape[:-1], 3)
+
+    def extract_mesh(self, scene_code: torch.Tensor, resolution: int, threshold: float, method: str) -> Mesh:
+        self.extract_calls.append({"resolution": resolution, "threshold": threshold, "method": method})
+        return self.mesh
+
+    def render(self, scene_code: torch.Tensor, cameras) -> dict:
+        raise NotImplementedError("the server does not volume-render")
+
+
+def png_upload(rgba: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def object_png(side: int = 64, color=(255, 0, 0)) -> bytes:
+    """RGBA PNG: an opaque square of ``color`` in the middle of a transparent image."""
+    rgba = np.zeros((side, side, 4), dtype=np.uint8)
+    rgba[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = (*color, 255)
+    return png_upload(rgba)
+
+
+SMALL_SETTINGS = ServerSettings(
+    max_upload_bytes=256 * 1024, max_image_side=512, max_mc_resolution=64, preview_frames=2, preview_size=48
+)
+
+
+@pytest.fixture
+def stub() -> StubModel:
+    return StubModel()
+
+
+@pytest.fixture
+def client(stub) -> TestClient:
+    return TestClient(create_app(stub, settings=SMALL_SETTINGS, ui=False))
+
+
+def post(client: TestClient, data: dict | None = None, image: bytes | None = None, name: str = "chair.png"):
+    files = {"image": (name, object_png() if image is None else image, "image/png")}
+    return client.post("/reconstruct", files=files, data=data or {})
+
+
+def assert_one_line_error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail and "Traceback" not in detail
+    return detail
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Endpoints
+# --------------------------------------------------------------------------------------------------------------------
+def test_health_reports_model_and_limits(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["model"]["class"] == "StubModel" and body["model"]["source"] == "injected"
+    assert body["limits"]["max_mc_resolution"] == 64
+    assert body["limits"]["max_upload_bytes"] == 256 * 1024
+
+
+def test_glb_download_holds_the_model_mesh(client, stub):
+    response = post(client, {"mc_resolution": "40", "threshold": "12.5", "seed": "3"}, name="my chair.png")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "model/gltf-binary"
+    assert response.headers["content-disposition"] == 'attachment; filename="my_chair.glb"'
+    assert response.content[:4] == b"glTF"
+    assert stub.extract_calls == [{"resolution": 40, "threshold": 12.5, "method": "coarse_to_fine"}]
+    assert int(response.headers["x-mesh-faces"]) == stub.mesh.num_faces
+
+    loaded = trimesh.load(io.BytesIO(response.content), file_type="glb", force="mesh", process=False)
+    expected = np.sort(stub.mesh.verts.numpy(), axis=0)
+    np.testing.assert_allclose(np.sort(np.asarray(loaded.vertices), axis=0), expected, atol=1e-6)
+    colors = glb_vertex_colors(response.content)
+    np.testing.assert_allclose(colors[:, :3], np.broadcast_to(np.array(STUB_COLOR) * 255, (len(colors), 3)), atol=1)
+
+
+def glb_vertex_colors(glb: bytes) -> np.ndarray:
+    """(V, 4) uint8 COLOR_0 of the first primitive, read with pygltflib (trimesh drops it when a material is set)."""
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    accessor = gltf.accessors[gltf.meshes[0].primitives[0].attributes.COLOR_0]
+    assert accessor.componentType == 5121 and accessor.type == "VEC4"  # normalised unsigned bytes
+    view = gltf.bufferViews[accessor.bufferView]
+    offset = view.byteOffset + (accessor.byteOffset or 0)
+    return np.frombuffer(gltf.binary_blob(), np.uint8, count=4 * accessor.count, offset=offset).reshape(-1, 4)
+
+
+def test_model_sees_the_preprocessed_object(client, stub):
+    """A red square on transparency: the model gets a square image, grey 0.5 around the object, red in the middle."""
+    assert post(client).status_code == 200
+    (image,) = stub.images
+    assert image.shape[0] == 1 and image.shape[1] == image.shape[2] and image.shape[3] == 3
+    side = image.shape[1]
+    torch.testing.assert_close(image[0, 0, 0], torch.tensor([0.5, 0.5, 0.5]), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(image[0, side // 2, side // 2], torch.tensor([1.0, 0.0, 0.0]), atol=1 / 255, rtol=0)
+
+
+def test_obj_with_baked_texture_comes_zipped(client):
+    response = post(client, {"format": "obj", "bake_texture": "true", "texture_resolution": "64"}, name="mug.jpg")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert response.headers["content-disposition"] == 'attachment; filename="mug.zip"'
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["mug.mtl", "mug.obj", "mug.png"]
+        obj_text = archive.read("mug.obj").decode()
+        texture = np.asarray(Image.open(io.BytesIO(archive.read("mug.png"))).convert("RGB"))
+    assert "mtllib mug.mtl" in obj_text
+    assert texture.shape == (64, 64, 3)
+    # The stub's field has one colour everywhere: the baked (and dilated) texels are all that colour.
+    np.testing.assert_allclose(np.median(texture.reshape(-1, 3), axis=0), np.array(STUB_COLOR) * 255, atol=1)
+
+
+def test_ply_download(client, stub):
+    response = post(client, {"format": "ply"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="chair.ply"'
+    assert response.content.startswith(b"ply\nformat binary_little_endian 1.0\n")
+    assert f"element vertex {stub.mesh.num_verts}\n".encode() in response.content[:400]
+
+
+def test_download_names_are_sanitised():
+    form = MeshForm(b"", "../../etc/pass wd.png", "glb", 8, 25.0, False, 64, 0.85, True, 0)
+    assert form.stem == "pass_wd"
+    assert MeshForm(b"", "☃.png", "glb", 8, 25.0, False, 64, 0.85, True, 0).stem == "mesh"
+
+
+def test_openapi_documents_the_form_and_its_caps(client):
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/reconstruct"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
+    assert set(properties) == {
+        "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
+        "remove_background", "seed",
+    }  # fmt: skip
+    assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
+    assert properties["format"]["enum"] == ["glb", "obj", "ply"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input: one-line JSON errors
+# --------------------------------------------------------------------------------------------------------------------
+def test_bad_images_get_400(client):
+    good = object_png()
+    assert "not_an_image.png" in assert_one_line_error(post(client, image=b"hello", name="not_an_image.png"), 400)
+    assert_one_line_error(post(client, image=good[: len(good) // 2]), 400)  # truncated PNG
+    assert "empty" in assert_one_line_error(post(client, image=b""), 400)
+    wide = png_upload(np.full((8, 600, 4), 255, dtype=np.uint8))  # side over max_image_side = 512
+    assert "600" in assert_one_line_error(post(client, image=wide), 400)
+
+
+def test_unusable_images_get_422(client):
+    transparent = png_upload(np.zeros((32, 32, 4), dtype=np.uint8))
+    assert "alpha" in assert_one_line_error(post(client, image=transparent), 422)
+    noisy = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # no plain background
+    assert "background" in assert_one_line_error(post(client, image=png_upload(noisy)), 422)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"mc_resolution": "65"}, "mc_resolution"),  # above the server cap
+        ({"mc_resolution": "4"}, "mc_resolution"),
+        ({"mc_resolution": "abc"}, "mc_resolution"),
+        ({"threshold": "nan"}, "threshold"),
+        ({"format": "stl"}, "format"),
+        ({"texture_resolution": "100000"}, "texture_resolution"),
+        ({"foreground_ratio": "0"}, "foreground_ratio"),
+        ({"seed": "-1"}, "seed"),
+        ({"bake_texture": "maybe"}, "bake_texture"),
+        ({"format": "ply", "bake_texture": "true"}, "PLY"),
+    ],
+)
+def test_bad_options_get_422_naming_the_field(client, stub, data, field):
+    assert field in assert_one_line_error(post(client, data), 422)
+    assert stub.extract_calls == []  # refused before any model work
+
+
+def test_missing_image_gets_422(client):
+    assert "image" in assert_one_line_error(client.post("/reconstruct", data={"mc_resolution": "16"}), 422)
+
+
+def test_request_over_the_size_limit_gets_413(client, stub):
+    big = b"\x00" * (300 * 1024)
+    assert "limit" in assert_one_line_error(post(client, image=big), 413)
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(40):
+            yield b"\x00" * 8192
+
+    response = client.post("/reconstruct", content=chunks(), headers={"content-type": "multipart/form-data; b=x"})
+    assert_one_line_error(response, 413)
+    assert stub.images == []
+
+
+def test_unexpected_model_error_is_a_one_line_500(stub):
+    broken = StubModel(fail=RuntimeError("CUDA exploded\n  File 'x.py', line 1"))
+    client = TestClient(create_app(broken, settings=SMALL_SETTINGS, ui=False), raise_server_exceptions=False)
+    detail = assert_one_line_error(post(client), 500)
+    assert "RuntimeError" in detail and "exploded" not in detail
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Serialisation
+# --------------------------------------------------------------------------------------------------------------------
+def test_requests_run_one_at_a_time():
+    slow = StubModel(encode_delay=0.2)
+    client = TestClient(create_app(slow, settings=SMALL_SETTINGS, ui=False))
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda: statuses.append(post(client).status_code)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200, 200, 200]
+    assert slow.max_active == 1 and len(slow.images) == 3
+
+
+def test_busy_server_answers_503_after_the_queue_timeout(stub):
+    settings = ServerSettings(max_mc_resolution=64, queue_timeout_s=0.1)
+    app = create_app(stub, settings=settings, ui=False)
+    client = TestClient(app)
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold_the_model() -> None:
+        with app.state.service.exclusive():
+            holder_ready.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_model)
+    holder.start()
+    holder_ready.wait(10)
+    try:
+        assert "busy" in assert_one_line_error(post(client), 503)
+    finally:
+        release.set()
+        holder.join()
+    assert post(client).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Settings and start-up
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"max_mc_resolution": 4}, "max_mc_resolution"),
+        ({"max_upload_bytes": 10}, "max_upload_bytes"),
+        ({"queue_timeout_s": 0.0}, "queue_timeout_s"),
+        ({"preview_frames": 0}, "preview_frames"),
+    ],
+)
+def test_bad_settings_raise(options, name):
+    with pytest.raises(ValueError, match=name):
+        ServerSettings(**options)
+
+
+def test_run_server_refuses_a_bad_port_before_loading():
+    with pytest.raises(ValueError, match="port"):
+        run_server(port=70000, weights="/nonexistent")
+
+
+def test_missing_weights_raise_value_error():
+    with pytest.raises(ValueError, match="not found"):
+        create_app(weights="/nonexistent/model.safetensors")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Real (reduced, random-weights) TripoSR model
+# --------------------------------------------------------------------------------------------------------------------
+def test_real_tiny_model_matches_the_python_api(tmp_path):
+    from monorecon.api import ReconstructOptions, reconstruct_full
+
+    app = create_app(weights=TINY_WEIGHTS, settings=SMALL_SETTINGS, ui=False)
+    client = TestClient(app)
+    health = client.get("/health").json()["model"]
+    assert health["class"] == "TripoSRModel" and health["source"] == str(TINY_WEIGHTS)
+    assert health["cond_image_size"] == 80
+
+    image = object_png(color=(40, 160, 90))
+    response = post(client, {"mc_resolution": "24", "format": "ply"}, image=image)
+    assert response.status_code == 200, response.text
+    served = trimesh.load(io.BytesIO(response.content), file_type="ply", process=False)
+
+    # The same image through the Python API, as the CLI reads it from a file.
+    (tmp_path / "input.png").write_bytes(image)
+    model = app.state.service.model
+    direct = reconstruct_full(tmp_path / "input.png", model, ReconstructOptions(mc_resolution=24)).mesh
+    assert len(served.faces) == direct.num_faces > 0
+    np.testing.assert_allclose(
+        np.sort(np.asarray(served.vertices), axis=0), np.sort(direct.verts.numpy(), axis=0), atol=1e-6
+    )

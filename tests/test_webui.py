@@ -1,0 +1,165 @@
+"""Web page (monorecon.webui): the page loads offline, its form matches the API and posts to it, previews decode."""
+
+import base64
+import io
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from monorecon.server import create_app
+from monorecon.webui import PREVIEW_FPS, gif_bytes, png_bytes
+from test_server import SMALL_SETTINGS, StubModel, assert_one_line_error, object_png
+
+
+class FormParser(HTMLParser):
+    """Collects the page's forms with their controls, and every src/href."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict] = []
+        self.links: list[str] = []
+        self._select: dict | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {key: value or "" for key, value in attrs}
+        self.links += [attributes[key] for key in ("src", "href") if key in attributes]
+        if tag == "form":
+            self.forms.append({**attributes, "controls": {}})
+        elif tag in ("input", "select") and self.forms:
+            control = {"tag": tag, **attributes, "options": []}
+            self.forms[-1]["controls"][attributes["name"]] = control
+            self._select = control if tag == "select" else None
+        elif tag == "option" and self._select is not None:
+            self._select["options"].append(attributes["value"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app(StubModel(), settings=SMALL_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def client(app) -> TestClient:
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def form(client) -> dict:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    parser = FormParser()
+    parser.feed(response.text)
+    (form,) = parser.forms
+    form["links"] = parser.links
+    return form
+
+
+def multipart_properties(client: TestClient, path: str) -> dict:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    return schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
+
+
+def browser_submission(form: dict) -> dict[str, str]:
+    """The fields a browser sends for the untouched form: each input's value, each select's first option."""
+    data = {}
+    for name, control in form["controls"].items():
+        if control["tag"] == "select":
+            data[name] = control["options"][0]
+        elif control.get("type") != "file":
+            data[name] = control["value"]
+    return data
+
+
+def test_form_posts_multipart_to_the_api(form):
+    assert form["action"] == "/reconstruct"
+    assert form["method"] == "post" and form["enctype"] == "multipart/form-data"
+    assert form["data-preview"] == "/preview"
+    assert form["controls"]["image"]["type"] == "file"
+
+
+def test_form_fields_are_the_api_fields(client, form):
+    for path in ("/reconstruct", "/preview"):
+        properties = multipart_properties(client, path)
+        assert set(form["controls"]) == set(properties), path
+    properties = multipart_properties(client, "/reconstruct")
+    assert form["controls"]["format"]["options"] == properties["format"]["enum"]
+    assert int(form["controls"]["mc_resolution"]["max"]) == properties["mc_resolution"]["maximum"] == 64
+    assert int(form["controls"]["texture_resolution"]["max"]) == properties["texture_resolution"]["maximum"]
+
+
+def test_page_needs_nothing_from_outside(form, client):
+    page = client.get("/").text
+    assert all(not link.startswith(("http:", "https:", "//")) for link in form["links"])
+    assert "<script src" not in page and "@import" not in page
+
+
+def test_default_form_submission_downloads_a_mesh(client, form):
+    response = client.post(
+        form["action"], data=browser_submission(form), files={"image": ("duck.png", object_png(), "image/png")}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-disposition"] == 'attachment; filename="duck.glb"'
+    assert response.content[:4] == b"glTF"
+
+
+def test_preview_returns_processed_input_turntable_and_mesh(client, form):
+    response = client.post(
+        form["data-preview"], data=browser_submission(form), files={"image": ("duck.png", object_png(), "image/png")}
+    )
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["filename"] == "duck.glb" and payload["media_type"] == "model/gltf-binary"
+    assert base64.b64decode(payload["mesh_base64"])[:4] == b"glTF"
+    assert payload["faces"] == 80 and payload["vertices"] == 42 and payload["textured"] is False
+
+    processed = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["input_png_base64"]))))
+    assert processed.shape == (512, 512, 3)
+    np.testing.assert_array_equal(processed[0, 0], [128, 128, 128])  # grey composite background
+    np.testing.assert_array_equal(processed[256, 256], [255, 0, 0])  # the red object
+
+    gif = Image.open(io.BytesIO(base64.b64decode(payload["turntable_gif_base64"])))
+    assert gif.format == "GIF" and gif.size == (48, 48)
+    # The stub's sphere looks the same from every side and GIF encoding merges equal frames: count by duration.
+    durations = []
+    for index in range(gif.n_frames):
+        gif.seek(index)
+        durations.append(gif.info["duration"])
+    assert sum(durations) == SMALL_SETTINGS.preview_frames * round(1000 / PREVIEW_FPS)
+    frame = np.asarray(gif.convert("RGB")).astype(int)
+    assert np.abs(frame[24, 24] - frame[0, 0]).sum() > 60  # the sphere covers the centre, not the corner
+
+
+def test_preview_errors_are_one_line(client, form):
+    files = {"image": ("notes.txt", b"not an image", "text/plain")}
+    assert "notes.txt" in assert_one_line_error(client.post(form["data-preview"], files=files), 400)
+
+
+def test_ui_can_be_left_out():
+    client = TestClient(create_app(StubModel(), settings=SMALL_SETTINGS, ui=False))
+    assert client.get("/").status_code == 404
+    assert client.post("/preview").status_code == 404
+    assert client.get("/health").status_code == 200
+
+
+def test_gif_and_png_encoders_round_trip():
+    rng = np.random.default_rng(0)
+    frames = [np.full((16, 20, 3), value, dtype=np.uint8) for value in (0, 128, 255)]
+    gif = Image.open(io.BytesIO(gif_bytes(frames, fps=10)))
+    assert gif.n_frames == 3 and gif.size == (20, 16) and gif.info["duration"] == 100 and gif.info["loop"] == 0
+    for index, value in enumerate((0, 128, 255)):
+        gif.seek(index)
+        np.testing.assert_array_equal(np.asarray(gif.convert("RGB"))[0, 0], [value] * 3)
+    levels = rng.integers(0, 256, (5, 7, 4)).astype(np.float32) / 255.0
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(levels))))
+    np.testing.assert_array_equal(decoded, np.round(levels * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="no frames"):
+        gif_bytes([])
