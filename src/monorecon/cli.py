@@ -237,6 +237,146 @@ def _run_data_synth(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# training and evaluation
+# --------------------------------------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a TripoSR-architecture model (resumes from the last checkpoint)",
+        description="Multi-process: torchrun --nproc_per_node N -m monorecon.train.triposr_trainer CONFIG.yaml",
+    )
+    p.add_argument("config", type=Path, help="training config YAML (see configs/triposr_small.yaml)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train.triposr_trainer import train
+
+    run_dir = train(args.config, quiet=args.quiet or None)
+    if not args.quiet:
+        print(f"training finished: {run_dir}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model or baseline: Chamfer, F-score, IoU, PSNR/SSIM, mask IoU")
+    p.add_argument("--model", required=True, help="weights file/folder, 'default', 'sphere' or 'inflation'")
+    p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder or folder of meshes")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    p.add_argument("--split", default="all")
+    p.add_argument("--max-objects", type=int)
+    p.add_argument("--mc-resolution", type=int, default=128)
+    p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .eval.harness import evaluate
+
+    model = args.model
+    if model == "default":
+        from .api import load_model
+
+        model = load_model()
+    summary = evaluate(
+        model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
+        mc_resolution=args.mc_resolution, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    if not args.quiet:
+        means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
+        print(f"{summary['n_objects']} objects ({summary['n_failed']} failed): {means}")
+        print(f"report: {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fitting: pose, MeshInversion
+# --------------------------------------------------------------------------------------------------------------------
+def _add_fit_pose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-pose", help="recover the camera that sees MESH as in IMAGE (differentiable rendering)")
+    p.add_argument("mesh", type=Path)
+    p.add_argument("image", type=Path, help="reference image (object on a white background, or RGBA)")
+    p.add_argument("-o", "--output", type=Path, default=Path("pose_fit"))
+    p.add_argument("--fov", type=float, default=60.0, help="vertical field of view in degrees")
+    p.add_argument("--restarts", type=int, default=8)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--loss", choices=["silhouette", "silhouette+shading"], default="silhouette")
+    p.add_argument("--parameterisation", choices=["position", "full"], default="position")
+    p.add_argument("--video", action="store_true", help="also save the optimisation as MP4 + GIF")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_fit_pose)
+
+
+def _run_fit_pose(args: argparse.Namespace) -> int:
+    from .fit.pose import fit_pose, save_pose_result
+    from .io.images import load_image
+    from .io.mesh_io import load_mesh
+
+    result = fit_pose(
+        load_mesh(args.mesh), load_image(args.image), fov_deg=args.fov, restarts=args.restarts, steps=args.steps,
+        lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    paths = save_pose_result(result, args.output, video=args.video)
+    if not args.quiet:
+        print(f"loss {result.loss:.4g}; camera -> {paths['camera']}")
+    return 0
+
+
+def _add_train_meshgan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-meshgan", help="train the UV-space mesh generator (GAN) used by `invert`")
+    p.add_argument("config", type=Path, help="config YAML (see configs/meshgan_small.yaml)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder (resumed if it has a checkpoint)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_train_meshgan)
+
+
+def _run_train_meshgan(args: argparse.Namespace) -> int:
+    from .models.meshgan.train import train_meshgan
+
+    path = train_meshgan(args.config, args.output, resume=not args.no_resume, progress=not args.quiet)
+    if not args.quiet:
+        print(f"generator written to {path}")
+    return 0
+
+
+def _add_invert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("invert", help="MeshInversion: fit a trained mesh generator's latent and camera to an image")
+    p.add_argument("image", type=Path, help="RGBA image (or RGB on a plain background)")
+    p.add_argument("--generator", type=Path, required=True, help="generator.safetensors or its training folder")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--n-init", type=int, default=500, help="random latents tried for the initialisation")
+    p.add_argument("--feature-weights", type=Path, help="local VGG19 weights for the feature Chamfer loss")
+    p.add_argument("--size", type=int, default=128, help="side of the prepared input in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_invert)
+
+
+def _run_invert(args: argparse.Namespace) -> int:
+    from .fit.invert import invert, save_inversion_result
+    from .io.images import load_image
+    from .models.meshgan.train import load_generator
+    from .preprocess import PreprocessConfig, preprocess_image
+
+    generator = load_generator(args.generator)
+    prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))
+    result = invert(
+        prepared.rgba(), generator, n_init=args.n_init, feature_weights_path=args.feature_weights, seed=args.seed,
+        progress=not args.quiet,
+    )  # fmt: skip
+    paths = save_inversion_result(result, args.output)
+    if not args.quiet:
+        print(f"mesh -> {paths['mesh']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # serve / webui
 # --------------------------------------------------------------------------------------------------------------------
 def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
@@ -290,6 +430,11 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_reconstruct,
     _add_render,
     _add_data,
+    _add_train,
+    _add_eval,
+    _add_fit_pose,
+    _add_train_meshgan,
+    _add_invert,
     _add_serve,
     _add_webui,
 ]
