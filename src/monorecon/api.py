@@ -49,13 +49,22 @@ def load_model(
     return load_triposr(weights, config, device=device, dtype=dtype)
 
 
+def model_mesh_threshold(model) -> float:
+    """The density iso level of ``model``'s surface: its config's ``renderer.mesh_threshold`` (TripoSR: 25)."""
+    renderer = getattr(getattr(model, "config", None), "renderer", None)
+    return float(getattr(renderer, "mesh_threshold", 25.0))
+
+
 @dataclass
 class ReconstructOptions:
-    """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``)."""
+    """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``).
+
+    ``threshold`` None uses the model's own iso level (:func:`model_mesh_threshold`).
+    """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     mc_resolution: int = 256
-    threshold: float = 25.0
+    threshold: float | None = None
     extraction: str = "coarse_to_fine"
     bake_texture: bool = False
     texture_resolution: int = 1024
@@ -71,7 +80,7 @@ class ReconstructOptions:
             raise ValueError(f"texture_resolution must lie in [64, 8192], got {self.texture_resolution}")
         if self.extraction not in ("dense", "coarse_to_fine"):
             raise ValueError(f"extraction must be 'dense' or 'coarse_to_fine', got {self.extraction!r}")
-        if not np.isfinite(self.threshold):
+        if self.threshold is not None and not np.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
         if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
             raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
@@ -109,10 +118,11 @@ def reconstruct_full(
     model = model if model is not None else load_model()
     torch.manual_seed(options.seed)
     prepared = prepare_input(image, options.preprocess)
+    threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
     with torch.inference_mode():
         scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
         mesh = model.extract_mesh(
-            scene_code, resolution=options.mc_resolution, threshold=options.threshold, method=options.extraction
+            scene_code, resolution=options.mc_resolution, threshold=threshold, method=options.extraction
         )
         if options.remove_floaters or options.target_faces:
             min_fraction = 0.01 if options.remove_floaters else 0.0

@@ -32,7 +32,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
     p.add_argument("--format", choices=["glb", "obj", "ply"], default="glb")
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
-    p.add_argument("--threshold", type=float, default=25.0, help="density iso level (default 25)")
+    p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
     p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
     p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
     p.add_argument("--texture-resolution", type=int, default=1024)

@@ -42,7 +42,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from .api import Reconstruction, ReconstructOptions, load_model, reconstruct_full
+from .api import Reconstruction, ReconstructOptions, load_model, model_mesh_threshold, reconstruct_full
 from .core.mesh import Mesh
 from .io.images import load_image
 from .io.mesh_io import save_mesh
@@ -130,7 +130,7 @@ class MeshForm:
     filename: str
     mesh_format: str
     mc_resolution: int
-    threshold: float
+    threshold: float | None
     bake_texture: bool
     texture_resolution: int
     foreground_ratio: float
@@ -178,8 +178,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             int, Form(ge=8, le=settings.max_mc_resolution, description="marching-cubes grid points per axis")
         ] = settings.default_mc_resolution,
         threshold: Annotated[
-            float, Form(allow_inf_nan=False, description="density iso level of the surface")
-        ] = ReconstructOptions.threshold,
+            float | None,
+            Form(allow_inf_nan=False, description="density iso level of the surface (default: the model's)"),
+        ] = None,
         bake_texture: Annotated[bool, Form(description="bake a UV texture instead of vertex colours")] = False,
         texture_resolution: Annotated[
             int, Form(ge=64, le=settings.max_texture_resolution, description="baked texture side in pixels")
@@ -246,6 +247,7 @@ class ReconstructionService:
             summary["cond_image_size"] = config.cond_image_size
         if hasattr(model, "scene_code_shape"):
             summary["scene_code_shape"] = list(model.scene_code_shape)
+        summary["mesh_threshold"] = model_mesh_threshold(model)
         return summary
 
     def decode_image(self, data: bytes, filename: str) -> np.ndarray:

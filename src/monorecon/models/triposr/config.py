@@ -135,9 +135,13 @@ class RendererConfig:
     density_bias: float = -1.0
     color_activation: str = "sigmoid"
     n_samples: int = 128
+    #: Density iso level of the model's surface for marching cubes (official: 25; a model trained here may differ).
+    mesh_threshold: float = 25.0
 
     def __post_init__(self) -> None:
         _positive_ints(self, "n_samples")
+        if not (isinstance(self.mesh_threshold, int | float) and 0 < self.mesh_threshold < float("inf")):
+            raise ValueError(f"renderer mesh_threshold must be positive and finite, got {self.mesh_threshold!r}")
         if not (isinstance(self.radius, int | float) and 0 < self.radius < float("inf")):
             raise ValueError(f"renderer radius must be positive and finite, got {self.radius!r}")
         if self.feature_reduction not in ("concat", "mean"):
