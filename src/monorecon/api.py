@@ -17,6 +17,9 @@ from .core.mesh import Mesh
 from .io.images import load_image
 from .preprocess import PreparedImage, PreprocessConfig, preprocess_image
 
+#: Faces a mesh is decimated to before UV unwrapping when a texture is baked and no ``target_faces`` is given.
+BAKE_MAX_FACES = 50_000
+
 #: Folder of the bundled default model (weights, config, model card), shipped inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
@@ -124,9 +127,12 @@ def reconstruct_full(
         mesh = model.extract_mesh(
             scene_code, resolution=options.mc_resolution, threshold=threshold, method=options.extraction
         )
-        if options.remove_floaters or options.target_faces:
+        target_faces = options.target_faces
+        if options.bake_texture and target_faces is None:
+            target_faces = BAKE_MAX_FACES  # xatlas time grows steeply with faces (~200 s at 250k, ~12 s at 50k)
+        if options.remove_floaters or target_faces:
             min_fraction = 0.01 if options.remove_floaters else 0.0
-            mesh = cleanup_mesh(mesh, min_component_fraction=min_fraction, target_faces=options.target_faces)
+            mesh = cleanup_mesh(mesh, min_component_fraction=min_fraction, target_faces=target_faces)
         if options.bake_texture:
             mesh = bake_texture(
                 mesh,

@@ -1,0 +1,117 @@
+"""Trivial single-view baselines the learned model must beat (both read only the input silhouette).
+
+Both assume the canonical input camera of the TripoSR model (``orbit_c2w(0, 0, 1.9)``, fov 40 deg, looking at the
+origin) unless another camera is given, and return meshes in that camera's world frame.
+
+* :func:`sphere_baseline`: the sphere whose image is the disc of the silhouette's area centred on its centroid. Its
+  centre lies on the ray through the centroid at the depth of the origin (the object is assumed centred), its radius
+  ``R`` solves ``r / f = R / sqrt(D^2 - R^2)`` (exact apparent radius of a sphere at distance ``D``).
+* :func:`inflation_baseline`: the visual hull of the single view, inflated: a point of the viewing frustum is inside
+  when its pixel is foreground and its depth lies within ``thickness_scale * dt(pixel)`` of the depth of the origin,
+  ``dt`` being the Euclidean distance transform of the mask (pixels) converted to world units at that depth
+  (``dt * D / f``). Thin parts get thin, the silhouette's core thick; meshed by marching cubes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from scipy.ndimage import distance_transform_edt
+
+from ..core.cameras import PerspectiveCameras, orbit_c2w
+from ..core.checks import check_tensor
+from ..core.extract import extract_isosurface
+from ..core.mesh import Mesh
+
+__all__ = ["canonical_camera", "inflation_baseline", "sphere_baseline"]
+
+
+def canonical_camera(size: int, distance: float = 1.9, fov_deg: float = 40.0) -> PerspectiveCameras:
+    """The TripoSR input camera (azimuth 0, elevation 0, looking at the origin) for a ``size`` x ``size`` image."""
+    return PerspectiveCameras(orbit_c2w(0.0, 0.0, distance), size, size, fov_y_deg=fov_deg)
+
+
+def _mask(alpha: torch.Tensor | np.ndarray) -> torch.Tensor:
+    alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    check_tensor(alpha, "alpha", (None, None))
+    mask = alpha > 0.5
+    if not bool(mask.any()):
+        raise ValueError("the input silhouette is empty (no pixel with alpha > 0.5)")
+    return mask
+
+
+def _focal_and_distance(camera: PerspectiveCameras) -> tuple[float, float]:
+    focal = float(camera.K[0, 1, 1])
+    distance = float(camera.position[0].norm())
+    return focal, distance
+
+
+def sphere_baseline(alpha: torch.Tensor | np.ndarray, camera: PerspectiveCameras | None = None) -> Mesh:
+    """Sphere fitted to the silhouette (see the module docstring).
+
+    Args:
+        alpha: (H, W) input mask in [0, 1].
+        camera: the input camera (default :func:`canonical_camera` of the image size).
+
+    Returns:
+        An icosphere mesh (642 vertices) in the camera's world frame.
+    """
+    mask = _mask(alpha)
+    camera = camera if camera is not None else canonical_camera(mask.shape[0])
+    focal, distance = _focal_and_distance(camera)
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    uv = torch.stack([cols.float().mean() + 0.5, rows.float().mean() + 0.5])
+    ratio = math.sqrt(mask.sum().item() / math.pi) / focal
+    radius = distance * ratio / math.sqrt(1.0 + ratio * ratio)
+    origin, direction = camera.ndc_to_camera_ray(camera.pixel_to_ndc(uv)[None, None])
+    direction = direction[0, 0] / -direction[0, 0, 2]  # unit depth
+    centre_camera = origin[0, 0] + direction * distance
+    centre = camera.camera_to_world(centre_camera[None, None])[0, 0]
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    verts = torch.from_numpy(np.asarray(sphere.vertices, dtype=np.float32)) + centre.float()
+    return Mesh(verts, torch.from_numpy(np.asarray(sphere.faces, dtype=np.int64)))
+
+
+def inflation_baseline(
+    alpha: torch.Tensor | np.ndarray,
+    camera: PerspectiveCameras | None = None,
+    resolution: int = 96,
+    thickness_scale: float = 1.0,
+    bounds: float = 0.87,
+) -> Mesh:
+    """Single-view visual hull inflated by the silhouette's distance transform (see the module docstring).
+
+    Args:
+        alpha: (H, W) input mask in [0, 1].
+        camera: the input camera (default :func:`canonical_camera` of the image size).
+        resolution: marching-cubes grid samples per axis over ``[-bounds, bounds]^3``.
+        thickness_scale: half-thickness per unit of distance-transform (world units at the origin's depth).
+        bounds: half side of the meshed cube.
+
+    Returns:
+        The inflated mesh in the camera's world frame.
+    """
+    if not thickness_scale > 0:
+        raise ValueError(f"thickness_scale must be positive, got {thickness_scale}")
+    mask = _mask(alpha)
+    height, width = mask.shape
+    camera = camera if camera is not None else canonical_camera(height)
+    focal, distance = _focal_and_distance(camera)
+    # Distance to the nearest background pixel, from pixel centres; 0.5 px shift puts the zero on the mask edge.
+    dt = distance_transform_edt(mask.numpy()) - 0.5
+    half_thickness = torch.from_numpy(np.where(mask.numpy(), dt, -1.0)).float() * (thickness_scale * distance / focal)
+
+    def occupancy(points: torch.Tensor) -> torch.Tensor:
+        screen = camera.transform_points_screen(points)[0]  # (N, 3) u, v, depth
+        grid = torch.stack([screen[:, 0] / width * 2.0 - 1.0, screen[:, 1] / height * 2.0 - 1.0], dim=-1)
+        h = F.grid_sample(
+            half_thickness[None, None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False
+        )[0, 0, 0]
+        # Signed: positive inside the slab |depth - D| < h of a foreground pixel.
+        return h - (screen[:, 2] - distance).abs()
+
+    return extract_isosurface(occupancy, resolution, 0.0, bounds)

@@ -1,0 +1,375 @@
+"""Evaluation harness: reconstruct held-out objects, align to the ground truth, score, and write a report.
+
+``evaluate(method, data_dir, out_dir)`` (CLI: ``monorecon eval --model M --data DIR -o REPORT_DIR``):
+
+* **Cases.** ``data_dir`` is either a synthetic dataset (:class:`monorecon.data.MultiViewDataset` layout; view
+  ``input_view`` of each object is the input) or a folder of mesh files (OBJ / PLY / GLB), each normalised like the
+  procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered once from azimuth ``mesh_azimuth``,
+  elevation ``mesh_elevation`` with the data synthesiser's renderer. Every input camera is at distance 1.9 with a
+  40 deg fov looking at the origin, and the ground truth is moved into the frame where that camera is the
+  canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame the model reconstructs in.
+* **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`), the
+  baselines ``"sphere"`` and ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable
+  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training.
+* **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
+  rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
+  (:mod:`monorecon.eval.metrics`); optionally volume IoU; for models also the input-view mask IoU and PSNR of the
+  volume render. A method that returns no surface scores F = 0 and is counted as a failure.
+* **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
+  ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
+  prediction from the side, ground truth from the side).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from ..api import model_mesh_threshold
+from ..core.cameras import orbit_c2w
+from ..core.mesh import Mesh
+from ..io.atomic import atomic_write, atomic_write_bytes
+from .align import align_meshes
+from .baselines import canonical_camera, inflation_baseline, sphere_baseline
+from .metrics import chamfer_and_fscore, mask_iou, psnr, volume_iou
+
+__all__ = ["EvalCase", "evaluate", "load_cases"]
+
+INPUT_DISTANCE = 1.9
+INPUT_FOV_DEG = 40.0
+MESH_SUFFIXES = {".ply", ".obj", ".glb", ".gltf", ".off", ".stl"}
+THRESHOLDS = (0.1, 0.2, 0.5)
+
+
+@dataclass
+class EvalCase:
+    """One object to reconstruct.
+
+    Attributes:
+        object_id, class_name: identifiers.
+        rgba: (H, W, 4) float input image (straight alpha) seen by the canonical camera.
+        gt_mesh: ground truth in the canonical frame (the input camera is ``orbit_c2w(0, 0, 1.9)``).
+    """
+
+    object_id: str
+    class_name: str
+    rgba: np.ndarray
+    gt_mesh: Mesh
+
+
+def _transform_mesh(mesh: Mesh, transform: torch.Tensor) -> Mesh:
+    verts = mesh.verts @ transform[:3, :3].T.to(mesh.verts) + transform[:3, 3].to(mesh.verts)
+    return Mesh(verts, mesh.faces, vertex_colors=mesh.vertex_colors)
+
+
+def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_view: int) -> list[EvalCase]:
+    from ..data import MultiViewDataset
+    from ..io.mesh_io import load_mesh
+    from ..train.triposr_trainer import relative_cameras
+
+    dataset = MultiViewDataset(data_dir, split=split)
+    cases = []
+    for index in range(len(dataset) if max_objects is None else min(max_objects, len(dataset))):
+        item = dataset[index]
+        c2w = item["c2w"][input_view]
+        if not math.isclose(float(c2w[:3, 3].norm()), INPUT_DISTANCE, abs_tol=1e-3):
+            raise ValueError(f"{item['object_id']}: input camera not at distance {INPUT_DISTANCE} from the origin")
+        world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
+        gt = _transform_mesh(load_mesh(item["mesh_path"]), world_to_canonical[0])
+        rgba = item["images"][input_view].numpy()
+        cases.append(EvalCase(item["object_id"], item["class_name"], rgba, gt))
+    return cases
+
+
+def _mesh_cases(data_dir: Path, size: int, azimuth: float, elevation: float, max_objects: int | None) -> list[EvalCase]:
+    from ..data import load_normalized_mesh
+    from ..data.synth import render_views
+    from ..train.triposr_trainer import relative_cameras
+
+    files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
+    if not files:
+        raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
+    c2w = orbit_c2w(azimuth, elevation, INPUT_DISTANCE)[0]
+    view = {"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}
+    light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
+             "specular_color": [0.15] * 3}  # fmt: skip
+    world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
+    cases = []
+    for path in files:
+        mesh = load_normalized_mesh(path)
+        rgba = render_views(mesh, [view], size, light)["rgba"][0]
+        cases.append(EvalCase(path.stem, "real", rgba, _transform_mesh(mesh, world_to_canonical[0])))
+    return cases
+
+
+def load_cases(
+    data_dir: str | os.PathLike,
+    *,
+    split: str = "all",
+    max_objects: int | None = None,
+    input_view: int = 0,
+    image_size: int = 128,
+    mesh_azimuth: float = 30.0,
+    mesh_elevation: float = 15.0,
+) -> list[EvalCase]:
+    """Evaluation cases of a synthetic dataset folder or of a folder of mesh files (see the module docstring)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"evaluation data folder not found: {data_dir}")
+    if (data_dir / "index.json").is_file():
+        return _synthetic_cases(data_dir, split, max_objects, input_view)
+    return _mesh_cases(data_dir, image_size, mesh_azimuth, mesh_elevation, max_objects)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------------------------------
+class _ModelMethod:
+    """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR."""
+
+    def __init__(self, model, mc_resolution: int, threshold: float | None, render_size: int) -> None:
+        if threshold is None:
+            threshold = model_mesh_threshold(model)
+        self.model, self.mc_resolution, self.threshold, self.render_size = model, mc_resolution, threshold, render_size
+        self.name = "model"
+
+    @torch.no_grad()
+    def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
+        rgba = torch.from_numpy(case.rgba).float()
+        rgb = rgba[..., :3] * rgba[..., 3:] + 0.5 * (1.0 - rgba[..., 3:])
+        code = self.model.encode(rgb[None])
+        size = self.render_size
+        render = self.model.render(code, canonical_camera(size, INPUT_DISTANCE, INPUT_FOV_DEG))
+        target = torch.nn.functional.interpolate(
+            rgba.permute(2, 0, 1)[None], (size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0].permute(1, 2, 0)
+        target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
+        extras = {
+            "mask_iou": mask_iou(render["opacity"][0, ..., 0], target[..., 3]),
+            "psnr": psnr(render["rgb"][0].clamp(0, 1), target_rgb),
+        }
+        try:
+            mesh = self.model.extract_mesh(code, self.mc_resolution, self.threshold, method="coarse_to_fine")
+        except ValueError:  # the density never crosses the threshold: no surface
+            mesh = None
+        return mesh, extras
+
+
+def _baseline(function: Callable[[np.ndarray], Mesh], name: str):
+    def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
+        return function(case.rgba[..., 3]), {}
+
+    run.name = name
+    return run
+
+
+def _resolve_method(method: Any, mc_resolution: int, threshold: float | None, render_size: int):
+    from ..models.triposr import TripoSRModel
+
+    if isinstance(method, str) and method in ("sphere", "inflation"):
+        return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
+    if isinstance(method, TripoSRModel):
+        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size)
+    if isinstance(method, str | os.PathLike):
+        from ..api import load_model
+
+        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size)
+    if callable(method):
+
+        def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
+            return method(case.rgba), {}
+
+        run.name = getattr(method, "__name__", "callable")
+        return run
+    raise ValueError(f"cannot evaluate {method!r}: give a TripoSR model, a weights path, 'sphere' or 'inflation'")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Main entry
+# --------------------------------------------------------------------------------------------------------------------
+def evaluate(
+    model_or_method: Any,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_points: int = 10000,
+    *,
+    split: str = "all",
+    max_objects: int | None = None,
+    mc_resolution: int = 128,
+    threshold: float | None = None,
+    render_size: int = 64,
+    volume_iou_resolution: int = 0,
+    n_grid_cases: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model or baseline on a folder of objects and write the report (see the module docstring).
+
+    Args:
+        model_or_method: TripoSR model, weights path/folder, ``"sphere"``, ``"inflation"`` or a callable
+            ``rgba -> Mesh``.
+        data_dir: synthetic dataset folder or folder of meshes.
+        out_dir: report folder (created).
+        n_points: surface points per shape for Chamfer / F-score.
+        split: dataset split to use (synthetic datasets).
+        max_objects: evaluate only the first N objects.
+        mc_resolution, threshold: marching cubes grid and density iso-level for models (None: the model's own).
+        render_size: side of the input-view volume render used for mask IoU / PSNR (models).
+        volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
+        n_grid_cases: best and worst cases shown in ``best_worst.png``.
+        seed: sampling / alignment seed.
+        progress: tqdm progress bar.
+
+    Returns:
+        Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``.
+    """
+    if n_points < 100:
+        raise ValueError(f"n_points must be >= 100, got {n_points}")
+    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size)
+    cases = load_cases(data_dir, split=split, max_objects=max_objects)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, Mesh | None] = {}
+    for case in tqdm(cases, desc=f"eval {method.name}", disable=not progress):
+        started = time.perf_counter()
+        row: dict[str, Any] = {"object_id": case.object_id, "class": case.class_name, "failed": 0}
+        mesh, extras = method(case)
+        if mesh is None or mesh.num_faces == 0:
+            row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
+        else:
+            pred_points, gt_points, _ = align_meshes(mesh, case.gt_mesh, n_points=n_points, seed=seed)
+            scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+            row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
+            if volume_iou_resolution:
+                row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
+        row.update(extras)
+        row["seconds"] = time.perf_counter() - started
+        rows.append(row)
+        predictions[case.object_id] = mesh
+    summary = _summarise(method.name, rows)
+    _write_csv(out_dir / "per_object.csv", rows)
+    _write_markdown(out_dir / "summary.md", summary, str(data_dir))
+    with atomic_write(out_dir / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    _write_grid(out_dir / "best_worst.png", cases, rows, predictions, n_grid_cases)
+    return summary
+
+
+def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in ("object_id", "class") and k not in keys]
+    return keys
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k in _metric_keys(rows) if k not in ("failed", "seconds")]
+    classes = sorted({r["class"] for r in rows})
+    per_class = {
+        c: {
+            "n": sum(r["class"] == c for r in rows),
+            **{k: _mean([r.get(k) for r in rows if r["class"] == c]) for k in keys},
+        }
+        for c in classes
+    }
+    return {
+        "method": name,
+        "n_objects": len(rows),
+        "n_failed": int(sum(r["failed"] for r in rows)),
+        "mean": {k: _mean([r.get(k) for r in rows]) for k in keys},
+        "per_class": per_class,
+        "mean_seconds": _mean([r["seconds"] for r in rows]),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields = ["object_id", "class", *_metric_keys(rows)]
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with atomic_write(path, "w") as f:
+        f.write(table.getvalue())
+
+
+def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
+    keys = list(summary["mean"])
+    lines = [
+        f"# Evaluation of `{summary['method']}` on `{data}`",
+        "",
+        f"{summary['n_objects']} objects, {summary['n_failed']} without a surface (scored F = 0); "
+        f"{summary['mean_seconds']:.2f} s per object. Chamfer: mean unsquared nearest distance, both directions "
+        "averaged, shapes normalised to a unit box and aligned (rotation search + ICP).",
+        "",
+        "| class | n | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for name, stats in summary["per_class"].items():
+        lines.append(f"| {name} | {stats['n']} | " + " | ".join(f"{stats[k]:.4f}" for k in keys) + " |")
+    lines.append(
+        f"| **all** | {summary['n_objects']} | " + " | ".join(f"**{summary['mean'][k]:.4f}**" for k in keys) + " |"
+    )
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _render_mesh_image(mesh: Mesh, c2w: torch.Tensor, size: int) -> np.ndarray:
+    from ..data.synth import render_views
+
+    colors = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(mesh.verts, 0.7)
+    mesh = Mesh(mesh.verts.float(), mesh.faces, vertex_colors=colors.float())
+    view = {"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}
+    light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
+             "specular_color": [0.1] * 3}  # fmt: skip
+    rgba = render_views(mesh, [view], size, light)["rgba"][0]
+    return rgba[..., :3] + (1.0 - rgba[..., 3:])  # premultiplied colour over white
+
+
+def _write_grid(
+    path: Path, cases: list[EvalCase], rows: list[dict[str, Any]], predictions: dict[str, Mesh | None], n: int
+) -> None:
+    if n < 1 or not rows:
+        return
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["fscore@0.1"])
+    picked = list(dict.fromkeys(order[::-1][:n] + order[:n]))  # best first, then worst
+    size, label = 128, 14
+    front = orbit_c2w(0.0, 0.0, INPUT_DISTANCE)[0]
+    side = orbit_c2w(60.0, 20.0, INPUT_DISTANCE)[0]
+    canvas = Image.new("RGB", (4 * size, len(picked) * (size + label)), "white")
+    draw = ImageDraw.Draw(canvas)
+    blank = np.ones((size, size, 3), dtype=np.float32)
+    for r, index in enumerate(picked):
+        case, row = cases[index], rows[index]
+        rgba = case.rgba
+        tiles = [rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])]
+        mesh = predictions.get(case.object_id)
+        tiles += [_render_mesh_image(mesh, front, size), _render_mesh_image(mesh, side, size)] if mesh else [blank] * 2
+        tiles.append(_render_mesh_image(case.gt_mesh, side, size))
+        y = r * (size + label)
+        for c, tile in enumerate(tiles):
+            image = Image.fromarray((np.clip(tile, 0, 1) * 255 + 0.5).astype(np.uint8)).resize((size, size))
+            canvas.paste(image, (c * size, y + label))
+        draw.text((2, y), f"{case.object_id}  F@0.1={row['fscore@0.1']:.3f}", fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

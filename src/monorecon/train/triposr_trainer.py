@@ -1,0 +1,576 @@
+"""Training of TripoSR-architecture models on multi-view renders (``monorecon train CONFIG.yaml``).
+
+Each step, for every object of the batch (SPEC §1, "Training"):
+
+1. **Views.** One view is drawn as the input and ``n_supervision_views`` views supervise: the input view itself
+   plus ``n_supervision_views - 1`` others drawn without replacement from the remaining views.
+2. **Object-centric relative poses** (as LRM / TripoSR): the model has no camera input and always assumes the
+   canonical input camera ``orbit_c2w(0, 0, input_distance)`` with ``input_fov_deg`` (TripoSR's view 0 is our
+   azimuth 0 = +Z; distance 1.9, fov 40 deg). The whole scene is rigidly moved so that the drawn input camera
+   becomes that canonical camera: ``M = C_canonical @ inv(C_input)``, supervision cameras ``M @ C_view``. The
+   datasets must therefore be rendered with cameras looking at the origin from ``input_distance`` with fov
+   ``input_fov_deg`` (``synthesize_dataset`` is run with those values; :func:`train` checks them).
+3. **Input image**: the RGBA render composited on grey ``input_background`` (0.5, as the inference preprocessing).
+4. **Patches**: one ``patch_size`` square per supervision view (optionally of the view resized to
+   ``supervision_size``). With probability ``foreground_patch_prob`` its
+   centre is a pixel drawn uniformly among the foreground pixels (alpha > 0.5), otherwise uniformly among all pixels;
+   the patch is then shifted to lie inside the image. So a foreground pixel is a patch centre with probability
+   ``p / n_fg + (1 - p) / (H W)`` and a background one ``(1 - p) / (H W)``.
+5. **Loss** on the rendered patch (white background, as the TripoSR renderer): ``MSE(rgb) + lambda_lpips *
+   PerceptualLoss(rgb) + lambda_mask * BCE(opacity, alpha)``.
+
+Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
+from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
+the uninterrupted run exactly. Under ``torchrun --nproc_per_node N`` each rank draws its own objects and gradients
+are averaged with DistributedDataParallel (gloo on CPU). Outputs in ``out_dir``: ``checkpoints/``, ``train_log.csv``,
+``curves.png``, ``config.yaml`` (the training config), and at the end ``final/model.safetensors`` +
+``final/config.yaml``, loadable by :func:`monorecon.models.triposr.load_triposr` (e.g. ``monorecon reconstruct
+--weights RUN/final``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ..core.cameras import PerspectiveCameras, orbit_c2w
+from ..core.volume import VolumeRenderConfig, VolumeRenderer
+from ..io.atomic import atomic_write
+from ..models.triposr import TripoSRConfig, TripoSRModel
+from .utils import (
+    Checkpointer,
+    CSVLogger,
+    barrier,
+    check_finite_loss,
+    cleanup_distributed,
+    cosine_with_warmup,
+    dataclass_to_dict,
+    init_distributed,
+    is_main_process,
+    load_dataclass_config,
+    plot_curves,
+    seed_everything,
+    step_generator,
+    unwrap_model,
+    wrap_ddp,
+)
+
+__all__ = [
+    "DataSection",
+    "LossSection",
+    "OptimSection",
+    "TripoSRTrainConfig",
+    "export_weights",
+    "load_train_config",
+    "relative_cameras",
+    "sample_patches",
+    "scale_density",
+    "train",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class DataSection:
+    """Training data.
+
+    Attributes:
+        root: dataset folder (:class:`monorecon.data.MultiViewDataset` layout).
+        split: split of ``index.json`` to train on.
+        max_objects: use only the first N objects (None: all).
+        input_background: grey level the input view is composited on.
+    """
+
+    root: str = ""
+    split: str = "train"
+    max_objects: int | None = None
+    input_background: float = 0.5
+
+
+@dataclass
+class OptimSection:
+    """AdamW + warm-up/cosine schedule + clipping."""
+
+    lr: float = 4e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossSection:
+    """Loss weights: ``MSE + lambda_lpips * perceptual + lambda_mask * BCE(mask)``."""
+
+    lambda_lpips: float = 0.0
+    lambda_mask: float = 0.5
+    perceptual_weights: str | None = None
+
+
+@dataclass
+class TripoSRTrainConfig:
+    """Everything :func:`train` needs (the YAML file mirrors this structure).
+
+    Attributes:
+        model: the model's own config mapping (as in the model's ``config.yaml``; see :mod:`monorecon.models.triposr`).
+        out_dir: run folder (checkpoints, logs, final weights).
+        steps: optimiser steps in total.
+        batch_size: objects per step and per rank.
+        n_supervision_views: supervision views per object (the input view is always one of them).
+        patch_size: side of the supervised square patch of each supervision view (pixels).
+        supervision_size: supervision views are resized to this side (area averaging, after compositing on white)
+            before the patches are cut; None keeps the dataset resolution. Smaller: each patch covers more of the
+            object for the same number of rays (the input image keeps the dataset resolution).
+        foreground_patch_prob: probability that a patch centre is drawn among the foreground pixels.
+        n_samples: volume-rendering samples per ray during training (``normalized_delta`` keeps densities comparable
+            with the 128 samples used at inference).
+        stratified: jitter the samples inside their bins during training.
+        input_distance, input_fov_deg: the canonical input camera the model assumes (TripoSR: 1.9, 40 deg).
+        checkpoint_every_steps, checkpoint_every_minutes: a checkpoint is written when either is reached.
+        keep_checkpoints: newest checkpoints kept.
+        log_every: CSV row every N steps.
+        seed: seed of the initialisation and of every random draw.
+        num_threads: torch CPU threads per process (None: torch's default). On a shared, oversubscribed CPU one
+            thread per process is several times faster than spinning OpenMP teams.
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` when there is one.
+        quiet: no progress bar.
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    out_dir: str = "runs/triposr"
+    steps: int = 1000
+    batch_size: int = 4
+    n_supervision_views: int = 2
+    patch_size: int = 32
+    supervision_size: int | None = None
+    foreground_patch_prob: float = 0.75
+    n_samples: int = 64
+    stratified: bool = True
+    input_distance: float = 1.9
+    input_fov_deg: float = 40.0
+    checkpoint_every_steps: int = 200
+    checkpoint_every_minutes: float = 5.0
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    num_threads: int | None = None
+    resume: bool = True
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "n_supervision_views", "patch_size", "n_samples", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        size = self.supervision_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < self.patch_size):
+            raise ValueError(f"supervision_size must be an integer >= patch_size ({self.patch_size}), got {size!r}")
+        if not 0.0 <= self.foreground_patch_prob <= 1.0:
+            raise ValueError(f"foreground_patch_prob must lie in [0, 1], got {self.foreground_patch_prob}")
+        if self.checkpoint_every_steps < 1 or self.checkpoint_every_minutes <= 0:
+            raise ValueError("checkpoint_every_steps must be >= 1 and checkpoint_every_minutes > 0")
+        if self.optim.warmup_steps > self.steps:
+            raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) exceeds steps ({self.steps})")
+        if not self.model:
+            raise ValueError("the config needs a 'model' section (the model's architecture config)")
+        if not self.data.root:
+            raise ValueError("the config needs data.root (a dataset folder)")
+
+
+def load_train_config(source: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig) -> TripoSRTrainConfig:
+    """A :class:`TripoSRTrainConfig` from a YAML path, a mapping, or itself."""
+    if isinstance(source, TripoSRTrainConfig):
+        return source
+    return load_dataclass_config(source, TripoSRTrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Geometry and sampling
+# --------------------------------------------------------------------------------------------------------------------
+def relative_cameras(
+    c2w_input: torch.Tensor, c2w_views: torch.Tensor, distance: float = 1.9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the scene rigidly so the input camera becomes the canonical camera ``orbit_c2w(0, 0, distance)``.
+
+    Args:
+        c2w_input: (B, 4, 4) input cameras (world frame), looking at the origin from ``distance``.
+        c2w_views: (B, S, 4, 4) supervision cameras (world frame).
+        distance: the canonical camera distance.
+
+    Returns:
+        ``(world_to_canonical (B, 4, 4), c2w_views in the canonical frame (B, S, 4, 4))``. A world point ``x`` is at
+        ``world_to_canonical @ x`` in the frame the model reconstructs in.
+    """
+    canonical = orbit_c2w(0.0, 0.0, distance).to(c2w_input)
+    world_to_canonical = canonical @ torch.linalg.inv(c2w_input)
+    return world_to_canonical, world_to_canonical[:, None] @ c2w_views
+
+
+def sample_patches(
+    alpha: torch.Tensor, patch_size: int, foreground_prob: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Top-left corners of one square patch per image, centred over the foreground with probability ``p``.
+
+    Args:
+        alpha: (N, H, W) masks in [0, 1].
+        patch_size: patch side (<= H and W).
+        foreground_prob: probability that the centre is drawn uniformly among pixels with alpha > 0.5 (images
+            without foreground always draw uniformly among all pixels).
+        generator: random source.
+
+    Returns:
+        (N, 2) long ``(row, col)`` of the top-left pixel, with the patch inside the image.
+    """
+    n, height, width = alpha.shape
+    if not 1 <= patch_size <= min(height, width):
+        raise ValueError(f"patch_size must lie in [1, {min(height, width)}], got {patch_size}")
+    foreground = (alpha > 0.5).reshape(n, -1).float()
+    has_foreground = foreground.sum(-1) > 0
+    use_foreground = (torch.rand(n, generator=generator) < foreground_prob) & has_foreground
+    weights = torch.where(use_foreground[:, None], foreground, torch.ones_like(foreground))
+    centre = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    half = patch_size // 2
+    row = (centre // width - half).clamp(0, height - patch_size)
+    col = (centre % width - half).clamp(0, width - patch_size)
+    return torch.stack([row, col], dim=-1)
+
+
+def _gather_patches(maps: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(N, H, W, C) maps, (N, 2) corners -> (N, P, P, C) patches."""
+    offsets = torch.arange(patch_size)
+    rows = corners[:, 0, None] + offsets  # (N, P)
+    cols = corners[:, 1, None] + offsets
+    index = torch.arange(maps.shape[0])[:, None, None]
+    return maps[index, rows[:, :, None], cols[:, None, :]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data held in memory
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class _ViewBank:
+    """All training views in memory: images uint8 (N, V, H, W, 4), c2w (N, V, 4, 4), fov (N, V)."""
+
+    images: torch.Tensor
+    c2w: torch.Tensor
+    fov_y_deg: torch.Tensor
+
+
+def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
+    from ..data import MultiViewDataset
+
+    dataset = MultiViewDataset(config.data.root, split=config.data.split)
+    count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
+    images, c2w, fov = [], [], []
+    n_views = None
+    for i in tqdm(range(count), desc="loading views", disable=not show_progress):
+        item = dataset[i]
+        if n_views is None:
+            n_views = item["images"].shape[0]
+        if item["images"].shape[0] != n_views:
+            continue  # the reader already warned about objects it could not read; this one has another view count
+        images.append((item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
+        c2w.append(item["c2w"])
+        fov.append(item["fov_y_deg"])
+    if not images:
+        raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r})")
+    bank = _ViewBank(torch.stack(images), torch.stack(c2w), torch.stack(fov))
+    if bank.images.shape[1] < config.n_supervision_views:
+        raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
+    distances = bank.c2w[:, :, :3, 3].norm(dim=-1)
+    if not torch.allclose(distances, torch.full_like(distances, config.input_distance), atol=1e-3):
+        raise ValueError(
+            f"the dataset cameras must all lie at input_distance={config.input_distance} from the origin "
+            f"(found {distances.min():.3f}..{distances.max():.3f}); render it with that distance"
+        )
+    if not torch.allclose(bank.fov_y_deg, torch.full_like(bank.fov_y_deg, config.input_fov_deg), atol=1e-3):
+        raise ValueError(f"the dataset views must have fov {config.input_fov_deg} deg (as the canonical camera)")
+    return bank
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model step (one module so DistributedDataParallel sees a single forward)
+# --------------------------------------------------------------------------------------------------------------------
+class _TrainStep(torch.nn.Module):
+    """Encode the input views and render the supervision patches; forward returns the loss terms."""
+
+    def __init__(self, model: torch.nn.Module, config: TripoSRTrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.renderer = VolumeRenderer(
+            VolumeRenderConfig.triposr(
+                n_samples=config.n_samples,
+                stratified=config.stratified,
+                box_radius=model.config.renderer.radius,
+                chunk_size=8192,
+            )
+        )
+        self.perceptual = None
+        if config.loss.lambda_lpips > 0:
+            from ..losses.perceptual import PerceptualLoss
+
+            self.perceptual = PerceptualLoss(weights_path=config.loss.perceptual_weights)
+            for p in self.perceptual.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        scene_codes = self.model.encode(batch["input_rgb"])
+        size, n_views = cfg.patch_size, batch["origins"].shape[1]
+        rgb, opacity = [], []
+        for b in range(scene_codes.shape[0]):
+            code = scene_codes[b : b + 1]
+
+            def field_fn(points: torch.Tensor, code: torch.Tensor = code) -> tuple[torch.Tensor, torch.Tensor]:
+                density, colour = self.model.query(code, points[None])
+                return density.reshape(-1, 1), colour.reshape(-1, 3)
+
+            out = self.renderer.render(
+                field_fn, batch["origins"][b].reshape(-1, 3), batch["directions"][b].reshape(-1, 3), generator=generator
+            )
+            rgb.append(out["rgb"].reshape(n_views, size, size, 3))
+            opacity.append(out["opacity"].reshape(n_views, size, size))
+        rgb, opacity = torch.stack(rgb), torch.stack(opacity)
+        target_rgb, target_alpha = batch["target_rgb"], batch["target_alpha"]
+        mse = F.mse_loss(rgb, target_rgb)
+        mask = F.binary_cross_entropy(opacity.clamp(1e-5, 1.0 - 1e-5), target_alpha)
+        total = mse + cfg.loss.lambda_mask * mask
+        terms = {"mse": mse, "mask_bce": mask}
+        if self.perceptual is not None:
+            to_nchw = lambda x: x.reshape(-1, size, size, 3).permute(0, 3, 1, 2)  # noqa: E731
+            perceptual = self.perceptual(to_nchw(rgb), to_nchw(target_rgb)).mean()
+            total = total + cfg.loss.lambda_lpips * perceptual
+            terms["perceptual"] = perceptual
+        terms["loss"] = total
+        return terms
+
+
+def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Draw objects, views and patches; build the input images, patch rays (canonical frame) and targets."""
+    n_objects, n_views, height, width = bank.images.shape[:4]
+    objects = torch.randint(n_objects, (config.batch_size,), generator=generator)
+    order = torch.argsort(torch.rand(config.batch_size, n_views, generator=generator), dim=-1)
+    views = order[:, : config.n_supervision_views]  # column 0 is the input view
+    images = bank.images[objects[:, None], views].float() / 255.0  # (B, S, H, W, 4)
+    c2w = bank.c2w[objects[:, None], views]
+    _, c2w_canonical = relative_cameras(c2w[:, 0], c2w, config.input_distance)
+
+    input_rgba = images[:, 0]
+    grey = config.data.input_background
+    input_rgb = input_rgba[..., :3] * input_rgba[..., 3:] + grey * (1.0 - input_rgba[..., 3:])
+
+    flat = images.reshape(-1, height, width, 4)
+    # Composite on white (as the renderer) at full resolution, then average down to the supervision size.
+    flat = torch.cat([flat[..., :3] * flat[..., 3:] + (1.0 - flat[..., 3:]), flat[..., 3:]], dim=-1)
+    size = config.supervision_size or height
+    if size != height or size != width:
+        flat = F.interpolate(flat.permute(0, 3, 1, 2), (size, size), mode="area").permute(0, 2, 3, 1)
+        height = width = size
+    corners = sample_patches(flat[..., 3], config.patch_size, config.foreground_patch_prob, generator)
+    patches = _gather_patches(flat, corners, config.patch_size)
+    target_rgb, target_alpha = patches[..., :3], patches[..., 3]
+
+    cameras = PerspectiveCameras(c2w_canonical.reshape(-1, 4, 4), height, width, fov_y_deg=config.input_fov_deg)
+    origins, directions = cameras.get_rays()
+    origins = _gather_patches(origins, corners, config.patch_size)
+    directions = _gather_patches(directions, corners, config.patch_size)
+    shape = (config.batch_size, config.n_supervision_views, config.patch_size, config.patch_size)
+    return {
+        "input_rgb": input_rgb,
+        "origins": origins.reshape(*shape, 3),
+        "directions": directions.reshape(*shape, 3),
+        "target_rgb": target_rgb.reshape(*shape, 3),
+        "target_alpha": target_alpha.reshape(shape),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------------------------------
+def _build_model(model_config: dict[str, Any]) -> TripoSRModel:
+    return TripoSRModel(TripoSRConfig.from_dict(model_config))
+
+
+def scale_density(model: TripoSRModel, factor: float) -> TripoSRModel:
+    """Multiply the model's densities by ``factor`` (in place) by shifting the density output bias by ``log(factor)``.
+
+    With the ``exp`` density activation ``density = exp(raw - 1)``, adding ``log(factor)`` to the bias of the
+    density output of the decoder's last layer scales every density exactly. The iso-surface at level ``t`` of the
+    original model is the one at ``t * factor`` of the scaled model, so a model whose best mesh threshold is ``t`` can
+    be shipped for the default threshold 25 with ``factor = 25 / t`` (renders become correspondingly more opaque).
+    """
+    if model.config.renderer.density_activation != "exp":
+        raise ValueError("scale_density needs the 'exp' density activation")
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be positive and finite, got {factor}")
+    with torch.no_grad():
+        model.decoder.layers[-1].bias[0] += math.log(factor)
+    return model
+
+
+def export_weights(
+    model: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    config_name: str = "config.yaml",
+) -> Path:
+    """Write ``model.safetensors`` (weights cast to ``dtype``) and the model's yaml config into ``out_dir``.
+
+    The pair loads with :func:`monorecon.models.triposr.load_triposr` (``config_name`` beside the weights).
+    Returns the weights path.
+    """
+    model = unwrap_model(model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    weights = out_dir / "model.safetensors"
+    tmp = out_dir / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the usual permissions of a written file
+    os.replace(tmp, weights)
+    with atomic_write(out_dir / config_name, "w") as f:
+        yaml.safe_dump(model.config.to_dict(), f, sort_keys=False)
+    return weights
+
+
+def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, quiet: bool | None = None) -> Path:
+    """Train (or resume training) a TripoSR-architecture model; return the run folder.
+
+    Args:
+        config: YAML path, mapping or :class:`TripoSRTrainConfig`.
+        quiet: override ``config.quiet`` (no progress bar).
+
+    Raises:
+        ValueError: invalid config or dataset.
+        TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept; the message names it).
+    """
+    cfg = load_train_config(config)
+    if quiet is not None:
+        cfg.quiet = quiet
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    rank, world_size = init_distributed()
+    main = is_main_process()
+    out_dir = Path(cfg.out_dir)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(dataclass_to_dict(cfg), f, sort_keys=False)
+    barrier()
+
+    seed_everything(cfg.seed)
+    model = _build_model(cfg.model)
+    model.train()
+    step_module = _TrainStep(model, cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+    )
+    scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    logger = CSVLogger(out_dir / "train_log.csv") if main else None
+
+    start_step = 0
+    if cfg.resume:
+        restored = checkpointer.load_latest(model, optimizer, scheduler)
+        if restored is not None:
+            start_step = restored["step"]
+            if logger is not None:
+                logger.truncate_after(start_step)
+    bank = _load_views(cfg, show_progress=main and not cfg.quiet)
+    ddp_module = wrap_ddp(step_module, find_unused_parameters=True)
+
+    last_save = time.monotonic()
+    started = time.monotonic()
+    progress = tqdm(
+        total=cfg.steps, initial=start_step, desc="train", disable=not main or cfg.quiet, dynamic_ncols=True
+    )
+    for step in range(start_step, cfg.steps):
+        generator = step_generator(cfg.seed, step, rank)
+        batch = _make_batch(bank, cfg, generator)
+        terms = ddp_module(batch, generator)
+        check_finite_loss(terms["loss"], step, checkpointer)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+        check_finite_loss(grad_norm, step, checkpointer)
+        optimizer.step()
+        scheduler.step()
+        done = step + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{terms['loss'].item():.4f}")
+        if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+            row = {"step": done, **{k: float(v.detach()) for k, v in terms.items()}}
+            row.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
+            row["elapsed_s"] = time.monotonic() - started
+            logger.log(row)
+        if _should_checkpoint(done, cfg, last_save):
+            if main:
+                checkpointer.save(done, model, optimizer, scheduler, extra={"world_size": world_size})
+                if logger is not None and logger.fields is not None:
+                    plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
+            last_save = time.monotonic()
+            barrier()
+    progress.close()
+    if main:
+        export_weights(model, out_dir / "final", config_name="config.yaml")
+        if logger is not None and logger.fields is not None:
+            plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
+    barrier()
+    return out_dir
+
+
+def _curve_columns(logger: CSVLogger) -> list[str]:
+    return [c for c in logger.fields if c not in ("step", "elapsed_s")]
+
+
+def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float) -> bool:
+    """Same decision on every rank: step-based, or time-based as decided by rank 0 and broadcast."""
+    due = done % cfg.checkpoint_every_steps == 0
+    timed = (time.monotonic() - last_save) / 60.0 >= cfg.checkpoint_every_minutes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([float(timed)])
+        torch.distributed.broadcast(flag, src=0)
+        timed = bool(flag.item())
+    return due or timed or done == cfg.steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m monorecon.train.triposr_trainer CONFIG.yaml [--quiet]`` (also under ``torchrun``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train a TripoSR-architecture model (see the module docstring).")
+    parser.add_argument("config", type=Path, help="training config (e.g. configs/triposr_small.yaml)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        out_dir = train(args.config, quiet=True if args.quiet else None)
+    finally:
+        cleanup_distributed()
+    if is_main_process():
+        print(out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""Training infrastructure and the TripoSR trainer on a tiny model and dataset (CPU, seconds)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.data import ViewSampling, synthesize_dataset
+from monorecon.models.triposr import load_triposr
+from monorecon.train import triposr_trainer
+from monorecon.train.triposr_trainer import load_train_config, relative_cameras, sample_patches, train
+from monorecon.train.utils import (
+    Checkpointer,
+    CSVLogger,
+    TrainingDiverged,
+    cosine_with_warmup,
+    load_dataclass_config,
+    plot_curves,
+    seed_everything,
+    step_generator,
+)
+
+FILL_AT_1_9 = math.tan(math.asin(0.5 / 1.9)) / math.tan(math.radians(20.0))  # camera distance 1.9 at fov 40
+
+TINY_MODEL = {
+    "cond_image_size": 32,
+    "image_encoder": {
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 16,
+        "pretrained_image_size": 32,
+    },
+    "tokenizer": {"plane_size": 4, "num_channels": 32},
+    "backbone": {
+        "in_channels": 32,
+        "num_heads": 2,
+        "head_dim": 16,
+        "num_layers": 1,
+        "cross_attention_dim": 32,
+        "norm_num_groups": 8,
+    },
+    "post_processor": {"in_channels": 32, "out_channels": 8},
+    "decoder": {"in_channels": 24, "hidden_channels": 16, "n_hidden_layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synth"
+    sampling = ViewSampling(fov_y_deg=40.0, fill=FILL_AT_1_9)
+    synthesize_dataset(root, 3, 3, 32, seed=5, progress=False, sampling=sampling, split_fractions=(1.0, 0.0, 0.0))
+    return root
+
+
+def _config(data_root: Path, out_dir: Path, **overrides) -> dict:
+    cfg = {
+        "model": TINY_MODEL,
+        "data": {"root": str(data_root), "split": "train"},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "loss": {"lambda_lpips": 0.0, "lambda_mask": 0.5},
+        "out_dir": str(out_dir),
+        "steps": 4,
+        "batch_size": 2,
+        "n_supervision_views": 2,
+        "patch_size": 8,
+        "n_samples": 8,
+        "checkpoint_every_steps": 2,
+        "log_every": 1,
+        "seed": 3,
+        "num_threads": 1,
+        "quiet": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out_dir / "final" / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# utils
+# --------------------------------------------------------------------------------------------------------------------
+def test_cosine_with_warmup_matches_the_formula():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    seen = []
+    for _ in range(16):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [2.0 * (s + 1) / 4 for s in range(4)]
+    for s in range(4, 16):
+        p = min((s - 4) / 10, 1.0)
+        expected.append(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))))
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        cosine_with_warmup(optimizer, warmup_steps=5, total_steps=3)
+
+
+def test_checkpointer_keeps_newest_and_restores_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    checkpointer = Checkpointer(tmp_path / "ckpt", keep=2)
+    seed_everything(1)
+    for step in (1, 2, 3):
+        checkpointer.save(step, model, optimizer, extra={"note": step})
+    assert [p.name for p in checkpointer.checkpoints()] == ["step_00000002.pt", "step_00000003.pt"]
+    expected = (torch.rand(3), np.random.rand(2), __import__("random").random())  # noqa: NPY002
+    seed_everything(99)
+    restored = checkpointer.load_latest(torch.nn.Linear(3, 2), torch.optim.AdamW(model.parameters(), lr=0.1))
+    assert restored["step"] == 3 and restored["extra"] == {"note": 3}
+    got = (torch.rand(3), np.random.rand(2), __import__("random").random())  # noqa: NPY002
+    torch.testing.assert_close(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+    # A truncated checkpoint is reported clearly, a missing folder gives None.
+    latest = checkpointer.latest()
+    latest.write_bytes(latest.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        checkpointer.load(latest, model)
+    assert Checkpointer(tmp_path / "none").load_latest(model) is None
+
+
+def test_csv_logger_truncates_and_plot_is_drawn(tmp_path):
+    logger = CSVLogger(tmp_path / "log.csv")
+    for step in range(1, 6):
+        logger.log({"step": step, "loss": 1.0 / step, "lr": 0.1})
+    logger.truncate_after(3)
+    assert [row["step"] for row in CSVLogger(tmp_path / "log.csv").rows()] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="differ from the header"):
+        logger.log({"step": 4, "other": 1.0})
+    png = plot_curves(tmp_path / "log.csv", tmp_path / "curves.png")
+    image = np.asarray(Image.open(png))
+    assert image.shape[0] > 100 and (image < 128).any()  # something was drawn
+
+
+@dataclass
+class _Inner:
+    a: int = 1
+    b: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass
+class _Outer:
+    name: str = "x"
+    inner: _Inner = field(default_factory=_Inner)
+    maybe: int | None = None
+
+
+def test_load_dataclass_config(tmp_path):
+    cfg = load_dataclass_config({"name": "y", "inner": {"a": 3, "b": [2, 3]}, "maybe": 4}, _Outer)
+    assert cfg == _Outer("y", _Inner(3, (2.0, 3.0)), 4)
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  c: 1\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) in _Outer.inner: c"):
+        load_dataclass_config(path, _Outer)
+    with pytest.raises(ValueError, match=r"_Outer\.inner\.a must be an integer"):
+        load_dataclass_config({"inner": {"a": "three"}}, _Outer)
+    with pytest.raises(ValueError, match="not found"):
+        load_dataclass_config(tmp_path / "missing.yaml", _Outer)
+
+
+def test_training_config_validation(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        load_train_config(_config(tiny_dataset, tmp_path, patch_size=0))
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_train_config(_config(tiny_dataset, tmp_path, learning_rate=1.0))
+    with pytest.raises(ValueError, match=r"data\.root"):
+        load_train_config({"model": TINY_MODEL})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# geometry and sampling
+# --------------------------------------------------------------------------------------------------------------------
+def test_relative_cameras_make_the_input_canonical_and_keep_projections():
+    c2w = orbit_c2w(torch.tensor([30.0, 200.0, 95.0]), torch.tensor([25.0, -5.0, 10.0]), 1.9).reshape(1, 3, 4, 4)
+    world_to_canonical, moved = relative_cameras(c2w[:, 0], c2w, 1.9)
+    torch.testing.assert_close(moved[:, 0], orbit_c2w(0.0, 0.0, 1.9), atol=1e-5, rtol=0)
+    # A world point and its moved copy project to the same pixels in the original and moved cameras.
+    points = torch.tensor([[0.1, 0.2, -0.3], [-0.25, 0.05, 0.2]])
+    moved_points = points @ world_to_canonical[0, :3, :3].T + world_to_canonical[0, :3, 3]
+    before = PerspectiveCameras(c2w[0], 64, 64, fov_y_deg=40.0).transform_points_screen(points)
+    after = PerspectiveCameras(moved[0], 64, 64, fov_y_deg=40.0).transform_points_screen(moved_points)
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=0)
+
+
+def test_patch_centres_favour_the_foreground():
+    alpha = torch.zeros(4000, 32, 32)
+    alpha[:, 20:24, 4:8] = 1.0  # 16 foreground pixels
+    corners = sample_patches(alpha, 8, foreground_prob=0.75, generator=torch.Generator().manual_seed(0))
+    assert corners.min() >= 0 and corners.max() <= 32 - 8
+    # Patches containing the foreground square: the foreground draws (0.75) plus background draws whose centre is
+    # close enough; a patch of side 8 contains the 4x4 square iff its corner row is in [16, 20] and column in [0, 4].
+    covered = ((corners[:, 0] >= 16) & (corners[:, 0] <= 20) & (corners[:, 1] <= 4)).float().mean().item()
+    assert covered > 0.75
+    uniform = sample_patches(alpha, 8, foreground_prob=0.0, generator=torch.Generator().manual_seed(0))
+    assert ((uniform[:, 0] >= 16) & (uniform[:, 0] <= 20) & (uniform[:, 1] <= 4)).float().mean().item() < 0.2
+
+
+def test_step_generator_streams():
+    a = torch.rand(3, generator=step_generator(1, 5, 0))
+    torch.testing.assert_close(a, torch.rand(3, generator=step_generator(1, 5, 0)))
+    assert not torch.equal(a, torch.rand(3, generator=step_generator(1, 5, 1)))
+    assert not torch.equal(a, torch.rand(3, generator=step_generator(1, 6, 0)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# trainer
+# --------------------------------------------------------------------------------------------------------------------
+def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
+    full = tmp_path / "full"
+    cfg = _config(tiny_dataset, full, loss={"lambda_lpips": 0.1, "lambda_mask": 0.5}, patch_size=16)
+    train(cfg)
+    assert (full / "train_log.csv").is_file() and (full / "curves.png").is_file()
+    assert [p.name for p in Checkpointer(full / "checkpoints").checkpoints()][-1] == "step_00000004.pt"
+    rows = CSVLogger(full / "train_log.csv").rows()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    model = load_triposr(full / "final")  # the exported pair loads with the model loader
+    assert model.config.tokenizer.plane_size == 4
+
+    # Interrupted run: the same config stopped after step 2 (simulated by removing the later checkpoint), resumed.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    (resumed / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(resumed / "final")
+    train({**cfg, "out_dir": str(resumed)})
+    a, b = _final_weights(full), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in CSVLogger(resumed / "train_log.csv").rows()] == [1, 2, 3, 4]
+    # Something was learned: the weights moved from the seeded initialisation.
+    seed_everything(3)
+    init = triposr_trainer._build_model(TINY_MODEL).state_dict()
+    assert not torch.equal(init["decoder.layers.0.weight"], a["decoder.layers.0.weight"])
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    original = triposr_trainer._TrainStep.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, generator):
+        terms = original(self, batch, generator)
+        calls["n"] += 1
+        if calls["n"] >= 4:  # the 4th step (step index 3) produces NaN
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(triposr_trainer._TrainStep, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at step 3; the last good checkpoint is kept at .*step_00000002"
+    ):
+        train(_config(tiny_dataset, out, steps=6))
+    kept = Checkpointer(out / "checkpoints")
+    assert [p.name for p in kept.checkpoints()] == ["step_00000002.pt"]
+    assert kept.load_latest(triposr_trainer._build_model(TINY_MODEL))["step"] == 2
+
+
+def test_corrupt_object_is_reported_and_skipped(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    broken = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    (broken / "rgba" / "001.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="001.png"):
+        train(_config(data, tmp_path / "out", steps=1, checkpoint_every_steps=1))
+    assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
+
+
+def test_dataset_with_wrong_camera_distance_is_rejected(tmp_path):
+    root = tmp_path / "far"
+    synthesize_dataset(root, 1, 2, 32, seed=0, progress=False, split_fractions=(1.0, 0.0, 0.0))  # default distance
+    with pytest.raises(ValueError, match=r"input_distance=1\.9"):
+        train(_config(root, tmp_path / "out", steps=1))
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(_config(tiny_dataset, out, steps=2, batch_size=1)))
+    script = tmp_path / "run_rank.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import torch.distributed as dist
+            from safetensors.torch import save_file
+            from monorecon.train.triposr_trainer import _build_model, train
+            import monorecon.train.triposr_trainer as t
+
+            built = []
+            original = t._build_model
+            t._build_model = lambda cfg: built.append(original(cfg)) or built[-1]
+            train({str(config_path)!r})
+            rank = dist.get_rank()
+            state = {{k: v.contiguous() for k, v in built[0].state_dict().items()}}
+            save_file(state, {str(out)!r} + f"/rank{{rank}}.st")
+            dist.barrier()
+            dist.destroy_process_group()
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    result = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(str(out / "rank0.st")), load_file(str(out / "rank1.st"))
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    seed_everything(3)
+    init = triposr_trainer._build_model(TINY_MODEL).state_dict()
+    assert not torch.equal(rank0["decoder.layers.0.weight"], init["decoder.layers.0.weight"])  # it trained
+
+
+def test_scale_density_multiplies_densities_exactly():
+    seed_everything(0)
+    model = triposr_trainer._build_model(TINY_MODEL).eval()
+    code = torch.randn(1, *model.scene_code_shape)
+    points = torch.rand(1, 50, 3) - 0.5
+    before_density, before_rgb = model.query(code, points)
+    triposr_trainer.scale_density(model, 2.5)
+    after_density, after_rgb = model.query(code, points)
+    torch.testing.assert_close(after_density, 2.5 * before_density, rtol=1e-5, atol=0)
+    torch.testing.assert_close(after_rgb, before_rgb)
+    with pytest.raises(ValueError, match="factor"):
+        triposr_trainer.scale_density(model, 0.0)
