@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import trimesh
@@ -17,12 +18,15 @@ import trimesh
 from monorecon.core.cameras import PerspectiveCameras, look_at
 from monorecon.core.raster import blur_radius_for_sigma, rasterize, soft_silhouette
 
+# The project's real meshes lie beside the checkout.
+SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
+
 
 def load_mesh(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "icosphere":
         tm = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces
     else:
-        tm = trimesh.load(f"/work/shared/data/meshes/{name}.ply", process=False)
+        tm = trimesh.load(SHARED_MESHES / f"{name}.ply", process=False)
         tm.apply_translation(-tm.bounds.mean(axis=0))
         tm.apply_scale(2.0 / tm.extents.max())
     return torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces, dtype=torch.long)
@@ -41,7 +45,7 @@ def soft_step(verts, faces, cameras, sigma, k, bin_size):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mesh", default="icosphere", help="icosphere or a name in /work/shared/data/meshes")
+    parser.add_argument("--mesh", default="icosphere", help="icosphere or a name in ../shared/data/meshes")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--faces-per-pixel", type=int, default=50)
     parser.add_argument("--sigma", type=float, default=1e-4)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,10 @@ import trimesh
 from monorecon.core.bake import bake_texture, dilate_texture, rasterize_uv_positions, unwrap_uv
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh, save_mesh
+from paths import SHARED_MESHES
 from test_mesh_io import _validator_command
 
-MESH_DIR = Path("/work/shared/data/meshes")
+MESH_DIR = SHARED_MESHES
 # A linear colour field: exact under barycentric interpolation, so texels inside a chart must match it to float error.
 LINEAR_MAP = torch.tensor([[0.4, -0.1, 0.2], [0.1, 0.35, -0.2], [-0.2, 0.15, 0.3]])
 

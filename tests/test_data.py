@@ -28,8 +28,9 @@ from monorecon.data import (
     normalize_vertices,
     synthesize_dataset,
 )
+from paths import SHARED_MESHES
 
-BUNNY = Path("/work/shared/data/meshes/bunny.ply")
+BUNNY = SHARED_MESHES / "bunny.ply"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ import trimesh
 from monorecon.core.mesh import Mesh
 from monorecon.io import atomic, load_mesh, mesh_io, save_mesh
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
+from paths import SHARED_MESHES
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATOR_DIR = REPO / "tools" / "gltf-validator"
-MESH_DIR = Path("/work/shared/data/meshes")
+MESH_DIR = SHARED_MESHES
 COLOR_TOLERANCE = 1 / 255 + 1e-6
 
 

@@ -20,8 +20,9 @@ from monorecon.eval.metrics import (
     volume_iou,
     winding_number,
 )
+from paths import SHARED_MESHES
 
-MESHES = "/work/shared/data/meshes"
+MESHES = str(SHARED_MESHES)
 
 
 def _sphere_points(radius: float, n: int, seed: int) -> np.ndarray:
