@@ -377,6 +377,74 @@ def _run_invert(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# G3DR
+# --------------------------------------------------------------------------------------------------------------------
+def _add_train_g3dr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-g3dr", help="train a G3DR RGB-D -> triplane generator (resumes from its checkpoints)")
+    p.add_argument("config", type=Path, help="config YAML (see configs/g3dr_small.yaml)")
+    p.set_defaults(func=_run_train_g3dr)
+
+
+def _run_train_g3dr(args: argparse.Namespace) -> int:
+    from .models.g3dr.trainer import train_g3dr
+
+    print(f"G3DR model written to {train_g3dr(args.config)}")
+    return 0
+
+
+_G3DR_USAGE = "monorecon g3dr IMAGE.png --depth DEPTH.png --model DIR -o OUT | g3dr sample --class NAME -n N ..."
+
+
+def _add_g3dr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "g3dr",
+        help="G3DR: lift an RGB-D image to a mesh + turntable, or `g3dr sample` RGB-D images and lift them",
+        usage=_G3DR_USAGE,
+    )
+    p.add_argument("words", nargs=argparse.REMAINDER, help="IMAGE.png [options] or `sample` [options]")
+    p.set_defaults(func=_run_g3dr)
+
+
+def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    lift = argparse.ArgumentParser(prog="monorecon g3dr", description="RGB-D image -> mesh.glb + turntable")
+    lift.add_argument("image", type=Path, help="RGB or RGBA image")
+    lift.add_argument("--depth", type=Path, help="16-bit depth PNG (default: IMAGE_depth.png beside the image)")
+    lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
+    lift.add_argument("-o", "--output", type=Path, required=True)
+    lift.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution")
+    sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
+    sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
+    sample.add_argument("-n", type=int, default=8)
+    sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
+    sample.add_argument("--model", type=Path, required=True, help="trained G3DR folder")
+    sample.add_argument("-o", "--output", type=Path, required=True)
+    sample.add_argument("--seed", type=int, default=0)
+    return lift, sample
+
+
+def _run_g3dr(args: argparse.Namespace) -> int:
+    lift, sample = _g3dr_parsers()
+    if not args.words:
+        raise CommandError(f"usage: {_G3DR_USAGE}")
+    if args.words[0] == "sample":
+        opts = sample.parse_args(args.words[1:])
+        if not 1 <= opts.n <= 256:
+            raise CommandError(f"-n must lie in [1, 256], got {opts.n}")
+        from .models.g3dr.diffusion import sample_to_folder
+
+        sample_to_folder(opts.diffusion, opts.model, opts.class_name, opts.n, opts.output, seed=opts.seed)
+        print(f"{opts.n} samples of {opts.class_name} -> {opts.output}")
+        return 0
+    opts = lift.parse_args(args.words)
+    from .models.g3dr.inference import reconstruct_to_folder
+
+    depth = opts.depth or opts.image.with_name(opts.image.stem + "_depth.png")
+    paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution)
+    print(", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # serve / webui
 # --------------------------------------------------------------------------------------------------------------------
 def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
@@ -435,6 +503,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_fit_pose,
     _add_train_meshgan,
     _add_invert,
+    _add_train_g3dr,
+    _add_g3dr,
     _add_serve,
     _add_webui,
 ]

@@ -1,0 +1,379 @@
+"""G3DR: generator shapes and frames, view schedule, losses, depth regularisation, data, training, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import monorecon.core.volume as volume
+from monorecon.eval.g3dr_metrics import ImageFeatures, feature_distance, frechet_distance, non_flatness_score
+from monorecon.models.g3dr import schedule
+from monorecon.models.g3dr.data import (
+    RGBDViews,
+    canonical_similarity,
+    decode_depth_png,
+    encode_depth_png,
+    load_rgbd_pair,
+    save_rgbd_pair,
+    views_from_folder,
+)
+from monorecon.models.g3dr.diffusion import (
+    DiffusionConfig,
+    DiffusionTrainConfig,
+    RGBDDiffusion,
+    ddim_sample,
+    diffusion_schedule,
+    load_rgbd_diffusion,
+    train_rgbd_diffusion,
+)
+from monorecon.models.g3dr.generator import G3DRGenerator, G3DRModelConfig, view_c2w
+from monorecon.models.g3dr.inference import g3dr_reconstruct, load_g3dr, save_reconstruction, turntable
+from monorecon.models.g3dr.losses import (
+    DeepPerceptualLoss,
+    SemanticEncoder,
+    embedding_l1,
+    masked_l1,
+    opacity_loss,
+    tv_loss,
+)
+from monorecon.models.g3dr.trainer import G3DRTrainConfig, G3DRTrainer, train_g3dr
+from monorecon.models.g3dr.unet import UNet
+
+
+def tiny_model_config(**overrides) -> G3DRModelConfig:
+    settings = dict(
+        image_size=16, plane_resolution=16, plane_channels=4, positional_channels=2, base_channels=8,
+        channel_mults=(1, 2), n_samples=8, n_importance=8, decoder_hidden=16,
+    )  # fmt: skip
+    return G3DRModelConfig(**{**settings, **overrides})
+
+
+def random_views(n: int = 4, size: int = 16, seed: int = 0, masked: bool = True) -> RGBDViews:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, size, size, dtype=torch.bool)
+    mask[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = True
+    rgb = torch.where(mask[:, None], torch.rand(n, 3, size, size, generator=g), torch.ones(n, 3, size, size))
+    depth = torch.where(mask, 4.6 + 0.4 * torch.rand(n, size, size, generator=g), torch.full((n, size, size), 6.0))
+    return RGBDViews(rgb, depth, mask if masked else None, ["a", "b"] * (n // 2))
+
+
+def tiny_train_config(tmp_path, **overrides) -> G3DRTrainConfig:
+    settings = dict(
+        out_dir=str(tmp_path / "run"), steps=4, batch_size=2, render_size=12, model=tiny_model_config(),
+        checkpoint_every=2, log_every=1, quiet=True,
+    )  # fmt: skip
+    return G3DRTrainConfig(**{**settings, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generator
+# --------------------------------------------------------------------------------------------------------------------
+def test_unet_shapes_and_errors():
+    net = UNet(5, 7, base_channels=8, channel_mults=(1, 2, 2), cond_dim=6)
+    out = net(torch.rand(2, 5, 16, 16), torch.rand(2, 6))
+    assert out.shape == (2, 7, 16, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        net(torch.rand(2, 5, 10, 10), torch.rand(2, 6))
+    with pytest.raises(ValueError, match="conditioning"):
+        net(torch.rand(2, 5, 16, 16))
+
+
+def test_generator_shapes():
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config(plane_resolution=8))
+    planes = model.encode(torch.rand(3, 3, 16, 16), 4.5 + torch.rand(3, 16, 16))
+    assert planes.shape == (3, 3, 4, 8, 8)
+    assert [p.shape[-1] for p in model.pyramid(planes)] == [8, 4, 2]
+    out = model.render(planes, view_c2w(torch.tensor([0.0, 10.0, -20.0]), torch.zeros(3)), 6)
+    assert out["rgb"].shape == (3, 6, 6, 3) and out["depth"].shape == (3, 6, 6) and out["opacity"].shape == (3, 6, 6)
+    assert G3DRGenerator(tiny_model_config(multires=False)).pyramid(planes).__len__() == 1
+    with pytest.raises(ValueError, match="rgb"):
+        model.encode(torch.rand(3, 3, 12, 12), torch.rand(3, 12, 12))
+    with pytest.raises(ValueError, match="plane_resolution"):
+        tiny_model_config(plane_resolution=6)
+
+
+def test_canonical_camera_and_plane_frame():
+    c2w = view_c2w(0.0, 0.0)[0]
+    assert torch.allclose(c2w[:3, 3], torch.tensor([0.0, 0.0, 5.0]), atol=1e-6)  # front camera on +Z
+    assert torch.allclose(view_c2w(90.0, 0.0)[0, :3, 3], torch.tensor([5.0, 0.0, 0.0]), atol=1e-5)
+    model = G3DRGenerator(tiny_model_config())
+    # Plane 0 holds the row index: a point above the centre (+y) must read the top rows (small index).
+    rows = torch.arange(16, dtype=torch.float32).view(1, 1, 1, 16, 1).expand(1, 3, 4, 16, 16).clone()
+    rows[:, 1:] = 0.0
+    feature = torch.tensor([0.0, 0.5, 0.0]), torch.tensor([0.0, -0.5, 0.0])
+    up, down = (model.plane_coordinates(p)[None, None] for p in feature)
+    from monorecon.core.triplane import sample_triplane
+
+    top, bottom = (sample_triplane(rows, p, reduce="concat")[0, 0, 0] for p in (up, down))
+    # y = 0.5 of the box [-1, 1] is the row coordinate -0.5 -> pixel row 3.5 of 16 (align_corners=False).
+    assert float(top) == pytest.approx(3.5, abs=1e-5) and float(bottom) == pytest.approx(11.5, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schedule
+# --------------------------------------------------------------------------------------------------------------------
+def test_view_schedule():
+    total = 300
+    assert schedule.novel_view_probability(0, total) == 0.0
+    assert schedule.novel_view_probability(30, total) == pytest.approx(0.2)
+    assert schedule.novel_view_probability(60, total) == pytest.approx(0.4)
+    assert schedule.novel_view_probability(290, total) == pytest.approx(0.4)
+    g = torch.Generator().manual_seed(0)
+    draws = [schedule.use_novel_view(200, total, g) for _ in range(4000)]
+    assert np.mean(draws) == pytest.approx(0.4, abs=0.03)
+    assert schedule.yaw_divisor(0, total) == 24 and schedule.yaw_divisor(50, total) == pytest.approx(15.0)
+    assert schedule.yaw_divisor(100, total) == 6 and schedule.yaw_divisor(250, total) == 6
+    yaw, pitch = schedule.sample_novel_angles(5000, 0, total, g)
+    assert yaw.abs().max() <= 7.5 + 1e-5 and yaw.abs().max() > 7.0  # pi / 24
+    yaw, pitch = schedule.sample_novel_angles(5000, 250, total, g)
+    assert yaw.abs().max() <= 30.0 + 1e-5 and yaw.abs().max() > 29.0  # pi / 6
+    assert pitch.abs().max() <= 10.0 and pitch.abs().max() > 9.5
+    assert yaw.mean().abs() < 1.5  # symmetric
+    assert schedule.opacity_weight(0, total) == 0 and schedule.opacity_weight(75, total) == pytest.approx(0.5)
+    assert schedule.opacity_weight(200, total) == 1.0
+    assert not schedule.canonical_extras_active(150, total) and schedule.canonical_extras_active(151, total)
+    with pytest.raises(ValueError, match="total"):
+        schedule.novel_view_probability(1, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------------
+def test_losses_hand_computed():
+    pred = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    target = torch.tensor([[[1.5, 2.0], [0.0, 4.0]]])
+    mask = torch.tensor([[[True, False], [True, False]]])
+    assert float(masked_l1(pred, target)) == pytest.approx((0.5 + 3.0) / 4)
+    assert float(masked_l1(pred, target, mask)) == pytest.approx((0.5 + 3.0) / 2)
+    rgb_pred, rgb_target = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
+    assert float(masked_l1(rgb_pred, rgb_target, mask)) == pytest.approx(1.0)  # channel-first broadcast
+    opacity = torch.tensor([[[0.25, 1.0], [0.5, 0.0]]])
+    assert float(opacity_loss(opacity)) == pytest.approx((0.75 + 0 + 0.5 + 1.0) / 4)
+    assert float(opacity_loss(opacity, mask)) == pytest.approx((0.75 + 0.5) / 2)
+    depth = torch.tensor([[[1.0, 2.0, 4.0], [1.0, 1.0, 1.0]]])
+    # horizontal diffs: 1, 2, 0, 0 -> mean 5/4; vertical: 0, -1, -3 -> mean 10/3
+    assert float(tv_loss(depth)) == pytest.approx(5 / 4 + 10 / 3)
+    assert float(embedding_l1(torch.tensor([[1.0, -1.0]]), torch.tensor([[0.0, 1.0]]))) == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="differ"):
+        masked_l1(pred, target[:, :1])
+
+
+def test_feature_losses():
+    images = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    encoder = SemanticEncoder()
+    assert encoder(images).shape == (2, 30) and not encoder.uses_clip
+    deep = DeepPerceptualLoss()
+    assert torch.allclose(deep(images, images), torch.zeros(2))
+    assert bool((deep(images, images.flip(1)) > 0).all())
+    with pytest.raises(ValueError, match="folder"):
+        SemanticEncoder("/nonexistent/clip")
+
+
+def test_depth_regularization_scales_gradients():
+    """Every sample far from the target depth: the gradient of an rgb loss w.r.t. the planes is exactly 0.05 x."""
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config())
+    planes = model.encode(torch.rand(1, 3, 16, 16), 4.5 + torch.rand(1, 16, 16)).detach().requires_grad_(True)
+    c2w = view_c2w(torch.zeros(1), torch.zeros(1))
+    grads = []
+    for target in (None, torch.full((1, 6, 6), 100.0)):
+        planes.grad = None
+        out = model.render(planes, c2w, 6, target_depth=target, deterministic=True)
+        out["rgb"].square().sum().backward()
+        grads.append(planes.grad.clone())
+    assert torch.allclose(grads[1], 0.05 * grads[0], rtol=1e-4, atol=1e-9)
+    assert grads[0].abs().sum() > 0
+
+
+def test_depth_regularization_only_on_canonical_views(monkeypatch, tmp_path):
+    calls = []
+    original = volume.DepthRegularization.apply
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(volume.DepthRegularization, "apply", counting)
+    views = random_views()
+    trainer = G3DRTrainer(tiny_train_config(tmp_path, steps=100), views)
+    trainer.losses(0, torch.Generator().manual_seed(0))  # P(novel) = 0 at step 0: canonical
+    assert len(calls) > 0
+    calls.clear()
+    monkeypatch.setattr("monorecon.models.g3dr.trainer.use_novel_view", lambda *a, **k: True)
+    _, logged = trainer.losses(50, torch.Generator().manual_seed(0))
+    assert logged["novel"] == 1.0 and len(calls) == 0
+    assert logged["rgb"] == 0 and logged["depth"] == 0 and logged["tv"] > 0
+    monkeypatch.setattr("monorecon.models.g3dr.trainer.use_novel_view", lambda *a, **k: False)
+    off = G3DRTrainer(tiny_train_config(tmp_path, steps=100, depth_regularization=False), views)
+    _, logged = off.losses(10, torch.Generator().manual_seed(0))
+    assert logged["novel"] == 0.0 and logged["depth"] > 0 and len(calls) == 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+def test_depth_png_and_pairs(tmp_path):
+    depth = np.array([[4.0, 4.5], [5.0, 5.99]])
+    encoded = encode_depth_png(depth)
+    assert encoded.dtype == np.uint16 and encoded[0, 1] == 16384  # (4.5 - 4) / 2 * 65536
+    assert np.abs(decode_depth_png(encoded) - depth).max() < 2 / 65536
+    rgba = np.zeros((8, 8, 4), dtype=np.float32)
+    rgba[2:6, 2:6] = [1.0, 0.0, 0.0, 1.0]
+    save_rgbd_pair(rgba, np.full((8, 8), 5.0), tmp_path / "obj")
+    rgb, d, mask = load_rgbd_pair(tmp_path / "obj.png")
+    assert rgb.shape == (3, 8, 8) and mask.sum() == 16 and torch.allclose(rgb[:, 0, 0], torch.ones(3))
+    assert torch.allclose(d, torch.full((8, 8), 5.0), atol=1e-4)
+    views = views_from_folder(tmp_path, 4)
+    assert len(views) == 1 and views.rgb.shape == (1, 3, 4, 4) and views.mask.shape == (1, 4, 4)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no NAME"):
+        views_from_folder(empty, 4)
+
+
+def test_canonical_similarity_maps_cameras():
+    # A camera at distance 3 with the canonical fov: the origin stays, the camera maps onto the canonical camera.
+    c2w = view_c2w(40.0, 20.0, 3.0)[0].double().numpy()
+    sim, s, d = canonical_similarity(c2w, 18.0)
+    assert d == pytest.approx(3.0) and s == pytest.approx(5.0 / 3.0)
+    assert np.allclose(sim[:3, 3], 0.0, atol=1e-6)
+    assert np.allclose(sim[:3, :3] @ c2w[:3, 3] + sim[:3, 3], [0.0, 0.0, 5.0], atol=1e-5)
+    # A wider fov shrinks the object: s = 5 tan(9 deg) / (d tan(20 deg)).
+    assert canonical_similarity(c2w, 40.0)[1] == pytest.approx(5 * math.tan(math.radians(9)) / (3 * math.tan(0.349066)))
+
+
+def test_rgbd_views_validation():
+    with pytest.raises(ValueError, match="depth"):
+        RGBDViews(torch.rand(2, 3, 8, 8), torch.rand(2, 8, 7))
+    with pytest.raises(ValueError, match="class_names"):
+        RGBDViews(torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8), class_names=["a"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training, inference
+# --------------------------------------------------------------------------------------------------------------------
+def test_training_smoke_and_exact_resume(tmp_path):
+    views = random_views()
+    run = train_g3dr(tiny_train_config(tmp_path), views)
+    for name in ("model.safetensors", "config.yaml", "train_log.csv", "curves.png"):
+        assert (run / name).is_file()
+    rows = (run / "train_log.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("step,")
+    first = load_g3dr(run).state_dict()
+    # Interrupted after 2 steps, then resumed to 4: identical weights.
+    half = train_g3dr(tiny_train_config(tmp_path, out_dir=str(tmp_path / "b"), steps=4, checkpoint_every=2), views)
+    (half / "checkpoints" / "step_00000004.pt").unlink()
+    resumed = load_g3dr(train_g3dr(tiny_train_config(tmp_path, out_dir=str(half)), views)).state_dict()
+    assert all(torch.equal(first[k], resumed[k]) for k in first)
+    with pytest.raises(ValueError, match="steps"):
+        tiny_train_config(tmp_path, steps=0)
+    with pytest.raises(ValueError, match="unknown config key"):
+        train_g3dr({"stepz": 3})
+
+
+def test_reconstruct_and_save(tmp_path):
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config()).eval()
+    rgb, depth = torch.rand(16, 16, 3), 4.8 + 0.2 * torch.rand(16, 16)
+    planes = model.encode(rgb.permute(2, 0, 1)[None], depth[None])
+    densities = model.density_fn(planes)(torch.rand(2000, 3) * 2 - 1)
+    threshold = float(densities.median())  # a random field: pick a level it crosses
+    mesh, scene = g3dr_reconstruct(model, rgb, depth, resolution=16, threshold=threshold)
+    assert mesh.vertex_colors is not None and mesh.num_faces > 0 and scene.planes.shape == (1, 3, 4, 16, 16)
+    frames = turntable(scene, n_frames=3, size=8)
+    assert frames.shape == (3, 8, 8, 3)
+    paths = save_reconstruction(mesh, frames, tmp_path / "out")
+    assert all(p.is_file() for p in paths.values())
+    with pytest.raises(ValueError, match="lacks"):
+        load_g3dr(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Diffusion
+# --------------------------------------------------------------------------------------------------------------------
+def test_diffusion_schedules():
+    betas = np.linspace(1e-4, 0.02, 100)
+    assert np.allclose(diffusion_schedule(100, "linear").numpy(), np.cumprod(1 - betas))
+    abar = diffusion_schedule(1000, "cosine").numpy()
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert abar[499] == pytest.approx(f(500) / f(0), rel=1e-6)
+    assert np.all(np.diff(abar) < 0)
+    with pytest.raises(ValueError, match="schedule"):
+        diffusion_schedule(10, "quadratic")
+
+
+def test_ddim_with_oracle_recovers_data():
+    alpha_bar = diffusion_schedule(200, "linear")
+    x0 = torch.rand(2, 4, 6, 6, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+
+    def oracle(x, t):  # the exact noise of x given x0
+        a = alpha_bar[t].float()[:, None, None, None]
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    for eta in (0.0, 1.0):
+        out = ddim_sample(oracle, alpha_bar, tuple(x0.shape), 12, eta, torch.Generator().manual_seed(0))
+        assert torch.allclose(out, x0, atol=1e-5)
+
+
+def test_diffusion_train_and_sample(tmp_path):
+    views = random_views(n=4, size=8, masked=False)
+    config = DiffusionTrainConfig(
+        out_dir=str(tmp_path / "diff"), steps=3, batch_size=4, quiet=True, log_every=1,
+        model=DiffusionConfig(image_size=8, base_channels=8, channel_mults=(1, 2), embed_dim=16, timesteps=50),
+    )  # fmt: skip
+    model = load_rgbd_diffusion(train_rgbd_diffusion(config, views))
+    assert model.class_names == ["a", "b"]
+    rgb, depth = model.sample("b", 2, n_steps=4, generator=torch.Generator().manual_seed(0), size=16)
+    assert rgb.shape == (2, 3, 16, 16) and depth.shape == (2, 16, 16)
+    assert float(rgb.min()) >= 0 and float(rgb.max()) <= 1 and float(depth.min()) >= 4 and float(depth.max()) <= 6
+    x = RGBDDiffusion.to_model_space(views.rgb, views.depth)
+    back_rgb, back_depth = RGBDDiffusion.from_model_space(x)
+    assert torch.allclose(back_rgb, views.rgb, atol=1e-6) and torch.allclose(back_depth, views.depth, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown class"):
+        model.sample("zebra", 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------------
+def test_non_flatness_score():
+    flat = torch.full((2, 8, 8), 5.0)
+    assert non_flatness_score(flat) == 0.0
+    halves = flat.clone()
+    halves[:, :, :4] = 4.5
+    assert non_flatness_score(halves) == pytest.approx(math.log(2))
+    spread = (4.0 + (torch.arange(64, dtype=torch.float64) + 0.5) / 32).view(1, 8, 8)  # one value per bin
+    assert non_flatness_score(spread) == pytest.approx(math.log(64))
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :, 4:] = True
+    assert non_flatness_score(halves, mask) == 0.0  # only the flat half counts
+    with pytest.raises(ValueError, match="foreground"):
+        non_flatness_score(flat, torch.zeros(2, 8, 8, dtype=torch.bool))
+
+
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 3)) @ np.diag([1.0, 2.0, 0.5]) + [1.0, 0.0, 0.0]
+    b = rng.normal(size=(300, 3)) @ np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.2, 1.5]])
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # Independent route: tr sqrt(Ca Cb) = tr sqrt(Ca^1/2 Cb Ca^1/2), a symmetric PSD matrix (eigenvalues).
+    w, v = np.linalg.eigh(ca)
+    root_a = v @ np.diag(np.sqrt(w)) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ cb @ root_a)
+    expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(ca) + np.trace(cb) - 2 * np.sqrt(inner).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance(a, b[:, :2])
+
+
+def test_image_feature_distance():
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    extractor = ImageFeatures()
+    assert extractor(images).shape == (6, 896) and not extractor.uses_inception
+    assert feature_distance(images, images, extractor) == pytest.approx(0.0, abs=1e-3)
+    assert feature_distance(images, images * 0.2, extractor) > 1e-3
