@@ -1,0 +1,195 @@
+"""ConvMesh-style generator (template, UV maps, symmetry, networks, training) and MeshInversion plumbing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import yaml
+
+from monorecon.core.mesh import Mesh
+from monorecon.fit.invert import invert, save_inversion_result
+from monorecon.models.meshgan.networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
+from monorecon.models.meshgan.template import UVSphereTemplate
+from monorecon.models.meshgan.train import (
+    MeshGANConfig,
+    load_generator,
+    radial_uv_maps,
+    train_meshgan,
+    view_quaternion,
+)
+
+TEMPLATE = UVSphereTemplate()
+
+
+def test_template_counts_and_closed_outward_surface():
+    assert TEMPLATE.num_verts == 482 and TEMPLATE.num_faces == 960
+    assert torch.allclose(TEMPLATE.verts.norm(dim=-1), torch.ones(482), atol=1e-6)
+    tm = trimesh.Trimesh(TEMPLATE.verts.numpy(), TEMPLATE.faces.numpy(), process=False)
+    assert tm.is_watertight and tm.is_winding_consistent and tm.volume > 0
+    # seam-split render topology: same surface, one UV per render vertex, UVs in [0, 1]
+    render = trimesh.Trimesh(TEMPLATE.verts[TEMPLATE.render_to_vertex].numpy(), TEMPLATE.render_faces.numpy(),
+                             process=False)  # fmt: skip
+    assert math.isclose(render.volume, tm.volume, rel_tol=1e-6)
+    assert TEMPLATE.render_uvs.min() >= 0 and TEMPLATE.render_uvs.max() <= 1
+    # v = 1 - theta / pi: the north pole (+Y) is at the top row of the texture
+    north = TEMPLATE.render_to_vertex == 0
+    assert torch.allclose(TEMPLATE.render_uvs[north, 1], torch.ones(int(north.sum())))
+
+
+def test_uv_sampling_between_texel_centres():
+    height, width = 16, 32
+    phi_c = (torch.arange(width) + 0.5) * 2 * math.pi / width
+    uv_map = torch.cos(3 * phi_c).expand(1, 1, height, width).clone()
+    values = TEMPLATE.sample(uv_map)[0, :, 0]
+    # ring vertex j sits at phi = 2 pi j / 32, halfway between texel centres j - 1 and j (wrapping)
+    for v in range(1, TEMPLATE.num_verts - 1):
+        j = round(float(TEMPLATE.phi[v]) / (2 * math.pi) * width) % width
+        expected = 0.5 * (math.cos(3 * float(phi_c[j - 1])) + math.cos(3 * float(phi_c[j])))
+        assert abs(float(values[v]) - expected) < 1e-5
+    # poles take the mean of their edge row
+    assert abs(float(values[0]) - float(uv_map[0, 0, 0].mean())) < 1e-6
+
+
+def test_normal_displacement_scales_radius():
+    displacement = torch.zeros(1, 3, 32, 32)
+    displacement[:, 0] = -0.25
+    verts = TEMPLATE.vertex_positions(displacement)[0]
+    assert torch.allclose(verts.norm(dim=-1), torch.full((482,), 0.75), atol=1e-6)
+
+
+def _mirror_index() -> torch.Tensor:
+    """Index of each template vertex's mirror image x -> -x, found from the angles."""
+    key = torch.stack([TEMPLATE.theta, torch.remainder(-TEMPLATE.phi, 2 * math.pi)], -1)
+    own = torch.stack([TEMPLATE.theta, TEMPLATE.phi], -1)
+    d = (key[:, None] - own[None]).abs()
+    d[..., 1] = torch.minimum(d[..., 1], 2 * math.pi - d[..., 1])
+    return d.sum(-1).argmin(1)
+
+
+def test_mirrored_maps_give_symmetric_mesh():
+    g = torch.Generator().manual_seed(0)
+    half = torch.randn(2, 3, 32, 16, generator=g) * 0.1
+    verts = TEMPLATE.vertex_positions(TEMPLATE.mirror(half, tangent_channel=1))
+    mirrored = verts[:, _mirror_index()] * torch.tensor([-1.0, 1.0, 1.0])
+    assert torch.allclose(verts, mirrored, atol=1e-5)
+    # without negating the tangential channel, the mesh is not symmetric
+    broken = TEMPLATE.vertex_positions(TEMPLATE.mirror(half))
+    assert not torch.allclose(broken, broken[:, _mirror_index()] * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-3)
+
+
+def test_generator_and_discriminators_shapes():
+    torch.manual_seed(0)
+    generator = MeshGenerator(latent_dim=8, texture_size=64, channels=16).eval()
+    texture, displacement = generator(torch.randn(3, 8))
+    assert texture.shape == (3, 3, 64, 64) and displacement.shape == (3, 3, 32, 32)
+    assert texture.abs().max() <= 1
+    assert torch.equal(texture, texture.flip(-1))  # left-right symmetric texture
+    verts, colours = generator.meshes(torch.randn(3, 8))
+    assert verts.shape == (3, 482, 3) and colours.min() >= 0 and colours.max() <= 1
+    assert UVDiscriminator(8)(texture, displacement).shape == (3, 1, 8, 8)
+    assert ImageDiscriminator(8)(torch.rand(3, 4, 32, 32)).shape == (3, 1, 4, 4)
+    with pytest.raises(ValueError, match="texture_size"):
+        MeshGenerator(texture_size=48)
+    with pytest.raises(ValueError, match="z must have shape"):
+        generator(torch.randn(3, 9))
+
+
+def test_radial_maps_of_a_sphere():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.8)
+    colour = torch.tensor([0.2, 0.4, 0.6])
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces),
+                vertex_colors=colour.expand(len(sphere.vertices), 3).clone())  # fmt: skip
+    texture, deformation = radial_uv_maps(mesh, TEMPLATE, 8, 16)
+    assert texture.shape == (3, 16, 16) and deformation.shape == (3, 8, 8)
+    assert torch.allclose(deformation[0], torch.full((8, 8), -0.2), atol=3e-3)  # inscribed facets: r <= 0.8
+    assert torch.equal(deformation[1:], torch.zeros(2, 8, 8))
+    assert torch.allclose(texture, (colour * 2 - 1).view(3, 1, 1).expand(3, 16, 16), atol=1e-5)
+
+
+def test_view_quaternion_turns_the_viewed_side_to_the_camera():
+    from monorecon.core.cameras import quaternion_to_matrix
+
+    rot = quaternion_to_matrix(view_quaternion(torch.tensor([90.0, 0.0]), torch.tensor([0.0, 90.0])))
+    # seen from azimuth 90 deg the object's +X side faces the viewer (+Z); from elevation 90 its top (+Y)
+    assert torch.allclose(rot[0] @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 0, 1]), atol=1e-6)
+    assert torch.allclose(rot[1] @ torch.tensor([0.0, 1, 0]), torch.tensor([0.0, 0, 1]), atol=1e-6)
+
+
+TINY = {
+    "classes": ["vase"], "train_objects_per_class": 2, "views_per_object": 2, "image_size": 32, "texture_size": 32,
+    "latent_dim": 8, "generator_channels": 16, "discriminator_channels": 8, "batch_size": 2, "steps": 3,
+    "checkpoint_every": 2,
+}  # fmt: skip
+
+
+def test_train_meshgan_tiny_resume_and_load(tmp_path):
+    from safetensors.torch import load_file
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(TINY | {"steps": 2}))
+    out = tmp_path / "run"
+    train_meshgan(config_path, out, progress=False)
+    assert (out / "checkpoint.safetensors").is_file() and (out / "training_set.safetensors").is_file()
+    assert int(load_file(str(out / "checkpoint.safetensors"))["step"]) == 2
+    config_path.write_text(yaml.safe_dump(TINY))  # 3 steps: resumes at step 2 (more steps may be asked for)
+    path = train_meshgan(config_path, out, progress=False)
+    steps = [line.split(",")[0] for line in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ["0", "1", "2"]
+    assert int(load_file(str(out / "checkpoint.safetensors"))["step"]) == 3
+    generator = load_generator(path)
+    assert not generator.training and generator.latent_dim == 8 and generator.texture_size == 32
+    config_path.write_text(yaml.safe_dump(TINY | {"lr_g": 1.0}))
+    with pytest.raises(ValueError, match="another configuration"):
+        train_meshgan(config_path, out, progress=False)
+
+
+def test_config_rejects_unknown_keys_and_classes(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"clases": ["vase"]}))
+    with pytest.raises(ValueError, match="unknown settings"):
+        MeshGANConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="classes must be"):
+        MeshGANConfig(classes=["spaceship"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inversion plumbing (a random tiny generator: checks the mechanics, not the quality; see benchmarks/bench_invert.py)
+# --------------------------------------------------------------------------------------------------------------------
+def _disc_image(size: int = 32) -> torch.Tensor:
+    v, u = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    inside = ((u - size / 2) ** 2 + (v - size / 2) ** 2 < (size * 0.3) ** 2).float()
+    rgb = torch.stack([0.8 * inside, 0.3 * inside, 0.2 * inside], -1) + (1 - inside)[..., None]
+    return torch.cat([rgb, inside[..., None]], -1)
+
+
+def test_invert_runs_and_saves(tmp_path):
+    torch.manual_seed(0)
+    generator = MeshGenerator(latent_dim=8, texture_size=32, channels=16).eval()
+    image = _disc_image()
+    result = invert(image, generator, n_init=8, init_batch=4, stage_steps=(3, 2), z_lrs=(0.1, 0.05),
+                    camera_lrs=(0.01, 0.005), max_points=256)  # fmt: skip
+    assert result.mesh.num_faces == 960 and result.mesh.texture.shape == (32, 32, 3)
+    assert len(result.history) == 5 and {"mask", "pixel", "latent", "total"} <= set(result.history[0])
+    assert 0 <= result.init_iou <= 1 and 0 <= result.iou <= 1
+    paths = save_inversion_result(result, tmp_path / "out", view_size=32)
+    assert (tmp_path / "out" / "mesh.glb").is_file() and (tmp_path / "out" / "result.json").is_file()
+    assert len(list((tmp_path / "out" / "views").glob("*.png"))) == 12 and paths["view11"].is_file()
+
+
+def test_invert_rejects_bad_input():
+    generator = MeshGenerator(latent_dim=8, texture_size=32, channels=16)
+    image = _disc_image()
+    with pytest.raises(ValueError, match="square"):
+        invert(image[:, :30], generator)
+    with pytest.raises(ValueError, match="mask is empty"):
+        invert(torch.cat([image[..., :3], torch.zeros(32, 32, 1)], -1), generator)
+    with pytest.raises(ValueError, match="does not match"):
+        invert(image[..., :3], generator, mask=np.ones((16, 16), np.float32))
+    with pytest.raises(ValueError, match="needs a mask"):
+        invert(image[..., :3], generator)
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        invert(image, generator, weights={"colour": 1.0})
