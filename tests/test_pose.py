@@ -21,8 +21,9 @@ from monorecon.fit.pose import (
     rotation_error_deg,
     save_pose_result,
 )
+from paths import SHARED_MESHES
 
-TEAPOT = "/work/shared/data/meshes/teapot.ply"
+TEAPOT = str(SHARED_MESHES / "teapot.ply")
 
 
 def test_axis_angle_matches_scipy():
