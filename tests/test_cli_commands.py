@@ -1,0 +1,36 @@
+"""Every CLI command answers bad input with one line on stderr and exit code 2 (no traceback)."""
+
+import pytest
+
+from monorecon.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["render", "{tmp}/missing.glb"], "missing.glb"),
+        (["render", "{tmp}/empty"], "no mesh"),
+        (["data", "synth", "--n", "1", "--classes", "spaceship", "-o", "{tmp}/d"], "unknown classes"),
+        (["train", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
+        (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
+        (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
+        (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),
+        (["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i"], "missing"),
+        (["train-g3dr", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["g3dr"], "usage"),
+        (["g3dr", "sample", "--class", "mug", "-n", "0", "--diffusion", "x", "--model", "y", "-o", "z"], "-n"),
+        (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o"], "missing"),
+        (["serve", "--port", "0"], "--port"),
+        (["webui", "--port", "70000"], "--port"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.ply").write_bytes(b"ply\nnot really")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert message in err
