@@ -1,6 +1,6 @@
 """Pose-fitting benchmark: recover random reference cameras of the real meshes (issue 5 acceptance).
 
-For every mesh of /work/shared/data/meshes (centred, farthest vertex at radius 1 ~ the tutorial teapot's size) and
+For every mesh of ../shared/data/meshes (centred, farthest vertex at radius 1 ~ the tutorial teapot's size) and
 ``--views`` random reference cameras (azimuth U(0, 360), elevation U(-30, 70) deg, distance U(2.5, 3.5), fov 60,
 znear 1, zfar 100, Phong headlight render at ``--size``), run :func:`monorecon.fit.pose.fit_pose` from the tutorial
 start (3.0, 6.9, 2.5) with restarts. A fit succeeds when its rotation error is <= 2 deg and its position error <= 2 %
@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
+from common import SHARED_MESHES
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import load_normalized_mesh
 from monorecon.fit.pose import fit_pose, rotation_error_deg
 
-MESH_DIR = Path("/work/shared/data/meshes")
+MESH_DIR = SHARED_MESHES
 
 
 def reference_views(n: int, seed: int) -> list[tuple[float, float, float]]:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import trimesh
 
+from common import SHARED_MESHES
 from monorecon.core.cameras import PerspectiveCameras, look_at
 from monorecon.core.raster import blur_radius_for_sigma, rasterize, soft_silhouette
 
 # The project's real meshes lie beside the checkout.
-SHARED_MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
 
 
 def load_mesh(name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import monorecon.core.volume as volume
+from monorecon.core.extract import extract_isosurface
+from monorecon.core.mesh import Mesh
 from monorecon.eval.g3dr_metrics import ImageFeatures, feature_distance, frechet_distance, non_flatness_score
+from monorecon.io.mesh_io import save_mesh
 from monorecon.models.g3dr import schedule
 from monorecon.models.g3dr.data import (
     RGBDViews,
@@ -29,6 +32,7 @@ from monorecon.models.g3dr.diffusion import (
     load_rgbd_diffusion,
     train_rgbd_diffusion,
 )
+from monorecon.models.g3dr.evaluate import calibrate_mesh_threshold
 from monorecon.models.g3dr.generator import G3DRGenerator, G3DRModelConfig, view_c2w
 from monorecon.models.g3dr.inference import g3dr_reconstruct, load_g3dr, save_reconstruction, turntable
 from monorecon.models.g3dr.losses import (
@@ -290,6 +294,67 @@ def test_reconstruct_and_save(tmp_path):
     assert all(p.is_file() for p in paths.values())
     with pytest.raises(ValueError, match="lacks"):
         load_g3dr(tmp_path)
+
+
+def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:
+    """random_views whose ground truth (canonical frame: identity transforms) is ``meshes``, saved as PLY files."""
+    views = random_views(len(meshes), seed=seed)
+    paths = []
+    for k, mesh in enumerate(meshes):
+        paths.append(str(tmp_path / f"truth_{k}.ply"))
+        save_mesh(mesh, paths[-1])
+    return RGBDViews(views.rgb, views.depth, views.mask, to_canonical=torch.eye(4).expand(len(meshes), 4, 4),
+                     mesh_paths=paths)  # fmt: skip
+
+
+def test_calibrate_mesh_threshold_finds_the_level_of_the_truth(tmp_path):
+    # Ground truth = each view's own field extracted at level L: calibration among L / 4, L, 4 L must pick L (F = 1).
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    model = G3DRGenerator(tiny_model_config()).eval()
+    views = random_views(2)
+    fields = [model.density_fn(model.encode(views[k]["rgb"][None], views[k]["depth"][None])) for k in range(2)]
+    level = float(torch.cat([f(torch.rand(4000, 3) * 2 - 1) for f in fields]).quantile(0.7))
+    truths = [extract_isosurface(f, 48, level, model.config.box_radius) for f in fields]
+    views = views_with_meshes(tmp_path, truths)
+    best, scores = calibrate_mesh_threshold(model, views, levels=(level / 4, level, 4 * level), resolution=48)
+    torch.set_grad_enabled(True)
+    # Not exactly 1: the two point samples of a surface differ (tiny floating pieces may get no sample).
+    assert best == level and scores[level] > 0.97
+    assert max(scores[level / 4], scores[4 * level]) < scores[level] - 0.05
+    with pytest.raises(ValueError, match="no iso level"):
+        calibrate_mesh_threshold(model, views, levels=(1e9,))
+    with pytest.raises(ValueError, match="ground-truth mesh"):
+        calibrate_mesh_threshold(model, random_views(2))
+
+
+def test_training_stores_a_calibrated_mesh_threshold(tmp_path, monkeypatch):
+    import trimesh
+    import yaml
+
+    import monorecon.models.g3dr.trainer as trainer_module
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    truth = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    views = views_with_meshes(tmp_path, [truth] * 4)
+    # A 4-step model has no surface near the truth at any level: warned, the configured level kept.
+    with pytest.warns(UserWarning, match="not calibrated"):
+        run = train_g3dr(tiny_train_config(tmp_path, calibrate_views=2), views)
+    assert load_g3dr(run).config.mesh_threshold == 10.0
+    # The level calibration picks (tested above) is what the saved model carries, on views with ground truth only.
+    calls = []
+
+    def fake_calibration(model, calibration_views, max_views):
+        calls.append((len(calibration_views), max_views))
+        return 3.0, {3.0: 0.8, 10.0: 0.5}
+
+    monkeypatch.setattr(trainer_module, "calibrate_mesh_threshold", fake_calibration)
+    run = train_g3dr(tiny_train_config(tmp_path, out_dir=str(tmp_path / "b"), calibrate_views=2), views)
+    settings = yaml.safe_load((run / "config.yaml").read_text())
+    assert calls == [(4, 2)] and settings["mesh_threshold_calibration"]["fscore@0.1"] == {3.0: 0.8, 10.0: 0.5}
+    assert load_g3dr(run).config.mesh_threshold == 3.0
+    train_g3dr(tiny_train_config(tmp_path, out_dir=str(tmp_path / "c")), random_views())  # no meshes: not called
+    assert len(calls) == 1
 
 
 # --------------------------------------------------------------------------------------------------------------------

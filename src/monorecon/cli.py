@@ -412,6 +412,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
     lift.add_argument("-o", "--output", type=Path, required=True)
     lift.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution")
+    lift.add_argument("--threshold", type=float, help="density iso level (default: the model's calibrated level)")
     sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
     sample.add_argument("-n", type=int, default=8)
@@ -439,7 +440,10 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     from .models.g3dr.inference import reconstruct_to_folder
 
     depth = opts.depth or opts.image.with_name(opts.image.stem + "_depth.png")
-    paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution)
+    if opts.threshold is not None and not opts.threshold > 0:
+        raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
+    paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
+                                  threshold=opts.threshold)  # fmt: skip
     print(", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -352,14 +352,15 @@ def sample_to_folder(
     n_steps: int = 50,
     guidance_scale: float = 1.5,
     mesh_resolution: int = 96,
-    threshold: float = 10.0,
+    threshold: float | None = None,
     n_frames: int = 24,
 ) -> list[Path]:
     """``monorecon g3dr sample --class NAME -n N -o OUT``: sample N RGB-D images of a class, lift each to 3-D.
 
     Writes per sample ``OUT/sample_XX.png`` + ``sample_XX_depth.png`` (the pair format of :mod:`.data`) and
     ``OUT/sample_XX/`` (``mesh.glb``, ``turntable.gif``, ``turntable.png``), plus ``OUT/samples.png`` (all sampled
-    RGB images). Samples whose field has no surface at ``threshold`` get no mesh (a warning names them).
+    RGB images). Samples whose field has no surface at ``threshold`` (None: the generator's ``mesh_threshold``) get
+    no mesh (a warning names them).
     Returns the per-sample folders.
     """
     import warnings

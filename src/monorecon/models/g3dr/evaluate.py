@@ -8,9 +8,11 @@ from novel cameras at the given yaw offsets; the generator's renders from the sa
   depth 6 (``opacity * depth + (1 - opacity) * 6``) so that missing geometry counts as an error;
 * ``mask_iou``: IoU of predicted opacity > 0.5 and the true silhouette;
 * ``nfs``: :func:`monorecon.eval.g3dr_metrics.non_flatness_score` of the predicted novel-view depth (opacity > 0.5);
-* ``fscore@0.1`` / ``chamfer``: the mesh extracted by marching cubes against the ground-truth mesh (canonical frame,
-  ``n_points`` surface samples each, :func:`monorecon.eval.metrics.chamfer_and_fscore`); 0 / NaN when no surface is
-  found at the threshold.
+* ``fscore@0.1`` / ``chamfer``: the mesh extracted by marching cubes at the model's ``mesh_threshold`` against the
+  ground-truth mesh (canonical frame, ``n_points`` surface samples each,
+  :func:`monorecon.eval.metrics.chamfer_and_fscore`); 0 / NaN when no surface is found at the threshold.
+
+:func:`calibrate_mesh_threshold` picks that iso level on training views (never on the evaluation views).
 """
 
 from __future__ import annotations
@@ -31,7 +33,64 @@ from .data import FAR_DEPTH, RGBDViews
 from .generator import G3DRGenerator, ray_length_factor, view_c2w
 from .inference import render_views
 
-__all__ = ["canonical_mesh", "evaluate_reconstructions", "render_ground_truth", "summarize"]
+__all__ = [
+    "MESH_LEVELS",
+    "calibrate_mesh_threshold",
+    "canonical_mesh",
+    "evaluate_reconstructions",
+    "render_ground_truth",
+    "summarize",
+]
+
+# Candidate density iso levels (per world unit) for calibration: trained densities span about two decades.
+MESH_LEVELS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0)
+
+
+def _mesh_fscore(model: G3DRGenerator, planes: torch.Tensor, truth: Mesh, threshold: float, resolution: int,
+                 n_points: int) -> dict[str, float]:
+    """F-score@0.1 and Chamfer of the mesh at ``threshold`` against ``truth``; 0 / NaN without a surface."""
+    try:
+        surface = extract_isosurface(model.density_fn(planes), resolution, threshold, model.config.box_radius)
+    except ValueError:  # the density never crosses the threshold
+        return {"fscore@0.1": 0.0, "chamfer": math.nan}
+    return chamfer_and_fscore(sample_surface(surface, n_points, seed=0), sample_surface(truth, n_points, seed=1),
+                              thresholds=(0.1,))  # fmt: skip
+
+
+@torch.no_grad()
+def calibrate_mesh_threshold(
+    model: G3DRGenerator,
+    views: RGBDViews,
+    *,
+    levels: tuple[float, ...] = MESH_LEVELS,
+    max_views: int = 8,
+    resolution: int = 48,
+    n_points: int = 3000,
+) -> tuple[float, dict[float, float]]:
+    """The density iso level whose meshes match the ground truth best (highest mean F-score@0.1) on the first
+    ``max_views`` of ``views`` (views with ground-truth meshes; use training views, not the evaluation set).
+
+    Returns:
+        (best level, {level: mean F-score@0.1}); ties go to the lower level.
+
+    Raises:
+        ValueError: views without ``to_canonical`` or mesh paths, or no level gives a surface on any view.
+    """
+    if views.to_canonical is None or not all(views.mesh_paths):
+        raise ValueError("calibration needs views with to_canonical transforms and ground-truth mesh paths")
+    model.eval()
+    scores = {float(level): [] for level in levels}
+    for i in range(min(max_views, len(views))):
+        item = views[i]
+        planes = model.encode(item["rgb"][None], item["depth"][None])
+        truth = canonical_mesh(load_mesh(views.mesh_paths[i]), views.to_canonical[i])
+        for level in scores:
+            scores[level].append(_mesh_fscore(model, planes, truth, level, resolution, n_points)["fscore@0.1"])
+    means = {level: float(np.mean(values)) for level, values in scores.items()}
+    best = max(means, key=lambda level: (means[level], -level))
+    if means[best] == 0.0:
+        raise ValueError(f"no iso level in {tuple(levels)} gives a surface near the ground truth")
+    return best, means
 
 
 def canonical_mesh(mesh: Mesh, to_canonical: torch.Tensor) -> Mesh:
@@ -62,10 +121,11 @@ def evaluate_reconstructions(
     yaws_deg: tuple[float, ...] = (-30.0, -15.0, 15.0, 30.0),
     size: int = 32,
     mesh_resolution: int = 64,
-    threshold: float = 10.0,
+    threshold: float | None = None,
     n_points: int = 5000,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
-    """Per-view metrics (module docstring) and the renders used (for figures).
+    """Per-view metrics (module docstring) and the renders used (for figures); ``threshold`` None: the model's
+    ``config.mesh_threshold``.
 
     Returns:
         rows: one dict per view (``object_id``, ``class_name`` and the metrics);
@@ -78,6 +138,7 @@ def evaluate_reconstructions(
     if views.to_canonical is None or not all(views.mesh_paths):
         raise ValueError("evaluation needs views with to_canonical transforms and ground-truth mesh paths")
     model.eval()
+    threshold = model.config.mesh_threshold if threshold is None else threshold
     yaws = torch.tensor(yaws_deg, dtype=torch.float32)
     rows, renders = [], {"pred_rgb": [], "gt_rgb": [], "pred_depth": [], "gt_depth": []}
     for i in range(len(views)):
@@ -95,14 +156,8 @@ def evaluate_reconstructions(
             "mask_iou": mask_iou(pred["opacity"], gt["mask"].float()),
             "nfs": non_flatness_score(pred["depth"], pred_mask) if bool(pred_mask.any()) else 0.0,
         }
-        try:
-            surface = extract_isosurface(model.density_fn(planes), mesh_resolution, threshold,
-                                         model.config.box_radius)  # fmt: skip
-            scores = chamfer_and_fscore(sample_surface(surface, n_points, seed=0), sample_surface(mesh, n_points, 1),
-                                        thresholds=(0.1,))  # fmt: skip
-            row["fscore@0.1"], row["chamfer"] = scores["fscore@0.1"], scores["chamfer"]
-        except ValueError:  # no surface at the threshold
-            row["fscore@0.1"], row["chamfer"] = 0.0, math.nan
+        scores = _mesh_fscore(model, planes, mesh, threshold, mesh_resolution, n_points)
+        row["fscore@0.1"], row["chamfer"] = scores["fscore@0.1"], scores["chamfer"]
         rows.append(row)
         for key, value in (("pred_rgb", pred["rgb"].clamp(0, 1)), ("gt_rgb", gt["rgb"]),
                            ("pred_depth", full_depth), ("gt_depth", gt["depth"])):  # fmt: skip

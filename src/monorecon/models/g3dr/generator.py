@@ -56,6 +56,9 @@ class G3DRModelConfig:
         depth_window_probability: chance that the fine samples are ``D + linspace(-w, w, n_importance)`` on views
             rendered with a pseudo depth (canonical views) [0.4]; ``depth_window_half_width`` w [0.05].
         background: colour behind the volume (our synthetic images are composited on white).
+        mesh_threshold: density iso level of extracted meshes (per world unit). The trained densities' scale varies
+            between runs, so ``train_g3dr`` calibrates it on training views that have ground-truth meshes
+            (:func:`monorecon.models.g3dr.evaluate.calibrate_mesh_threshold`); 10 otherwise.
     """
 
     image_size: int = 64
@@ -76,6 +79,7 @@ class G3DRModelConfig:
     depth_window_probability: float = 0.4
     depth_window_half_width: float = 0.05
     background: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0))
+    mesh_threshold: float = 10.0
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -91,6 +95,8 @@ class G3DRModelConfig:
             raise ValueError(f"plane_resolution {self.plane_resolution} cannot be halved {levels - 1} times")
         if not 0 < self.box_radius < self.camera_distance:
             raise ValueError(f"need 0 < box_radius < camera_distance, got {self.box_radius}, {self.camera_distance}")
+        if not self.mesh_threshold > 0:
+            raise ValueError(f"mesh_threshold must be > 0, got {self.mesh_threshold}")
         if not 0 < self.fov_deg < 180:
             raise ValueError(f"fov_deg must lie in (0, 180), got {self.fov_deg}")
 

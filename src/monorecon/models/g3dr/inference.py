@@ -1,9 +1,8 @@
 """Using a trained G3DR generator: load it, lift an RGB-D image to a mesh, render turntables, write the results.
 
 Meshes are in the canonical frame of :mod:`.generator` (monorecon world: +Y up, the input camera on +Z at distance
-5), extracted by marching cubes of the density over the scene box at ``threshold`` (default 10 per world unit: a
-sample of the training renders' spacing, about 0.03, is then about 25 % opaque), coloured by querying the field's
-colour at the vertices.
+5), extracted by marching cubes of the density over the scene box at ``threshold`` (default: the model's
+``config.mesh_threshold``, calibrated after training), coloured by querying the field's colour at the vertices.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ def g3dr_reconstruct(
     depth: torch.Tensor | np.ndarray,
     *,
     resolution: int = 96,
-    threshold: float = 10.0,
+    threshold: float | None = None,
 ) -> tuple[Mesh, G3DRScene]:
     """Lift one RGB-D image to a coloured mesh.
 
@@ -123,7 +122,7 @@ def g3dr_reconstruct(
         rgb: (3|4, H, W) or (H, W, 3|4) in [0, 1] (RGBA composited on white), square; resized to the model's size.
         depth: (H, W) pseudo depth in the canonical convention (ray distance, [4, 6]).
         resolution: marching-cubes samples per axis over the scene box.
-        threshold: density iso level.
+        threshold: density iso level (None: ``model.config.mesh_threshold``).
 
     Returns:
         (mesh with vertex colours, scene with the triplanes).
@@ -140,6 +139,7 @@ def g3dr_reconstruct(
     rgb, depth, _ = resize_view(rgb, depth, None, model.config.image_size)
     planes = model.encode(rgb[None], depth[None])
     scene = G3DRScene(planes, model)
+    threshold = model.config.mesh_threshold if threshold is None else threshold
     mesh = extract_isosurface(model.density_fn(planes), resolution, threshold, model.config.box_radius)
     pyramid = model.pyramid(planes)
     colors = torch.cat([model.query(pyramid, chunk)["rgb"] for chunk in mesh.verts.split(65536)]).clamp(0, 1)
@@ -197,7 +197,7 @@ def reconstruct_to_folder(
     out_dir: str | os.PathLike,
     *,
     resolution: int = 96,
-    threshold: float = 10.0,
+    threshold: float | None = None,
     n_frames: int = 24,
     frame_size: int = 96,
 ) -> dict[str, Path]:

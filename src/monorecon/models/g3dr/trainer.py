@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from monorecon.train.utils import (
 )
 
 from .data import FAR_DEPTH, RGBDViews, views_from_folder, views_from_synthetic
+from .evaluate import calibrate_mesh_threshold
 from .generator import G3DRGenerator, G3DRModelConfig, view_c2w
 from .losses import DeepPerceptualLoss, SemanticEncoder, embedding_l1, masked_l1, tv_loss
 from .schedule import canonical_extras_active, opacity_weight, sample_novel_angles, use_novel_view
@@ -115,6 +117,9 @@ class G3DRTrainConfig:
         clip_path, vgg_path, lpips_path: optional local weights (CLIP ViT-B/16 folder, torchvision VGG16 and LPIPS
             files); the documented substitutes are used without them.
         checkpoint_every, log_every, keep_checkpoints, resume: bookkeeping (resume from the newest checkpoint).
+        calibrate_views: after training, set ``model.mesh_threshold`` by
+            :func:`~monorecon.models.g3dr.evaluate.calibrate_mesh_threshold` on this many training views when they
+            have ground-truth meshes (synthetic data; 0: keep the configured level).
         threads: torch intra-op threads (None: leave as is).
     """
 
@@ -138,9 +143,13 @@ class G3DRTrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     quiet: bool = False
+    calibrate_views: int = 8
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibrate_views, bool) or int(self.calibrate_views) != self.calibrate_views \
+                or self.calibrate_views < 0:
+            raise ValueError(f"calibrate_views must be a non-negative integer, got {self.calibrate_views!r}")
         for name in ("steps", "batch_size", "render_size", "checkpoint_every", "log_every", "keep_checkpoints"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
@@ -297,7 +306,8 @@ def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDVi
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "train_config.yaml", "w") as f:
         yaml.safe_dump(dataclass_to_dict(config), f, sort_keys=False)
-    trainer = G3DRTrainer(config, views if views is not None else load_views(config))
+    views = views if views is not None else load_views(config)
+    trainer = G3DRTrainer(config, views)
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=config.keep_checkpoints)
     logger = CSVLogger(out_dir / "train_log.csv")
     start = 0
@@ -319,6 +329,15 @@ def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDVi
     if logger.path.is_file():
         plot_curves(logger.path, out_dir / "curves.png",
                     columns=["loss", "rgb", "depth", "perceptual", "semantic", "tv", "opacity"])  # fmt: skip
-    save_g3dr_model(trainer.model, out_dir, {"trained_steps": config.steps,
-                                             "depth_regularization": config.depth_regularization})  # fmt: skip
+    extra = {"trained_steps": config.steps, "depth_regularization": config.depth_regularization}
+    if config.calibrate_views and views.to_canonical is not None and all(views.mesh_paths):
+        try:
+            level, scores = calibrate_mesh_threshold(trainer.model, views, max_views=config.calibrate_views)
+        except ValueError as err:  # e.g. a barely trained model with no surface near the ground truth
+            warnings.warn(f"mesh threshold not calibrated ({err}); keeping {trainer.model.config.mesh_threshold}",
+                          stacklevel=2)  # fmt: skip
+        else:
+            trainer.model.config.mesh_threshold = level
+            extra["mesh_threshold_calibration"] = {"views": config.calibrate_views, "fscore@0.1": scores}
+    save_g3dr_model(trainer.model, out_dir, extra)
     return out_dir
