@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-size", type=int, default=32)
-    parser.add_argument("--diffusion-steps", type=int, default=400)
+    parser.add_argument("--diffusion-steps", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     return parser.parse_args()
@@ -192,7 +192,7 @@ def stage_diffusion(args: argparse.Namespace) -> None:
     views = views_from_synthetic(args.out / "data_train", "all", image_size=args.image_size,
                                  views_per_object=args.views_per_object)  # fmt: skip
     config = DiffusionTrainConfig(
-        out_dir=str(args.out / "diffusion"), steps=args.diffusion_steps, batch_size=8, threads=args.threads,
+        out_dir=str(args.out / "diffusion"), steps=args.diffusion_steps, batch_size=8, lr=5e-4, threads=args.threads,
         model=DiffusionConfig(image_size=32, base_channels=24),
     )  # fmt: skip
     start = time.perf_counter()
