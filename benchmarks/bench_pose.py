@@ -53,10 +53,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    names = [n for n in args.meshes.split(",") if n] or sorted(p.stem for p in MESH_DIR.glob("*.ply"))
+    all_names = sorted(p.stem for p in MESH_DIR.glob("*.ply"))
+    names = [n for n in args.meshes.split(",") if n] or all_names
     totals = {"ours": [0, 0, 0.0], "baseline": [0, 0, 0.0]}  # successes, fits, seconds
     print(f"size {args.size}, {args.views} views per mesh, loss {args.loss}, restarts {args.restarts}")
-    for m_index, name in enumerate(names):
+    for name in names:
+        m_index = all_names.index(name)  # the same reference views whichever meshes are run together
         mesh = load_normalized_mesh(MESH_DIR / f"{name}.ply", radius=1.0)
         per_mesh = [0, 0, 0.0]
         for v_index, (az, el, dist) in enumerate(reference_views(args.views, args.seed + 1000 * m_index)):

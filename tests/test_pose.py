@@ -52,6 +52,26 @@ def test_reference_silhouette():
     assert silhouette[0, 0] == 1 and silhouette.sum() == 1
 
 
+def test_window_cameras_render_the_crop_of_the_full_image():
+    # The coarse phases of a small silhouette render a square window of the image: with the window's side as its
+    # resolution that is exactly the same pixels as the full render, cropped (zeros past the border).
+    from monorecon.fit.pose import _CameraModel, _silhouette_window, _Window
+
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, truth = _reference(mesh, 30.0, 20.0, 6.0, 64)
+    model = _CameraModel(truth[None, :3, 3], 60.0, "position", (1.0, 100.0))
+    window = _silhouette_window(image[..., 3])
+    assert window is not None and window.side < 48
+    for win in (window, _Window(-5, 40, 30, (64, 64))):  # the second extends past the left and bottom borders
+        with torch.no_grad():
+            crop = render_mesh(mesh.verts, mesh.faces, model.cameras(64, 64, window=win, size=win.side))["alpha"][0]
+        assert torch.allclose(crop, win.crop(image[..., 3], win.side, 0.0), atol=1e-5)
+        inside = torch.zeros(64, 64)
+        inside[max(win.top, 0) : win.top + win.side, max(win.left, 0) : win.left + win.side] = 1
+        assert torch.allclose(win.paste(crop), image[..., 3] * inside, atol=1e-5)
+    assert _silhouette_window(torch.ones(64, 64)) is None  # a silhouette filling the image: no window
+
+
 def _reference(mesh: Mesh, azimuth: float, elevation: float, distance: float, size: int):
     truth = orbit_c2w(azimuth, elevation, distance)
     camera = PerspectiveCameras(truth, size, size, znear=1.0, zfar=100.0, fov_y_deg=60.0)
