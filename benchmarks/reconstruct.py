@@ -228,7 +228,7 @@ def run_official(args, model, image, dense, ours_fp32_s: float, ours_e2e_s: floa
                     "num_attention_heads": enc.num_heads,
                     "intermediate_size": enc.intermediate_size,
                     "patch_size": enc.patch_size,
-                    "image_size": enc.image_size,
+                    "image_size": enc.pretrained_image_size,
                     "layer_norm_eps": enc.layer_norm_eps,
                     "hidden_act": "gelu",
                     "qkv_bias": True,
