@@ -21,6 +21,7 @@ from monorecon.cli import main
         (["g3dr"], "usage"),
         (["g3dr", "sample", "--class", "mug", "-n", "0", "--diffusion", "x", "--model", "y", "-o", "z"], "-n"),
         (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o"], "missing"),
+        (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o", "--threshold", "-1"], "threshold"),
         (["serve", "--port", "0"], "--port"),
         (["webui", "--port", "70000"], "--port"),
     ],

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monorecon.core.cameras import OrthographicCameras, PerspectiveCameras, look_at
-from monorecon.core.raster import blur_radius_for_sigma, rasterize, soft_silhouette
+from monorecon.core.raster import blur_radius_for_sigma, rasterize, sharp_silhouette, soft_silhouette
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,6 +195,34 @@ def test_soft_silhouette_formula_on_hand_built_triangles():
                     miss *= 1 - 1 / (1 + math.exp(d / sigma))
             expected[i, j] = 1 - miss
     torch.testing.assert_close(soft_silhouette(fr, sigma)[0], expected, rtol=0, atol=1e-5)
+
+
+def test_sharp_silhouette_on_hand_built_triangles():
+    # The two triangles of the test above: covered pixels (inside A or B) are exactly 1, the others the larger of the
+    # two faces' sigmoid(-d / sigma) (not their probabilistic sum); covered pixels keep that maximum's gradient.
+    verts = torch.tensor(
+        [[[-0.3, -9.0, 2.0], [-0.3, 9.0, 2.0], [-9.0, 0.0, 2.0], [-9.0, 0.1, 3.0], [9.0, 0.1, 3.0], [0.0, 9.0, 3.0]]],
+        dtype=torch.float64, requires_grad=True,
+    )  # fmt: skip
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    sigma = 0.05
+    fr = rasterize(verts, faces, 4, 4, faces_per_pixel=2, blur_radius=blur_radius_for_sigma(sigma))
+    centres = [-0.75, -0.25, 0.25, 0.75]
+    blur = math.log(1 / 1e-4 - 1) * sigma
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    for i, y in enumerate(reversed(centres)):
+        for j, x in enumerate(centres):
+            if x < -0.3 or y > 0.1:
+                expected[i, j] = 1.0
+                continue
+            dists = [d for d in ((x + 0.3) ** 2, (y - 0.1) ** 2) if d < blur]
+            expected[i, j] = max((1 / (1 + math.exp(d / sigma)) for d in dists), default=0.0)
+    alpha = sharp_silhouette(fr, sigma)[0]
+    torch.testing.assert_close(alpha.detach(), expected, rtol=0, atol=1e-6)
+    alpha[0, 0].backward()  # covered (inside B), yet differentiable through the soft maximum
+    assert verts.grad is not None and bool(verts.grad.abs().sum() > 0)
+    with pytest.raises(ValueError, match="sigma"):
+        sharp_silhouette(fr, 0.0)
 
 
 def test_blur_radius_for_sigma():

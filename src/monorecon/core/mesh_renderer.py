@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .cameras import Cameras
 from .checks import check_tensor
-from .raster import Fragments, blur_radius_for_sigma, rasterize, soft_silhouette
+from .raster import Fragments, blur_radius_for_sigma, rasterize, sharp_silhouette, soft_silhouette
 from .shading import (
     Color,
     DirectionalLights,
@@ -157,9 +157,11 @@ def render_silhouette(
     faces_per_pixel: int = 100,
     cull_backfaces: bool = False,
     bin_size: int | None = None,
+    sharp: bool = False,
 ) -> torch.Tensor:
     """(B, H, W) silhouette: the soft silhouette of SPEC §4 (``sigma``, up to ``faces_per_pixel`` faces per pixel),
-    or the hard 0/1 coverage when ``sigma`` is None. ``verts`` (V, 3) or (B, V, 3) as :func:`render_mesh`."""
+    its unbiased variant :func:`~monorecon.core.raster.sharp_silhouette` when ``sharp``, or the hard 0/1 coverage
+    when ``sigma`` is None. ``verts`` (V, 3) or (B, V, 3) as :func:`render_mesh`."""
     verts = _batched(verts, "verts", cameras.batch_size, 3)
     fragments = rasterize(
         cameras.transform_points_ndc(verts),
@@ -175,7 +177,7 @@ def render_silhouette(
     )
     if sigma is None:
         return fragments.mask[..., 0].to(verts.dtype)
-    return soft_silhouette(fragments, sigma)
+    return sharp_silhouette(fragments, sigma) if sharp else soft_silhouette(fragments, sigma)
 
 
 def render(mesh: Any, cameras: Cameras, **kwargs: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import torch
 
 from .checks import check_image_size, check_tensor
 
-__all__ = ["Fragments", "blur_radius_for_sigma", "rasterize", "soft_silhouette"]
+__all__ = ["Fragments", "blur_radius_for_sigma", "rasterize", "sharp_silhouette", "soft_silhouette"]
 
 # Faces whose doubled screen area (isotropic units squared) is below this are degenerate and never rasterised.
 _MIN_DOUBLE_AREA = 1e-8
@@ -157,6 +157,25 @@ def soft_silhouette(fragments: Fragments, sigma: float = 1e-4) -> torch.Tensor:
     # 1 - sigmoid(-d / sigma) = sigmoid(d / sigma); the product is summed in log space for accuracy.
     log_miss = torch.nn.functional.logsigmoid(fragments.dist / sigma) * fragments.mask
     return -torch.expm1(log_miss.sum(dim=-1))
+
+
+def sharp_silhouette(fragments: Fragments, sigma: float = 1e-4) -> torch.Tensor:
+    """Soft silhouette whose values equal the hard coverage except within ~sigma of the outline.
+
+    :func:`soft_silhouette` adds up every face near a pixel: on a finely tessellated mesh the many rim faces push
+    pixels just outside the outline towards 1, and faces seen at their interior edges dim covered pixels, which
+    biases a pose fitted against a hard reference (~2 % of the distance on a 37k-face scan at 128 px). Here covered
+    pixels take the value 1 and the others ``max_k sigmoid(-dist_k / sigma)``, both with the gradient of that
+    maximum (straight through for covered pixels), so edges still move by soft gradients.
+
+    Returns:
+        (B, H, W) alpha in [0, 1], differentiable w.r.t. the vertices through ``fragments.dist``.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    probability = (torch.sigmoid(-fragments.dist / sigma) * fragments.mask).amax(dim=-1)
+    covered = ((fragments.dist < 0) & fragments.mask).any(dim=-1)
+    return torch.where(covered, probability + (1 - probability).detach(), probability)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ Given a mesh and a reference image of it, find the perspective camera that sees 
 * **Refinement** with the full mesh at full size of the ``refine_candidates`` runs with the lowest losses (runs that
   ended within 1 % of the distance of a better one count once): Adam lr / 5 decaying to 0, sharp soft edges
   (sigma a quarter pixel: a wide soft edge is fatter than the hard reference and biases the distance) and a
-  silhouette whose values equal the hard one away from the outline (:func:`_sharp_silhouette`; SPEC §4's product
+  silhouette whose values equal the hard one away from the outline (``core.raster.sharp_silhouette``; SPEC §4's product
   over faces fattens the outline of finely tessellated meshes); the lowest final loss wins.
 """
 
@@ -52,7 +52,6 @@ from monorecon.core.checks import check_tensor
 from monorecon.core.extract import cleanup_mesh
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh, render_silhouette
-from monorecon.core.raster import blur_radius_for_sigma, rasterize
 from monorecon.io.atomic import atomic_write
 from monorecon.io.images import save_image, to_uint8
 from monorecon.losses.fitting import silhouette_loss
@@ -305,7 +304,7 @@ class _Phase:
     stop_loss: float  # stop once below this and no longer improving
     desc: str
     window: _Window | None = None
-    sharp_edges: bool = False  # unbiased soft silhouette (:func:`_sharp_silhouette`) instead of SPEC §4's
+    sharp_edges: bool = False  # the unbiased silhouette (core.raster.sharp_silhouette) instead of SPEC §4's
 
     def cameras(self, model: _CameraModel, runs: list[int] | None = None) -> PerspectiveCameras:
         """The cameras of ``model`` (given runs) that render this phase's images."""
@@ -328,36 +327,13 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.permute(1, 2, 0) if image.dim() == 3 else x[0]
 
 
-def _sharp_silhouette(
-    verts: torch.Tensor, faces: torch.Tensor, cameras: PerspectiveCameras, sigma: float, faces_per_pixel: int
-) -> torch.Tensor:
-    """(B, H, W) soft silhouette whose values match the hard one except within ~sigma of the outline.
-
-    SPEC §4's ``1 - prod_k (1 - p_k)`` adds up every face near a pixel: on a finely tessellated mesh the many rim
-    faces push pixels just outside the outline towards 1, and faces seen at their interior edges dim covered pixels,
-    so the best-fitting pose is biased (on a 37k-face scan at 128 px, by ~2 % of the distance). Here covered pixels
-    take the value 1 and the others ``max_k p_k``, ``p_k = sigmoid(-dist_k / sigma)``, both with the gradient of
-    ``max_k p_k`` (straight through for covered pixels), so the edges still move by the soft gradients.
-    """
-    fragments = rasterize(
-        cameras.transform_points_ndc(verts[None].expand(cameras.batch_size, -1, -1)), faces,
-        cameras.height, cameras.width, faces_per_pixel=faces_per_pixel, perspective_correct=True,
-        blur_radius=blur_radius_for_sigma(sigma), znear=cameras.znear,
-    )  # fmt: skip
-    probability = (torch.sigmoid(-fragments.dist / sigma) * fragments.mask).amax(dim=-1)
-    covered = ((fragments.dist < 0) & fragments.mask).any(dim=-1)
-    return torch.where(covered, probability + (1 - probability).detach(), probability)
-
-
 def _losses(
     mesh: Mesh, cameras: PerspectiveCameras, phase: _Phase, options: dict
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # cameras: phase.cameras(...)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Total loss (R,), its silhouette part (R,) and the soft silhouettes (R, H, W) of R cameras."""
     verts, faces = mesh.verts.float(), mesh.faces
-    if phase.sharp_edges:
-        silhouette = _sharp_silhouette(verts, faces, cameras, phase.sigma, options["faces_per_pixel"])
-    else:
-        silhouette = render_silhouette(verts, faces, cameras, phase.sigma, faces_per_pixel=options["faces_per_pixel"])
+    silhouette = render_silhouette(verts, faces, cameras, phase.sigma, faces_per_pixel=options["faces_per_pixel"],
+                                   sharp=phase.sharp_edges)  # fmt: skip
     loss = silhouette_loss(silhouette, phase.reference)
     if phase.reference_rgb is None:
         return loss, loss, silhouette
