@@ -253,6 +253,23 @@ def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
     assert not torch.equal(init["decoder.layers.0.weight"], a["decoder.layers.0.weight"])
 
 
+def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
+    source = tmp_path / "source"
+    train(_config(tiny_dataset, source, steps=2))
+    weights = source / "final" / "model.safetensors"
+    # lr 0: AdamW (decay included) leaves the weights where they started, so the export equals the file.
+    tuned = tmp_path / "tuned"
+    train(_config(tiny_dataset, tuned, steps=1, init_weights=str(weights), optim={"lr": 0.0, "warmup_steps": 1}))
+    a, b = _final_weights(source), _final_weights(tuned)
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+    with pytest.raises(ValueError, match="init_weights file not found"):
+        load_train_config(_config(tiny_dataset, tmp_path / "x", init_weights=str(tmp_path / "missing.safetensors")))
+    wider = {**TINY_MODEL, "decoder": {**TINY_MODEL["decoder"], "hidden_channels": 12}}
+    with pytest.raises(ValueError, match="wrong shape"):
+        train(_config(tiny_dataset, tmp_path / "y", model=wider, init_weights=str(weights)))
+
+
 def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     original = triposr_trainer._TrainStep.forward
     calls = {"n": 0}

@@ -47,6 +47,7 @@ from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.volume import VolumeRenderConfig, VolumeRenderer
 from ..io.atomic import atomic_write
 from ..models.triposr import TripoSRConfig, TripoSRModel
+from ..models.triposr.loading import check_state_dict, read_state_dict
 from .utils import (
     Checkpointer,
     CSVLogger,
@@ -146,6 +147,9 @@ class TripoSRTrainConfig:
         num_threads: torch CPU threads per process (None: torch's default). On a shared, oversubscribed CPU one
             thread per process is several times faster than spinning OpenMP teams.
         resume: continue from the newest checkpoint in ``out_dir/checkpoints`` when there is one.
+        init_weights: weights file (``.safetensors`` / ``.ckpt``, the model's key layout) the model starts from instead
+            of a random initialisation (fine-tuning); a resumed checkpoint takes precedence. Loaded strictly: every key
+            of ``model`` with its shape.
         quiet: no progress bar.
     """
 
@@ -171,6 +175,7 @@ class TripoSRTrainConfig:
     seed: int = 0
     num_threads: int | None = None
     resume: bool = True
+    init_weights: str | None = None
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -192,6 +197,8 @@ class TripoSRTrainConfig:
             raise ValueError("the config needs a 'model' section (the model's architecture config)")
         if not self.data.root:
             raise ValueError("the config needs data.root (a dataset folder)")
+        if self.init_weights is not None and not Path(self.init_weights).is_file():
+            raise ValueError(f"init_weights file not found: {self.init_weights}")
 
 
 def load_train_config(source: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig) -> TripoSRTrainConfig:
@@ -480,6 +487,10 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
 
     seed_everything(cfg.seed)
     model = _build_model(cfg.model)
+    if cfg.init_weights is not None:
+        state = read_state_dict(cfg.init_weights)
+        check_state_dict(state, {key: value.shape for key, value in model.state_dict().items()}, cfg.init_weights)
+        model.load_state_dict(state)
     model.train()
     step_module = _TrainStep(model, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
