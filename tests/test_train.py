@@ -22,7 +22,13 @@ from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.data import ViewSampling, synthesize_dataset
 from monorecon.models.triposr import load_triposr
 from monorecon.train import triposr_trainer
-from monorecon.train.triposr_trainer import load_train_config, relative_cameras, sample_patches, train
+from monorecon.train.triposr_trainer import (
+    load_train_config,
+    recolor_objects,
+    relative_cameras,
+    sample_patches,
+    train,
+)
 from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
@@ -185,6 +191,8 @@ def test_training_config_validation(tiny_dataset, tmp_path):
         load_train_config(_config(tiny_dataset, tmp_path, learning_rate=1.0))
     with pytest.raises(ValueError, match=r"data\.root"):
         load_train_config({"model": TINY_MODEL})
+    with pytest.raises(ValueError, match="recolor_prob"):
+        load_train_config(_config(tiny_dataset, tmp_path, data={"root": str(tiny_dataset), "recolor_prob": 1.5}))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -213,6 +221,31 @@ def test_patch_centres_favour_the_foreground():
     assert covered > 0.75
     uniform = sample_patches(alpha, 8, foreground_prob=0.0, generator=torch.Generator().manual_seed(0))
     assert ((uniform[:, 0] >= 16) & (uniform[:, 0] <= 20) & (uniform[:, 1] <= 4)).float().mean().item() < 0.2
+
+
+def test_recolor_objects_is_one_linear_colour_map_per_object():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 16, 16, 4) * 0.9
+    images[..., 3] = (torch.rand(6, 3, 16, 16) > 0.4).float()
+    assert torch.equal(recolor_objects(images, 0.0, generator), images)
+    out = recolor_objects(images, 1.0, generator)
+    assert torch.equal(out[..., 3], images[..., 3])
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    for b in range(6):
+        # Fit the 3x3 colour map on view 0, check it reproduces views 1 and 2 (one map per object, all views).
+        x, y = images[b, 0, ..., :3].reshape(-1, 3), out[b, 0, ..., :3].reshape(-1, 3)
+        unclipped = (y < 1.0).all(-1)
+        matrix = torch.linalg.lstsq(x[unclipped], y[unclipped]).solution
+        for view in (1, 2):
+            xv, yv = images[b, view, ..., :3].reshape(-1, 3), out[b, view, ..., :3].reshape(-1, 3)
+            keep = (yv < 1.0).all(-1)
+            torch.testing.assert_close(xv[keep] @ matrix, yv[keep], atol=1e-4, rtol=1e-4)
+        # The map is k * (s I + (1 - s) 1 luma^T): a grey level goes to a grey level.
+        grey = torch.full((1, 3), 0.2) @ matrix
+        torch.testing.assert_close(grey, grey.mean().expand(1, 3), atol=1e-4, rtol=0)
+        if bool(unclipped.all()):  # without clipping the input view's foreground luma is the drawn level
+            foreground = images[b, 0, ..., 3] > 0.5
+            assert 0.3 - 1e-5 <= float((out[b, 0, ..., :3][foreground] @ luma).mean()) <= 0.8 + 1e-5
 
 
 def test_step_generator_streams():

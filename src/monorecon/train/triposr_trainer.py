@@ -73,6 +73,7 @@ __all__ = [
     "TripoSRTrainConfig",
     "export_weights",
     "load_train_config",
+    "recolor_objects",
     "relative_cameras",
     "sample_patches",
     "scale_density",
@@ -92,12 +93,20 @@ class DataSection:
         split: split of ``index.json`` to train on.
         max_objects: use only the first N objects (None: all).
         input_background: grey level the input view is composited on.
+        recolor_prob: probability that an object's views are re-coloured for a step (:func:`recolor_objects`): the
+            procedural objects are saturated and rarely near the grey background, unlike untextured scans or clay
+            renders, which the model otherwise fails to separate from the background.
     """
 
     root: str = ""
     split: str = "train"
     max_objects: int | None = None
     input_background: float = 0.5
+    recolor_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.recolor_prob <= 1.0:
+            raise ValueError(f"data.recolor_prob must lie in [0, 1], got {self.recolor_prob}")
 
 
 @dataclass
@@ -259,6 +268,43 @@ def sample_patches(
     return torch.stack([row, col], dim=-1)
 
 
+#: Rec. 601 luma weights.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def recolor_objects(
+    images: torch.Tensor, prob: float, generator: torch.Generator, levels: tuple[float, float] = (0.3, 0.8)
+) -> torch.Tensor:
+    """Re-colour each object's views consistently with probability ``prob``.
+
+    A chosen object keeps a random fraction ``s ~ U(0, 1)`` of its saturation (``luma + s * (rgb - luma)``) and is
+    scaled so that the mean luma of its first view's foreground is ``U(levels)``; the same map applies to all its
+    views. For a diffuse object under white light this is exactly a render with another albedo (up to clipping).
+
+    Args:
+        images: (B, S, H, W, 4) straight-alpha RGBA in [0, 1], view 0 the input view.
+        prob: probability per object.
+        generator: random source (three draws per object, whatever ``prob``).
+        levels: range of the input view's mean foreground luma after the map.
+
+    Returns:
+        (B, S, H, W, 4) images; alpha unchanged.
+    """
+    n = images.shape[0]
+    chosen = torch.rand(n, generator=generator) < prob
+    saturation = torch.rand(n, generator=generator)
+    level = levels[0] + (levels[1] - levels[0]) * torch.rand(n, generator=generator)
+    rgb, alpha = images[..., :3], images[..., 3:]
+    luma = (rgb * torch.tensor(_LUMA, dtype=rgb.dtype)).sum(-1, keepdim=True)
+    foreground = (alpha[:, 0] > 0.5).to(rgb.dtype)
+    mean = (luma[:, 0] * foreground).sum((1, 2, 3)) / foreground.sum((1, 2, 3)).clamp(min=1.0)
+    per_object = (-1, 1, 1, 1, 1)
+    mapped = luma + saturation.view(per_object) * (rgb - luma)
+    mapped = (mapped * (level / mean.clamp(min=0.05)).view(per_object)).clamp(0.0, 1.0)
+    rgb = torch.where(chosen.view(per_object), mapped, rgb)
+    return torch.cat([rgb, alpha], dim=-1)
+
+
 def _gather_patches(maps: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(N, H, W, C) maps, (N, 2) corners -> (N, P, P, C) patches."""
     offsets = torch.arange(patch_size)
@@ -377,6 +423,8 @@ def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Ge
     order = torch.argsort(torch.rand(config.batch_size, n_views, generator=generator), dim=-1)
     views = order[:, : config.n_supervision_views]  # column 0 is the input view
     images = bank.images[objects[:, None], views].float() / 255.0  # (B, S, H, W, 4)
+    if config.data.recolor_prob > 0:  # no draws otherwise: runs without it keep their random streams
+        images = recolor_objects(images, config.data.recolor_prob, generator)
     c2w = bank.c2w[objects[:, None], views]
     _, c2w_canonical = relative_cameras(c2w[:, 0], c2w, config.input_distance)
 
