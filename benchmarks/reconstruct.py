@@ -35,6 +35,7 @@ from monorecon.api import ReconstructOptions, reconstruct_full
 from monorecon.core.cameras import triposr_to_world
 from monorecon.core.mesh import Mesh
 from monorecon.eval.metrics import chamfer_and_fscore
+from monorecon.io.images import to_uint8
 from monorecon.io.mesh_io import save_mesh
 from monorecon.models.triposr import TripoSRConfig, TripoSRModel
 from monorecon.preprocess import preprocess_image
@@ -158,7 +159,9 @@ def main() -> None:
     model, t_build = timed(make_model, 0)
     print(f"build official architecture (random init): {t_build:.1f} s")
     image = test_image()
-    rgb = torch.from_numpy(preprocess_image(image).rgb)[None]
+    # Quantised to 8 bits: the official code reads the same prepared image from a PNG, so both sides see equal input.
+    prepared = to_uint8(preprocess_image(image).rgb).astype(np.float32) / 255.0
+    rgb = torch.from_numpy(prepared)[None]
     model.encode(rgb[:, :64, :64])  # warm-up (small)
     code32, t_fp32 = timed(model.encode, rgb)
     place_surface(model, code32)
@@ -205,10 +208,12 @@ def main() -> None:
     print(f"peak resident memory: {peak_mb:.0f} MiB")
 
     if args.official_code and args.official_python:
-        run_official(args, model, image, dense, t_fp32 + t_dense, t_e2e, e2e_dtype)
+        run_official(args, model, prepared, dense, t_fp32 + t_dense, t_e2e, e2e_dtype)
 
 
-def run_official(args, model, image, dense, ours_fp32_s: float, ours_e2e_s: float, e2e_dtype: str) -> None:
+def run_official(
+    args, model, prepared: np.ndarray, dense, ours_fp32_s: float, ours_e2e_s: float, e2e_dtype: str
+) -> None:
     import mcubes
 
     from monorecon.io.images import save_image
@@ -239,7 +244,7 @@ def run_official(args, model, image, dense, ours_fp32_s: float, ours_e2e_s: floa
             )
         )
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")
-        save_image(preprocess_image(image).rgb, tmp / "input.png")
+        save_image(prepared, tmp / "input.png")
         cmd = [
             str(args.official_python), "-c", OFFICIAL_SCRIPT, str(args.official_code), str(config), str(vit_dir),
             str(tmp / "weights.safetensors"), str(tmp / "input.png"), str(args.resolution), str(tmp),

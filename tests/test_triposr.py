@@ -361,3 +361,32 @@ def test_missing_weights_file_that_looks_like_a_repo_id_is_not_downloaded(monkey
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     with pytest.raises(ValueError, match="weights not found"):
         load_triposr("checkpoints/model.safetensors")
+
+
+def test_resample_patch_embedding_keeps_plain_colour_tokens():
+    from monorecon.models.triposr.config import ImageEncoderConfig
+    from monorecon.models.triposr.image_encoder import DinoImageEncoder, resample_patch_embedding
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, pretrained_image_size=32)
+    coarse = DinoImageEncoder(ImageEncoderConfig(patch_size=16, **small))
+    fine = DinoImageEncoder(ImageEncoderConfig(patch_size=8, **small))
+    fine.load_state_dict(resample_patch_embedding(coarse.state_dict(), 8, 32, prefix=""))  # strict: shapes fit
+
+    # A plain-colour image: every patch of either size is the same colour, so the conv outputs must agree.
+    pixels = torch.tensor([0.3, -0.7, 1.1]).reshape(1, 3, 1, 1).expand(1, 3, 32, 32)
+    before = coarse.model.embeddings.patch_embeddings(pixels)  # (1, 4, 16)
+    after = fine.model.embeddings.patch_embeddings(pixels)  # (1, 16, 16)
+    torch.testing.assert_close(after, before[:, :1].expand_as(after), atol=1e-5, rtol=1e-5)
+    # Position embeddings: class token kept, grid resized 2x2 -> 4x4 (a constant grid stays constant).
+    position = fine.state_dict()["model.embeddings.position_embeddings"]
+    assert position.shape == (1, 17, 16)
+    torch.testing.assert_close(position[:, :1], coarse.state_dict()["model.embeddings.position_embeddings"][:, :1])
+    flat = coarse.state_dict()
+    flat["model.embeddings.position_embeddings"][:, 1:] = 0.25
+    resized = resample_patch_embedding(flat, 8, 32, prefix="")["model.embeddings.position_embeddings"]
+    torch.testing.assert_close(resized[:, 1:], torch.full((1, 16, 16), 0.25))
+    with pytest.raises(ValueError, match="multiple"):
+        resample_patch_embedding(flat, 8, 36, prefix="")
+    with pytest.raises(ValueError, match="prefix"):
+        resample_patch_embedding(flat, 8, 32)

@@ -23,7 +23,13 @@ from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from .config import ImageEncoderConfig
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DinoImageEncoder", "legacy_interpolate_position_embeddings"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DinoImageEncoder",
+    "legacy_interpolate_position_embeddings",
+    "resample_patch_embedding",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +60,40 @@ def legacy_interpolate_position_embeddings(position_embeddings: torch.Tensor, gr
     if grid.shape[-2:] != (grid_h, grid_w):
         raise ValueError(f"position-embedding interpolation gave {tuple(grid.shape[-2:])}, expected {grid_h, grid_w}")
     return torch.cat([position_embeddings[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+def resample_patch_embedding(
+    state_dict: dict[str, torch.Tensor], patch_size: int, image_size: int, prefix: str = "image_tokenizer."
+) -> dict[str, torch.Tensor]:
+    """Weights of a ViT image encoder converted to another patch size (warm start for fine-tuning).
+
+    The patch kernel is area-resampled and rescaled so that its sum per input channel is kept (a plain-colour patch
+    gives the same token as before); the position embeddings are resized to the new ``image_size / patch_size`` grid
+    as :func:`legacy_interpolate_position_embeddings` does at run time.
+
+    Args:
+        state_dict: model weights (checkpoint key layout); not modified.
+        patch_size: the new patch side.
+        image_size: the new ``pretrained_image_size`` (a multiple of ``patch_size``).
+        prefix: key prefix of the encoder (``"image_tokenizer."`` in a TripoSR model, ``""`` for the encoder alone).
+
+    Returns:
+        A new state dict; keys other than the patch kernel and the position embeddings are shared with the input.
+    """
+    if patch_size < 1 or image_size % patch_size:
+        raise ValueError(f"image_size ({image_size}) must be a positive multiple of patch_size ({patch_size})")
+    kernel_key = prefix + "model.embeddings.patch_embeddings.projection.weight"
+    position_key = prefix + "model.embeddings.position_embeddings"
+    if kernel_key not in state_dict or position_key not in state_dict:
+        raise ValueError(f"no ViT patch embedding under the prefix {prefix!r}")
+    kernel = state_dict[kernel_key]
+    old = kernel.shape[-1]
+    resized = F.interpolate(kernel.float(), size=(patch_size, patch_size), mode="area") * (old / patch_size) ** 2
+    grid = image_size // patch_size
+    out = dict(state_dict)
+    out[kernel_key] = resized.to(kernel.dtype).contiguous()
+    out[position_key] = legacy_interpolate_position_embeddings(state_dict[position_key], grid, grid).contiguous()
+    return out
 
 
 class _LegacyViTEmbeddings(ViTEmbeddings):
