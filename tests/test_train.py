@@ -392,3 +392,20 @@ def test_scale_density_multiplies_densities_exactly():
     torch.testing.assert_close(after_rgb, before_rgb)
     with pytest.raises(ValueError, match="factor"):
         triposr_trainer.scale_density(model, 0.0)
+
+
+def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_architecture():
+    from monorecon.api import DEFAULT_MODEL_DIR
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    stages = {}
+    for name in ("triposr_small.yaml", "triposr_small_finetune.yaml"):
+        raw = yaml.safe_load((configs / name).read_text())
+        raw["init_weights"] = None  # a path on the training machine
+        stages[name] = load_train_config(raw)
+        triposr_trainer._build_model(stages[name].model)  # the architecture builds
+    shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "config.yaml").read_text())
+    trained = dict(stages["triposr_small_finetune.yaml"].model)
+    for section in ("image_encoder", "tokenizer", "backbone", "post_processor", "decoder"):
+        assert trained[section] == shipped[section], section
+    assert stages["triposr_small_finetune.yaml"].data.recolor_prob > 0
