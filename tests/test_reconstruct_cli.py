@@ -351,3 +351,20 @@ def test_console_script_reports_a_corrupt_checkpoint_in_one_line(image_path, tmp
     assert_one_line_error(result.returncode, result.stderr, "truncated or corrupt")
     assert result.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_preprocessing_uses_the_models_framing_unless_given(image_path):
+    from monorecon.api import ReconstructOptions, load_model, model_foreground_ratio, prepare_input, reconstruct_full
+    from monorecon.preprocess import PreprocessConfig
+
+    model = load_model()
+    ratio = model_foreground_ratio(model)
+    assert ratio == model.config.foreground_ratio != 0.85  # the bundled model was trained on a tighter framing
+    default = reconstruct_full(image_path, model, ReconstructOptions(mc_resolution=64)).prepared
+    np.testing.assert_array_equal(default.rgb, prepare_input(image_path, PreprocessConfig(foreground_ratio=ratio)).rgb)
+    for wanted in (0.5, 0.85):  # an explicit ratio wins; measured on the prepared alpha's bounding box
+        options = ReconstructOptions(mc_resolution=64, preprocess=PreprocessConfig(foreground_ratio=wanted))
+        alpha = reconstruct_full(image_path, model, options).prepared.alpha > 0.5
+        rows, cols = np.nonzero(alpha)
+        side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+        assert abs(side / alpha.shape[0] - wanted) < 0.02

@@ -390,3 +390,11 @@ def test_resample_patch_embedding_keeps_plain_colour_tokens():
         resample_patch_embedding(flat, 8, 36, prefix="")
     with pytest.raises(ValueError, match="prefix"):
         resample_patch_embedding(flat, 8, 32)
+
+
+def test_foreground_ratio_in_the_config():
+    assert TripoSRConfig().foreground_ratio == 0.85  # TripoSR's framing
+    config = TripoSRConfig.from_dict({**TripoSRConfig().to_dict(), "foreground_ratio": 0.7})
+    assert config.foreground_ratio == 0.7 and TripoSRConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="foreground_ratio"):
+        TripoSRConfig(foreground_ratio=1.5)

@@ -6,6 +6,7 @@ Meshes are in the monorecon world frame: +Y up, the input view's front facing +Z
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from .core.mesh import Mesh
 from .io.images import load_image
-from .preprocess import PreparedImage, PreprocessConfig, preprocess_image
+from .preprocess import DEFAULT_FOREGROUND_RATIO, PreparedImage, PreprocessConfig, preprocess_image
 
 #: Faces a mesh is decimated to before UV unwrapping when a texture is baked and no ``target_faces`` is given.
 BAKE_MAX_FACES = 50_000
@@ -58,11 +59,17 @@ def model_mesh_threshold(model) -> float:
     return float(getattr(renderer, "mesh_threshold", 25.0))
 
 
+def model_foreground_ratio(model) -> float:
+    """The input framing ``model`` was trained on: its config's ``foreground_ratio`` (TripoSR: 0.85)."""
+    return float(getattr(getattr(model, "config", None), "foreground_ratio", DEFAULT_FOREGROUND_RATIO))
+
+
 @dataclass
 class ReconstructOptions:
     """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``).
 
-    ``threshold`` None uses the model's own iso level (:func:`model_mesh_threshold`).
+    ``threshold`` None uses the model's own iso level (:func:`model_mesh_threshold`), ``preprocess.foreground_ratio``
+    None the model's own framing (:func:`model_foreground_ratio`).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -120,7 +127,10 @@ def reconstruct_full(
     options = options or ReconstructOptions()
     model = model if model is not None else load_model()
     torch.manual_seed(options.seed)
-    prepared = prepare_input(image, options.preprocess)
+    preprocess = options.preprocess
+    if preprocess.foreground_ratio is None:
+        preprocess = dataclasses.replace(preprocess, foreground_ratio=model_foreground_ratio(model))
+    prepared = prepare_input(image, preprocess)
     threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
     with torch.inference_mode():
         scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])

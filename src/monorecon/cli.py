@@ -36,7 +36,11 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
     p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
     p.add_argument("--texture-resolution", type=int, default=1024)
-    p.add_argument("--foreground-ratio", type=float, default=0.85)
+    p.add_argument(
+        "--foreground-ratio",
+        type=float,
+        help="share of the frame taken by the object (default: the model's; 0.7 bundled, 0.85 TripoSR)",
+    )
     p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")

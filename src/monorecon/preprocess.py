@@ -26,6 +26,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+#: Object framing when neither the caller nor a model gives one (TripoSR's).
+DEFAULT_FOREGROUND_RATIO = 0.85
+
 
 @dataclass
 class PreprocessConfig:
@@ -33,7 +36,9 @@ class PreprocessConfig:
 
     Attributes:
         remove_background: if False the image is used as it is (only padded to a square with grey, no crop).
-        foreground_ratio: fraction of the square's side taken by the object's larger bounding-box side.
+        foreground_ratio: fraction of the square's side taken by the object's larger bounding-box side; None: the
+            model's own framing when :mod:`monorecon.api` reconstructs (``TripoSRConfig.foreground_ratio``), else
+            :data:`DEFAULT_FOREGROUND_RATIO`.
         background_gray: grey level of the composite background.
         border_tolerance: max RGB distance (Euclidean, [0, 1] units) to the border colour counted as background.
         min_plain_border: fraction of border pixels that must match the border colour for the flood fill to apply.
@@ -43,7 +48,7 @@ class PreprocessConfig:
     """
 
     remove_background: bool = True
-    foreground_ratio: float = 0.85
+    foreground_ratio: float | None = None
     background_gray: float = 0.5
     border_tolerance: float = 0.1
     min_plain_border: float = 0.6
@@ -52,7 +57,7 @@ class PreprocessConfig:
     output_size: int | None = 512
 
     def __post_init__(self) -> None:
-        if not 0.05 <= self.foreground_ratio <= 1.0:
+        if self.foreground_ratio is not None and not 0.05 <= self.foreground_ratio <= 1.0:
             raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio}")
         if not 0.0 <= self.background_gray <= 1.0:
             raise ValueError(f"background_gray must lie in [0, 1], got {self.background_gray}")
@@ -186,7 +191,8 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     rgb_c, alpha_c = rgb[crop], alpha[crop]
     composite = rgb_c * alpha_c[..., None] + config.background_gray * (1.0 - alpha_c[..., None])
-    square_rgb, square_alpha = _pad_to_square(composite, alpha_c, config.foreground_ratio, config.background_gray)
+    ratio = DEFAULT_FOREGROUND_RATIO if config.foreground_ratio is None else config.foreground_ratio
+    square_rgb, square_alpha = _pad_to_square(composite, alpha_c, ratio, config.background_gray)
     return _finish(square_rgb, square_alpha, config)
 
 

@@ -42,7 +42,14 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from .api import Reconstruction, ReconstructOptions, load_model, model_mesh_threshold, reconstruct_full
+from .api import (
+    Reconstruction,
+    ReconstructOptions,
+    load_model,
+    model_foreground_ratio,
+    model_mesh_threshold,
+    reconstruct_full,
+)
 from .core.mesh import Mesh
 from .io.images import load_image
 from .io.mesh_io import save_mesh
@@ -133,7 +140,7 @@ class MeshForm:
     threshold: float | None
     bake_texture: bool
     texture_resolution: int
-    foreground_ratio: float
+    foreground_ratio: float | None
     remove_background: bool
     seed: int
 
@@ -186,8 +193,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             int, Form(ge=64, le=settings.max_texture_resolution, description="baked texture side in pixels")
         ] = settings.default_texture_resolution,
         foreground_ratio: Annotated[
-            float, Form(ge=0.05, le=1.0, description="share of the padded square taken by the object")
-        ] = PreprocessConfig.foreground_ratio,
+            float | None,
+            Form(ge=0.05, le=1.0, description="share of the padded square taken by the object (default: the model's)"),
+        ] = None,
         remove_background: Annotated[
             bool, Form(description="mask the object (RGBA alpha, else a plain-background fill)")
         ] = True,
@@ -248,6 +256,7 @@ class ReconstructionService:
         if hasattr(model, "scene_code_shape"):
             summary["scene_code_shape"] = list(model.scene_code_shape)
         summary["mesh_threshold"] = model_mesh_threshold(model)
+        summary["foreground_ratio"] = model_foreground_ratio(model)
         return summary
 
     def decode_image(self, data: bytes, filename: str) -> np.ndarray:

@@ -168,9 +168,12 @@ class TripoSRConfig:
 
     Attributes:
         cond_image_size: input images are resized to this square size (a multiple of the patch size).
+        foreground_ratio: share of the input square the object's larger bounding-box side should take, i.e. the
+            framing the model was trained on (TripoSR: 0.85); preprocessing uses it unless told otherwise.
     """
 
     cond_image_size: int = 512
+    foreground_ratio: float = 0.85
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -180,6 +183,8 @@ class TripoSRConfig:
 
     def __post_init__(self) -> None:
         _positive_ints(self, "cond_image_size")
+        if not (isinstance(self.foreground_ratio, int | float) and 0.05 <= self.foreground_ratio <= 1.0):
+            raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio!r}")
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"TripoSRConfig.{name} must be a {cls.__name__}")
@@ -219,11 +224,12 @@ class TripoSRConfig:
         data = dict(data)
         if data.pop("format", FORMAT_NAME) != FORMAT_NAME:
             raise ValueError(f"unknown config format (expected {FORMAT_NAME!r})")
-        unknown = set(data) - {"cond_image_size", *_SECTIONS}
+        unknown = set(data) - {"cond_image_size", "foreground_ratio", *_SECTIONS}
         if unknown:
             raise ValueError(f"unknown TripoSR config keys: {sorted(unknown)}")
         sections = {name: _build_section(kind, data.get(name, {}), name) for name, kind in _SECTIONS.items()}
-        return cls(cond_image_size=data.get("cond_image_size", 512), **sections)
+        scalars = {key: data[key] for key in ("cond_image_size", "foreground_ratio") if key in data}
+        return cls(**scalars, **sections)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the monorecon yaml layout."""
