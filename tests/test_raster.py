@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monorecon.core.cameras import OrthographicCameras, PerspectiveCameras, look_at
-from monorecon.core.raster import blur_radius_for_sigma, rasterize, sharp_silhouette, soft_silhouette
+from monorecon.core.raster import Fragments, blur_radius_for_sigma, rasterize, sharp_silhouette, soft_silhouette
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -171,19 +171,27 @@ def test_degenerate_faces_and_vertices_behind_give_no_nan():
 # --------------------------------------------------------------------------------------------------------------------
 # Soft silhouette (SPEC §4) on hand-built triangles
 # --------------------------------------------------------------------------------------------------------------------
-def test_soft_silhouette_formula_on_hand_built_triangles():
-    # 4 x 4 image: pixel centres at x, y in {-0.75, -0.25, 0.25, 0.75}. Triangle A is huge with its right edge on
-    # x = -0.3 (other edges far away); triangle B has its lower edge on y = 0.1. The squared distance of pixel
-    # centres to A is (x + 0.3)^2 (negative inside), to B (y - 0.1)^2.
+#: Pixel centres (x and y) of the 4 x 4 hand-built images below.
+_CENTRES = [-0.75, -0.25, 0.25, 0.75]
+
+
+def _two_triangles(sigma: float, requires_grad: bool = False) -> tuple[torch.Tensor, Fragments, float]:
+    """4 x 4 image of two triangles: A is huge with its right edge on x = -0.3 (other edges far away), B has its
+    lower edge on y = 0.1. The squared distance of pixel centres to A is (x + 0.3)^2 (negative inside), to B
+    (y - 0.1)^2. Returns the vertices, the fragments and the blur distance of ``sigma``."""
     verts = torch.tensor(
         [[[-0.3, -9.0, 2.0], [-0.3, 9.0, 2.0], [-9.0, 0.0, 2.0], [-9.0, 0.1, 3.0], [9.0, 0.1, 3.0], [0.0, 9.0, 3.0]]],
-        dtype=torch.float64,
-    )
+        dtype=torch.float64, requires_grad=requires_grad,
+    )  # fmt: skip
     faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
-    sigma = 0.05
     fr = rasterize(verts, faces, 4, 4, faces_per_pixel=2, blur_radius=blur_radius_for_sigma(sigma))
-    centres = [-0.75, -0.25, 0.25, 0.75]
-    blur = math.log(1 / 1e-4 - 1) * sigma
+    return verts, fr, math.log(1 / 1e-4 - 1) * sigma
+
+
+def test_soft_silhouette_formula_on_hand_built_triangles():
+    sigma = 0.05
+    _, fr, blur = _two_triangles(sigma)
+    centres = _CENTRES
     expected = torch.zeros(4, 4, dtype=torch.float64)
     for i, y in enumerate(reversed(centres)):  # row 0 is the top (y = 0.75)
         for j, x in enumerate(centres):
@@ -198,17 +206,11 @@ def test_soft_silhouette_formula_on_hand_built_triangles():
 
 
 def test_sharp_silhouette_on_hand_built_triangles():
-    # The two triangles of the test above: covered pixels (inside A or B) are exactly 1, the others the larger of the
-    # two faces' sigmoid(-d / sigma) (not their probabilistic sum); covered pixels keep that maximum's gradient.
-    verts = torch.tensor(
-        [[[-0.3, -9.0, 2.0], [-0.3, 9.0, 2.0], [-9.0, 0.0, 2.0], [-9.0, 0.1, 3.0], [9.0, 0.1, 3.0], [0.0, 9.0, 3.0]]],
-        dtype=torch.float64, requires_grad=True,
-    )  # fmt: skip
-    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    # Covered pixels (inside A or B) are exactly 1, the others the larger of the two faces' sigmoid(-d / sigma) (not
+    # their probabilistic sum); covered pixels keep that maximum's gradient.
     sigma = 0.05
-    fr = rasterize(verts, faces, 4, 4, faces_per_pixel=2, blur_radius=blur_radius_for_sigma(sigma))
-    centres = [-0.75, -0.25, 0.25, 0.75]
-    blur = math.log(1 / 1e-4 - 1) * sigma
+    verts, fr, blur = _two_triangles(sigma, requires_grad=True)
+    centres = _CENTRES
     expected = torch.zeros(4, 4, dtype=torch.float64)
     for i, y in enumerate(reversed(centres)):
         for j, x in enumerate(centres):

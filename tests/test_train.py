@@ -298,6 +298,10 @@ def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
 
     with pytest.raises(ValueError, match="init_weights file not found"):
         load_train_config(_config(tiny_dataset, tmp_path / "x", init_weights=str(tmp_path / "missing.safetensors")))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        train(_config(tiny_dataset, tmp_path / "z", init_weights=str(corrupt)))
     wider = {**TINY_MODEL, "decoder": {**TINY_MODEL["decoder"], "hidden_channels": 12}}
     with pytest.raises(ValueError, match="wrong shape"):
         train(_config(tiny_dataset, tmp_path / "y", model=wider, init_weights=str(weights)))

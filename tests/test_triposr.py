@@ -396,5 +396,6 @@ def test_foreground_ratio_in_the_config():
     assert TripoSRConfig().foreground_ratio == 0.85  # TripoSR's framing
     config = TripoSRConfig.from_dict({**TripoSRConfig().to_dict(), "foreground_ratio": 0.7})
     assert config.foreground_ratio == 0.7 and TripoSRConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="foreground_ratio"):
-        TripoSRConfig(foreground_ratio=1.5)
+    for bad in (1.5, 0.0, True, "0.7", float("nan")):
+        with pytest.raises(ValueError, match="foreground_ratio"):
+            TripoSRConfig(foreground_ratio=bad)

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from .io.images import to_uint8
+from .preprocess import DEFAULT_FOREGROUND_RATIO
 from .server import MeshForm, ReconstructionService, ServerSettings, mesh_file, mesh_form_dependency, run_server
 
 __all__ = ["build_ui", "gif_bytes", "launch_ui", "png_bytes", "render_page"]
@@ -123,7 +124,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                 "iso level of the surface"),
         _select("remove_background", "Background", [("true", "remove"), ("false", "keep the image as it is")],
                 "uses an RGBA image's alpha, else a plain background"),
-        _number("foreground_ratio", "Object size", model_summary.get("foreground_ratio", 0.85), 0.05, 1.0, 0.01,
+        _number("foreground_ratio", "Object size", model_summary.get("foreground_ratio", DEFAULT_FOREGROUND_RATIO),
+                0.05, 1.0, 0.01,
                 "share of the frame taken by the object"),
         _select("bake_texture", "Colours", [("false", "vertex colours"), ("true", "baked UV texture")], None),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,

@@ -183,7 +183,8 @@ class TripoSRConfig:
 
     def __post_init__(self) -> None:
         _positive_ints(self, "cond_image_size")
-        if not (isinstance(self.foreground_ratio, int | float) and 0.05 <= self.foreground_ratio <= 1.0):
+        ratio = self.foreground_ratio
+        if isinstance(ratio, bool) or not (isinstance(ratio, int | float) and 0.05 <= ratio <= 1.0):
             raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio!r}")
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
