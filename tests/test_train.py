@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.data import ViewSampling, synthesize_dataset
+from monorecon.io.yaml_config import load_yaml
 from monorecon.models.triposr import load_triposr
 from monorecon.train import triposr_trainer
 from monorecon.train.triposr_trainer import (
@@ -182,6 +183,22 @@ def test_load_dataclass_config(tmp_path):
         load_dataclass_config({"inner": {"a": "three"}}, _Outer)
     with pytest.raises(ValueError, match="not found"):
         load_dataclass_config(tmp_path / "missing.yaml", _Outer)
+    # A key given twice would silently replace the first section: an error naming the key and its line.
+    path.write_text("name: y\ninner:\n  a: 3\ninner:\n  b: [1]\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: found the key 'inner' twice \(line 4\)"):
+        load_dataclass_config(path, _Outer)
+    path.write_text("inner: {a: 3, a: 4}\n")
+    with pytest.raises(ValueError, match="found the key 'a' twice"):
+        load_dataclass_config(path, _Outer)
+    path.write_text("inner: [1\n")
+    with pytest.raises(ValueError, match=r"cannot parse YAML .*c\.yaml: expected"):
+        load_dataclass_config(path, _Outer)
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_dataclass_config(path, _Outer)
+    # Equal keys in different mappings and merge keys (<<) are not duplicates.
+    path.write_text("x: &base {a: 1, b: 2}\ny: {a: 3, <<: *base}\nz:\n  <<: *base\n  <<: {c: 4}\n")
+    assert load_yaml(path) == {"x": {"a": 1, "b": 2}, "y": {"a": 3, "b": 2}, "z": {"a": 1, "b": 2, "c": 4}}
 
 
 def test_training_config_validation(tiny_dataset, tmp_path):

@@ -399,3 +399,43 @@ def test_foreground_ratio_in_the_config():
     for bad in (1.5, 0.0, True, "0.7", float("nan")):
         with pytest.raises(ValueError, match="foreground_ratio"):
             TripoSRConfig(foreground_ratio=bad)
+
+
+def test_deepened_weights_compute_the_same_scene_code_and_the_new_blocks_learn(model, images):
+    from monorecon.models.triposr.growth import deepen_triposr_weights, interleave_identity_blocks
+
+    deep_config = model.config.to_dict()
+    deep_config["image_encoder"]["num_layers"] = 3  # 2 -> 3: one new layer after layer 0
+    deep_config["backbone"]["num_layers"] = 4  # 2 -> 4: one new block after each
+    deep = TripoSRModel(TripoSRConfig.from_dict(deep_config))
+    deep.load_state_dict(deepen_triposr_weights(model.state_dict(), encoder_layers=3, backbone_layers=4))  # strict
+    with torch.no_grad():
+        torch.testing.assert_close(deep.encode(images), model.encode(images), atol=1e-6, rtol=0)
+    # The old blocks keep their place (old 1 -> new 2), the new ones copy their predecessor except the output.
+    state = deep.state_dict()
+    old = model.state_dict()
+    torch.testing.assert_close(
+        state["backbone.transformer_blocks.2.attn1.to_q.weight"], old["backbone.transformer_blocks.1.attn1.to_q.weight"]
+    )
+    torch.testing.assert_close(
+        state["image_tokenizer.model.encoder.layer.1.attention.attention.query.weight"],
+        old["image_tokenizer.model.encoder.layer.0.attention.attention.query.weight"],
+    )
+    assert not state["backbone.transformer_blocks.3.ff.net.2.weight"].any()
+
+    # Fine-tuning can use the new depth: the zeroed projections get gradients at once.
+    deep.encode(images).square().mean().backward()
+    grads = deep.state_dict(keep_vars=True)  # checkpoint key names, the parameters themselves
+    for name in (
+        "backbone.transformer_blocks.1.attn1.to_out.0.weight",
+        "backbone.transformer_blocks.3.ff.net.2.weight",
+        "image_tokenizer.model.encoder.layer.1.output.dense.weight",
+    ):
+        assert grads[name].grad.abs().max() > 0, name
+
+    with pytest.raises(ValueError, match=r"\[2, 4\]"):
+        deepen_triposr_weights(model.state_dict(), backbone_layers=5)
+    with pytest.raises(ValueError, match="no blocks"):
+        interleave_identity_blocks(model.state_dict(), "nothing.", ("x.",), 2)
+    with pytest.raises(ValueError, match="starts with"):
+        interleave_identity_blocks(model.state_dict(), "backbone.transformer_blocks.", ("nope.",), 3)

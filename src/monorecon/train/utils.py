@@ -30,6 +30,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.yaml_config import load_yaml
 
 __all__ = [
     "CSVLogger",
@@ -454,10 +455,7 @@ def load_dataclass_config(source: str | os.PathLike | dict[str, Any], cls: type[
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"cannot parse YAML config {path}: {error}") from error
+        data = load_yaml(path) or {}
     else:
         data = source
     return _build(cls, data, cls.__name__)

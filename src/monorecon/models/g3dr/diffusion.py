@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from monorecon.core.checks import check_tensor
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
+from monorecon.io.yaml_config import load_yaml
 from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
@@ -263,7 +264,7 @@ def load_rgbd_diffusion(path: str | os.PathLike) -> RGBDDiffusion:
     for name in ("model.safetensors", "config.yaml"):
         if not (path / name).is_file():
             raise ValueError(f"diffusion model folder {path} lacks {name}")
-    settings = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    settings = load_yaml(path / "config.yaml") or {}
     model = RGBDDiffusion(load_dataclass_config(settings.get("model", {}), DiffusionConfig))
     try:
         model.load_state_dict(load_file(str(path / "model.safetensors")))

@@ -15,7 +15,6 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from monorecon.core.checks import check_tensor
@@ -24,6 +23,7 @@ from monorecon.core.mesh import Mesh
 from monorecon.io.atomic import atomic_write_bytes
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
+from monorecon.io.yaml_config import load_yaml
 
 from .data import load_rgbd_pair, resize_view
 from .generator import G3DRGenerator, G3DRModelConfig, view_c2w
@@ -63,7 +63,7 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
     for file in (weights, config_path):
         if not file.is_file():
             raise ValueError(f"G3DR model folder {path} lacks {file.name}")
-    settings = yaml.safe_load(config_path.read_text()) or {}
+    settings = load_yaml(config_path) or {}
     if not isinstance(settings.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section")
     model = G3DRGenerator(G3DRModelConfig(**settings["model"]))

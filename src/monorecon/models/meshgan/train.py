@@ -47,6 +47,7 @@ from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import SHAPE_CLASSES, make_object
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
+from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
@@ -115,7 +116,7 @@ class MeshGANConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of settings")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -332,7 +333,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
     config_text = yaml.safe_dump(config.to_dict(), sort_keys=True)
     checkpoint_path = out_dir / "checkpoint.safetensors"
     if (out_dir / "config.yaml").is_file() and checkpoint_path.is_file() and resume:
-        previous = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+        previous = load_yaml(out_dir / "config.yaml") or {}
         if {k: v for k, v in previous.items() if k != "steps"} != {
             k: v for k, v in config.to_dict().items() if k != "steps"
         }:

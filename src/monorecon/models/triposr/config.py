@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from monorecon.io.yaml_config import load_yaml
+
 __all__ = [
     "BackboneConfig",
     "DecoderConfig",
@@ -243,10 +245,7 @@ class TripoSRConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ValueError(f"config file {path} is not valid yaml: {err}") from err
+        data = load_yaml(path)
         if isinstance(data, dict) and "image_tokenizer_cls" in data:
             return cls.from_official(data, base_dir=path.parent)
         return cls.from_dict(data)
