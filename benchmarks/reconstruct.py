@@ -150,8 +150,12 @@ def main() -> None:
     parser.add_argument("--official-code", type=Path, help="checkout of VAST-AI-Research/TripoSR")
     parser.add_argument("--official-python", type=Path, help="python of a venv with the official requirements")
     parser.add_argument("--official-config", type=Path, help="official config.yaml (released with the checkpoint)")
-    parser.add_argument("--e2e-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="end-to-end run dtype (auto: bfloat16 on CPUs with AMX / AVX512-BF16, else float32)")
+    parser.add_argument(
+        "--e2e-dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="end-to-end run dtype (auto: bfloat16 on CPUs with AMX / AVX512-BF16, else float32)",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

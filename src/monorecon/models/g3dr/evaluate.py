@@ -46,8 +46,9 @@ __all__ = [
 MESH_LEVELS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0)
 
 
-def _mesh_fscore(model: G3DRGenerator, planes: torch.Tensor, truth: Mesh, threshold: float, resolution: int,
-                 n_points: int) -> dict[str, float]:
+def _mesh_fscore(
+    model: G3DRGenerator, planes: torch.Tensor, truth: Mesh, threshold: float, resolution: int, n_points: int
+) -> dict[str, float]:
     """F-score@0.1 and Chamfer of the mesh at ``threshold`` against ``truth``; 0 / NaN without a surface."""
     try:
         surface = extract_isosurface(model.density_fn(planes), resolution, threshold, model.config.box_radius)

@@ -147,8 +147,11 @@ class G3DRTrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.calibrate_views, bool) or int(self.calibrate_views) != self.calibrate_views \
-                or self.calibrate_views < 0:
+        if (
+            isinstance(self.calibrate_views, bool)
+            or int(self.calibrate_views) != self.calibrate_views
+            or self.calibrate_views < 0
+        ):
             raise ValueError(f"calibrate_views must be a non-negative integer, got {self.calibrate_views!r}")
         for name in ("steps", "batch_size", "render_size", "checkpoint_every", "log_every", "keep_checkpoints"):
             value = getattr(self, name)
