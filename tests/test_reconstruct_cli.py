@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from monorecon import cli
 from monorecon.io import load_mesh
 from monorecon.io.images import save_image
+from monorecon.models.triposr.model import input_camera
 from test_mesh_io import _validator_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,20 @@ def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_p
     mesh = load_mesh(result / "mesh.glb")
     assert mesh.vertex_colors is not None and mesh.faces.shape[0] > 100
     assert float(mesh.verts.abs().max()) <= 0.87 + 1e-4  # inside TripoSR's box
+
+
+def test_no_carve_keeps_the_field_outside_the_silhouette(image_path, tmp_path, capsys):
+    """The random tiny model fills the box; carving (default) cuts it to the ellipse's cone, --no-carve does not."""
+    widths = {}
+    for name, extra in (("carved", ()), ("plain", ("--no-carve",))):
+        code, _, err = reconstruct([image_path], tmp_path / name, "--format", "ply", *extra, capsys=capsys)
+        assert code == 0, err
+        verts = load_mesh(tmp_path / name / "thing" / "mesh.ply").verts
+        ndc_x = input_camera(64).transform_points_ndc(verts)[0, :, 0]
+        widths[name] = (ndc_x.max() - ndc_x.min()).item()
+    # The ellipse is 0.7 of the image high and 0.5 of that wide, framed at the tiny model's foreground ratio 0.85:
+    # 0.85 * 0.5 / 0.7 * 2 = 1.21 NDC units wide, plus up to one 32^3 voxel (0.15 NDC at the box's front) each side.
+    assert widths["carved"] < 1.21 + 2 * 0.15 + 0.05 and widths["plain"] > 2.5
 
 
 @pytest.mark.parametrize("fmt", ["obj", "ply"])

@@ -66,8 +66,12 @@ class StubModel:
         density = torch.zeros(*points.shape[:-1], 1)
         return density, torch.tensor(STUB_COLOR).expand(*points.shape[:-1], 3)
 
-    def extract_mesh(self, scene_code: torch.Tensor, resolution: int, threshold: float, method: str) -> Mesh:
-        self.extract_calls.append({"resolution": resolution, "threshold": threshold, "method": method})
+    def extract_mesh(
+        self, scene_code: torch.Tensor, resolution: int, threshold: float, method: str, carve=None
+    ) -> Mesh:
+        self.extract_calls.append(
+            {"resolution": resolution, "threshold": threshold, "method": method, "carved": carve is not None}
+        )
         return self.mesh
 
     def render(self, scene_code: torch.Tensor, cameras) -> dict:
@@ -132,8 +136,10 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     assert response.headers["content-type"] == "model/gltf-binary"
     assert response.headers["content-disposition"] == 'attachment; filename="my_chair.glb"'
     assert response.content[:4] == b"glTF"
-    assert stub.extract_calls == [{"resolution": 40, "threshold": 12.5, "method": "coarse_to_fine"}]
+    assert stub.extract_calls == [{"resolution": 40, "threshold": 12.5, "method": "coarse_to_fine", "carved": True}]
     assert int(response.headers["x-mesh-faces"]) == stub.mesh.num_faces
+    assert post(client, {"carve": "false"}).status_code == 200
+    assert stub.extract_calls[-1]["carved"] is False
 
     loaded = trimesh.load(io.BytesIO(response.content), file_type="glb", force="mesh", process=False)
     expected = np.sort(stub.mesh.verts.numpy(), axis=0)
@@ -187,9 +193,9 @@ def test_ply_download(client, stub):
 
 
 def test_download_names_are_sanitised():
-    form = MeshForm(b"", "../../etc/pass wd.png", "glb", 8, 25.0, False, 64, 0.85, True, 0)
+    form = MeshForm(b"", "../../etc/pass wd.png", "glb", 8, 25.0, False, 64, 0.85, True, True, 0)
     assert form.stem == "pass_wd"
-    assert MeshForm(b"", "☃.png", "glb", 8, 25.0, False, 64, 0.85, True, 0).stem == "mesh"
+    assert MeshForm(b"", "☃.png", "glb", 8, 25.0, False, 64, 0.85, True, True, 0).stem == "mesh"
 
 
 def test_openapi_documents_the_form_and_its_caps(client):
@@ -198,7 +204,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "seed",
+        "remove_background", "carve", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]

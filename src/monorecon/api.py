@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core.carving import SilhouetteHull
 from .core.mesh import Mesh
 from .io.images import load_image
 from .preprocess import DEFAULT_FOREGROUND_RATIO, PreparedImage, PreprocessConfig, preprocess_image
@@ -69,7 +70,9 @@ class ReconstructOptions:
     """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``).
 
     ``threshold`` None uses the model's own iso level (:func:`model_mesh_threshold`), ``preprocess.foreground_ratio``
-    None the model's own framing (:func:`model_foreground_ratio`).
+    None the model's own framing (:func:`model_foreground_ratio`). ``carve`` cuts the field to the cone of the input
+    silhouette seen by the model's input camera (:class:`monorecon.core.carving.SilhouetteHull`): the object cannot
+    be where the input shows background.
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -79,6 +82,7 @@ class ReconstructOptions:
     bake_texture: bool = False
     texture_resolution: int = 1024
     remove_floaters: bool = True
+    carve: bool = True
     target_faces: int | None = None
     seed: int = 0
     progress: bool = False
@@ -117,6 +121,18 @@ def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfi
     return preprocess_image(array, config)
 
 
+def input_silhouette_hull(prepared: PreparedImage) -> SilhouetteHull | None:
+    """The cone of the prepared input's silhouette seen by TripoSR's input camera (see :class:`SilhouetteHull`).
+
+    Returns None when the alpha covers every pixel (background kept): there is nothing to carve.
+    """
+    from .models.triposr.model import input_camera
+
+    if bool((prepared.alpha > 0.5).all()):
+        return None
+    return SilhouetteHull(input_camera(prepared.alpha.shape[0]), prepared.alpha)
+
+
 def reconstruct_full(
     image: str | os.PathLike | np.ndarray, model=None, options: ReconstructOptions | None = None
 ) -> Reconstruction:
@@ -135,7 +151,11 @@ def reconstruct_full(
     with torch.inference_mode():
         scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
         mesh = model.extract_mesh(
-            scene_code, resolution=options.mc_resolution, threshold=threshold, method=options.extraction
+            scene_code,
+            resolution=options.mc_resolution,
+            threshold=threshold,
+            method=options.extraction,
+            carve=input_silhouette_hull(prepared) if options.carve else None,
         )
         target_faces = options.target_faces
         if options.bake_texture and target_faces is None:

@@ -44,6 +44,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
+    p.add_argument(
+        "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see docs)"
+    )
     p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
     p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
@@ -114,6 +117,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         bake_texture=args.bake_texture,
         texture_resolution=args.texture_resolution,
         remove_floaters=not args.keep_floaters,
+        carve=not args.no_carve,
         target_faces=args.target_faces,
         seed=args.seed,
     )
@@ -271,6 +275,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all")
     p.add_argument("--max-objects", type=int)
     p.add_argument("--mc-resolution", type=int, default=128)
+    p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -287,7 +292,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = load_model()
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
-        mc_resolution=args.mc_resolution, seed=args.seed, progress=not args.quiet,
+        mc_resolution=args.mc_resolution, carve=not args.no_carve, seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())

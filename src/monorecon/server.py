@@ -5,9 +5,9 @@ Endpoints:
 * ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
 * ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply,
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
-  ``remove_background``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and
-  PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame (+Y up, the input
-  view's front facing +Z: glTF's frame).
+  ``remove_background``, ``carve``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a zip of the
+  OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame
+  (+Y up, the input view's front facing +Z: glTF's frame).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
 
@@ -142,6 +142,7 @@ class MeshForm:
     texture_resolution: int
     foreground_ratio: float | None
     remove_background: bool
+    carve: bool
     seed: int
 
     @property
@@ -166,6 +167,7 @@ class MeshForm:
             threshold=self.threshold,
             bake_texture=self.bake_texture,
             texture_resolution=self.texture_resolution,
+            carve=self.carve,
             seed=self.seed,
         )
 
@@ -199,6 +201,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         remove_background: Annotated[
             bool, Form(description="mask the object (RGBA alpha, else a plain-background fill)")
         ] = True,
+        carve: Annotated[
+            bool, Form(description="cut the shape to the cone of the input silhouette (the input camera's view)")
+        ] = True,
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -211,6 +216,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             texture_resolution=texture_resolution,
             foreground_ratio=foreground_ratio,
             remove_background=remove_background,
+            carve=carve,
             seed=seed,
         )
 

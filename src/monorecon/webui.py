@@ -127,6 +127,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         _number("foreground_ratio", "Object size", model_summary.get("foreground_ratio", DEFAULT_FOREGROUND_RATIO),
                 0.05, 1.0, 0.01,
                 "share of the frame taken by the object"),
+        _select("carve", "Silhouette carving", [("true", "on"), ("false", "off")],
+                "cut the shape to the input silhouette's cone"),
         _select("bake_texture", "Colours", [("false", "vertex colours"), ("true", "baked UV texture")], None),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),

@@ -22,17 +22,13 @@ import torch.nn.functional as F
 import trimesh
 from scipy.ndimage import distance_transform_edt
 
-from ..core.cameras import PerspectiveCameras, orbit_c2w
+from ..core.cameras import PerspectiveCameras
 from ..core.checks import check_tensor
 from ..core.extract import extract_isosurface
 from ..core.mesh import Mesh
+from ..models.triposr.model import input_camera
 
-__all__ = ["canonical_camera", "inflation_baseline", "sphere_baseline"]
-
-
-def canonical_camera(size: int, distance: float = 1.9, fov_deg: float = 40.0) -> PerspectiveCameras:
-    """The TripoSR input camera (azimuth 0, elevation 0, looking at the origin) for a ``size`` x ``size`` image."""
-    return PerspectiveCameras(orbit_c2w(0.0, 0.0, distance), size, size, fov_y_deg=fov_deg)
+__all__ = ["inflation_baseline", "sphere_baseline"]
 
 
 def _mask(alpha: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -55,13 +51,13 @@ def sphere_baseline(alpha: torch.Tensor | np.ndarray, camera: PerspectiveCameras
 
     Args:
         alpha: (H, W) input mask in [0, 1].
-        camera: the input camera (default :func:`canonical_camera` of the image size).
+        camera: the input camera (default :func:`monorecon.models.triposr.model.input_camera` of the image size).
 
     Returns:
         An icosphere mesh (642 vertices) in the camera's world frame.
     """
     mask = _mask(alpha)
-    camera = camera if camera is not None else canonical_camera(mask.shape[0])
+    camera = camera if camera is not None else input_camera(mask.shape[0])
     focal, distance = _focal_and_distance(camera)
     rows, cols = torch.nonzero(mask, as_tuple=True)
     uv = torch.stack([cols.float().mean() + 0.5, rows.float().mean() + 0.5])
@@ -87,7 +83,7 @@ def inflation_baseline(
 
     Args:
         alpha: (H, W) input mask in [0, 1].
-        camera: the input camera (default :func:`canonical_camera` of the image size).
+        camera: the input camera (default :func:`monorecon.models.triposr.model.input_camera` of the image size).
         resolution: marching-cubes grid samples per axis over ``[-bounds, bounds]^3``.
         thickness_scale: half-thickness per unit of distance-transform (world units at the origin's depth).
         bounds: half side of the meshed cube.
@@ -99,7 +95,7 @@ def inflation_baseline(
         raise ValueError(f"thickness_scale must be positive, got {thickness_scale}")
     mask = _mask(alpha)
     height, width = mask.shape
-    camera = camera if camera is not None else canonical_camera(height)
+    camera = camera if camera is not None else input_camera(height)
     focal, distance = _focal_and_distance(camera)
     # Distance to the nearest background pixel, from pixel centres; 0.5 px shift puts the zero on the mask edge.
     dt = distance_transform_edt(mask.numpy()) - 0.5

@@ -13,8 +13,10 @@
   ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training.
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
-  (:mod:`monorecon.eval.metrics`); optionally volume IoU; for models also the input-view mask IoU and PSNR of the
-  volume render. A method that returns no surface scores F = 0 and is counted as a failure.
+  (:mod:`monorecon.eval.metrics`); optionally volume IoU; for every method the input-view mask IoU of the mesh's
+  silhouette (``mesh_mask_iou``); for models also the input-view mask IoU, PSNR and SSIM of the volume render
+  (``mask_iou``, ``psnr``, ``ssim``). Models are cut to the input silhouette's cone (``carve``, as
+  ``monorecon reconstruct`` does by default). A method that returns no surface scores F = 0 and is counted as a failure.
 * **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
   ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
   prediction from the side, ground truth from the side).
@@ -40,16 +42,17 @@ from tqdm import tqdm
 
 from ..api import model_mesh_threshold
 from ..core.cameras import orbit_c2w
+from ..core.carving import SilhouetteHull
 from ..core.mesh import Mesh
+from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
+from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from .align import align_meshes
-from .baselines import canonical_camera, inflation_baseline, sphere_baseline
-from .metrics import chamfer_and_fscore, mask_iou, psnr, volume_iou
+from .baselines import inflation_baseline, sphere_baseline
+from .metrics import chamfer_and_fscore, mask_iou, psnr, ssim, volume_iou
 
 __all__ = ["EvalCase", "evaluate", "load_cases"]
 
-INPUT_DISTANCE = 1.9
-INPUT_FOV_DEG = 40.0
 MESH_SUFFIXES = {".ply", ".obj", ".glb", ".gltf", ".off", ".stl"}
 THRESHOLDS = (0.1, 0.2, 0.5)
 
@@ -138,21 +141,27 @@ def load_cases(
 # Methods
 # --------------------------------------------------------------------------------------------------------------------
 class _ModelMethod:
-    """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR."""
+    """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR.
 
-    def __init__(self, model, mc_resolution: int, threshold: float | None, render_size: int) -> None:
+    With ``carve`` the field is cut to the input silhouette's hull (:class:`monorecon.core.carving.SilhouetteHull`)
+    for both, as :func:`monorecon.api.reconstruct` does by default.
+    """
+
+    def __init__(self, model, mc_resolution: int, threshold: float | None, render_size: int, carve: bool) -> None:
         if threshold is None:
             threshold = model_mesh_threshold(model)
         self.model, self.mc_resolution, self.threshold, self.render_size = model, mc_resolution, threshold, render_size
-        self.name = "model"
+        self.carve = carve
+        self.name = "model" if carve else "model (no carving)"
 
     @torch.no_grad()
     def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
         rgba = torch.from_numpy(case.rgba).float()
         rgb = rgba[..., :3] * rgba[..., 3:] + 0.5 * (1.0 - rgba[..., 3:])
         code = self.model.encode(rgb[None])
+        hull = SilhouetteHull(input_camera(rgba.shape[0]), rgba[..., 3]) if self.carve else None
         size = self.render_size
-        render = self.model.render(code, canonical_camera(size, INPUT_DISTANCE, INPUT_FOV_DEG))
+        render = self.model.render(code, input_camera(size), carve=hull)
         target = torch.nn.functional.interpolate(
             rgba.permute(2, 0, 1)[None], (size, size), mode="bilinear", antialias=True, align_corners=False
         )[0].permute(1, 2, 0)
@@ -160,9 +169,12 @@ class _ModelMethod:
         extras = {
             "mask_iou": mask_iou(render["opacity"][0, ..., 0], target[..., 3]),
             "psnr": psnr(render["rgb"][0].clamp(0, 1), target_rgb),
+            "ssim": ssim(render["rgb"][0].clamp(0, 1), target_rgb),
         }
         try:
-            mesh = self.model.extract_mesh(code, self.mc_resolution, self.threshold, method="coarse_to_fine")
+            mesh = self.model.extract_mesh(
+                code, self.mc_resolution, self.threshold, method="coarse_to_fine", carve=hull
+            )
         except ValueError:  # the density never crosses the threshold: no surface
             mesh = None
         return mesh, extras
@@ -176,17 +188,17 @@ def _baseline(function: Callable[[np.ndarray], Mesh], name: str):
     return run
 
 
-def _resolve_method(method: Any, mc_resolution: int, threshold: float | None, render_size: int):
+def _resolve_method(method: Any, mc_resolution: int, threshold: float | None, render_size: int, carve: bool):
     from ..models.triposr import TripoSRModel
 
     if isinstance(method, str) and method in ("sphere", "inflation"):
         return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
     if isinstance(method, TripoSRModel):
-        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size)
+        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve)
     if isinstance(method, str | os.PathLike):
         from ..api import load_model
 
-        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size)
+        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve)
     if callable(method):
 
         def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
@@ -211,6 +223,7 @@ def evaluate(
     mc_resolution: int = 128,
     threshold: float | None = None,
     render_size: int = 64,
+    carve: bool = True,
     volume_iou_resolution: int = 0,
     n_grid_cases: int = 3,
     seed: int = 0,
@@ -227,7 +240,9 @@ def evaluate(
         split: dataset split to use (synthetic datasets).
         max_objects: evaluate only the first N objects.
         mc_resolution, threshold: marching cubes grid and density iso-level for models (None: the model's own).
-        render_size: side of the input-view volume render used for mask IoU / PSNR (models).
+        render_size: side of the input-view renders used for mask IoU / PSNR (volume render, models) and the
+            mesh's input-view mask IoU (all methods).
+        carve: cut a model's field to the input silhouette's hull (as ``monorecon reconstruct`` does by default).
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
         n_grid_cases: best and worst cases shown in ``best_worst.png``.
         seed: sampling / alignment seed.
@@ -238,7 +253,7 @@ def evaluate(
     """
     if n_points < 100:
         raise ValueError(f"n_points must be >= 100, got {n_points}")
-    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size)
+    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve)
     cases = load_cases(data_dir, split=split, max_objects=max_objects)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +271,7 @@ def evaluate(
             row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
             if volume_iou_resolution:
                 row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
+            row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
         row.update(extras)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
@@ -331,6 +347,17 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
     )
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _mesh_mask_iou(mesh: Mesh, alpha: np.ndarray, size: int) -> float:
+    """IoU of the mesh's silhouette seen by the input camera and the input alpha, both at ``size`` pixels."""
+    camera = input_camera(size)
+    verts_ndc = camera.transform_points_ndc(mesh.verts.float())
+    coverage = rasterize(verts_ndc, mesh.faces, size, size).mask[0, ..., 0]
+    target = torch.nn.functional.interpolate(
+        torch.as_tensor(alpha, dtype=torch.float32)[None, None], (size, size), mode="bilinear", antialias=True
+    )[0, 0]
+    return mask_iou(coverage.float(), target)
 
 
 def _render_mesh_image(mesh: Mesh, c2w: torch.Tensor, size: int) -> np.ndarray:

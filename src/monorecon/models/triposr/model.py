@@ -4,19 +4,20 @@ Frames: :meth:`TripoSRModel.query`, :meth:`TripoSRModel.render` and :meth:`Tripo
 monorecon world frame (+Y up, the input view looking from +Z, see :mod:`monorecon.core.cameras`). Inside, points are
 turned into TripoSR's own frame (z up, input camera on +x) with :func:`~monorecon.core.cameras.world_to_triposr` and
 divided by the renderer radius (0.87) to read the triplanes. The input view of TripoSR is our camera
-``orbit_c2w(0, 0, 1.9)`` with a 40 degree vertical field of view.
+``orbit_c2w(0, 0, 1.9)`` with a 40 degree vertical field of view (:func:`input_camera`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.cameras import Cameras, world_to_triposr
+from ...core.cameras import Cameras, PerspectiveCameras, orbit_c2w, world_to_triposr
 from ...core.checks import check_tensor
 from ...core.fields import TriplaneDecoder
 from ...core.mesh import Mesh
@@ -26,11 +27,23 @@ from .backbone import TriplaneTokenizer, TriplaneTransformer, TriplaneUpsampler
 from .config import TripoSRConfig
 from .image_encoder import DinoImageEncoder
 
-__all__ = ["TripoSRModel"]
+__all__ = ["INPUT_DISTANCE", "INPUT_FOV_DEG", "TripoSRModel", "input_camera"]
+
+#: The camera TripoSR assumes its input image was taken with: distance to the origin and vertical field of view.
+INPUT_DISTANCE = 1.9
+INPUT_FOV_DEG = 40.0
+
+#: A per-point density weight, (N, 3) world points -> (N,) in [0, 1]: e.g. a `SilhouetteHull` (`core.carving`).
+DensityWeight = Callable[[torch.Tensor], torch.Tensor]
 
 # Points per decoder call in queries: the MLP's (N, 64) activations (4 MiB) stay in cache; 2.2x less CPU than
 # 2^18 points per call (benchmarks/profile_reconstruct.py).
 _QUERY_CHUNK = 1 << 14
+
+
+def input_camera(size: int, distance: float = INPUT_DISTANCE, fov_deg: float = INPUT_FOV_DEG) -> PerspectiveCameras:
+    """The input camera of TripoSR (``orbit_c2w(0, 0, distance)``, looking at the origin) for a square image."""
+    return PerspectiveCameras(orbit_c2w(0.0, 0.0, distance), size, size, fov_y_deg=fov_deg)
 
 
 class TripoSRModel(nn.Module):
@@ -111,7 +124,11 @@ class TripoSRModel(nn.Module):
         return codes
 
     def query(
-        self, scene_code: torch.Tensor, points: torch.Tensor, chunk_size: int = _QUERY_CHUNK
+        self,
+        scene_code: torch.Tensor,
+        points: torch.Tensor,
+        chunk_size: int = _QUERY_CHUNK,
+        carve: DensityWeight | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density and colour of the field at world points.
 
@@ -119,6 +136,8 @@ class TripoSRModel(nn.Module):
             scene_code: (B, 3, C, H, W), or (3, C, H, W) for one scene.
             points: (B, N, 3) world points (monorecon frame), or (N, 3) with an unbatched scene code.
             chunk_size: points per decoder call.
+            carve: optional weight multiplying the density (all scenes), e.g. the input view's
+                :class:`~monorecon.core.carving.SilhouetteHull`.
 
         Returns:
             density (B, N, 1) >= 0 (per unit of TripoSR's normalised ray step), rgb (B, N, 3) in [0, 1]; without the
@@ -142,6 +161,9 @@ class TripoSRModel(nn.Module):
             densities.append(out["density"])
             colors.append(out["rgb"])
         density, rgb = torch.cat(densities, dim=1), torch.cat(colors, dim=1)
+        if carve is not None:
+            weights = torch.stack([carve(batch_points) for batch_points in points])
+            density = density * weights[..., None].to(density)
         return (density, rgb) if batched else (density[0], rgb[0])
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -151,6 +173,7 @@ class TripoSRModel(nn.Module):
         cameras: Cameras,
         n_samples: int | None = None,
         chunk_size: int = 8192,
+        carve: DensityWeight | None = None,
     ) -> dict[str, torch.Tensor]:
         """Volume-render scene codes with TripoSR's renderer (128 bin midpoints in the box, white background).
 
@@ -160,6 +183,7 @@ class TripoSRModel(nn.Module):
                 fov_y_deg=40)`` for TripoSR's input view.
             n_samples: samples per ray (default: the config's 128).
             chunk_size: rays per chunk.
+            carve: optional density weight (see :meth:`query`).
 
         Returns:
             dict(rgb (B, H, W, 3), depth (B, H, W, 1) (distance along the ray), opacity (B, H, W, 1)).
@@ -185,7 +209,7 @@ class TripoSRModel(nn.Module):
             code = codes[index if codes.shape[0] > 1 else 0]
 
             def field(points: torch.Tensor, code: torch.Tensor = code) -> tuple[torch.Tensor, torch.Tensor]:
-                return self.query(code, points)
+                return self.query(code, points, carve=carve)
 
             images.append(renderer.render(field, origins[index], directions[index]))
         return {key: torch.stack([image[key] for image in images]) for key in ("rgb", "depth", "opacity")}
@@ -200,6 +224,7 @@ class TripoSRModel(nn.Module):
         method: str = "dense",
         chunk_size: int = _QUERY_CHUNK,
         progress: bool = False,
+        carve: DensityWeight | None = None,
     ) -> Mesh:
         """Marching cubes of the density over the box ``[-r, r]^3`` (r = 0.87) with vertex colours from the field.
 
@@ -210,6 +235,7 @@ class TripoSRModel(nn.Module):
             method: "dense" or "coarse_to_fine" (see :func:`monorecon.core.extract.extract_isosurface`).
             chunk_size: points per field query.
             progress: show a progress bar.
+            carve: optional density weight (see :meth:`query`), e.g. the input silhouette's hull.
 
         Returns:
             Mesh in the monorecon world frame with vertex colours in [0, 1].
@@ -225,7 +251,7 @@ class TripoSRModel(nn.Module):
         code = codes[0]
 
         def density_at(points: torch.Tensor) -> torch.Tensor:
-            return self.query(code, points.to(code), chunk_size)[0][:, 0]
+            return self.query(code, points.to(code), chunk_size, carve)[0][:, 0]
 
         radius = self.config.renderer.radius
         mesh = extract_isosurface(
