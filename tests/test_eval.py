@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,15 @@ def test_evaluate_rejects_bad_inputs(tmp_path):
         evaluate("sphere", tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ValueError, match="cannot evaluate"):
         evaluate(42, tmp_path / "empty", tmp_path / "out")
+
+
+def test_eval_command_passes_threshold_and_carving(eval_dataset, tmp_path):
+    from monorecon import cli
+
+    model = str(Path(__file__).parent / "data" / "triposr_ref")
+    common = ["eval", "--model", model, "--data", str(eval_dataset), "--mc-resolution", "16", "--points", "500"]
+    assert cli.main([*common, "-o", str(tmp_path / "high"), "--threshold", "1e9", "--quiet"]) == 0
+    assert json.loads((tmp_path / "high" / "summary.json").read_text())["n_failed"] == 2  # no surface that high
+    assert cli.main([*common, "-o", str(tmp_path / "plain"), "--threshold", "1", "--no-carve", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert summary["method"] == "model (no carving)" and summary["n_failed"] < 2

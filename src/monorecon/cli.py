@@ -275,6 +275,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all")
     p.add_argument("--max-objects", type=int)
     p.add_argument("--mc-resolution", type=int, default=128)
+    p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
     p.add_argument("--seed", type=int, default=0)
@@ -292,7 +293,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = load_model()
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
-        mc_resolution=args.mc_resolution, carve=not args.no_carve, seed=args.seed, progress=not args.quiet,
+        mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve, seed=args.seed,
+        progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
