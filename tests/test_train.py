@@ -37,6 +37,7 @@ from monorecon.train.utils import (
     cosine_with_warmup,
     load_dataclass_config,
     plot_curves,
+    running_mean,
     seed_everything,
     step_generator,
 )
@@ -157,6 +158,21 @@ def test_csv_logger_truncates_and_plot_is_drawn(tmp_path):
     png = plot_curves(tmp_path / "log.csv", tmp_path / "curves.png")
     image = np.asarray(Image.open(png))
     assert image.shape[0] > 100 and (image < 128).any()  # something was drawn
+    # Long noisy logs get a running mean over the raw curve.
+    noisy = CSVLogger(tmp_path / "noisy.csv")
+    for step, value in enumerate(np.random.default_rng(0).uniform(0.5, 1.5, 200)):
+        noisy.log({"step": step, "loss": float(value)})
+    image = np.asarray(Image.open(plot_curves(tmp_path / "noisy.csv", tmp_path / "noisy.png")))
+    assert ((image == (20, 60, 160)).all(-1)).sum() > 100 and ((image == (170, 195, 235)).all(-1)).sum() > 100
+
+
+def test_running_mean_matches_direct_means():
+    values = np.random.default_rng(1).normal(size=(30, 2))
+    expected = np.stack([values[i : i + 4].mean(0) for i in range(27)])
+    np.testing.assert_allclose(running_mean(values, 4), expected, atol=1e-12)
+    np.testing.assert_allclose(running_mean(values, 1), values)
+    with pytest.raises(ValueError, match="window"):
+        running_mean(values, 31)
 
 
 @dataclass

@@ -324,6 +324,15 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict[str, float]]:
     return out
 
 
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Means of ``window`` consecutive rows: (N, ...) -> (N - window + 1, ...) (no padding at the ends)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not 1 <= window <= len(values):
+        raise ValueError(f"window must lie in [1, {len(values)}], got {window}")
+    sums = np.cumsum(np.concatenate([np.zeros_like(values[:1]), values]), axis=0)
+    return (sums[window:] - sums[:-window]) / window
+
+
 def plot_curves(
     csv_path: str | os.PathLike,
     png_path: str | os.PathLike,
@@ -334,7 +343,9 @@ def plot_curves(
     """Draw one panel per column of a training CSV (y against ``x``) into a PNG with PIL.
 
     Columns default to every numeric column except ``x``. Axes show the min/max values; the y axis is logarithmic
-    for strictly positive columns spanning more than a factor 20.
+    for strictly positive columns spanning more than a factor 20. With more than 50 points the raw values are drawn
+    light and their running mean (:func:`running_mean`, a window of 1/25 of the points) on top, since per-step
+    losses of small batches are too noisy to read a trend from.
     """
     rows = read_csv_rows(csv_path)
     if not rows:
@@ -367,7 +378,12 @@ def plot_curves(
         px = left + (gx - x0) / (x1 - x0) * (right - left)
         py = bottom - (vy - y0) / (y1 - y0) * (bottom - top)
         points = list(zip(px.tolist(), py.tolist(), strict=True))
-        if len(points) > 1:
+        if len(points) > 50:
+            draw.line(points, fill=(170, 195, 235), width=1)
+            window = len(points) // 25
+            trend = running_mean(np.stack([px, py], axis=1), window)
+            draw.line([tuple(p) for p in trend.tolist()], fill=(20, 60, 160), width=2)
+        elif len(points) > 1:
             draw.line(points, fill=(30, 90, 200), width=2)
         else:
             draw.ellipse([px[0] - 2, py[0] - 2, px[0] + 2, py[0] + 2], fill=(30, 90, 200))
