@@ -84,6 +84,7 @@ def test_margin_grows_the_silhouette():
         (torch.full((16, 16), float("nan")), {}, "non-finite|NaN|finite"),
         (torch.ones(16, 16, 1), {}, "shape"),
         (torch.ones(16, 16), {"margin": -0.1}, "margin"),
+        (torch.ones(16, 16), {"threshold": 1.0}, "threshold"),
     ],
 )
 def test_bad_masks_are_refused(mask, kwargs, message):

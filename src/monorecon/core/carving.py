@@ -27,14 +27,14 @@ class SilhouetteHull:
             mask's (only the normalised image coordinates are used).
         mask: (H, W) alpha or mask in [0, 1]; pixels above ``threshold`` are the object.
         margin: grow the silhouette by this fraction of the image's larger side before carving (default 0: the
-            outline itself, with a half-pixel bilinear ramp), e.g. to allow for a mask that is slightly too tight.
+            outline itself, with a one-pixel bilinear ramp across it), e.g. for a mask that is slightly too tight.
         threshold: alpha level of the silhouette.
 
     Calling it with (N, 3) world points returns (N,) weights in [0, 1].
 
     Raises:
-        ValueError: several cameras, a mask that is not (H, W), non-finite, outside [0, 1] or empty, or a negative
-            margin.
+        ValueError: several cameras, a mask that is not (H, W), non-finite, outside [0, 1] or empty, or a margin /
+            threshold outside [0, 1).
     """
 
     def __init__(
@@ -51,6 +51,8 @@ class SilhouetteHull:
             raise ValueError("mask must hold values in [0, 1]")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"margin must lie in [0, 1), got {margin}")
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
         inside = (mask > threshold).cpu().numpy()
         if not inside.any():
             raise ValueError("the silhouette is empty (no pixel above the threshold)")
