@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from monorecon.api import ReconstructOptions, reconstruct_full
+from monorecon.api import ReconstructOptions, input_silhouette_hull, reconstruct_full
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.carving import SilhouetteHull
 from monorecon.models.triposr import load_triposr
@@ -90,6 +90,14 @@ def test_margin_grows_the_silhouette():
 def test_bad_masks_are_refused(mask, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SilhouetteHull(input_camera(16), mask, **kwargs)
+
+
+def test_input_hull_is_none_when_nothing_is_background():
+    assert input_silhouette_hull(np.ones((8, 8), dtype=np.float32)) is None  # background kept: nothing to carve
+    hull = input_silhouette_hull(disk_mask(32, (16.0, 16.0), 6.0).numpy())
+    assert hull(torch.tensor([[0.0, 0.0, 0.0], [0.6, 0.0, 0.0]])).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="empty"):
+        input_silhouette_hull(np.zeros((8, 8), dtype=np.float32))
 
 
 def test_one_camera_only():

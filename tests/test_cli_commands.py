@@ -13,6 +13,7 @@ from monorecon.cli import main
         (["data", "synth", "--n", "1", "--classes", "spaceship", "-o", "{tmp}/d"], "unknown classes"),
         (["train", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),

@@ -241,6 +241,7 @@ def test_unusable_images_get_422(client):
         ({"foreground_ratio": "0"}, "foreground_ratio"),
         ({"seed": "-1"}, "seed"),
         ({"bake_texture": "maybe"}, "bake_texture"),
+        ({"carve": "perhaps"}, "carve"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )

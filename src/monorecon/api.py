@@ -121,16 +121,17 @@ def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfi
     return preprocess_image(array, config)
 
 
-def input_silhouette_hull(prepared: PreparedImage) -> SilhouetteHull | None:
-    """The cone of the prepared input's silhouette seen by TripoSR's input camera (see :class:`SilhouetteHull`).
+def input_silhouette_hull(alpha: np.ndarray | torch.Tensor) -> SilhouetteHull | None:
+    """The cone of a square input's (S, S) alpha seen by TripoSR's input camera (see :class:`SilhouetteHull`).
 
     Returns None when the alpha covers every pixel (background kept): there is nothing to carve.
     """
     from .models.triposr.model import input_camera
 
-    if bool((prepared.alpha > 0.5).all()):
+    alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    if bool((alpha > 0.5).all()):
         return None
-    return SilhouetteHull(input_camera(prepared.alpha.shape[0]), prepared.alpha)
+    return SilhouetteHull(input_camera(alpha.shape[0]), alpha)
 
 
 def reconstruct_full(
@@ -155,7 +156,7 @@ def reconstruct_full(
             resolution=options.mc_resolution,
             threshold=threshold,
             method=options.extraction,
-            carve=input_silhouette_hull(prepared) if options.carve else None,
+            carve=input_silhouette_hull(prepared.alpha) if options.carve else None,
         )
         target_faces = options.target_faces
         if options.bake_texture and target_faces is None:

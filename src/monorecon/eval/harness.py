@@ -40,9 +40,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..api import model_mesh_threshold
+from ..api import input_silhouette_hull, model_mesh_threshold
 from ..core.cameras import orbit_c2w
-from ..core.carving import SilhouetteHull
 from ..core.mesh import Mesh
 from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
@@ -159,12 +158,10 @@ class _ModelMethod:
         rgba = torch.from_numpy(case.rgba).float()
         rgb = rgba[..., :3] * rgba[..., 3:] + 0.5 * (1.0 - rgba[..., 3:])
         code = self.model.encode(rgb[None])
-        hull = SilhouetteHull(input_camera(rgba.shape[0]), rgba[..., 3]) if self.carve else None
+        hull = input_silhouette_hull(rgba[..., 3]) if self.carve else None
         size = self.render_size
         render = self.model.render(code, input_camera(size), carve=hull)
-        target = torch.nn.functional.interpolate(
-            rgba.permute(2, 0, 1)[None], (size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0].permute(1, 2, 0)
+        target = _resize(rgba, size)
         target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
         extras = {
             "mask_iou": mask_iou(render["opacity"][0, ..., 0], target[..., 3]),
@@ -253,6 +250,8 @@ def evaluate(
     """
     if n_points < 100:
         raise ValueError(f"n_points must be >= 100, got {n_points}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
     method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve)
     cases = load_cases(data_dir, split=split, max_objects=max_objects)
     out_dir = Path(out_dir)
@@ -354,10 +353,15 @@ def _mesh_mask_iou(mesh: Mesh, alpha: np.ndarray, size: int) -> float:
     camera = input_camera(size)
     verts_ndc = camera.transform_points_ndc(mesh.verts.float())
     coverage = rasterize(verts_ndc, mesh.faces, size, size).mask[0, ..., 0]
-    target = torch.nn.functional.interpolate(
-        torch.as_tensor(alpha, dtype=torch.float32)[None, None], (size, size), mode="bilinear", antialias=True
-    )[0, 0]
-    return mask_iou(coverage.float(), target)
+    return mask_iou(coverage.float(), _resize(torch.as_tensor(alpha, dtype=torch.float32)[..., None], size)[..., 0])
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W, C) image -> (size, size, C), bilinear and antialiased (as the input views are compared)."""
+    resized = torch.nn.functional.interpolate(
+        image.permute(2, 0, 1)[None], (size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized[0].permute(1, 2, 0)
 
 
 def _render_mesh_image(mesh: Mesh, c2w: torch.Tensor, size: int) -> np.ndarray:
