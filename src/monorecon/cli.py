@@ -45,7 +45,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
     p.add_argument(
-        "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see docs)"
+        "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see the README)"
     )
     p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
     p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
