@@ -17,6 +17,7 @@ from scipy.spatial import Delaunay, cKDTree
 
 from monorecon.core.cameras import orbit_c2w
 from monorecon.data import (
+    CLASSIC_CLASSES,
     SHAPE_CLASSES,
     ZERO123_FOV_DEG,
     MultiViewDataset,
@@ -116,6 +117,24 @@ def test_class_valid_deterministic_upright(class_name):
     base = verts[verts[:, 1] < verts[:, 1].min() + 0.01][:, [0, 2]]
     assert Delaunay(base).find_simplex(com[[0, 2]]) >= 0
     assert com[1] > verts[:, 1].min() + 0.05
+
+
+def test_classic_classes_pin_the_documented_datasets():
+    # Datasets made before the organic classes (model card stages 1-4) used these classes in this order: object i has
+    # class classes[i % 11], so reordering or renaming would silently change them.
+    assert CLASSIC_CLASSES == (
+        "mug", "chair", "table", "lamp", "vase", "bottle", "snowman", "car", "rocket", "donut", "house"
+    )  # fmt: skip
+    assert set(SHAPE_CLASSES) - set(CLASSIC_CLASSES) == {"blob", "critter"}
+
+
+def test_cli_classic_expands_to_the_classic_classes(tmp_path):
+    from monorecon.cli import main
+
+    assert main(["data", "synth", "--n", "13", "--views", "1", "--size", "8", "--classes", "classic,critter",
+                 "-o", str(tmp_path / "d"), "--quiet"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "d" / "index.json").read_text())
+    assert [o["class"] for o in manifest["objects"]] == [*CLASSIC_CLASSES, "critter", "mug"]
 
 
 def test_classes_differ():

@@ -220,19 +220,25 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--views", type=int, default=8)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", help="comma-separated class names (default: all)")
+    s.add_argument(
+        "--classes",
+        help="comma-separated class names, repeats weight a class; 'classic' stands for the 11 man-made classes "
+        "(the default set before the organic ones were added) (default: all)",
+    )
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_run_data_synth)
 
 
 def _run_data_synth(args: argparse.Namespace) -> int:
-    from .data.shapes import SHAPE_CLASSES
+    from .data.shapes import CLASSIC_CLASSES, SHAPE_CLASSES
     from .data.synth import synthesize_dataset
 
     classes = None
     if args.classes:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        classes = []
+        for name in (c.strip() for c in args.classes.split(",") if c.strip()):
+            classes += list(CLASSIC_CLASSES) if name == "classic" else [name]
         unknown = sorted(set(classes) - set(SHAPE_CLASSES))
         if unknown:
             raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}")

@@ -1,10 +1,12 @@
 """Procedural 3-D objects in named classes, and real meshes normalised the same way.
 
 Every object is built from closed, outward-oriented trimesh primitives (lathes, cylinders, cones, boxes, spheres,
-tori, extruded triangles) that are concatenated (parts may interpenetrate; no boolean union). Vertices are duplicated
-along sharp edges (dihedral angle > 40 deg) so that renderers interpolating vertex normals keep those edges hard:
-the mesh is therefore closed *geometrically* (merge coincident vertices to get a watertight index mesh). Parts get
-vertex colours from a random palette with simple patterns (horizontal / vertical stripes, checks, sprinkles).
+tori, extruded triangles, and for the organic classes ``blob`` and ``critter`` bumpy ellipsoids) that are concatenated
+(parts may interpenetrate; no boolean union). Vertices are duplicated along sharp edges (dihedral angle > 40 deg) so
+that renderers interpolating vertex normals keep those edges hard: the mesh is therefore closed *geometrically* (merge
+coincident vertices to get a watertight index mesh). Parts get vertex colours from a random palette with simple
+patterns (horizontal / vertical stripes, checks, sprinkles); organic objects are plain grey in 40 % of cases, like
+untextured scans and sculpts.
 
 Frame (monorecon world, see :mod:`monorecon.core.cameras`): **+Y up**, the object rests on its base (its lowest
 points lie on the plane ``y = min y``), its **front faces +Z** (a chair's open side and a car's bonnet point to +Z;
@@ -33,6 +35,7 @@ from monorecon.core.mesh import Mesh
 from monorecon.io.mesh_io import load_mesh
 
 __all__ = [
+    "CLASSIC_CLASSES",
     "DEFAULT_RADIUS",
     "SHAPE_CLASSES",
     "load_normalized_mesh",
@@ -385,6 +388,79 @@ def _build_house(rng: np.random.Generator) -> list[_Part]:
     return parts
 
 
+def _lump(rng: np.random.Generator, radii, centre, bumps: int = 6, rotation: np.ndarray | None = None, detail: int = 3):
+    """An organic ellipsoid: an icosphere (``detail`` subdivisions) with ``bumps`` random Gaussian radial bumps and
+    dents, scaled by ``radii`` (x, y, z), optionally rotated (3x3), then moved to ``centre``. Star-shaped, so still
+    closed and outward-oriented."""
+    tm = trimesh.creation.icosphere(subdivisions=detail)
+    verts = np.asarray(tm.vertices, dtype=np.float64)
+    directions = rng.normal(size=(bumps, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    heights, widths = rng.uniform(-0.2, 0.35, bumps), rng.uniform(0.1, 0.6, bumps)
+    squared = ((verts[:, None] - directions[None]) ** 2).sum(-1)
+    verts = verts * (1.0 + (heights * np.exp(-squared / widths)).sum(1))[:, None] * np.asarray(radii)
+    if rotation is not None:
+        verts = verts @ rotation.T
+    return trimesh.Trimesh(verts + np.asarray(centre), tm.faces, process=False)
+
+
+def _organic_paint(rng: np.random.Generator) -> np.ndarray | Callable[[np.ndarray], np.ndarray]:
+    """Plain grey or white (like untextured scans and sculpts) in 40 % of cases, else a colour or a pattern."""
+    if rng.uniform() < 0.4:
+        return np.full(3, rng.uniform(0.45, 0.9))
+    color = _random_color(rng)
+    return color if rng.uniform() < 0.5 else _pattern(rng, color)
+
+
+def _build_blob(rng: np.random.Generator) -> list[_Part]:
+    """One to three overlapping bumpy ellipsoids (pebbles, potatoes, clay lumps), each axis scaled independently, with a
+    flat underside."""
+    paint = _organic_paint(rng)
+    radii = rng.uniform(0.5, 1.0, 3)
+    parts = [_part(_lump(rng, radii, (0, 0, 0)), paint)]
+    for _ in range(int(rng.integers(0, 3))):  # extra lumps overlap the first one (a connected object)
+        direction = rng.normal(size=3)
+        centre = direction / np.linalg.norm(direction) * radii * rng.uniform(0.5, 0.9)
+        parts.append(_part(_lump(rng, rng.uniform(0.3, 0.7, 3), centre), paint))
+    floor = -rng.uniform(0.5, 0.8) * radii[1]  # flattened underside: it rests on the ground like a pebble
+    for part in parts:
+        part.verts[:, 1] = np.maximum(part.verts[:, 1], floor)
+    return parts
+
+
+def _build_critter(rng: np.random.Generator) -> list[_Part]:
+    """An animal-like figure of lumps: body (standing or sitting up), head towards +Z, legs, optional ears and tail."""
+    paint = _organic_paint(rng)
+    length, height, width = rng.uniform(0.35, 0.6), rng.uniform(0.2, 0.35), rng.uniform(0.18, 0.32)
+    pitch = rng.uniform(0.0, 1.1) if rng.uniform() < 0.5 else 0.0  # sitting up: body tilted head-up about X
+    tilt = trimesh.transformations.rotation_matrix(-pitch, [1.0, 0.0, 0.0])[:3, :3]
+    leg_len = rng.uniform(0.1, 0.35) * (0.5 if pitch else 1.0)
+    body_centre = np.array([0.0, leg_len + height * 0.8, 0.0])
+    parts = [_part(_lump(rng, (width, height, length), body_centre, rotation=tilt), paint)]
+    front = body_centre + tilt @ np.array([0.0, 0.5 * height, 0.9 * length])
+    head_r = rng.uniform(0.5, 0.9) * max(height, width)
+    head = front + np.array([0.0, rng.uniform(0.3, 1.0) * head_r, 0.4 * head_r])
+    parts.append(_part(_lump(rng, head_r * rng.uniform(0.8, 1.2, 3), head), paint))
+    feet: list[_Part] = []
+    for side in (-1, 1):
+        if rng.uniform() < 0.6:
+            ear_len = head_r * rng.uniform(0.5, 2.0)
+            ear = head + np.array([side * 0.5 * head_r, 0.8 * head_r + 0.4 * ear_len, -0.1 * head_r])
+            parts.append(_part(_lump(rng, (0.25 * head_r, 0.5 * ear_len, 0.15 * head_r), ear, 3, detail=2), paint))
+        for end in (-1, 1):
+            foot = body_centre + tilt @ np.array([side * 0.6 * width, -0.5 * height, end * 0.6 * length])
+            foot[1] = 0.5 * leg_len + 0.05
+            radii = (0.3 * width, 0.5 * leg_len + 0.08, 0.35 * width)
+            feet.append(_part(_lump(rng, radii, foot, 3, detail=2), paint))
+    if rng.uniform() < 0.6:
+        tail = body_centre + tilt @ np.array([0.0, 0.2 * height, -1.05 * length])
+        parts.append(_part(_lump(rng, rng.uniform(0.06, 0.15, 3), tail, 3, detail=2), paint))
+    floor = max(float(foot.verts[:, 1].min()) for foot in feet)  # flat soles (and rump) on the ground
+    for part in parts + feet:
+        part.verts[:, 1] = np.maximum(part.verts[:, 1], floor)
+    return parts + feet
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Assembly, normalisation, public API
 # --------------------------------------------------------------------------------------------------------------------
@@ -437,6 +513,8 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], list[_Part]]] = {
     "rocket": _build_rocket,
     "donut": _build_donut,
     "house": _build_house,
+    "blob": _build_blob,
+    "critter": _build_critter,
 }
 
 
@@ -447,6 +525,10 @@ def _class_generator(builder: Callable[[np.random.Generator], list[_Part]]) -> C
     generate.__doc__ = f"Random {builder.__name__.removeprefix('_build_')} (normalised Mesh with vertex colours)."
     return generate
 
+
+CLASSIC_CLASSES: tuple[str, ...] = tuple(name for name in _BUILDERS if name not in ("blob", "critter"))
+"""The 11 man-made classes, the only ones before the organic ``blob`` and ``critter`` were added: pass
+``classes=CLASSIC_CLASSES`` to :func:`monorecon.data.synthesize_dataset` to regenerate a dataset made before that."""
 
 SHAPE_CLASSES: dict[str, Callable[[np.random.Generator], Mesh]] = {
     name: _class_generator(builder) for name, builder in _BUILDERS.items()
