@@ -17,7 +17,7 @@ from monorecon.data import ViewSampling, synthesize_dataset
 from monorecon.data.synth import render_views
 from monorecon.eval.baselines import inflation_baseline, sphere_baseline
 from monorecon.eval.harness import _mesh_mask_iou, evaluate, load_cases
-from monorecon.eval.metrics import mask_iou
+from monorecon.eval.metrics import depth_ratio, mask_iou
 from monorecon.io.mesh_io import load_mesh
 from monorecon.models.triposr import TripoSRConfig, TripoSRModel
 from monorecon.models.triposr.model import input_camera
@@ -71,6 +71,37 @@ def test_mesh_mask_iou_against_analytic_sphere_silhouettes():
                              _analytic_sphere_mask(64, torch.zeros(3), 0.4))  # fmt: skip
         assert _mesh_mask_iou(mesh, target, 64) == pytest.approx(reference, abs=0.03)
     assert reference < 0.6
+
+
+def test_depth_ratio_of_ellipsoids():
+    import trimesh
+
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    sphere = Mesh(torch.tensor(ball.vertices, dtype=torch.float32), torch.tensor(ball.faces))
+
+    def ellipsoid(radii, scale=1.0):
+        return Mesh(sphere.verts * torch.tensor(radii) * scale, sphere.faces)
+
+    # Relative depth = z extent / largest of the x and y extents; the ratio is pred's over gt's, whatever the scale.
+    assert depth_ratio(ellipsoid((0.5, 0.4, 0.6)), sphere) == pytest.approx(0.6 / 0.5, rel=1e-6)
+    assert depth_ratio(ellipsoid((0.3, 0.5, 0.25), 7.0), ellipsoid((1.0, 1.0, 1.0))) == pytest.approx(0.5, rel=1e-6)
+    assert depth_ratio(sphere, ellipsoid((0.5, 1.0, 1.0)), view_axis=0) == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="view_axis"):
+        depth_ratio(sphere, sphere, view_axis=3)
+    with pytest.raises(ValueError, match="across the view axis"):
+        depth_ratio(ellipsoid((0.0, 0.0, 1.0)), sphere)
+
+
+def test_harness_depth_ratio_of_inflation_on_a_sphere_is_one(tmp_path):
+    import trimesh
+
+    (tmp_path / "meshes").mkdir()
+    trimesh.creation.icosphere(subdivisions=4).export(tmp_path / "meshes" / "ball.ply")
+    summary = evaluate("inflation", tmp_path / "meshes", tmp_path / "report", n_points=2000, progress=False)
+    # A disc silhouette inflates to a sphere (see the inflation test): as deep as it is wide.
+    assert summary["mean"]["depth_ratio"] == pytest.approx(1.0, abs=0.08)
+    rows = list(csv.DictReader((tmp_path / "report" / "per_object.csv").open()))
+    assert float(rows[0]["depth_ratio"]) == pytest.approx(summary["mean"]["depth_ratio"])
 
 
 def test_baselines_reject_empty_silhouettes():

@@ -14,7 +14,8 @@
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
   (:mod:`monorecon.eval.metrics`); optionally volume IoU; for every method the input-view mask IoU of the mesh's
-  silhouette (``mesh_mask_iou``); for models also the input-view mask IoU, PSNR and SSIM of the volume render
+  silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right; the mean is
+  geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
   (``mask_iou``, ``psnr``, ``ssim``). Models are cut to the input silhouette's cone (``carve``, as
   ``monorecon reconstruct`` does by default). A method that returns no surface scores F = 0 and is counted as a failure.
 * **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
@@ -48,7 +49,7 @@ from ..io.atomic import atomic_write, atomic_write_bytes
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
-from .metrics import chamfer_and_fscore, mask_iou, psnr, ssim, volume_iou
+from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
 
 __all__ = ["EvalCase", "evaluate", "load_cases"]
 
@@ -271,6 +272,7 @@ def evaluate(
             if volume_iou_resolution:
                 row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
             row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
+            row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
         row.update(extras)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
@@ -291,9 +293,15 @@ def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+# Ratios average geometrically: a prediction twice too deep and one half as deep cancel out.
+_GEOMETRIC_MEAN_KEYS = ("depth_ratio",)
+
+
+def _mean(values: list[float], geometric: bool = False) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not geometric)]
+    if not finite:
+        return math.nan
+    return float(np.exp(np.mean(np.log(finite)))) if geometric else float(np.mean(finite))
 
 
 def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -302,7 +310,7 @@ def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     per_class = {
         c: {
             "n": sum(r["class"] == c for r in rows),
-            **{k: _mean([r.get(k) for r in rows if r["class"] == c]) for k in keys},
+            **{k: _mean([r.get(k) for r in rows if r["class"] == c], k in _GEOMETRIC_MEAN_KEYS) for k in keys},
         }
         for c in classes
     }
@@ -310,7 +318,7 @@ def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "method": name,
         "n_objects": len(rows),
         "n_failed": int(sum(r["failed"] for r in rows)),
-        "mean": {k: _mean([r.get(k) for r in rows]) for k in keys},
+        "mean": {k: _mean([r.get(k) for r in rows], k in _GEOMETRIC_MEAN_KEYS) for k in keys},
         "per_class": per_class,
         "mean_seconds": _mean([r["seconds"] for r in rows]),
     }
