@@ -388,7 +388,14 @@ def _build_house(rng: np.random.Generator) -> list[_Part]:
     return parts
 
 
-def _lump(rng: np.random.Generator, radii, centre, bumps: int = 6, rotation: np.ndarray | None = None, detail: int = 3):
+def _lump(
+    rng: np.random.Generator,
+    radii: tuple | np.ndarray,
+    centre: tuple | np.ndarray,
+    bumps: int = 6,
+    rotation: np.ndarray | None = None,
+    detail: int = 3,
+) -> trimesh.Trimesh:
     """An organic ellipsoid: an icosphere (``detail`` subdivisions) with ``bumps`` random Gaussian radial bumps and
     dents, scaled by ``radii`` (x, y, z), optionally rotated (3x3), then moved to ``centre``. Star-shaped, so still
     closed and outward-oriented."""
