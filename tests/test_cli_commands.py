@@ -11,6 +11,8 @@ from monorecon.cli import main
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
         (["data", "synth", "--n", "1", "--classes", "spaceship", "-o", "{tmp}/d"], "unknown classes"),
+        (["data", "synth", "--n", "1", "--classes", "classic,dragon", "-o", "{tmp}/d"], "unknown classes ['dragon']"),
+        (["data", "synth", "--n", "1", "--classes", ",", "-o", "{tmp}/d"], "non-empty"),
         (["train", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),

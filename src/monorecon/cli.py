@@ -241,7 +241,7 @@ def _run_data_synth(args: argparse.Namespace) -> int:
             classes += list(CLASSIC_CLASSES) if name == "classic" else [name]
         unknown = sorted(set(classes) - set(SHAPE_CLASSES))
         if unknown:
-            raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}")
+            raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}, classic")
     root = synthesize_dataset(
         args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet
     )

@@ -411,6 +411,13 @@ def _lump(
     return trimesh.Trimesh(verts + np.asarray(centre), tm.faces, process=False)
 
 
+def _flatten_below(parts: list[_Part], floor: float) -> list[_Part]:
+    """Press every vertex below ``y = floor`` onto that plane (a flat base to stand on); parts stay closed."""
+    for part in parts:
+        part.verts[:, 1] = np.maximum(part.verts[:, 1], floor)
+    return parts
+
+
 def _organic_paint(rng: np.random.Generator) -> np.ndarray | Callable[[np.ndarray], np.ndarray]:
     """Plain grey or white (like untextured scans and sculpts) in 40 % of cases, else a colour or a pattern."""
     if rng.uniform() < 0.4:
@@ -429,10 +436,7 @@ def _build_blob(rng: np.random.Generator) -> list[_Part]:
         direction = rng.normal(size=3)
         centre = direction / np.linalg.norm(direction) * radii * rng.uniform(0.5, 0.9)
         parts.append(_part(_lump(rng, rng.uniform(0.3, 0.7, 3), centre), paint))
-    floor = -rng.uniform(0.5, 0.8) * radii[1]  # flattened underside: it rests on the ground like a pebble
-    for part in parts:
-        part.verts[:, 1] = np.maximum(part.verts[:, 1], floor)
-    return parts
+    return _flatten_below(parts, -rng.uniform(0.5, 0.8) * radii[1])  # rests on the ground like a pebble
 
 
 def _build_critter(rng: np.random.Generator) -> list[_Part]:
@@ -462,10 +466,7 @@ def _build_critter(rng: np.random.Generator) -> list[_Part]:
     if rng.uniform() < 0.6:
         tail = body_centre + tilt @ np.array([0.0, 0.2 * height, -1.05 * length])
         parts.append(_part(_lump(rng, rng.uniform(0.06, 0.15, 3), tail, 3, detail=2), paint))
-    floor = max(float(foot.verts[:, 1].min()) for foot in feet)  # flat soles (and rump) on the ground
-    for part in parts + feet:
-        part.verts[:, 1] = np.maximum(part.verts[:, 1], floor)
-    return parts + feet
+    return _flatten_below(parts + feet, max(float(foot.verts[:, 1].min()) for foot in feet))  # flat soles and rump
 
 
 # --------------------------------------------------------------------------------------------------------------------
