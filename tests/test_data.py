@@ -18,6 +18,7 @@ from scipy.spatial import Delaunay, cKDTree
 from monorecon.core.cameras import orbit_c2w
 from monorecon.data import (
     CLASSIC_CLASSES,
+    ORGANIC_CLASSES,
     SHAPE_CLASSES,
     ZERO123_FOV_DEG,
     MultiViewDataset,
@@ -125,7 +126,7 @@ def test_classic_classes_pin_the_documented_datasets():
     assert CLASSIC_CLASSES == (
         "mug", "chair", "table", "lamp", "vase", "bottle", "snowman", "car", "rocket", "donut", "house"
     )  # fmt: skip
-    assert set(SHAPE_CLASSES) - set(CLASSIC_CLASSES) == {"blob", "critter"}
+    assert set(SHAPE_CLASSES) - set(CLASSIC_CLASSES) == set(ORGANIC_CLASSES) == {"blob", "critter", "serpent", "bust"}
 
 
 def test_cli_classic_expands_to_the_classic_classes(tmp_path):

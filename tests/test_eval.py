@@ -176,6 +176,45 @@ def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, t
     assert 0.0 <= summary["mean"]["mask_iou"] <= 1.0 and {"psnr", "ssim"} <= set(summary["mean"])
 
 
+def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):
+    import trimesh
+
+    (tmp_path / "meshes").mkdir()
+    trimesh.creation.box((0.2, 0.4, 0.8)).export(tmp_path / "meshes" / "slab.ply")
+    cases = load_cases(tmp_path / "meshes", mesh_azimuths=(0.0, 90.0), mesh_elevation=0.0, image_size=48)
+    assert [c.object_id for c in cases] == ["slab@0", "slab@90"]
+    light = {"direction": [0.0, 0.0, 1.0], "ambient_color": [1.0] * 3, "diffuse_color": [0.0] * 3,
+             "specular_color": [0.0] * 3}  # fmt: skip
+    view = {"c2w": orbit_c2w(0.0, 0.0, 1.9)[0].tolist(), "fov_y_deg": 40.0}
+    depths = []
+    for case in cases:
+        silhouette = torch.from_numpy(render_views(case.gt_mesh, [view], 48, light)["rgba"][0, ..., 3])
+        assert mask_iou(silhouette, torch.from_numpy(case.rgba[..., 3])) > 0.99
+        depths.append(float(np.ptp(case.gt_mesh.verts[:, 2].numpy())))  # extent along the canonical view axis
+    # A quarter turn between the views swaps the slab's 0.8 and 0.2 sides along the view (normalised: radius 0.5).
+    scale = 0.5 / math.sqrt(0.1**2 + 0.2**2 + 0.4**2)
+    assert sorted(depths) == pytest.approx([0.2 * scale, 0.8 * scale], abs=1e-4)
+    with pytest.raises(ValueError, match="azimuths"):
+        load_cases(tmp_path / "meshes", mesh_azimuths=())
+    with pytest.raises(ValueError, match="azimuths"):
+        load_cases(tmp_path / "meshes", mesh_azimuths=(float("nan"),))
+
+
+def test_eval_command_rejects_bad_azimuths(tmp_path, capsys):
+    import trimesh
+
+    from monorecon import cli
+
+    (tmp_path / "meshes").mkdir()
+    trimesh.creation.box((0.2, 0.4, 0.8)).export(tmp_path / "meshes" / "slab.ply")
+    for value in ("30,abc", ","):
+        code = cli.main(["eval", "--model", "sphere", "--data", str(tmp_path / "meshes"), "-o", str(tmp_path / "r"),
+                         "--azimuths", value, "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "azimuths" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_evaluate_rejects_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         evaluate("sphere", tmp_path / "missing", tmp_path / "out")

@@ -87,6 +87,14 @@ def _one_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def _float_list(text: str, option: str) -> list[float]:
+    """'0,90,180' -> [0.0, 90.0, 180.0]; a one-line ValueError naming ``option`` otherwise."""
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
 def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> None:
     """Remove the files written for a failed input (and its folder if this run created it and it is now empty)."""
     for path in paths:
@@ -284,6 +292,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
+    p.add_argument(
+        "--azimuths", default="30",
+        help="mesh folders: comma-separated input-view azimuths in degrees, one case per mesh and azimuth (default 30)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_eval)
@@ -299,8 +311,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = load_model()
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
-        mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve, seed=args.seed,
-        progress=not args.quiet,
+        mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
+        mesh_azimuths=_float_list(args.azimuths, "--azimuths"), seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())

@@ -1,7 +1,7 @@
 """Procedural 3-D objects in named classes, and real meshes normalised the same way.
 
 Every object is built from closed, outward-oriented trimesh primitives (lathes, cylinders, cones, boxes, spheres,
-tori, extruded triangles, and for the organic classes ``blob`` and ``critter`` bumpy ellipsoids) that are concatenated
+tori, extruded triangles, and for the organic classes bumpy ellipsoids and swept tubes) that are concatenated
 (parts may interpenetrate; no boolean union). Vertices are duplicated along sharp edges (dihedral angle > 40 deg) so
 that renderers interpolating vertex normals keep those edges hard: the mesh is therefore closed *geometrically* (merge
 coincident vertices to get a watertight index mesh). Parts get vertex colours from a random palette with simple
@@ -37,6 +37,7 @@ from monorecon.io.mesh_io import load_mesh
 __all__ = [
     "CLASSIC_CLASSES",
     "DEFAULT_RADIUS",
+    "ORGANIC_CLASSES",
     "SHAPE_CLASSES",
     "load_normalized_mesh",
     "make_object",
@@ -411,6 +412,32 @@ def _lump(
     return trimesh.Trimesh(verts + np.asarray(centre), tm.faces, process=False)
 
 
+def _tube(path: np.ndarray, radii: np.ndarray, sections: int = 12) -> trimesh.Trimesh:
+    """A closed tube of circular cross-sections swept along ``path`` (N, 3) with per-point ``radii`` (N,); each end is
+    closed by a cone to an apex half a radius beyond it. Frames are parallel-transported (no twist)."""
+    tangents = np.gradient(path, axis=0)
+    tangents /= np.linalg.norm(tangents, axis=1, keepdims=True)
+    normal = np.cross(tangents[0], [0.0, 1.0, 0.0] if abs(tangents[0][1]) < 0.9 else [1.0, 0.0, 0.0])
+    rings = []
+    angles = np.linspace(0.0, 2.0 * math.pi, sections, endpoint=False)
+    for point, tangent, radius in zip(path, tangents, radii, strict=True):
+        normal = normal - tangent * (normal @ tangent)  # transport the previous normal to this cross-section
+        normal /= np.linalg.norm(normal)
+        binormal = np.cross(tangent, normal)
+        rings.append(point + radius * (np.cos(angles)[:, None] * normal + np.sin(angles)[:, None] * binormal))
+    n = len(path)
+    apexes = [path[0] - 0.5 * radii[0] * tangents[0], path[-1] + 0.5 * radii[-1] * tangents[-1]]
+    verts = np.concatenate([np.concatenate(rings), apexes])
+    ring, step = np.arange(n - 1)[:, None] * sections, np.arange(sections)[None]
+    a, b = ring + step, ring + (step + 1) % sections
+    c, d = b + sections, a + sections
+    side = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)], 1).reshape(-1, 3)
+    first, last = np.arange(sections), (n - 1) * sections + np.arange(sections)
+    start = np.stack([np.full(sections, n * sections), np.roll(first, -1), first], -1)
+    end = np.stack([np.full(sections, n * sections + 1), last, np.roll(last, -1)], -1)
+    return trimesh.Trimesh(verts, np.concatenate([side, start, end]), process=False)
+
+
 def _flatten_below(parts: list[_Part], floor: float) -> list[_Part]:
     """Press every vertex below ``y = floor`` onto that plane (a flat base to stand on); parts stay closed."""
     for part in parts:
@@ -469,6 +496,91 @@ def _build_critter(rng: np.random.Generator) -> list[_Part]:
     return _flatten_below(parts + feet, max(float(foot.verts[:, 1].min()) for foot in feet))  # flat soles and rump
 
 
+def _build_serpent(rng: np.random.Generator) -> list[_Part]:
+    """A long tapering body (snakes, dragons, worms, tentacles) lying in S-bends from the tail at -Z to the head at +Z,
+    or in a flat coil; the head sometimes raised on a neck; optional legs and dorsal spikes."""
+    paint = _organic_paint(rng)
+    t = np.linspace(0.0, 1.0, 48)
+    thickness = rng.uniform(0.05, 0.12)
+    if rng.uniform() < 0.3:  # a flat coil, head in the middle-front
+        turn = rng.uniform(1.2, 2.2) * 2.0 * math.pi * t
+        coil = rng.uniform(0.25, 0.45) * (1.0 - 0.6 * t)
+        x, z = coil * np.sin(turn), -coil * np.cos(turn)
+    else:  # S-bends along Z
+        x = sum(rng.uniform(0.05, 0.2) * np.sin(2 * math.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 6.3))
+                for _ in range(2))  # fmt: skip
+        z = rng.uniform(0.6, 1.0) * (t - 0.5)
+    radii = (
+        thickness * (0.15 + 0.85 * np.clip(t / 0.4, 0.0, 1.0) ** 0.7) * (1.0 - 0.25 * np.clip((t - 0.8) / 0.2, 0, 1))
+    )
+    rise = rng.uniform(0.1, 0.4) if rng.uniform() < 0.6 else 0.0  # neck lifting the head off the ground
+    y = radii + rise * np.clip((t - 0.65) / 0.35, 0.0, 1.0) ** 2
+    path = np.stack([x, y, z], -1)
+    parts = [_part(_tube(path, radii), paint)]
+    direction = path[-1] - path[-3]
+    head_r = thickness * rng.uniform(1.0, 1.6)
+    head_rotation = trimesh.geometry.align_vectors([0.0, 0.0, 1.0], direction)[:3, :3]
+    head_radii = head_r * np.array([rng.uniform(0.7, 1.0), rng.uniform(0.6, 0.9), rng.uniform(1.2, 1.8)])
+    parts.append(_part(_lump(rng, head_radii, path[-1] + 0.6 * head_r * direction / np.linalg.norm(direction), 4,
+                             head_rotation, detail=2), paint))  # fmt: skip
+    for index in rng.choice([16, 26, 36], size=int(rng.choice([0, 1, 2])), replace=False):  # pairs of legs
+        for side in (-1, 1):
+            hip = path[index] + np.array([side * 0.5 * radii[index], 0.0, 0.0])
+            foot = hip + np.array([side * rng.uniform(0.5, 1.5) * thickness, -hip[1], 0.0])
+            leg = np.linspace(hip, foot, 8)
+            parts.append(_part(_tube(leg, np.linspace(0.5, 0.35, 8) * radii[index], 8), paint))
+    if rng.uniform() < 0.4:  # dorsal spikes
+        spike_color = _contrast_color(paint if isinstance(paint, np.ndarray) else _random_color(rng), rng)
+        for index in range(12, 44, 4):
+            base = path[index] + np.array([0.0, 0.7 * radii[index], 0.0])
+            parts.append(_part(_cone(0.4 * radii[index], rng.uniform(0.6, 1.2) * radii[index], tuple(base), sections=8),
+                               spike_color))  # fmt: skip
+    return _flatten_below(parts, 0.3 * float(radii.min()))
+
+
+def _build_bust(rng: np.random.Generator) -> list[_Part]:
+    """A sculpted bust: head (nose to +Z, optional ears of any size and hair) on a neck, usually on shallow shoulders,
+    often on a pedestal."""
+    paint = _organic_paint(rng)
+    base_y = 0.0
+    parts = []
+    pedestal = rng.uniform() < 0.6
+    if pedestal:
+        width, height = rng.uniform(0.15, 0.3), rng.uniform(0.08, 0.25)
+        color = paint if rng.uniform() < 0.5 else _random_color(rng, saturation=(0.0, 0.3))
+        if rng.uniform() < 0.5:
+            parts.append(_part(_lathe([(0, 0), (width, 0), (width, 0.2 * height), (0.7 * width, 0.5 * height),
+                                       (0.8 * width, height), (0, height)]), color))  # fmt: skip
+        else:
+            parts.append(_part(_box((2 * width, height, 1.6 * width), (0, height / 2, 0)), color))
+        base_y = height
+    if rng.uniform() < 0.75 or not pedestal:  # wide and shallow: a bust is much thinner front to back than across
+        chest = np.array([rng.uniform(0.3, 0.45), rng.uniform(0.15, 0.25), rng.uniform(0.12, 0.2)])
+        parts.append(_part(_lump(rng, chest, (0, base_y + 0.6 * chest[1], 0), 5), paint))
+        neck_y = base_y + 1.4 * chest[1]
+    else:
+        neck_y = base_y + 0.05
+    head_r = rng.uniform(0.15, 0.22)
+    neck_len = rng.uniform(0.05, 0.12)
+    neck = np.linspace([0.0, neck_y - 0.05, 0.0], [0.0, neck_y + neck_len + 0.5 * head_r, 0.02], 6)
+    parts.append(_part(_tube(neck, np.full(6, rng.uniform(0.35, 0.5) * head_r), 12), paint))
+    head = np.array([0.0, neck_y + neck_len + head_r, 0.03])
+    head_radii = head_r * np.array([rng.uniform(0.8, 0.95), rng.uniform(1.0, 1.2), rng.uniform(0.95, 1.1)])
+    parts.append(_part(_lump(rng, head_radii, head, 4), paint))
+    nose = head + np.array([0.0, -0.1 * head_r, 0.95 * head_radii[2]])
+    parts.append(_part(_lump(rng, head_r * np.array([0.12, 0.2, 0.2]), nose, 2, detail=2), paint))
+    if rng.uniform() < 0.6:
+        ear = head_r * rng.uniform(0.2, 0.7)  # from human ears to a monkey's or a mouse's
+        for side in (-1, 1):
+            centre = head + np.array([side * (head_radii[0] + 0.5 * ear), 0.0, -0.1 * head_r])
+            parts.append(_part(_lump(rng, (0.6 * ear, ear, 0.25 * ear), centre, 2, detail=2), paint))
+    if rng.uniform() < 0.5:  # hair or a cap over the top and back of the head
+        hair = head + np.array([0.0, 0.25 * head_r, -0.2 * head_r])
+        color = paint if rng.uniform() < 0.5 else _random_color(rng)
+        parts.append(_part(_lump(rng, head_radii * rng.uniform(0.95, 1.1), hair, 6), color))
+    return _flatten_below(parts, 0.0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Assembly, normalisation, public API
 # --------------------------------------------------------------------------------------------------------------------
@@ -509,6 +621,9 @@ def _assemble(parts: list[_Part], radius: float) -> Mesh:
     )
 
 
+ORGANIC_CLASSES: tuple[str, ...] = ("blob", "critter", "serpent", "bust")
+"""Classes of organic, sculpt-like objects (the others are man-made)."""
+
 _BUILDERS: dict[str, Callable[[np.random.Generator], list[_Part]]] = {
     "mug": _build_mug,
     "chair": _build_chair,
@@ -523,6 +638,8 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], list[_Part]]] = {
     "house": _build_house,
     "blob": _build_blob,
     "critter": _build_critter,
+    "serpent": _build_serpent,
+    "bust": _build_bust,
 }
 
 
@@ -534,9 +651,10 @@ def _class_generator(builder: Callable[[np.random.Generator], list[_Part]]) -> C
     return generate
 
 
-CLASSIC_CLASSES: tuple[str, ...] = tuple(name for name in _BUILDERS if name not in ("blob", "critter"))
-"""The 11 man-made classes, the only ones before the organic ``blob`` and ``critter`` were added: pass
-``classes=CLASSIC_CLASSES`` to :func:`monorecon.data.synthesize_dataset` to regenerate a dataset made before that."""
+CLASSIC_CLASSES: tuple[str, ...] = tuple(name for name in _BUILDERS if name not in ORGANIC_CLASSES)
+"""The 11 man-made classes, the only ones before the organic classes were added: pass ``classes=CLASSIC_CLASSES`` to
+:func:`monorecon.data.synthesize_dataset` to regenerate a dataset made before that (and
+``list(CLASSIC_CLASSES) + ["blob", "critter"]`` for one made when there were 13 classes)."""
 
 SHAPE_CLASSES: dict[str, Callable[[np.random.Generator], Mesh]] = {
     name: _class_generator(builder) for name, builder in _BUILDERS.items()

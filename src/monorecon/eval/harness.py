@@ -4,10 +4,12 @@
 
 * **Cases.** ``data_dir`` is either a synthetic dataset (:class:`monorecon.data.MultiViewDataset` layout; view
   ``input_view`` of each object is the input) or a folder of mesh files (OBJ / PLY / GLB), each normalised like the
-  procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered once from azimuth ``mesh_azimuth``,
-  elevation ``mesh_elevation`` with the data synthesiser's renderer. Every input camera is at distance 1.9 with a
-  40 deg fov looking at the origin, and the ground truth is moved into the frame where that camera is the
-  canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame the model reconstructs in.
+  procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered from each azimuth of
+  ``mesh_azimuths`` (default one view, 30 deg; several views make several cases ``<name>@<azimuth>``, a steadier
+  estimate on a handful of meshes), elevation ``mesh_elevation``, with the data synthesiser's renderer. Every input
+  camera is at distance 1.9 with a 40 deg fov looking at the origin, and the ground truth is moved into the frame
+  where that camera is the canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame
+  the model reconstructs in.
 * **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`), the
   baselines ``"sphere"`` and ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable
   ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training.
@@ -31,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,9 @@ def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_
     return cases
 
 
-def _mesh_cases(data_dir: Path, size: int, azimuth: float, elevation: float, max_objects: int | None) -> list[EvalCase]:
+def _mesh_cases(
+    data_dir: Path, size: int, azimuths: Sequence[float], elevation: float, max_objects: int | None
+) -> list[EvalCase]:
     from ..data import load_normalized_mesh
     from ..data.synth import render_views
     from ..train.triposr_trainer import relative_cameras
@@ -105,16 +109,19 @@ def _mesh_cases(data_dir: Path, size: int, azimuth: float, elevation: float, max
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
-    c2w = orbit_c2w(azimuth, elevation, INPUT_DISTANCE)[0]
-    view = {"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}
+    if not azimuths or not all(math.isfinite(a) for a in azimuths):
+        raise ValueError(f"mesh azimuths must be one or more finite angles, got {list(azimuths)}")
     light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
              "specular_color": [0.15] * 3}  # fmt: skip
-    world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
     cases = []
     for path in files:
         mesh = load_normalized_mesh(path)
-        rgba = render_views(mesh, [view], size, light)["rgba"][0]
-        cases.append(EvalCase(path.stem, "real", rgba, _transform_mesh(mesh, world_to_canonical[0])))
+        for azimuth in azimuths:
+            c2w = orbit_c2w(azimuth, elevation, INPUT_DISTANCE)[0]
+            rgba = render_views(mesh, [{"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}], size, light)["rgba"][0]
+            world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
+            name = path.stem if len(azimuths) == 1 else f"{path.stem}@{azimuth:g}"
+            cases.append(EvalCase(name, "real", rgba, _transform_mesh(mesh, world_to_canonical[0])))
     return cases
 
 
@@ -125,7 +132,7 @@ def load_cases(
     max_objects: int | None = None,
     input_view: int = 0,
     image_size: int = 128,
-    mesh_azimuth: float = 30.0,
+    mesh_azimuths: Sequence[float] = (30.0,),
     mesh_elevation: float = 15.0,
 ) -> list[EvalCase]:
     """Evaluation cases of a synthetic dataset folder or of a folder of mesh files (see the module docstring)."""
@@ -134,7 +141,7 @@ def load_cases(
         raise ValueError(f"evaluation data folder not found: {data_dir}")
     if (data_dir / "index.json").is_file():
         return _synthetic_cases(data_dir, split, max_objects, input_view)
-    return _mesh_cases(data_dir, image_size, mesh_azimuth, mesh_elevation, max_objects)
+    return _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -224,6 +231,7 @@ def evaluate(
     carve: bool = True,
     volume_iou_resolution: int = 0,
     n_grid_cases: int = 3,
+    mesh_azimuths: Sequence[float] = (30.0,),
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -243,6 +251,7 @@ def evaluate(
         carve: cut a model's field to the input silhouette's hull (as ``monorecon reconstruct`` does by default).
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
         n_grid_cases: best and worst cases shown in ``best_worst.png``.
+        mesh_azimuths: input-view azimuths (degrees) of each mesh of a mesh folder, one case per azimuth.
         seed: sampling / alignment seed.
         progress: tqdm progress bar.
 
@@ -254,7 +263,7 @@ def evaluate(
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve)
-    cases = load_cases(data_dir, split=split, max_objects=max_objects)
+    cases = load_cases(data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
