@@ -120,6 +120,20 @@ def test_class_valid_deterministic_upright(class_name):
     assert com[1] > verts[:, 1].min() + 0.05
 
 
+def test_tube_is_a_closed_outward_prism_with_conical_ends():
+    from monorecon.data.shapes import _tube
+
+    length, radius, sections = 0.8, 0.1, 64
+    path = np.stack([np.zeros(9), np.zeros(9), np.linspace(0.0, length, 9)], -1)
+    tm = _tube(path, np.full(9, radius), sections)
+    assert tm.is_watertight and tm.is_winding_consistent
+    # Regular 64-gon prism plus two cones of height r / 2 on the same polygon.
+    polygon = 0.5 * sections * radius**2 * math.sin(2 * math.pi / sections)
+    assert tm.volume == pytest.approx(polygon * (length + 2 * radius / 2 / 3), rel=1e-9)
+    np.testing.assert_allclose(tm.bounds, [[-radius, -radius, -radius / 2], [radius, radius, length + radius / 2]],
+                               atol=1e-9)  # fmt: skip
+
+
 def test_classic_classes_pin_the_documented_datasets():
     # Datasets made before the organic classes (model card stages 1-4) used these classes in this order: object i has
     # class classes[i % 11], so reordering or renaming would silently change them.

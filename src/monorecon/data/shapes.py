@@ -502,7 +502,7 @@ def _build_serpent(rng: np.random.Generator) -> list[_Part]:
     paint = _organic_paint(rng)
     t = np.linspace(0.0, 1.0, 48)
     thickness = rng.uniform(0.05, 0.12)
-    if rng.uniform() < 0.3:  # a flat coil, head in the middle-front
+    if rng.uniform() < 0.3:  # a flat coil winding inwards, the head in the middle
         turn = rng.uniform(1.2, 2.2) * 2.0 * math.pi * t
         coil = rng.uniform(0.25, 0.45) * (1.0 - 0.6 * t)
         x, z = coil * np.sin(turn), -coil * np.cos(turn)
