@@ -198,6 +198,8 @@ def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):
         load_cases(tmp_path / "meshes", mesh_azimuths=())
     with pytest.raises(ValueError, match="azimuths"):
         load_cases(tmp_path / "meshes", mesh_azimuths=(float("nan"),))
+    with pytest.raises(ValueError, match="distinct"):
+        load_cases(tmp_path / "meshes", mesh_azimuths=(30.0, 30.0))
 
 
 def test_eval_command_rejects_bad_azimuths(tmp_path, capsys):

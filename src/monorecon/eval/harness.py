@@ -6,7 +6,8 @@
   ``input_view`` of each object is the input) or a folder of mesh files (OBJ / PLY / GLB), each normalised like the
   procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered from each azimuth of
   ``mesh_azimuths`` (default one view, 30 deg; several views make several cases ``<name>@<azimuth>``, a steadier
-  estimate on a handful of meshes), elevation ``mesh_elevation``, with the data synthesiser's renderer. Every input
+  estimate on a handful of meshes), elevation ``mesh_elevation``, with the data synthesiser's renderer and one
+  light fixed in the world (from the front, above, right: views from behind are darker). Every input
   camera is at distance 1.9 with a 40 deg fov looking at the origin, and the ground truth is moved into the frame
   where that camera is the canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame
   the model reconstructs in.
@@ -109,8 +110,8 @@ def _mesh_cases(
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
-    if not azimuths or not all(math.isfinite(a) for a in azimuths):
-        raise ValueError(f"mesh azimuths must be one or more finite angles, got {list(azimuths)}")
+    if not azimuths or not all(math.isfinite(a) for a in azimuths) or len(set(azimuths)) < len(azimuths):
+        raise ValueError(f"mesh azimuths must be one or more distinct finite angles, got {list(azimuths)}")
     light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
              "specular_color": [0.15] * 3}  # fmt: skip
     cases = []
