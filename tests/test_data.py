@@ -134,6 +134,16 @@ def test_tube_is_a_closed_outward_prism_with_conical_ends():
                                atol=1e-9)  # fmt: skip
 
 
+def test_sculpt_classes_have_their_proportions():
+    # Busts are shallow front to back (like real busts and heads), serpents long and low: what they were added for.
+    def median_ratio(name, numerator, denominator):
+        extents = [np.ptp(make_object(name, seed).verts.numpy(), axis=0) for seed in range(12)]
+        return float(np.median([numerator(e) / denominator(e) for e in extents]))
+
+    assert median_ratio("bust", lambda e: e[2], lambda e: e[0]) < 0.8
+    assert median_ratio("serpent", lambda e: e[1], lambda e: max(e[0], e[2])) < 0.6
+
+
 def test_classic_classes_pin_the_documented_datasets():
     # Datasets made before the organic classes (model card stages 1-4) used these classes in this order: object i has
     # class classes[i % 11], so reordering or renaming would silently change them.
