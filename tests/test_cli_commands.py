@@ -16,6 +16,9 @@ from monorecon.cli import main
         (["train", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", "30,abc"], "--azimuths"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", ","], "azimuths"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", "0,nan"], "azimuths"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),
@@ -38,3 +41,4 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert code == 2
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ply", "corrupt.png", "empty"]  # nothing written

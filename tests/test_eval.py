@@ -202,21 +202,6 @@ def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):
         load_cases(tmp_path / "meshes", mesh_azimuths=(30.0, 30.0))
 
 
-def test_eval_command_rejects_bad_azimuths(tmp_path, capsys):
-    import trimesh
-
-    from monorecon import cli
-
-    (tmp_path / "meshes").mkdir()
-    trimesh.creation.box((0.2, 0.4, 0.8)).export(tmp_path / "meshes" / "slab.ply")
-    for value in ("30,abc", ","):
-        code = cli.main(["eval", "--model", "sphere", "--data", str(tmp_path / "meshes"), "-o", str(tmp_path / "r"),
-                         "--azimuths", value, "--quiet"])  # fmt: skip
-        err = capsys.readouterr().err
-        assert code == 2 and "azimuths" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()
-
-
 def test_evaluate_rejects_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         evaluate("sphere", tmp_path / "missing", tmp_path / "out")

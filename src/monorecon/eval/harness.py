@@ -107,22 +107,23 @@ def _mesh_cases(
     from ..data.synth import render_views
     from ..train.triposr_trainer import relative_cameras
 
+    if not azimuths or not all(math.isfinite(a) for a in azimuths) or len(set(azimuths)) < len(azimuths):
+        raise ValueError(f"mesh azimuths must be one or more distinct finite angles, got {list(azimuths)}")
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
-    if not azimuths or not all(math.isfinite(a) for a in azimuths) or len(set(azimuths)) < len(azimuths):
-        raise ValueError(f"mesh azimuths must be one or more distinct finite angles, got {list(azimuths)}")
+    c2w = orbit_c2w(torch.tensor(azimuths, dtype=torch.float32), elevation, INPUT_DISTANCE)
+    world_to_canonical, _ = relative_cameras(c2w, c2w[:, None], INPUT_DISTANCE)
+    views = [{"c2w": matrix.tolist(), "fov_y_deg": INPUT_FOV_DEG} for matrix in c2w]
     light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
              "specular_color": [0.15] * 3}  # fmt: skip
     cases = []
     for path in files:
         mesh = load_normalized_mesh(path)
-        for azimuth in azimuths:
-            c2w = orbit_c2w(azimuth, elevation, INPUT_DISTANCE)[0]
-            rgba = render_views(mesh, [{"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}], size, light)["rgba"][0]
-            world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
+        images = render_views(mesh, views, size, light)["rgba"]
+        for azimuth, rgba, transform in zip(azimuths, images, world_to_canonical, strict=True):
             name = path.stem if len(azimuths) == 1 else f"{path.stem}@{azimuth:g}"
-            cases.append(EvalCase(name, "real", rgba, _transform_mesh(mesh, world_to_canonical[0])))
+            cases.append(EvalCase(name, "real", rgba, _transform_mesh(mesh, transform)))
     return cases
 
 
