@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
-from monorecon.data import ViewSampling, synthesize_dataset
+from monorecon.core.volume import VolumeRenderConfig, VolumeRenderer
+from monorecon.data import MultiViewDataset, ViewSampling, synthesize_dataset
 from monorecon.io.yaml_config import load_yaml
 from monorecon.models.triposr import load_triposr
 from monorecon.train import triposr_trainer
@@ -338,6 +339,69 @@ def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
     wider = {**TINY_MODEL, "decoder": {**TINY_MODEL["decoder"], "hidden_channels": 12}}
     with pytest.raises(ValueError, match="wrong shape"):
         train(_config(tiny_dataset, tmp_path / "y", model=wider, init_weights=str(weights)))
+
+
+def _sphere_bank(radius: float, azimuths: list[float], size: int) -> triposr_trainer._ViewBank:
+    """A view bank of one sphere at the origin with analytic alpha and camera depth (ray-sphere intersection)."""
+    c2w = orbit_c2w(torch.tensor(azimuths), 10.0, 1.9)
+    origins, directions = PerspectiveCameras(c2w, size, size, fov_y_deg=40.0).get_rays()
+    t_hit, hit = _ray_sphere(origins, directions, radius)
+    forward = -c2w[:, None, None, :3, 2]
+    depth = torch.where(hit, t_hit * (directions * forward).sum(-1), torch.zeros_like(t_hit))
+    rgba = torch.cat([torch.full((*hit.shape, 3), 0.6), hit[..., None].float()], dim=-1)
+    images = (rgba * 255).round().to(torch.uint8)
+    return triposr_trainer._ViewBank(images[None], c2w[None], torch.full((1, len(azimuths)), 40.0), depth[None].half())
+
+
+def _ray_sphere(origins: torch.Tensor, directions: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest hit ``t`` of unit-direction rays with the sphere |x| = radius, and whether they hit."""
+    b = (origins * directions).sum(-1)
+    disc = b**2 - ((origins**2).sum(-1) - radius**2)
+    return -b - disc.clamp(min=0).sqrt(), disc > 0
+
+
+def test_depth_loss_targets_are_the_camera_depth_of_the_patch_rays(tiny_dataset, tmp_path):
+    radius = 0.4
+    bank = _sphere_bank(radius, [0.0, 70.0, 160.0, 250.0], 32)
+    cfg = load_train_config(
+        _config(tiny_dataset, tmp_path, loss={"lambda_mask": 0.5, "lambda_depth": 1.0}, supervision_size=16)
+    )
+    batch = triposr_trainer._make_batch(bank, cfg, torch.Generator().manual_seed(0))
+    valid, target = batch["depth_valid"], batch["target_depth"]
+    assert 0 < int(valid.sum()) < int((batch["target_alpha"] > 0).sum())  # outline pixels are left out
+    # Independent reference: intersect the (canonical-frame) patch rays with the sphere.
+    t_exact, hit = _ray_sphere(batch["origins"], batch["directions"], radius)
+    assert bool(hit[valid].all())
+    z_exact = t_exact * batch["depth_per_t"]
+    assert float((target - z_exact)[valid].abs().max()) < 0.02  # 2x2 area averages of a curved surface (limb)
+    assert float(triposr_trainer.depth_l1(t_exact, batch["depth_per_t"], target, valid)) < 0.003
+    # Scoring the distance along the ray instead of the camera depth is caught (the cosine is <= 0.98 here).
+    assert float(triposr_trainer.depth_l1(t_exact, torch.ones_like(t_exact), target, valid)) > 0.01
+    # A volume render of the solid sphere gives its depth back.
+    renderer = VolumeRenderer(VolumeRenderConfig.triposr(n_samples=256, stratified=False, box_radius=0.87))
+
+    def sphere_field(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inside = (points.norm(dim=-1, keepdim=True) < radius).float()
+        return 1000.0 * inside, torch.full_like(points, 0.5)
+
+    rendered = renderer.render(sphere_field, batch["origins"].reshape(-1, 3), batch["directions"].reshape(-1, 3))
+    depth = rendered["depth"].reshape(valid.shape)
+    assert float(triposr_trainer.depth_l1(depth, batch["depth_per_t"], target, valid)) < 0.02
+    empty = torch.zeros_like(valid)
+    assert float(triposr_trainer.depth_l1(depth, batch["depth_per_t"], target, empty)) == 0.0
+
+
+def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "depth"
+    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_depth": 0.5}))
+    rows = CSVLogger(out / "train_log.csv").rows()
+    assert all(np.isfinite(r["depth_l1"]) and r["depth_l1"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="lambda_depth"):
+        load_train_config(_config(tiny_dataset, tmp_path, loss={"lambda_depth": -1.0}))
+    original = MultiViewDataset.__getitem__
+    monkeypatch.setattr(MultiViewDataset, "__getitem__", lambda self, i: {**original(self, i), "has_depth": False})
+    with pytest.raises(ValueError, match="lambda_depth > 0 needs depth maps"):
+        train(_config(tiny_dataset, tmp_path / "none", steps=1, loss={"lambda_depth": 0.5}))
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):

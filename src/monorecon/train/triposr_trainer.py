@@ -17,7 +17,10 @@ Each step, for every object of the batch (SPEC §1, "Training"):
    the patch is then shifted to lie inside the image. So a foreground pixel is a patch centre with probability
    ``p / n_fg + (1 - p) / (H W)`` and a background one ``(1 - p) / (H W)``.
 5. **Loss** on the rendered patch (white background, as the TripoSR renderer): ``MSE(rgb) + lambda_lpips *
-   PerceptualLoss(rgb) + lambda_mask * BCE(opacity, alpha)``.
+   PerceptualLoss(rgb) + lambda_mask * BCE(opacity, alpha)``, plus optionally (not in SPEC §1; off by default)
+   ``lambda_depth * L1(depth)`` between the rendered and the dataset's camera depth on the patch pixels that are
+   wholly foreground (:func:`depth_l1`): multi-view colour and masks leave a soft density free to spread behind
+   the surface, which the iso-surface then turns into surplus thickness.
 
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
@@ -71,6 +74,7 @@ __all__ = [
     "LossSection",
     "OptimSection",
     "TripoSRTrainConfig",
+    "depth_l1",
     "export_weights",
     "load_train_config",
     "recolor_objects",
@@ -123,11 +127,21 @@ class OptimSection:
 
 @dataclass
 class LossSection:
-    """Loss weights: ``MSE + lambda_lpips * perceptual + lambda_mask * BCE(mask)``."""
+    """Loss weights: ``MSE + lambda_lpips * perceptual + lambda_mask * BCE(mask) + lambda_depth * L1(depth)``.
+
+    ``lambda_depth > 0`` needs a dataset with depth maps (``depth/NNN.npz``; :func:`depth_l1`).
+    """
 
     lambda_lpips: float = 0.0
     lambda_mask: float = 0.5
+    lambda_depth: float = 0.0
     perceptual_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_lpips", "lambda_mask", "lambda_depth"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass
@@ -305,6 +319,24 @@ def recolor_objects(
     return torch.cat([rgb, alpha], dim=-1)
 
 
+def depth_l1(
+    ray_depth: torch.Tensor, depth_per_t: torch.Tensor, target_depth: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Mean absolute error of the rendered camera depth over the valid pixels (0 when there is none).
+
+    Args:
+        ray_depth: (...) rendered depth along the ray, in units of the ray parameter ``t`` (unit directions: the
+            Euclidean distance from the camera centre).
+        depth_per_t: (...) camera depth ``-z_camera`` per unit of ``t`` (the cosine between the ray and the optical
+            axis for unit directions).
+        target_depth: (...) true camera depth ``-z_camera``.
+        valid: (...) bool, the pixels that are scored (wholly foreground, with a known depth).
+    """
+    error = (ray_depth * depth_per_t - target_depth).abs()
+    count = valid.sum()
+    return torch.where(valid, error, torch.zeros_like(error)).sum() / count.clamp(min=1)
+
+
 def _gather_patches(maps: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(N, H, W, C) maps, (N, 2) corners -> (N, P, P, C) patches."""
     offsets = torch.arange(patch_size)
@@ -319,11 +351,13 @@ def _gather_patches(maps: torch.Tensor, corners: torch.Tensor, patch_size: int) 
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
 class _ViewBank:
-    """All training views in memory: images uint8 (N, V, H, W, 4), c2w (N, V, 4, 4), fov (N, V)."""
+    """All training views in memory: images uint8 (N, V, H, W, 4), c2w (N, V, 4, 4), fov (N, V), and when the depth
+    loss is on, camera depths float16 (N, V, H, W) (0 on the background)."""
 
     images: torch.Tensor
     c2w: torch.Tensor
     fov_y_deg: torch.Tensor
+    depth: torch.Tensor | None = None
 
 
 def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
@@ -331,7 +365,8 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
 
     dataset = MultiViewDataset(config.data.root, split=config.data.split)
     count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
-    images, c2w, fov = [], [], []
+    images, c2w, fov, depth = [], [], [], []
+    use_depth = config.loss.lambda_depth > 0
     n_views = None
     for i in tqdm(range(count), desc="loading views", disable=not show_progress):
         item = dataset[i]
@@ -339,12 +374,16 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
             n_views = item["images"].shape[0]
         if item["images"].shape[0] != n_views:
             continue  # the reader already warned about objects it could not read; this one has another view count
+        if use_depth:
+            if not item["has_depth"]:
+                raise ValueError(f"loss.lambda_depth > 0 needs depth maps; {item['object_id']} has none")
+            depth.append(item["depth"].to(torch.float16))
         images.append((item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
         c2w.append(item["c2w"])
         fov.append(item["fov_y_deg"])
     if not images:
         raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r})")
-    bank = _ViewBank(torch.stack(images), torch.stack(c2w), torch.stack(fov))
+    bank = _ViewBank(torch.stack(images), torch.stack(c2w), torch.stack(fov), torch.stack(depth) if use_depth else None)
     if bank.images.shape[1] < config.n_supervision_views:
         raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
     distances = bank.c2w[:, :, :3, 3].norm(dim=-1)
@@ -388,7 +427,7 @@ class _TrainStep(torch.nn.Module):
         cfg = self.config
         scene_codes = self.model.encode(batch["input_rgb"])
         size, n_views = cfg.patch_size, batch["origins"].shape[1]
-        rgb, opacity = [], []
+        rgb, opacity, depth = [], [], []
         for b in range(scene_codes.shape[0]):
             code = scene_codes[b : b + 1]
 
@@ -401,12 +440,17 @@ class _TrainStep(torch.nn.Module):
             )
             rgb.append(out["rgb"].reshape(n_views, size, size, 3))
             opacity.append(out["opacity"].reshape(n_views, size, size))
-        rgb, opacity = torch.stack(rgb), torch.stack(opacity)
+            depth.append(out["depth"].reshape(n_views, size, size))
+        rgb, opacity, depth = torch.stack(rgb), torch.stack(opacity), torch.stack(depth)
         target_rgb, target_alpha = batch["target_rgb"], batch["target_alpha"]
         mse = F.mse_loss(rgb, target_rgb)
         mask = F.binary_cross_entropy(opacity.clamp(1e-5, 1.0 - 1e-5), target_alpha)
         total = mse + cfg.loss.lambda_mask * mask
         terms = {"mse": mse, "mask_bce": mask}
+        if cfg.loss.lambda_depth > 0:
+            depth_loss = depth_l1(depth, batch["depth_per_t"], batch["target_depth"], batch["depth_valid"])
+            total = total + cfg.loss.lambda_depth * depth_loss
+            terms["depth_l1"] = depth_loss
         if self.perceptual is not None:
             to_nchw = lambda x: x.reshape(-1, size, size, 3).permute(0, 3, 1, 2)  # noqa: E731
             perceptual = self.perceptual(to_nchw(rgb), to_nchw(target_rgb)).mean()
@@ -435,6 +479,10 @@ def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Ge
     flat = images.reshape(-1, height, width, 4)
     # Composite on white (as the renderer) at full resolution, then average down to the supervision size.
     flat = torch.cat([flat[..., :3] * flat[..., 3:] + (1.0 - flat[..., 3:]), flat[..., 3:]], dim=-1)
+    if bank.depth is not None:  # depth-weighted and coverage channels, averaged alike (no random draws)
+        depth = bank.depth[objects[:, None], views].reshape(-1, height, width, 1).float()
+        known = ((depth > 0) & (flat[..., 3:] > 0.5)).float()
+        flat = torch.cat([flat, depth * known, known], dim=-1)
     size = config.supervision_size or height
     if size != height or size != width:
         flat = F.interpolate(flat.permute(0, 3, 1, 2), (size, size), mode="area").permute(0, 2, 3, 1)
@@ -448,13 +496,23 @@ def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Ge
     origins = _gather_patches(origins, corners, config.patch_size)
     directions = _gather_patches(directions, corners, config.patch_size)
     shape = (config.batch_size, config.n_supervision_views, config.patch_size, config.patch_size)
-    return {
+    batch = {
         "input_rgb": input_rgb,
         "origins": origins.reshape(*shape, 3),
         "directions": directions.reshape(*shape, 3),
         "target_rgb": target_rgb.reshape(*shape, 3),
         "target_alpha": target_alpha.reshape(shape),
     }
+    if bank.depth is not None:
+        coverage = patches[..., 5]
+        valid = coverage > 1.0 - 1e-4  # every averaged pixel was foreground with a known depth
+        # A unit-depth direction is 1 / cos(angle to the optical axis) long: camera depth = t * cos.
+        unit_depth_directions = _gather_patches(cameras.get_rays(normalize=False)[1], corners, config.patch_size)
+        depth_per_t = 1.0 / unit_depth_directions.norm(dim=-1)
+        batch["target_depth"] = (patches[..., 4] / coverage.clamp(min=1e-6)).reshape(shape)
+        batch["depth_valid"] = valid.reshape(shape)
+        batch["depth_per_t"] = depth_per_t.reshape(shape)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------------------------------
