@@ -13,6 +13,8 @@ from monorecon.cli import main
         (["data", "synth", "--n", "1", "--classes", "spaceship", "-o", "{tmp}/d"], "unknown classes"),
         (["data", "synth", "--n", "1", "--classes", "classic,dragon", "-o", "{tmp}/d"], "unknown classes ['dragon']"),
         (["data", "synth", "--n", "1", "--classes", ",", "-o", "{tmp}/d"], "non-empty"),
+        (["data", "synth", "--n", "1", "--camera-distance", "0.4", "-o", "{tmp}/d"], "camera distance must exceed"),
+        (["data", "synth", "--n", "1", "--stretch", "0.5", "-o", "{tmp}/d"], "stretch must be"),
         (["train", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),

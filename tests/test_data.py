@@ -30,6 +30,7 @@ from monorecon.data import (
     normalize_vertices,
     synthesize_dataset,
 )
+from monorecon.io.mesh_io import load_mesh
 from paths import SHARED_MESHES
 
 BUNNY = SHARED_MESHES / "bunny.ply"
@@ -160,6 +161,29 @@ def test_cli_classic_expands_to_the_classic_classes(tmp_path):
                  "-o", str(tmp_path / "d"), "--quiet"]) == 0  # fmt: skip
     manifest = json.loads((tmp_path / "d" / "index.json").read_text())
     assert [o["class"] for o in manifest["objects"]] == [*CLASSIC_CLASSES, "critter", "mug"]
+    # The default cameras are where the trainer expects them: TripoSR's input camera distance 1.9, fov 40.
+    views = json.loads((tmp_path / "d" / "000000_mug" / "cameras.json").read_text())["views"]
+    assert views[0]["fov_y_deg"] == 40.0 and math.isclose(np.linalg.norm(np.array(views[0]["c2w"])[:3, 3]), 1.9, rel_tol=1e-6)
+
+
+def test_stretched_objects_keep_their_seeds_and_scale_x_and_z(tmp_path):
+    args = {"n_objects": 3, "n_views": 1, "size": 8, "seed": 4, "progress": False, "classes": ["vase", "chair"]}
+    plain = json.loads((synthesize_dataset(tmp_path / "plain", **args) / "index.json").read_text())["objects"]
+    root = synthesize_dataset(tmp_path / "stretched", **args, stretch=1.5)
+    assert json.loads((root / "index.json").read_text())["objects"] == plain  # same objects, seeds and splits
+    for entry in plain:
+        meta = json.loads((root / entry["path"] / "meta.json").read_text())
+        fx, fz = meta["stretch_xz"]
+        assert 1 / 1.5 <= fx <= 1.5 and 1 / 1.5 <= fz <= 1.5 and fx != fz
+        extent = lambda verts: verts.max(0) - verts.min(0)  # noqa: E731
+        original = extent(make_object(entry["class"], entry["seed"]).verts.double().numpy())
+        stretched = extent(load_mesh(root / entry["path"] / "mesh.ply").verts.double().numpy())
+        ratio = stretched / original
+        assert ratio[0] / ratio[1] == pytest.approx(fx, rel=1e-4) and ratio[2] / ratio[1] == pytest.approx(fz, rel=1e-4)
+        assert np.linalg.norm(load_mesh(root / entry["path"] / "mesh.ply").verts.numpy(), axis=1).max() <= 0.5 + 1e-5
+    for bad in (1.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="stretch must be"):
+            synthesize_dataset(tmp_path / "bad", **args, stretch=bad)
 
 
 def test_classes_differ():

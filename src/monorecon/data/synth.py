@@ -40,7 +40,7 @@ from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 
 from .dataset import DATASET_FORMAT, DATASET_VERSION, SPLITS
-from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object
+from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object, normalize_vertices
 
 __all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_object"]
 
@@ -78,6 +78,14 @@ class ViewSampling:
     diffuse_range: tuple[float, float] = (0.5, 0.7)
     specular: float = 0.15
     max_tint: float = 0.2
+
+    @classmethod
+    def at_distance(cls, distance: float, fov_y_deg: float = 40.0, **kwargs: Any) -> ViewSampling:
+        """Cameras at ``distance`` from the origin (the ``fill`` that puts them there), e.g. TripoSR's 1.9."""
+        if not (math.isfinite(distance) and distance > DEFAULT_RADIUS):
+            raise ValueError(f"camera distance must exceed the object radius {DEFAULT_RADIUS}, got {distance}")
+        fill = math.tan(math.asin(DEFAULT_RADIUS / distance)) / math.tan(math.radians(fov_y_deg) / 2)
+        return cls(fov_y_deg=fov_y_deg, fill=fill, **kwargs)
 
     def __post_init__(self) -> None:
         camera_distance(self.fov_y_deg, DEFAULT_RADIUS, self.fill)  # validates fov and fill
@@ -244,6 +252,7 @@ def synthesize_dataset(
     *,
     sampling: ViewSampling | None = None,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    stretch: float | None = None,
 ) -> Path:
     """Generate procedural objects, render them and write a dataset readable by ``MultiViewDataset``.
 
@@ -259,6 +268,13 @@ def synthesize_dataset(
         seed: master seed.
         classes: class names to use (see ``SHAPE_CLASSES``).
         progress: show a tqdm progress bar.
+        sampling: how views and lights are drawn (:class:`ViewSampling`).
+        split_fractions: probabilities of the train / val / test splits.
+        stretch: if given (> 1), each object is scaled along world X and Z by two independent factors drawn
+            log-uniformly from ``[1 / stretch, stretch]`` (then normalised again), recorded in ``meta.json`` as
+            ``stretch_xz``. Many classes are lathes, as deep as they are wide; stretched copies keep a model from
+            taking that as a rule for every object. The factors are drawn after the other draws of the object, so
+            the objects' seeds and splits do not depend on this argument.
 
     Returns:
         ``out_dir`` as a Path.
@@ -278,6 +294,8 @@ def synthesize_dataset(
     fractions = np.asarray(split_fractions, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or not math.isclose(fractions.sum(), 1.0, abs_tol=1e-6):
         raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}")
+    if stretch is not None and not (math.isfinite(stretch) and stretch > 1.0):
+        raise ValueError(f"stretch must be a finite factor > 1, got {stretch}")
     sampling = sampling or ViewSampling()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -289,11 +307,15 @@ def synthesize_dataset(
         split = SPLITS[int(np.searchsorted(np.cumsum(fractions), rng.uniform(), side="right").clip(0, 2))]
         object_id = f"{i:06d}_{class_name}"
         meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
+        if stretch is not None:
+            meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
         folder = out_dir / object_id
         if folder.exists():
             _check_existing(folder, meta, class_name, view_seed, n_views, size)
         else:
             mesh = make_object(class_name, shape_seed)
+            if stretch is not None:
+                mesh = _stretch_xz(mesh, meta["stretch_xz"])
             write_object(
                 mesh, folder, n_views=n_views, size=size, seed=view_seed, class_name=class_name, sampling=sampling,
                 meta=meta,
@@ -317,6 +339,13 @@ def synthesize_dataset(
     with atomic_write(out_dir / "manifest.csv", "w") as f:
         f.write(table.getvalue())
     return out_dir
+
+
+def _stretch_xz(mesh: Mesh, factors: list[float]) -> Mesh:
+    """Scale world X and Z by ``factors`` (heights unchanged) and normalise again."""
+    scale = np.array([factors[0], 1.0, factors[1]])
+    verts = normalize_vertices(mesh.verts.double().numpy() * scale)
+    return Mesh(torch.from_numpy(verts).float(), mesh.faces, vertex_colors=mesh.vertex_colors)
 
 
 def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_seed: int, n_views: int, size: int):
