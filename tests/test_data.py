@@ -163,7 +163,8 @@ def test_cli_classic_expands_to_the_classic_classes(tmp_path):
     assert [o["class"] for o in manifest["objects"]] == [*CLASSIC_CLASSES, "critter", "mug"]
     # The default cameras are where the trainer expects them: TripoSR's input camera distance 1.9, fov 40.
     views = json.loads((tmp_path / "d" / "000000_mug" / "cameras.json").read_text())["views"]
-    assert views[0]["fov_y_deg"] == 40.0 and math.isclose(np.linalg.norm(np.array(views[0]["c2w"])[:3, 3]), 1.9, rel_tol=1e-6)
+    distance = np.linalg.norm(np.array(views[0]["c2w"])[:3, 3])
+    assert views[0]["fov_y_deg"] == 40.0 and math.isclose(distance, 1.9, rel_tol=1e-6)
 
 
 def test_stretched_objects_keep_their_seeds_and_scale_x_and_z(tmp_path):

@@ -19,8 +19,8 @@ Each step, for every object of the batch (SPEC §1, "Training"):
 5. **Loss** on the rendered patch (white background, as the TripoSR renderer): ``MSE(rgb) + lambda_lpips *
    PerceptualLoss(rgb) + lambda_mask * BCE(opacity, alpha)``, plus optionally (not in SPEC §1; off by default)
    ``lambda_depth * L1(depth)`` between the rendered and the dataset's camera depth on the patch pixels that are
-   wholly foreground (:func:`depth_l1`): multi-view colour and masks leave a soft density free to spread behind
-   the surface, which the iso-surface then turns into surplus thickness.
+   wholly foreground (:func:`depth_l1`), a direct geometric signal where the dataset has depth maps. (Fine-tuning
+   the bundled model with ``lambda_depth = 1`` did not improve it; see its model card.)
 
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
