@@ -185,6 +185,11 @@ def test_stretched_objects_keep_their_seeds_and_scale_x_and_z(tmp_path):
     for bad in (1.0, 0.5, float("nan")):
         with pytest.raises(ValueError, match="stretch must be"):
             synthesize_dataset(tmp_path / "bad", **args, stretch=bad)
+    # Resuming never mixes stretched and unstretched objects.
+    for folder, stretch in ((root, None), (root, 1.2), (tmp_path / "plain", 1.5)):
+        with pytest.raises(ValueError, match="not made with these arguments"):
+            synthesize_dataset(folder, **args, stretch=stretch)
+    synthesize_dataset(root, **args, stretch=1.5)  # the same arguments resume
 
 
 def test_classes_differ():

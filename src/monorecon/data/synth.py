@@ -354,7 +354,8 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
         found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         found = {}
-    expected = {**meta, "class": class_name, "view_seed": view_seed, "n_views": n_views, "image_size": [size, size]}
+    expected = {"stretch_xz": None, **meta, "class": class_name, "view_seed": view_seed, "n_views": n_views}
+    expected["image_size"] = [size, size]
     if any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
 
