@@ -81,9 +81,17 @@ class ViewSampling:
 
     @classmethod
     def at_distance(cls, distance: float, fov_y_deg: float = 40.0, **kwargs: Any) -> ViewSampling:
-        """Cameras at ``distance`` from the origin (the ``fill`` that puts them there), e.g. TripoSR's 1.9."""
-        if not (math.isfinite(distance) and distance > DEFAULT_RADIUS):
-            raise ValueError(f"camera distance must exceed the object radius {DEFAULT_RADIUS}, got {distance}")
+        """Cameras at ``distance`` from the origin (the ``fill`` that puts them there), e.g. TripoSR's 1.9.
+
+        Raises:
+            ValueError: a distance at which the object (radius 0.5) overflows the frame, or beyond the far plane.
+        """
+        nearest = camera_distance(fov_y_deg, DEFAULT_RADIUS, 1.0)
+        if not (math.isfinite(distance) and nearest <= distance <= _ZFAR - DEFAULT_RADIUS):
+            raise ValueError(
+                f"camera distance must lie in [{nearest:.3f}, {_ZFAR - DEFAULT_RADIUS:g}] at fov {fov_y_deg:g} deg "
+                f"(the object inside the frame, before the far plane), got {distance}"
+            )
         fill = math.tan(math.asin(DEFAULT_RADIUS / distance)) / math.tan(math.radians(fov_y_deg) / 2)
         return cls(fov_y_deg=fov_y_deg, fill=fill, **kwargs)
 
@@ -354,8 +362,14 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
         found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         found = {}
-    expected = {"stretch_xz": None, **meta, "class": class_name, "view_seed": view_seed, "n_views": n_views}
-    expected["image_size"] = [size, size]
+    expected = {
+        "stretch_xz": None,  # an unstretched object must not match a stretched one, nor the reverse
+        **meta,
+        "class": class_name,
+        "view_seed": view_seed,
+        "n_views": n_views,
+        "image_size": [size, size],
+    }
     if any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
 

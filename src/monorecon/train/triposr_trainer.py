@@ -506,9 +506,9 @@ def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Ge
     if bank.depth is not None:
         coverage = patches[..., 5]
         valid = coverage > 1.0 - 1e-4  # every averaged pixel was foreground with a known depth
-        # A unit-depth direction is 1 / cos(angle to the optical axis) long: camera depth = t * cos.
-        unit_depth_directions = _gather_patches(cameras.get_rays(normalize=False)[1], corners, config.patch_size)
-        depth_per_t = 1.0 / unit_depth_directions.norm(dim=-1)
+        # Camera depth per unit of t along a unit ray: its cosine with the optical axis (-Z, c2w's third column).
+        optical_axis = -cameras.c2w[:, None, None, :3, 2]
+        depth_per_t = (directions * optical_axis).sum(-1)
         batch["target_depth"] = (patches[..., 4] / coverage.clamp(min=1e-6)).reshape(shape)
         batch["depth_valid"] = valid.reshape(shape)
         batch["depth_per_t"] = depth_per_t.reshape(shape)
