@@ -200,6 +200,13 @@ def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):
         load_cases(tmp_path / "meshes", mesh_azimuths=(float("nan"),))
     with pytest.raises(ValueError, match="distinct"):
         load_cases(tmp_path / "meshes", mesh_azimuths=(30.0, 30.0))
+    # From 60 deg up, the view axis crosses the slab's 0.4 (Y) and 0.8 (Z) sides: extent 0.4 sin 60 + 0.8 cos 60.
+    (raised,) = load_cases(tmp_path / "meshes", mesh_azimuths=(0.0,), mesh_elevation=60.0, image_size=48)
+    expected = (0.4 * math.sin(math.radians(60)) + 0.8 * math.cos(math.radians(60))) * scale
+    assert float(np.ptp(raised.gt_mesh.verts[:, 2].numpy())) == pytest.approx(expected, abs=1e-4)
+    for elevation in (90.0, -90.0, float("nan")):
+        with pytest.raises(ValueError, match="elevation"):
+            load_cases(tmp_path / "meshes", mesh_elevation=elevation)
 
 
 def test_evaluate_rejects_bad_inputs(tmp_path):

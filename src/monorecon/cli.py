@@ -309,6 +309,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--azimuths", default="30",
         help="mesh folders: comma-separated input-view azimuths in degrees, one case per mesh and azimuth (default 30)",
     )  # fmt: skip
+    p.add_argument("--elevation", type=float, default=15.0, help="mesh folders: input-view elevation (deg, default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_eval)
@@ -325,7 +326,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
-        mesh_azimuths=_float_list(args.azimuths, "--azimuths"), seed=args.seed, progress=not args.quiet,
+        mesh_azimuths=_float_list(args.azimuths, "--azimuths"), mesh_elevation=args.elevation, seed=args.seed,
+        progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())

@@ -6,8 +6,8 @@
   ``input_view`` of each object is the input) or a folder of mesh files (OBJ / PLY / GLB), each normalised like the
   procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered from each azimuth of
   ``mesh_azimuths`` (default one view, 30 deg; several views make several cases ``<name>@<azimuth>``, a steadier
-  estimate on a handful of meshes), elevation ``mesh_elevation``, with the data synthesiser's renderer and one
-  light fixed in the world (from the front, above, right: views from behind are darker). Every input
+  estimate on a handful of meshes), elevation ``mesh_elevation`` (default 15 deg), with the data synthesiser's
+  renderer and one light fixed in the world (from the front, above, right: views from behind are darker). Every input
   camera is at distance 1.9 with a 40 deg fov looking at the origin, and the ground truth is moved into the frame
   where that camera is the canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame
   the model reconstructs in.
@@ -58,6 +58,9 @@ __all__ = ["EvalCase", "evaluate", "load_cases"]
 
 MESH_SUFFIXES = {".ply", ".obj", ".glb", ".gltf", ".off", ".stl"}
 THRESHOLDS = (0.1, 0.2, 0.5)
+MESH_LIGHT = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
+              "specular_color": [0.15] * 3}  # fmt: skip
+"""The light fixed in the world for the real-mesh input views and the report grid (front, above, right)."""
 
 
 @dataclass
@@ -109,18 +112,18 @@ def _mesh_cases(
 
     if not azimuths or not all(math.isfinite(a) for a in azimuths) or len(set(azimuths)) < len(azimuths):
         raise ValueError(f"mesh azimuths must be one or more distinct finite angles, got {list(azimuths)}")
+    if not -90.0 < elevation < 90.0:  # the look-at camera is undefined at the poles
+        raise ValueError(f"mesh elevation must be strictly between -90 and 90 degrees, got {elevation}")
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
     c2w = orbit_c2w(torch.tensor(azimuths, dtype=torch.float32), elevation, INPUT_DISTANCE)
     world_to_canonical, _ = relative_cameras(c2w, c2w[:, None], INPUT_DISTANCE)
     views = [{"c2w": matrix.tolist(), "fov_y_deg": INPUT_FOV_DEG} for matrix in c2w]
-    light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
-             "specular_color": [0.15] * 3}  # fmt: skip
     cases = []
     for path in files:
         mesh = load_normalized_mesh(path)
-        images = render_views(mesh, views, size, light)["rgba"]
+        images = render_views(mesh, views, size, MESH_LIGHT)["rgba"]
         for azimuth, rgba, transform in zip(azimuths, images, world_to_canonical, strict=True):
             name = path.stem if len(azimuths) == 1 else f"{path.stem}@{azimuth:g}"
             cases.append(EvalCase(name, "real", rgba, _transform_mesh(mesh, transform)))
@@ -234,6 +237,7 @@ def evaluate(
     volume_iou_resolution: int = 0,
     n_grid_cases: int = 3,
     mesh_azimuths: Sequence[float] = (30.0,),
+    mesh_elevation: float = 15.0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -254,6 +258,7 @@ def evaluate(
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
         n_grid_cases: best and worst cases shown in ``best_worst.png``.
         mesh_azimuths: input-view azimuths (degrees) of each mesh of a mesh folder, one case per azimuth.
+        mesh_elevation: their elevation (degrees, strictly between -90 and 90).
         seed: sampling / alignment seed.
         progress: tqdm progress bar.
 
@@ -265,7 +270,9 @@ def evaluate(
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve)
-    cases = load_cases(data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths)
+    cases = load_cases(
+        data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -389,9 +396,7 @@ def _render_mesh_image(mesh: Mesh, c2w: torch.Tensor, size: int) -> np.ndarray:
     colors = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(mesh.verts, 0.7)
     mesh = Mesh(mesh.verts.float(), mesh.faces, vertex_colors=colors.float())
     view = {"c2w": c2w.tolist(), "fov_y_deg": INPUT_FOV_DEG}
-    light = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
-             "specular_color": [0.1] * 3}  # fmt: skip
-    rgba = render_views(mesh, [view], size, light)["rgba"][0]
+    rgba = render_views(mesh, [view], size, MESH_LIGHT)["rgba"][0]
     return rgba[..., :3] + (1.0 - rgba[..., 3:])  # premultiplied colour over white
 
 
