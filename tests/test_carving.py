@@ -1,4 +1,4 @@
-"""Silhouette carving (core.carving.SilhouetteHull) and its use by the TripoSR model and the API.
+"""Silhouette carving and filling (core.carving) and their use by the TripoSR model and the API.
 
 References are independent of the module: a hand-written pinhole projection (focal from the field of view) and the
 documented frame (camera on +Z looking at the origin, +X right and +Y up in the image).
@@ -14,9 +14,17 @@ import pytest
 import torch
 from scipy import ndimage
 
-from monorecon.api import ReconstructOptions, input_silhouette_hull, reconstruct_full
+from monorecon.api import (
+    ReconstructOptions,
+    input_silhouette_hull,
+    input_view_weight,
+    load_model,
+    model_silhouette_fill,
+    reconstruct_full,
+)
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
-from monorecon.core.carving import SilhouetteHull
+from monorecon.core.carving import SilhouetteFill, SilhouetteHull
+from monorecon.core.extract import extract_isosurface
 from monorecon.models.triposr import load_triposr
 from monorecon.models.triposr.model import input_camera
 
@@ -147,3 +155,86 @@ def test_reconstruct_carves_by_default_and_can_be_told_not_to():
     assert farthest_outside(carved.mesh.verts) < tolerance
     assert farthest_outside(plain.mesh.verts) > 2 * tolerance  # the random-weight field fills the box
     assert np.array_equal(plain.prepared.alpha, carved.prepared.alpha)
+
+
+def _half_spheres(points: torch.Tensor, left: float, right: float, radius: float = 0.3) -> torch.Tensor:
+    """Density ``left`` / ``right`` in the x < 0 / x >= 0 halves of a ball at the origin, 0 outside."""
+    inside = points.norm(dim=-1) < radius
+    return torch.where(inside, torch.where(points[:, 0] < 0, left, right), 0.0)
+
+
+def _ball_hull(size: int = 64, radius: float = 0.3) -> SilhouetteHull:
+    """The hull of a disk one pixel wider than the ball's outline seen by the input camera (some rays miss it)."""
+    focal = 0.5 * size / math.tan(math.radians(20.0))
+    outline = focal * math.tan(math.asin(radius / 1.9))
+    return SilhouetteHull(input_camera(size), disk_mask(size, (size / 2, size / 2), outline + 1.0))
+
+
+def test_fill_raises_rays_that_never_reach_the_level():
+    hull = _ball_hull()
+    field = lambda points: _half_spheres(points, 3.0, 12.0)  # noqa: E731
+    fill = hull.filled(field, level=7.0, box_radius=0.87, headroom=1.1, max_gain=20.0)
+    # Away from the seam at x = 0 (one pixel of bilinear blend) and the outline, the gain is the ray's own.
+    left, right = torch.tensor([[-0.15, 0.05, 0.1], [-0.2, -0.1, 0.0]]), torch.tensor([[0.15, 0.05, -0.1]])
+    torch.testing.assert_close(fill(left), hull(left) * 1.1 * 7.0 / 3.0)  # faint half: raised to 1.1 x the level
+    torch.testing.assert_close(fill(right), hull(right))  # already above the level: untouched
+    assert fill(torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 2.5]])).tolist() == [0.0, 0.0]  # outside, behind: carved
+    resolution, voxel = 64, 2 * 0.87 / 63
+
+    def mesh_of(weight):
+        return extract_isosurface(lambda p: field(p) * weight(p), resolution, 7.0, bounds=0.87)
+
+    filled, carved = mesh_of(fill), mesh_of(hull)
+    # Carving alone keeps only the bright half; filled, the whole ball (radius 0.3) comes back.
+    assert float(carved.verts[:, 0].min()) > -voxel
+    assert float(filled.verts[:, 0].min()) < -0.3 + voxel and float(filled.verts[:, 0].max()) > 0.3 - voxel
+    radii = filled.verts.norm(dim=-1)
+    assert float((radii - 0.3).abs().max()) < voxel
+
+
+def test_fill_gain_is_capped_and_checked():
+    hull = _ball_hull()
+    fill = hull.filled(lambda points: _half_spheres(points, 0.1, 0.1), level=7.0, box_radius=0.87, max_gain=20.0)
+    centre = torch.zeros(1, 3)
+    assert float(fill(centre)) == pytest.approx(20.0)  # 7.7 / 0.1 clipped: noise is not made into surface
+    field = lambda points: points[:, 0]  # noqa: E731
+    for kwargs, message in [
+        ({"level": 0.0}, "level"), ({"level": float("nan")}, "level"), ({"box_radius": -1.0}, "box_radius"),
+        ({"headroom": 0.5}, "headroom"), ({"max_gain": float("inf")}, "max_gain"), ({"resolution": 0}, "resolution"),
+        ({"n_samples": 1}, "n_samples"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            hull.filled(field, **{"level": 7.0, "box_radius": 0.87, **kwargs})
+    with pytest.raises(ValueError, match=">= 1"):
+        SilhouetteFill(hull, torch.full((8, 8), 0.5))
+
+
+def test_reconstruct_fill_follows_the_model_and_the_option():
+    model = load_triposr(REF_WEIGHTS).eval()
+    assert not model_silhouette_fill(model)  # TripoSR weights: no fill unless asked
+    assert model_silhouette_fill(load_model())  # the bundled model was validated with it
+    code = torch.randn(model.scene_code_shape, generator=torch.Generator().manual_seed(0))
+    alpha = disk_mask(32, (13.0, 18.0), 8.0).numpy()
+    assert isinstance(input_view_weight(model, code, alpha, 5.0), SilhouetteHull)
+    assert isinstance(input_view_weight(model, code, alpha, 5.0, fill=True), SilhouetteFill)
+    assert input_view_weight(model, code, np.ones((8, 8), dtype=np.float32), 5.0, fill=True) is None
+    # A level few rays of this random-weight field reach: filled, the surface spans the silhouette, still inside it.
+    resolution = 48
+    options = {"mc_resolution": resolution, "threshold": 100.0}
+    filled = reconstruct_full(EXAMPLE, model, ReconstructOptions(**options, fill=True))
+    carved = reconstruct_full(EXAMPLE, model, ReconstructOptions(**options))
+    alpha = filled.prepared.alpha > 0.5
+    size = alpha.shape[0]
+    voxel_pixels = 2 * 0.87 / (resolution - 1) * 0.5 * size / math.tan(math.radians(20.0)) / (1.9 - 0.87)
+
+    def pixels(verts: torch.Tensor) -> np.ndarray:
+        return pinhole_pixels(verts, size).long().clamp(0, size - 1).numpy()
+
+    def coverage(verts: torch.Tensor) -> float:  # share of the silhouette within a voxel of a vertex
+        hit = np.zeros_like(alpha)
+        hit[pixels(verts)[:, 1], pixels(verts)[:, 0]] = True
+        return float((ndimage.distance_transform_edt(~hit) <= voxel_pixels)[alpha].mean())
+
+    assert coverage(carved.mesh.verts) < 0.2 and coverage(filled.mesh.verts) > 0.8
+    outside = ndimage.distance_transform_edt(~alpha)
+    assert float(outside[pixels(filled.mesh.verts)[:, 1], pixels(filled.mesh.verts)[:, 0]].max()) < voxel_pixels + 1

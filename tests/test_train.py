@@ -502,7 +502,7 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
     stages = {}
     stems = ["triposr_small", "triposr_small_finetune", "triposr_small_deep"]
     stems += ["triposr_small_organic", "triposr_small_organic2", "triposr_small_organic3", "triposr_small_organic4"]
-    stems += ["triposr_small_stretch"]
+    stems += ["triposr_small_stretch", "triposr_small_stretch25", "triposr_small_stretch3"]
     for stem in stems:
         name = f"{stem}.yaml"
         raw = yaml.safe_load((configs / name).read_text())
@@ -510,10 +510,12 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
         stages[name] = load_train_config(raw)
         triposr_trainer._build_model(stages[name].model)  # the architecture builds
     shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "config.yaml").read_text())
-    last = dict(stages["triposr_small_stretch.yaml"].model)
+    last = dict(stages["triposr_small_stretch3.yaml"].model)
     for section in ("image_encoder", "tokenizer", "backbone", "post_processor", "decoder", "renderer"):
         assert last[section] == shipped[section], section
-        assert stages["triposr_small_deep.yaml"].model[section] == last[section], section  # stages 5-9 fine-tune 4
+        # Stages 5-11 fine-tune stage 4's architecture; the mesh level and the silhouette fill are the last stage's.
+        same = {k: v for k, v in last[section].items() if k not in ("mesh_threshold", "silhouette_fill")}
+        assert same.items() <= stages["triposr_small_deep.yaml"].model[section].items(), section
     assert last["foreground_ratio"] == shipped["foreground_ratio"] == 0.7
     assert stages["triposr_small_deep.yaml"].data.recolor_prob > stages["triposr_small_finetune.yaml"].data.recolor_prob
     # Stage 4 grows stage 3 (same widths) to more layers: deepen_triposr_weights' precondition.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core.carving import SilhouetteHull
+from .core.carving import SilhouetteFill, SilhouetteHull
 from .core.mesh import Mesh
 from .io.images import load_image
 from .preprocess import DEFAULT_FOREGROUND_RATIO, PreparedImage, PreprocessConfig, preprocess_image
@@ -60,6 +60,12 @@ def model_mesh_threshold(model) -> float:
     return float(getattr(renderer, "mesh_threshold", 25.0))
 
 
+def model_silhouette_fill(model) -> bool:
+    """Whether ``model`` fills the input silhouette when carving: its ``renderer.silhouette_fill`` (TripoSR: no)."""
+    renderer = getattr(getattr(model, "config", None), "renderer", None)
+    return bool(getattr(renderer, "silhouette_fill", False))
+
+
 def model_foreground_ratio(model) -> float:
     """The input framing ``model`` was trained on: its config's ``foreground_ratio`` (TripoSR: 0.85)."""
     return float(getattr(getattr(model, "config", None), "foreground_ratio", DEFAULT_FOREGROUND_RATIO))
@@ -72,7 +78,9 @@ class ReconstructOptions:
     ``threshold`` None uses the model's own iso level (:func:`model_mesh_threshold`), ``preprocess.foreground_ratio``
     None the model's own framing (:func:`model_foreground_ratio`). ``carve`` cuts the field to the cone of the input
     silhouette seen by the model's input camera (:class:`monorecon.core.carving.SilhouetteHull`): the object cannot
-    be where the input shows background.
+    be where the input shows background. ``fill`` (with ``carve``; None: the model's own setting,
+    :func:`model_silhouette_fill`) raises the density on silhouette rays that never reach the surface level, so that
+    every part of the input silhouette gets a surface (:meth:`~monorecon.core.carving.SilhouetteHull.filled`).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -83,6 +91,7 @@ class ReconstructOptions:
     texture_resolution: int = 1024
     remove_floaters: bool = True
     carve: bool = True
+    fill: bool | None = None
     target_faces: int | None = None
     seed: int = 0
     progress: bool = False
@@ -134,6 +143,21 @@ def input_silhouette_hull(alpha: np.ndarray | torch.Tensor) -> SilhouetteHull | 
     return SilhouetteHull(input_camera(alpha.shape[0]), alpha)
 
 
+def input_view_weight(
+    model, scene_code: torch.Tensor, alpha: np.ndarray | torch.Tensor, threshold: float, fill: bool | None = None
+) -> SilhouetteHull | SilhouetteFill | None:
+    """The density weight that makes one scene's field agree with its (S, S) input alpha.
+
+    The input silhouette's hull (:func:`input_silhouette_hull`), filled at ``threshold`` when ``fill`` is true (None:
+    :func:`model_silhouette_fill`) from the scene's own density; None when there is nothing to carve.
+    """
+    hull = input_silhouette_hull(alpha)
+    if hull is None or not (model_silhouette_fill(model) if fill is None else fill):
+        return hull
+    code = scene_code[0] if scene_code.dim() == 5 else scene_code
+    return hull.filled(lambda points: model.query(code, points)[0][:, 0], threshold, model.config.renderer.radius)
+
+
 def reconstruct_full(
     image: str | os.PathLike | np.ndarray, model=None, options: ReconstructOptions | None = None
 ) -> Reconstruction:
@@ -151,12 +175,15 @@ def reconstruct_full(
     threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
     with torch.inference_mode():
         scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
+        weight = (
+            input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill) if options.carve else None
+        )
         mesh = model.extract_mesh(
             scene_code,
             resolution=options.mc_resolution,
             threshold=threshold,
             method=options.extraction,
-            carve=input_silhouette_hull(prepared.alpha) if options.carve else None,
+            carve=weight,
         )
         target_faces = options.target_faces
         if options.bake_texture and target_faces is None:

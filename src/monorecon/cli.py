@@ -47,6 +47,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see the README)"
     )
+    p.add_argument(
+        "--no-fill", action="store_true", help="do not fill parts of the input silhouette the model left empty"
+    )
     p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
     p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
@@ -126,6 +129,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         texture_resolution=args.texture_resolution,
         remove_floaters=not args.keep_floaters,
         carve=not args.no_carve,
+        fill=False if args.no_fill else None,
         target_faces=args.target_faces,
         seed=args.seed,
     )
@@ -304,6 +308,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mc-resolution", type=int, default=128)
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
+    p.add_argument("--no-fill", action="store_true", help="models: do not fill the input silhouette (see reconstruct)")
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
     p.add_argument(
         "--azimuths", default="30",
@@ -326,6 +331,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
+        fill=False if args.no_fill else None,
         mesh_azimuths=_float_list(args.azimuths, "--azimuths"), mesh_elevation=args.elevation, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip

@@ -3,10 +3,19 @@
 An object seen by a camera lies inside the cone of its silhouette: a point that projects onto the background (or
 outside the image, or lies behind the camera) cannot be part of it. :class:`SilhouetteHull` gives each world point a
 weight in [0, 1] (1 inside the cone, 0 outside, a one-pixel bilinear ramp at the outline) that multiplies a predicted
-density, so a single-image model's field is cut to the input silhouette. It cannot add what the model missed.
+density, so a single-image model's field is cut to the input silhouette.
+
+Carving cannot add what the model missed; :meth:`SilhouetteHull.filled` does the converse: every ray through the
+silhouette hits the object, so where a field's density stays below the surface level all along such a ray, it is
+scaled up on that ray (:class:`SilhouetteFill`) until its peak crosses the level, and the surface appears where the
+field put the most density. Together the field becomes consistent with the input silhouette from both sides.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,8 +24,9 @@ from scipy import ndimage
 
 from .cameras import Cameras
 from .checks import check_tensor
+from .volume import ray_aabb, uniform_samples
 
-__all__ = ["SilhouetteHull"]
+__all__ = ["SilhouetteFill", "SilhouetteHull"]
 
 
 class SilhouetteHull:
@@ -65,9 +75,89 @@ class SilhouetteHull:
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) world points -> (N,) weights: bilinear sample of the grown silhouette at their projections."""
         points = check_tensor(points, "points", (None, 3), floating=True)
-        ndc = self.camera.transform_points_ndc(points.to(self.camera.c2w))[0]
-        # grid_sample's y runs down the image, NDC's y up; align_corners=False puts -1 / 1 on the image border.
-        grid = torch.stack([ndc[:, 0], -ndc[:, 1]], dim=-1).to(torch.float32)
-        weight = F.grid_sample(self.mask, grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=False)
-        weight = torch.where(ndc[:, 2] > 0, weight[0, 0, 0], torch.zeros_like(weight[0, 0, 0]))
-        return weight.to(points)
+        return _sample_image(self.camera, self.mask, points, padding="zeros").to(points)
+
+    @torch.no_grad()
+    def filled(
+        self,
+        density: Callable[[torch.Tensor], torch.Tensor],
+        level: float,
+        box_radius: float,
+        *,
+        resolution: int = 128,
+        n_samples: int = 160,
+        headroom: float = 1.1,
+        max_gain: float = 20.0,
+    ) -> SilhouetteFill:
+        """This hull, with the density raised on silhouette rays that never reach ``level`` (see the module docstring).
+
+        For each pixel of the silhouette (at most ``resolution`` pixels along the longer side), ``n_samples`` points
+        of its ray inside the box ``[-box_radius, box_radius]^3`` give the peak of ``density`` x hull weight; the
+        ray's gain is ``headroom * level / peak``, clipped to ``[1, max_gain]`` (a ray with almost no density stays
+        empty rather than turning noise into surface). Rays that already reach the level keep gain 1.
+
+        Args:
+            density: (N, 3) world points -> (N,) density (the field without carving).
+            level: the iso-level the surface will be extracted at (> 0).
+            box_radius: half side of the field's box (> 0).
+            resolution, n_samples: gain-map size and samples per ray.
+            headroom: how far above ``level`` a raised ray's peak goes (>= 1).
+            max_gain: largest factor a ray's density is multiplied by (>= 1).
+
+        Returns:
+            A :class:`SilhouetteFill`: weights (hull x gain) in ``[0, max_gain]``.
+        """
+        if not (math.isfinite(level) and level > 0 and math.isfinite(box_radius) and box_radius > 0):
+            raise ValueError(f"level and box_radius must be positive and finite, got {level}, {box_radius}")
+        if not (math.isfinite(headroom) and headroom >= 1 and math.isfinite(max_gain) and max_gain >= 1):
+            raise ValueError(f"headroom and max_gain must be finite and >= 1, got {headroom}, {max_gain}")
+        if int(resolution) != resolution or resolution < 1 or int(n_samples) != n_samples or n_samples < 2:
+            raise ValueError(f"resolution must be >= 1 and n_samples >= 2 (integers), got {resolution}, {n_samples}")
+        height, width = self.mask.shape[-2:]
+        scale = min(1.0, resolution / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        inside = F.interpolate(self.mask, size=size, mode="area")[0, 0] > 0.5
+        camera = dataclasses.replace(self.camera, height=size[0], width=size[1])
+        origins, directions = (rays[0][inside] for rays in camera.get_rays(normalize=True))
+        t_near, t_far, hit = ray_aabb(origins, directions, [-box_radius] * 3, [box_radius] * 3)
+        _, t = uniform_samples(t_near, t_far, int(n_samples))
+        points = (origins[:, None] + directions[:, None] * t[..., None]).reshape(-1, 3)
+        along = (density(points).reshape(-1) * self(points)).reshape(t.shape)
+        peak = torch.where(hit, along.amax(dim=1), torch.zeros_like(t_near))
+        gain = torch.ones(size, dtype=torch.float32, device=self.mask.device)
+        gain[inside] = (headroom * level / peak.clamp_min(1e-12)).clamp(1.0, max_gain).float()
+        return SilhouetteFill(self, gain)
+
+
+class SilhouetteFill:
+    """A :class:`SilhouetteHull` times a per-pixel gain: the density weight of :meth:`SilhouetteHull.filled`.
+
+    Args:
+        hull: the silhouette's hull (its camera projects points onto the gain map).
+        gain: (h, w) factors >= 1, one per pixel of the hull's image at this size (1 outside the silhouette).
+
+    Calling it with (N, 3) world points returns (N,) weights: the hull's weight times the gain, bilinearly
+    sampled at their projections.
+    """
+
+    def __init__(self, hull: SilhouetteHull, gain: torch.Tensor) -> None:
+        gain = check_tensor(torch.as_tensor(gain, dtype=torch.float32), "gain", (None, None))
+        if not bool((gain >= 1).all()):
+            raise ValueError("gain must be >= 1 everywhere")
+        self.hull = hull
+        self.gain = gain[None, None].to(hull.mask.device)
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 3) world points -> (N,) weights in [0, max gain]."""
+        points = check_tensor(points, "points", (None, 3), floating=True)
+        gain = _sample_image(self.hull.camera, self.gain, points, padding="border")
+        return self.hull(points) * gain.to(points)
+
+
+def _sample_image(camera: Cameras, image: torch.Tensor, points: torch.Tensor, padding: str) -> torch.Tensor:
+    """Bilinear sample of a (1, 1, h, w) image at the projections of (N, 3) points (0 behind the camera) -> (N,)."""
+    ndc = camera.transform_points_ndc(points.to(camera.c2w))[0]
+    # grid_sample's y runs down the image, NDC's y up; align_corners=False puts -1 / 1 on the image border.
+    grid = torch.stack([ndc[:, 0], -ndc[:, 1]], dim=-1).to(torch.float32)
+    values = F.grid_sample(image, grid[None, None], mode="bilinear", padding_mode=padding, align_corners=False)
+    return torch.where(ndc[:, 2] > 0, values[0, 0, 0], torch.zeros_like(values[0, 0, 0]))

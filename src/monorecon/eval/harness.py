@@ -20,7 +20,8 @@
   silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right; the mean is
   geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
   (``mask_iou``, ``psnr``, ``ssim``). Models are cut to the input silhouette's cone (``carve``, as
-  ``monorecon reconstruct`` does by default). A method that returns no surface scores F = 0 and is counted as a failure.
+  ``monorecon reconstruct`` does by default; filled too where the model's ``silhouette_fill`` says). A method that
+  returns no surface scores F = 0 and is counted as a failure.
 * **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
   ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
   prediction from the side, ground truth from the side).
@@ -44,7 +45,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..api import input_silhouette_hull, model_mesh_threshold
+from ..api import input_view_weight, model_mesh_threshold
 from ..core.cameras import orbit_c2w
 from ..core.mesh import Mesh
 from ..core.raster import rasterize
@@ -156,14 +157,17 @@ class _ModelMethod:
     """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR.
 
     With ``carve`` the field is cut to the input silhouette's hull (:class:`monorecon.core.carving.SilhouetteHull`)
-    for both, as :func:`monorecon.api.reconstruct` does by default.
+    for both, and filled where ``fill`` says (None: the model's setting), as :func:`monorecon.api.reconstruct` does
+    by default (:func:`monorecon.api.input_view_weight`).
     """
 
-    def __init__(self, model, mc_resolution: int, threshold: float | None, render_size: int, carve: bool) -> None:
+    def __init__(
+        self, model, mc_resolution: int, threshold: float | None, render_size: int, carve: bool, fill: bool | None
+    ) -> None:
         if threshold is None:
             threshold = model_mesh_threshold(model)
         self.model, self.mc_resolution, self.threshold, self.render_size = model, mc_resolution, threshold, render_size
-        self.carve = carve
+        self.carve, self.fill = carve, fill
         self.name = "model" if carve else "model (no carving)"
 
     @torch.no_grad()
@@ -171,7 +175,7 @@ class _ModelMethod:
         rgba = torch.from_numpy(case.rgba).float()
         rgb = rgba[..., :3] * rgba[..., 3:] + 0.5 * (1.0 - rgba[..., 3:])
         code = self.model.encode(rgb[None])
-        hull = input_silhouette_hull(rgba[..., 3]) if self.carve else None
+        hull = input_view_weight(self.model, code, rgba[..., 3], self.threshold, self.fill) if self.carve else None
         size = self.render_size
         render = self.model.render(code, input_camera(size), carve=hull)
         target = _resize(rgba, size)
@@ -198,17 +202,19 @@ def _baseline(function: Callable[[np.ndarray], Mesh], name: str):
     return run
 
 
-def _resolve_method(method: Any, mc_resolution: int, threshold: float | None, render_size: int, carve: bool):
+def _resolve_method(
+    method: Any, mc_resolution: int, threshold: float | None, render_size: int, carve: bool, fill: bool | None
+):
     from ..models.triposr import TripoSRModel
 
     if isinstance(method, str) and method in ("sphere", "inflation"):
         return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
     if isinstance(method, TripoSRModel):
-        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve)
+        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve, fill)
     if isinstance(method, str | os.PathLike):
         from ..api import load_model
 
-        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve)
+        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve, fill)
     if callable(method):
 
         def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
@@ -234,6 +240,7 @@ def evaluate(
     threshold: float | None = None,
     render_size: int = 64,
     carve: bool = True,
+    fill: bool | None = None,
     volume_iou_resolution: int = 0,
     n_grid_cases: int = 3,
     mesh_azimuths: Sequence[float] = (30.0,),
@@ -255,6 +262,8 @@ def evaluate(
         render_size: side of the input-view renders used for mask IoU / PSNR (volume render, models) and the
             mesh's input-view mask IoU (all methods).
         carve: cut a model's field to the input silhouette's hull (as ``monorecon reconstruct`` does by default).
+        fill: with ``carve``, fill the input silhouette (None: the model's own setting; see
+            :class:`monorecon.api.ReconstructOptions`).
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
         n_grid_cases: best and worst cases shown in ``best_worst.png``.
         mesh_azimuths: input-view azimuths (degrees) of each mesh of a mesh folder, one case per azimuth.
@@ -269,7 +278,7 @@ def evaluate(
         raise ValueError(f"n_points must be >= 100, got {n_points}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve)
+    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve, fill)
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )

@@ -139,9 +139,14 @@ class RendererConfig:
     n_samples: int = 128
     #: Density iso level of the model's surface for marching cubes (official: 25; a model trained here may differ).
     mesh_threshold: float = 25.0
+    #: Raise the density on input-silhouette rays that never reach the surface level when carving
+    #: (:meth:`monorecon.core.carving.SilhouetteHull.filled`): validated for the bundled model only, so off by default.
+    silhouette_fill: bool = False
 
     def __post_init__(self) -> None:
         _positive_ints(self, "n_samples")
+        if not isinstance(self.silhouette_fill, bool):
+            raise ValueError(f"renderer silhouette_fill must be true or false, got {self.silhouette_fill!r}")
         if not (isinstance(self.mesh_threshold, int | float) and 0 < self.mesh_threshold < float("inf")):
             raise ValueError(f"renderer mesh_threshold must be positive and finite, got {self.mesh_threshold!r}")
         if not (isinstance(self.radius, int | float) and 0 < self.radius < float("inf")):
