@@ -140,6 +140,7 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     assert int(response.headers["x-mesh-faces"]) == stub.mesh.num_faces
     assert post(client, {"carve": "false"}).status_code == 200
     assert stub.extract_calls[-1]["carved"] is False
+    assert post(client, {"fill": "false"}).status_code == 200 and stub.extract_calls[-1]["carved"] is True
 
     loaded = trimesh.load(io.BytesIO(response.content), file_type="glb", force="mesh", process=False)
     expected = np.sort(stub.mesh.verts.numpy(), axis=0)
@@ -192,6 +193,13 @@ def test_ply_download(client, stub):
     assert f"element vertex {stub.mesh.num_verts}\n".encode() in response.content[:400]
 
 
+def test_fill_field_reaches_the_options_and_health_shows_the_model_default(client):
+    form = MeshForm(b"", "a.png", "glb", 8, None, False, 64, None, True, True, 0)
+    assert form.to_options().fill is None  # the model's own setting
+    assert MeshForm(b"", "a.png", "glb", 8, None, False, 64, None, True, True, 0, fill=False).to_options().fill is False
+    assert client.get("/health").json()["model"]["silhouette_fill"] is False  # the stub has no config: TripoSR's
+
+
 def test_download_names_are_sanitised():
     form = MeshForm(b"", "../../etc/pass wd.png", "glb", 8, 25.0, False, 64, 0.85, True, True, 0)
     assert form.stem == "pass_wd"
@@ -204,7 +212,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "carve", "seed",
+        "remove_background", "carve", "fill", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]

@@ -96,6 +96,15 @@ def test_form_fields_are_the_api_fields(client, form):
     assert int(form["controls"]["texture_resolution"]["max"]) == properties["texture_resolution"]["maximum"]
 
 
+def test_fill_select_defaults_to_the_model_setting(form):
+    from monorecon.webui import render_page
+
+    assert form["controls"]["fill"]["options"] == ["false", "true"]  # the stub model does not fill
+    parser = FormParser()
+    parser.feed(render_page(SMALL_SETTINGS, {"silhouette_fill": True}))
+    assert parser.forms[0]["controls"]["fill"]["options"] == ["true", "false"]
+
+
 def test_page_needs_nothing_from_outside(form, client):
     page = client.get("/").text
     assert all(not link.startswith(("http:", "https:", "//")) for link in form["links"])

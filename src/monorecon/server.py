@@ -5,9 +5,9 @@ Endpoints:
 * ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
 * ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply,
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
-  ``remove_background``, ``carve``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a zip of the
-  OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame
-  (+Y up, the input view's front facing +Z: glTF's frame).
+  ``remove_background``, ``carve``, ``fill``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a
+  zip of the OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon
+  world frame (+Y up, the input view's front facing +Z: glTF's frame).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
 
@@ -48,6 +48,7 @@ from .api import (
     load_model,
     model_foreground_ratio,
     model_mesh_threshold,
+    model_silhouette_fill,
     reconstruct_full,
 )
 from .core.mesh import Mesh
@@ -144,6 +145,7 @@ class MeshForm:
     remove_background: bool
     carve: bool
     seed: int
+    fill: bool | None = None
 
     @property
     def stem(self) -> str:
@@ -168,6 +170,7 @@ class MeshForm:
             bake_texture=self.bake_texture,
             texture_resolution=self.texture_resolution,
             carve=self.carve,
+            fill=self.fill,
             seed=self.seed,
         )
 
@@ -204,6 +207,10 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         carve: Annotated[
             bool, Form(description="cut the shape to the cone of the input silhouette (the input camera's view)")
         ] = True,
+        fill: Annotated[
+            bool | None,
+            Form(description="with carve, fill the silhouette where the model left it empty (default: the model's)"),
+        ] = None,
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -218,6 +225,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             remove_background=remove_background,
             carve=carve,
             seed=seed,
+            fill=fill,
         )
 
     return mesh_form
@@ -263,6 +271,7 @@ class ReconstructionService:
             summary["scene_code_shape"] = list(model.scene_code_shape)
         summary["mesh_threshold"] = model_mesh_threshold(model)
         summary["foreground_ratio"] = model_foreground_ratio(model)
+        summary["silhouette_fill"] = model_silhouette_fill(model)
         return summary
 
     def decode_image(self, data: bytes, filename: str) -> np.ndarray:

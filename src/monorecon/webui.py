@@ -115,6 +115,9 @@ def launch_ui(
 # --------------------------------------------------------------------------------------------------------------------
 def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
     """The HTML of the page, with the form's ranges and defaults taken from ``settings``."""
+    fill_options = [("true", "on"), ("false", "off")]
+    if not model_summary.get("silhouette_fill", False):  # the first option is the default
+        fill_options.reverse()
     fields = [
         _select("format", "Format", [("glb", "GLB (glTF binary)"), ("obj", "OBJ + MTL + PNG (zip)"), ("ply", "PLY")],
                 None),
@@ -129,6 +132,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                 "share of the frame taken by the object"),
         _select("carve", "Silhouette carving", [("true", "on"), ("false", "off")],
                 "cut the shape to the input silhouette's cone"),
+        _select("fill", "Silhouette fill", fill_options,
+                "with carving, fill parts of the silhouette the model left empty (default: the model's setting)"),
         _select("bake_texture", "Colours", [("false", "vertex colours"), ("true", "baked UV texture")], None),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
