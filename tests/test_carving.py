@@ -207,6 +207,8 @@ def test_fill_gain_is_capped_and_checked():
             hull.filled(field, **{"level": 7.0, "box_radius": 0.87, **kwargs})
     with pytest.raises(ValueError, match=">= 1"):
         SilhouetteFill(hull, torch.full((8, 8), 0.5))
+    with pytest.raises(ValueError, match="NaN"):
+        hull.filled(lambda points: torch.full((len(points),), float("nan")), level=7.0, box_radius=0.87)
 
 
 def test_reconstruct_fill_follows_the_model_and_the_option():

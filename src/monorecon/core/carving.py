@@ -106,6 +106,9 @@ class SilhouetteHull:
 
         Returns:
             A :class:`SilhouetteFill`: weights (hull x gain) in ``[0, max_gain]``.
+
+        Raises:
+            ValueError: bad arguments, or NaN densities on the silhouette's rays.
         """
         if not (math.isfinite(level) and level > 0 and math.isfinite(box_radius) and box_radius > 0):
             raise ValueError(f"level and box_radius must be positive and finite, got {level}, {box_radius}")
@@ -123,6 +126,8 @@ class SilhouetteHull:
         _, t = uniform_samples(t_near, t_far, int(n_samples))
         points = (origins[:, None] + directions[:, None] * t[..., None]).reshape(-1, 3)
         along = (density(points).reshape(-1) * self(points)).reshape(t.shape)
+        if bool(torch.isnan(along).any()):
+            raise ValueError("the density is NaN on rays of the input silhouette")
         peak = torch.where(hit, along.amax(dim=1), torch.zeros_like(t_near))
         gain = torch.ones(size, dtype=torch.float32, device=self.mask.device)
         gain[inside] = (headroom * level / peak.clamp_min(1e-12)).clamp(1.0, max_gain).float()
