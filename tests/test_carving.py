@@ -220,6 +220,8 @@ def test_reconstruct_fill_follows_the_model_and_the_option():
     assert isinstance(input_view_weight(model, code, alpha, 5.0), SilhouetteHull)
     assert isinstance(input_view_weight(model, code, alpha, 5.0, fill=True), SilhouetteFill)
     assert input_view_weight(model, code, np.ones((8, 8), dtype=np.float32), 5.0, fill=True) is None
+    with pytest.raises(ValueError, match="fill"):
+        ReconstructOptions(fill="no")  # a string would otherwise be true
     # A level few rays of this random-weight field reach: filled, the surface spans the silhouette, still inside it.
     resolution = 48
     options = {"mc_resolution": resolution, "threshold": 100.0}

@@ -250,6 +250,7 @@ def test_unusable_images_get_422(client):
         ({"seed": "-1"}, "seed"),
         ({"bake_texture": "maybe"}, "bake_texture"),
         ({"carve": "perhaps"}, "carve"),
+        ({"fill": "sometimes"}, "fill"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )

@@ -392,6 +392,17 @@ def test_resample_patch_embedding_keeps_plain_colour_tokens():
         resample_patch_embedding(flat, 8, 32)
 
 
+def test_silhouette_fill_in_the_config():
+    assert TripoSRConfig().renderer.silhouette_fill is False  # TripoSR's weights: no fill unless asked
+    data = TripoSRConfig().to_dict()
+    data["renderer"] = {**data["renderer"], "silhouette_fill": True}
+    assert TripoSRConfig.from_dict(data).renderer.silhouette_fill is True
+    for bad in ("yes", 1, None):
+        data["renderer"]["silhouette_fill"] = bad
+        with pytest.raises(ValueError, match="silhouette_fill"):
+            TripoSRConfig.from_dict(data)
+
+
 def test_foreground_ratio_in_the_config():
     assert TripoSRConfig().foreground_ratio == 0.85  # TripoSR's framing
     config = TripoSRConfig.from_dict({**TripoSRConfig().to_dict(), "foreground_ratio": 0.7})

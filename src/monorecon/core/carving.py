@@ -75,7 +75,7 @@ class SilhouetteHull:
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) world points -> (N,) weights: bilinear sample of the grown silhouette at their projections."""
         points = check_tensor(points, "points", (None, 3), floating=True)
-        return _sample_image(self.camera, self.mask, points, padding="zeros").to(points)
+        return _sample(self.mask, *_project(self.camera, points), padding="zeros").to(points)
 
     @torch.no_grad()
     def filled(
@@ -155,14 +155,20 @@ class SilhouetteFill:
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) world points -> (N,) weights in [0, max gain]."""
         points = check_tensor(points, "points", (None, 3), floating=True)
-        gain = _sample_image(self.hull.camera, self.gain, points, padding="border")
-        return self.hull(points) * gain.to(points)
+        grid, in_front = _project(self.hull.camera, points)  # once for both images: this runs on every field query
+        hull = _sample(self.hull.mask, grid, in_front, padding="zeros")
+        return (hull * _sample(self.gain, grid, in_front, padding="border")).to(points)
 
 
-def _sample_image(camera: Cameras, image: torch.Tensor, points: torch.Tensor, padding: str) -> torch.Tensor:
-    """Bilinear sample of a (1, 1, h, w) image at the projections of (N, 3) points (0 behind the camera) -> (N,)."""
+def _project(camera: Cameras, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3) world points -> grid_sample coordinates (1, 1, N, 2) of their projections, and (N,) in front of it."""
     ndc = camera.transform_points_ndc(points.to(camera.c2w))[0]
     # grid_sample's y runs down the image, NDC's y up; align_corners=False puts -1 / 1 on the image border.
     grid = torch.stack([ndc[:, 0], -ndc[:, 1]], dim=-1).to(torch.float32)
-    values = F.grid_sample(image, grid[None, None], mode="bilinear", padding_mode=padding, align_corners=False)
-    return torch.where(ndc[:, 2] > 0, values[0, 0, 0], torch.zeros_like(values[0, 0, 0]))
+    return grid[None, None], ndc[:, 2] > 0
+
+
+def _sample(image: torch.Tensor, grid: torch.Tensor, in_front: torch.Tensor, padding: str) -> torch.Tensor:
+    """Bilinear sample of a (1, 1, h, w) image at projected points (0 behind the camera) -> (N,)."""
+    values = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=False)[0, 0, 0]
+    return torch.where(in_front, values, torch.zeros_like(values))
