@@ -192,6 +192,26 @@ def test_stretched_objects_keep_their_seeds_and_scale_x_and_z(tmp_path):
     synthesize_dataset(root, **args, stretch=1.5)  # the same arguments resume
 
 
+def test_elevation_range_is_drawn_recorded_and_checked_on_resume(tmp_path):
+    from monorecon.cli import main
+
+    out = tmp_path / "high"
+    argv = ["data", "synth", "--n", "2", "--views", "6", "--size", "8", "--elevations", "50", "60", "-o", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    for entry in json.loads((out / "index.json").read_text())["objects"]:
+        assert json.loads((out / entry["path"] / "meta.json").read_text())["elevation_range_deg"] == [50.0, 60.0]
+        for view in json.loads((out / entry["path"] / "cameras.json").read_text())["views"]:
+            position = np.array(view["c2w"])[:3, 3]  # the camera's height above the object's centre, +Y up
+            assert 50.0 <= math.degrees(math.asin(position[1] / np.linalg.norm(position))) <= 60.0
+    args = {"n_objects": 2, "n_views": 6, "size": 8, "seed": 0, "progress": False}
+    with pytest.raises(ValueError, match="not made with these arguments"):  # views from another range are not mixed in
+        synthesize_dataset(out, **args)
+    synthesize_dataset(out, **args, sampling=ViewSampling.at_distance(1.9, elevation_range_deg=(50.0, 60.0)))
+    # The default range is not recorded, so datasets made before the option existed still resume.
+    synthesize_dataset(tmp_path / "default", **{**args, "n_objects": 1})
+    assert "elevation_range_deg" not in json.loads((tmp_path / "default" / "000000_mug" / "meta.json").read_text())
+
+
 def test_classes_differ():
     clouds = {}
     for name in sorted(SHAPE_CLASSES):

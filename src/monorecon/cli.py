@@ -249,6 +249,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="scale each object along X and Z by random factors in [1/S, S] (S > 1; default: no stretching)",
     )
+    s.add_argument(
+        "--elevations",
+        type=float,
+        nargs=2,
+        default=[-10.0, 40.0],
+        metavar=("LOW", "HIGH"),
+        help="camera elevations are drawn uniformly in [LOW, HIGH], degrees above the object (default -10 40)",
+    )
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_run_data_synth)
@@ -266,9 +274,10 @@ def _run_data_synth(args: argparse.Namespace) -> int:
         unknown = sorted(set(classes) - set(SHAPE_CLASSES))
         if unknown:
             raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}, classic")
+    sampling = ViewSampling.at_distance(args.camera_distance, elevation_range_deg=tuple(args.elevations))
     root = synthesize_dataset(
         args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet,
-        sampling=ViewSampling.at_distance(args.camera_distance), stretch=args.stretch,
+        sampling=sampling, stretch=args.stretch,
     )  # fmt: skip
     if not args.quiet:
         print(f"dataset written to {root}")

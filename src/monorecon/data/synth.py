@@ -45,6 +45,8 @@ from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object, normalize_vertic
 __all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_object"]
 
 _ZNEAR, _ZFAR = 0.05, 100.0
+#: Camera elevations (deg) drawn by default: a dataset made with another range records it in each ``meta.json``.
+DEFAULT_ELEVATION_RANGE_DEG = (-10.0, 40.0)
 
 
 def camera_distance(fov_y_deg: float, object_radius: float = DEFAULT_RADIUS, fill: float = 0.85) -> float:
@@ -71,7 +73,7 @@ class ViewSampling:
     """
 
     fov_y_deg: float = 40.0
-    elevation_range_deg: tuple[float, float] = (-10.0, 40.0)
+    elevation_range_deg: tuple[float, float] = DEFAULT_ELEVATION_RANGE_DEG
     fill: float = 0.85
     light_elevation_range_deg: tuple[float, float] = (15.0, 75.0)
     ambient_range: tuple[float, float] = (0.3, 0.5)
@@ -276,7 +278,8 @@ def synthesize_dataset(
         seed: master seed.
         classes: class names to use (see ``SHAPE_CLASSES``).
         progress: show a tqdm progress bar.
-        sampling: how views and lights are drawn (:class:`ViewSampling`).
+        sampling: how views and lights are drawn (:class:`ViewSampling`); an elevation range other than the
+            default is recorded in ``meta.json`` as ``elevation_range_deg``.
         split_fractions: probabilities of the train / val / test splits.
         stretch: if given (> 1), each object is scaled along world X and Z by two independent factors drawn
             log-uniformly from ``[1 / stretch, stretch]`` (then normalised again), recorded in ``meta.json`` as
@@ -317,6 +320,8 @@ def synthesize_dataset(
         meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
         if stretch is not None:
             meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
+        if sampling.elevation_range_deg != DEFAULT_ELEVATION_RANGE_DEG:
+            meta["elevation_range_deg"] = [float(e) for e in sampling.elevation_range_deg]
         folder = out_dir / object_id
         if folder.exists():
             _check_existing(folder, meta, class_name, view_seed, n_views, size)
@@ -364,6 +369,7 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
         found = {}
     expected = {
         "stretch_xz": None,  # an unstretched object must not match a stretched one, nor the reverse
+        "elevation_range_deg": None,  # nor views from another elevation range
         **meta,
         "class": class_name,
         "view_seed": view_seed,
