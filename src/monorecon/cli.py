@@ -253,7 +253,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "--elevations",
         type=float,
         nargs=2,
-        default=[-10.0, 40.0],
         metavar=("LOW", "HIGH"),
         help="camera elevations are drawn uniformly in [LOW, HIGH], degrees above the object (default -10 40)",
     )
@@ -274,7 +273,8 @@ def _run_data_synth(args: argparse.Namespace) -> int:
         unknown = sorted(set(classes) - set(SHAPE_CLASSES))
         if unknown:
             raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}, classic")
-    sampling = ViewSampling.at_distance(args.camera_distance, elevation_range_deg=tuple(args.elevations))
+    elevations = {} if args.elevations is None else {"elevation_range_deg": tuple(args.elevations)}
+    sampling = ViewSampling.at_distance(args.camera_distance, **elevations)
     root = synthesize_dataset(
         args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet,
         sampling=sampling, stretch=args.stretch,
