@@ -210,6 +210,8 @@ def test_elevation_range_is_drawn_recorded_and_checked_on_resume(tmp_path):
     # The default range is not recorded, so datasets made before the option existed still resume.
     synthesize_dataset(tmp_path / "default", **{**args, "n_objects": 1})
     assert "elevation_range_deg" not in json.loads((tmp_path / "default" / "000000_mug" / "meta.json").read_text())
+    default_as_list = ViewSampling.at_distance(1.9, elevation_range_deg=[-10, 40])
+    synthesize_dataset(tmp_path / "default", **{**args, "n_objects": 1}, sampling=default_as_list)  # resumes
 
 
 def test_classes_differ():

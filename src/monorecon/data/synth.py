@@ -320,7 +320,7 @@ def synthesize_dataset(
         meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
         if stretch is not None:
             meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
-        if sampling.elevation_range_deg != DEFAULT_ELEVATION_RANGE_DEG:
+        if tuple(sampling.elevation_range_deg) != DEFAULT_ELEVATION_RANGE_DEG:  # a list is the same range
             meta["elevation_range_deg"] = [float(e) for e in sampling.elevation_range_deg]
         folder = out_dir / object_id
         if folder.exists():
