@@ -22,8 +22,8 @@
   (``mask_iou``, ``psnr``, ``ssim``). Models are cut to the input silhouette's cone (``carve``, as
   ``monorecon reconstruct`` does by default; filled too where the model's ``silhouette_fill`` says); unlike
   ``reconstruct`` the harness keeps small disconnected pieces (dropping those under 1 % of the faces changed the
-  bundled model's F@0.1 by -0.0005 on validation objects and -0.003 on the real meshes, model card). A method that returns no surface scores F = 0 and is
-  counted as a failure.
+  bundled model's F@0.1 by -0.0005 on validation objects and -0.003 on the real meshes, model card). A method
+  that returns no surface scores F = 0 and is counted as a failure.
 * **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
   ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
   prediction from the side, ground truth from the side).
