@@ -341,11 +341,13 @@ def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
         train(_config(tiny_dataset, tmp_path / "y", model=wider, init_weights=str(weights)))
 
 
-def _sphere_bank(radius: float, azimuths: list[float], size: int) -> triposr_trainer._ViewBank:
-    """A view bank of one sphere at the origin with analytic alpha and camera depth (ray-sphere intersection)."""
+def _sphere_bank(
+    radius: float, azimuths: list[float], size: int, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> triposr_trainer._ViewBank:
+    """A view bank of one sphere with analytic alpha and camera depth (ray-sphere intersection)."""
     c2w = orbit_c2w(torch.tensor(azimuths), 10.0, 1.9)
     origins, directions = PerspectiveCameras(c2w, size, size, fov_y_deg=40.0).get_rays()
-    t_hit, hit = _ray_sphere(origins, directions, radius)
+    t_hit, hit = _ray_sphere(origins - torch.tensor(centre), directions, radius)
     forward = -c2w[:, None, None, :3, 2]
     depth = torch.where(hit, t_hit * (directions * forward).sum(-1), torch.zeros_like(t_hit))
     rgba = torch.cat([torch.full((*hit.shape, 3), 0.6), hit[..., None].float()], dim=-1)
@@ -391,6 +393,43 @@ def test_depth_loss_targets_are_the_camera_depth_of_the_patch_rays(tiny_dataset,
     assert float(triposr_trainer.depth_l1(depth, batch["depth_per_t"], target, empty)) == 0.0
 
 
+def test_occupancy_bce_is_zero_one_at_the_level():
+    level = 10.0
+    density = torch.tensor([level, level, level * math.e, level / math.e])
+    inside = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    expected = torch.tensor([math.log(2.0), math.log(2.0), math.log1p(math.exp(-1.0)), math.log1p(math.exp(-1.0))])
+    assert float(triposr_trainer.occupancy_bce(density, inside, level)) == pytest.approx(float(expected.mean()))
+    assert math.isfinite(float(triposr_trainer.occupancy_bce(torch.zeros(3), torch.zeros(3), level)))
+
+
+def test_occupancy_labels_are_the_object_in_the_canonical_frame(tiny_dataset, tmp_path):
+    radius, centre = 0.25, torch.tensor([0.2, 0.1, -0.15])
+    azimuths = [0.0, 70.0, 160.0, 250.0]
+    bank = _sphere_bank(radius, azimuths, 64, tuple(centre.tolist()))
+    loss = {"lambda_mask": 0.5, "lambda_occupancy": 1.0, "occupancy_points": 4000}
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss, batch_size=1))
+    batch = triposr_trainer._make_batch(bank, cfg, torch.Generator().manual_seed(0))
+    points, inside = batch["occupancy_points"][0], batch["occupancy_inside"][0].bool()
+    assert points.shape == (4000, 3) and 0.2 < float(inside.float().mean()) < 0.6  # half the points near the surface
+    # The sphere's centre in the canonical frame of each possible input view: the labels must be that ball.
+    world_to_canonical, _ = relative_cameras(bank.c2w[0], bank.c2w[0][:, None], 1.9)
+    centres = world_to_canonical[:, :3, :3] @ centre + world_to_canonical[:, :3, 3]
+    agreement = torch.stack([((points - c).norm(dim=-1) < radius) == inside for c in centres]).float().mean(dim=1)
+    assert float(agreement.max()) > 0.94  # the rest: outline pixels and the bulges of the hull of 4 level views
+    assert float(agreement.sort().values[-2]) < 0.85  # the other views' frames do not fit
+    assert float(((points - centre).norm(dim=-1) < radius).eq(inside).float().mean()) < 0.85  # nor the world frame
+
+
+def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
+    out = tmp_path / "occupancy"
+    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_occupancy": 0.5}))
+    rows = CSVLogger(out / "train_log.csv").rows()
+    assert all(np.isfinite(r["occupancy_bce"]) and r["occupancy_bce"] > 0 for r in rows)
+    for bad in ({"lambda_occupancy": -1.0}, {"occupancy_level": 0.0}, {"occupancy_points": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            load_train_config(_config(tiny_dataset, tmp_path, loss=bad))
+
+
 def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "depth"
     train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_depth": 0.5}))
@@ -400,7 +439,7 @@ def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):
         load_train_config(_config(tiny_dataset, tmp_path, loss={"lambda_depth": -1.0}))
     original = MultiViewDataset.__getitem__
     monkeypatch.setattr(MultiViewDataset, "__getitem__", lambda self, i: {**original(self, i), "has_depth": False})
-    with pytest.raises(ValueError, match="lambda_depth > 0 needs depth maps"):
+    with pytest.raises(ValueError, match="need depth maps"):
         train(_config(tiny_dataset, tmp_path / "none", steps=1, loss={"lambda_depth": 0.5}))
 
 

@@ -9,6 +9,10 @@ Carving cannot add what the model missed; :meth:`SilhouetteHull.filled` does the
 silhouette hits the object, so where a field's density stays below the surface level all along such a ray, it is
 scaled up on that ray (:class:`SilhouetteFill`) until its peak crosses the level, and the surface appears where the
 field put the most density. Together the field becomes consistent with the input silhouette from both sides.
+
+With several views and their depth maps, :func:`depth_hull_occupancy` gives the multi-view analogue: the points that
+every view sees at or behind its visible surface, a solid that contains the object (e.g. occupancy labels for
+training).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .cameras import Cameras
 from .checks import check_tensor
 from .volume import ray_aabb, uniform_samples
 
-__all__ = ["SilhouetteFill", "SilhouetteHull"]
+__all__ = ["SilhouetteFill", "SilhouetteHull", "depth_hull_occupancy"]
 
 
 class SilhouetteHull:
@@ -158,6 +162,36 @@ class SilhouetteFill:
         grid, in_front = _project(self.hull.camera, points)  # once for both images: this runs on every field query
         hull = _sample(self.hull.mask, grid, in_front, padding="zeros")
         return (hull * _sample(self.gain, grid, in_front, padding="border")).to(points)
+
+
+def depth_hull_occupancy(
+    cameras: Cameras, depth: torch.Tensor, points: torch.Tensor, tolerance: float = 0.0
+) -> torch.Tensor:
+    """Whether world points lie inside the depth hull of V views: (N,) bool.
+
+    A point is inside when, in every view, it projects onto a pixel of the object (depth > 0, nearest pixel) and lies
+    at or behind that pixel's visible surface (its camera depth >= the map's depth - ``tolerance``). The object lies
+    inside its depth hull; the two agree wherever every part of the surface is seen by some view (a concavity that
+    no view sees is counted inside).
+
+    Args:
+        cameras: V cameras; their ``height`` / ``width`` are the depth maps' size.
+        depth: (V, H, W) camera depths ``-z_camera`` of the visible surface, 0 on the background.
+        points: (N, 3) world points.
+        tolerance: depth slack (world units, >= 0) for points on the surface.
+
+    Raises:
+        ValueError: maps whose count or size does not match the cameras, or a negative tolerance.
+    """
+    depth = check_tensor(depth, "depth", (cameras.batch_size, cameras.height, cameras.width), floating=True)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
+    screen = cameras.transform_points_screen(check_tensor(points, "points", (None, 3), floating=True))  # (V, N, 3)
+    column, row = screen[..., 0].floor().long(), screen[..., 1].floor().long()
+    in_image = (column >= 0) & (column < cameras.width) & (row >= 0) & (row < cameras.height) & (screen[..., 2] > 0)
+    views = torch.arange(cameras.batch_size, device=depth.device)[:, None]
+    surface = depth[views, row.clamp(0, cameras.height - 1), column.clamp(0, cameras.width - 1)]
+    return (in_image & (surface > 0) & (screen[..., 2] >= surface - tolerance)).all(dim=0)
 
 
 def _project(camera: Cameras, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
