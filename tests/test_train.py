@@ -425,9 +425,23 @@ def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
     train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_occupancy": 0.5}))
     rows = CSVLogger(out / "train_log.csv").rows()
     assert all(np.isfinite(r["occupancy_bce"]) and r["occupancy_bce"] > 0 for r in rows)
-    for bad in ({"lambda_occupancy": -1.0}, {"occupancy_level": 0.0}, {"occupancy_points": 1}):
+    for bad in ({"lambda_occupancy": -1.0}, {"occupancy_level": 0.0}, {"occupancy_box": None}, {"occupancy_points": 1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             load_train_config(_config(tiny_dataset, tmp_path, loss=bad))
+    # Without occupancy_level the term is scored at the model's own mesh level.
+    model_config = {**TINY_MODEL, "renderer": {"mesh_threshold": 7.0}}
+    terms = {}
+    for level in (None, 7.0, 20.0):
+        loss = {"lambda_mask": 0.5, "lambda_occupancy": 1.0, "occupancy_level": level}
+        cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss, model=model_config))
+        torch.manual_seed(0)
+        step = triposr_trainer._TrainStep(triposr_trainer._build_model(cfg.model), cfg)
+        batch = triposr_trainer._make_batch(
+            triposr_trainer._load_views(cfg, False), cfg, torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            terms[level] = float(step(batch, torch.Generator().manual_seed(1))["occupancy_bce"])
+    assert terms[None] == terms[7.0] != terms[20.0]
 
 
 def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ Each step, for every object of the batch (SPEC §1, "Training"):
    the bundled model with ``lambda_depth = 1`` did not improve it; see its model card.) Also optional (off by
    default): ``lambda_occupancy * BCE`` of occupancy labels of 3-D points against the density at the mesh level
    (:func:`occupancy_bce`): the labels come from the depth hull of all the object's views, so the surface that
-   marching cubes extracts is trained directly, and the density cannot stay a haze that only renders right.
+   marching cubes extracts is trained directly (the rendering losses leave the density free wherever the renders
+   do not depend on it, e.g. inside an object).
 
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
@@ -139,14 +140,14 @@ class LossSection:
     uniform in the cube of half side ``occupancy_box``, half near the surface seen in the depth maps, jittered by
     ``occupancy_jitter``), labelled by the depth hull of all the object's views (depth slack ``occupancy_tolerance``:
     0.005 balances the labels that disagree with the true solid on either side, 1-2 % each, on synthetic objects),
-    against the model's density at the mesh level ``occupancy_level``.
+    against the model's density at the mesh level ``occupancy_level`` (None: the model's ``renderer.mesh_threshold``).
     """
 
     lambda_lpips: float = 0.0
     lambda_mask: float = 0.5
     lambda_depth: float = 0.0
     lambda_occupancy: float = 0.0
-    occupancy_level: float = 10.0
+    occupancy_level: float | None = None
     occupancy_points: int = 2048
     occupancy_box: float = 0.6
     occupancy_jitter: float = 0.02
@@ -167,7 +168,7 @@ class LossSection:
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
         for name in ("occupancy_level", "occupancy_box"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if (value is not None or name == "occupancy_box") and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value!r}")
         if int(self.occupancy_points) != self.occupancy_points or self.occupancy_points < 2:
             raise ValueError(f"loss.occupancy_points must be an integer >= 2, got {self.occupancy_points!r}")
@@ -527,7 +528,8 @@ class _TrainStep(torch.nn.Module):
             terms["depth_l1"] = depth_loss
         if cfg.loss.lambda_occupancy > 0:
             density, _ = self.model.query(scene_codes, batch["occupancy_points"])
-            occupancy = occupancy_bce(density[..., 0], batch["occupancy_inside"], cfg.loss.occupancy_level)
+            level = cfg.loss.occupancy_level or self.model.config.renderer.mesh_threshold
+            occupancy = occupancy_bce(density[..., 0], batch["occupancy_inside"], level)
             total = total + cfg.loss.lambda_occupancy * occupancy
             terms["occupancy_bce"] = occupancy
         if self.perceptual is not None:
