@@ -556,6 +556,7 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
     stems = ["triposr_small", "triposr_small_finetune", "triposr_small_deep"]
     stems += ["triposr_small_organic", "triposr_small_organic2", "triposr_small_organic3", "triposr_small_organic4"]
     stems += ["triposr_small_stretch", "triposr_small_stretch25", "triposr_small_stretch3"]
+    stems += ["triposr_small_el60", "triposr_small_el60b"]
     for stem in stems:
         name = f"{stem}.yaml"
         raw = yaml.safe_load((configs / name).read_text())
@@ -563,10 +564,10 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
         stages[name] = load_train_config(raw)
         triposr_trainer._build_model(stages[name].model)  # the architecture builds
     shipped = yaml.safe_load((DEFAULT_MODEL_DIR / "config.yaml").read_text())
-    last = dict(stages["triposr_small_stretch3.yaml"].model)
+    last = dict(stages["triposr_small_el60b.yaml"].model)
     for section in ("image_encoder", "tokenizer", "backbone", "post_processor", "decoder", "renderer"):
         assert last[section] == shipped[section], section
-        # Stages 5-11 fine-tune stage 4's architecture; the mesh level and the silhouette fill are the last stage's.
+        # Stages 5-13 fine-tune stage 4's architecture; the mesh level and the silhouette fill are the last stage's.
         same = {k: v for k, v in last[section].items() if k not in ("mesh_threshold", "silhouette_fill")}
         assert same.items() <= stages["triposr_small_deep.yaml"].model[section].items(), section
     assert last["foreground_ratio"] == shipped["foreground_ratio"] == 0.7
