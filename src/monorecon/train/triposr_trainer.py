@@ -402,9 +402,14 @@ def _occupancy_samples(
         points = uniform
     else:
         pick = foreground[torch.randint(foreground.numel(), (n_surface,), generator=generator)]
-        origins, directions = cameras.get_rays(normalize=False)  # unit camera depth per unit of t
-        ray_o, ray_d = origins.reshape(-1, 3)[pick], directions.reshape(-1, 3)[pick]
-        surface = ray_o + ray_d * depth.reshape(-1)[pick, None]
+        view, row, column = pick // (height * width), pick // width % height, pick % width
+        # Back-project only the picked pixel centres (a ray per pixel of every view would cost 60 x more).
+        ndc = cameras.pixel_to_ndc(torch.stack([column + 0.5, row + 0.5], dim=-1).to(c2w))
+        origins, directions = cameras.ndc_to_camera_ray(ndc[None].expand(len(c2w), -1, -1))  # unit camera depth
+        index = torch.arange(n_surface)
+        in_camera = origins[view, index] + directions[view, index] * depth.reshape(-1)[pick, None]
+        rotation, centre = c2w[view, :3, :3], c2w[view, :3, 3]
+        surface = (rotation @ in_camera[..., None]).squeeze(-1) + centre
         jitter = torch.randn(n_surface, 3, generator=generator) * loss.occupancy_jitter
         points = torch.cat([uniform, surface + jitter])
     return points, depth_hull_occupancy(cameras, depth, points, loss.occupancy_tolerance)
