@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from analytic import sphere_camera_depth
 from monorecon.api import (
     ReconstructOptions,
     input_silhouette_hull,
@@ -247,23 +248,12 @@ def test_reconstruct_fill_follows_the_model_and_the_option():
 # --------------------------------------------------------------------------------------------------------------------
 # depth hull of several views
 # --------------------------------------------------------------------------------------------------------------------
-def _sphere_depth_maps(cameras: PerspectiveCameras, radius: float) -> torch.Tensor:
-    """(V, H, W) camera depth of a sphere at the origin, by ray-sphere intersection (0 where the ray misses)."""
-    origins, directions = cameras.get_rays(normalize=False)  # unit camera depth per unit of t
-    a = (directions * directions).sum(-1)
-    b = 2.0 * (origins * directions).sum(-1)
-    c = (origins * origins).sum(-1) - radius**2
-    disc = b * b - 4 * a * c
-    t = (-b - disc.clamp_min(0).sqrt()) / (2 * a)
-    return torch.where(disc > 0, t, torch.zeros_like(t))
-
-
 def test_depth_hull_of_a_sphere_is_the_sphere():
     radius = 0.4
     azimuths = torch.tensor([0.0, 60.0, 120.0, 180.0, 240.0, 300.0, 30.0, 210.0])
     elevations = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 70.0, -70.0])
     cameras = PerspectiveCameras(orbit_c2w(azimuths, elevations, 1.9), 96, 96, fov_y_deg=40.0)
-    depth = _sphere_depth_maps(cameras, radius)
+    depth, _ = sphere_camera_depth(cameras, radius)
     points = (torch.rand(20000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.6
     inside = depth_hull_occupancy(cameras, depth, points)
     distance = points.norm(dim=-1)
@@ -278,7 +268,7 @@ def test_depth_hull_of_a_sphere_is_the_sphere():
 
 def test_depth_hull_tolerance_and_bad_arguments():
     cameras = PerspectiveCameras(orbit_c2w(torch.tensor([0.0]), torch.tensor([0.0]), 1.9), 32, 32, fov_y_deg=40.0)
-    depth = _sphere_depth_maps(cameras, 0.4)
+    depth, _ = sphere_camera_depth(cameras, 0.4)
     just_in_front = torch.tensor([[0.0, 0.0, 0.41]])  # camera depth 1.49, the surface is at 1.5
     assert not depth_hull_occupancy(cameras, depth, just_in_front).any()
     assert depth_hull_occupancy(cameras, depth, just_in_front, tolerance=0.02).all()

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from analytic import ray_sphere, sphere_camera_depth
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.volume import VolumeRenderConfig, VolumeRenderer
 from monorecon.data import MultiViewDataset, ViewSampling, synthesize_dataset
@@ -346,20 +347,10 @@ def _sphere_bank(
 ) -> triposr_trainer._ViewBank:
     """A view bank of one sphere with analytic alpha and camera depth (ray-sphere intersection)."""
     c2w = orbit_c2w(torch.tensor(azimuths), 10.0, 1.9)
-    origins, directions = PerspectiveCameras(c2w, size, size, fov_y_deg=40.0).get_rays()
-    t_hit, hit = _ray_sphere(origins - torch.tensor(centre), directions, radius)
-    forward = -c2w[:, None, None, :3, 2]
-    depth = torch.where(hit, t_hit * (directions * forward).sum(-1), torch.zeros_like(t_hit))
+    depth, hit = sphere_camera_depth(PerspectiveCameras(c2w, size, size, fov_y_deg=40.0), radius, centre)
     rgba = torch.cat([torch.full((*hit.shape, 3), 0.6), hit[..., None].float()], dim=-1)
     images = (rgba * 255).round().to(torch.uint8)
     return triposr_trainer._ViewBank(images[None], c2w[None], torch.full((1, len(azimuths)), 40.0), depth[None].half())
-
-
-def _ray_sphere(origins: torch.Tensor, directions: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest hit ``t`` of unit-direction rays with the sphere |x| = radius, and whether they hit."""
-    b = (origins * directions).sum(-1)
-    disc = b**2 - ((origins**2).sum(-1) - radius**2)
-    return -b - disc.clamp(min=0).sqrt(), disc > 0
 
 
 def test_depth_loss_targets_are_the_camera_depth_of_the_patch_rays(tiny_dataset, tmp_path):
@@ -372,7 +363,7 @@ def test_depth_loss_targets_are_the_camera_depth_of_the_patch_rays(tiny_dataset,
     valid, target = batch["depth_valid"], batch["target_depth"]
     assert 0 < int(valid.sum()) < int((batch["target_alpha"] > 0).sum())  # outline pixels are left out
     # Independent reference: intersect the (canonical-frame) patch rays with the sphere.
-    t_exact, hit = _ray_sphere(batch["origins"], batch["directions"], radius)
+    t_exact, hit = ray_sphere(batch["origins"], batch["directions"], radius)
     assert bool(hit[valid].all())
     z_exact = t_exact * batch["depth_per_t"]
     assert float((target - z_exact)[valid].abs().max()) < 0.02  # 2x2 area averages of a curved surface (limb)
