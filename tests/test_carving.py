@@ -276,3 +276,9 @@ def test_depth_hull_tolerance_and_bad_arguments():
         depth_hull_occupancy(cameras, depth, just_in_front, tolerance=-1.0)
     with pytest.raises(ValueError, match="depth"):
         depth_hull_occupancy(cameras, depth[:, :16], just_in_front)
+    with pytest.raises(ValueError, match="depth must be >= 0"):
+        depth_hull_occupancy(cameras, -depth, just_in_front)
+    with pytest.raises(ValueError, match="depth contains NaN"):
+        depth_hull_occupancy(cameras, torch.full_like(depth, float("nan")), just_in_front)
+    with pytest.raises(ValueError, match="points contains NaN"):
+        depth_hull_occupancy(cameras, depth, torch.tensor([[float("nan"), 0.0, 0.0]]))

@@ -416,7 +416,13 @@ def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
     train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_occupancy": 0.5}))
     rows = CSVLogger(out / "train_log.csv").rows()
     assert all(np.isfinite(r["occupancy_bce"]) and r["occupancy_bce"] > 0 for r in rows)
-    for bad in ({"lambda_occupancy": -1.0}, {"occupancy_level": 0.0}, {"occupancy_box": None}, {"occupancy_points": 1}):
+    for bad in (
+        {"lambda_occupancy": -1.0},
+        {"occupancy_level": 0.0},
+        {"occupancy_box": None},
+        {"occupancy_points": 1},
+        {"occupancy_points": 1 << 30},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             load_train_config(_config(tiny_dataset, tmp_path, loss=bad))
     # Without occupancy_level the term is scored at the model's own mesh level.

@@ -181,9 +181,12 @@ def depth_hull_occupancy(
         tolerance: depth slack (world units, >= 0) for points on the surface.
 
     Raises:
-        ValueError: maps whose count or size does not match the cameras, or a negative tolerance.
+        ValueError: maps whose count or size does not match the cameras, non-finite or negative depths or points,
+            or a negative tolerance.
     """
     depth = check_tensor(depth, "depth", (cameras.batch_size, cameras.height, cameras.width), floating=True)
+    if bool((depth < 0).any()):
+        raise ValueError("depth must be >= 0 (0 on the background)")
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
     screen = cameras.transform_points_screen(check_tensor(points, "points", (None, 3), floating=True))  # (V, N, 3)

@@ -170,8 +170,8 @@ class LossSection:
             value = getattr(self, name)
             if (value is not None or name == "occupancy_box") and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value!r}")
-        if int(self.occupancy_points) != self.occupancy_points or self.occupancy_points < 2:
-            raise ValueError(f"loss.occupancy_points must be an integer >= 2, got {self.occupancy_points!r}")
+        if int(self.occupancy_points) != self.occupancy_points or not 2 <= self.occupancy_points <= 1 << 20:
+            raise ValueError(f"loss.occupancy_points must be an integer in [2, 2^20], got {self.occupancy_points!r}")
 
 
 @dataclass
