@@ -441,6 +441,15 @@ def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
     assert terms[None] == terms[7.0] != terms[20.0]
 
 
+def test_training_with_the_distortion_loss(tiny_dataset, tmp_path):
+    out = tmp_path / "distortion"
+    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_distortion": 0.5}))
+    rows = CSVLogger(out / "train_log.csv").rows()
+    assert all(np.isfinite(r["distortion"]) and r["distortion"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="lambda_distortion"):
+        load_train_config(_config(tiny_dataset, tmp_path, loss={"lambda_distortion": -1.0}))
+
+
 def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "depth"
     train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_depth": 0.5}))

@@ -31,6 +31,7 @@ __all__ = [
     "composite",
     "depth_regularize",
     "depth_window_samples",
+    "distortion_loss",
     "importance_samples",
     "ray_aabb",
     "uniform_samples",
@@ -45,6 +46,7 @@ _AUTO_CHUNK_POINTS_CPU = 1 << 14
 _AUTO_CHUNK_POINTS_GPU = 1 << 20
 # TripoSR replaces direction components below this magnitude to avoid dividing by zero in the slab test.
 _MIN_DIRECTION_COMPONENT = 1e-6
+_PER_SAMPLE_KEYS = ("weights", "t", "edges")  # returned only with ``return_weights``
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,6 +345,34 @@ def composite(
     return _composite(density, rgb, t_mid, deltas, background, depth_eps, transmittance_eps, target_depth, depth_kernel)
 
 
+def distortion_loss(weights: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Mip-NeRF 360's distortion loss of each ray: small when its weights sit in one short interval (a surface), large
+    when they are spread along the ray (haze, floaters).
+
+    ``L = sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 (e_{i+1} - e_i)`` with ``m_i`` the interval midpoints, computed
+    in O(S) from prefix sums (the double sum is ``2 sum_i w_i sum_{j<i} w_j (m_i - m_j)`` for sorted midpoints).
+
+    Args:
+        weights: (R, S) compositing weights.
+        edges: (R, S + 1) ascending interval edges of the samples, e.g. the renderer's ``edges`` (fractions of the
+            in-box segment, as Mip-NeRF 360's normalised distance).
+
+    Returns:
+        (R,) loss per ray; differentiable w.r.t. ``weights``.
+    """
+    weights = check_tensor(weights, "weights", ("R", "S"), floating=True)
+    n_rays, n_samples = weights.shape
+    edges = check_tensor(edges, "edges", (n_rays, n_samples + 1), floating=True)
+    mids, widths = 0.5 * (edges[:, 1:] + edges[:, :-1]), torch.diff(edges, dim=-1)
+    if bool((widths < 0).any()):
+        raise ValueError("edges must be ascending along each ray")
+    weight_before = torch.cumsum(weights, dim=-1) - weights
+    moment_before = torch.cumsum(weights * mids, dim=-1) - weights * mids
+    between = 2.0 * (weights * (mids * weight_before - moment_before)).sum(dim=-1)
+    within = (weights**2 * widths).sum(dim=-1) / 3.0
+    return between + within
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Renderer
 # --------------------------------------------------------------------------------------------------------------------
@@ -372,7 +402,8 @@ class VolumeRenderConfig:
             ``D + linspace(-w, w, n_importance)`` instead of importance samples (G3DR 0.4).
         depth_window_half_width: ``w`` above (G3DR 0.05).
         depth_kernel: gradient scaling applied when ``target_depth`` is given.
-        return_weights: also return per-sample ``weights`` and depths ``t`` (…, S).
+        return_weights: also return per-sample ``weights`` and depths ``t`` (…, S), and the samples' interval
+            ``edges`` (…, S + 1) as fractions of the ray's in-box segment (for :func:`distortion_loss`).
     """
 
     n_samples: int = 128
@@ -509,8 +540,9 @@ class VolumeRenderer:
             background: (3,) or (…, 3) colour overriding ``config.background``.
 
         Returns:
-            dict(rgb (…, 3), opacity (…, 1), depth (…, 1)) and, with ``return_weights``, weights (…, S) and t (…, S)
-            (S = n_samples + n_importance). Missed rays: background colour, opacity 0, depth 0, weights 0.
+            dict(rgb (…, 3), opacity (…, 1), depth (…, 1)) and, with ``return_weights``, weights (…, S), t (…, S)
+            and edges (…, S + 1) (S = n_samples + n_importance). Missed rays: background colour, opacity 0, depth 0,
+            weights 0, edges 0.
         """
         cfg = self.config
         origins = check_tensor(origins, "origins", floating=True)
@@ -568,7 +600,7 @@ class VolumeRenderer:
                 bg[index] if bg.dim() == 2 else bg, use_window,
             )  # fmt: skip
             for key, value in chunk.items():
-                if cfg.return_weights or key not in ("weights", "t"):
+                if cfg.return_weights or key not in _PER_SAMPLE_KEYS:
                     pieces.setdefault(key, []).append(value)
 
         n_total = cfg.n_samples + cfg.n_importance
@@ -578,10 +610,11 @@ class VolumeRenderer:
             "depth": torch.zeros(n_rays, 1, **like),
             "weights": torch.zeros(n_rays, n_total, **like),
             "t": torch.zeros(n_rays, n_total, **like),
+            "edges": torch.zeros(n_rays, n_total + 1, **like),
         }
         result = {}
         for key, full in missed.items():
-            if key in ("weights", "t") and not cfg.return_weights:
+            if key in _PER_SAMPLE_KEYS and not cfg.return_weights:
                 continue
             value = full.contiguous()
             if n_hit:
@@ -664,5 +697,5 @@ class VolumeRenderer:
             sigma, rgb, t, deltas_of(u), background, cfg.depth_eps, cfg.transmittance_eps,
             target_depth, cfg.depth_kernel,
         )  # fmt: skip
-        out["t"] = t
+        out["t"], out["edges"] = t, _interval_edges(u)
         return out

@@ -24,7 +24,10 @@ Each step, for every object of the batch (SPEC §1, "Training"):
    default): ``lambda_occupancy * BCE`` of occupancy labels of 3-D points against the density at the mesh level
    (:func:`occupancy_bce`): the labels come from the depth hull of all the object's views, so the surface that
    marching cubes extracts is trained directly (the rendering losses leave the density free wherever the renders
-   do not depend on it, e.g. inside an object).
+   do not depend on it, e.g. inside an object). Also optional (off by default): ``lambda_distortion`` times
+   Mip-NeRF 360's distortion loss of the patch rays (:func:`monorecon.core.volume.distortion_loss`), which favours
+   weights concentrated at one depth (a surface) over density spread along the ray (a haze that renders opaque but
+   lies below the mesh level).
 
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
@@ -52,7 +55,7 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
-from ..core.volume import VolumeRenderConfig, VolumeRenderer
+from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict, read_state_dict
@@ -133,7 +136,7 @@ class OptimSection:
 @dataclass
 class LossSection:
     """Loss weights: ``MSE + lambda_lpips * perceptual + lambda_mask * BCE(mask) + lambda_depth * L1(depth)
-    + lambda_occupancy * BCE(occupancy)``.
+    + lambda_occupancy * BCE(occupancy) + lambda_distortion * distortion``.
 
     ``lambda_depth > 0`` and ``lambda_occupancy > 0`` need a dataset with depth maps (``depth/NNN.npz``;
     :func:`depth_l1`, :func:`occupancy_bce`). The occupancy term scores ``occupancy_points`` points per object (half
@@ -147,6 +150,7 @@ class LossSection:
     lambda_mask: float = 0.5
     lambda_depth: float = 0.0
     lambda_occupancy: float = 0.0
+    lambda_distortion: float = 0.0
     occupancy_level: float | None = None
     occupancy_points: int = 2048
     occupancy_box: float = 0.6
@@ -160,6 +164,7 @@ class LossSection:
             "lambda_mask",
             "lambda_depth",
             "lambda_occupancy",
+            "lambda_distortion",
             "occupancy_jitter",
             "occupancy_tolerance",
         ):
@@ -493,6 +498,7 @@ class _TrainStep(torch.nn.Module):
                 stratified=config.stratified,
                 box_radius=model.config.renderer.radius,
                 chunk_size=8192,
+                return_weights=config.loss.lambda_distortion > 0,
             )
         )
         self.perceptual = None
@@ -507,7 +513,7 @@ class _TrainStep(torch.nn.Module):
         cfg = self.config
         scene_codes = self.model.encode(batch["input_rgb"])
         size, n_views = cfg.patch_size, batch["origins"].shape[1]
-        rgb, opacity, depth = [], [], []
+        rgb, opacity, depth, distortion = [], [], [], []
         for b in range(scene_codes.shape[0]):
             code = scene_codes[b : b + 1]
 
@@ -521,6 +527,8 @@ class _TrainStep(torch.nn.Module):
             rgb.append(out["rgb"].reshape(n_views, size, size, 3))
             opacity.append(out["opacity"].reshape(n_views, size, size))
             depth.append(out["depth"].reshape(n_views, size, size))
+            if cfg.loss.lambda_distortion > 0:
+                distortion.append(distortion_loss(out["weights"], out["edges"]))
         rgb, opacity, depth = torch.stack(rgb), torch.stack(opacity), torch.stack(depth)
         target_rgb, target_alpha = batch["target_rgb"], batch["target_alpha"]
         mse = F.mse_loss(rgb, target_rgb)
@@ -537,6 +545,10 @@ class _TrainStep(torch.nn.Module):
             occupancy = occupancy_bce(density[..., 0], batch["occupancy_inside"], level)
             total = total + cfg.loss.lambda_occupancy * occupancy
             terms["occupancy_bce"] = occupancy
+        if cfg.loss.lambda_distortion > 0:
+            distortion = torch.cat(distortion).mean()
+            total = total + cfg.loss.lambda_distortion * distortion
+            terms["distortion"] = distortion
         if self.perceptual is not None:
             to_nchw = lambda x: x.reshape(-1, size, size, 3).permute(0, 3, 1, 2)  # noqa: E731
             perceptual = self.perceptual(to_nchw(rgb), to_nchw(target_rgb)).mean()
