@@ -40,7 +40,8 @@ def _fake_pip(wheel_members: dict[str, list[str]] | None):
         (None, "could not download pyvista"),
         ({"pyvista": ["pyvista/examples/airplane.ply"]}, "ant.ply is not in"),
         ({"pyvista": [f"pyvista/examples/{n}.ply" for n in ("airplane", "ant", "nut")],
-          "pymeshlab": ["pymeshlab/tests/sample_meshes/bone.ply", "pymeshlab/tests/sample_meshes/cow.obj"]},
+          "pymeshlab": ["pymeshlab/tests/sample_meshes/bone.ply", "pymeshlab/tests/sample_meshes/cow.obj"],
+          "pybullet": ["pybullet_data/duck.obj", "pybullet_data/lego/lego.obj", "pybullet_data/objects/mug.obj"]},
          "airplane.ply in the pyvista wheel"),
     ],
 )  # fmt: skip

