@@ -351,6 +351,30 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval-compare", help="paired comparison of two eval reports (mean difference, SE by case and by object)"
+    )
+    p.add_argument(
+        "report_a", type=Path, help="report folder of `monorecon eval` (or its per_object.csv), e.g. a baseline"
+    )
+    p.add_argument("report_b", type=Path, help="the report compared with it (differences are B - A)")
+    p.add_argument("--metric", default="fscore@0.1", help="per-object column (default fscore@0.1)")
+    p.add_argument("--no-per-object", action="store_true", help="only the summary line")
+    p.set_defaults(func=_run_eval_compare)
+
+
+def _run_eval_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import compare_reports, format_comparison
+
+    result = compare_reports(args.report_a, args.report_b, args.metric)
+    names = (args.report_a.name or "A", args.report_b.name or "B")
+    if names[0] == names[1]:
+        names = ("A", "B")
+    print(format_comparison(result, *names, per_object=not args.no_per_object))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # fitting: pose, MeshInversion
 # --------------------------------------------------------------------------------------------------------------------
@@ -563,6 +587,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_train,
     _add_eval,
+    _add_eval_compare,
     _add_fit_pose,
     _add_train_meshgan,
     _add_invert,

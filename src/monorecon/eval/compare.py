@@ -1,0 +1,153 @@
+"""Paired comparison of two evaluation reports (``monorecon eval-compare REPORT_A REPORT_B``).
+
+Two reports of the same cases (the ``per_object.csv`` that :func:`monorecon.eval.harness.evaluate` writes) are
+compared case by case: the mean of ``B - A``, its standard error, an approximate 95 % interval, and the cases won and
+lost. Several cases of one object (views ``<name>@<azimuth>`` of a real mesh) are not independent, so the standard
+error is also given **clustered by object**: the per-object mean differences are treated as the samples. With a
+handful of meshes that is the honest one; a difference inside about two of them is not a finding.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compare_reports", "format_comparison", "read_report"]
+
+_Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def read_report(report: str | os.PathLike, metric: str) -> dict[str, tuple[str, float]]:
+    """``object_id -> (class, value of metric)`` from a report folder or its ``per_object.csv``.
+
+    Raises:
+        ValueError: missing or unreadable file, no such metric column, a value that is not a finite number, or a
+            repeated object id.
+    """
+    path = Path(report)
+    if path.is_dir():
+        path = path / "per_object.csv"
+    if not path.is_file():
+        raise ValueError(f"no evaluation report at {path} (give a report folder or its per_object.csv)")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    if not rows or "object_id" not in rows[0]:
+        raise ValueError(f"{path} has no per-object rows")
+    if metric not in rows[0]:
+        known = [k for k in rows[0] if k not in ("object_id", "class", "failed")]
+        raise ValueError(f"{path} has no column {metric!r}; it has {', '.join(known)}")
+    values: dict[str, tuple[str, float]] = {}
+    for row in rows:
+        object_id = row["object_id"]
+        try:
+            value = float(row[metric])
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: {metric} of {object_id} is {row[metric]!r}, not a finite number")
+        if object_id in values:
+            raise ValueError(f"{path}: object {object_id} appears twice")
+        values[object_id] = (row.get("class", ""), value)
+    return values
+
+
+def _object_of(case_id: str) -> str:
+    """``bunny@22.5`` -> ``bunny``; a synthetic object id is its own object."""
+    return case_id.rsplit("@", 1)[0]
+
+
+def _mean_and_se(samples: np.ndarray) -> tuple[float, float]:
+    mean = float(samples.mean())
+    se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+    return mean, se
+
+
+def compare_reports(
+    report_a: str | os.PathLike, report_b: str | os.PathLike, metric: str = "fscore@0.1"
+) -> dict[str, Any]:
+    """Compare two reports on the cases they share.
+
+    Args:
+        report_a, report_b: report folders (or their ``per_object.csv``), e.g. a baseline and a model.
+        metric: a per-object column, e.g. ``fscore@0.1``, ``chamfer``, ``mask_iou``.
+
+    Returns:
+        dict with ``metric``, ``n_cases``, ``n_objects``, ``mean_a``, ``mean_b``, ``difference`` (mean of B - A),
+        ``se`` / ``ci95`` (over cases), ``se_clustered`` / ``ci95_clustered`` (over objects' mean differences; NaN
+        with one object), ``b_higher`` / ``a_higher`` / ``ties`` (case counts), ``only_a`` / ``only_b`` (cases in one
+        report only, left out), and ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
+
+    Raises:
+        ValueError: unreadable reports (:func:`read_report`) or no case in common.
+    """
+    a, b = read_report(report_a, metric), read_report(report_b, metric)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError(f"the two reports share no case (e.g. {next(iter(a))!r} vs {next(iter(b))!r})")
+    value_a = np.array([a[k][1] for k in shared])
+    value_b = np.array([b[k][1] for k in shared])
+    difference = value_b - value_a
+    mean, se = _mean_and_se(difference)
+    objects = sorted({_object_of(k) for k in shared})
+    per_object = {}
+    for name in objects:
+        rows = [i for i, k in enumerate(shared) if _object_of(k) == name]
+        per_object[name] = {
+            "n": len(rows),
+            "mean_a": float(value_a[rows].mean()),
+            "mean_b": float(value_b[rows].mean()),
+            "difference": float(difference[rows].mean()),
+        }
+    # Clustered: each object's mean difference is one sample, weighted by its case count (the overall mean above).
+    object_difference = np.array([per_object[name]["difference"] for name in objects])
+    weights = np.array([per_object[name]["n"] for name in objects], dtype=float)
+    se_clustered = math.nan
+    if len(objects) > 1:
+        residual = weights * (object_difference - mean)
+        # CR1-style sandwich estimate of the weighted mean's variance, with the small-sample factor G / (G - 1).
+        se_clustered = float(np.sqrt((residual**2).sum() * len(objects) / (len(objects) - 1)) / weights.sum())
+    return {
+        "metric": metric,
+        "n_cases": len(shared),
+        "n_objects": len(objects),
+        "mean_a": float(value_a.mean()),
+        "mean_b": float(value_b.mean()),
+        "difference": mean,
+        "se": se,
+        "ci95": (mean - _Z95 * se, mean + _Z95 * se),
+        "se_clustered": se_clustered,
+        "ci95_clustered": (mean - _Z95 * se_clustered, mean + _Z95 * se_clustered),
+        "b_higher": int((difference > 0).sum()),
+        "a_higher": int((difference < 0).sum()),
+        "ties": int((difference == 0).sum()),
+        "only_a": len(set(a) - set(b)),
+        "only_b": len(set(b) - set(a)),
+        "per_object": per_object,
+    }
+
+
+def format_comparison(result: dict[str, Any], name_a: str = "A", name_b: str = "B", per_object: bool = True) -> str:
+    """The comparison as Markdown: one summary line, then (optionally) a per-object table."""
+    r = result
+    lines = [
+        f"{r['metric']}: {name_a} {r['mean_a']:.4f}, {name_b} {r['mean_b']:.4f} over {r['n_cases']} cases "
+        f"({r['n_objects']} objects); {name_b} - {name_a} = {r['difference']:+.4f} "
+        f"(SE {r['se']:.4f} by case, 95 % {r['ci95'][0]:+.4f} .. {r['ci95'][1]:+.4f}; "
+        f"SE {r['se_clustered']:.4f} by object, 95 % {r['ci95_clustered'][0]:+.4f} .. {r['ci95_clustered'][1]:+.4f}); "
+        f"{name_b} higher in {r['b_higher']}, {name_a} higher in {r['a_higher']}, ties {r['ties']}"
+    ]
+    if r["only_a"] or r["only_b"]:
+        lines[0] += f"; left out: {r['only_a']} cases only in {name_a}, {r['only_b']} only in {name_b}"
+    if per_object and r["n_objects"] > 1 and r["n_objects"] < r["n_cases"]:
+        lines += ["", f"| object | cases | {name_a} | {name_b} | {name_b} - {name_a} |", "|---|---|---|---|---|"]
+        for name, o in r["per_object"].items():
+            lines.append(f"| {name} | {o['n']} | {o['mean_a']:.4f} | {o['mean_b']:.4f} | {o['difference']:+.4f} |")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Paired comparison of eval reports: means, standard errors (by case and clustered by object), bad reports."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monorecon.cli import main
+from monorecon.eval.compare import compare_reports, format_comparison
+
+
+def _report(folder: Path, values: dict[str, float], metric: str = "fscore@0.1") -> Path:
+    folder.mkdir(parents=True)
+    with open(folder / "per_object.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["object_id", "class", "failed", "chamfer", metric])
+        for object_id, value in values.items():
+            writer.writerow([object_id, "real", 0, 0.05, value])
+    return folder
+
+
+def test_paired_statistics_match_direct_formulas(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"{mesh}@{az}" for mesh in ("bunny", "duck", "cow", "bone") for az in (0, 90, 180)]
+    a = dict(zip(ids, rng.uniform(0.7, 0.9, len(ids)), strict=True))
+    b = {k: v + rng.normal(0.02, 0.03) for k, v in a.items()}
+    result = compare_reports(_report(tmp_path / "a", a), _report(tmp_path / "b", b))
+    diff = np.array([b[k] - a[k] for k in ids])
+    assert result["n_cases"] == 12 and result["n_objects"] == 4
+    assert result["difference"] == pytest.approx(diff.mean()) == pytest.approx(result["mean_b"] - result["mean_a"])
+    assert result["se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(12))
+    # Equal cases per object: the clustered SE is the plain SE of the four objects' mean differences.
+    per_mesh = diff.reshape(4, 3).mean(1)
+    assert result["se_clustered"] == pytest.approx(per_mesh.std(ddof=1) / 2)
+    assert result["ci95"][0] < result["difference"] < result["ci95"][1]
+    assert result["b_higher"] + result["a_higher"] + result["ties"] == 12
+    assert result["per_object"]["duck"]["difference"] == pytest.approx(per_mesh[1])
+
+
+def test_clustered_se_with_unequal_objects_by_hand(tmp_path):
+    # Differences: x has (+0.1, +0.3), y has (-0.1): mean 0.1; cluster sums of residuals 0.2 and -0.2;
+    # variance (0.04 + 0.04) * 2 / 1 / 3^2 -> SE 0.1333.
+    a = {"x@0": 0.5, "x@90": 0.5, "y@0": 0.5}
+    b = {"x@0": 0.6, "x@90": 0.8, "y@0": 0.4}
+    result = compare_reports(_report(tmp_path / "a", a), _report(tmp_path / "b", b))
+    assert result["difference"] == pytest.approx(0.1)
+    assert result["se_clustered"] == pytest.approx(math.sqrt(0.16) / 3)
+    assert (result["b_higher"], result["a_higher"], result["ties"]) == (2, 1, 0)
+    text = format_comparison(result, "base", "new")
+    assert "+0.1000" in text and "| x | 2 | 0.5000 | 0.7000 | +0.2000 |" in text
+
+
+def test_only_shared_cases_are_compared_and_one_object_has_no_clustered_se(tmp_path):
+    a = _report(tmp_path / "a", {"m@0": 0.5, "m@90": 0.7, "extra@0": 0.1})
+    b = _report(tmp_path / "b", {"m@0": 0.6, "m@90": 0.9})
+    result = compare_reports(a, b / "per_object.csv")
+    assert (result["n_cases"], result["only_a"], result["only_b"]) == (2, 1, 0)
+    assert math.isnan(result["se_clustered"])
+    assert "left out: 1 cases only in A" in format_comparison(result)
+
+
+@pytest.mark.parametrize(
+    ("b_values", "metric", "message"),
+    [
+        ({"other@0": 0.5}, "fscore@0.1", "share no case"),
+        ({"m@0": 0.5}, "psnr", "no column 'psnr'"),
+        ({"m@0": float("nan")}, "fscore@0.1", "not a finite number"),
+    ],
+)
+def test_bad_reports_are_one_line_errors(tmp_path, capsys, b_values, metric, message):
+    a = _report(tmp_path / "a", {"m@0": 0.5})
+    b = _report(tmp_path / "b", b_values)
+    assert main(["eval-compare", str(a), str(b), "--metric", metric]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert main(["eval-compare", str(a), str(tmp_path / "missing")]) == 2
+    assert "no evaluation report" in capsys.readouterr().err
+    (tmp_path / "dup").mkdir()
+    (tmp_path / "dup" / "per_object.csv").write_text("object_id,fscore@0.1\nm@0,0.5\nm@0,0.6\n")
+    assert main(["eval-compare", str(a), str(tmp_path / "dup")]) == 2
+    assert "appears twice" in capsys.readouterr().err
+
+
+def test_cli_prints_the_summary_and_table(tmp_path, capsys):
+    a = _report(tmp_path / "inflation", {"m@0": 0.5, "m@90": 0.7, "n@0": 0.6})
+    b = _report(tmp_path / "model", {"m@0": 0.6, "m@90": 0.9, "n@0": 0.5})
+    assert main(["eval-compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fscore@0.1: inflation 0.6000, model 0.6667 over 3 cases (2 objects)")
+    assert "| m | 2 | 0.6000 | 0.7500 | +0.1500 |" in out
