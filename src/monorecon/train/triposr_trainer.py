@@ -27,7 +27,8 @@ Each step, for every object of the batch (SPEC §1, "Training"):
    do not depend on it, e.g. inside an object). Also optional (off by default): ``lambda_distortion`` times
    Mip-NeRF 360's distortion loss of the patch rays (:func:`monorecon.core.volume.distortion_loss`), which favours
    weights concentrated at one depth (a surface) over density spread along the ray (a haze that renders opaque but
-   lies below the mesh level).
+   lies below the mesh level). (Fine-tuning the bundled model with ``lambda_distortion = 1`` changed nothing against
+   the same run without it; see its model card.)
 
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
