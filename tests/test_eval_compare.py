@@ -83,6 +83,12 @@ def test_bad_reports_are_one_line_errors(tmp_path, capsys, b_values, metric, mes
     (tmp_path / "dup" / "per_object.csv").write_text("object_id,fscore@0.1\nm@0,0.5\nm@0,0.6\n")
     assert main(["eval-compare", str(a), str(tmp_path / "dup")]) == 2
     assert "appears twice" in capsys.readouterr().err
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x81")
+    assert main(["eval-compare", str(a), str(tmp_path / "binary.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["eval-compare", str(tmp_path / "empty.csv"), str(a)]) == 2
+    assert "no per-object rows" in capsys.readouterr().err
 
 
 def test_cli_prints_the_summary_and_table(tmp_path, capsys):

@@ -411,13 +411,19 @@ def test_occupancy_labels_are_the_object_in_the_canonical_frame(tiny_dataset, tm
     assert float(((points - centre).norm(dim=-1) < radius).eq(inside).float().mean()) < 0.85  # nor the world frame
 
 
-def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
-    out = tmp_path / "occupancy"
-    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_occupancy": 0.5}))
+def _check_optional_loss_term(dataset: Path, tmp_path: Path, weight: str, column: str) -> None:
+    """Two steps with ``loss.<weight> = 0.5`` log a finite, positive ``column``; a negative weight is refused."""
+    out = tmp_path / weight
+    train(_config(dataset, out, steps=2, loss={"lambda_mask": 0.5, weight: 0.5}))
     rows = CSVLogger(out / "train_log.csv").rows()
-    assert all(np.isfinite(r["occupancy_bce"]) and r["occupancy_bce"] > 0 for r in rows)
+    assert all(np.isfinite(r[column]) and r[column] > 0 for r in rows)
+    with pytest.raises(ValueError, match=weight):
+        load_train_config(_config(dataset, tmp_path, loss={weight: -1.0}))
+
+
+def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
+    _check_optional_loss_term(tiny_dataset, tmp_path, "lambda_occupancy", "occupancy_bce")
     for bad in (
-        {"lambda_occupancy": -1.0},
         {"occupancy_level": 0.0},
         {"occupancy_box": None},
         {"occupancy_points": 1},
@@ -442,21 +448,11 @@ def test_training_with_the_occupancy_loss(tiny_dataset, tmp_path):
 
 
 def test_training_with_the_distortion_loss(tiny_dataset, tmp_path):
-    out = tmp_path / "distortion"
-    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_distortion": 0.5}))
-    rows = CSVLogger(out / "train_log.csv").rows()
-    assert all(np.isfinite(r["distortion"]) and r["distortion"] > 0 for r in rows)
-    with pytest.raises(ValueError, match="lambda_distortion"):
-        load_train_config(_config(tiny_dataset, tmp_path, loss={"lambda_distortion": -1.0}))
+    _check_optional_loss_term(tiny_dataset, tmp_path, "lambda_distortion", "distortion")
 
 
 def test_training_with_the_depth_loss(tiny_dataset, tmp_path, monkeypatch):
-    out = tmp_path / "depth"
-    train(_config(tiny_dataset, out, steps=2, loss={"lambda_mask": 0.5, "lambda_depth": 0.5}))
-    rows = CSVLogger(out / "train_log.csv").rows()
-    assert all(np.isfinite(r["depth_l1"]) and r["depth_l1"] > 0 for r in rows)
-    with pytest.raises(ValueError, match="lambda_depth"):
-        load_train_config(_config(tiny_dataset, tmp_path, loss={"lambda_depth": -1.0}))
+    _check_optional_loss_term(tiny_dataset, tmp_path, "lambda_depth", "depth_l1")
     original = MultiViewDataset.__getitem__
     monkeypatch.setattr(MultiViewDataset, "__getitem__", lambda self, i: {**original(self, i), "has_depth": False})
     with pytest.raises(ValueError, match="need depth maps"):

@@ -22,8 +22,8 @@ __all__ = ["compare_reports", "format_comparison", "read_report"]
 _Z95 = 1.959964  # two-sided 95 % normal quantile
 
 
-def read_report(report: str | os.PathLike, metric: str) -> dict[str, tuple[str, float]]:
-    """``object_id -> (class, value of metric)`` from a report folder or its ``per_object.csv``.
+def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
+    """``object_id -> value of metric`` from a report folder or its ``per_object.csv``.
 
     Raises:
         ValueError: missing or unreadable file, no such metric column, a value that is not a finite number, or a
@@ -44,7 +44,7 @@ def read_report(report: str | os.PathLike, metric: str) -> dict[str, tuple[str, 
     if metric not in rows[0]:
         known = [k for k in rows[0] if k not in ("object_id", "class", "failed")]
         raise ValueError(f"{path} has no column {metric!r}; it has {', '.join(known)}")
-    values: dict[str, tuple[str, float]] = {}
+    values: dict[str, float] = {}
     for row in rows:
         object_id = row["object_id"]
         try:
@@ -55,19 +55,13 @@ def read_report(report: str | os.PathLike, metric: str) -> dict[str, tuple[str, 
             raise ValueError(f"{path}: {metric} of {object_id} is {row[metric]!r}, not a finite number")
         if object_id in values:
             raise ValueError(f"{path}: object {object_id} appears twice")
-        values[object_id] = (row.get("class", ""), value)
+        values[object_id] = value
     return values
 
 
 def _object_of(case_id: str) -> str:
     """``bunny@22.5`` -> ``bunny``; a synthetic object id is its own object."""
     return case_id.rsplit("@", 1)[0]
-
-
-def _mean_and_se(samples: np.ndarray) -> tuple[float, float]:
-    mean = float(samples.mean())
-    se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
-    return mean, se
 
 
 def compare_reports(
@@ -92,14 +86,17 @@ def compare_reports(
     shared = sorted(set(a) & set(b))
     if not shared:
         raise ValueError(f"the two reports share no case (e.g. {next(iter(a))!r} vs {next(iter(b))!r})")
-    value_a = np.array([a[k][1] for k in shared])
-    value_b = np.array([b[k][1] for k in shared])
+    value_a, value_b = np.array([a[k] for k in shared]), np.array([b[k] for k in shared])
     difference = value_b - value_a
-    mean, se = _mean_and_se(difference)
-    objects = sorted({_object_of(k) for k in shared})
+    mean = float(difference.mean())
+    se = float(difference.std(ddof=1) / math.sqrt(len(shared))) if len(shared) > 1 else math.nan
+    cases_of: dict[str, list[int]] = {}
+    for index, case_id in enumerate(shared):
+        cases_of.setdefault(_object_of(case_id), []).append(index)
+    objects = sorted(cases_of)
     per_object = {}
     for name in objects:
-        rows = [i for i, k in enumerate(shared) if _object_of(k) == name]
+        rows = cases_of[name]
         per_object[name] = {
             "n": len(rows),
             "mean_a": float(value_a[rows].mean()),
