@@ -108,6 +108,28 @@ def test_orthographic_rays_and_projection():
     assert cam.transform_points_ndc(torch.tensor([[4.0, 2.0, 0.0]]))[0, 0, :2].tolist() == pytest.approx([1.0, 1.0])
 
 
+def test_resized_cameras_keep_every_pixels_ray():
+    pts = torch.tensor([[0.3, -0.2, -2.0], [-0.5, 0.4, -3.0]])
+    # Perspective: pixel coordinates scale with the image (hand values: fov 90 -> fy = 50 px on 100 x 100).
+    cam = PerspectiveCameras(torch.eye(4), 100, 100, fov_y_deg=90.0)
+    small = cam.resized(25, 50)  # a different aspect is still a resampling of the same view
+    assert (small.height, small.width) == (25, 50)
+    torch.testing.assert_close(small.transform_points_screen(pts)[0, :, :2],
+                               cam.transform_points_screen(pts)[0, :, :2] * torch.tensor([0.5, 0.25]))  # fmt: skip
+    assert float(small.fov_y_deg[0]) == pytest.approx(90.0)
+    shifted = PerspectiveCameras(torch.eye(4), 64, 64, focal=(70.0, 80.0), principal=(30.0, 34.0)).resized(128, 128)
+    assert shifted.focal[0].tolist() == [140.0, 160.0] and shifted.principal[0].tolist() == [60.0, 68.0]
+    # NDC cameras keep their projection; a change of aspect is refused (it is not the same view).
+    ortho = OrthographicCameras(look_at(torch.tensor([0.0, 0.0, 4.0])), 10, 20, scale=2.0)
+    torch.testing.assert_close(ortho.resized(5, 10).transform_points_ndc(pts), ortho.transform_points_ndc(pts))
+    torch.manual_seed(3)
+    weak = WeakPerspectiveCameras(torch.tensor([0.8]), torch.randn(1, 2) * 0.1, torch.randn(1, 4), 32, 32)
+    torch.testing.assert_close(weak.resized(64, 64).transform_points_ndc(pts), weak.transform_points_ndc(pts))
+    for camera in (ortho, weak):
+        with pytest.raises(ValueError, match="aspect"):
+            camera.resized(64, 16)
+
+
 def test_quaternion_matches_scipy():
     rng = np.random.default_rng(1)
     q = rng.normal(size=(8, 4))

@@ -193,6 +193,19 @@ def test_fill_raises_rays_that_never_reach_the_level():
     assert float((radii - 0.3).abs().max()) < voxel
 
 
+def test_fill_of_a_mask_larger_than_its_gain_map_is_the_same_fill():
+    # `filled` computes its gains on at most `resolution` pixels: a 256-pixel mask (as `reconstruct` prepares its
+    # input at 512) must give the fill of the same silhouette at 64 pixels, i.e. its rays must be the same rays.
+    field = lambda points: _half_spheres(points, 3.0, 12.0)  # noqa: E731
+    hulls = [_ball_hull(size) for size in (64, 256)]
+    fills = [hull.filled(field, level=7.0, box_radius=0.87, resolution=64) for hull in hulls]
+    assert fills[1].gain.shape[-2:] == (64, 64)
+    points = torch.tensor([[-0.15, 0.05, 0.1], [-0.2, -0.1, 0.0], [-0.05, 0.2, -0.2], [0.15, 0.05, -0.1]])
+    expected = hulls[0](points) * torch.tensor([1.1 * 7.0 / 3.0] * 3 + [1.0])  # faint half raised, bright kept
+    for fill in fills:
+        torch.testing.assert_close(fill(points), expected)
+
+
 def test_fill_gain_is_capped_and_checked():
     hull = _ball_hull()
     fill = hull.filled(lambda points: _half_spheres(points, 0.1, 0.1), level=7.0, box_radius=0.87, max_gain=20.0)
@@ -223,7 +236,8 @@ def test_reconstruct_fill_follows_the_model_and_the_option():
     assert input_view_weight(model, code, np.ones((8, 8), dtype=np.float32), 5.0, fill=True) is None
     with pytest.raises(ValueError, match="fill"):
         ReconstructOptions(fill="no")  # a string would otherwise be true
-    # A level few rays of this random-weight field reach: filled, the surface spans the silhouette, still inside it.
+    # A level few rays of this random-weight field reach: filled, the surface spans most of the silhouette (the rays
+    # whose peak times the largest gain, 20, reaches the level), still inside it.
     resolution = 48
     options = {"mc_resolution": resolution, "threshold": 100.0}
     filled = reconstruct_full(EXAMPLE, model, ReconstructOptions(**options, fill=True))
@@ -240,7 +254,7 @@ def test_reconstruct_fill_follows_the_model_and_the_option():
         hit[pixels(verts)[:, 1], pixels(verts)[:, 0]] = True
         return float((ndimage.distance_transform_edt(~hit) <= voxel_pixels)[alpha].mean())
 
-    assert coverage(carved.mesh.verts) < 0.2 and coverage(filled.mesh.verts) > 0.8
+    assert coverage(carved.mesh.verts) < 0.2 and coverage(filled.mesh.verts) > 0.5
     outside = ndimage.distance_transform_edt(~alpha)
     assert float(outside[pixels(filled.mesh.verts)[:, 1], pixels(filled.mesh.verts)[:, 0]].max()) < voxel_pixels + 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -309,9 +310,18 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model or baseline: Chamfer, F-score, IoU, PSNR/SSIM, mask IoU")
-    p.add_argument("--model", required=True, help="weights file/folder, 'default', 'sphere' or 'inflation'")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="weights file/folder, 'default', 'sphere' or 'inflation'")
+    what.add_argument(
+        "--predictions", type=Path,
+        help="score another method's meshes: DIR/ID.glb (or .obj, .ply) or DIR/ID/mesh.glb for each case ID "
+        "(inputs from --export-inputs); Chamfer and F-scores only",
+    )  # fmt: skip
+    what.add_argument(
+        "--export-inputs", action="store_true", help="write each case's input image to the output folder as ID.png"
+    )
     p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder or folder of meshes")
-    p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report folder (with --export-inputs: images)")
     p.add_argument("--split", default="all")
     p.add_argument("--max-objects", type=int)
     p.add_argument("--mc-resolution", type=int, default=128)
@@ -330,9 +340,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .eval.harness import evaluate
+    from .eval.harness import PredictionFolder, evaluate, export_inputs
 
-    model = args.model
+    azimuths = _float_list(args.azimuths, "--azimuths")
+    if args.export_inputs:
+        paths = export_inputs(
+            args.data, args.output, split=args.split, max_objects=args.max_objects, mesh_azimuths=azimuths,
+            mesh_elevation=args.elevation,
+        )  # fmt: skip
+        if not args.quiet:
+            print(f"{len(paths)} input images written to {args.output}")
+        return 0
+    model = PredictionFolder(args.predictions) if args.predictions else args.model
     if model == "default":
         from .api import load_model
 
@@ -341,7 +360,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None,
-        mesh_azimuths=_float_list(args.azimuths, "--azimuths"), mesh_elevation=args.elevation, seed=args.seed,
+        mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
@@ -608,19 +627,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_default_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (skipped files, missing predictions) as one line; other libraries' as Python prints them."""
+    if str(filename).startswith(_PACKAGE_DIR):
+        print(f"monorecon: warning: {_one_line(message)}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, OSError) as err:  # bad input, or a file that cannot be read or written
-        print(f"monorecon: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("monorecon: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores the warning printer when the command ends
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, OSError) as err:  # bad input, or a file that cannot be read or written
+            print(f"monorecon: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print("monorecon: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

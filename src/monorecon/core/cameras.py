@@ -19,6 +19,7 @@ Named conversions to other frames live at the end of this module (:func:`triposr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -277,6 +278,20 @@ class Cameras:
             directions = F.normalize(directions, dim=-1)
         return origins, directions
 
+    def resized(self, height: int, width: int) -> Cameras:
+        """The same cameras for an image resampled to ``height`` x ``width`` (each pixel keeps its ray).
+
+        The base class's projection is defined in NDC, which a resampling keeps; cameras with intrinsics in pixels
+        scale them (:meth:`PerspectiveCameras.resized`). Changing the aspect ratio is refused: no resampling of one
+        image gives the other's view.
+        """
+        self._check_same_aspect(height, width)
+        return dataclasses.replace(self, height=height, width=width)
+
+    def _check_same_aspect(self, height: int, width: int) -> None:
+        if abs(height * self.width - width * self.height) > max(self.width, self.height):  # beyond rounding
+            raise ValueError(f"resizing {self.height} x {self.width} to {height} x {width} changes the aspect ratio")
+
     def __getitem__(self, index: int | slice) -> Cameras:
         """A sub-batch of the cameras (same intrinsics class)."""
         raise NotImplementedError
@@ -365,6 +380,14 @@ class PerspectiveCameras(Cameras):
         directions = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
         return torch.zeros_like(directions), directions
 
+    def resized(self, height: int, width: int) -> PerspectiveCameras:
+        """The same cameras for an image resampled to ``height`` x ``width``: focal lengths and principal points
+        (pixels) scale with the image, so every pixel keeps its ray (up to the resampling)."""
+        factor = self.focal.new_tensor([width / self.width, height / self.height])
+        return PerspectiveCameras(
+            self.c2w, height, width, self.znear, self.zfar, focal=self.focal * factor, principal=self.principal * factor
+        )
+
     def __getitem__(self, index: int | slice) -> PerspectiveCameras:
         index = slice(index, index + 1) if isinstance(index, int) else index
         return PerspectiveCameras(
@@ -451,6 +474,12 @@ class WeakPerspectiveCameras(OrthographicCameras):
         x = (v[..., 0] + self.translation[:, None, 0]) / self.aspect
         y = v[..., 1] + self.translation[:, None, 1]
         return torch.stack([x, y, (self.depth_offset - v[..., 2]) / self.weak_scale[:, None]], dim=-1)
+
+    def resized(self, height: int, width: int) -> WeakPerspectiveCameras:
+        self._check_same_aspect(height, width)
+        return WeakPerspectiveCameras(
+            self.weak_scale, self.translation, self.quaternion, height, width, self.depth_offset
+        )
 
     def __getitem__(self, index: int | slice) -> WeakPerspectiveCameras:
         index = slice(index, index + 1) if isinstance(index, int) else index

@@ -17,7 +17,6 @@ training).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 
@@ -124,7 +123,7 @@ class SilhouetteHull:
         scale = min(1.0, resolution / max(height, width))
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         inside = F.interpolate(self.mask, size=size, mode="area")[0, 0] > 0.5
-        camera = dataclasses.replace(self.camera, height=size[0], width=size[1])
+        camera = self.camera.resized(*size)
         origins, directions = (rays[0][inside] for rays in camera.get_rays(normalize=True))
         t_near, t_far, hit = ray_aabb(origins, directions, [-box_radius] * 3, [box_radius] * 3)
         _, t = uniform_samples(t_near, t_far, int(n_samples))

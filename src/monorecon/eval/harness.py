@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
 from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
 
-__all__ = ["EvalCase", "evaluate", "load_cases"]
+__all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_cases"]
 
 MESH_SUFFIXES = {".ply", ".obj", ".glb", ".gltf", ".off", ".stl"}
 THRESHOLDS = (0.1, 0.2, 0.5)
@@ -152,6 +153,30 @@ def load_cases(
     return _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
 
 
+def export_inputs(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "all",
+    max_objects: int | None = None,
+    mesh_azimuths: Sequence[float] = (30.0,),
+    mesh_elevation: float = 15.0,
+) -> list[Path]:
+    """Write the input image of every case as ``out_dir/ID.png`` (RGBA, straight alpha; the images the harness gives
+    a model), so that another method can reconstruct them and be scored with :class:`PredictionFolder`.
+
+    The arguments choose the cases as in :func:`evaluate`. Returns the written paths, in case order.
+    """
+    from ..io.images import save_image
+
+    cases = load_cases(
+        data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [save_image(case.rgba, out_dir / f"{case.object_id}.png") for case in cases]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------------------------------
@@ -204,11 +229,61 @@ def _baseline(function: Callable[[np.ndarray], Mesh], name: str):
     return run
 
 
+class PredictionFolder:
+    """Meshes made by another method, one per case, scored like the model's (external methods, other code bases).
+
+    The mesh of case ``ID`` is ``folder/ID.glb`` (or ``.obj`` / ``.ply`` / ... , :data:`MESH_SUFFIXES`) or
+    ``folder/ID/mesh.glb`` (what ``monorecon reconstruct`` writes for an input ``ID.png``); the inputs are those of
+    :func:`export_inputs`. A case without a mesh, or whose file cannot be read, is reported (a warning naming it) and
+    scored as a failure (F = 0), as a model that returns no surface. Only the frame-free metrics are computed
+    (Chamfer distance and F-scores after normalisation and alignment): another method's output frame and scale are
+    unknown, so volume IoU, the mesh's input-view mask IoU and the depth ratio are left out.
+
+    Args:
+        folder: the predictions folder.
+
+    Raises:
+        ValueError: the folder does not exist.
+    """
+
+    frame_free = True
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ValueError(f"predictions folder not found: {self.folder}")
+        self.name = f"predictions in {self.folder}"
+
+    def path_of(self, object_id: str) -> Path | None:
+        """The mesh file of case ``object_id``, or None when the folder has none."""
+        for stem in (self.folder / object_id, self.folder / object_id / "mesh"):
+            for suffix in sorted(MESH_SUFFIXES):
+                path = stem.with_name(stem.name + suffix)
+                if path.is_file():
+                    return path
+        return None
+
+    def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
+        from ..io.mesh_io import load_mesh
+
+        path = self.path_of(case.object_id)
+        if path is None:
+            warnings.warn(f"no prediction for {case.object_id} in {self.folder}: scored as a failure", stacklevel=2)
+            return None, {}
+        try:
+            return load_mesh(path), {}
+        except ValueError as err:
+            warnings.warn(f"{err}: {case.object_id} scored as a failure", stacklevel=2)
+            return None, {}
+
+
 def _resolve_method(
     method: Any, mc_resolution: int, threshold: float | None, render_size: int, carve: bool, fill: bool | None
 ):
     from ..models.triposr import TripoSRModel
 
+    if isinstance(method, PredictionFolder):
+        return method
     if isinstance(method, str) and method in ("sphere", "inflation"):
         return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
     if isinstance(method, TripoSRModel):
@@ -224,7 +299,9 @@ def _resolve_method(
 
         run.name = getattr(method, "__name__", "callable")
         return run
-    raise ValueError(f"cannot evaluate {method!r}: give a TripoSR model, a weights path, 'sphere' or 'inflation'")
+    raise ValueError(
+        f"cannot evaluate {method!r}: give a TripoSR model, a weights path, 'sphere', 'inflation' or a PredictionFolder"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -284,6 +361,12 @@ def evaluate(
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )
+    if isinstance(method, PredictionFolder) and not any(method.path_of(case.object_id) for case in cases):
+        example = cases[0].object_id
+        raise ValueError(
+            f"no mesh in {method.folder} matches a case of {data_dir} "
+            f"(expected e.g. {example}.glb or {example}/mesh.glb)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -298,10 +381,11 @@ def evaluate(
             pred_points, gt_points, _ = align_meshes(mesh, case.gt_mesh, n_points=n_points, seed=seed)
             scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
             row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
-            if volume_iou_resolution:
-                row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
-            row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
-            row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
+            if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
+                if volume_iou_resolution:
+                    row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
+                row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
+                row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
         row.update(extras)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
