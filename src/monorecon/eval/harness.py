@@ -53,6 +53,7 @@ from ..core.cameras import orbit_c2w
 from ..core.mesh import Mesh
 from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
@@ -60,7 +61,8 @@ from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volu
 
 __all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_cases"]
 
-MESH_SUFFIXES = {".ply", ".obj", ".glb", ".gltf", ".off", ".stl"}
+MESH_SUFFIXES = {f".{fmt}" for fmt in LOADABLE_FORMATS}
+"""Mesh files the harness reads (ground truths of a mesh folder, predictions)."""
 THRESHOLDS = (0.1, 0.2, 0.5)
 MESH_LIGHT = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
               "specular_color": [0.15] * 3}  # fmt: skip
@@ -90,7 +92,6 @@ def _transform_mesh(mesh: Mesh, transform: torch.Tensor) -> Mesh:
 
 def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_view: int) -> list[EvalCase]:
     from ..data import MultiViewDataset
-    from ..io.mesh_io import load_mesh
     from ..train.triposr_trainer import relative_cameras
 
     dataset = MultiViewDataset(data_dir, split=split)
@@ -264,8 +265,6 @@ class PredictionFolder:
         return None
 
     def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
-        from ..io.mesh_io import load_mesh
-
         path = self.path_of(case.object_id)
         if path is None:
             warnings.warn(f"no prediction for {case.object_id} in {self.folder}: scored as a failure", stacklevel=2)

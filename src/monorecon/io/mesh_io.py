@@ -28,10 +28,12 @@ from PIL import Image
 from ..core.mesh import Mesh, colors_to_uint8
 from .atomic import atomic_write_bytes
 
-__all__ = ["MESH_FORMATS", "load_mesh", "save_mesh"]
+__all__ = ["LOADABLE_FORMATS", "MESH_FORMATS", "load_mesh", "save_mesh"]
 
 MESH_FORMATS = ("glb", "obj", "ply")
-_LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply")
+"""Formats :func:`save_mesh` writes."""
+LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply")
+"""Formats :func:`load_mesh` reads."""
 
 # glTF enumerations
 _FLOAT, _UNSIGNED_BYTE, _UNSIGNED_INT = 5126, 5121, 5125
@@ -79,7 +81,7 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
         ValueError: unknown extension, missing file, or a file that cannot be read as a non-empty mesh.
     """
     path = Path(path)
-    _format_of(path, None, _LOADABLE_FORMATS)
+    _format_of(path, None, LOADABLE_FORMATS)
     if not path.is_file():
         raise ValueError(f"mesh file not found: {path}")
     try:
