@@ -13,7 +13,9 @@
   the model reconstructs in.
 * **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`), the
   baselines ``"sphere"`` and ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable
-  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training.
+  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training. Other
+  methods run elsewhere: :func:`export_inputs` writes the cases' input images, :class:`PredictionFolder` scores the
+  meshes made from them (frame-free metrics only).
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
   (:mod:`monorecon.eval.metrics`); optionally volume IoU; for every method the input-view mask IoU of the mesh's
@@ -238,7 +240,8 @@ class PredictionFolder:
     :func:`export_inputs`. A case without a mesh, or whose file cannot be read, is reported (a warning naming it) and
     scored as a failure (F = 0), as a model that returns no surface. Only the frame-free metrics are computed
     (Chamfer distance and F-scores after normalisation and alignment): another method's output frame and scale are
-    unknown, so volume IoU, the mesh's input-view mask IoU and the depth ratio are left out.
+    unknown, so volume IoU, the mesh's input-view mask IoU and the depth ratio are left out (the report's grid shows
+    the meshes as stored: from the input view only if the method writes the canonical frame, as ``reconstruct`` does).
 
     Args:
         folder: the predictions folder.
@@ -329,8 +332,8 @@ def evaluate(
     """Evaluate a model or baseline on a folder of objects and write the report (see the module docstring).
 
     Args:
-        model_or_method: TripoSR model, weights path/folder, ``"sphere"``, ``"inflation"`` or a callable
-            ``rgba -> Mesh``.
+        model_or_method: TripoSR model, weights path/folder, ``"sphere"``, ``"inflation"``, a callable
+            ``rgba -> Mesh`` or a :class:`PredictionFolder`.
         data_dir: synthetic dataset folder or folder of meshes.
         out_dir: report folder (created).
         n_points: surface points per shape for Chamfer / F-score.
