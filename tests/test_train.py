@@ -24,6 +24,7 @@ from monorecon.core.volume import VolumeRenderConfig, VolumeRenderer
 from monorecon.data import MultiViewDataset, ViewSampling, synthesize_dataset
 from monorecon.io.yaml_config import load_yaml
 from monorecon.models.triposr import load_triposr
+from monorecon.models.triposr.model import input_camera
 from monorecon.train import triposr_trainer
 from monorecon.train.triposr_trainer import (
     load_train_config,
@@ -409,6 +410,52 @@ def test_occupancy_labels_are_the_object_in_the_canonical_frame(tiny_dataset, tm
     assert float(agreement.max()) > 0.94  # the rest: outline pixels and the bulges of the hull of 4 level views
     assert float(agreement.sort().values[-2]) < 0.85  # the other views' frames do not fit
     assert float(((points - centre).norm(dim=-1) < radius).eq(inside).float().mean()) < 0.85  # nor the world frame
+
+
+def test_reframed_inputs_are_framed_as_photos_and_the_supervision_follows(tiny_dataset, tmp_path):
+    # Off-centre (so is its silhouette), and near the plane z = 0 of every view's canonical frame, where the image
+    # zoom and the scene's similarity agree exactly (views from the front and the back).
+    radius, centre, size = 0.25, torch.tensor([0.2, 0.1, 0.0]), 64
+    bank = _sphere_bank(radius, [0.0, 180.0, 5.0, 185.0], size, tuple(centre.tolist()))
+    data = {"root": str(tiny_dataset), "reframe": True}
+    model = {**TINY_MODEL, "foreground_ratio": 0.7}  # the framing the inputs get
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, model=model, batch_size=1, patch_size=16, data=data))
+    batch = triposr_trainer._make_batch(bank, cfg, torch.Generator().manual_seed(0))
+    # The input is framed as the preprocessing frames a photo: bounding box centred, its longer side 0.7 of the image.
+    alpha = (batch["input_rgb"][0] - cfg.data.input_background).abs().amax(dim=-1) > 0.05  # sphere grey 0.6 on 0.5
+    rows, cols = alpha.any(dim=1).nonzero()[:, 0], alpha.any(dim=0).nonzero()[:, 0]
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    assert max(bottom - top, right - left) == pytest.approx(0.7 * size, abs=1.5)
+    assert (top + bottom) / 2 == pytest.approx(size / 2, abs=1.0) and (left + right) / 2 == pytest.approx(
+        size / 2, abs=1.0
+    )
+    # The drawn input view, its motion, and the sphere in its canonical frame.
+    world_to_canonical, _ = relative_cameras(bank.c2w[0], bank.c2w[0][:, None], 1.9)
+    images = bank.images[0].float() / 255
+    reframed, zoom, shift = triposr_trainer.reframe_inputs(images, torch.full((4,), 0.7), 1.9, 40.0)
+    composites = reframed[..., :3] * reframed[..., 3:] + 0.5 * (1 - reframed[..., 3:])
+    view = int((composites - batch["input_rgb"]).abs().flatten(1).amax(dim=1).argmin())  # the drawn input view
+    k, t = float(zoom[view]), shift[view]
+    sphere = world_to_canonical[view, :3, :3] @ centre + world_to_canonical[view, :3, 3]
+    moved_centre, moved_radius = k * sphere + t, k * radius
+    assert k > 1.2  # the sphere fills about half the image side: zoomed in
+    # Independent of the trainer's formulas: the moved sphere seen by the canonical camera is the reframed input
+    # (up to perspective: the similarity is exact in the plane z = 0 only).
+    _, seen = sphere_camera_depth(input_camera(size), moved_radius, tuple(moved_centre.tolist()))
+    assert float((seen[0] & alpha).sum() / (seen[0] | alpha).sum()) > 0.9
+    _, unmoved = sphere_camera_depth(input_camera(size), radius, tuple(sphere.tolist()))
+    assert float((unmoved[0] & alpha).sum() / (unmoved[0] | alpha).sum()) < 0.6
+    # The supervision rays see the moved sphere where the (unchanged) targets show the sphere.
+    _, hit = ray_sphere(batch["origins"] - moved_centre, batch["directions"], moved_radius)
+    assert float(((batch["target_alpha"] > 0.5) == hit).float().mean()) > 0.97
+    _, hit = ray_sphere(batch["origins"] - sphere, batch["directions"], radius)
+    assert float(((batch["target_alpha"] > 0.5) == hit).float().mean()) < 0.9
+    train(_config(tiny_dataset, tmp_path / "run", steps=2, data={**data, "reframe_jitter": 0.1}))  # runs end to end
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="reframe"):
+        load_train_config(_config(tiny_dataset, tmp_path, data=data, loss={"lambda_depth": 1.0}))
+    with pytest.raises(ValueError, match="reframe_jitter"):
+        load_train_config(_config(tiny_dataset, tmp_path, data={**data, "reframe_jitter": 0.7}))
 
 
 def _check_optional_loss_term(dataset: Path, tmp_path: Path, weight: str, column: str) -> None:
