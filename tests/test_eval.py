@@ -16,7 +16,7 @@ from monorecon.core.mesh import Mesh
 from monorecon.data import ViewSampling, synthesize_dataset
 from monorecon.data.synth import render_views
 from monorecon.eval.baselines import inflation_baseline, sphere_baseline
-from monorecon.eval.harness import _mesh_mask_iou, evaluate, load_cases
+from monorecon.eval.harness import EvalCase, _mesh_mask_iou, evaluate, load_cases
 from monorecon.eval.metrics import depth_ratio, mask_iou
 from monorecon.io.mesh_io import load_mesh
 from monorecon.models.triposr import TripoSRConfig, TripoSRModel
@@ -313,3 +313,50 @@ def test_reconstruct_command_scores_as_the_harness_measures_the_bundled_model(tm
         for name in ("harness", "user")
     )
     assert harness > 0.7 and abs(user - harness) < 0.05, (harness, user)
+
+
+def test_prepared_cases_are_framed_as_reconstruct_frames_photos(tmp_path):
+    import trimesh
+
+    from monorecon.api import load_model
+    from monorecon.eval.harness import _prepared_case
+
+    # A flat scene in the plane z = 0 of the canonical frame, off-centre in the input image (the similarity that
+    # moves the truth is exact in that plane).
+    plate = trimesh.creation.box((0.5, 0.3, 0.02))
+    plate.apply_translation((0.2, -0.15, 0.0))
+    verts = torch.tensor(plate.vertices, dtype=torch.float32)
+    view = {"c2w": orbit_c2w(0.0, 0.0, 1.9)[0].tolist(), "fov_y_deg": 40.0}
+    light = {"direction": [0.0, 0.0, 1.0], "ambient_color": [1.0] * 3, "diffuse_color": [0.0] * 3,
+             "specular_color": [0.0] * 3}  # fmt: skip
+    size = 128
+    gt = Mesh(verts, torch.tensor(plate.faces), vertex_colors=torch.full_like(verts, 0.6))
+    case = EvalCase("plate", "flat", render_views(gt, [view], size, light)["rgba"][0], gt)
+    prepared = _prepared_case(case, 0.7)
+
+    def box_of(alpha: np.ndarray) -> tuple[float, float, float]:  # longer side, centre u, centre v (pixels)
+        rows, cols = np.nonzero(alpha.any(axis=1))[0], np.nonzero(alpha.any(axis=0))[0]
+        return (
+            max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]),
+            (cols[0] + cols[-1] + 1) / 2,
+            (rows[0] + rows[-1] + 1) / 2,
+        )
+
+    side, u, v = box_of(case.rgba[..., 3] > 0.5)
+    assert abs(u - size / 2) > 3 or abs(v - size / 2) > 3  # the render's framing is off-centre
+    side, u, v = box_of(prepared.rgba[..., 3] > 0.5)
+    assert side == pytest.approx(0.7 * size, abs=1.5) and (u, v) == pytest.approx((size / 2, size / 2), abs=1.0)
+    # Independent of the similarity's formula: the moved truth, rendered by the input camera, is the prepared input.
+    seen = torch.from_numpy(render_views(prepared.gt_mesh, [view], size, light)["rgba"][0, ..., 3])
+    assert mask_iou(seen, torch.from_numpy(prepared.rgba[..., 3])) > 0.95
+    unmoved = torch.from_numpy(render_views(case.gt_mesh, [view], size, light)["rgba"][0, ..., 3])
+    assert mask_iou(unmoved, torch.from_numpy(prepared.rgba[..., 3])) < 0.7
+
+    # End to end with the bundled model on a mesh folder.
+    (tmp_path / "meshes").mkdir()
+    plate.export(tmp_path / "meshes" / "plate.ply")
+    summary = evaluate(load_model(), tmp_path / "meshes", tmp_path / "r", n_points=2000, progress=False, prepare=True,
+                       n_grid_cases=0)  # fmt: skip
+    assert summary["n_failed"] == 0 and {"mask_iou", "mesh_mask_iou", "depth_ratio"} <= set(summary["mean"])
+    with pytest.raises(ValueError, match="prepare applies to models"):
+        evaluate("sphere", tmp_path / "meshes", tmp_path / "s", prepare=True, progress=False)

@@ -25,6 +25,7 @@ from monorecon.data import MultiViewDataset, ViewSampling, synthesize_dataset
 from monorecon.io.yaml_config import load_yaml
 from monorecon.models.triposr import load_triposr
 from monorecon.models.triposr.model import input_camera
+from monorecon.preprocess import reframe_views
 from monorecon.train import triposr_trainer
 from monorecon.train.triposr_trainer import (
     load_train_config,
@@ -432,7 +433,7 @@ def test_reframed_inputs_are_framed_as_photos_and_the_supervision_follows(tiny_d
     # The drawn input view, its motion, and the sphere in its canonical frame.
     world_to_canonical, _ = relative_cameras(bank.c2w[0], bank.c2w[0][:, None], 1.9)
     images = bank.images[0].float() / 255
-    reframed, zoom, shift = triposr_trainer.reframe_inputs(images, torch.full((4,), 0.7), 1.9, 40.0)
+    reframed, zoom, shift = reframe_views(images, torch.full((4,), 0.7), 1.9, 40.0)
     composites = reframed[..., :3] * reframed[..., 3:] + 0.5 * (1 - reframed[..., 3:])
     view = int((composites - batch["input_rgb"]).abs().flatten(1).amax(dim=1).argmin())  # the drawn input view
     k, t = float(zoom[view]), shift[view]

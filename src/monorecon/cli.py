@@ -328,6 +328,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--no-fill", action="store_true", help="models: do not fill the input silhouette (see reconstruct)")
+    p.add_argument(
+        "--prepare", action="store_true",
+        help="models: frame each input as reconstruct frames a photo (bounding box centred at the model's "
+        "foreground ratio) instead of the render's own framing; the ground truth is moved to match",
+    )  # fmt: skip
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
     p.add_argument(
         "--azimuths", default="30",
@@ -359,7 +364,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
-        fill=False if args.no_fill else None,
+        fill=False if args.no_fill else None, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip

@@ -19,10 +19,13 @@ background and connected to the border are cut away. Photos with clutter need an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
@@ -194,6 +197,58 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     ratio = DEFAULT_FOREGROUND_RATIO if config.foreground_ratio is None else config.foreground_ratio
     square_rgb, square_alpha = _pad_to_square(composite, alpha_c, ratio, config.background_gray)
     return _finish(square_rgb, square_alpha, config)
+
+
+def reframe_views(
+    rgba: torch.Tensor, ratio: torch.Tensor, distance: float, fov_y_deg: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame (B, H, W, 4) renders as :func:`preprocess_image` frames a photo, and the matching motion of the scene.
+
+    Each image is resampled (bilinear, transparent outside) so that its alpha's bounding box (alpha > 0.5) is centred
+    and its longer side is ``ratio`` of the image side: pixel ``q`` of the result is pixel
+    ``c + (q - centre) / k`` of the input, ``c`` the box centre, ``k`` the zoom. Seen by the canonical camera
+    (``orbit_c2w(0, 0, distance)``, vertical fov ``fov_y_deg``), the same motion of the image is made by the
+    similarity ``x -> k x + t`` of the scene, with ``t = (k (centre - c)_u, -k (centre - c)_v, 0) * distance / f``
+    (``f`` the focal length in pixels): exactly for points in the plane z = 0 through the origin, approximately
+    (perspective) for the rest of the object. A supervision camera at ``p`` sees the moved scene as the original
+    one from ``k p + t``.
+
+    Args:
+        rgba: (B, H, W, 4) square input views, alpha last.
+        ratio: (B,) the bounding box's longer side as a fraction of the image side.
+        distance, fov_y_deg: the canonical input camera.
+
+    Returns:
+        ``(reframed rgba (B, H, W, 4), k (B,), t (B, 3))``; an image without foreground is left as it is (k 1, t 0).
+    """
+    batch, height, width = rgba.shape[:3]
+    if height != width:
+        raise ValueError(f"reframe_views needs square images, got {height} x {width}")
+    inside = rgba[..., 3] > 0.5
+    rows, cols = inside.any(dim=2), inside.any(dim=1)  # (B, H), (B, W)
+    index = torch.arange(width, dtype=rgba.dtype, device=rgba.device)
+    big = torch.full_like(index, float(width))
+
+    def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # first pixel edge, last pixel edge
+        return torch.where(hit, index, big).amin(dim=1), torch.where(hit, index + 1, -big).amax(dim=1)
+
+    (top, bottom), (left, right) = span(rows), span(cols)
+    empty = ~inside.flatten(1).any(dim=1)
+    side = torch.maximum(bottom - top, right - left)
+    zoom = torch.where(empty, torch.ones_like(side), ratio.to(rgba) * width / side.clamp_min(1.0))
+    centre_u = torch.where(empty, torch.full_like(side, width / 2), (left + right) / 2)
+    centre_v = torch.where(empty, torch.full_like(side, width / 2), (top + bottom) / 2)
+    # grid_sample (align_corners=False): normalised x = 2 u / W - 1, y = 2 v / H - 1 (down).
+    theta = torch.zeros(batch, 2, 3, dtype=rgba.dtype, device=rgba.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * centre_u / width - 1, 2 * centre_v / width - 1
+    grid = F.affine_grid(theta, (batch, 4, height, width), align_corners=False)
+    reframed = F.grid_sample(rgba.permute(0, 3, 1, 2), grid, align_corners=False).permute(0, 2, 3, 1)
+    focal = 0.5 * width / math.tan(math.radians(fov_y_deg) / 2)
+    shift = torch.zeros(batch, 3, dtype=rgba.dtype, device=rgba.device)
+    shift[:, 0] = zoom * (width / 2 - centre_u) * distance / focal
+    shift[:, 1] = -zoom * (width / 2 - centre_v) * distance / focal
+    return reframed, zoom, shift
 
 
 def _pad_to_square(rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,9 @@
   the model reconstructs in.
 * **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`), the
   baselines ``"sphere"`` and ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable
-  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training. Other
+  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training, framed
+  as rendered (the object's bounding sphere centred at a fixed size) or, with ``prepare``, as ``reconstruct`` frames
+  a photo (bounding box centred at the model's ``foreground_ratio``; the ground truth moved to match). Other
   methods run elsewhere: :func:`export_inputs` writes the cases' input images, :class:`PredictionFolder` scores the
   meshes made from them (frame-free metrics only).
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
@@ -50,13 +52,14 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..api import input_view_weight, model_mesh_threshold
+from ..api import input_view_weight, model_foreground_ratio, model_mesh_threshold
 from ..core.cameras import orbit_c2w
 from ..core.mesh import Mesh
 from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
+from ..preprocess import reframe_views
 from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
 from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
@@ -154,6 +157,16 @@ def load_cases(
     if (data_dir / "index.json").is_file():
         return _synthetic_cases(data_dir, split, max_objects, input_view)
     return _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
+
+
+def _prepared_case(case: EvalCase, foreground_ratio: float) -> EvalCase:
+    """``case`` with its input framed as ``reconstruct`` frames a photo and its ground truth moved to match."""
+    rgba = torch.from_numpy(case.rgba).float()[None]
+    framed, zoom, shift = reframe_views(rgba, torch.tensor([foreground_ratio]), INPUT_DISTANCE, INPUT_FOV_DEG)
+    similarity = torch.eye(4)
+    similarity[:3, :3] *= zoom[0]
+    similarity[:3, 3] = shift[0]
+    return EvalCase(case.object_id, case.class_name, framed[0].numpy(), _transform_mesh(case.gt_mesh, similarity))
 
 
 def export_inputs(
@@ -323,6 +336,7 @@ def evaluate(
     carve: bool = True,
     fill: bool | None = None,
     volume_iou_resolution: int = 0,
+    prepare: bool = False,
     n_grid_cases: int = 3,
     mesh_azimuths: Sequence[float] = (30.0,),
     mesh_elevation: float = 15.0,
@@ -346,6 +360,10 @@ def evaluate(
         fill: with ``carve``, fill the input silhouette (None: the model's own setting; see
             :class:`monorecon.api.ReconstructOptions`).
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
+        prepare: models only: frame each input as ``reconstruct`` frames a photo (bounding box centred, its longer
+            side the model's ``foreground_ratio`` of the image; :func:`monorecon.preprocess.reframe_views`) and move
+            the ground truth by the matching similarity, instead of giving the model the render's own framing (the
+            object's bounding sphere centred at a fixed size, the framing of the training renders).
         n_grid_cases: best and worst cases shown in ``best_worst.png``.
         mesh_azimuths: input-view azimuths (degrees) of each mesh of a mesh folder, one case per azimuth.
         mesh_elevation: their elevation (degrees, strictly between -90 and 90).
@@ -363,6 +381,10 @@ def evaluate(
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )
+    if prepare:
+        if not isinstance(method, _ModelMethod):
+            raise ValueError("prepare applies to models (their foreground_ratio frames the inputs)")
+        cases = [_prepared_case(case, model_foreground_ratio(method.model)) for case in cases]
     if isinstance(method, PredictionFolder) and not any(method.path_of(case.object_id) for case in cases):
         example = cases[0].object_id
         raise ValueError(

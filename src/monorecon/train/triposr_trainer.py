@@ -12,7 +12,7 @@ Each step, for every object of the batch (SPEC §1, "Training"):
    ``input_fov_deg`` (``synthesize_dataset`` is run with those values; :func:`train` checks them).
 3. **Input image**: the RGBA render composited on grey ``input_background`` (0.5, as the inference preprocessing);
    with ``data.reframe`` first framed as the inference preprocessing frames a photo, the scene moved to match
-   (:func:`reframe_inputs`).
+   (:func:`monorecon.preprocess.reframe_views`).
 4. **Patches**: one ``patch_size`` square per supervision view (optionally of the view resized to
    ``supervision_size``). With probability ``foreground_patch_prob`` its
    centre is a pixel drawn uniformly among the foreground pixels (alpha > 0.5), otherwise uniformly among all pixels;
@@ -62,7 +62,7 @@ from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict, read_state_dict
-from ..preprocess import DEFAULT_FOREGROUND_RATIO
+from ..preprocess import DEFAULT_FOREGROUND_RATIO, reframe_views
 from .utils import (
     Checkpointer,
     CSVLogger,
@@ -112,11 +112,11 @@ class DataSection:
         recolor_prob: probability that an object's views are re-coloured for a step (:func:`recolor_objects`): the
             procedural objects are saturated and rarely near the grey background, unlike untextured scans or clay
             renders, which the model otherwise fails to separate from the background.
-        reframe: frame each input view as the inference preprocessing frames a photo (:func:`reframe_inputs`: the
-            alpha's bounding box centred, its longer side the model's ``foreground_ratio`` of the image) and move the
-            supervision cameras to match. Without it the renders keep the dataset's framing (the bounding sphere
-            centred, a fixed size), from which a model can read an object's depth (a small silhouette means a deep
-            object) and position, cues that a prepared photo does not carry.
+        reframe: frame each input view as the inference preprocessing frames a photo (the alpha's bounding box
+            centred, its longer side the model's ``foreground_ratio`` of the image) and move the supervision cameras
+            to match (:func:`monorecon.preprocess.reframe_views`). Without it the renders keep the dataset's
+            framing (the bounding sphere centred, a fixed size), from which a model can read an object's depth (a
+            small silhouette means a deep object) and position, cues that a prepared photo does not carry.
         reframe_jitter: with ``reframe``, the framing ratio is drawn in ``ratio x [1 - jitter, 1 + jitter]``.
     """
 
@@ -304,58 +304,6 @@ def relative_cameras(
     canonical = orbit_c2w(0.0, 0.0, distance).to(c2w_input)
     world_to_canonical = canonical @ torch.linalg.inv(c2w_input)
     return world_to_canonical, world_to_canonical[:, None] @ c2w_views
-
-
-def reframe_inputs(
-    rgba: torch.Tensor, ratio: torch.Tensor, distance: float, fov_y_deg: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frame input views as :func:`monorecon.preprocess.preprocess_image` frames a photo, and the matching scene motion.
-
-    Each image is resampled (bilinear, transparent outside) so that its alpha's bounding box (alpha > 0.5) is centred
-    and its longer side is ``ratio`` of the image side: pixel ``q`` of the result is pixel
-    ``c + (q - centre) / k`` of the input, ``c`` the box centre, ``k`` the zoom. Seen by the canonical camera
-    (``orbit_c2w(0, 0, distance)``, vertical fov ``fov_y_deg``), the same motion of the image is made by the
-    similarity ``x -> k x + t`` of the scene, with ``t = (k (centre - c)_u, -k (centre - c)_v, 0) * distance / f``
-    (``f`` the focal length in pixels): exactly for points in the plane z = 0 through the origin, approximately
-    (perspective) for the rest of the object. A supervision camera at ``p`` sees the moved scene as the original
-    one from ``k p + t``.
-
-    Args:
-        rgba: (B, H, W, 4) square input views, alpha last.
-        ratio: (B,) the bounding box's longer side as a fraction of the image side.
-        distance, fov_y_deg: the canonical input camera.
-
-    Returns:
-        ``(reframed rgba (B, H, W, 4), k (B,), t (B, 3))``; an image without foreground is left as it is (k 1, t 0).
-    """
-    batch, height, width = rgba.shape[:3]
-    if height != width:
-        raise ValueError(f"reframe_inputs needs square images, got {height} x {width}")
-    inside = rgba[..., 3] > 0.5
-    rows, cols = inside.any(dim=2), inside.any(dim=1)  # (B, H), (B, W)
-    index = torch.arange(width, dtype=rgba.dtype, device=rgba.device)
-    big = torch.full_like(index, float(width))
-
-    def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # first pixel edge, last pixel edge
-        return torch.where(hit, index, big).amin(dim=1), torch.where(hit, index + 1, -big).amax(dim=1)
-
-    (top, bottom), (left, right) = span(rows), span(cols)
-    empty = ~inside.flatten(1).any(dim=1)
-    side = torch.maximum(bottom - top, right - left)
-    zoom = torch.where(empty, torch.ones_like(side), ratio.to(rgba) * width / side.clamp_min(1.0))
-    centre_u = torch.where(empty, torch.full_like(side, width / 2), (left + right) / 2)
-    centre_v = torch.where(empty, torch.full_like(side, width / 2), (top + bottom) / 2)
-    # grid_sample (align_corners=False): normalised x = 2 u / W - 1, y = 2 v / H - 1 (down).
-    theta = torch.zeros(batch, 2, 3, dtype=rgba.dtype, device=rgba.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
-    theta[:, 0, 2], theta[:, 1, 2] = 2 * centre_u / width - 1, 2 * centre_v / width - 1
-    grid = F.affine_grid(theta, (batch, 4, height, width), align_corners=False)
-    reframed = F.grid_sample(rgba.permute(0, 3, 1, 2), grid, align_corners=False).permute(0, 2, 3, 1)
-    focal = 0.5 * width / math.tan(math.radians(fov_y_deg) / 2)
-    shift = torch.zeros(batch, 3, dtype=rgba.dtype, device=rgba.device)
-    shift[:, 0] = zoom * (width / 2 - centre_u) * distance / focal
-    shift[:, 1] = -zoom * (width / 2 - centre_v) * distance / focal
-    return reframed, zoom, shift
 
 
 def sample_patches(
@@ -645,7 +593,7 @@ def _make_batch(bank: _ViewBank, config: TripoSRTrainConfig, generator: torch.Ge
         ratio = torch.full((config.batch_size,), float(config.model.get("foreground_ratio", DEFAULT_FOREGROUND_RATIO)))
         if config.data.reframe_jitter > 0:
             ratio = ratio * (1.0 + config.data.reframe_jitter * (2 * torch.rand(ratio.shape, generator=generator) - 1))
-        input_rgba, zoom, shift = reframe_inputs(input_rgba, ratio, config.input_distance, config.input_fov_deg)
+        input_rgba, zoom, shift = reframe_views(input_rgba, ratio, config.input_distance, config.input_fov_deg)
         c2w_canonical = c2w_canonical.clone()
         c2w_canonical[..., :3, 3] = zoom[:, None, None] * c2w_canonical[..., :3, 3] + shift[:, None]
     grey = config.data.input_background
