@@ -22,6 +22,7 @@ from analytic import ray_sphere, sphere_camera_depth
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.volume import VolumeRenderConfig, VolumeRenderer
 from monorecon.data import MultiViewDataset, ViewSampling, synthesize_dataset
+from monorecon.eval.metrics import mask_iou
 from monorecon.io.yaml_config import load_yaml
 from monorecon.models.triposr import load_triposr
 from monorecon.models.triposr.model import input_camera
@@ -427,9 +428,7 @@ def test_reframed_inputs_are_framed_as_photos_and_the_supervision_follows(tiny_d
     rows, cols = alpha.any(dim=1).nonzero()[:, 0], alpha.any(dim=0).nonzero()[:, 0]
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     assert max(bottom - top, right - left) == pytest.approx(0.7 * size, abs=1.5)
-    assert (top + bottom) / 2 == pytest.approx(size / 2, abs=1.0) and (left + right) / 2 == pytest.approx(
-        size / 2, abs=1.0
-    )
+    assert ((top + bottom) / 2, (left + right) / 2) == pytest.approx((size / 2, size / 2), abs=1.0)
     # The drawn input view, its motion, and the sphere in its canonical frame.
     world_to_canonical, _ = relative_cameras(bank.c2w[0], bank.c2w[0][:, None], 1.9)
     images = bank.images[0].float() / 255
@@ -443,9 +442,9 @@ def test_reframed_inputs_are_framed_as_photos_and_the_supervision_follows(tiny_d
     # Independent of the trainer's formulas: the moved sphere seen by the canonical camera is the reframed input
     # (up to perspective: the similarity is exact in the plane z = 0 only).
     _, seen = sphere_camera_depth(input_camera(size), moved_radius, tuple(moved_centre.tolist()))
-    assert float((seen[0] & alpha).sum() / (seen[0] | alpha).sum()) > 0.9
+    assert mask_iou(seen[0].float(), alpha.float()) > 0.9
     _, unmoved = sphere_camera_depth(input_camera(size), radius, tuple(sphere.tolist()))
-    assert float((unmoved[0] & alpha).sum() / (unmoved[0] | alpha).sum()) < 0.6
+    assert mask_iou(unmoved[0].float(), alpha.float()) < 0.6
     # The supervision rays see the moved sphere where the (unchanged) targets show the sphere.
     _, hit = ray_sphere(batch["origins"] - moved_centre, batch["directions"], moved_radius)
     assert float(((batch["target_alpha"] > 0.5) == hit).float().mean()) > 0.97

@@ -15,6 +15,9 @@ Limits of the border flood fill: it needs a plain, evenly lit background that to
 (at least ``min_plain_border`` of the border pixels close to the median colour); background regions enclosed by the
 object (the inside of a mug's handle) are not reached and stay foreground; object parts of the same colour as the
 background and connected to the border are cut away. Photos with clutter need an RGBA input or ``matting_model``.
+
+:func:`reframe_views` applies the same framing to batches of renders (training with ``data.reframe``, ``monorecon
+eval --prepare``) and gives the motion of the scene that matches it.
 """
 
 from __future__ import annotations
