@@ -128,6 +128,10 @@ def test_resized_cameras_keep_every_pixels_ray():
     for camera in (ortho, weak):
         with pytest.raises(ValueError, match="aspect"):
             camera.resized(64, 16)
+    for camera in (cam, ortho, weak):
+        for size in ((0, 0), (-4, -8), (1 << 20, 1 << 20)):
+            with pytest.raises(ValueError, match="image height"):
+                camera.resized(*size)
 
 
 def test_quaternion_matches_scipy():

@@ -285,6 +285,9 @@ def test_other_methods_meshes_are_scored_from_a_predictions_folder(tmp_path, cap
         assert cli.main(["eval", "--predictions", str(tmp_path / folder), *common, "-o", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    missing = ["eval", "--export-inputs", "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "in2"), "--quiet"]
+    assert cli.main(missing) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "in2").exists()  # nothing half-written
     with pytest.raises(SystemExit):  # one method at a time
         cli.main(["eval", "--model", "sphere", "--predictions", str(predictions), *common, "-o", str(tmp_path / "r")])
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from monorecon.io.images import load_image
-from monorecon.preprocess import PreprocessConfig, border_alpha, matting_alpha, preprocess_image
+from monorecon.preprocess import PreprocessConfig, border_alpha, matting_alpha, preprocess_image, reframe_views
 
 
 def _square_on(background, size=(60, 80), box=(10, 30, 20, 60), colour=(1.0, 0.0, 0.0)):
@@ -127,3 +127,28 @@ def test_load_image_modes(tmp_path):
     la, deep = load_image(tmp_path / "la.png"), load_image(tmp_path / "deep.png")
     assert la.shape == (3, 4, 4) and la[0, 0, 3] == 1.0
     assert deep.shape == (3, 4, 3) and deep.max() == pytest.approx(1.0)
+
+
+def test_reframe_views_keeps_empty_images_and_refuses_bad_input():
+    import torch
+
+    images = torch.zeros(2, 16, 16, 4)
+    images[1, 2:6, 9:15] = 1.0  # a 4 x 6 box centred at (u, v) = (12, 4)
+    framed, zoom, shift = reframe_views(images, torch.tensor([0.5, 0.75]), 1.9, 40.0)
+    assert torch.equal(framed[0], images[0]) and zoom[0] == 1.0 and shift[0].tolist() == [0.0, 0.0, 0.0]
+    assert zoom[1].item() == pytest.approx(0.75 * 16 / 6)
+    inside = framed[1, ..., 3] > 0.5
+    rows, cols = inside.any(dim=1).nonzero()[:, 0], inside.any(dim=0).nonzero()[:, 0]
+    assert (int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1) == (2, 14, 4, 12)  # 12 x 8, centred
+    focal = 8 / np.tan(np.radians(20.0))
+    assert shift[1, :2].tolist() == pytest.approx([2.0 * (8 - 12) * 1.9 / focal, -2.0 * (8 - 4) * 1.9 / focal])
+    for bad_images, ratio in [
+        (torch.zeros(2, 16, 12, 4), [0.5, 0.5]),
+        (torch.zeros(2, 16, 16, 3), [0.5, 0.5]),
+        (torch.zeros(16, 16, 4), [0.5]),
+    ]:
+        with pytest.raises(ValueError, match="square"):
+            reframe_views(bad_images, torch.tensor(ratio), 1.9, 40.0)
+    for ratio in ([0.0, 0.5], [0.5, 1.5], [float("nan"), 0.5], [0.5]):
+        with pytest.raises(ValueError, match="ratio"):
+            reframe_views(images, torch.tensor(ratio), 1.9, 40.0)

@@ -223,10 +223,16 @@ def reframe_views(
 
     Returns:
         ``(reframed rgba (B, H, W, 4), k (B,), t (B, 3))``; an image without foreground is left as it is (k 1, t 0).
+
+    Raises:
+        ValueError: images that are not (B, H, W, 4) and square, or ratios that are not (B,) in (0, 1].
     """
+    if rgba.dim() != 4 or rgba.shape[-1] != 4 or rgba.shape[1] != rgba.shape[2]:
+        raise ValueError(f"reframe_views needs square (B, H, W, 4) images, got {tuple(rgba.shape)}")
     batch, height, width = rgba.shape[:3]
-    if height != width:
-        raise ValueError(f"reframe_views needs square images, got {height} x {width}")
+    ratio = torch.as_tensor(ratio)
+    if ratio.shape != (batch,) or not bool(((ratio > 0) & (ratio <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError(f"reframe_views needs one ratio in (0, 1] per image, got {ratio.tolist()}")
     inside = rgba[..., 3] > 0.5
     rows, cols = inside.any(dim=2), inside.any(dim=1)  # (B, H), (B, W)
     index = torch.arange(width, dtype=rgba.dtype, device=rgba.device)

@@ -289,6 +289,7 @@ class Cameras:
         return dataclasses.replace(self, height=height, width=width)
 
     def _check_same_aspect(self, height: int, width: int) -> None:
+        height, width = check_image_size(height, width)
         if abs(height * self.width - width * self.height) > max(self.width, self.height):  # beyond rounding
             raise ValueError(f"resizing {self.height} x {self.width} to {height} x {width} changes the aspect ratio")
 
@@ -383,6 +384,7 @@ class PerspectiveCameras(Cameras):
     def resized(self, height: int, width: int) -> PerspectiveCameras:
         """The same cameras for an image resampled to ``height`` x ``width``: focal lengths and principal points
         (pixels) scale with the image, so every pixel keeps its ray (up to the resampling)."""
+        height, width = check_image_size(height, width)
         factor = self.focal.new_tensor([width / self.width, height / self.height])
         return PerspectiveCameras(
             self.c2w, height, width, self.znear, self.zfar, focal=self.focal * factor, principal=self.principal * factor
