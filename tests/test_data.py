@@ -491,3 +491,25 @@ def test_objaverse_other_conventions_and_bad_files(tmp_path):
     np.testing.assert_allclose(ds[0]["c2w"][0].double().numpy(), want, atol=1e-6)
     with pytest.raises(ValueError, match="camera_axes"):
         ObjaverseConvention(camera_axes="directx")
+
+
+def test_workers_write_the_same_dataset_as_one_process(tmp_path):
+    from monorecon.cli import main
+
+    args = {"n_objects": 5, "n_views": 2, "size": 16, "seed": 9, "progress": False, "stretch": 2.0}
+    one = synthesize_dataset(tmp_path / "one", **args)
+    two = synthesize_dataset(tmp_path / "two", **args, workers=2)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    written = files(one)
+    assert len(written) > 5 * 4 and files(two) == written  # every image, depth map, mesh and JSON, byte for byte
+    synthesize_dataset(tmp_path / "two", **args, workers=2)  # resumes
+    with pytest.raises(ValueError, match="not made with these arguments"):  # workers check existing folders too
+        synthesize_dataset(tmp_path / "two", **{**args, "stretch": None}, workers=2)
+    for bad in (0, -1, 257, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be"):
+            synthesize_dataset(tmp_path / "bad", **args, workers=bad)
+    assert main(["data", "synth", "--n", "1", "--workers", "0", "-o", str(tmp_path / "cli"), "--quiet"]) == 2
+    assert not (tmp_path / "cli").exists()

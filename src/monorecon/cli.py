@@ -257,6 +257,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         metavar=("LOW", "HIGH"),
         help="camera elevations are drawn uniformly in [LOW, HIGH], degrees above the object (default -10 40)",
     )
+    s.add_argument(
+        "--workers", type=int, default=1, help="processes rendering objects side by side (default 1; same dataset)"
+    )
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_run_data_synth)
@@ -278,7 +281,7 @@ def _run_data_synth(args: argparse.Namespace) -> int:
     sampling = ViewSampling.at_distance(args.camera_distance, **elevations)
     root = synthesize_dataset(
         args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet,
-        sampling=sampling, stretch=args.stretch,
+        sampling=sampling, stretch=args.stretch, workers=args.workers,
     )  # fmt: skip
     if not args.quiet:
         print(f"dataset written to {root}")

@@ -16,13 +16,16 @@ starts with the same objects. Each object folder is written to a temporary folde
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,7 @@ def synthesize_dataset(
     sampling: ViewSampling | None = None,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     stretch: float | None = None,
+    workers: int = 1,
 ) -> Path:
     """Generate procedural objects, render them and write a dataset readable by ``MultiViewDataset``.
 
@@ -286,12 +290,15 @@ def synthesize_dataset(
             ``stretch_xz``. Many classes are lathes, as deep as they are wide; stretched copies keep a model from
             taking that as a rule for every object. The factors are drawn after the other draws of the object, so
             the objects' seeds and splits do not depend on this argument.
+        workers: processes that render objects side by side (each with one torch thread); the dataset is the same
+            for any number, since every object depends only on ``seed`` and its index.
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        ValueError: bad counts, unknown class, bad split fractions, or an existing object folder that differs.
+        ValueError: bad counts, unknown class, bad split fractions, a bad ``workers``, or an existing object folder
+            that differs.
     """
     out_dir = Path(out_dir)
     for value, name in ((n_objects, "n_objects"), (n_views, "n_views"), (size, "size")):
@@ -307,33 +314,26 @@ def synthesize_dataset(
         raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}")
     if stretch is not None and not (math.isfinite(stretch) and stretch > 1.0):
         raise ValueError(f"stretch must be a finite factor > 1, got {stretch}")
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or not 1 <= workers <= 256:
+        raise ValueError(f"workers must be an integer in [1, 256], got {workers!r}")
     sampling = sampling or ViewSampling()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    entries = []
-    for i in tqdm(range(n_objects), desc="synthesising objects", unit="obj", disable=not progress):
-        rng = np.random.default_rng([int(seed), i])
-        class_name = classes[i % len(classes)]
-        shape_seed, view_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
-        split = SPLITS[int(np.searchsorted(np.cumsum(fractions), rng.uniform(), side="right").clip(0, 2))]
-        object_id = f"{i:06d}_{class_name}"
-        meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
-        if stretch is not None:
-            meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
-        if tuple(sampling.elevation_range_deg) != DEFAULT_ELEVATION_RANGE_DEG:  # a list is the same range
-            meta["elevation_range_deg"] = [float(e) for e in sampling.elevation_range_deg]
-        folder = out_dir / object_id
-        if folder.exists():
-            _check_existing(folder, meta, class_name, view_seed, n_views, size)
-        else:
-            mesh = make_object(class_name, shape_seed)
-            if stretch is not None:
-                mesh = _stretch_xz(mesh, meta["stretch_xz"])
-            write_object(
-                mesh, folder, n_views=n_views, size=size, seed=view_seed, class_name=class_name, sampling=sampling,
-                meta=meta,
-            )  # fmt: skip
-        entries.append({"id": object_id, "class": class_name, "split": split, "seed": shape_seed, "path": object_id})
+    make = functools.partial(
+        _synthesize_object, out_dir=out_dir, seed=int(seed), classes=classes, cumulative_fractions=np.cumsum(fractions),
+        n_views=n_views, size=size, sampling=sampling, stretch=stretch,
+    )  # fmt: skip
+    bar = functools.partial(tqdm, total=n_objects, desc="synthesising objects", unit="obj", disable=not progress)
+    if workers == 1:
+        entries = list(bar(map(make, range(n_objects))))
+    else:  # spawn: a forked torch can deadlock; each object folder is renamed into place, so workers never collide
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            try:
+                entries = list(bar(pool.map(make, range(n_objects), chunksize=4)))
+            except BaseException:  # a bad object folder or Ctrl-C: do not render the rest first
+                pool.shutdown(cancel_futures=True)
+                raise
 
     index = {
         "format": DATASET_FORMAT,
@@ -352,6 +352,44 @@ def synthesize_dataset(
     with atomic_write(out_dir / "manifest.csv", "w") as f:
         f.write(table.getvalue())
     return out_dir
+
+
+def _synthesize_object(
+    i: int,
+    *,
+    out_dir: Path,
+    seed: int,
+    classes: list[str],
+    cumulative_fractions: np.ndarray,
+    n_views: int,
+    size: int,
+    sampling: ViewSampling,
+    stretch: float | None,
+) -> dict[str, Any]:
+    """Object ``i`` of :func:`synthesize_dataset`: draw it, write its folder (or check the one there), return its index
+    entry."""
+    rng = np.random.default_rng([seed, i])
+    class_name = classes[i % len(classes)]
+    shape_seed, view_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
+    split = SPLITS[int(np.searchsorted(cumulative_fractions, rng.uniform(), side="right").clip(0, 2))]
+    object_id = f"{i:06d}_{class_name}"
+    meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
+    if stretch is not None:
+        meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
+    if tuple(sampling.elevation_range_deg) != DEFAULT_ELEVATION_RANGE_DEG:  # a list is the same range
+        meta["elevation_range_deg"] = [float(e) for e in sampling.elevation_range_deg]
+    folder = out_dir / object_id
+    if folder.exists():
+        _check_existing(folder, meta, class_name, view_seed, n_views, size)
+    else:
+        mesh = make_object(class_name, shape_seed)
+        if stretch is not None:
+            mesh = _stretch_xz(mesh, meta["stretch_xz"])
+        write_object(
+            mesh, folder, n_views=n_views, size=size, seed=view_seed, class_name=class_name, sampling=sampling,
+            meta=meta,
+        )  # fmt: skip
+    return {"id": object_id, "class": class_name, "split": split, "seed": shape_seed, "path": object_id}
 
 
 def _stretch_xz(mesh: Mesh, factors: list[float]) -> Mesh:
