@@ -2,9 +2,10 @@
 
 Stages mirror :func:`monorecon.api.reconstruct_full` (the official TripoSR architecture at random weights, density
 bias shifted as in ``benchmarks/reconstruct.py`` so that a surface exists) and each is timed on its own: encode
-(image encoder / backbone / upsampler), extraction (field queries vs marching cubes), clean-up, UV unwrap, UV raster,
-texel colour queries, dilation and GLB writing. Also times the encoder's matmul in float32 and bfloat16, since CPUs
-without native bf16 (no AVX512-BF16 / AMX) emulate it.
+(image encoder / backbone / upsampler), extraction (field queries vs marching cubes), clean-up, the input photo's
+colours on the vertices, UV unwrap, UV raster, texel colour queries and their photo colours, dilation and GLB
+writing. Also times the encoder's matmul in float32 and bfloat16, since CPUs without native bf16 (no AVX512-BF16 /
+AMX) emulate it.
 
     python benchmarks/profile_reconstruct.py [--resolution 256] [--texture-resolution 1024] [--dtype float32]
 """
@@ -22,7 +23,9 @@ import torch
 
 from monorecon.core.bake import dilate_texture, rasterize_uv_positions, unwrap_uv
 from monorecon.core.extract import cleanup_mesh
+from monorecon.core.projection import project_image_colours
 from monorecon.io.mesh_io import save_mesh
+from monorecon.models.triposr.model import input_camera
 from monorecon.preprocess import preprocess_image
 from reconstruct import THRESHOLD, make_model, place_surface, test_image
 
@@ -63,7 +66,8 @@ def main() -> None:
 
     model = make_model(0)
     image = test_image()
-    rgb = torch.from_numpy(stage("preprocess", preprocess_image, image).rgb)[None]
+    prepared = stage("preprocess", preprocess_image, image)
+    rgb = torch.from_numpy(prepared.rgb)[None]
     model.encode(rgb[:, :64, :64])  # warm-up
     place_surface(model, model.encode(rgb))
     model.autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
@@ -86,10 +90,15 @@ def main() -> None:
     STAGES["extract: marching cubes + bookkeeping"] = STAGES["extract (total)"] - STAGES["query (extraction)"]
     faces_mc = mesh.faces.shape[0]
     mesh = stage("cleanup", cleanup_mesh, mesh, min_component_fraction=0.01, target_faces=args.target_faces)
+    camera = input_camera(prepared.alpha.shape[0])
+    mesh, recolour = stage(
+        "photo colours (vertices)", project_image_colours, mesh, camera, rgb[0], torch.from_numpy(prepared.alpha)
+    )
     unwrapped = stage("bake: xatlas unwrap", unwrap_uv, mesh, args.texture_resolution)
     positions, covered = stage("bake: UV raster", rasterize_uv_positions, unwrapped, args.texture_resolution)
     flat = positions[covered]
     colours = stage("bake: colour query", lambda: model.query(code, flat[None])[1][0])
+    colours = stage("bake: photo colours (texels)", recolour, flat, colours)
     texture = np.zeros((args.texture_resolution,) * 2 + (3,), dtype=np.float32)
     texture[covered.numpy()] = colours.numpy()
     texture = stage("bake: dilate", dilate_texture, texture, covered.numpy())

@@ -17,6 +17,7 @@ import numpy as np
 import pygltflib
 import pytest
 import torch
+import trimesh
 from torch import nn
 
 import monorecon.models.triposr as triposr_package
@@ -123,7 +124,7 @@ def check_orientation(positions: np.ndarray, colours: np.ndarray) -> None:
 def test_api_mesh_is_y_up_front_z_right_x(planted_model, input_image):
     # The planted field ignores the input, so carving by the input's silhouette is off (tests/test_carving.py pins
     # the carving frame).
-    mesh = api.reconstruct(input_image, planted_model, mc_resolution=MC_RESOLUTION, carve=False)
+    mesh = api.reconstruct(input_image, planted_model, mc_resolution=MC_RESOLUTION, carve=False, project_input=False)
     check_orientation(mesh.verts.numpy(), mesh.vertex_colors.numpy())
 
 
@@ -132,7 +133,7 @@ def test_cli_glb_is_y_up_front_z_right_x(monkeypatch, input_image, tmp_path):
     monkeypatch.setattr(triposr_package, "load_triposr", lambda *args, **kwargs: plant(real_loader(*args, **kwargs)))
     argv = ["reconstruct", str(input_image), "-o", str(tmp_path), "--weights", str(TINY_WEIGHTS)]
     argv += ["--config", str(TINY_CONFIG), "--format", "glb", "--mc-resolution", str(MC_RESOLUTION), "--quiet"]
-    argv += ["--no-carve"]  # the planted field ignores the input
+    argv += ["--no-carve", "--no-project-input"]  # the planted field ignores the input
     assert cli.main(argv) == 0
     gltf = pygltflib.GLTF2().load(str(tmp_path / "object" / "mesh.glb"))
     for node in gltf.nodes:  # the positions are final: no node transform
@@ -161,3 +162,27 @@ def test_input_view_render_shows_up_on_top_and_right_on_the_right(planted_model)
     assert float(opacity[centre].min()) > 0.99
     assert abs(float(depth[centre].mean()) - (1.9 - EXPECTED_MAX["z"])) < 0.05
     assert float(rgb[centre][..., 1].min()) > 0.6
+
+
+def test_photo_colours_land_where_the_photo_shows_them(planted_model, tmp_path):
+    """With the input projection on, the surface seen in the image's right half takes the right half's colour and
+    the surface seen in its top half the top half's: image right is +X and image up +Y on the mesh too."""
+    image = np.ones((48, 48, 4), dtype=np.float32)
+    image[..., 0] = np.where(np.arange(48) >= 24, 0.8, 0.1)[None, :]  # red channel: right half
+    image[..., 1] = np.where(np.arange(48) < 24, 0.8, 0.1)[:, None]  # green channel: top half (row 0 at the top)
+    image[..., 2] = 0.5
+    path = save_image(image, tmp_path / "quadrants.png")
+    mesh = api.reconstruct(path, planted_model, mc_resolution=MC_RESOLUTION, carve=False)
+    verts, colours = mesh.verts.numpy(), mesh.vertex_colors.numpy()
+    x, y = verts[:, 0], verts[:, 1]
+    normals = trimesh.Trimesh(verts, mesh.faces.numpy(), process=False).vertex_normals
+    to_camera = np.array([0.0, 0.0, 1.9]) - verts
+    facing = (normals * to_camera).sum(-1) / np.linalg.norm(to_camera, axis=-1) > 0.6  # squarely seen, in front
+    for name, seen, channel, value in (
+        ("right arm", (x > 0.3) & facing, 0, 0.8),
+        ("left of the ball", (x < -0.15) & facing, 0, 0.1),
+        ("up arm", (y > 0.35) & (y < 0.5) & facing, 1, 0.8),  # higher up it leaves the photo (framed at 0.85)
+        ("bottom of the ball", (y < -0.15) & facing, 1, 0.1),
+    ):
+        assert seen.sum() > 3, name
+        np.testing.assert_allclose(colours[seen, channel], value, atol=0.02, err_msg=name)

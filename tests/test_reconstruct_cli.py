@@ -106,6 +106,29 @@ def test_no_carve_keeps_the_field_outside_the_silhouette(image_path, tmp_path, c
     assert widths["carved"] < 1.21 + 2 * 0.15 + 0.05 and widths["plain"] > 2.5
 
 
+def test_the_input_colours_the_surface_it_sees(image_path, tmp_path, capsys):
+    """The ellipse has one colour: surface that faces the input camera takes it exactly (vertex colours and baked
+    texels), unless --no-project-input keeps the random model's own colours (which never match it). The random
+    model's mesh is mostly walls seen edge-on or from inside, so only a small share faces the camera."""
+    ellipse = torch.from_numpy(object_image()[24, 16, :3])
+
+    def share_of_ellipse_colour(colours: torch.Tensor, tolerance: float) -> float:
+        return float(((colours.reshape(-1, 3) - ellipse).abs().max(-1).values < tolerance).float().mean())
+
+    shares = {}
+    for name, extra in (("projected", ()), ("model", ("--no-project-input",))):
+        for bake in (False, True):
+            options = ("--bake-texture", "--texture-resolution", "128", "--target-faces", "1500") if bake else ()
+            out = tmp_path / f"{name}{bake}"
+            code, _, err = reconstruct([image_path], out, *extra, *options, capsys=capsys)
+            assert code == 0, err
+            mesh = load_mesh(out / "thing" / "mesh.glb")
+            colours = mesh.texture if bake else mesh.vertex_colors
+            shares[name, bake] = share_of_ellipse_colour(colours, 3 / 255)
+    assert shares["projected", False] > 0.002 and shares["projected", True] > 0.01, shares
+    assert shares["model", False] == 0 and shares["model", True] == 0, shares
+
+
 @pytest.mark.parametrize("fmt", ["obj", "ply"])
 def test_reconstruct_other_formats(fmt, image_path, tmp_path, capsys):
     code, _, err = reconstruct([image_path], tmp_path, "--format", fmt, "--target-faces", "500", capsys=capsys)

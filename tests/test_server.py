@@ -131,7 +131,8 @@ def test_health_reports_model_and_limits(client):
 
 
 def test_glb_download_holds_the_model_mesh(client, stub):
-    response = post(client, {"mc_resolution": "40", "threshold": "12.5", "seed": "3"}, name="my chair.png")
+    settings = {"mc_resolution": "40", "threshold": "12.5", "seed": "3", "project_input": "false"}
+    response = post(client, settings, name="my chair.png")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "model/gltf-binary"
     assert response.headers["content-disposition"] == 'attachment; filename="my_chair.glb"'
@@ -147,6 +148,21 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     np.testing.assert_allclose(np.sort(np.asarray(loaded.vertices), axis=0), expected, atol=1e-6)
     colors = glb_vertex_colors(response.content)
     np.testing.assert_allclose(colors[:, :3], np.broadcast_to(np.array(STUB_COLOR) * 255, (len(colors), 3)), atol=1)
+
+    # by default the surface the (red) input sees takes its colour: the vertex nearest the input camera is red
+    projected = post(client, {"mc_resolution": "40", "threshold": "12.5", "seed": "3"})
+    assert projected.status_code == 200, projected.text
+    loaded = trimesh.load(io.BytesIO(projected.content), file_type="glb", force="mesh", process=False)
+    front = int(np.argmax(np.asarray(loaded.vertices)[:, 2]))  # +Z faces the input camera (glTF frame = ours)
+    np.testing.assert_allclose(glb_vertex_colors(projected.content)[front, :3], [255, 0, 0], atol=2)
+    # and so does a baked texture there (the texels come from query's colour, blended the same way)
+    baked = post(client, {"mc_resolution": "40", "bake_texture": "true", "texture_resolution": "64"})
+    assert baked.status_code == 200, baked.text
+    loaded = trimesh.load(io.BytesIO(baked.content), file_type="glb", force="mesh")
+    front = int(np.argmax(np.asarray(loaded.vertices)[:, 2]))
+    u, v = loaded.visual.uv[front]
+    texture = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_allclose(texture[min(int((1 - v) * 64), 63), min(int(u * 64), 63)], [255, 0, 0], atol=3)
 
 
 def glb_vertex_colors(glb: bytes) -> np.ndarray:
@@ -212,7 +228,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "carve", "fill", "seed",
+        "remove_background", "carve", "fill", "project_input", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]

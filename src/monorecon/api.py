@@ -81,6 +81,8 @@ class ReconstructOptions:
     be where the input shows background. ``fill`` (with ``carve``; None: the model's own setting,
     :func:`model_silhouette_fill`) raises the density on silhouette rays that never reach the surface level, so that
     every part of the input silhouette gets a surface (:meth:`~monorecon.core.carving.SilhouetteHull.filled`).
+    ``project_input`` colours the surface the input image sees with the image itself and maps the model's colours
+    of the rest to the image's white balance and contrast (:func:`monorecon.core.projection.project_image_colours`).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -92,6 +94,7 @@ class ReconstructOptions:
     remove_floaters: bool = True
     carve: bool = True
     fill: bool | None = None
+    project_input: bool = True
     target_faces: int | None = None
     seed: int = 0
     progress: bool = False
@@ -166,6 +169,8 @@ def reconstruct_full(
     """Image -> preprocessed input -> scene code -> mesh (optionally texture-baked). See :func:`reconstruct`."""
     from .core.bake import bake_texture
     from .core.extract import cleanup_mesh
+    from .core.projection import project_image_colours
+    from .models.triposr.model import input_camera
 
     options = options or ReconstructOptions()
     model = model if model is not None else load_model()
@@ -193,12 +198,17 @@ def reconstruct_full(
         if options.remove_floaters or target_faces:
             min_fraction = 0.01 if options.remove_floaters else 0.0
             mesh = cleanup_mesh(mesh, min_component_fraction=min_fraction, target_faces=target_faces)
+        recolour = None
+        if options.project_input:
+            camera = input_camera(prepared.alpha.shape[0])
+            mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
         if options.bake_texture:
-            mesh = bake_texture(
-                mesh,
-                lambda points: model.query(scene_code, points[None])[1][0],
-                resolution=options.texture_resolution,
-            )
+
+            def texel_colours(points: torch.Tensor) -> torch.Tensor:
+                colours = model.query(scene_code, points[None])[1][0]
+                return colours if recolour is None else recolour(points, colours)
+
+            mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
     return Reconstruction(mesh, prepared, scene_code)
 
 

@@ -51,8 +51,15 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-fill", action="store_true", help="do not fill parts of the input silhouette the model left empty"
     )
+    p.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="colour the whole mesh with the model's colours (default: the input image's where it sees the surface)",
+    )
     p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
-    p.add_argument("--render", type=int, default=0, metavar="N", help="also save an N-frame turntable (MP4 + GIF)")
+    p.add_argument(
+        "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
+    )
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
@@ -131,6 +138,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         remove_floaters=not args.keep_floaters,
         carve=not args.no_carve,
         fill=False if args.no_fill else None,
+        project_input=not args.no_project_input,
         target_faces=args.target_faces,
         seed=args.seed,
     )
@@ -159,11 +167,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
                 written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
             written.append(save_mesh(result.mesh, mesh_path))
             if args.render:
-                from .video import save_turntable, turntable_from_scene_code
+                from .video import save_turntable, turntable_from_mesh
 
-                frames = turntable_from_scene_code(
-                    model, result.scene_code, args.render, size=args.render_size, progress=not args.quiet
-                )
+                frames = turntable_from_mesh(result.mesh, args.render, size=args.render_size, progress=not args.quiet)
                 written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
                 save_turntable(frames, out_dir / "turntable")
         except (ValueError, OSError) as err:
@@ -331,6 +337,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--no-fill", action="store_true", help="models: do not fill the input silhouette (see reconstruct)")
+    p.add_argument("--no-project-input", action="store_true", help="models: the model's colours only (see reconstruct)")
     p.add_argument(
         "--prepare", action="store_true",
         help="models: frame each input as reconstruct frames a photo (bounding box centred at the model's "
@@ -367,7 +374,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
-        fill=False if args.no_fill else None, prepare=args.prepare,
+        fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip

@@ -146,6 +146,7 @@ class MeshForm:
     carve: bool
     seed: int
     fill: bool | None = None
+    project_input: bool = True
 
     @property
     def stem(self) -> str:
@@ -171,6 +172,7 @@ class MeshForm:
             texture_resolution=self.texture_resolution,
             carve=self.carve,
             fill=self.fill,
+            project_input=self.project_input,
             seed=self.seed,
         )
 
@@ -211,6 +213,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             bool | None,
             Form(description="with carve, fill the silhouette where the model left it empty (default: the model's)"),
         ] = None,
+        project_input: Annotated[
+            bool, Form(description="colour the surface the input sees with the input image (else the model's colours)")
+        ] = True,
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -226,6 +231,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             carve=carve,
             seed=seed,
             fill=fill,
+            project_input=project_input,
         )
 
     return mesh_form

@@ -1,4 +1,4 @@
-"""Turntable renders of a scene code (volume renderer) or a mesh (rasteriser), saved as MP4 and GIF.
+"""Turntable renders of a mesh (rasteriser), saved as MP4 and GIF.
 
 Turntable cameras orbit the world +Y axis starting at the front (azimuth 0, +Z), looking at the origin.
 """
@@ -27,19 +27,6 @@ def turntable_cameras(
     azimuths = torch.arange(n_frames, dtype=torch.float32) * (360.0 / n_frames)
     c2w = orbit_c2w(azimuths, torch.full_like(azimuths, elevation_deg), distance)
     return PerspectiveCameras(c2w, size, size, fov_y_deg=fov_deg)
-
-
-def turntable_from_scene_code(
-    model, scene_code: torch.Tensor, n_frames: int, *, size: int = 256, progress: bool = True, **camera_options
-) -> list[np.ndarray]:
-    """Volume-render ``n_frames`` views of a (1, 3, C, H, W) scene code; returns (size, size, 3) uint8 frames."""
-    cameras = turntable_cameras(n_frames, size=size, **camera_options)
-    frames = []
-    with torch.inference_mode():
-        for i in tqdm(range(n_frames), desc="turntable", unit="frame", disable=not progress):
-            out = model.render(scene_code, cameras[i])
-            frames.append(to_uint8(out["rgb"][0].float().numpy()))
-    return frames
 
 
 def turntable_from_mesh(

@@ -135,6 +135,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         _select("fill", "Silhouette fill", fill_options,
                 "with carving, fill parts of the silhouette the model left empty (default: the model's setting)"),
         _select("bake_texture", "Colours", [("false", "vertex colours"), ("true", "baked UV texture")], None),
+        _select("project_input", "Photo colours", [("true", "on"), ("false", "off")],
+                "colour the surface the photo sees with the photo itself (else the model's colours)"),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
         _number("seed", "Seed", 0, 0, 2**31 - 1, 1, None),

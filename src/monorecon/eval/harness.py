@@ -23,8 +23,11 @@
   (:mod:`monorecon.eval.metrics`); optionally volume IoU; for every method the input-view mask IoU of the mesh's
   silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right; the mean is
   geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
-  (``mask_iou``, ``psnr``, ``ssim``). Models are cut to the input silhouette's cone (``carve``, as
-  ``monorecon reconstruct`` does by default; filled too where the model's ``silhouette_fill`` says); unlike
+  (``mask_iou``, ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white
+  against the input view (``mesh_psnr``, ``mesh_ssim``) and, for synthetic objects, against their other views
+  (``novel_psnr``, ``novel_ssim``, mean over views; geometry errors count too). Models are cut to the input
+  silhouette's cone (``carve``, as ``monorecon reconstruct`` does by default; filled too where the model's
+  ``silhouette_fill`` says) and coloured by the input where it sees the surface (``project_input``); unlike
   ``reconstruct`` the harness keeps small disconnected pieces (dropping those under 1 % of the faces changed the
   bundled model's F@0.1 by -0.0005 on validation objects and -0.003 on the real meshes, model card). A method
   that returns no surface scores F = 0 and is counted as a failure.
@@ -53,8 +56,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..api import input_view_weight, model_foreground_ratio, model_mesh_threshold
-from ..core.cameras import orbit_c2w
+from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.mesh import Mesh
+from ..core.projection import project_image_colours
 from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
@@ -82,12 +86,15 @@ class EvalCase:
         object_id, class_name: identifiers.
         rgba: (H, W, 4) float input image (straight alpha) seen by the canonical camera.
         gt_mesh: ground truth in the canonical frame (the input camera is ``orbit_c2w(0, 0, 1.9)``).
+        views: the other views of a synthetic object, ``(c2w (V, 4, 4) in the canonical frame, vertical fov in
+            degrees (V,), rgba (V, H, W, 4))``, or None.
     """
 
     object_id: str
     class_name: str
     rgba: np.ndarray
     gt_mesh: Mesh
+    views: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def _transform_mesh(mesh: Mesh, transform: torch.Tensor) -> Mesh:
@@ -106,10 +113,12 @@ def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_
         c2w = item["c2w"][input_view]
         if not math.isclose(float(c2w[:3, 3].norm()), INPUT_DISTANCE, abs_tol=1e-3):
             raise ValueError(f"{item['object_id']}: input camera not at distance {INPUT_DISTANCE} from the origin")
-        world_to_canonical, _ = relative_cameras(c2w[None], c2w[None, None], INPUT_DISTANCE)
+        others = [i for i in range(len(item["c2w"])) if i != input_view]
+        world_to_canonical, views_c2w = relative_cameras(c2w[None], item["c2w"][None, others], INPUT_DISTANCE)
         gt = _transform_mesh(load_mesh(item["mesh_path"]), world_to_canonical[0])
         rgba = item["images"][input_view].numpy()
-        cases.append(EvalCase(item["object_id"], item["class_name"], rgba, gt))
+        views = (views_c2w[0], item["fov_y_deg"][others], item["images"][others]) if others else None
+        cases.append(EvalCase(item["object_id"], item["class_name"], rgba, gt, views))
     return cases
 
 
@@ -166,7 +175,14 @@ def _prepared_case(case: EvalCase, foreground_ratio: float) -> EvalCase:
     similarity = torch.eye(4)
     similarity[:3, :3] *= zoom[0]
     similarity[:3, 3] = shift[0]
-    return EvalCase(case.object_id, case.class_name, framed[0].numpy(), _transform_mesh(case.gt_mesh, similarity))
+    views = None
+    if case.views is not None:  # a camera moved by the same similarity (same orientation) sees the same image
+        c2w = case.views[0].clone()
+        c2w[:, :3, 3] = c2w[:, :3, 3] * zoom[0] + shift[0]
+        views = (c2w, *case.views[1:])
+    return EvalCase(
+        case.object_id, case.class_name, framed[0].numpy(), _transform_mesh(case.gt_mesh, similarity), views
+    )
 
 
 def export_inputs(
@@ -201,16 +217,24 @@ class _ModelMethod:
 
     With ``carve`` the field is cut to the input silhouette's hull (:class:`monorecon.core.carving.SilhouetteHull`)
     for both, and filled where ``fill`` says (None: the model's setting), as :func:`monorecon.api.reconstruct` does
-    by default (:func:`monorecon.api.input_view_weight`).
+    by default (:func:`monorecon.api.input_view_weight`); with ``project_input`` the mesh's colours are the input
+    image's where it sees the surface (:func:`monorecon.core.projection.project_image_colours`), as there too.
     """
 
     def __init__(
-        self, model, mc_resolution: int, threshold: float | None, render_size: int, carve: bool, fill: bool | None
+        self,
+        model,
+        mc_resolution: int,
+        threshold: float | None,
+        render_size: int,
+        carve: bool,
+        fill: bool | None,
+        project_input: bool,
     ) -> None:
         if threshold is None:
             threshold = model_mesh_threshold(model)
         self.model, self.mc_resolution, self.threshold, self.render_size = model, mc_resolution, threshold, render_size
-        self.carve, self.fill = carve, fill
+        self.carve, self.fill, self.project_input = carve, fill, project_input
         self.name = "model" if carve else "model (no carving)"
 
     @torch.no_grad()
@@ -234,6 +258,8 @@ class _ModelMethod:
             )
         except ValueError:  # the density never crosses the threshold: no surface
             mesh = None
+        if mesh is not None and self.project_input:
+            mesh, _ = project_image_colours(mesh, input_camera(rgb.shape[0]), rgb, rgba[..., 3])
         return mesh, extras
 
 
@@ -293,7 +319,13 @@ class PredictionFolder:
 
 
 def _resolve_method(
-    method: Any, mc_resolution: int, threshold: float | None, render_size: int, carve: bool, fill: bool | None
+    method: Any,
+    mc_resolution: int,
+    threshold: float | None,
+    render_size: int,
+    carve: bool,
+    fill: bool | None,
+    project_input: bool,
 ):
     from ..models.triposr import TripoSRModel
 
@@ -302,11 +334,11 @@ def _resolve_method(
     if isinstance(method, str) and method in ("sphere", "inflation"):
         return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
     if isinstance(method, TripoSRModel):
-        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve, fill)
+        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve, fill, project_input)
     if isinstance(method, str | os.PathLike):
         from ..api import load_model
 
-        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve, fill)
+        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve, fill, project_input)
     if callable(method):
 
         def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
@@ -335,6 +367,7 @@ def evaluate(
     render_size: int = 64,
     carve: bool = True,
     fill: bool | None = None,
+    project_input: bool = True,
     volume_iou_resolution: int = 0,
     prepare: bool = False,
     n_grid_cases: int = 3,
@@ -359,6 +392,8 @@ def evaluate(
         carve: cut a model's field to the input silhouette's hull (as ``monorecon reconstruct`` does by default).
         fill: with ``carve``, fill the input silhouette (None: the model's own setting; see
             :class:`monorecon.api.ReconstructOptions`).
+        project_input: models only: colour the surface the input sees with the input image and map the rest to its
+            colours (as ``monorecon reconstruct`` does by default).
         volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
         prepare: models only: frame each input as ``reconstruct`` frames a photo (bounding box centred, its longer
             side the model's ``foreground_ratio`` of the image; :func:`monorecon.preprocess.reframe_views`) and move
@@ -377,7 +412,7 @@ def evaluate(
         raise ValueError(f"n_points must be >= 100, got {n_points}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve, fill)
+    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve, fill, project_input)
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )
@@ -410,6 +445,8 @@ def evaluate(
                     row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
                 row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
                 row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
+                if mesh.vertex_colors is not None or mesh.texture is not None:
+                    row.update(_colour_scores(mesh, case))
         row.update(extras)
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
@@ -499,6 +536,29 @@ def _mesh_mask_iou(mesh: Mesh, alpha: np.ndarray, size: int) -> float:
     verts_ndc = camera.transform_points_ndc(mesh.verts.float())
     coverage = rasterize(verts_ndc, mesh.faces, size, size).mask[0, ..., 0]
     return mask_iou(coverage.float(), _resize(torch.as_tensor(alpha, dtype=torch.float32)[..., None], size)[..., 0])
+
+
+def _colour_scores(mesh: Mesh, case: EvalCase) -> dict[str, float]:
+    """PSNR / SSIM of the mesh's colours rendered unlit (over white) against the input view (``mesh_psnr``,
+    ``mesh_ssim``) and, for synthetic objects, the mean over their other views (``novel_psnr``, ``novel_ssim``)."""
+    from ..core.mesh_renderer import render_mesh
+
+    scores: dict[str, float] = {}
+    size = case.rgba.shape[0]
+    views = [("mesh", input_camera(size).c2w, torch.tensor([INPUT_FOV_DEG]), torch.from_numpy(case.rgba)[None])]
+    if case.views is not None:
+        views.append(("novel", *case.views))
+    for name, c2w, fov, rgba in views:
+        rgba = rgba.float()
+        cameras = PerspectiveCameras(c2w.float(), rgba.shape[1], rgba.shape[2], fov_y_deg=fov.float())
+        rendered = render_mesh(
+            mesh.verts.float(), mesh.faces, cameras, vertex_colors=mesh.vertex_colors, uvs=mesh.uvs,
+            texture=mesh.texture, shading="unlit", background=(1.0, 1.0, 1.0),
+        )["rgb"].clamp(0.0, 1.0)  # fmt: skip
+        target = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+        scores[f"{name}_psnr"] = float(np.mean([psnr(r, t) for r, t in zip(rendered, target, strict=True)]))
+        scores[f"{name}_ssim"] = float(np.mean([ssim(r, t) for r, t in zip(rendered, target, strict=True)]))
+    return scores
 
 
 def _resize(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""Input-image colours projected onto a mesh, and the colour transfer (core.projection).
+
+References are independent of the module: a hand-written pinhole projection (focal from the field of view, camera on
++Z looking at the origin, +X right and +Y up in the image) and closed-form visibility of flat squares.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.mesh import Mesh
+from monorecon.core.projection import ImageProjection, fit_colour_transfer, project_image_colours
+
+SIZE, DISTANCE, FOV = 64, 2.0, 40.0
+
+
+def camera() -> PerspectiveCameras:
+    return PerspectiveCameras(orbit_c2w(0.0, 0.0, DISTANCE), SIZE, SIZE, fov_y_deg=FOV)
+
+
+def square(half: float, z: float, n: int = 9, normal_z: float = 1.0) -> Mesh:
+    """An n x n vertex grid over [-half, half]^2 at depth z, facing +Z (or -Z with ``normal_z`` -1)."""
+    xs = torch.linspace(-half, half, n)
+    y, x = torch.meshgrid(xs, xs, indexing="ij")
+    verts = torch.stack([x.flatten(), y.flatten(), torch.full((n * n,), z)], dim=-1)
+    faces = []
+    for i in range(n - 1):
+        for j in range(n - 1):
+            a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
+            faces += [[a, b, d], [a, d, c]] if normal_z > 0 else [[a, d, b], [a, c, d]]
+    return Mesh(verts, torch.tensor(faces), vertex_colors=torch.full((n * n, 3), 0.5))
+
+
+def merged(*meshes: Mesh) -> Mesh:
+    offsets = np.cumsum([0] + [m.verts.shape[0] for m in meshes[:-1]])
+    return Mesh(
+        torch.cat([m.verts for m in meshes]),
+        torch.cat([m.faces + int(o) for m, o in zip(meshes, offsets, strict=True)]),
+        vertex_colors=torch.cat([m.vertex_colors for m in meshes]),
+    )
+
+
+def pinhole(points: torch.Tensor) -> torch.Tensor:
+    """(N, 3) -> (N, 2) pixel coordinates (u right, v down) of the camera above, by hand."""
+    focal = SIZE / 2 / math.tan(math.radians(FOV / 2))
+    depth = DISTANCE - points[:, 2]
+    return torch.stack([SIZE / 2 + focal * points[:, 0] / depth, SIZE / 2 - focal * points[:, 1] / depth], dim=-1)
+
+
+def gradient_image() -> torch.Tensor:
+    """(SIZE, SIZE, 3): red = u / SIZE and green = v / SIZE at pixel centres (bilinear lookups are exact), blue 0.3."""
+    v, u = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+    return torch.stack([u / SIZE, v / SIZE, torch.full_like(u, 0.3)], dim=-1)
+
+
+def test_seen_points_get_the_image_colour_at_their_pinhole_projection():
+    mesh = square(0.5, 0.0)
+    weight, colours = ImageProjection(mesh, camera(), gradient_image()).sample(mesh.verts)
+    uv = pinhole(mesh.verts)
+    torch.testing.assert_close(weight, torch.ones_like(weight))
+    torch.testing.assert_close(colours[:, 0], uv[:, 0] / SIZE, atol=1e-5, rtol=0)
+    torch.testing.assert_close(colours[:, 1], uv[:, 1] / SIZE, atol=1e-5, rtol=0)
+
+
+def test_hidden_points_behind_the_seen_surface_get_no_weight():
+    front, back = square(0.2, 0.3, n=5), square(0.6, -0.3, n=13)
+    mesh = merged(front, back)
+    weight, _ = ImageProjection(mesh, camera(), gradient_image()).sample(back.verts)
+    # a back vertex is hidden when its line of sight to the camera crosses the front square (|x|, |y| < 0.2 at z 0.3)
+    scale = (DISTANCE - 0.3) / (DISTANCE + 0.3)
+    hidden = (back.verts[:, :2].abs() * scale < 0.2 - 0.01).all(-1)
+    clear = (back.verts[:, :2].abs() * scale > 0.2 + 0.01).any(-1)
+    assert hidden.sum() >= 9 and clear.sum() >= 100
+    assert (weight[hidden] == 0).all()
+    torch.testing.assert_close(weight[clear], torch.ones(int(clear.sum())))
+
+
+def test_weight_ramps_with_the_facing_cosine_and_is_zero_from_behind():
+    image = gradient_image()
+    for tilt_deg, expected in ((0.0, 1.0), (75.0, (math.cos(math.radians(75.0)) - 0.1) / 0.3), (88.0, 0.0)):
+        tilt = math.radians(tilt_deg)
+        rotation = torch.tensor(
+            [[math.cos(tilt), 0.0, math.sin(tilt)], [0.0, 1.0, 0.0], [-math.sin(tilt), 0.0, math.cos(tilt)]]
+        )
+        mesh = square(0.3, 0.0, n=3)
+        mesh = Mesh(mesh.verts @ rotation.T, mesh.faces, vertex_colors=mesh.vertex_colors)
+        centre = torch.zeros(1, 3)  # on the surface, seen along the optical axis: cosine = cos(tilt)
+        weight, _ = ImageProjection(mesh, camera(), image).sample(centre)
+        assert weight.item() == pytest.approx(expected, abs=0.02), tilt_deg
+    away = square(0.3, 0.0, n=3, normal_z=-1.0)
+    weight, _ = ImageProjection(away, camera(), image).sample(torch.zeros(1, 3))
+    assert weight.item() == 0.0
+
+
+def test_alpha_scales_the_weight_and_points_outside_the_image_get_none():
+    mesh = square(0.5, 0.0)
+    alpha = torch.ones(SIZE, SIZE)
+    alpha[:, : SIZE // 2] = 0.0  # left half is background
+    projection = ImageProjection(mesh, camera(), gradient_image(), alpha)
+    weight, _ = projection.sample(mesh.verts)
+    uv = pinhole(mesh.verts)
+    assert (weight[uv[:, 0] < SIZE / 2 - 1] == 0).all()
+    assert (weight[uv[:, 0] > SIZE / 2 + 1] == 1).all()
+    far = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # outside the view; behind the camera
+    assert (projection.sample(far)[0] == 0).all()
+
+
+def test_colour_transfer_recovers_a_known_affine_map_and_stays_near_identity_on_little_data():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.rand(500, 3, generator=generator) * 0.6 + 0.2
+    matrix = torch.tensor([[1.2, 0.1, 0.0], [0.0, 0.9, -0.1], [0.05, 0.0, 1.1]])
+    offset = torch.tensor([0.05, -0.02, 0.03])
+    target = source @ matrix + offset
+    transfer = fit_colour_transfer(source, target, torch.ones(500), ridge=0.0)
+    torch.testing.assert_close(transfer(source), target.clamp(0, 1), atol=1e-5, rtol=0)
+    # too little weight: identity
+    few = fit_colour_transfer(source, target, torch.full((500,), 0.01))
+    torch.testing.assert_close(few(source), source)
+    # one colour seen: the ridge keeps the map near the identity for other colours
+    grey = torch.full((200, 3), 0.5)
+    shifted = fit_colour_transfer(grey, grey + 0.1, torch.ones(200))
+    assert torch.allclose(shifted(grey), grey + 0.1, atol=0.02)
+    other = torch.tensor([[0.9, 0.1, 0.2]])
+    assert (shifted(other) - other).abs().max() < 0.15
+
+
+def test_project_image_colours_blends_vertices_and_texels_alike():
+    front, back = square(0.2, 0.3, n=5), square(0.6, -0.3, n=13)
+    mesh = merged(front, back)
+    image = gradient_image()
+    coloured, recolour = project_image_colours(mesh, camera(), image, transfer=False)
+    weight, seen = ImageProjection(mesh, camera(), image).sample(mesh.verts)
+    expected = torch.lerp(mesh.vertex_colors, seen, weight[:, None])
+    torch.testing.assert_close(coloured.vertex_colors, expected)
+    torch.testing.assert_close(recolour(mesh.verts, mesh.vertex_colors), expected)
+    hidden = weight == 0
+    assert hidden.any() and (coloured.vertex_colors[hidden] == 0.5).all()  # unseen: the model's colour, untouched
+    # with the transfer, unseen vertices move towards the colours seen
+    transferred, _ = project_image_colours(mesh, camera(), image)
+    assert not torch.allclose(transferred.vertex_colors[hidden], mesh.vertex_colors[hidden])
+
+
+def test_bad_inputs_are_refused():
+    mesh = square(0.5, 0.0)
+    with pytest.raises(ValueError, match="vertex colours"):
+        project_image_colours(Mesh(mesh.verts, mesh.faces), camera(), gradient_image())
+    bad = gradient_image()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="image"):
+        ImageProjection(mesh, camera(), bad)
+    with pytest.raises(ValueError, match="image values"):
+        ImageProjection(mesh, camera(), gradient_image() * 2)
+    with pytest.raises(ValueError, match="alpha"):
+        ImageProjection(mesh, camera(), gradient_image(), torch.ones(SIZE, SIZE + 1))
+    with pytest.raises(ValueError, match="one camera"):
+        two = PerspectiveCameras(orbit_c2w(torch.tensor([0.0, 90.0]), 0.0, DISTANCE), SIZE, SIZE, fov_y_deg=FOV)
+        ImageProjection(mesh, two, gradient_image())
+    with pytest.raises(ValueError, match="facing"):
+        ImageProjection(mesh, camera(), gradient_image(), facing=(0.5, 0.2))
