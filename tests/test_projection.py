@@ -67,6 +67,27 @@ def test_seen_points_get_the_image_colour_at_their_pinhole_projection():
     torch.testing.assert_close(colours[:, 1], uv[:, 1] / SIZE, atol=1e-5, rtol=0)
 
 
+def test_orthographic_camera_sees_the_plane_at_x_over_scale():
+    """A parallel projection: u = (x / scale + 1) / 2 * SIZE whatever the depth, and a tilted plane's facing cosine
+    is its normal's z component everywhere (not the direction to a camera position)."""
+    from monorecon.core.cameras import OrthographicCameras
+
+    ortho = OrthographicCameras(orbit_c2w(0.0, 0.0, DISTANCE), SIZE, SIZE, scale=0.8)
+    mesh = square(0.5, 0.0)
+    weight, colours = ImageProjection(mesh, ortho, gradient_image()).sample(mesh.verts)
+    torch.testing.assert_close(weight, torch.ones_like(weight))
+    torch.testing.assert_close(colours[:, 0], (mesh.verts[:, 0] / 0.8 + 1) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(colours[:, 1], (1 - mesh.verts[:, 1] / 0.8) / 2, atol=1e-5, rtol=0)
+    tilt = math.radians(75.0)  # cosine 0.259 -> weight (0.259 - 0.1) / 0.3 at every point, even off-axis
+    rotation = torch.tensor(
+        [[math.cos(tilt), 0.0, math.sin(tilt)], [0.0, 1.0, 0.0], [-math.sin(tilt), 0.0, math.cos(tilt)]]
+    )
+    tilted = Mesh(mesh.verts @ rotation.T, mesh.faces, vertex_colors=mesh.vertex_colors)
+    points = torch.tensor([[0.0, 0.3, 0.0], [0.1, -0.3, -0.1 * math.tan(tilt)]])  # on the tilted plane
+    weight, _ = ImageProjection(tilted, ortho, gradient_image()).sample(points)
+    torch.testing.assert_close(weight, torch.full((2,), (math.cos(tilt) - 0.1) / 0.3), atol=0.01, rtol=0)
+
+
 def test_hidden_points_behind_the_seen_surface_get_no_weight():
     front, back = square(0.2, 0.3, n=5), square(0.6, -0.3, n=13)
     mesh = merged(front, back)
