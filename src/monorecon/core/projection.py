@@ -87,13 +87,11 @@ class ImageProjection:
         screen = self.camera.transform_points_screen(points)[0]  # (N, 3): u, v in pixels, view depth
         u, v, depth = screen.unbind(-1)
         inside = (u >= 0) & (u < width) & (v >= 0) & (v < height) & (depth > 0)
-        # The surface behind the point: of the 2 x 2 pixel centres around it, the farthest covered one, so that a
-        # point on the mesh's own outline (whose nearest centre may fall just outside the render) still finds it.
-        col0, row0 = (u - 0.5).floor().long(), (v - 0.5).floor().long()
-        cols = torch.stack([col0, col0 + 1, col0, col0 + 1], dim=-1).clamp(0, width - 1)  # (N, 4)
-        rows = torch.stack([row0, row0, row0 + 1, row0 + 1], dim=-1).clamp(0, height - 1)
-        best = self.depth[rows, cols].argmax(dim=-1, keepdim=True)  # empty pixels hold depth 0
-        row, col = rows.gather(-1, best)[:, 0], cols.gather(-1, best)[:, 0]
+        # The surface at the point's own pixel. (The farthest of the 2 x 2 pixels around it would also find the
+        # surface for points exactly on an open mesh's outline, but lets hidden points next to an occluding edge
+        # take the photo's colour: 0.03 dB worse on validation objects.)
+        col = u.floor().long().clamp(0, width - 1)
+        row = v.floor().long().clamp(0, height - 1)
         surface_depth = self.depth[row, col]
         visible = inside & (surface_depth > 0) & (depth <= surface_depth + self.depth_tolerance)
         if self.camera.is_perspective:

@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -212,6 +213,18 @@ def export_inputs(
 # --------------------------------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ModelSettings:
+    """How the harness runs a TripoSR model (the model arguments of :func:`evaluate`)."""
+
+    mc_resolution: int
+    threshold: float | None
+    render_size: int
+    carve: bool
+    fill: bool | None
+    project_input: bool
+
+
 class _ModelMethod:
     """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR.
 
@@ -221,29 +234,24 @@ class _ModelMethod:
     image's where it sees the surface (:func:`monorecon.core.projection.project_image_colours`), as there too.
     """
 
-    def __init__(
-        self,
-        model,
-        mc_resolution: int,
-        threshold: float | None,
-        render_size: int,
-        carve: bool,
-        fill: bool | None,
-        project_input: bool,
-    ) -> None:
-        if threshold is None:
-            threshold = model_mesh_threshold(model)
-        self.model, self.mc_resolution, self.threshold, self.render_size = model, mc_resolution, threshold, render_size
-        self.carve, self.fill, self.project_input = carve, fill, project_input
-        self.name = "model" if carve else "model (no carving)"
+    def __init__(self, model, settings: _ModelSettings) -> None:
+        if settings.threshold is None:
+            settings = dataclasses.replace(settings, threshold=model_mesh_threshold(model))
+        self.model, self.settings = model, settings
+        self.name = "model" if settings.carve else "model (no carving)"
 
     @torch.no_grad()
     def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
         rgba = torch.from_numpy(case.rgba).float()
         rgb = rgba[..., :3] * rgba[..., 3:] + 0.5 * (1.0 - rgba[..., 3:])
         code = self.model.encode(rgb[None])
-        hull = input_view_weight(self.model, code, rgba[..., 3], self.threshold, self.fill) if self.carve else None
-        size = self.render_size
+        settings = self.settings
+        hull = (
+            input_view_weight(self.model, code, rgba[..., 3], settings.threshold, settings.fill)
+            if settings.carve
+            else None
+        )
+        size = settings.render_size
         render = self.model.render(code, input_camera(size), carve=hull)
         target = _resize(rgba, size)
         target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
@@ -254,11 +262,11 @@ class _ModelMethod:
         }
         try:
             mesh = self.model.extract_mesh(
-                code, self.mc_resolution, self.threshold, method="coarse_to_fine", carve=hull
+                code, settings.mc_resolution, settings.threshold, method="coarse_to_fine", carve=hull
             )
         except ValueError:  # the density never crosses the threshold: no surface
             mesh = None
-        if mesh is not None and self.project_input:
+        if mesh is not None and settings.project_input:
             mesh, _ = project_image_colours(mesh, input_camera(rgb.shape[0]), rgb, rgba[..., 3])
         return mesh, extras
 
@@ -318,15 +326,7 @@ class PredictionFolder:
             return None, {}
 
 
-def _resolve_method(
-    method: Any,
-    mc_resolution: int,
-    threshold: float | None,
-    render_size: int,
-    carve: bool,
-    fill: bool | None,
-    project_input: bool,
-):
+def _resolve_method(method: Any, settings: _ModelSettings):
     from ..models.triposr import TripoSRModel
 
     if isinstance(method, PredictionFolder):
@@ -334,11 +334,11 @@ def _resolve_method(
     if isinstance(method, str) and method in ("sphere", "inflation"):
         return _baseline(sphere_baseline if method == "sphere" else inflation_baseline, method)
     if isinstance(method, TripoSRModel):
-        return _ModelMethod(method.eval(), mc_resolution, threshold, render_size, carve, fill, project_input)
+        return _ModelMethod(method.eval(), settings)
     if isinstance(method, str | os.PathLike):
         from ..api import load_model
 
-        return _ModelMethod(load_model(method), mc_resolution, threshold, render_size, carve, fill, project_input)
+        return _ModelMethod(load_model(method), settings)
     if callable(method):
 
         def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
@@ -412,7 +412,8 @@ def evaluate(
         raise ValueError(f"n_points must be >= 100, got {n_points}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    method = _resolve_method(model_or_method, mc_resolution, threshold, render_size, carve, fill, project_input)
+    settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
+    method = _resolve_method(model_or_method, settings)
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )
