@@ -184,3 +184,10 @@ def test_bad_inputs_are_refused():
         ImageProjection(mesh, two, gradient_image())
     with pytest.raises(ValueError, match="facing"):
         ImageProjection(mesh, camera(), gradient_image(), facing=(0.5, 0.2))
+
+
+def test_reconstruct_options_refuse_a_non_boolean_project_input():
+    from monorecon.api import ReconstructOptions
+
+    with pytest.raises(ValueError, match="project_input"):
+        ReconstructOptions(project_input="no")  # a string would otherwise be true

@@ -110,6 +110,8 @@ class ReconstructOptions:
             raise ValueError("threshold must be finite")
         if self.fill not in (None, True, False):
             raise ValueError(f"fill must be True, False or None (the model's setting), got {self.fill!r}")
+        if not isinstance(self.project_input, bool):
+            raise ValueError(f"project_input must be True or False, got {self.project_input!r}")
         if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
             raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
 
