@@ -184,6 +184,15 @@ def test_bad_inputs_are_refused():
         ImageProjection(mesh, two, gradient_image())
     with pytest.raises(ValueError, match="facing"):
         ImageProjection(mesh, camera(), gradient_image(), facing=(0.5, 0.2))
+    with pytest.raises(ValueError, match="depth_tolerance"):
+        ImageProjection(mesh, camera(), gradient_image(), depth_tolerance=0.0)
+    colours = torch.rand(10, 3)
+    with pytest.raises(ValueError, match="target"):
+        fit_colour_transfer(colours, torch.rand(9, 3), torch.ones(10))
+    nan_colours = colours.clone()
+    nan_colours[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="source"):
+        fit_colour_transfer(nan_colours, colours, torch.ones(10))
 
 
 def test_reconstruct_options_refuse_a_non_boolean_project_input():

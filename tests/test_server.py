@@ -267,6 +267,7 @@ def test_unusable_images_get_422(client):
         ({"bake_texture": "maybe"}, "bake_texture"),
         ({"carve": "perhaps"}, "carve"),
         ({"fill": "sometimes"}, "fill"),
+        ({"project_input": "partly"}, "project_input"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )
