@@ -2,6 +2,8 @@
 
 import base64
 import io
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -105,6 +107,17 @@ def test_fill_select_defaults_to_the_model_setting(form):
     assert parser.forms[0]["controls"]["fill"]["options"] == ["true", "false"]
 
 
+def test_page_script_parses(client, tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js to parse the page's script")
+    page = client.get("/").text
+    script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
+    (tmp_path / "page.js").write_text(script)
+    result = subprocess.run([node, "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_page_needs_nothing_from_outside(form, client):
     page = client.get("/").text
     assert all(not link.startswith(("http:", "https:", "//")) for link in form["links"])
@@ -129,6 +142,9 @@ def test_preview_returns_processed_input_turntable_and_mesh(client, form):
     assert payload["filename"] == "duck.glb" and payload["media_type"] == "model/gltf-binary"
     assert base64.b64decode(payload["mesh_base64"])[:4] == b"glTF"
     assert payload["faces"] == 80 and payload["vertices"] == 42 and payload["textured"] is False
+    viewer = payload["viewer"]  # the 3-D view's arrays (decoded in detail by test_webui_viewer.py)
+    assert len(base64.b64decode(viewer["positions"])) == 42 * 3 * 4
+    assert len(base64.b64decode(viewer["indices"])) == 80 * 3 * 4
 
     processed = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["input_png_base64"]))))
     assert processed.shape == (512, 512, 3)

@@ -1,0 +1,173 @@
+"""The web page's WebGL mesh viewer: its payload decodes to the mesh, and (where Chromium is installed) its drawing
+matches monorecon's own rasteriser from the same camera and light.
+
+The browser tests run headless Chromium with SwiftShader (software WebGL); they are skipped where no Chromium is
+installed (Debian: ``apt-get install chromium``; ``.ci/run`` installs it).
+"""
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from monorecon import webui
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.mesh import Mesh
+from monorecon.core.mesh_renderer import render_mesh
+from monorecon.core.shading import DirectionalLights
+
+RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+
+
+def decode(text: str, dtype: str, columns: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(-1, columns)
+
+
+def sphere(center=(0.0, 0.0, 0.0), radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    tm = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    verts = torch.tensor(tm.vertices, dtype=torch.float32) + torch.tensor(center)
+    return verts, torch.tensor(tm.faces, dtype=torch.long)
+
+
+def side_coloured_sphere(center=(0.0, 0.0, 0.0)) -> Mesh:
+    """Unit sphere: red on +X, blue on -X, green on top (+Y), grey elsewhere (unlike the viewer's background)."""
+    verts, faces = sphere(center)
+    local = verts - torch.tensor(center)
+    colours = torch.full_like(verts, 0.5)
+    colours[local[:, 0] > 0.3] = torch.tensor(RED)
+    colours[local[:, 0] < -0.3] = torch.tensor(BLUE)
+    colours[local[:, 1] > 0.6] = torch.tensor(GREEN)
+    return Mesh(verts, faces, vertex_colors=colours)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Payload
+# --------------------------------------------------------------------------------------------------------------------
+def test_payload_decodes_to_the_mesh():
+    mesh = side_coloured_sphere(center=(0.5, -0.25, 0.1))
+    payload = webui.viewer_payload(mesh)
+    np.testing.assert_array_equal(decode(payload["positions"], "<f4", 3), mesh.verts.numpy())
+    np.testing.assert_array_equal(decode(payload["indices"], "<u4", 3), mesh.faces.numpy())
+    np.testing.assert_array_equal(decode(payload["colors"], "u1", 3), np.round(mesh.vertex_colors.numpy() * 255))
+    # A sphere's normals point along the radius (an analytic reference, not the mesh's own normals).
+    normals = decode(payload["normals"], "i1", 3) / 127.0
+    radial = (mesh.verts - torch.tensor([0.5, -0.25, 0.1])).numpy()
+    np.testing.assert_allclose(normals, radial / np.linalg.norm(radial, axis=1, keepdims=True), atol=0.02)
+    np.testing.assert_allclose(payload["center"], [0.5, -0.25, 0.1], atol=1e-6)
+    assert payload["radius"] == pytest.approx(3**0.5, rel=1e-6)  # half the diagonal of the (2, 2, 2) box
+    assert payload["uvs"] is None and payload["texture_png"] is None
+    json.dumps(payload)  # the server answers it as JSON
+
+
+def test_payload_of_a_textured_mesh_carries_uvs_and_texture():
+    verts, faces = sphere()
+    uvs = torch.stack([verts[:, 0] * 0.5 + 0.5, verts[:, 1] * 0.5 + 0.5], dim=1)
+    texture = torch.rand(8, 16, 3, generator=torch.Generator().manual_seed(0))
+    payload = webui.viewer_payload(Mesh(verts, faces, uvs=uvs, texture=texture))
+    np.testing.assert_array_equal(decode(payload["uvs"], "<f4", 2), uvs.numpy())
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["texture_png"]))))
+    np.testing.assert_array_equal(image, np.round(texture.numpy() * 255))
+    assert payload["colors"] is None
+
+
+def test_payload_is_left_out_for_meshes_too_large_to_send(monkeypatch):
+    mesh = side_coloured_sphere()
+    monkeypatch.setattr(webui, "VIEWER_MAX_FACES", mesh.num_faces - 1)
+    assert webui.viewer_payload(mesh) is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Drawing, in headless Chromium
+# --------------------------------------------------------------------------------------------------------------------
+SIZE = 160
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+
+
+def draw_in_browser(chromium: str, payload: dict, tmp_path) -> np.ndarray:
+    """(SIZE, SIZE, 3) float screenshot of the viewer showing ``payload`` at its start view."""
+    page = tmp_path / "viewer.html"
+    page.write_text(
+        '<!DOCTYPE html><html><body style="margin:0">'
+        f'<canvas id="viewer" style="width:{SIZE}px;height:{SIZE}px;display:block"></canvas>'
+        f'<script>"use strict";{webui.VIEWER_SCRIPT}\n'
+        f'createMeshViewer(document.getElementById("viewer")).show({json.dumps(payload)});</script>'
+        "</body></html>"
+    )
+    shot = tmp_path / "shot.png"
+    command = [
+        chromium, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+        "--force-device-scale-factor=1", f"--window-size={SIZE},{SIZE}", "--virtual-time-budget=5000",
+        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", page.as_uri(),
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    return np.asarray(Image.open(shot).convert("RGB"))[:SIZE, :SIZE].astype(np.float32) / 255
+
+
+def reference_render(mesh: Mesh, payload: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The viewer's start view by monorecon's rasteriser: orbit camera at azimuth 0, elevation 15 around the box
+    centre, fov 40 deg framing the bounding sphere, headlight with ambient 0.45 and diffuse 0.55."""
+    center = torch.tensor(payload["center"])
+    distance = payload["radius"] / np.sin(np.radians(20))
+    cameras = PerspectiveCameras(orbit_c2w(0.0, 15.0, distance, target=center), SIZE, SIZE, fov_y_deg=40.0)
+    lights = DirectionalLights(
+        direction=cameras.c2w[:, :3, 2], ambient_color=(0.45,) * 3, diffuse_color=(0.55,) * 3, specular_color=(0,) * 3
+    )
+    out = render_mesh(
+        mesh.verts, mesh.faces, cameras, vertex_colors=mesh.vertex_colors, uvs=mesh.uvs, texture=mesh.texture,
+        lights=lights, shading="lambert",
+    )  # fmt: skip
+    return out["rgb"][0].clamp(0, 1).numpy(), out["alpha"][0].numpy() > 0.5
+
+
+def compare(shot: np.ndarray, reference: np.ndarray, covered: np.ndarray) -> None:
+    drawn = np.abs(shot - 0.98).max(axis=-1) > 0.03  # the viewer clears to grey 0.98
+    iou = (drawn & covered).sum() / (drawn | covered).sum()
+    assert iou > 0.97, iou
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(covered, iterations=2)  # away from the (antialiased) outline
+    error = np.abs(shot - reference)[inner]
+    assert error.mean() < 0.03 and np.quantile(error, 0.99) < 0.25, (error.mean(), np.quantile(error, 0.99))
+
+
+def test_viewer_draws_the_front_view_as_the_rasteriser_does(chromium, tmp_path):
+    mesh = side_coloured_sphere(center=(0.3, 0.2, -0.1))
+    payload = webui.viewer_payload(mesh)
+    shot = draw_in_browser(chromium, payload, tmp_path)
+    reference, covered = reference_render(mesh, payload)
+    compare(shot, reference, covered)
+    # The world convention, read off the screenshot: +X (red) on the right, +Y (green) at the top.
+    row, column = np.nonzero(covered)
+    middle = shot[row.min() + (row.max() - row.min()) // 2]
+    assert middle[column.max() - 8].argmax() == 0 and middle[column.min() + 8].argmax() == 2
+    assert shot[row.min() + 6, (column.min() + column.max()) // 2].argmax() == 1
+
+
+def test_viewer_samples_the_texture_with_v_up(chromium, tmp_path):
+    verts, faces = sphere()
+    uvs = torch.stack([verts[:, 0] * 0.5 + 0.5, verts[:, 1] * 0.5 + 0.5], dim=1)  # v = 1 at the top of the sphere
+    texture = torch.zeros(32, 32, 3)
+    texture[:16, :, 0] = 1.0  # image rows 0-15 (the top, v > 0.5) red
+    texture[16:, :, 2] = 1.0  # bottom blue
+    mesh = Mesh(verts, faces, uvs=uvs, texture=texture)
+    payload = webui.viewer_payload(mesh)
+    shot = draw_in_browser(chromium, payload, tmp_path)
+    reference, covered = reference_render(mesh, payload)
+    compare(shot, reference, covered)
+    row, column = np.nonzero(covered)
+    centre_column = (column.min() + column.max()) // 2
+    assert shot[row.min() + 10, centre_column].argmax() == 0 and shot[row.max() - 10, centre_column].argmax() == 2
