@@ -20,8 +20,8 @@ from PIL import Image
 from monorecon import webui
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh import Mesh
-from monorecon.core.mesh_renderer import render_mesh
-from monorecon.core.shading import DirectionalLights
+from monorecon.core.mesh_renderer import headlight, render_mesh
+from monorecon.video import PREVIEW_LIGHTING
 
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
@@ -119,16 +119,13 @@ def draw_in_browser(chromium: str, payload: dict, tmp_path) -> np.ndarray:
 
 def reference_render(mesh: Mesh, payload: dict) -> tuple[np.ndarray, np.ndarray]:
     """The viewer's start view by monorecon's rasteriser: orbit camera at azimuth 0, elevation 15 around the box
-    centre, fov 40 deg framing the bounding sphere, headlight with ambient 0.45 and diffuse 0.55."""
+    centre, fov 40 deg framing the bounding sphere, the turntables' headlight (ambient 0.45, diffuse 0.55)."""
     center = torch.tensor(payload["center"])
     distance = payload["radius"] / np.sin(np.radians(20))
     cameras = PerspectiveCameras(orbit_c2w(0.0, 15.0, distance, target=center), SIZE, SIZE, fov_y_deg=40.0)
-    lights = DirectionalLights(
-        direction=cameras.c2w[:, :3, 2], ambient_color=(0.45,) * 3, diffuse_color=(0.55,) * 3, specular_color=(0,) * 3
-    )
     out = render_mesh(
         mesh.verts, mesh.faces, cameras, vertex_colors=mesh.vertex_colors, uvs=mesh.uvs, texture=mesh.texture,
-        lights=lights, shading="lambert",
+        lights=headlight(cameras, **PREVIEW_LIGHTING), shading="lambert",
     )  # fmt: skip
     return out["rgb"][0].clamp(0, 1).numpy(), out["alpha"][0].numpy() > 0.5
 

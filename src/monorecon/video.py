@@ -1,6 +1,8 @@
 """Turntable renders of a mesh (rasteriser), saved as MP4 and GIF.
 
-Turntable cameras orbit the world +Y axis starting at the front (azimuth 0, +Z), looking at the origin.
+Turntable cameras orbit the world +Y axis starting at the front (azimuth 0, +Z), looking at the origin. The light
+sits at the eye (:data:`PREVIEW_LIGHTING`, as in the web page's 3-D view): a surface facing the camera shows its
+colour unchanged, so colours projected from a photo look as in the photo, and oblique ones darken to 0.45.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from .core.cameras import PerspectiveCameras, orbit_c2w
 from .core.mesh import Mesh
 from .io.atomic import atomic_path
 from .io.images import to_uint8
+
+#: Headlight of turntables and of the web page's viewer: ambient + diffuse = 1, no highlight.
+PREVIEW_LIGHTING = {"ambient": 0.45, "diffuse": 0.55, "specular": 0.0}
 
 
 def turntable_cameras(
@@ -33,7 +38,7 @@ def turntable_from_mesh(
     mesh: Mesh, n_frames: int, *, size: int = 256, progress: bool = True, **camera_options
 ) -> list[np.ndarray]:
     """Rasterise ``n_frames`` shaded views of a mesh (vertex colours or texture); (size, size, 3) uint8 frames."""
-    from .core.mesh_renderer import render_mesh
+    from .core.mesh_renderer import headlight, render_mesh
 
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
     frames = []
@@ -46,6 +51,7 @@ def turntable_from_mesh(
                 vertex_colors=mesh.vertex_colors,
                 uvs=mesh.uvs,
                 texture=mesh.texture,
+                lights=headlight(cameras[i], **PREVIEW_LIGHTING),
                 shading="lambert",
             )
             frames.append(to_uint8(out["rgb"][0].numpy()))

@@ -212,8 +212,8 @@ def _select(name: str, label: str, options: list[tuple[str, str]], hint: str | N
 
 #: The page's mesh viewer (WebGL 1 or 2, no library): ``createMeshViewer(canvas)`` returns ``{show(data)}`` for a
 #: :func:`viewer_payload`, or null without WebGL. The camera orbits the mesh's centre, starting in front (+Z) 15 deg
-#: up with +Y up, as :func:`monorecon.video.turntable_cameras`; shading is a headlight with ambient 0.45 and diffuse
-#: 0.55, so a surface facing the viewer shows its colour unchanged (photo colours look as in the photo).
+#: up with +Y up, as :func:`monorecon.video.turntable_cameras`, under their light
+#: (:data:`monorecon.video.PREVIEW_LIGHTING`: a surface facing the viewer shows its colour unchanged).
 VIEWER_SCRIPT = """
 function bytesOf(base64) {
   const text = atob(base64);

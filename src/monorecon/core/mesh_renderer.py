@@ -36,14 +36,16 @@ __all__ = ["headlight", "render", "render_mesh", "render_silhouette"]
 SHADING_MODES = ("phong", "lambert", "flat", "unlit")
 
 
-def headlight(cameras: Cameras) -> DirectionalLights:
-    """Default lighting: a directional light from each camera's viewing direction (ambient 0.35, diffuse 0.55,
-    specular 0.1, white), so a surface facing the camera with albedo 1 renders at about 1."""
+def headlight(
+    cameras: Cameras, *, ambient: float = 0.35, diffuse: float = 0.55, specular: float = 0.1
+) -> DirectionalLights:
+    """A white directional light from each camera's viewing direction. The default (ambient 0.35, diffuse 0.55,
+    specular 0.1) is the renderer's: a surface facing the camera with albedo 1 renders at about 1 under Phong."""
     return DirectionalLights(
         direction=cameras.c2w[:, :3, 2],  # camera "back" axis: from the scene towards the camera
-        ambient_color=(0.35, 0.35, 0.35),
-        diffuse_color=(0.55, 0.55, 0.55),
-        specular_color=(0.1, 0.1, 0.1),
+        ambient_color=(ambient,) * 3,
+        diffuse_color=(diffuse,) * 3,
+        specular_color=(specular,) * 3,
     )
 
 
