@@ -18,5 +18,5 @@ def test_turntable_shows_facing_colours_unchanged_and_turns_towards_plus_x():
     # The sphere's point nearest the camera faces it: ambient + diffuse = 1, the colour itself (uint8 levels).
     np.testing.assert_allclose(front[32, 32], [51, 153, 204], atol=3)
     np.testing.assert_allclose(side[32, 32], [230, 26, 26], atol=3)  # the second frame looks from +X
-    ratio = front[32, 8] / front[32, 32]  # an oblique part: darker, down to 0.45 at the outline (the light is at the eye)
+    ratio = front[32, 8] / front[32, 32]  # oblique: darker, down to 0.45 at the outline (light at the eye)
     assert np.all((ratio > 0.45) & (ratio < 0.85)), ratio
