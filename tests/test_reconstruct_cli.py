@@ -14,6 +14,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pygltflib
 import pytest
 import torch
 import trimesh
@@ -90,6 +91,15 @@ def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_p
     mesh = load_mesh(result / "mesh.glb")
     assert mesh.vertex_colors is not None and mesh.faces.shape[0] > 100
     assert float(mesh.verts.abs().max()) <= 0.87 + 1e-4  # inside TripoSR's box
+    (material,) = pygltflib.GLTF2().load(str(result / "mesh.glb")).materials
+    assert not material.extensions  # lit (PBR) unless --unlit
+
+
+def test_unlit_flag_marks_the_glb_material(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--unlit", capsys=capsys)
+    assert code == 0, err
+    (material,) = pygltflib.GLTF2().load(str(tmp_path / "out" / "thing" / "mesh.glb")).materials
+    assert material.extensions == {"KHR_materials_unlit": {}}
 
 
 def test_no_carve_keeps_the_field_outside_the_silhouette(image_path, tmp_path, capsys):

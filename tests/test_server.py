@@ -165,6 +165,14 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     np.testing.assert_allclose(texture[min(int((1 - v) * 64), 63), min(int(u * 64), 63)], [255, 0, 0], atol=3)
 
 
+def test_glb_material_is_lit_unless_unlit_is_asked(client):
+    for data, extensions in (({}, None), ({"unlit": "true"}, {"KHR_materials_unlit": {}})):
+        response = post(client, {"mc_resolution": "16", **data})
+        assert response.status_code == 200, response.text
+        (material,) = pygltflib.GLTF2.load_from_bytes(response.content).materials
+        assert (material.extensions or None) == extensions
+
+
 def glb_vertex_colors(glb: bytes) -> np.ndarray:
     """(V, 4) uint8 COLOR_0 of the first primitive, read with pygltflib (trimesh drops it when a material is set)."""
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
@@ -228,7 +236,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "carve", "fill", "project_input", "seed",
+        "remove_background", "carve", "fill", "project_input", "unlit", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]
@@ -268,6 +276,7 @@ def test_unusable_images_get_422(client):
         ({"carve": "perhaps"}, "carve"),
         ({"fill": "sometimes"}, "fill"),
         ({"project_input": "partly"}, "project_input"),
+        ({"unlit": "dim"}, "unlit"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )

@@ -32,6 +32,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
     p.add_argument("--format", choices=["glb", "obj", "ply"], default="glb")
+    p.add_argument(
+        "--unlit", action="store_true", help="GLB: mark the material unlit (viewers show the colours without lighting)"
+    )
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
     p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
     p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
@@ -165,7 +168,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             mesh_path = out_dir / f"mesh.{args.format}"
             if result.mesh.texture is not None and args.format == "obj":  # companions of a textured OBJ
                 written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
-            written.append(save_mesh(result.mesh, mesh_path))
+            written.append(save_mesh(result.mesh, mesh_path, unlit=args.unlit))
             if args.render:
                 from .video import save_turntable, turntable_from_mesh
 

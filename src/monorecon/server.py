@@ -132,6 +132,7 @@ class MeshForm:
         image: the uploaded file's bytes.
         filename: the uploaded file's name (may be empty).
         mesh_format: ``"glb"``, ``"obj"`` or ``"ply"``.
+        unlit: GLB only: mark the material unlit (see :func:`monorecon.io.mesh_io.save_mesh`).
     """
 
     image: bytes
@@ -147,6 +148,7 @@ class MeshForm:
     seed: int
     fill: bool | None = None
     project_input: bool = True
+    unlit: bool = False
 
     @property
     def stem(self) -> str:
@@ -216,6 +218,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         project_input: Annotated[
             bool, Form(description="colour the surface the input sees with the input image (else the model's colours)")
         ] = True,
+        unlit: Annotated[
+            bool, Form(description="glb: mark the material unlit (viewers show the colours without lighting them)")
+        ] = False,
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -232,6 +237,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             seed=seed,
             fill=fill,
             project_input=project_input,
+            unlit=unlit,
         )
 
     return mesh_form
@@ -319,13 +325,14 @@ class ReconstructionService:
         return result
 
 
-def mesh_file(mesh: Mesh, mesh_format: str, stem: str) -> tuple[bytes, str, str]:
+def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -> tuple[bytes, str, str]:
     """Encode a mesh for download.
 
     Args:
         mesh: the mesh (world frame).
         mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured) or ``"ply"``.
         stem: file name without suffix.
+        unlit: GLB only: mark the material unlit.
 
     Returns:
         (file bytes, media type, download file name).
@@ -336,7 +343,7 @@ def mesh_file(mesh: Mesh, mesh_format: str, stem: str) -> tuple[bytes, str, str]
     if mesh_format not in MESH_MEDIA_TYPES:
         raise ValueError(f"unknown mesh format {mesh_format!r}; expected one of {', '.join(MESH_MEDIA_TYPES)}")
     with tempfile.TemporaryDirectory(prefix="monorecon-mesh-") as folder:
-        path = save_mesh(mesh, Path(folder) / f"{stem}.{mesh_format}", unlit=True)
+        path = save_mesh(mesh, Path(folder) / f"{stem}.{mesh_format}", unlit=unlit)
         if mesh_format == "obj":
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -415,7 +422,7 @@ def create_app(
     )
     def reconstruct(form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
         result = service.reconstruct(form)
-        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem)
+        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
         headers = {
             "Content-Disposition": _content_disposition(filename),
             "X-Mesh-Vertices": str(result.mesh.num_verts),

@@ -111,7 +111,7 @@ def build_ui(service: ReconstructionService) -> APIRouter:
             frames = turntable_from_mesh(
                 result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
             )
-        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem)
+        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
         return {
             "filename": filename,
             "media_type": media_type,
@@ -173,6 +173,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         _select("bake_texture", "Colours", [("false", "vertex colours"), ("true", "baked UV texture")], None),
         _select("project_input", "Photo colours", [("true", "on"), ("false", "off")],
                 "colour the surface the photo sees with the photo itself (else the model's colours)"),
+        _select("unlit", "Material", [("false", "lit (PBR)"), ("true", "unlit")],
+                "GLB: unlit viewers show the colours as they are, without their own lights"),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
         _number("seed", "Seed", 0, 0, 2**31 - 1, 1, None),
