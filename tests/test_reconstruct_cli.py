@@ -6,6 +6,8 @@ Every bad input must give exactly one line on stderr (no traceback), exit code 2
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -193,6 +195,38 @@ def test_render_writes_turntables_and_render_command_reuses_the_result(image_pat
     assert iio.imread(result / "turntable.mp4").shape == (3, 32, 32, 3)
     with Image.open(result / "turntable.gif") as gif:
         assert gif.n_frames == 3
+    assert_no_temporaries(tmp_path)
+
+
+def html_payload(path: Path) -> dict:
+    """The mesh arrays a viewer.html page shows (the JSON passed to viewer.show)."""
+    page = path.read_text()
+    return json.JSONDecoder().raw_decode(page[page.index("viewer.show(") + len("viewer.show(") :])[0]
+
+
+def test_html_flag_writes_the_mesh_in_a_viewer_page(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path, "--html", capsys=capsys)
+    assert code == 0, err
+    result = tmp_path / "thing"
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb", "viewer.html"]
+    mesh = load_mesh(result / "mesh.glb")
+    payload = html_payload(result / "viewer.html")
+    positions = np.frombuffer(base64.b64decode(payload["positions"]), "<f4").reshape(-1, 3)
+    assert positions.shape == tuple(mesh.verts.shape)
+    np.testing.assert_allclose(np.sort(positions, axis=0), np.sort(mesh.verts.numpy(), axis=0), atol=1e-6)
+    assert "<title>thing</title>" in (result / "viewer.html").read_text()
+
+    # `monorecon render RESULT --html` writes the same page for a mesh file, beside it or at OUTPUT.html
+    (result / "viewer.html").unlink()
+    code, _, err = run(["render", str(result), "--frames", "2", "--size", "16", "--html", "--quiet"], capsys)
+    assert code == 0, err
+    assert html_payload(result / "viewer.html")["positions"] == payload["positions"]
+    code, _, err = run(
+        ["render", str(result / "mesh.glb"), "-o", str(tmp_path / "spin"), "--frames", "2", "--size", "16", "--html"],
+        capsys,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("spin.*")) == ["spin.gif", "spin.html", "spin.mp4"]
     assert_no_temporaries(tmp_path)
 
 

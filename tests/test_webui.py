@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from monorecon.io.images import png_bytes
 from monorecon.server import create_app
-from monorecon.webui import PREVIEW_FPS, gif_bytes, png_bytes
+from monorecon.webui import PREVIEW_FPS, gif_bytes
 from test_server import SMALL_SETTINGS, StubModel, assert_one_line_error, object_png
 
 

@@ -64,6 +64,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
     )
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
+    p.add_argument(
+        "--html", action="store_true", help="also save viewer.html: the mesh in an interactive 3-D view (one file)"
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -175,6 +178,10 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
                 frames = turntable_from_mesh(result.mesh, args.render, size=args.render_size, progress=not args.quiet)
                 written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
                 save_turntable(frames, out_dir / "turntable")
+            if args.html:
+                from .viewer import save_viewer_html
+
+                written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
         except (ValueError, OSError) as err:
             # One bad input must not leave half its outputs behind nor stop the others.
             _remove_outputs(written, out_dir, created_folder)
@@ -202,6 +209,11 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
     p.add_argument("--distance", type=float, default=1.9)
     p.add_argument("--fps", type=int, default=24)
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="also save the mesh in an interactive 3-D view, one HTML file (OUTPUT.html, default RESULT's viewer.html)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_render)
 
@@ -225,9 +237,14 @@ def _run_render(args: argparse.Namespace) -> int:
         mesh, args.frames, size=args.size, elevation_deg=args.elevation, distance=args.distance, progress=not args.quiet
     )
     stem = args.output or path.parent / "turntable"
-    mp4, gif = save_turntable(frames, stem, fps=args.fps)
+    written = list(save_turntable(frames, stem, fps=args.fps))
+    if args.html:
+        from .viewer import save_viewer_html
+
+        html_path = args.output.with_suffix(".html") if args.output else path.parent / "viewer.html"
+        written.append(save_viewer_html(mesh, html_path, title=args.result.name if args.result.is_dir() else path.stem))
     if not args.quiet:
-        print(f"{path} -> {mp4}, {gif}")
+        print(f"{path} -> {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -58,6 +58,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W[, C]) image -> PNG file bytes: floats in [0, 1] are rounded to 8 bits, uint8 arrays written as they are."""
+    import io
+
+    image = np.asarray(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a float [0, 1] (H, W[, C]) image atomically (temporary file, then rename). Format from the suffix."""
     from .atomic import atomic_write

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import numpy as np
 import pygltflib
 import torch
 import trimesh
-from PIL import Image
 
 from ..core.mesh import Mesh, colors_to_uint8
 from .atomic import atomic_write_bytes
+from .images import png_bytes
 
 __all__ = ["LOADABLE_FORMATS", "MESH_FORMATS", "load_mesh", "save_mesh"]
 
@@ -135,12 +134,6 @@ def _format_of(path: Path, format: str | None, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def _png_bytes(texture_uint8: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(texture_uint8).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # GLB
 # --------------------------------------------------------------------------------------------------------------------
@@ -168,7 +161,7 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
         uvs[:, 1] = 1.0 - uvs[:, 1]  # glTF: v down from the top row
         attributes.TEXCOORD_0 = builder.accessor(uvs, "VEC2", _FLOAT, _ARRAY_BUFFER)
         if mesh.texture is not None:
-            image_view = builder.buffer_view(_png_bytes(colors_to_uint8(mesh.texture)), target=None)
+            image_view = builder.buffer_view(png_bytes(colors_to_uint8(mesh.texture)), target=None)
             gltf.images = [pygltflib.Image(bufferView=image_view, mimeType="image/png")]
             gltf.samplers = [
                 pygltflib.Sampler(
@@ -288,7 +281,7 @@ def _write_obj(mesh: Mesh, path: Path) -> None:
     if mesh.texture is not None:
         mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
         mtl = f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png_path.name}\n"
-        companions = [(mtl_path, mtl.encode()), (png_path, _png_bytes(colors_to_uint8(mesh.texture)))]
+        companions = [(mtl_path, mtl.encode()), (png_path, png_bytes(colors_to_uint8(mesh.texture)))]
         lines += [f"mtllib {mtl_path.name}", "usemtl material0"]
     verts = mesh.verts.detach().cpu().float().numpy().astype(np.float64)  # %.9g keeps float32 values exact
     if mesh.vertex_colors is not None:

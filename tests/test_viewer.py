@@ -1,5 +1,6 @@
-"""The web page's WebGL mesh viewer: its payload decodes to the mesh, and (where Chromium is installed) its drawing
-matches monorecon's own rasteriser from the same camera and light.
+"""The WebGL mesh viewer (monorecon.viewer) of the web page and of the standalone HTML files: its payload decodes to
+the mesh, and (where Chromium is installed) the standalone page draws what monorecon's own rasteriser draws from the
+same camera and light.
 
 The browser tests run headless Chromium with SwiftShader (software WebGL); they are skipped where no Chromium is
 installed (Debian: ``apt-get install chromium``; ``.ci/run`` installs it).
@@ -17,7 +18,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from monorecon import webui
+from monorecon import viewer
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import headlight, render_mesh
@@ -52,7 +53,7 @@ def side_coloured_sphere(center=(0.0, 0.0, 0.0)) -> Mesh:
 # --------------------------------------------------------------------------------------------------------------------
 def test_payload_decodes_to_the_mesh():
     mesh = side_coloured_sphere(center=(0.5, -0.25, 0.1))
-    payload = webui.viewer_payload(mesh)
+    payload = viewer.viewer_payload(mesh)
     np.testing.assert_array_equal(decode(payload["positions"], "<f4", 3), mesh.verts.numpy())
     np.testing.assert_array_equal(decode(payload["indices"], "<u4", 3), mesh.faces.numpy())
     np.testing.assert_array_equal(decode(payload["colors"], "u1", 3), np.round(mesh.vertex_colors.numpy() * 255))
@@ -70,7 +71,7 @@ def test_payload_of_a_textured_mesh_carries_uvs_and_texture():
     verts, faces = sphere()
     uvs = torch.stack([verts[:, 0] * 0.5 + 0.5, verts[:, 1] * 0.5 + 0.5], dim=1)
     texture = torch.rand(8, 16, 3, generator=torch.Generator().manual_seed(0))
-    payload = webui.viewer_payload(Mesh(verts, faces, uvs=uvs, texture=texture))
+    payload = viewer.viewer_payload(Mesh(verts, faces, uvs=uvs, texture=texture))
     np.testing.assert_array_equal(decode(payload["uvs"], "<f4", 2), uvs.numpy())
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["texture_png"]))))
     np.testing.assert_array_equal(image, np.round(texture.numpy() * 255))
@@ -79,8 +80,20 @@ def test_payload_of_a_textured_mesh_carries_uvs_and_texture():
 
 def test_payload_is_left_out_for_meshes_too_large_to_send(monkeypatch):
     mesh = side_coloured_sphere()
-    monkeypatch.setattr(webui, "VIEWER_MAX_FACES", mesh.num_faces - 1)
-    assert webui.viewer_payload(mesh) is None
+    monkeypatch.setattr(viewer, "VIEWER_MAX_FACES", mesh.num_faces - 1)
+    assert viewer.viewer_payload(mesh) is None
+    with pytest.raises(ValueError, match="too large"):
+        viewer.viewer_html(mesh)
+
+
+def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
+    mesh = side_coloured_sphere()
+    path = viewer.save_viewer_html(mesh, tmp_path / "viewer.html", title="a <sphere>")
+    page = path.read_text()
+    assert "<title>a &lt;sphere&gt;</title>" in page and "<script src" not in page and "http" not in page
+    shown = page[page.index("viewer.show(") + len("viewer.show(") :]
+    assert json.JSONDecoder().raw_decode(shown)[0] == viewer.viewer_payload(mesh)
+    assert [p.name for p in tmp_path.iterdir()] == ["viewer.html"]  # no temporary file left
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -97,16 +110,10 @@ def chromium() -> str:
     pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
 
 
-def draw_in_browser(chromium: str, payload: dict, tmp_path) -> np.ndarray:
-    """(SIZE, SIZE, 3) float screenshot of the viewer showing ``payload`` at its start view."""
-    page = tmp_path / "viewer.html"
-    page.write_text(
-        '<!DOCTYPE html><html><body style="margin:0">'
-        f'<canvas id="viewer" style="width:{SIZE}px;height:{SIZE}px;display:block"></canvas>'
-        f'<script>"use strict";{webui.VIEWER_SCRIPT}\n'
-        f'createMeshViewer(document.getElementById("viewer")).show({json.dumps(payload)});</script>'
-        "</body></html>"
-    )
+def draw_in_browser(chromium: str, mesh: Mesh, tmp_path) -> np.ndarray:
+    """(SIZE, SIZE, 3) float screenshot of the standalone viewer page of ``mesh`` at its start view."""
+    page = viewer.save_viewer_html(mesh, tmp_path / "viewer.html")
+    page.write_text(page.read_text().replace('<div id="caption">', '<div id="caption" hidden>'))  # canvas only
     shot = tmp_path / "shot.png"
     command = [
         chromium, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -143,8 +150,8 @@ def compare(shot: np.ndarray, reference: np.ndarray, covered: np.ndarray) -> Non
 
 def test_viewer_draws_the_front_view_as_the_rasteriser_does(chromium, tmp_path):
     mesh = side_coloured_sphere(center=(0.3, 0.2, -0.1))
-    payload = webui.viewer_payload(mesh)
-    shot = draw_in_browser(chromium, payload, tmp_path)
+    payload = viewer.viewer_payload(mesh)
+    shot = draw_in_browser(chromium, mesh, tmp_path)
     reference, covered = reference_render(mesh, payload)
     compare(shot, reference, covered)
     # The world convention, read off the screenshot: +X (red) on the right, +Y (green) at the top.
@@ -161,8 +168,8 @@ def test_viewer_samples_the_texture_with_v_up(chromium, tmp_path):
     texture[:16, :, 0] = 1.0  # image rows 0-15 (the top, v > 0.5) red
     texture[16:, :, 2] = 1.0  # bottom blue
     mesh = Mesh(verts, faces, uvs=uvs, texture=texture)
-    payload = webui.viewer_payload(mesh)
-    shot = draw_in_browser(chromium, payload, tmp_path)
+    payload = viewer.viewer_payload(mesh)
+    shot = draw_in_browser(chromium, mesh, tmp_path)
     reference, covered = reference_render(mesh, payload)
     compare(shot, reference, covered)
     row, column = np.nonzero(covered)
