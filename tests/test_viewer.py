@@ -95,6 +95,13 @@ def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
     assert json.JSONDecoder().raw_decode(shown)[0] == viewer.viewer_payload(mesh)
     assert [p.name for p in tmp_path.iterdir()] == ["viewer.html"]  # no temporary file left
 
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js to parse the page's script")
+    (tmp_path / "page.js").write_text(page[page.index("<script>") + len("<script>") : page.index("</script>")])
+    parsed = subprocess.run([node, "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Drawing, in headless Chromium

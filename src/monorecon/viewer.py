@@ -281,7 +281,12 @@ def viewer_html(mesh: Mesh, title: str = "monorecon mesh") -> str:
 <script>
 "use strict";
 {VIEWER_SCRIPT}
-const viewer = createMeshViewer(document.getElementById("viewer"));
+let viewer = null;
+try {{
+  viewer = createMeshViewer(document.getElementById("viewer"));
+}} catch (error) {{
+  console.error(error);
+}}
 if (viewer) {{
   viewer.show({data});
   window.addEventListener("resize", viewer.redraw);

@@ -275,6 +275,7 @@ function showInViewer(data) {
   const caption = document.getElementById("viewer-caption");
   if (!viewer) caption.textContent = "3-D view: not available in this browser (no WebGL)";
   else if (!data) caption.textContent = "3-D view: the mesh is too large to preview; download it";
+  else caption.textContent = "3-D view: drag to turn, wheel to zoom, double-click to reset";
   document.getElementById("viewer").style.display = viewer && data ? "block" : "none";
   if (viewer && data) viewer.show(data);
 }
