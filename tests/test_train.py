@@ -231,6 +231,25 @@ def test_training_config_validation(tiny_dataset, tmp_path):
         load_train_config({"model": TINY_MODEL})
     with pytest.raises(ValueError, match="recolor_prob"):
         load_train_config(_config(tiny_dataset, tmp_path, data={"root": str(tiny_dataset), "recolor_prob": 1.5}))
+    with pytest.raises(ValueError, match="device"):
+        load_train_config(_config(tiny_dataset, tmp_path, device="gpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            load_train_config(_config(tiny_dataset, tmp_path, device="cuda"))
+    assert load_train_config(_config(tiny_dataset, tmp_path)).use_cuda == torch.cuda.is_available()
+    assert not load_train_config(_config(tiny_dataset, tmp_path, device="cpu")).use_cuda
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_follows_the_cpu_run(tiny_dataset, tmp_path):
+    """The same config and seed on the GPU and on the CPU: the same random draws (CPU generators), so the losses agree
+    up to floating-point differences, and the exported weights are CPU tensors that load as usual."""
+    logs = {}
+    for device in ("cpu", "cuda"):
+        train(_config(tiny_dataset, tmp_path / device, device=device, patch_size=16))
+        logs[device] = [row["loss"] for row in CSVLogger(tmp_path / device / "train_log.csv").rows()]
+        assert load_triposr(tmp_path / device / "final").config.tokenizer.plane_size == 4
+    np.testing.assert_allclose(logs["cuda"], logs["cpu"], rtol=1e-3)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -106,6 +106,15 @@ def _check_count(n: int, name: str, minimum: int = 1) -> int:
     return int(n)
 
 
+def _uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, *, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Uniform [0, 1) numbers drawn on the generator's own device and returned on ``device``: a CPU generator (as
+    training uses, for samples that do not depend on the device) also serves CUDA tensors."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, dtype=dtype, device=source).to(device)
+
+
 def _lerp(t_near: torch.Tensor, t_far: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # Same form as TripoSR (near * (1 - u) + far * u), so sample positions agree to the last bit.
     return t_near[:, None] * (1 - u) + t_far[:, None] * u
@@ -134,7 +143,7 @@ def uniform_samples(
     n = _check_count(n, "n")
     edges_u = torch.linspace(0.0, 1.0, n + 1, dtype=t_near.dtype, device=t_near.device)
     if stratified:
-        jitter = torch.rand((t_near.shape[0], n), generator=generator, dtype=t_near.dtype, device=t_near.device)
+        jitter = _uniform((t_near.shape[0], n), generator, dtype=t_near.dtype, device=t_near.device)
         u = edges_u[:-1] + (edges_u[1:] - edges_u[:-1]) * jitter
     else:
         u = ((edges_u[:-1] + edges_u[1:]) / 2.0).expand(t_near.shape[0], n)
@@ -182,7 +191,7 @@ def importance_samples(
     elif deterministic:
         u = ((torch.arange(n, **like) + 0.5) / n).expand(n_rays, n)
     else:
-        u = torch.rand((n_rays, n), generator=generator, **like).sort(dim=-1).values
+        u = _uniform((n_rays, n), generator, **like).sort(dim=-1).values
     pdf = weights.to(**like) + 1e-5
     cdf = torch.cumsum(pdf / pdf.sum(dim=-1, keepdim=True), dim=-1)
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1], torch.ones_like(cdf[:, :1])], dim=-1)
@@ -581,7 +590,7 @@ class VolumeRenderer:
             cfg.n_importance > 0
             and target_depth is not None
             and cfg.depth_window_probability > 0
-            and float(torch.rand((), generator=generator, **like)) < cfg.depth_window_probability
+            and float(_uniform((), generator, **like)) < cfg.depth_window_probability
         )
         fine_uniforms = None
         if cfg.n_importance > 0 and not use_window and not cfg.deterministic_importance:

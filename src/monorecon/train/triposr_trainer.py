@@ -35,8 +35,11 @@ Each step, for every object of the batch (SPEC §1, "Training"):
 Optimisation: AdamW, linear warm-up then cosine decay, gradient-norm clipping. Every random choice of a step comes
 from :func:`monorecon.train.utils.step_generator` ``(seed, step, rank)``, so a run resumed from a checkpoint repeats
 the uninterrupted run exactly. Under ``torchrun --nproc_per_node N`` each rank draws its own objects and gradients
-are averaged with DistributedDataParallel (gloo on CPU). Outputs in ``out_dir``: ``checkpoints/``, ``train_log.csv``,
-``curves.png``, ``config.yaml`` (the training config), and at the end ``final/model.safetensors`` +
+are averaged with DistributedDataParallel (gloo on the CPU; nccl on CUDA, one GPU per rank). ``device`` "auto"
+trains on CUDA when there is one; the random draws stay on the CPU, so a run draws the same samples on any device
+(``tests/test_train.py`` compares a CUDA run with the CPU run where CUDA exists). Outputs in ``out_dir``:
+``checkpoints/``, ``train_log.csv``, ``curves.png``, ``config.yaml`` (the training config), and at the end
+``final/model.safetensors`` +
 ``final/config.yaml``, loadable by :func:`monorecon.models.triposr.load_triposr` (e.g. ``monorecon reconstruct
 --weights RUN/final``).
 """
@@ -225,6 +228,9 @@ class TripoSRTrainConfig:
             of a random initialisation (fine-tuning); a resumed checkpoint takes precedence. Loaded strictly: every key
             of ``model`` with its shape.
         quiet: no progress bar.
+        device: "auto" (CUDA when available, else the CPU), "cpu" or "cuda". Under ``torchrun`` on CUDA each
+            process takes the GPU of its ``LOCAL_RANK`` (nccl); on the CPU the processes use gloo. Random draws stay
+            on the CPU (:func:`monorecon.train.utils.step_generator`), so a run's samples do not depend on the device.
     """
 
     model: dict[str, Any] = field(default_factory=dict)
@@ -251,6 +257,7 @@ class TripoSRTrainConfig:
     resume: bool = True
     init_weights: str | None = None
     quiet: bool = False
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "n_supervision_views", "patch_size", "n_samples", "log_every")
@@ -275,6 +282,15 @@ class TripoSRTrainConfig:
             raise ValueError(f"init_weights file not found: {self.init_weights}")
         if self.data.reframe and (self.loss.lambda_depth > 0 or self.loss.lambda_occupancy > 0):
             raise ValueError("data.reframe leaves the depth maps as they are: not with lambda_depth / lambda_occupancy")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device is 'cuda' but this machine has no CUDA device (use 'auto' or 'cpu')")
+
+    @property
+    def use_cuda(self) -> bool:
+        """Whether training runs on CUDA ("auto" picks it when available)."""
+        return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
 
 
 def load_train_config(source: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig) -> TripoSRTrainConfig:
@@ -685,7 +701,7 @@ def export_weights(
     model = unwrap_model(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     weights = out_dir / "model.safetensors"
     tmp = out_dir / ".model.safetensors.tmp"
     save_file(state, str(tmp))
@@ -714,7 +730,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         cfg.quiet = quiet
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    rank, world_size = init_distributed()
+    rank, world_size = init_distributed(cuda=cfg.use_cuda)
+    device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_cuda else torch.device("cpu")
     main = is_main_process()
     out_dir = Path(cfg.out_dir)
     if main:
@@ -729,8 +746,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         state = read_state_dict(cfg.init_weights)
         check_state_dict(state, {key: value.shape for key, value in model.state_dict().items()}, cfg.init_weights)
         model.load_state_dict(state)
-    model.train()
-    step_module = _TrainStep(model, cfg)
+    model.to(device).train()
+    step_module = _TrainStep(model, cfg).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
@@ -747,7 +764,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
             if logger is not None:
                 logger.truncate_after(start_step)
     bank = _load_views(cfg, show_progress=main and not cfg.quiet)
-    ddp_module = wrap_ddp(step_module, find_unused_parameters=True)
+    ddp_module = wrap_ddp(step_module, find_unused_parameters=True, cuda=cfg.use_cuda)
 
     last_save = time.monotonic()
     started = time.monotonic()
@@ -756,7 +773,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     )
     for step in range(start_step, cfg.steps):
         generator = step_generator(cfg.seed, step, rank)
-        batch = _make_batch(bank, cfg, generator)
+        batch = {key: value.to(device, non_blocking=True) for key, value in _make_batch(bank, cfg, generator).items()}
         terms = ddp_module(batch, generator)
         check_finite_loss(terms["loss"], step, checkpointer)
         optimizer.zero_grad(set_to_none=True)
@@ -773,7 +790,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
             row.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
             row["elapsed_s"] = time.monotonic() - started
             logger.log(row)
-        if _should_checkpoint(done, cfg, last_save):
+        if _should_checkpoint(done, cfg, last_save, device):
             if main:
                 checkpointer.save(done, model, optimizer, scheduler, extra={"world_size": world_size})
                 if logger is not None and logger.fields is not None:
@@ -793,12 +810,12 @@ def _curve_columns(logger: CSVLogger) -> list[str]:
     return [c for c in logger.fields if c not in ("step", "elapsed_s")]
 
 
-def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float) -> bool:
+def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float, device: torch.device) -> bool:
     """Same decision on every rank: step-based, or time-based as decided by rank 0 and broadcast."""
     due = done % cfg.checkpoint_every_steps == 0
     timed = (time.monotonic() - last_save) / 60.0 >= cfg.checkpoint_every_minutes
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = torch.tensor([float(timed)])
+        flag = torch.tensor([float(timed)], device=device)  # nccl broadcasts only CUDA tensors
         torch.distributed.broadcast(flag, src=0)
         timed = bool(flag.item())
     return due or timed or done == cfg.steps

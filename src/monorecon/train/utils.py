@@ -404,20 +404,21 @@ def plot_curves(
 # --------------------------------------------------------------------------------------------------------------------
 # Distributed
 # --------------------------------------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int]:
+def init_distributed(cuda: bool | None = None) -> tuple[int, int]:
     """Join the process group described by ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...).
 
-    Uses nccl when CUDA is available, gloo otherwise. Without those variables (or with ``WORLD_SIZE=1``) nothing is
-    initialised. Returns ``(rank, world_size)``.
+    Uses nccl on CUDA (each process on the GPU of its ``LOCAL_RANK``), gloo on the CPU; ``cuda`` None: CUDA when
+    available. Without those variables (or with ``WORLD_SIZE=1``) no group is joined, but on CUDA the process still
+    takes the GPU of its ``LOCAL_RANK``. Returns ``(rank, world_size)``.
     """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -438,14 +439,15 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(model: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, find_unused_parameters: bool = False, cuda: bool | None = None) -> torch.nn.Module:
     """Wrap in DistributedDataParallel when a process group is active, else return the model unchanged.
 
-    ``find_unused_parameters`` is needed when some parameters get no gradient (e.g. an unused ViT pooler).
+    ``find_unused_parameters`` is needed when some parameters get no gradient (e.g. an unused ViT pooler). ``cuda``
+    (None: CUDA when available): the model is on the current GPU.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return model
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() if cuda is None else cuda:
         device = torch.cuda.current_device()
         return torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device], output_device=device, find_unused_parameters=find_unused_parameters
