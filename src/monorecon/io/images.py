@@ -5,6 +5,7 @@ Images are numpy arrays ``(H, W, C)`` of float32 in [0, 1], C = 3 (RGB) or 4 (RG
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def png_bytes(image: np.ndarray) -> bytes:
     """(H, W[, C]) image -> PNG file bytes: floats in [0, 1] are rounded to 8 bits, uint8 arrays written as they are."""
-    import io
-
     image = np.asarray(image)
     buffer = io.BytesIO()
     Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image)).save(buffer, format="PNG")
