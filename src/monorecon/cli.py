@@ -201,8 +201,10 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 # render
 # --------------------------------------------------------------------------------------------------------------------
 def _add_render(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="turntable (MP4 + GIF) of a mesh or a reconstruct output folder")
-    p.add_argument("result", type=Path, help="a mesh file (GLB/OBJ/PLY) or a folder written by `reconstruct`")
+    p = sub.add_parser("render", help="turntable (MP4 + GIF) of a mesh or an output folder; --html: a 3-D view")
+    p.add_argument(
+        "result", type=Path, help="a mesh file (GLB/OBJ/PLY) or a folder with a mesh.* (reconstruct, g3dr, invert)"
+    )
     p.add_argument("-o", "--output", type=Path, help="output stem (default: RESULT's folder/turntable)")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--size", type=int, default=256)
