@@ -296,6 +296,33 @@ def test_reconstruct_and_save(tmp_path):
         load_g3dr(tmp_path)
 
 
+def test_reconstruct_gives_the_seen_surface_the_image_colours(monkeypatch):
+    """A sphere of radius 0.5 (the density replaced, the random field's colours kept): the vertex nearest the input
+    camera (+Z) faces it and takes the (uniform) image colour; the mask comes from the far depth of the background,
+    or from the RGBA alpha."""
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config()).eval()
+    monkeypatch.setattr(model, "density_fn", lambda planes: lambda points: 0.5 - points.norm(dim=-1))
+    red = torch.zeros(32, 32, 3)
+    red[..., 0] = 1.0
+    near = torch.full((32, 32), 4.9)
+    field, _ = g3dr_reconstruct(model, red, near, resolution=24, threshold=0.0, project_input=False)
+    photo, _ = g3dr_reconstruct(model, red, near, resolution=24, threshold=0.0)
+    torch.testing.assert_close(photo.verts, field.verts)
+    front = int(torch.argmax(photo.verts[:, 2]))
+    assert photo.verts[front, 2] > 0.49
+    torch.testing.assert_close(photo.vertex_colors[front], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4, rtol=0)
+    assert (field.vertex_colors[front] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.05
+    # background everywhere (far depth, or an empty alpha): nothing is seen, the field's colours stay
+    far = torch.full((32, 32), 6.0)
+    rgba = torch.cat([red, torch.zeros(32, 32, 1)], dim=-1)
+    for image, depth in ((red, far), (rgba, near)):
+        options = dict(resolution=24, threshold=0.0)
+        unseen, _ = g3dr_reconstruct(model, image, depth, **options)
+        plain, _ = g3dr_reconstruct(model, image, depth, **options, project_input=False)
+        torch.testing.assert_close(unseen.vertex_colors, plain.vertex_colors)
+
+
 def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:
     """random_views whose ground truth (canonical frame: identity transforms) is ``meshes``, saved as PLY files."""
     views = random_views(len(meshes), seed=seed)

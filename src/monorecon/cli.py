@@ -552,6 +552,11 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     lift.add_argument("-o", "--output", type=Path, required=True)
     lift.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution")
     lift.add_argument("--threshold", type=float, help="density iso level (default: the model's calibrated level)")
+    lift.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="colour the whole mesh with the field's colours (default: the image's where it sees the surface)",
+    )
     sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
     sample.add_argument("-n", type=int, default=8)
@@ -582,7 +587,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     if opts.threshold is not None and not opts.threshold > 0:
         raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
-                                  threshold=opts.threshold)  # fmt: skip
+                                  threshold=opts.threshold, project_input=not opts.no_project_input)  # fmt: skip
     print(", ".join(str(p) for p in paths.values()))
     return 0
 

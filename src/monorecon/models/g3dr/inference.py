@@ -2,7 +2,10 @@
 
 Meshes are in the canonical frame of :mod:`.generator` (monorecon world: +Y up, the input camera on +Z at distance
 5), extracted by marching cubes of the density over the scene box at ``threshold`` (default: the model's
-``config.mesh_threshold``, calibrated after training), coloured by querying the field's colour at the vertices.
+``config.mesh_threshold``, calibrated after training), coloured by querying the field's colour at the vertices. By
+default the surface the input image sees then takes the image's own colours, at the image's full resolution, and the
+field's colours of the rest are mapped to the image's (:func:`monorecon.core.projection.project_image_colours`, as
+``monorecon reconstruct`` does).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from safetensors.torch import load_file
 from monorecon.core.checks import check_tensor
 from monorecon.core.extract import extract_isosurface
 from monorecon.core.mesh import Mesh
+from monorecon.core.projection import project_image_colours
 from monorecon.io.atomic import atomic_write_bytes
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.io.yaml_config import load_yaml
 
-from .data import load_rgbd_pair, resize_view
+from .data import FAR_DEPTH, load_rgbd_pair, resize_view
 from .generator import G3DRGenerator, G3DRModelConfig, view_c2w
 
 __all__ = [
@@ -74,16 +78,17 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
     return model.eval()
 
 
-def _as_chw(rgb: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _as_chw(rgb: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(3, H, W) colours (RGBA composited on white, like the training data) and the (H, W) alpha, or None for RGB."""
     rgb = torch.as_tensor(np.asarray(rgb) if isinstance(rgb, np.ndarray) else rgb).float()
     if rgb.dim() == 3 and rgb.shape[-1] in (3, 4) and rgb.shape[0] not in (3, 4):
         rgb = rgb.permute(2, 0, 1)
     check_tensor(rgb, "rgb", (None, None, None), floating=True)
-    if rgb.shape[0] == 4:  # RGBA: composite on white like the training data
-        rgb = rgb[:3] * rgb[3:] + (1 - rgb[3:])
-    if rgb.shape[0] != 3:
+    if rgb.shape[0] not in (3, 4):
         raise ValueError(f"rgb must be (3|4, H, W) or (H, W, 3|4), got {tuple(rgb.shape)}")
-    return rgb
+    if rgb.shape[0] == 3:
+        return rgb, None
+    return rgb[:3] * rgb[3:] + (1 - rgb[3:]), rgb[3]
 
 
 @torch.no_grad()
@@ -114,6 +119,8 @@ def g3dr_reconstruct(
     *,
     resolution: int = 96,
     threshold: float | None = None,
+    alpha: torch.Tensor | None = None,
+    project_input: bool = True,
 ) -> tuple[Mesh, G3DRScene]:
     """Lift one RGB-D image to a coloured mesh.
 
@@ -123,6 +130,10 @@ def g3dr_reconstruct(
         depth: (H, W) pseudo depth in the canonical convention (ray distance, [4, 6]).
         resolution: marching-cubes samples per axis over the scene box.
         threshold: density iso level (None: ``model.config.mesh_threshold``).
+        alpha: (H, W) object mask for ``project_input`` (None: an RGBA image's alpha, else the pixels nearer than
+            the far depth 6, which marks the background).
+        project_input: colour the surface the image sees with the image (full resolution), the rest with the
+            field's colours mapped to the image's; False: the field's colours everywhere.
 
     Returns:
         (mesh with vertex colours, scene with the triplanes).
@@ -131,19 +142,26 @@ def g3dr_reconstruct(
         ValueError: bad shapes, or no surface at ``threshold``.
     """
     model.eval()
-    rgb = _as_chw(rgb)
-    depth = check_tensor(torch.as_tensor(np.asarray(depth) if isinstance(depth, np.ndarray) else depth).float(),
-                         "depth", (rgb.shape[1], rgb.shape[2]))  # fmt: skip
-    if rgb.shape[1] != rgb.shape[2]:
-        raise ValueError(f"the image must be square, got {tuple(rgb.shape[1:])}")
-    rgb, depth, _ = resize_view(rgb, depth, None, model.config.image_size)
+    image, image_alpha = _as_chw(rgb)
+    full_depth = check_tensor(torch.as_tensor(np.asarray(depth) if isinstance(depth, np.ndarray) else depth).float(),
+                              "depth", (image.shape[1], image.shape[2]))  # fmt: skip
+    if image.shape[1] != image.shape[2]:
+        raise ValueError(f"the image must be square, got {tuple(image.shape[1:])}")
+    if alpha is None:
+        alpha = image_alpha if image_alpha is not None else (full_depth < FAR_DEPTH - 1e-3).float()
+    alpha = check_tensor(torch.as_tensor(alpha).float(), "alpha", tuple(full_depth.shape))
+    rgb, depth, _ = resize_view(image, full_depth, None, model.config.image_size)
     planes = model.encode(rgb[None], depth[None])
     scene = G3DRScene(planes, model)
     threshold = model.config.mesh_threshold if threshold is None else threshold
     mesh = extract_isosurface(model.density_fn(planes), resolution, threshold, model.config.box_radius)
     pyramid = model.pyramid(planes)
     colors = torch.cat([model.query(pyramid, chunk)["rgb"] for chunk in mesh.verts.split(65536)]).clamp(0, 1)
-    return Mesh(mesh.verts, mesh.faces, vertex_colors=colors), scene
+    mesh = Mesh(mesh.verts, mesh.faces, vertex_colors=colors)
+    if project_input:
+        camera = model.cameras(view_c2w(0.0, 0.0, model.config.camera_distance), image.shape[1])
+        mesh, _ = project_image_colours(mesh, camera, image.permute(1, 2, 0), alpha)
+    return mesh, scene
 
 
 def turntable(
@@ -200,11 +218,15 @@ def reconstruct_to_folder(
     threshold: float | None = None,
     n_frames: int = 24,
     frame_size: int = 96,
+    project_input: bool = True,
 ) -> dict[str, Path]:
     """``monorecon g3dr IMAGE --depth DEPTH -o OUT``: read the pair (depth PNG format of :mod:`.data`), reconstruct,
     write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder."""
     if not isinstance(model, G3DRGenerator):
         model = load_g3dr(model)
-    rgb, depth, _ = load_rgbd_pair(image_path, depth_path)
-    mesh, scene = g3dr_reconstruct(model, rgb, depth, resolution=resolution, threshold=threshold)
+    rgb, depth, mask = load_rgbd_pair(image_path, depth_path)
+    alpha = None if mask is None else mask.float()
+    mesh, scene = g3dr_reconstruct(
+        model, rgb, depth, resolution=resolution, threshold=threshold, alpha=alpha, project_input=project_input
+    )
     return save_reconstruction(mesh, turntable(scene, n_frames, frame_size), out_dir)
