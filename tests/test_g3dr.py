@@ -323,6 +323,28 @@ def test_reconstruct_gives_the_seen_surface_the_image_colours(monkeypatch):
         torch.testing.assert_close(unseen.vertex_colors, plain.vertex_colors)
 
 
+def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
+    """`monorecon g3dr IMAGE --model RUN -o OUT` on an RGBA + depth pair, with the density replaced by a sphere of
+    radius 0.5: the vertex facing the camera takes the image's red, and ``--no-project-input`` keeps the field's."""
+    from monorecon import cli
+    from monorecon.io.mesh_io import load_mesh
+    from monorecon.models.g3dr.data import save_rgbd_pair
+
+    run = train_g3dr(tiny_train_config(tmp_path, steps=1), random_views())
+    monkeypatch.setattr(G3DRGenerator, "density_fn", lambda self, planes: lambda points: 1.0 - points.norm(dim=-1))
+    rgba = np.zeros((32, 32, 4), dtype=np.float32)
+    rgba[..., 0] = rgba[..., 3] = 1.0
+    image, _ = save_rgbd_pair(rgba, np.full((32, 32), 4.9, dtype=np.float32), tmp_path / "red")
+    front_colours = {}
+    for name, extra in (("photo", []), ("field", ["--no-project-input"])):
+        args = ["g3dr", str(image), "--model", str(run), "-o", str(tmp_path / name), "--threshold", "0.5"]
+        assert cli.main([*args, "--resolution", "24", *extra]) == 0
+        mesh = load_mesh(tmp_path / name / "mesh.glb")
+        front_colours[name] = mesh.vertex_colors[int(torch.argmax(mesh.verts[:, 2]))]
+    torch.testing.assert_close(front_colours["photo"], torch.tensor([1.0, 0.0, 0.0]), atol=2 / 255, rtol=0)
+    assert (front_colours["field"] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.05
+
+
 def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:
     """random_views whose ground truth (canonical frame: identity transforms) is ``meshes``, saved as PLY files."""
     views = random_views(len(meshes), seed=seed)
