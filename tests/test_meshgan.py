@@ -11,15 +11,17 @@ import trimesh
 import yaml
 
 from monorecon.core.mesh import Mesh
-from monorecon.fit.invert import invert, save_inversion_result
+from monorecon.fit.invert import invert, save_inversion_result, with_input_colours
 from monorecon.models.meshgan.networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from monorecon.models.meshgan.template import UVSphereTemplate
 from monorecon.models.meshgan.train import (
     MeshGANConfig,
     load_generator,
     radial_uv_maps,
+    render_generated,
     train_meshgan,
     view_quaternion,
+    weak_cameras,
 )
 
 TEMPLATE = UVSphereTemplate()
@@ -178,6 +180,29 @@ def test_invert_runs_and_saves(tmp_path):
     paths = save_inversion_result(result, tmp_path / "out", view_size=32)
     assert (tmp_path / "out" / "mesh.glb").is_file() and (tmp_path / "out" / "result.json").is_file()
     assert len(list((tmp_path / "out" / "views").glob("*.png"))) == 12 and paths["view11"].is_file()
+
+
+def test_input_colours_go_to_the_texels_the_fitted_camera_sees(tmp_path):
+    """After an inversion, texels whose surface points face the fitted camera inside the disc take the disc's colour
+    (0.8, 0.3, 0.2); the geometry, camera and scores are unchanged."""
+    torch.manual_seed(0)
+    generator = MeshGenerator(latent_dim=8, texture_size=32, channels=16).eval()
+    image = _disc_image()
+    result = invert(image, generator, n_init=8, init_batch=4, stage_steps=(3, 2), z_lrs=(0.1, 0.05),
+                    camera_lrs=(0.01, 0.005), max_points=256)  # fmt: skip
+    coloured = with_input_colours(result, image)
+    assert torch.equal(coloured.verts, result.verts) and coloured.iou == result.iou
+    torch.testing.assert_close(coloured.mesh.texture.permute(2, 0, 1), coloured.texture)
+    camera = weak_cameras(result.scale, result.translation, result.quaternion, 32)
+    # the input view rendered with the new texture shows the disc's colour where the mesh covers the disc's centre
+    render = render_generated(TEMPLATE, result.verts[None], coloured.texture[None], camera, soft=False)[0]
+    before = render_generated(TEMPLATE, result.verts[None], result.texture[None], camera, soft=False)[0]
+    centre = (slice(13, 19), slice(13, 19))
+    assert (render[3][centre] > 0.5).all()
+    disc = torch.tensor([0.8, 0.3, 0.2])[:, None, None]
+    after_error = (render[:3][:, centre[0], centre[1]] - disc).abs().mean()
+    before_error = (before[:3][:, centre[0], centre[1]] - disc).abs().mean()
+    assert after_error < 0.08 and after_error < before_error / 2, (after_error, before_error)
 
 
 def test_invert_rejects_bad_input():

@@ -14,7 +14,12 @@ import torch
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh import Mesh
-from monorecon.core.projection import ImageProjection, fit_colour_transfer, project_image_colours
+from monorecon.core.projection import (
+    ImageProjection,
+    fit_colour_transfer,
+    project_image_colours,
+    project_image_texture,
+)
 
 SIZE, DISTANCE, FOV = 64, 2.0, 40.0
 
@@ -165,6 +170,32 @@ def test_project_image_colours_blends_vertices_and_texels_alike():
     # with the transfer, unseen vertices move towards the colours seen
     transferred, _ = project_image_colours(mesh, camera(), image)
     assert not torch.allclose(transferred.vertex_colors[hidden], mesh.vertex_colors[hidden])
+
+
+def test_texture_texels_take_the_image_colour_at_their_surface_points():
+    """A square facing the camera whose UVs span the texture: texel (i, j) lies at u = (j + 0.5) / T, v = 1 - (i + 0.5)
+    / T, i.e. x = u - 0.5, y = v - 0.5 on the square, and takes the image colour at that point's pinhole projection."""
+    plain = square(0.5, 0.0)
+    uvs = plain.verts[:, :2] + 0.5
+    size = 16
+    mesh = Mesh(plain.verts, plain.faces, uvs=uvs, texture=torch.full((size, size, 3), 0.5))
+    coloured = project_image_texture(mesh, camera(), gradient_image(), transfer=False)
+    centres = (torch.arange(size) + 0.5) / size
+    v, u = torch.meshgrid(1.0 - centres, centres, indexing="ij")
+    points = torch.stack([u - 0.5, v - 0.5, torch.zeros_like(u)], dim=-1).reshape(-1, 3)
+    expected = pinhole(points) / SIZE
+    torch.testing.assert_close(coloured.texture[..., 0].reshape(-1), expected[:, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(coloured.texture[..., 1].reshape(-1), expected[:, 1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(coloured.verts, mesh.verts)
+    torch.testing.assert_close(coloured.uvs, mesh.uvs)
+    # behind an occluder nothing is seen: the texture keeps its colour (no transfer) or is mapped (transfer)
+    hidden = merged(square(0.7, 0.3, n=3), plain)
+    hidden = Mesh(hidden.verts, hidden.faces, uvs=torch.cat([torch.full((9, 2), 0.01), uvs]),
+                  texture=torch.full((size, size, 3), 0.5))  # fmt: skip
+    kept = project_image_texture(hidden, camera(), gradient_image(), transfer=False)
+    assert (kept.texture == 0.5).all()  # every texel is the hidden square's (the occluder's UVs collapse to a point)
+    with pytest.raises(ValueError, match="square UV texture"):
+        project_image_texture(plain, camera(), gradient_image())
 
 
 def test_bad_inputs_are_refused():

@@ -492,13 +492,18 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-init", type=int, default=500, help="random latents tried for the initialisation")
     p.add_argument("--feature-weights", type=Path, help="local VGG19 weights for the feature Chamfer loss")
     p.add_argument("--size", type=int, default=128, help="side of the prepared input in pixels")
+    p.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="keep the generated texture (default: the image's colours where it sees the surface; not in the paper)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_invert)
 
 
 def _run_invert(args: argparse.Namespace) -> int:
-    from .fit.invert import invert, save_inversion_result
+    from .fit.invert import invert, save_inversion_result, with_input_colours
     from .io.images import load_image
     from .models.meshgan.train import load_generator
     from .preprocess import PreprocessConfig, preprocess_image
@@ -509,6 +514,8 @@ def _run_invert(args: argparse.Namespace) -> int:
         prepared.rgba(), generator, n_init=args.n_init, feature_weights_path=args.feature_weights, seed=args.seed,
         progress=not args.quiet,
     )  # fmt: skip
+    if not args.no_project_input:
+        result = with_input_colours(result, prepared.rgba())
     paths = save_inversion_result(result, args.output)
     if not args.quiet:
         print(f"mesh -> {paths['mesh']}")

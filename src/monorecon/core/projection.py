@@ -26,7 +26,7 @@ from .cameras import Cameras
 from .checks import check_tensor
 from .mesh import Mesh
 
-__all__ = ["ImageProjection", "fit_colour_transfer", "project_image_colours"]
+__all__ = ["ImageProjection", "fit_colour_transfer", "project_image_colours", "project_image_texture"]
 
 
 class ImageProjection:
@@ -175,3 +175,34 @@ def project_image_colours(
 
     blended = torch.lerp(mapped(base), seen, weight[:, None]).clamp(0.0, 1.0).to(mesh.vertex_colors)
     return dataclasses.replace(mesh, vertex_colors=blended), recolour
+
+
+def project_image_texture(
+    mesh: Mesh, camera: Cameras, image: torch.Tensor, alpha: torch.Tensor | None = None, *, transfer: bool = True
+) -> Mesh:
+    """:func:`project_image_colours` for a mesh with a UV texture: every texel the atlas covers is blended at its
+    surface point, and (with ``transfer``) the whole texture is mapped to the image's colours first.
+
+    Args:
+        mesh: a mesh with ``uvs`` and a square (T, T, 3) ``texture``.
+        camera, image, alpha: as :class:`ImageProjection`.
+
+    Returns:
+        The mesh with the blended texture (geometry and UVs unchanged).
+
+    Raises:
+        ValueError: a mesh without a square texture, or bad image / camera (see :class:`ImageProjection`).
+    """
+    from .bake import rasterize_uv_positions
+
+    if mesh.texture is None or mesh.texture.shape[0] != mesh.texture.shape[1]:
+        raise ValueError("project_image_texture needs a mesh with a square UV texture")
+    projection = ImageProjection(mesh, camera, image, alpha)
+    positions, covered = rasterize_uv_positions(mesh, mesh.texture.shape[0])
+    weight, seen = projection.sample(positions[covered])
+    texture = mesh.texture.float()
+    if transfer:
+        texture = fit_colour_transfer(texture[covered], seen, weight)(texture.reshape(-1, 3)).reshape(texture.shape)
+    texture = texture.clone()
+    texture[covered] = torch.lerp(texture[covered], seen, weight[:, None]).clamp(0.0, 1.0)
+    return dataclasses.replace(mesh, texture=texture.to(mesh.texture))

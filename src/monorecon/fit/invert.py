@@ -30,6 +30,11 @@ Input: a square RGBA image (or RGB plus a mask) of one object on any background.
 4. Each Chamfer texture term subsamples at most ``max_points`` points per set (official 8192; default 2048 here for
    CPU cost), redrawn every step.
 
+:func:`with_input_colours` (used by ``monorecon invert`` unless ``--no-project-input``; not part of the paper) then
+gives the texels the input image sees, at the fitted camera, the image's own colours, and maps the rest of the
+generated texture to the image's colours (:func:`monorecon.core.projection.project_image_texture`, as ``monorecon
+reconstruct`` does for its meshes).
+
 Outputs (:func:`save_inversion_result`): ``mesh.glb`` (textured, texture embedded), ``input_view.png`` (render at the
 fitted camera), ``views/00.png`` ... ``views/11.png`` (12 views around the object: azimuth every 30 deg, elevation 30
 deg, scale 0.7, like the official evaluation) and ``result.json`` (code, camera, mask IoU before / after, losses).
@@ -37,6 +42,7 @@ deg, scale 0.7, like the official evaluation) and ``result.json`` (code, camera,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -51,6 +57,7 @@ from monorecon.core.cameras import WeakPerspectiveCameras
 from monorecon.core.checks import check_tensor
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_silhouette
+from monorecon.core.projection import project_image_texture
 from monorecon.eval.metrics import mask_iou
 from monorecon.io.atomic import atomic_write
 from monorecon.io.images import save_image
@@ -68,7 +75,9 @@ from monorecon.losses.perceptual import chamfer_feature_extractor
 from monorecon.models.meshgan.networks import MeshGenerator
 from monorecon.models.meshgan.train import render_generated, view_quaternion, weak_cameras
 
-__all__ = ["DEFAULT_WEIGHTS", "PAPER_WEIGHTS", "InversionResult", "invert", "save_inversion_result"]
+__all__ = [
+    "DEFAULT_WEIGHTS", "PAPER_WEIGHTS", "InversionResult", "invert", "save_inversion_result", "with_input_colours",
+]  # fmt: skip
 
 #: Loss weights of the official code (smoothness off); no silhouette term.
 PAPER_WEIGHTS = {"mask": 10.0, "pixel": 1.0, "feature": 0.04, "latent": 0.05, "smoothness": 0.0, "silhouette": 0.0}
@@ -294,6 +303,22 @@ def invert(
         mesh=template.to_mesh(verts[0], texture[0]), render=rgba[0].permute(1, 2, 0),
         iou=mask_iou(rgba[0, 3], target_mask), init_iou=init_iou, history=history,
     )  # fmt: skip
+
+
+def with_input_colours(
+    result: InversionResult, image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None = None
+) -> InversionResult:
+    """``result`` with the input's own colours on the texels it sees at the fitted camera and the rest of the texture
+    mapped to the input's colours (:func:`monorecon.core.projection.project_image_texture`); ``texture`` and ``mesh``
+    change together, the geometry, camera and scores do not.
+
+    Args:
+        result: an :func:`invert` result; image, mask: the input given to :func:`invert`.
+    """
+    rgb, mask = _split_input(image, mask)
+    camera = weak_cameras(result.scale, result.translation, result.quaternion, rgb.shape[0])
+    mesh = project_image_texture(result.mesh, camera, rgb.clamp(0.0, 1.0), mask.clamp(0.0, 1.0))
+    return dataclasses.replace(result, texture=mesh.texture.permute(2, 0, 1).contiguous(), mesh=mesh)
 
 
 def _feature_points(feature_map: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
