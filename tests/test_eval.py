@@ -207,6 +207,44 @@ def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):
     for elevation in (90.0, -90.0, float("nan")):
         with pytest.raises(ValueError, match="elevation"):
             load_cases(tmp_path / "meshes", mesh_elevation=elevation)
+    # Each case carries the 7 other views at 45-degree steps, in the canonical frame (also after prepare), untextured.
+    from monorecon.core.cameras import PerspectiveCameras
+    from monorecon.core.mesh_renderer import render_mesh
+    from monorecon.eval.harness import _prepared_case
+
+    for case in cases:
+        assert not case.coloured
+        for seen in (case, _prepared_case(case, 0.7)):
+            c2w, fov, rgba = seen.views
+            assert c2w.shape == (7, 4, 4) and rgba.shape == (7, 48, 48, 4)
+            cameras = PerspectiveCameras(c2w, 48, 48, fov_y_deg=fov)
+            alpha = render_mesh(seen.gt_mesh.verts.float(), seen.gt_mesh.faces, cameras, shading="unlit")["alpha"]
+            assert mask_iou(alpha, rgba[..., 3]) > 0.97
+    # the slab seen from 0 deg shows its 0.2 x 0.4 face, the views at +90 / +270 deg its 0.8 x 0.4 face, and the
+    # view at +180 deg the 0.2 x 0.4 face again
+    areas = cases[0].views[2][..., 3].sum(dim=(1, 2))
+    front = float(cases[0].rgba[..., 3].sum())
+    assert areas[1] > 2.0 * front and areas[5] > 2.0 * front and abs(float(areas[3]) - front) < 0.15 * front
+
+
+def test_novel_mask_iou_sees_a_flattened_shape():
+    """A unit-radius sphere against its own silhouettes scores about 1; squashed to 0.3 along the view axis, its
+    silhouette from the side is an ellipse 0.3 as wide: IoU about 0.3 there (analytic, orthographic limit)."""
+    import trimesh
+
+    from monorecon.core.cameras import PerspectiveCameras
+    from monorecon.core.mesh_renderer import render_mesh
+    from monorecon.eval.harness import _novel_mask_iou
+
+    tm = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    sphere = Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces))
+    c2w = orbit_c2w(torch.tensor([90.0]), 0.0, 12.0)  # far away: nearly orthographic
+    fov = torch.tensor([5.0])
+    alpha = render_mesh(sphere.verts, sphere.faces, PerspectiveCameras(c2w, 64, 64, fov_y_deg=5.0), shading="unlit")
+    views = (c2w, fov, alpha["alpha"][..., None].expand(-1, -1, -1, 4))
+    assert _novel_mask_iou(sphere, views, 64) > 0.97
+    flat = Mesh(sphere.verts * torch.tensor([1.0, 1.0, 0.3]), sphere.faces)
+    assert _novel_mask_iou(flat, views, 64) == pytest.approx(0.3, abs=0.03)
 
 
 def test_evaluate_rejects_bad_inputs(tmp_path):

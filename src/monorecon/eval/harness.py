@@ -7,7 +7,8 @@
   procedural objects (:func:`monorecon.data.load_normalized_mesh`) and rendered from each azimuth of
   ``mesh_azimuths`` (default one view, 30 deg; several views make several cases ``<name>@<azimuth>``, a steadier
   estimate on a handful of meshes), elevation ``mesh_elevation`` (default 15 deg), with the data synthesiser's
-  renderer and one light fixed in the world (from the front, above, right: views from behind are darker). Every input
+  renderer and one light fixed in the world (from the front, above, right: views from behind are darker). Each
+  such case also has 7 other views, at the input's elevation and azimuths 45, 90, ..., 315 deg from it. Every input
   camera is at distance 1.9 with a 40 deg fov looking at the origin, and the ground truth is moved into the frame
   where that camera is the canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame
   the model reconstructs in.
@@ -25,7 +26,9 @@
   geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
   (``mask_iou``, ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white
   against the input view (``mesh_psnr``, ``mesh_ssim``) and, for synthetic objects, against their other views
-  (``novel_psnr``, ``novel_ssim``, mean over views; geometry errors count too). Models are cut to the input
+  (``novel_psnr``, ``novel_ssim``, mean over views; geometry errors count too); for every method the mask IoU of the
+  mesh's silhouette in the other views (``novel_mask_iou``, mean over views: it sees a shape too shallow or too
+  deep, which the F-score's normalisation and alignment forgive in part). Models are cut to the input
   silhouette's cone (``carve``, as ``monorecon reconstruct`` does by default; filled too where the model's
   ``silhouette_fill`` says) and coloured by the input where it sees the surface (``project_input``); unlike
   ``reconstruct`` the harness keeps small disconnected pieces (dropping those under 1 % of the faces changed the
@@ -87,8 +90,10 @@ class EvalCase:
         object_id, class_name: identifiers.
         rgba: (H, W, 4) float input image (straight alpha) seen by the canonical camera.
         gt_mesh: ground truth in the canonical frame (the input camera is ``orbit_c2w(0, 0, 1.9)``).
-        views: the other views of a synthetic object, ``(c2w (V, 4, 4) in the canonical frame, vertical fov in
-            degrees (V,), rgba (V, H, W, 4))``, or None.
+        views: the object's other views, ``(c2w (V, 4, 4) in the canonical frame, vertical fov in degrees (V,),
+            rgba (V, H, W, 4))``, or None.
+        coloured: whether the views show the object's colours (synthetic objects) rather than an untextured mesh
+            under a fixed light (mesh folders): only then are colours scored against them.
     """
 
     object_id: str
@@ -96,6 +101,7 @@ class EvalCase:
     rgba: np.ndarray
     gt_mesh: Mesh
     views: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    coloured: bool = True
 
 
 def _transform_mesh(mesh: Mesh, transform: torch.Tensor) -> Mesh:
@@ -137,16 +143,21 @@ def _mesh_cases(
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
-    c2w = orbit_c2w(torch.tensor(azimuths, dtype=torch.float32), elevation, INPUT_DISTANCE)
-    world_to_canonical, _ = relative_cameras(c2w, c2w[:, None], INPUT_DISTANCE)
-    views = [{"c2w": matrix.tolist(), "fov_y_deg": INPUT_FOV_DEG} for matrix in c2w]
+    # Per case: the input view, then the 7 others at 45-degree steps (all rendered in the world frame).
+    all_azimuths = torch.tensor([[a + 45.0 * k for k in range(8)] for a in azimuths], dtype=torch.float32)
+    c2w = orbit_c2w(all_azimuths.reshape(-1), elevation, INPUT_DISTANCE).reshape(len(azimuths), 8, 4, 4)
+    world_to_canonical, canonical_c2w = relative_cameras(c2w[:, 0], c2w[:, 1:], INPUT_DISTANCE)
+    views = [{"c2w": matrix.tolist(), "fov_y_deg": INPUT_FOV_DEG} for matrix in c2w.reshape(-1, 4, 4)]
+    fov = torch.full((7,), INPUT_FOV_DEG)
     cases = []
     for path in files:
         mesh = load_normalized_mesh(path)
-        images = render_views(mesh, views, size, MESH_LIGHT)["rgba"]
-        for azimuth, rgba, transform in zip(azimuths, images, world_to_canonical, strict=True):
+        images = render_views(mesh, views, size, MESH_LIGHT)["rgba"].reshape(len(azimuths), 8, size, size, 4)
+        for k, azimuth in enumerate(azimuths):
             name = path.stem if len(azimuths) == 1 else f"{path.stem}@{azimuth:g}"
-            cases.append(EvalCase(name, "real", rgba, _transform_mesh(mesh, transform)))
+            others = (canonical_c2w[k], fov, torch.as_tensor(images[k, 1:]))
+            gt = _transform_mesh(mesh, world_to_canonical[k])
+            cases.append(EvalCase(name, "real", np.asarray(images[k, 0]), gt, others, coloured=False))
     return cases
 
 
@@ -181,8 +192,8 @@ def _prepared_case(case: EvalCase, foreground_ratio: float) -> EvalCase:
         c2w = case.views[0].clone()
         c2w[:, :3, 3] = c2w[:, :3, 3] * zoom[0] + shift[0]
         views = (c2w, *case.views[1:])
-    return EvalCase(
-        case.object_id, case.class_name, framed[0].numpy(), _transform_mesh(case.gt_mesh, similarity), views
+    return dataclasses.replace(
+        case, rgba=framed[0].numpy(), gt_mesh=_transform_mesh(case.gt_mesh, similarity), views=views
     )
 
 
@@ -445,6 +456,8 @@ def evaluate(
                 if volume_iou_resolution:
                     row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
                 row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
+                if case.views is not None:
+                    row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, render_size)
                 row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
                 if mesh.vertex_colors is not None or mesh.texture is not None:
                     row.update(_colour_scores(mesh, case))
@@ -539,6 +552,17 @@ def _mesh_mask_iou(mesh: Mesh, alpha: np.ndarray, size: int) -> float:
     return mask_iou(coverage.float(), _resize(torch.as_tensor(alpha, dtype=torch.float32)[..., None], size)[..., 0])
 
 
+def _novel_mask_iou(mesh: Mesh, views: tuple[torch.Tensor, torch.Tensor, torch.Tensor], size: int) -> float:
+    """Mean over the other views of the IoU of the mesh's silhouette and the object's alpha, both at ``size``."""
+    c2w, fov, rgba = views
+    ious = []
+    for k in range(c2w.shape[0]):
+        camera = PerspectiveCameras(c2w[k : k + 1].float(), size, size, fov_y_deg=float(fov[k]))
+        coverage = rasterize(camera.transform_points_ndc(mesh.verts.float()), mesh.faces, size, size).mask[0, ..., 0]
+        ious.append(mask_iou(coverage.float(), _resize(rgba[k, ..., 3:].float(), size)[..., 0]))
+    return float(np.mean(ious))
+
+
 def _colour_scores(mesh: Mesh, case: EvalCase) -> dict[str, float]:
     """PSNR / SSIM of the mesh's colours rendered unlit (over white) against the input view (``mesh_psnr``,
     ``mesh_ssim``) and, for synthetic objects, the mean over their other views (``novel_psnr``, ``novel_ssim``)."""
@@ -547,7 +571,7 @@ def _colour_scores(mesh: Mesh, case: EvalCase) -> dict[str, float]:
     scores: dict[str, float] = {}
     size = case.rgba.shape[0]
     views = [("mesh", input_camera(size).c2w, torch.tensor([INPUT_FOV_DEG]), torch.from_numpy(case.rgba)[None])]
-    if case.views is not None:
+    if case.views is not None and case.coloured:
         views.append(("novel", *case.views))
     for name, c2w, fov, rgba in views:
         rgba = rgba.float()
