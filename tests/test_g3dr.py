@@ -343,6 +343,14 @@ def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
         front_colours[name] = mesh.vertex_colors[int(torch.argmax(mesh.verts[:, 2]))]
     torch.testing.assert_close(front_colours["photo"], torch.tensor([1.0, 0.0, 0.0]), atol=2 / 255, rtol=0)
     assert (front_colours["field"] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.05
+    import pygltflib
+
+    (lit,) = pygltflib.GLTF2().load(str(tmp_path / "photo" / "mesh.glb")).materials
+    assert not lit.extensions  # lit PBR, as reconstruct, unless --unlit
+    args = ["g3dr", str(image), "--model", str(run), "-o", str(tmp_path / "flat"), "--threshold", "0.5", "--unlit"]
+    assert cli.main([*args, "--resolution", "16"]) == 0
+    (flat,) = pygltflib.GLTF2().load(str(tmp_path / "flat" / "mesh.glb")).materials
+    assert flat.extensions == {"KHR_materials_unlit": {}}
 
 
 def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:

@@ -564,6 +564,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         action="store_true",
         help="colour the whole mesh with the field's colours (default: the image's where it sees the surface)",
     )
+    lift.add_argument("--unlit", action="store_true", help="mark the GLB material unlit (as reconstruct --unlit)")
     sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
     sample.add_argument("-n", type=int, default=8)
@@ -594,7 +595,8 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     if opts.threshold is not None and not opts.threshold > 0:
         raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
-                                  threshold=opts.threshold, project_input=not opts.no_project_input)  # fmt: skip
+                                  threshold=opts.threshold, project_input=not opts.no_project_input,
+                                  unlit=opts.unlit)  # fmt: skip
     print(", ".join(str(p) for p in paths.values()))
     return 0
 

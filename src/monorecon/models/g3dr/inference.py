@@ -194,12 +194,15 @@ def image_grid(images: np.ndarray | list[np.ndarray], columns: int, pad: int = 2
     return grid
 
 
-def save_reconstruction(mesh: Mesh, frames: np.ndarray, out_dir: str | os.PathLike, fps: int = 12) -> dict[str, Path]:
-    """Write ``mesh.glb`` (vertex colours, unlit material), ``turntable.gif`` and ``turntable.png`` (a frame grid)."""
+def save_reconstruction(
+    mesh: Mesh, frames: np.ndarray, out_dir: str | os.PathLike, fps: int = 12, *, unlit: bool = False
+) -> dict[str, Path]:
+    """Write ``mesh.glb`` (vertex colours; a lit PBR material, or ``KHR_materials_unlit`` with ``unlit``, as
+    ``monorecon reconstruct``), ``turntable.gif`` and ``turntable.png`` (a frame grid)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"mesh": out_dir / "mesh.glb", "gif": out_dir / "turntable.gif", "grid": out_dir / "turntable.png"}
-    save_mesh(mesh, paths["mesh"], unlit=True)
+    save_mesh(mesh, paths["mesh"], unlit=unlit)
     frames_u8 = (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
     imageio.mimsave(buffer, list(frames_u8), format="GIF", duration=1000 / fps, loop=0)
@@ -219,6 +222,7 @@ def reconstruct_to_folder(
     n_frames: int = 24,
     frame_size: int = 96,
     project_input: bool = True,
+    unlit: bool = False,
 ) -> dict[str, Path]:
     """``monorecon g3dr IMAGE --depth DEPTH -o OUT``: read the pair (depth PNG format of :mod:`.data`), reconstruct,
     write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder."""
@@ -229,4 +233,4 @@ def reconstruct_to_folder(
     mesh, scene = g3dr_reconstruct(
         model, rgb, depth, resolution=resolution, threshold=threshold, alpha=alpha, project_input=project_input
     )
-    return save_reconstruction(mesh, turntable(scene, n_frames, frame_size), out_dir)
+    return save_reconstruction(mesh, turntable(scene, n_frames, frame_size), out_dir, unlit=unlit)
