@@ -321,6 +321,8 @@ def test_reconstruct_gives_the_seen_surface_the_image_colours(monkeypatch):
         unseen, _ = g3dr_reconstruct(model, image, depth, **options)
         plain, _ = g3dr_reconstruct(model, image, depth, **options, project_input=False)
         torch.testing.assert_close(unseen.vertex_colors, plain.vertex_colors)
+    with pytest.raises(ValueError, match="alpha"):
+        g3dr_reconstruct(model, red, near, resolution=24, threshold=0.0, alpha=torch.ones(16, 16))
 
 
 def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):

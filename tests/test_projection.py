@@ -188,6 +188,7 @@ def test_texture_texels_take_the_image_colour_at_their_surface_points():
     torch.testing.assert_close(coloured.texture[..., 1].reshape(-1), expected[:, 1], atol=1e-4, rtol=0)
     torch.testing.assert_close(coloured.verts, mesh.verts)
     torch.testing.assert_close(coloured.uvs, mesh.uvs)
+    assert (mesh.texture == 0.5).all()  # the input mesh is left as it was
     # behind an occluder nothing is seen: the texture keeps its colour (no transfer) or is mapped (transfer)
     hidden = merged(square(0.7, 0.3, n=3), plain)
     hidden = Mesh(hidden.verts, hidden.faces, uvs=torch.cat([torch.full((9, 2), 0.01), uvs]),

@@ -230,6 +230,15 @@ def test_html_flag_writes_the_mesh_in_a_viewer_page(image_path, tmp_path, capsys
     assert_no_temporaries(tmp_path)
 
 
+def test_html_for_a_mesh_too_large_fails_in_one_line_and_leaves_nothing(image_path, tmp_path, capsys, monkeypatch):
+    from monorecon import viewer
+
+    monkeypatch.setattr(viewer, "VIEWER_MAX_FACES", 10)
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--html", capsys=capsys)
+    assert_one_line_error(code, err, "too large for the HTML viewer")
+    assert files_under(tmp_path / "out") == []  # the mesh and input written before it are removed too
+
+
 def test_folder_with_a_corrupt_image_skips_it_and_fails_at_the_end(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()

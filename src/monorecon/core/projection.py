@@ -166,15 +166,12 @@ def project_image_colours(
     if mesh.vertex_colors is None:
         raise ValueError("project_image_colours needs a mesh with vertex colours")
     projection = ImageProjection(mesh, camera, image, alpha)
-    weight, seen = projection.sample(mesh.verts)
-    base = mesh.vertex_colors.float()
-    mapped = fit_colour_transfer(base, seen, weight) if transfer else (lambda colours: colours.float())
+    mapped, blended = _blend_seen(mesh.vertex_colors, *projection.sample(mesh.verts), transfer)
 
     def recolour(points: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
         return projection.blend(points, mapped(colours))
 
-    blended = torch.lerp(mapped(base), seen, weight[:, None]).clamp(0.0, 1.0).to(mesh.vertex_colors)
-    return dataclasses.replace(mesh, vertex_colors=blended), recolour
+    return dataclasses.replace(mesh, vertex_colors=blended.to(mesh.vertex_colors)), recolour
 
 
 def project_image_texture(
@@ -199,10 +196,17 @@ def project_image_texture(
         raise ValueError("project_image_texture needs a mesh with a square UV texture")
     projection = ImageProjection(mesh, camera, image, alpha)
     positions, covered = rasterize_uv_positions(mesh, mesh.texture.shape[0])
-    weight, seen = projection.sample(positions[covered])
-    texture = mesh.texture.float()
-    if transfer:
-        texture = fit_colour_transfer(texture[covered], seen, weight)(texture.reshape(-1, 3)).reshape(texture.shape)
-    texture = texture.clone()
-    texture[covered] = torch.lerp(texture[covered], seen, weight[:, None]).clamp(0.0, 1.0)
+    mapped, blended = _blend_seen(mesh.texture[covered], *projection.sample(positions[covered]), transfer)
+    # every texel is mapped, the uncovered ones too (texture filtering reads them); a copy, the input stays as is
+    texture = mapped(mesh.texture.reshape(-1, 3)).reshape(mesh.texture.shape).clone()
+    texture[covered] = blended
     return dataclasses.replace(mesh, texture=texture.to(mesh.texture))
+
+
+def _blend_seen(
+    colours: torch.Tensor, weight: torch.Tensor, seen: torch.Tensor, transfer: bool
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(N, 3) colours, their (N,) weights and (N, 3) image colours (:meth:`ImageProjection.sample`) -> the colour map
+    (:func:`fit_colour_transfer` on them, or the identity) and the (N, 3) mapped colours blended with the image's."""
+    mapped = fit_colour_transfer(colours, seen, weight) if transfer else (lambda values: values.float())
+    return mapped, torch.lerp(mapped(colours), seen, weight[:, None]).clamp(0.0, 1.0)

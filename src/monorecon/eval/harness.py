@@ -544,23 +544,22 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _silhouette_iou(mesh: Mesh, camera: PerspectiveCameras, alpha: np.ndarray | torch.Tensor, size: int) -> float:
+    """IoU of the mesh's silhouette seen by one camera (of ``size`` pixels) and an alpha resized to ``size``."""
+    coverage = rasterize(camera.transform_points_ndc(mesh.verts.float()), mesh.faces, size, size).mask[0, ..., 0]
+    return mask_iou(coverage.float(), _resize(torch.as_tensor(alpha, dtype=torch.float32)[..., None], size)[..., 0])
+
+
 def _mesh_mask_iou(mesh: Mesh, alpha: np.ndarray, size: int) -> float:
     """IoU of the mesh's silhouette seen by the input camera and the input alpha, both at ``size`` pixels."""
-    camera = input_camera(size)
-    verts_ndc = camera.transform_points_ndc(mesh.verts.float())
-    coverage = rasterize(verts_ndc, mesh.faces, size, size).mask[0, ..., 0]
-    return mask_iou(coverage.float(), _resize(torch.as_tensor(alpha, dtype=torch.float32)[..., None], size)[..., 0])
+    return _silhouette_iou(mesh, input_camera(size), alpha, size)
 
 
 def _novel_mask_iou(mesh: Mesh, views: tuple[torch.Tensor, torch.Tensor, torch.Tensor], size: int) -> float:
     """Mean over the other views of the IoU of the mesh's silhouette and the object's alpha, both at ``size``."""
     c2w, fov, rgba = views
-    ious = []
-    for k in range(c2w.shape[0]):
-        camera = PerspectiveCameras(c2w[k : k + 1].float(), size, size, fov_y_deg=float(fov[k]))
-        coverage = rasterize(camera.transform_points_ndc(mesh.verts.float()), mesh.faces, size, size).mask[0, ..., 0]
-        ious.append(mask_iou(coverage.float(), _resize(rgba[k, ..., 3:].float(), size)[..., 0]))
-    return float(np.mean(ious))
+    cameras = PerspectiveCameras(c2w.float(), size, size, fov_y_deg=fov.float())
+    return float(np.mean([_silhouette_iou(mesh, cameras[k], rgba[k, ..., 3], size) for k in range(cameras.batch_size)]))
 
 
 def _colour_scores(mesh: Mesh, case: EvalCase) -> dict[str, float]:
