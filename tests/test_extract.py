@@ -315,6 +315,22 @@ def test_cleanup_decimation_missing_package(monkeypatch):
         cleanup_mesh(_two_spheres(), target_faces=100)
 
 
+def test_cleanup_smoothing_removes_noise_and_keeps_the_volume():
+    """A unit sphere with 2 % radial noise: Taubin smoothing brings the vertices back near radius 1 (the analytic
+    surface) and keeps the ball's volume; faces, colours and vertex order are kept."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    rng = np.random.default_rng(0)
+    verts = sphere.vertices * (1.0 + 0.02 * rng.standard_normal((len(sphere.vertices), 1)))
+    colors = torch.from_numpy(rng.random((len(verts), 3)).astype(np.float32))
+    noisy = Mesh(torch.tensor(verts, dtype=torch.float32), torch.tensor(sphere.faces), vertex_colors=colors)
+    smooth = cleanup_mesh(noisy, min_component_fraction=0.0, smooth_iterations=20)
+    assert torch.equal(smooth.faces, noisy.faces) and torch.equal(smooth.vertex_colors, noisy.vertex_colors)
+    error = lambda mesh: float((mesh.verts.double().norm(dim=-1) - 1.0).abs().mean())  # noqa: E731
+    assert error(noisy) > 0.015 and error(smooth) < 0.45 * error(noisy)  # Taubin passes the lowest frequencies
+    assert signed_volume(smooth) == pytest.approx(4.0 / 3.0 * math.pi, rel=0.02)
+    assert torch.equal(cleanup_mesh(noisy, min_component_fraction=0.0).verts, noisy.verts)  # 0: off
+
+
 def test_cleanup_rejects_bad_input():
     mesh = _two_spheres()
     with pytest.raises(ValueError, match="min_component_fraction"):
@@ -324,3 +340,8 @@ def test_cleanup_rejects_bad_input():
     with_uvs = Mesh(mesh.verts, mesh.faces, uvs=torch.zeros(mesh.num_verts, 2))
     with pytest.raises(ValueError, match="UVs"):
         cleanup_mesh(with_uvs, target_faces=100)
+    with pytest.raises(ValueError, match="cannot smooth a mesh with UVs"):
+        cleanup_mesh(with_uvs, smooth_iterations=5)
+    for iterations in (-1, 10001, 2.5, True):
+        with pytest.raises(ValueError, match="smooth_iterations"):
+            cleanup_mesh(mesh, smooth_iterations=iterations)

@@ -387,6 +387,7 @@ BAD_OPTIONS = {
     "render-size": (["--render", "2", "--render-size", "5"], "--render-size"),
     "bake-ply": (["--bake-texture", "--format", "ply"], "PLY"),
     "target-faces": (["--target-faces", "0"], "target_faces"),
+    "smooth-negative": (["--smooth", "-1"], "smooth_iterations"),
     "threshold-nan": (["--threshold", "nan"], "threshold"),
     "foreground-ratio": (["--foreground-ratio", "0"], "foreground_ratio"),
 }

@@ -236,7 +236,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "carve", "fill", "project_input", "unlit", "seed",
+        "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]
@@ -277,6 +277,8 @@ def test_unusable_images_get_422(client):
         ({"fill": "sometimes"}, "fill"),
         ({"project_input": "partly"}, "project_input"),
         ({"unlit": "dim"}, "unlit"),
+        ({"smooth": "-1"}, "smooth"),
+        ({"smooth": "10001"}, "smooth"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )
@@ -399,3 +401,12 @@ def test_real_tiny_model_matches_the_python_api(tmp_path):
     np.testing.assert_allclose(
         np.sort(np.asarray(served.vertices), axis=0), np.sort(direct.verts.numpy(), axis=0), atol=1e-6
     )
+    # The smoothing field reaches the API's option: the same smoothed mesh, different from the plain one.
+    response = post(client, {"mc_resolution": "24", "format": "ply", "smooth": "10"}, image=image)
+    smoothed = trimesh.load(io.BytesIO(response.content), file_type="ply", process=False)
+    options = ReconstructOptions(mc_resolution=24, smooth_iterations=10)
+    direct_smoothed = reconstruct_full(tmp_path / "input.png", model, options).mesh
+    np.testing.assert_allclose(
+        np.sort(np.asarray(smoothed.vertices), axis=0), np.sort(direct_smoothed.verts.numpy(), axis=0), atol=1e-6
+    )
+    assert np.abs(np.sort(np.asarray(smoothed.vertices), axis=0) - np.sort(direct.verts.numpy(), axis=0)).max() > 1e-3

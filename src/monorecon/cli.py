@@ -61,6 +61,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
     p.add_argument(
+        "--smooth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N iterations of volume-keeping (Taubin) smoothing, e.g. 150 at --mc-resolution 256 (default 0: off)",
+    )
+    p.add_argument(
         "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
     )
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
@@ -146,6 +153,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         fill=False if args.no_fill else None,
         project_input=not args.no_project_input,
         target_faces=args.target_faces,
+        smooth_iterations=args.smooth,
         seed=args.seed,
     )
     # Checked before the (slow) model loading and reconstruction.

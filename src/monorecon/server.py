@@ -5,9 +5,9 @@ Endpoints:
 * ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
 * ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply,
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
-  ``remove_background``, ``carve``, ``fill``, ``seed``); answers the mesh file (GLB ``model/gltf-binary``; OBJ as a
-  zip of the OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition`` file name. Meshes are in the monorecon
-  world frame (+Y up, the input view's front facing +Z: glTF's frame).
+  ``remove_background``, ``carve``, ``fill``, ``project_input``, ``unlit``, ``smooth``, ``seed``); answers the mesh
+  file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition``
+  file name. Meshes are in the monorecon world frame (+Y up, the input view's front facing +Z: glTF's frame).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
 
@@ -51,6 +51,7 @@ from .api import (
     model_silhouette_fill,
     reconstruct_full,
 )
+from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh
 from .io.images import load_image
 from .io.mesh_io import save_mesh
@@ -149,6 +150,7 @@ class MeshForm:
     fill: bool | None = None
     project_input: bool = True
     unlit: bool = False
+    smooth: int = 0
 
     @property
     def stem(self) -> str:
@@ -175,6 +177,7 @@ class MeshForm:
             carve=self.carve,
             fill=self.fill,
             project_input=self.project_input,
+            smooth_iterations=self.smooth,
             seed=self.seed,
         )
 
@@ -221,6 +224,9 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         unlit: Annotated[
             bool, Form(description="glb: mark the material unlit (viewers show the colours without lighting them)")
         ] = False,
+        smooth: Annotated[
+            int, Form(ge=0, le=MAX_SMOOTH_ITERATIONS, description="iterations of volume-keeping mesh smoothing")
+        ] = 0,
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -238,6 +244,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             fill=fill,
             project_input=project_input,
             unlit=unlit,
+            smooth=smooth,
         )
 
     return mesh_form

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
+from .core.extract import MAX_SMOOTH_ITERATIONS
 from .io.images import png_bytes
 from .preprocess import DEFAULT_FOREGROUND_RATIO
 from .server import MeshForm, ReconstructionService, ServerSettings, mesh_file, mesh_form_dependency, run_server
@@ -140,6 +141,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                 "GLB: unlit viewers show the colours as they are, without their own lights"),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
+        _number("smooth", "Smoothing", 0, 0, MAX_SMOOTH_ITERATIONS, 1,
+                "iterations of volume-keeping smoothing, e.g. 150 at resolution 256 (0: off)"),
         _number("seed", "Seed", 0, 0, 2**31 - 1, 1, None),
     ]  # fmt: skip
     parameters = model_summary.get("parameters")

@@ -19,6 +19,7 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -34,9 +35,11 @@ from tqdm.auto import tqdm
 from .checks import check_tensor
 from .mesh import Mesh
 
-__all__ = ["MAX_RESOLUTION", "cleanup_mesh", "extract_isosurface"]
+__all__ = ["MAX_RESOLUTION", "MAX_SMOOTH_ITERATIONS", "cleanup_mesh", "extract_isosurface"]
 
 MAX_RESOLUTION = 2048
+#: Upper bound of ``cleanup_mesh(smooth_iterations=...)`` (far beyond any useful value: it bounds the run time).
+MAX_SMOOTH_ITERATIONS = 10000
 QueryFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -133,8 +136,10 @@ def extract_isosurface(
     return Mesh(verts=verts, faces=torch.from_numpy(welded_faces))
 
 
-def cleanup_mesh(mesh: Mesh, min_component_fraction: float = 0.01, target_faces: int | None = None) -> Mesh:
-    """Drop small floating pieces and optionally decimate.
+def cleanup_mesh(
+    mesh: Mesh, min_component_fraction: float = 0.01, target_faces: int | None = None, smooth_iterations: int = 0
+) -> Mesh:
+    """Drop small floating pieces, optionally smooth, and optionally decimate (in this order).
 
     Args:
         mesh: input mesh. Connectivity is taken over vertex positions, so pieces split only at UV seams stay whole.
@@ -143,16 +148,22 @@ def cleanup_mesh(mesh: Mesh, min_component_fraction: float = 0.01, target_faces:
         target_faces: if given and smaller than the face count, decimate by quadric edge collapse
             (``fast_simplification``, an optional dependency) to about this many faces; vertex colours are carried
             over from the nearest original vertex. Not available for meshes with UVs (decimate before unwrapping).
+        smooth_iterations: iterations of Taubin's lambda|mu smoothing (``trimesh.smoothing.filter_taubin``, lambda
+            0.5, mu -0.53): a low-pass filter of the surface that, unlike plain Laplacian smoothing, keeps its volume.
+            Each iteration reaches about one edge further, so the count to use grows with the marching-cubes
+            resolution. 0: off. Not available for meshes with UVs (their seams would tear).
 
     Returns:
         The cleaned mesh (vertex attributes and texture kept; unused vertices removed).
     """
     if not 0.0 <= min_component_fraction < 1.0:
         raise ValueError(f"min_component_fraction must be in [0, 1), got {min_component_fraction}")
+    smooth_iterations = _check_int(smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
     if target_faces is not None:
         target_faces = _check_int(target_faces, "target_faces", 1, 1 << 31)
-        if mesh.uvs is not None:
-            raise ValueError("cleanup_mesh cannot decimate a mesh with UVs; decimate before UV unwrapping")
+    for asked, what in ((target_faces is not None, "decimate"), (smooth_iterations > 0, "smooth")):
+        if asked and mesh.uvs is not None:
+            raise ValueError(f"cleanup_mesh cannot {what} a mesh with UVs; {what} before UV unwrapping")
     faces = mesh.faces.cpu().numpy()
     if min_component_fraction > 0:
         _, position_id = np.unique(mesh.verts.detach().cpu().numpy(), axis=0, return_inverse=True)
@@ -163,6 +174,8 @@ def cleanup_mesh(mesh: Mesh, min_component_fraction: float = 0.01, target_faces:
         keep_label[np.argmax(sizes)] = True
         faces = faces[keep_label[labels]]
     mesh = _subset(mesh, faces)
+    if smooth_iterations:
+        mesh = _smooth(mesh, smooth_iterations)
     if target_faces is not None and target_faces < mesh.num_faces:
         mesh = _decimate(mesh, target_faces)
     return mesh
@@ -348,6 +361,15 @@ def _subset(mesh: Mesh, faces: np.ndarray) -> Mesh:
         uvs=None if mesh.uvs is None else mesh.uvs[keep],
         texture=mesh.texture,
     )
+
+
+def _smooth(mesh: Mesh, iterations: int) -> Mesh:
+    import trimesh
+
+    surface = trimesh.Trimesh(mesh.verts.detach().cpu().double().numpy(), mesh.faces.cpu().numpy(), process=False)
+    trimesh.smoothing.filter_taubin(surface, lamb=0.5, nu=0.53, iterations=iterations)
+    verts = torch.from_numpy(np.asarray(surface.vertices)).to(mesh.verts)
+    return dataclasses.replace(mesh, verts=verts)
 
 
 def _decimate(mesh: Mesh, target_faces: int) -> Mesh:

@@ -131,7 +131,8 @@ class TriplaneDecoder(nn.Module):
         if not isinstance(features, torch.Tensor) or features.dim() < 1 or features.shape[-1] != self.in_dim:
             got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(f"features must have shape (..., {self.in_dim}), got {got}")
-        raw = self.layers(features)
+        # Under autocast the layers may run in bfloat16; activations and rendering keep the features' precision.
+        raw = self.layers(features).to(features.dtype)
         density = _DENSITY_ACTIVATIONS[self.density_activation](raw[..., 0:1] + self.density_bias)
         rgb = _COLOR_ACTIVATIONS[self.color_activation](raw[..., 1:4])
         return {"density": density, "rgb": rgb}

@@ -109,7 +109,8 @@ class TripoSRModel(nn.Module):
         with self._autocast():
             image_tokens = self.image_tokenizer(pixels)
             tokens = self.backbone(self.tokenizer(pixels.shape[0]), image_tokens)
-        return self.post_processor(self.tokenizer.detokenize(tokens.float()))
+        # float() also under a caller's autocast (mixed-precision training): the triplane lookup stays float32.
+        return self.post_processor(self.tokenizer.detokenize(tokens.float())).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`encode`."""
@@ -151,12 +152,20 @@ class TripoSRModel(nn.Module):
             raise ValueError(f"points batch {points.shape[0]} does not match scene_code batch {codes.shape[0]}")
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-        lookup = world_to_triposr(points.to(codes)) / self.config.renderer.radius
+
+        # Under a caller's autocast (mixed-precision training) the geometry and the triplane lookup stay float32:
+        # only the decoder's layers may run in lower precision.
+        def full_precision() -> torch.autocast:
+            return torch.autocast(codes.device.type, enabled=False)
+
+        with full_precision():
+            lookup = world_to_triposr(points.to(codes)) / self.config.renderer.radius
         densities, colors = [], []
         for start in range(0, max(lookup.shape[1], 1), chunk_size):
-            features = sample_triplane(
-                codes, lookup[:, start : start + chunk_size], self.config.renderer.feature_reduction
-            )
+            with full_precision():
+                features = sample_triplane(
+                    codes, lookup[:, start : start + chunk_size], self.config.renderer.feature_reduction
+                )
             out = self.decoder(features)
             densities.append(out["density"])
             colors.append(out["rgb"])
