@@ -149,9 +149,9 @@ def cleanup_mesh(
             (``fast_simplification``, an optional dependency) to about this many faces; vertex colours are carried
             over from the nearest original vertex. Not available for meshes with UVs (decimate before unwrapping).
         smooth_iterations: iterations of Taubin's lambda|mu smoothing (``trimesh.smoothing.filter_taubin``, lambda
-            0.5, mu -0.53): a low-pass filter of the surface that, unlike plain Laplacian smoothing, keeps its volume.
-            Each iteration reaches about one edge further, so the count to use grows with the marching-cubes
-            resolution. 0: off. Not available for meshes with UVs (their seams would tear).
+            0.5, mu -0.53): a low-pass filter of the surface that, unlike plain Laplacian smoothing, nearly keeps
+            its volume. Each iteration reaches about one edge further, so the count to use grows with the
+            marching-cubes resolution. 0: off. Not available for meshes with UVs (their seams would tear).
 
     Returns:
         The cleaned mesh (vertex attributes and texture kept; unused vertices removed).
