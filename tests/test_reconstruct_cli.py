@@ -379,17 +379,17 @@ def test_bad_checkpoint(case, image_path, tmp_path, capsys):
 
 
 BAD_OPTIONS = {
-    "mc-zero": (["--mc-resolution", "0"], "mc_resolution"),
-    "mc-huge": (["--mc-resolution", "100000"], "mc_resolution"),
-    "texture-tiny": (["--bake-texture", "--texture-resolution", "8"], "texture_resolution"),
-    "texture-huge": (["--bake-texture", "--texture-resolution", "100000"], "texture_resolution"),
+    "mc-zero": (["--mc-resolution", "0"], "--mc-resolution must lie"),
+    "mc-huge": (["--mc-resolution", "100000"], "--mc-resolution must lie"),
+    "texture-tiny": (["--bake-texture", "--texture-resolution", "8"], "--texture-resolution must lie"),
+    "texture-huge": (["--bake-texture", "--texture-resolution", "100000"], "--texture-resolution must lie"),
     "render-negative": (["--render", "-1"], "--render"),
     "render-size": (["--render", "2", "--render-size", "5"], "--render-size"),
     "bake-ply": (["--bake-texture", "--format", "ply"], "PLY"),
-    "target-faces": (["--target-faces", "0"], "target_faces"),
-    "smooth-negative": (["--smooth", "-1"], "smooth_iterations"),
+    "target-faces": (["--target-faces", "0"], "--target-faces must lie"),
+    "smooth-negative": (["--smooth", "-1"], "--smooth must lie"),
     "threshold-nan": (["--threshold", "nan"], "threshold"),
-    "foreground-ratio": (["--foreground-ratio", "0"], "foreground_ratio"),
+    "foreground-ratio": (["--foreground-ratio", "0"], "--foreground-ratio must lie"),
 }
 
 

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .api import ReconstructOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_BAD_INPUT = 2
@@ -127,35 +132,62 @@ def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> No
         folder.rmdir()
 
 
+#: API fields of :class:`monorecon.api.ReconstructOptions` -> the ``reconstruct`` flags that set them (error messages).
+_RECONSTRUCT_FLAGS = {
+    "mc_resolution": "--mc-resolution",
+    "texture_resolution": "--texture-resolution",
+    "target_faces": "--target-faces",
+    "smooth_iterations": "--smooth",
+    "foreground_ratio": "--foreground-ratio",
+}
+
+
+def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
+    """The :class:`monorecon.api.ReconstructOptions` of the ``reconstruct`` flags.
+
+    Raises:
+        CommandError: a refused value, named by its flag.
+    """
+    from .api import ReconstructOptions
+    from .preprocess import PreprocessConfig
+
+    try:
+        return ReconstructOptions(
+            preprocess=PreprocessConfig(
+                remove_background=not args.no_remove_bg,
+                foreground_ratio=args.foreground_ratio,
+                matting_model=args.matting_model,
+            ),
+            mc_resolution=args.mc_resolution,
+            threshold=args.threshold,
+            extraction=args.extraction,
+            bake_texture=args.bake_texture,
+            texture_resolution=args.texture_resolution,
+            remove_floaters=not args.keep_floaters,
+            carve=not args.no_carve,
+            fill=False if args.no_fill else None,
+            project_input=not args.no_project_input,
+            target_faces=args.target_faces,
+            smooth_iterations=args.smooth,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        message = str(err)
+        for field_name, flag in _RECONSTRUCT_FLAGS.items():
+            message = re.sub(rf"\b{field_name}\b", flag, message)
+        raise CommandError(message) from err
+
+
 def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .api import ReconstructOptions, load_model, reconstruct_full
+    from .api import load_model, reconstruct_full
     from .io.images import save_image
     from .io.mesh_io import save_mesh
-    from .preprocess import PreprocessConfig
 
     images = _collect_images(args.inputs)
-    options = ReconstructOptions(
-        preprocess=PreprocessConfig(
-            remove_background=not args.no_remove_bg,
-            foreground_ratio=args.foreground_ratio,
-            matting_model=args.matting_model,
-        ),
-        mc_resolution=args.mc_resolution,
-        threshold=args.threshold,
-        extraction=args.extraction,
-        bake_texture=args.bake_texture,
-        texture_resolution=args.texture_resolution,
-        remove_floaters=not args.keep_floaters,
-        carve=not args.no_carve,
-        fill=False if args.no_fill else None,
-        project_input=not args.no_project_input,
-        target_faces=args.target_faces,
-        smooth_iterations=args.smooth,
-        seed=args.seed,
-    )
+    options = _reconstruct_options(args)
     # Checked before the (slow) model loading and reconstruction.
     if args.render < 0 or args.render > 3600:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
