@@ -377,6 +377,22 @@ def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
     assert not torch.equal(init["decoder.layers.0.weight"], a["decoder.layers.0.weight"])
 
 
+def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_dataset, tmp_path):
+    cfg = _config(tiny_dataset, tmp_path / "full")
+    train(cfg)
+    budgeted = {**cfg, "out_dir": str(tmp_path / "budgeted"), "max_minutes": 1e-9}  # spent after the first step
+    with pytest.warns(UserWarning, match="max_minutes .* after step 1 of 4"):
+        train(budgeted)
+    assert [p.name for p in Checkpointer(tmp_path / "budgeted" / "checkpoints").checkpoints()] == ["step_00000001.pt"]
+    assert [r["step"] for r in CSVLogger(tmp_path / "budgeted" / "train_log.csv").rows()] == [1]
+    assert (tmp_path / "budgeted" / "final" / "model.safetensors").is_file()  # usable weights after a stop
+    train({**budgeted, "max_minutes": None})
+    a, b = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "budgeted")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(ValueError, match="max_minutes"):
+        load_train_config({**cfg, "max_minutes": 0})
+
+
 def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
     source = tmp_path / "source"
     train(_config(tiny_dataset, source, steps=2))

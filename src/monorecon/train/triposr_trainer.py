@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,9 @@ class TripoSRTrainConfig:
         stratified: jitter the samples inside their bins during training.
         input_distance, input_fov_deg: the canonical input camera the model assumes (TripoSR: 1.9, 40 deg).
         checkpoint_every_steps, checkpoint_every_minutes: a checkpoint is written when either is reached.
+        max_minutes: wall-time budget of this run (None: none). When it is spent the run stops after the current
+            step, writes a checkpoint and exports ``final`` as at the end; running the same config again resumes it
+            towards ``steps`` (the learning-rate schedule follows ``steps``, so set both for a planned length).
         keep_checkpoints: newest checkpoints kept.
         log_every: CSV row every N steps.
         seed: seed of the initialisation and of every random draw.
@@ -253,6 +257,7 @@ class TripoSRTrainConfig:
     input_fov_deg: float = 40.0
     checkpoint_every_steps: int = 200
     checkpoint_every_minutes: float = 5.0
+    max_minutes: float | None = None
     keep_checkpoints: int = 3
     log_every: int = 10
     seed: int = 0
@@ -276,6 +281,8 @@ class TripoSRTrainConfig:
             raise ValueError(f"foreground_patch_prob must lie in [0, 1], got {self.foreground_patch_prob}")
         if self.checkpoint_every_steps < 1 or self.checkpoint_every_minutes <= 0:
             raise ValueError("checkpoint_every_steps must be >= 1 and checkpoint_every_minutes > 0")
+        if self.max_minutes is not None and not (isinstance(self.max_minutes, int | float) and self.max_minutes > 0):
+            raise ValueError(f"max_minutes must be a positive number of minutes or null, got {self.max_minutes!r}")
         if self.optim.warmup_steps > self.steps:
             raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) exceeds steps ({self.steps})")
         if not self.model:
@@ -741,6 +748,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         ValueError: invalid config or dataset.
         TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept; the message names it).
     """
+    run_started = time.monotonic()
     cfg = load_train_config(config)
     if quiet is not None:
         cfg.quiet = quiet
@@ -806,13 +814,21 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
             row.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
             row["elapsed_s"] = time.monotonic() - started
             logger.log(row)
-        if _should_checkpoint(done, cfg, last_save, device):
+        out_of_time = cfg.max_minutes is not None and _rank0_decides(
+            (time.monotonic() - run_started) / 60.0 >= cfg.max_minutes, device
+        )
+        if out_of_time or _should_checkpoint(done, cfg, last_save, device):
             if main:
                 checkpointer.save(done, model, optimizer, scheduler, extra={"world_size": world_size})
                 if logger is not None and logger.fields is not None:
                     plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
             last_save = time.monotonic()
             barrier()
+        if out_of_time:
+            if main and done < cfg.steps:
+                message = f"max_minutes ({cfg.max_minutes:g}) spent after step {done} of {cfg.steps}: stopped"
+                warnings.warn(f"{message}; run the same config again to resume", stacklevel=2)
+            break
     progress.close()
     if main:
         export_weights(model, out_dir / "final", config_name="config.yaml")
@@ -826,14 +842,19 @@ def _curve_columns(logger: CSVLogger) -> list[str]:
     return [c for c in logger.fields if c not in ("step", "elapsed_s")]
 
 
-def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float, device: torch.device) -> bool:
-    """Same decision on every rank: step-based, or time-based as decided by rank 0 and broadcast."""
-    due = done % cfg.checkpoint_every_steps == 0
-    timed = (time.monotonic() - last_save) / 60.0 >= cfg.checkpoint_every_minutes
+def _rank0_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's value of a clock-based decision, on every rank (clocks differ between processes)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = torch.tensor([float(timed)], device=device)  # nccl broadcasts only CUDA tensors
-        torch.distributed.broadcast(flag, src=0)
-        timed = bool(flag.item())
+        tensor = torch.tensor([float(flag)], device=device)  # nccl broadcasts only CUDA tensors
+        torch.distributed.broadcast(tensor, src=0)
+        flag = bool(tensor.item())
+    return flag
+
+
+def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float, device: torch.device) -> bool:
+    """Same decision on every rank: step-based, or time-based as decided by rank 0."""
+    due = done % cfg.checkpoint_every_steps == 0
+    timed = _rank0_decides((time.monotonic() - last_save) / 60.0 >= cfg.checkpoint_every_minutes, device)
     return due or timed or done == cfg.steps
 
 
