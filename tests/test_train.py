@@ -380,7 +380,8 @@ def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
 def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_dataset, tmp_path):
     cfg = _config(tiny_dataset, tmp_path / "full")
     train(cfg)
-    budgeted = {**cfg, "out_dir": str(tmp_path / "budgeted"), "max_minutes": 1e-9}  # spent after the first step
+    # Spent after the first step; that step is logged although log_every would skip it.
+    budgeted = {**cfg, "out_dir": str(tmp_path / "budgeted"), "max_minutes": 1e-9, "log_every": 3}
     with pytest.warns(UserWarning, match="max_minutes .* after step 1 of 4"):
         train(budgeted)
     assert [p.name for p in Checkpointer(tmp_path / "budgeted" / "checkpoints").checkpoints()] == ["step_00000001.pt"]
@@ -674,7 +675,7 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
     stems = ["triposr_small", "triposr_small_finetune", "triposr_small_deep"]
     stems += ["triposr_small_organic", "triposr_small_organic2", "triposr_small_organic3", "triposr_small_organic4"]
     stems += ["triposr_small_stretch", "triposr_small_stretch25", "triposr_small_stretch3"]
-    stems += ["triposr_small_el60", "triposr_small_el60b"]
+    stems += ["triposr_small_el60", "triposr_small_el60b", "triposr_small_gpu"]
     for stem in stems:
         name = f"{stem}.yaml"
         raw = yaml.safe_load((configs / name).read_text())
@@ -689,6 +690,7 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
         same = {k: v for k, v in last[section].items() if k not in ("mesh_threshold", "silhouette_fill")}
         assert same.items() <= stages["triposr_small_deep.yaml"].model[section].items(), section
     assert last["foreground_ratio"] == shipped["foreground_ratio"] == 0.7
+    assert stages["triposr_small_gpu.yaml"].model == last  # the GPU stage fine-tunes the bundled weights
     assert stages["triposr_small_deep.yaml"].data.recolor_prob > stages["triposr_small_finetune.yaml"].data.recolor_prob
     # Stage 4 grows stage 3 (same widths) to more layers: deepen_triposr_weights' precondition.
     previous = dict(stages["triposr_small_finetune.yaml"].model)

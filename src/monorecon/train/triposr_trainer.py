@@ -809,14 +809,14 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         done = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{terms['loss'].item():.4f}")
-        if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps):
+        out_of_time = cfg.max_minutes is not None and _rank0_decides(
+            (time.monotonic() - run_started) / 60.0 >= cfg.max_minutes, device
+        )
+        if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or out_of_time):
             row = {"step": done, **{k: float(v.detach()) for k, v in terms.items()}}
             row.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
             row["elapsed_s"] = time.monotonic() - started
             logger.log(row)
-        out_of_time = cfg.max_minutes is not None and _rank0_decides(
-            (time.monotonic() - run_started) / 60.0 >= cfg.max_minutes, device
-        )
         if out_of_time or _should_checkpoint(done, cfg, last_save, device):
             if main:
                 checkpointer.save(done, model, optimizer, scheduler, extra={"world_size": world_size})
