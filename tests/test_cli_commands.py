@@ -28,6 +28,10 @@ from monorecon.cli import main
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", "0,nan"], "azimuths"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--elevation", "90"], "elevation"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--elevation", "nan"], "elevation"),
+        (
+            ["eval", "--model", "inflation", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--inflation-thickness", "0"],
+            "inflation_thickness",
+        ),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),

@@ -102,6 +102,14 @@ def test_harness_depth_ratio_of_inflation_on_a_sphere_is_one(tmp_path):
     assert summary["mean"]["depth_ratio"] == pytest.approx(1.0, abs=0.08)
     rows = list(csv.DictReader((tmp_path / "report" / "per_object.csv").open()))
     assert float(rows[0]["depth_ratio"]) == pytest.approx(summary["mean"]["depth_ratio"])
+    # The baseline's one constant scales its depth: half-thickness 1.5 x the distance transform, 1.5 x as deep.
+    thicker = evaluate("inflation", tmp_path / "meshes", tmp_path / "thick", n_points=2000, progress=False,
+                       inflation_thickness=1.5)  # fmt: skip
+    assert thicker["method"] == "inflation (1.5)" and summary["method"] == "inflation"
+    assert thicker["mean"]["depth_ratio"] == pytest.approx(1.5, abs=0.12)
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="inflation_thickness"):
+            evaluate("inflation", tmp_path / "meshes", tmp_path / "bad", progress=False, inflation_thickness=bad)
 
 
 def test_baselines_reject_empty_silhouettes():

@@ -412,6 +412,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--elevation", type=float, default=15.0, help="mesh folders: input-view elevation (deg, default 15)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--inflation-thickness", type=float, default=1.0,
+        help="--model inflation: half-thickness per unit of the silhouette's distance transform (default 1)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_eval)
 
@@ -438,6 +442,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
+        inflation_thickness=args.inflation_thickness,
         progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
