@@ -556,7 +556,9 @@ class _TrainStep(torch.nn.Module):
             for p in self.perceptual.parameters():
                 p.requires_grad_(False)
 
-    def _render_patches(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> tuple:
+    def _render_patches(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Scene codes (B, 3, C, H, W) and the supervision patches' rgb (B, V, P, P, 3), opacity and depth
         (B, V, P, P), and the per-object distortion losses (a list, empty without ``lambda_distortion``)."""
         cfg = self.config
