@@ -59,6 +59,21 @@ def test_inflation_of_a_disc_is_a_round_solid():
     assert near_axis[:, 2].min().item() == pytest.approx(-radius, abs=0.05)
 
 
+def test_round_inflation_of_a_disc_is_the_sphere():
+    """The round profile sqrt(dt (2R - dt)) is the sphere's own half-thickness over its disc, so the vertices lie near
+    the sphere's radius from its centre (up to perspective: the disc is measured at the origin's depth); the cone
+    profile's double cone does not."""
+    radius = 0.4
+    mask = _analytic_sphere_mask(128, torch.zeros(3), radius)
+    error = {}
+    for profile in ("round", "cone"):
+        verts = inflation_baseline(mask, resolution=96, profile=profile).verts
+        error[profile] = float((verts.norm(dim=-1) - radius).abs().mean())
+    assert error["round"] < 0.03 and error["cone"] > 0.06
+    with pytest.raises(ValueError, match="profile"):
+        inflation_baseline(mask, profile="square")
+
+
 def test_mesh_mask_iou_against_analytic_sphere_silhouettes():
     import trimesh
 
@@ -107,6 +122,13 @@ def test_harness_depth_ratio_of_inflation_on_a_sphere_is_one(tmp_path):
                        inflation_thickness=1.5)  # fmt: skip
     assert thicker["method"] == "inflation (1.5)" and summary["method"] == "inflation"
     assert thicker["mean"]["depth_ratio"] == pytest.approx(1.5, abs=0.12)
+    rounder = evaluate("inflation", tmp_path / "meshes", tmp_path / "round", n_points=2000, progress=False,
+                       inflation_thickness=0.8, inflation_profile="round")  # fmt: skip
+    assert rounder["method"] == "inflation (round 0.8)"
+    assert rounder["mean"]["depth_ratio"] == pytest.approx(0.8, abs=0.1)
+    assert rounder["mean"]["fscore@0.1"] > summary["mean"]["fscore@0.1"]  # nearer the sphere than the double cone
+    with pytest.raises(ValueError, match="inflation_profile"):
+        evaluate("inflation", tmp_path / "meshes", tmp_path / "bad", progress=False, inflation_profile="square")
     for bad in (0.0, -1.0, math.nan):
         with pytest.raises(ValueError, match="inflation_thickness"):
             evaluate("inflation", tmp_path / "meshes", tmp_path / "bad", progress=False, inflation_thickness=bad)

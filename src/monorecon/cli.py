@@ -414,7 +414,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--inflation-thickness", type=float, default=1.0,
-        help="--model inflation: half-thickness per unit of the silhouette's distance transform (default 1)",
+        help="--model inflation: scale of the half-thickness profile (default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--inflation-profile", choices=["cone", "round"], default="cone",
+        help="--model inflation: half-thickness = the silhouette's distance transform dt (cone, default) or "
+        "sqrt(dt (2 max dt - dt)) (round: a disc becomes a sphere)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_eval)
@@ -442,7 +447,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
-        inflation_thickness=args.inflation_thickness,
+        inflation_thickness=args.inflation_thickness, inflation_profile=args.inflation_profile,
         progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:

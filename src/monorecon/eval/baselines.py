@@ -7,9 +7,11 @@ origin) unless another camera is given, and return meshes in that camera's world
   centre lies on the ray through the centroid at the depth of the origin (the object is assumed centred), its radius
   ``R`` solves ``r / f = R / sqrt(D^2 - R^2)`` (exact apparent radius of a sphere at distance ``D``).
 * :func:`inflation_baseline`: the visual hull of the single view, inflated: a point of the viewing frustum is inside
-  when its pixel is foreground and its depth lies within ``thickness_scale * dt(pixel)`` of the depth of the origin,
-  ``dt`` being the Euclidean distance transform of the mask (pixels) converted to world units at that depth
-  (``dt * D / f``). Thin parts get thin, the silhouette's core thick; meshed by marching cubes.
+  when its pixel is foreground and its depth lies within ``thickness_scale * h(pixel)`` of the depth of the origin,
+  the half-thickness profile ``h`` a function of ``dt``, the Euclidean distance transform of the mask (pixels),
+  converted to world units at that depth (``* D / f``). Profile ``"cone"`` (the default): ``h = dt``; ``"round"``:
+  ``h = sqrt(dt (2 R - dt))`` with ``R`` the largest ``dt``, which makes a disc a sphere and thin parts thicker.
+  Thin parts get thin, the silhouette's core thick; meshed by marching cubes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def inflation_baseline(
     resolution: int = 96,
     thickness_scale: float = 1.0,
     bounds: float = 0.87,
+    profile: str = "cone",
 ) -> Mesh:
     """Single-view visual hull inflated by the silhouette's distance transform (see the module docstring).
 
@@ -87,18 +90,23 @@ def inflation_baseline(
         resolution: marching-cubes grid samples per axis over ``[-bounds, bounds]^3``.
         thickness_scale: half-thickness per unit of distance-transform (world units at the origin's depth).
         bounds: half side of the meshed cube.
+        profile: ``"cone"`` or ``"round"`` half-thickness profile (see the module docstring).
 
     Returns:
         The inflated mesh in the camera's world frame.
     """
     if not thickness_scale > 0:
         raise ValueError(f"thickness_scale must be positive, got {thickness_scale}")
+    if profile not in ("cone", "round"):
+        raise ValueError(f"profile must be 'cone' or 'round', got {profile!r}")
     mask = _mask(alpha)
     height, width = mask.shape
     camera = camera if camera is not None else input_camera(height)
     focal, distance = _focal_and_distance(camera)
     # Distance to the nearest background pixel, from pixel centres; 0.5 px shift puts the zero on the mask edge.
     dt = distance_transform_edt(mask.numpy()) - 0.5
+    if profile == "round":
+        dt = np.sqrt(np.clip(dt, 0.0, None) * (2.0 * dt.max() - dt))
     half_thickness = torch.from_numpy(np.where(mask.numpy(), dt, -1.0)).float() * (thickness_scale * distance / focal)
 
     def occupancy(points: torch.Tensor) -> torch.Tensor:
