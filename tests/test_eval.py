@@ -139,6 +139,10 @@ def test_baselines_reject_empty_silhouettes():
         sphere_baseline(torch.zeros(32, 32))
     with pytest.raises(ValueError, match="silhouette is empty"):
         inflation_baseline(np.zeros((32, 32)))
+    disc = _analytic_sphere_mask(32, torch.zeros(3), 0.4)
+    for thickness in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="thickness_scale"):
+            inflation_baseline(disc, thickness_scale=thickness)
 
 
 @pytest.fixture(scope="module")

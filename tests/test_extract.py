@@ -14,6 +14,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
+from monorecon.api import ReconstructOptions
 from monorecon.core.extract import cleanup_mesh, extract_isosurface
 from monorecon.core.mesh import Mesh
 
@@ -342,6 +343,9 @@ def test_cleanup_rejects_bad_input():
         cleanup_mesh(with_uvs, target_faces=100)
     with pytest.raises(ValueError, match="cannot smooth a mesh with UVs"):
         cleanup_mesh(with_uvs, smooth_iterations=5)
-    for iterations in (-1, 10001, 2.5, True):
+    for iterations in (-1, 10001, 2.5, True, "5"):
         with pytest.raises(ValueError, match="smooth_iterations"):
             cleanup_mesh(mesh, smooth_iterations=iterations)
+        with pytest.raises(ValueError, match="smooth_iterations"):  # refused before any model work
+            ReconstructOptions(smooth_iterations=iterations)
+    assert cleanup_mesh(mesh, min_component_fraction=0.0, smooth_iterations=np.int64(1)).num_faces == mesh.num_faces

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .core.carving import SilhouetteFill, SilhouetteHull
+from .core.checks import check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh
 from .io.images import load_image
@@ -120,11 +121,7 @@ class ReconstructOptions:
             raise ValueError(f"project_input must be True or False, got {self.project_input!r}")
         if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
             raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
-        if isinstance(self.smooth_iterations, bool) or not isinstance(self.smooth_iterations, int):
-            raise ValueError(f"smooth_iterations must be an integer, got {self.smooth_iterations!r}")
-        if not 0 <= self.smooth_iterations <= MAX_SMOOTH_ITERATIONS:
-            limit = MAX_SMOOTH_ITERATIONS
-            raise ValueError(f"smooth_iterations must lie in [0, {limit}], got {self.smooth_iterations}")
+        check_int(self.smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
 
 
 @dataclass

@@ -6,6 +6,7 @@ must agree across the tensors checked with the same ``sizes`` dict).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +51,15 @@ def check_tensor(
     if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
+
+
+def check_int(value: object, name: str, low: int, high: int) -> int:
+    """Check an integer option (not a bool, a float or a string) lies in ``[low, high]``; return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return int(value)
 
 
 def check_image_size(height: int, width: int, *, max_side: int = 16384) -> tuple[int, int]:

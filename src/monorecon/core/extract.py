@@ -32,7 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from .checks import check_tensor
+from .checks import check_int, check_tensor
 from .mesh import Mesh
 
 __all__ = ["MAX_RESOLUTION", "MAX_SMOOTH_ITERATIONS", "cleanup_mesh", "extract_isosurface"]
@@ -83,9 +83,9 @@ def extract_isosurface(
         ValueError: on bad arguments, a query returning a wrong shape or NaN, or when the field does not cross the
             threshold anywhere in the box.
     """
-    resolution = _check_int(resolution, "resolution", 2, MAX_RESOLUTION)
-    block_size = _check_int(block_size, "block_size", 1, 1024)
-    chunk_size = _check_int(chunk_size, "chunk_size", 1, 1 << 31)
+    resolution = check_int(resolution, "resolution", 2, MAX_RESOLUTION)
+    block_size = check_int(block_size, "block_size", 1, 1024)
+    chunk_size = check_int(chunk_size, "chunk_size", 1, 1 << 31)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError) as exc:
@@ -104,7 +104,7 @@ def extract_isosurface(
     if method == "coarse_to_fine":
         if coarse_resolution is None:
             coarse_resolution = math.ceil((resolution - 1) / 4) + 1  # every 4th sample
-        coarse_resolution = _check_int(coarse_resolution, "coarse_resolution", 2, resolution)
+        coarse_resolution = check_int(coarse_resolution, "coarse_resolution", 2, resolution)
         refine = _CoarseGrid(field, axes, coarse_resolution)
 
     cells = resolution - 1
@@ -158,9 +158,9 @@ def cleanup_mesh(
     """
     if not 0.0 <= min_component_fraction < 1.0:
         raise ValueError(f"min_component_fraction must be in [0, 1), got {min_component_fraction}")
-    smooth_iterations = _check_int(smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
+    smooth_iterations = check_int(smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
     if target_faces is not None:
-        target_faces = _check_int(target_faces, "target_faces", 1, 1 << 31)
+        target_faces = check_int(target_faces, "target_faces", 1, 1 << 31)
     for asked, what in ((target_faces is not None, "decimate"), (smooth_iterations > 0, "smooth")):
         if asked and mesh.uvs is not None:
             raise ValueError(f"cleanup_mesh cannot {what} a mesh with UVs; {what} before UV unwrapping")
@@ -397,14 +397,6 @@ def _decimate(mesh: Mesh, target_faces: int) -> Mesh:
 # --------------------------------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------------------------------
-def _check_int(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return int(value)
-
-
 def _parse_bounds(bounds: float | Sequence[float] | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     """-> (low (3,), high (3,)) float64 corners of the box."""
     try:

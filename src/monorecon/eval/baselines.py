@@ -95,8 +95,8 @@ def inflation_baseline(
     Returns:
         The inflated mesh in the camera's world frame.
     """
-    if not thickness_scale > 0:
-        raise ValueError(f"thickness_scale must be positive, got {thickness_scale}")
+    if not (math.isfinite(thickness_scale) and thickness_scale > 0):
+        raise ValueError(f"thickness_scale must be a positive number, got {thickness_scale}")
     if profile not in ("cone", "round"):
         raise ValueError(f"profile must be 'cone' or 'round', got {profile!r}")
     mask = _mask(alpha)
