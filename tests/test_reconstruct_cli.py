@@ -390,6 +390,9 @@ BAD_OPTIONS = {
     "smooth-negative": (["--smooth", "-1"], "--smooth must lie"),
     "threshold-nan": (["--threshold", "nan"], "threshold"),
     "foreground-ratio": (["--foreground-ratio", "0"], "--foreground-ratio must lie"),
+    "device-kind": (["--device", "gpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    # No machine here has 65 GPUs: "no CUDA device" without any, "has N CUDA device(s)" with some.
+    "device-missing": (["--device", "cuda:64"], "--device 'cuda:64': this machine has"),
 }
 
 
@@ -460,3 +463,38 @@ def test_preprocessing_uses_the_models_framing_unless_given(image_path):
         rows, cols = np.nonzero(alpha)
         side = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
         assert abs(side / alpha.shape[0] - wanted) < 0.02
+
+
+def test_device_cpu_gives_the_same_mesh_as_the_api_on_the_cpu(image_path, tmp_path, capsys):
+    from monorecon.api import ReconstructOptions, load_model, reconstruct_full
+    from monorecon.preprocess import PreprocessConfig
+
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--device", "cpu", "--format", "ply", capsys=capsys)
+    assert code == 0, err
+    written = load_mesh(tmp_path / "out" / "thing" / "mesh.ply")
+    model = load_model(TINY / "model.safetensors", TINY / "config.yaml", device="cpu")
+    options = ReconstructOptions(preprocess=PreprocessConfig(), mc_resolution=32, threshold=1.0)
+    expected = reconstruct_full(image_path, model, options).mesh
+    assert written.num_faces == expected.num_faces
+    torch.testing.assert_close(written.verts, expected.verts, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reconstruct_on_cuda_matches_the_cpu(image_path):
+    """Carving, the fill, extraction, photo colours and texture baking with the model on the GPU."""
+    from monorecon.api import ReconstructOptions, load_model, reconstruct_full
+    from monorecon.eval.metrics import chamfer_and_fscore
+
+    options = ReconstructOptions(mc_resolution=48, threshold=1.0, fill=True, bake_texture=True, texture_resolution=64)
+    meshes = {}
+    for device in ("cpu", "cuda"):
+        model = load_model(TINY / "model.safetensors", TINY / "config.yaml", device=device)
+        assert model.device.type == device
+        result = reconstruct_full(image_path, model, options)
+        assert result.scene_code.device.type == device and result.mesh.verts.device.type == "cpu"
+        meshes[device] = result.mesh
+    assert abs(meshes["cuda"].num_faces - meshes["cpu"].num_faces) <= 0.02 * meshes["cpu"].num_faces
+    points = [mesh.verts.double().numpy() for mesh in (meshes["cpu"], meshes["cuda"])]
+    assert chamfer_and_fscore(*points, thresholds=(0.005,))["fscore@0.005"] > 0.99
+    assert meshes["cuda"].texture is not None
+    np.testing.assert_allclose(meshes["cuda"].texture.numpy(), meshes["cpu"].texture.numpy(), atol=0.02)

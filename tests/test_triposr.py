@@ -450,3 +450,21 @@ def test_deepened_weights_compute_the_same_scene_code_and_the_new_blocks_learn(m
         interleave_identity_blocks(model.state_dict(), "nothing.", ("x.",), 2)
     with pytest.raises(ValueError, match="starts with"):
         interleave_identity_blocks(model.state_dict(), "backbone.transformer_blocks.", ("nope.",), 3)
+
+
+def test_devices_are_resolved_and_missing_ones_refused():
+    from monorecon.api import load_model
+    from monorecon.core.checks import check_device
+
+    assert check_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert check_device("cpu") == check_device(torch.device("cpu")) == torch.device("cpu")
+    for name in ("gpu", "meta", "mps", "", "cuda:-1"):
+        with pytest.raises(ValueError, match="device must be"):
+            check_device(name)
+    with pytest.raises(ValueError, match="this machine has"):
+        check_device("cuda:64")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            check_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        load_model(device="gpu")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .core.carving import SilhouetteFill, SilhouetteHull
-from .core.checks import check_int
+from .core.checks import check_device, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh
 from .io.images import load_image
@@ -40,14 +40,18 @@ def load_model(
         weights: ``model.ckpt`` / ``.safetensors`` path, a folder holding one and its ``config.yaml``, a Hugging Face
             repo id (downloaded when the network allows), or None for the bundled default model.
         config: the model's ``config.yaml``; default: beside the weights.
-        device: torch device.
-        dtype: ``torch.bfloat16`` runs the encoder and backbone under CPU autocast; fields stay float32.
+        device: "cpu", "cuda", "cuda:N", or "auto" (CUDA when this machine has it, else the CPU).
+        dtype: ``torch.bfloat16`` runs the encoder and backbone under autocast; fields stay float32.
 
     Returns:
-        :class:`monorecon.models.triposr.TripoSRModel` in eval mode.
+        :class:`monorecon.models.triposr.TripoSRModel` in eval mode, on ``device``.
+
+    Raises:
+        ValueError: missing or unreadable weights, or a device this machine does not have.
     """
     from .models.triposr import load_triposr
 
+    device = check_device(device)
     if weights is None:
         if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
             raise ValueError(f"the bundled default model is missing from {DEFAULT_MODEL_DIR}; pass --weights")
@@ -145,17 +149,20 @@ def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfi
     return preprocess_image(array, config)
 
 
-def input_silhouette_hull(alpha: np.ndarray | torch.Tensor) -> SilhouetteHull | None:
+def input_silhouette_hull(
+    alpha: np.ndarray | torch.Tensor, device: str | torch.device | None = None
+) -> SilhouetteHull | None:
     """The cone of a square input's (S, S) alpha seen by TripoSR's input camera (see :class:`SilhouetteHull`).
 
-    Returns None when the alpha covers every pixel (background kept): there is nothing to carve.
+    ``device``: where the hull is evaluated (the field's device; default the CPU). Returns None when the alpha covers
+    every pixel (background kept): there is nothing to carve.
     """
     from .models.triposr.model import input_camera
 
     alpha = torch.as_tensor(alpha, dtype=torch.float32)
     if bool((alpha > 0.5).all()):
         return None
-    return SilhouetteHull(input_camera(alpha.shape[0]), alpha)
+    return SilhouetteHull(input_camera(alpha.shape[0], device=device), alpha)
 
 
 def input_view_weight(
@@ -164,9 +171,10 @@ def input_view_weight(
     """The density weight that makes one scene's field agree with its (S, S) input alpha.
 
     The input silhouette's hull (:func:`input_silhouette_hull`), filled at ``threshold`` when ``fill`` is true (None:
-    :func:`model_silhouette_fill`) from the scene's own density; None when there is nothing to carve.
+    :func:`model_silhouette_fill`) from the scene's own density; None when there is nothing to carve. It lives on the
+    scene code's device.
     """
-    hull = input_silhouette_hull(alpha)
+    hull = input_silhouette_hull(alpha, scene_code.device)
     if hull is None or not (model_silhouette_fill(model) if fill is None else fill):
         return hull
     code = scene_code[0] if scene_code.dim() == 5 else scene_code
@@ -215,7 +223,7 @@ def reconstruct_full(
         if options.bake_texture:
 
             def texel_colours(points: torch.Tensor) -> torch.Tensor:
-                colours = model.query(scene_code, points[None])[1][0]
+                colours = model.query(scene_code, points[None])[1][0].to(points)  # from the model's device
                 return colours if recolour is None else recolour(points, colours)
 
             mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)

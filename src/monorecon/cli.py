@@ -80,9 +80,27 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         "--html", action="store_true", help="also save viewer.html: the mesh in an interactive 3-D view (one file)"
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    _add_device_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=_run_reconstruct)
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="auto",
+        help="where the model runs: auto (a CUDA GPU when there is one, else the CPU; default), cpu, cuda, cuda:N",
+    )  # fmt: skip
+
+
+def _device(args: argparse.Namespace):
+    """``--device`` resolved (auto: CUDA when this machine has it), checked before any slow work."""
+    from .core.checks import check_device
+
+    try:
+        return check_device(args.device)
+    except ValueError as err:  # the message starts with "device"
+        raise CommandError(f"--{err}") from None
 
 
 _doc_reconstruct = (
@@ -198,7 +216,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"output {args.output} exists and is not a folder")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model(args.weights, args.config, dtype=dtype)
+    model = load_model(args.weights, args.config, device=_device(args), dtype=dtype)
     failures = 0
     for image_path in tqdm(images, desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1):
         out_dir = args.output / image_path.stem
@@ -411,6 +429,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="mesh folders: comma-separated input-view azimuths in degrees, one case per mesh and azimuth (default 30)",
     )  # fmt: skip
     p.add_argument("--elevation", type=float, default=15.0, help="mesh folders: input-view elevation (deg, default 15)")
+    _add_device_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--inflation-thickness", type=float, default=1.0,
@@ -438,10 +457,10 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(f"{len(paths)} input images written to {args.output}")
         return 0
     model = PredictionFolder(args.predictions) if args.predictions else args.model
-    if model == "default":
+    if model not in ("sphere", "inflation") and not args.predictions:
         from .api import load_model
 
-        model = load_model()
+        model = load_model(None if model == "default" else model, device=_device(args))
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
@@ -660,6 +679,7 @@ def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: no authentication)")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    _add_device_option(p)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -681,7 +701,10 @@ def _server_kwargs(args: argparse.Namespace) -> dict:
     if not 1 <= args.port <= 65535:
         raise CommandError(f"--port must lie in [1, 65535], got {args.port}")
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    return {"host": args.host, "port": args.port, "weights": args.weights, "config": args.config, "dtype": dtype}
+    return {
+        "host": args.host, "port": args.port, "weights": args.weights, "config": args.config,
+        "device": _device(args), "dtype": dtype,
+    }  # fmt: skip
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -62,6 +62,28 @@ def check_int(value: object, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """Resolve a device: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ValueError: another kind of device, or a CUDA device this machine does not have.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA device (use 'auto' or 'cpu')")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
 def check_image_size(height: int, width: int, *, max_side: int = 16384) -> tuple[int, int]:
     """Check an image size (pixels) is positive and not absurd; return it as ints."""
     for label, v in (("height", height), ("width", width)):

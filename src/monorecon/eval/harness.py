@@ -264,7 +264,7 @@ class _ModelMethod:
             else None
         )
         size = settings.render_size
-        render = self.model.render(code, input_camera(size), carve=hull)
+        render = {key: value.cpu() for key, value in self.model.render(code, input_camera(size), carve=hull).items()}
         target = _resize(rgba, size)
         target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
         extras = {

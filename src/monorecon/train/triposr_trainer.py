@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
+from ..core.checks import check_device
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write
 from ..models.triposr import TripoSRConfig, TripoSRModel
@@ -297,8 +298,7 @@ class TripoSRTrainConfig:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device is 'cuda' but this machine has no CUDA device (use 'auto' or 'cpu')")
+        check_device(self.device)
 
     @property
     def use_cuda(self) -> bool:

@@ -41,9 +41,17 @@ DensityWeight = Callable[[torch.Tensor], torch.Tensor]
 _QUERY_CHUNK = 1 << 14
 
 
-def input_camera(size: int, distance: float = INPUT_DISTANCE, fov_deg: float = INPUT_FOV_DEG) -> PerspectiveCameras:
-    """The input camera of TripoSR (``orbit_c2w(0, 0, distance)``, looking at the origin) for a square image."""
-    return PerspectiveCameras(orbit_c2w(0.0, 0.0, distance), size, size, fov_y_deg=fov_deg)
+def input_camera(
+    size: int,
+    distance: float = INPUT_DISTANCE,
+    fov_deg: float = INPUT_FOV_DEG,
+    device: str | torch.device | None = None,
+) -> PerspectiveCameras:
+    """The input camera of TripoSR (``orbit_c2w(0, 0, distance)``, looking at the origin) for a square image.
+
+    ``device`` is where its matrices live (default the CPU), e.g. the model's, for carving on a GPU.
+    """
+    return PerspectiveCameras(orbit_c2w(0.0, 0.0, distance).to(device), size, size, fov_y_deg=fov_deg)
 
 
 class TripoSRModel(nn.Module):
