@@ -468,3 +468,20 @@ def test_devices_are_resolved_and_missing_ones_refused():
             check_device("cuda")
     with pytest.raises(ValueError, match="device must be"):
         load_model(device="gpu")
+
+
+@pytest.mark.parametrize("capable", [False, True])
+def test_bfloat16_on_a_cpu_without_native_support_warns(monkeypatch, capable):
+    import warnings
+
+    from monorecon.core.checks import warn_if_slow_bfloat16
+
+    flags = {"avx512_bf16": False, "amx_bf16": capable}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_triposr(REF / "model.safetensors", REF / "config.yaml", dtype=torch.bfloat16)
+        warn_if_slow_bfloat16("cuda", "training")  # GPUs are not judged by the CPU's flags
+    messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
+    assert messages == ([] if capable else ["bfloat16 inference on this CPU (no AVX512-BF16 or AMX) is much slower "
+                                            "than float32; use float32 here"])  # fmt: skip

@@ -7,6 +7,7 @@ must agree across the tensors checked with the same ``sizes`` dict).
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -82,6 +83,19 @@ def check_device(device: str | torch.device) -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return resolved
+
+
+def warn_if_slow_bfloat16(device: str | torch.device, what: str) -> None:
+    """Warn that bfloat16 ``what`` on ``device`` will be slower than float32: a CPU without AVX512-BF16 or AMX
+    emulates bfloat16 matrix products (training steps ran 12x slower than float32 on an AVX2-only CPU)."""
+    if torch.device(device).type != "cpu":
+        return
+    capabilities = torch.cpu.get_capabilities()
+    if not (capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")):
+        warnings.warn(
+            f"bfloat16 {what} on this CPU (no AVX512-BF16 or AMX) is much slower than float32; use float32 here",
+            stacklevel=3,
+        )
 
 
 def check_image_size(height: int, width: int, *, max_side: int = 16384) -> tuple[int, int]:

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
-from ..core.checks import check_device
+from ..core.checks import check_device, warn_if_slow_bfloat16
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write
 from ..models.triposr import TripoSRConfig, TripoSRModel
@@ -237,8 +237,9 @@ class TripoSRTrainConfig:
             process takes the GPU of its ``LOCAL_RANK`` (nccl); on the CPU the processes use gloo. Random draws stay
             on the CPU (:func:`monorecon.train.utils.step_generator`), so a run's samples do not depend on the device.
         precision: "float32", or "bfloat16" for mixed precision: the image encoder, the backbone and the decoder's
-            layers run under autocast in bfloat16 (faster on CPUs with AMX / AVX512-BF16 and on recent GPUs), while
-            the scene code, the rendering, the losses and the weights stay float32.
+            layers run under autocast in bfloat16 (faster on CPUs with AMX / AVX512-BF16 and on recent GPUs, much
+            slower on other CPUs: a warning says so), while the scene code, the rendering, the losses and the weights
+            stay float32.
     """
 
     model: dict[str, Any] = field(default_factory=dict)
@@ -759,6 +760,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     rank, world_size = init_distributed(cuda=cfg.use_cuda)
     device = torch.device("cuda", torch.cuda.current_device()) if cfg.use_cuda else torch.device("cpu")
     main = is_main_process()
+    if cfg.precision == "bfloat16" and main:
+        warn_if_slow_bfloat16(device, "training")
     out_dir = Path(cfg.out_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...core.checks import warn_if_slow_bfloat16
 from .config import TripoSRConfig
 from .model import TripoSRModel
 
@@ -152,4 +153,6 @@ def load_triposr(
     state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.autocast_dtype = None if dtype == torch.float32 else dtype
+    if dtype == torch.bfloat16:
+        warn_if_slow_bfloat16(device, "inference")
     return model.to(device).eval()
