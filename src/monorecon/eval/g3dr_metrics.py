@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,9 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
         raise ValueError("features contain NaN or infinite values")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():  # a singular product is handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():  # singular product: regularise as in the reference FID code
         offset = np.eye(cov_a.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
