@@ -43,6 +43,7 @@ from monorecon.cli import main
         (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o", "--threshold", "-1"], "threshold"),
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--device", "gpu"], "--device must"),
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--device", "cuda:64"], "--device"),
+        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--workers", "0"], "--workers must"),
         (["serve", "--device", "gpu"], "--device must"),
         (["webui", "--device", "cuda:64"], "--device 'cuda:64'"),
         (["serve", "--port", "0"], "--port"),

@@ -509,7 +509,7 @@ def test_workers_write_the_same_dataset_as_one_process(tmp_path):
     with pytest.raises(ValueError, match="not made with these arguments"):  # workers check existing folders too
         synthesize_dataset(tmp_path / "two", **{**args, "stretch": None}, workers=2)
     for bad in (0, -1, 257, 1.5, True):
-        with pytest.raises(ValueError, match="workers must be"):
+        with pytest.raises(ValueError, match=r"workers must (be|lie)"):
             synthesize_dataset(tmp_path / "bad", **args, workers=bad)
     assert main(["data", "synth", "--n", "1", "--workers", "0", "-o", str(tmp_path / "cli"), "--quiet"]) == 2
     assert not (tmp_path / "cli").exists()

@@ -481,3 +481,41 @@ def test_colour_scores_against_closed_form_psnr():
     assert off["mesh_psnr"] == pytest.approx(float(expected[0]), abs=0.01)
     assert off["novel_psnr"] == pytest.approx(float(expected[1:].mean()), abs=0.01)
     assert off["novel_ssim"] < 1.0
+
+
+def _rows(report: Path) -> list[dict[str, str]]:
+    with open(report / "per_object.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_workers_write_the_same_report_and_forward_warnings(eval_dataset, tmp_path):
+    from monorecon.api import load_model
+    from monorecon.eval.harness import PredictionFolder
+
+    tiny = load_model(Path(__file__).parent / "data" / "triposr_ref")
+    common = {"n_points": 1000, "mc_resolution": 24, "threshold": 1.0, "progress": False, "n_grid_cases": 1}
+    for name, method in (("inflation", "inflation"), ("model", tiny)):
+        for workers in (1, 2):
+            evaluate(method, eval_dataset, tmp_path / f"{name}{workers}", **common, workers=workers)
+        one, two = _rows(tmp_path / f"{name}1"), _rows(tmp_path / f"{name}2")
+        assert [r["object_id"] for r in two] == [r["object_id"] for r in one] and len(one) == 2
+        for a, b in zip(one, two, strict=True):  # a worker's products run on one thread: float rounding only
+            assert a.keys() == b.keys()
+            for key in a.keys() - {"object_id", "class"}:
+                assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6, nan_ok=True), (name, key)
+        assert (tmp_path / f"{name}2" / "best_worst.png").is_file()
+
+    # A worker's warnings come back to this process.
+    from monorecon.io.mesh_io import save_mesh
+
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    first, second = load_cases(eval_dataset)
+    save_mesh(first.gt_mesh, folder / f"{first.object_id}.ply")
+    with pytest.warns(UserWarning, match=f"no prediction for {second.object_id}"):
+        summary = evaluate(PredictionFolder(folder), eval_dataset, tmp_path / "p", n_points=500, progress=False,
+                           workers=2)  # fmt: skip
+    assert summary["n_failed"] == 1
+    for bad in (0, 257, 1.5, True):
+        with pytest.raises(ValueError, match="workers must"):
+            evaluate("sphere", eval_dataset, tmp_path / "bad", workers=bad)

@@ -430,6 +430,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--elevation", type=float, default=15.0, help="mesh folders: input-view elevation (deg, default 15)")
     _add_device_option(p)
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="processes scoring cases side by side (default 1; one torch thread each; the same report)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--inflation-thickness", type=float, default=1.0,
@@ -445,9 +449,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from .core.checks import check_int
     from .eval.harness import PredictionFolder, evaluate, export_inputs
+    from .parallel import MAX_WORKERS
 
     azimuths = _float_list(args.azimuths, "--azimuths")
+    check_int(args.workers, "--workers", 1, MAX_WORKERS)  # before a model is loaded
     if args.export_inputs:
         paths = export_inputs(
             args.data, args.output, split=args.split, max_objects=args.max_objects, mesh_azimuths=azimuths,
@@ -467,7 +474,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
         inflation_thickness=args.inflation_thickness, inflation_profile=args.inflation_profile,
-        progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())

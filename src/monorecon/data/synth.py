@@ -20,12 +20,10 @@ import functools
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,14 @@ import torch
 from tqdm import tqdm
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.core.shading import DirectionalLights, vertex_normals
 from monorecon.io.atomic import atomic_write
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
+from monorecon.parallel import MAX_WORKERS, map_in_processes
 
 from .dataset import DATASET_FORMAT, DATASET_VERSION, SPLITS
 from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object, normalize_vertices
@@ -314,8 +314,7 @@ def synthesize_dataset(
         raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {split_fractions}")
     if stretch is not None and not (math.isfinite(stretch) and stretch > 1.0):
         raise ValueError(f"stretch must be a finite factor > 1, got {stretch}")
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or not 1 <= workers <= 256:
-        raise ValueError(f"workers must be an integer in [1, 256], got {workers!r}")
+    check_int(workers, "workers", 1, MAX_WORKERS)
     sampling = sampling or ViewSampling()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -324,16 +323,8 @@ def synthesize_dataset(
         n_views=n_views, size=size, sampling=sampling, stretch=stretch,
     )  # fmt: skip
     bar = functools.partial(tqdm, total=n_objects, desc="synthesising objects", unit="obj", disable=not progress)
-    if workers == 1:
-        entries = list(bar(map(make, range(n_objects))))
-    else:  # spawn: a forked torch can deadlock; each object folder is renamed into place, so workers never collide
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            try:
-                entries = list(bar(pool.map(make, range(n_objects), chunksize=4)))
-            except BaseException:  # a bad object folder or Ctrl-C: do not render the rest first
-                pool.shutdown(cancel_futures=True)
-                raise
+    # Each object folder is renamed into place, so workers never collide.
+    entries = map_in_processes(make, range(n_objects), workers, progress=bar, chunksize=4)
 
     index = {
         "format": DATASET_FORMAT,

@@ -62,12 +62,14 @@ from tqdm import tqdm
 
 from ..api import input_view_weight, model_foreground_ratio, model_mesh_threshold
 from ..core.cameras import PerspectiveCameras, orbit_c2w
+from ..core.checks import check_int
 from ..core.mesh import Mesh
 from ..core.projection import project_image_colours
 from ..core.raster import rasterize
 from ..io.atomic import atomic_write, atomic_write_bytes
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
+from ..parallel import MAX_WORKERS, map_in_processes
 from ..preprocess import reframe_views
 from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
@@ -283,12 +285,14 @@ class _ModelMethod:
         return mesh, extras
 
 
-def _baseline(function: Callable[[np.ndarray], Mesh], name: str):
-    def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
-        return function(case.rgba[..., 3]), {}
+class _Baseline:
+    """A single-view baseline ``(H, W) alpha -> Mesh`` as a method (a class, so that workers can receive it)."""
 
-    run.name = name
-    return run
+    def __init__(self, function: Callable[[np.ndarray], Mesh], name: str) -> None:
+        self.function, self.name = function, name
+
+    def __call__(self, case: EvalCase) -> tuple[Mesh, dict[str, float]]:
+        return self.function(case.rgba[..., 3]), {}
 
 
 class PredictionFolder:
@@ -344,7 +348,7 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
     if isinstance(method, PredictionFolder):
         return method
     if isinstance(method, str) and method == "sphere":
-        return _baseline(sphere_baseline, method)
+        return _Baseline(sphere_baseline, method)
     if isinstance(method, str) and method == "inflation":
         thickness, profile = inflation
         if not (math.isfinite(thickness) and thickness > 0):
@@ -354,7 +358,7 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
         inflate = functools.partial(inflation_baseline, thickness_scale=thickness, profile=profile)
         variant = [] if profile == "cone" else [profile]
         variant += [] if thickness == 1.0 else [f"{thickness:g}"]
-        return _baseline(inflate, f"inflation ({' '.join(variant)})" if variant else "inflation")
+        return _Baseline(inflate, f"inflation ({' '.join(variant)})" if variant else "inflation")
     if isinstance(method, TripoSRModel):
         return _ModelMethod(method.eval(), settings)
     if isinstance(method, str | os.PathLike):
@@ -398,6 +402,7 @@ def evaluate(
     seed: int = 0,
     inflation_thickness: float = 1.0,
     inflation_profile: str = "cone",
+    workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model or baseline on a folder of objects and write the report (see the module docstring).
@@ -430,6 +435,10 @@ def evaluate(
         inflation_thickness, inflation_profile: the ``"inflation"`` baseline's ``thickness_scale`` and ``profile``
             (:func:`~monorecon.eval.baselines.inflation_baseline`). The baseline as defined, 1 and ``"cone"``, was
             never tuned; on the validation meshes 1.25 (cone) and 0.8 (``"round"``) score higher (model card).
+        workers: cases scored side by side by this many processes (:func:`monorecon.parallel.map_in_processes`,
+            one torch thread each; the method is sent to each once). The report is the same for any number, up to
+            the float rounding of a model's multi-threaded products (one process uses all threads). A callable method
+            must then be picklable (a module-level function).
         progress: tqdm progress bar.
 
     Returns:
@@ -439,6 +448,7 @@ def evaluate(
         raise ValueError(f"n_points must be >= 100, got {n_points}")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
+    check_int(workers, "workers", 1, MAX_WORKERS)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     cases = load_cases(
@@ -456,31 +466,16 @@ def evaluate(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    predictions: dict[str, Mesh | None] = {}
-    for case in tqdm(cases, desc=f"eval {method.name}", disable=not progress):
-        started = time.perf_counter()
-        row: dict[str, Any] = {"object_id": case.object_id, "class": case.class_name, "failed": 0}
-        mesh, extras = method(case)
-        if mesh is None or mesh.num_faces == 0:
-            row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
-        else:
-            pred_points, gt_points, _ = align_meshes(mesh, case.gt_mesh, n_points=n_points, seed=seed)
-            scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
-            row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
-            if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
-                if volume_iou_resolution:
-                    row["volume_iou"] = volume_iou(mesh, case.gt_mesh, volume_iou_resolution)
-                row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], render_size)
-                if case.views is not None:
-                    row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, render_size)
-                row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
-                if mesh.vertex_colors is not None or mesh.texture is not None:
-                    row.update(_colour_scores(mesh, case))
-        row.update(extras)
-        row["seconds"] = time.perf_counter() - started
-        rows.append(row)
-        predictions[case.object_id] = mesh
+    scoring = _Scoring(n_points, seed, render_size, volume_iou_resolution)
+    bar = functools.partial(tqdm, total=len(cases), desc=f"eval {method.name}", disable=not progress)
+    results = map_in_processes(
+        _score_in_worker, cases, workers, progress=bar, initializer=_set_worker_job, initargs=(method, scoring)
+    )
+    rows = [row for row, _, _ in results]
+    predictions = {case.object_id: mesh for case, (_, mesh, _) in zip(cases, results, strict=True)}
+    for _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
+        for category, message in caught:
+            warnings.warn(message, category, stacklevel=2)
     summary = _summarise(method.name, rows)
     _write_csv(out_dir / "per_object.csv", rows)
     _write_markdown(out_dir / "summary.md", summary, str(data_dir))
@@ -488,6 +483,59 @@ def evaluate(
         json.dump(summary, f, indent=1)
     _write_grid(out_dir / "best_worst.png", cases, rows, predictions, n_grid_cases)
     return summary
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How :func:`evaluate` scores a case (its scoring arguments)."""
+
+    n_points: int
+    seed: int
+    render_size: int
+    volume_iou_resolution: int
+
+
+def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[dict[str, Any], Mesh | None]:
+    """Run ``method`` on one case and score its mesh: (the report's row, the mesh)."""
+    started = time.perf_counter()
+    row: dict[str, Any] = {"object_id": case.object_id, "class": case.class_name, "failed": 0}
+    mesh, extras = method(case)
+    if mesh is None or mesh.num_faces == 0:
+        row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
+    else:
+        pred_points, gt_points, _ = align_meshes(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
+        scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+        row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
+        if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
+            if scoring.volume_iou_resolution:
+                row["volume_iou"] = volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution)
+            row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], scoring.render_size)
+            if case.views is not None:
+                row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, scoring.render_size)
+            row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
+            if mesh.vertex_colors is not None or mesh.texture is not None:
+                row.update(_colour_scores(mesh, case))
+    row.update(extras)
+    row["seconds"] = time.perf_counter() - started
+    return row, mesh
+
+
+# The method and scoring of the evaluation a process is running (set once per worker by `map_in_processes`).
+_worker_job: tuple[Callable, _Scoring] | None = None
+
+
+def _set_worker_job(method: Callable, scoring: _Scoring) -> None:
+    global _worker_job
+    _worker_job = (method, scoring)
+
+
+def _score_in_worker(case: EvalCase) -> tuple[dict[str, Any], Mesh | None, list[tuple[type[Warning], str]]]:
+    """:func:`_score_case` with the process's job, its warnings returned (a worker's own would bypass the CLI's)."""
+    method, scoring = _worker_job
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row, mesh = _score_case(method, case, scoring)
+    return row, mesh, [(warning.category, str(warning.message)) for warning in caught]
 
 
 def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
