@@ -6,8 +6,9 @@ about ``N`` cores. With one worker the jobs run in this process, with its thread
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,50 +21,54 @@ __all__ = ["MAX_WORKERS", "map_in_processes"]
 #: Largest number of worker processes accepted.
 MAX_WORKERS = 256
 
+Shared = TypeVar("Shared")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
 def map_in_processes(
-    function: Callable[[Item], Result],
-    items: Sequence[Item],
+    function: Callable[[Shared, Item], Result],
+    items: Iterable[Item],
     workers: int,
     *,
+    shared: Shared = None,
     progress: Callable[[Iterator[Result]], Iterable[Result]] = iter,
     chunksize: int = 1,
-    initializer: Callable[..., None] | None = None,
-    initargs: tuple[Any, ...] = (),
 ) -> list[Result]:
-    """``[function(item) for item in items]``, on ``workers`` processes when ``workers > 1``.
+    """``[function(shared, item) for item in items]``, on ``workers`` processes when ``workers > 1``.
 
     Args:
-        function, items: a picklable module-level function and its inputs (picklable too when ``workers > 1``).
+        function: a module-level function (workers receive it by name).
+        items: its inputs (picklable when ``workers > 1``).
         workers: number of processes, in ``[1, MAX_WORKERS]``; 1 runs everything here.
+        shared: the same first argument for every item, e.g. a model: sent to each worker once, not with every item.
         progress: wraps the iterator of results, e.g. a ``tqdm`` with the total.
         chunksize: items sent to a worker at a time.
-        initializer, initargs: called once in each worker (and once here when ``workers == 1``), e.g. to hand it a
-            large object once instead of with every item.
 
     Raises:
         ValueError: a bad ``workers``. A job's exception is raised here, the pending jobs cancelled.
     """
     check_int(workers, "workers", 1, MAX_WORKERS)
     if workers == 1:
-        if initializer is not None:
-            initializer(*initargs)
-        return list(progress(map(function, items)))
+        return list(progress(function(shared, item) for item in items))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(initializer, initargs)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
         try:
-            return list(progress(pool.map(function, items, chunksize=chunksize)))
+            return list(progress(pool.map(functools.partial(_run_job, function), items, chunksize=chunksize)))
         except BaseException:  # a failed job or Ctrl-C: do not run the rest first
             pool.shutdown(cancel_futures=True)
             raise
 
 
-def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+# In a worker process: the `shared` argument of the one `map_in_processes` call it serves.
+_worker_shared: Any = None
+
+
+def _start_worker(shared: Any) -> None:
+    global _worker_shared
     torch.set_num_threads(1)
-    if initializer is not None:
-        initializer(*initargs)
+    _worker_shared = shared
+
+
+def _run_job(function: Callable[[Any, Any], Any], item: Any) -> Any:
+    return function(_worker_shared, item)

@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import math
+import operator
 import os
 import shutil
 import tempfile
@@ -324,7 +325,7 @@ def synthesize_dataset(
     )  # fmt: skip
     bar = functools.partial(tqdm, total=n_objects, desc="synthesising objects", unit="obj", disable=not progress)
     # Each object folder is renamed into place, so workers never collide.
-    entries = map_in_processes(make, range(n_objects), workers, progress=bar, chunksize=4)
+    entries = map_in_processes(operator.call, range(n_objects), workers, shared=make, progress=bar, chunksize=4)
 
     index = {
         "format": DATASET_FORMAT,

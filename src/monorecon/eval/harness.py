@@ -468,9 +468,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     scoring = _Scoring(n_points, seed, render_size, volume_iou_resolution)
     bar = functools.partial(tqdm, total=len(cases), desc=f"eval {method.name}", disable=not progress)
-    results = map_in_processes(
-        _score_in_worker, cases, workers, progress=bar, initializer=_set_worker_job, initargs=(method, scoring)
-    )
+    results = map_in_processes(_score_recording_warnings, cases, workers, shared=(method, scoring), progress=bar)
     rows = [row for row, _, _ in results]
     predictions = {case.object_id: mesh for case, (_, mesh, _) in zip(cases, results, strict=True)}
     for _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
@@ -520,18 +518,11 @@ def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[di
     return row, mesh
 
 
-# The method and scoring of the evaluation a process is running (set once per worker by `map_in_processes`).
-_worker_job: tuple[Callable, _Scoring] | None = None
-
-
-def _set_worker_job(method: Callable, scoring: _Scoring) -> None:
-    global _worker_job
-    _worker_job = (method, scoring)
-
-
-def _score_in_worker(case: EvalCase) -> tuple[dict[str, Any], Mesh | None, list[tuple[type[Warning], str]]]:
-    """:func:`_score_case` with the process's job, its warnings returned (a worker's own would bypass the CLI's)."""
-    method, scoring = _worker_job
+def _score_recording_warnings(
+    job: tuple[Callable, _Scoring], case: EvalCase
+) -> tuple[dict[str, Any], Mesh | None, list[tuple[type[Warning], str]]]:
+    """:func:`_score_case`, its warnings returned (a worker's own would bypass the CLI's one-line printer)."""
+    method, scoring = job
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         row, mesh = _score_case(method, case, scoring)
