@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import csv
 import tempfile
-import time
 from pathlib import Path
 
+from common import print_workers_speedup, seconds_with_workers
 from monorecon.api import load_model
 from monorecon.data import ViewSampling, synthesize_dataset
 from monorecon.eval.harness import evaluate
@@ -36,20 +36,18 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="'default' (the bundled model), 'inflation' or 'sphere'")
     args = parser.parse_args()
     method = load_model() if args.model == "default" else args.model
-    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         sampling = ViewSampling.at_distance(1.9)  # the input camera of the model (`data synth`'s default)
         data = synthesize_dataset(Path(tmp) / "data", args.n, 8, 128, 5, progress=False, sampling=sampling)
-        for workers in (1, args.workers):
-            start = time.perf_counter()
+
+        def run(workers: int) -> None:
             evaluate(method, data, Path(tmp) / f"w{workers}", workers=workers, progress=False)
-            seconds[workers] = time.perf_counter() - start
+
+        seconds = seconds_with_workers(run, args.workers)
         one, many = _metrics(Path(tmp) / "w1"), _metrics(Path(tmp) / f"w{args.workers}")
     largest = max(abs(a[key] - b[key]) for a, b in zip(one, many, strict=True) for key in a if a[key] == a[key])
-    base = seconds[1]
     print(f"{args.n} objects, method {args.model}")
-    print(f"workers=1 (baseline): {base:.1f} s ({base / args.n:.2f} s per object)")
-    print(f"workers={args.workers}: {seconds[args.workers]:.1f} s, speed-up x{base / seconds[args.workers]:.2f}")
+    print_workers_speedup(seconds, args.n, "object")
     print(f"largest difference of a per-case metric: {largest:.2e}")
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
+from common import print_workers_speedup, seconds_with_workers
 from monorecon.data import synthesize_dataset
 
 
@@ -28,17 +28,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--views", type=int, default=8)
     args = parser.parse_args()
-    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, args.workers):
-            start = time.perf_counter()
+
+        def run(workers: int) -> None:
             synthesize_dataset(Path(tmp) / f"w{workers}", args.n, args.views, args.size, 3, workers=workers)
-            seconds[workers] = time.perf_counter() - start
+
+        seconds = seconds_with_workers(run, args.workers)
         same = _files(Path(tmp) / "w1") == _files(Path(tmp) / f"w{args.workers}")
-    base = seconds[1]
     print(f"{args.n} objects, {args.views} views of {args.size} px")
-    print(f"workers=1 (baseline): {base:.1f} s ({args.n / base:.1f} objects/s)")
-    print(f"workers={args.workers}: {seconds[args.workers]:.1f} s, speed-up x{base / seconds[args.workers]:.2f}")
+    print_workers_speedup(seconds, args.n, "object")
     print(f"identical datasets: {same}")
 
 
