@@ -17,15 +17,17 @@ def _power(exponent: int, base: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_results_in_order_with_the_shared_argument(workers):
-    results = map_in_processes(_power, range(7), workers, shared=3)
+    results = list(map_in_processes(_power, range(7), workers, shared=3))
     assert [value for value, _ in results] == [0, 1, 8, 27, 64, 125, 216]
     processes = {pid for _, pid in results}
     assert (processes == {os.getpid()}) if workers == 1 else (os.getpid() not in processes)
 
 
 def test_a_failed_job_raises_in_the_caller_and_bad_counts_are_refused():
+    results = map_in_processes(_power, [2, -1, 3], 2, shared=2)
+    assert next(results)[0] == 4  # lazy: the failure is raised when its result is reached
     with pytest.raises(ValueError, match="negative base -1"):
-        map_in_processes(_power, [2, -1, 3], 2, shared=2)
+        next(results)
     for bad in (0, 257, 2.0, True):
         with pytest.raises(ValueError, match="workers must"):
             map_in_processes(_power, [1], bad, shared=2)

@@ -11,8 +11,9 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import ReconstructOptions
@@ -81,6 +82,10 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     _add_device_option(p)
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="CPU processes reconstructing the inputs side by side (default 1; one torch thread each)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=_run_reconstruct)
@@ -101,6 +106,17 @@ def _device(args: argparse.Namespace):
         return check_device(args.device)
     except ValueError as err:  # the message starts with "device"
         raise CommandError(f"--{err}") from None
+
+
+def _workers(args: argparse.Namespace, device) -> int:
+    """``--workers`` checked: worker processes hold copies of the model on the CPU (``device`` None: no model)."""
+    from .core.checks import check_int
+    from .parallel import MAX_WORKERS
+
+    workers = check_int(args.workers, "--workers", 1, MAX_WORKERS)
+    if workers > 1 and device is not None and device.type != "cpu":
+        raise CommandError("--workers above 1 runs copies of the model on the CPU; with a GPU use --workers 1")
+    return workers
 
 
 _doc_reconstruct = (
@@ -196,13 +212,61 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
         raise CommandError(message) from err
 
 
+@dataclass(frozen=True)
+class _BatchJob:
+    """What every input of one ``reconstruct`` run shares: the model, the options and what to write."""
+
+    model: Any
+    options: ReconstructOptions
+    output: Path
+    mesh_format: str
+    unlit: bool
+    render: int
+    render_size: int
+    html: bool
+    progress: bool  # per-image progress bars (turntables): one process, not --quiet
+
+
+def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> tuple[Path, int] | str:
+    """Reconstruct one input into ``OUTPUT/<stem>/``: (mesh path, faces), or its one-line error with what it had
+    written removed (one bad input must not leave half its outputs behind nor stop the others)."""
+    from .api import reconstruct_full
+    from .io.images import save_image
+    from .io.mesh_io import save_mesh
+
+    out_dir = job.output / image_path.stem
+    created_folder = not out_dir.exists()
+    written: list[Path] = []
+    try:
+        result = reconstruct_full(image_path, job.model, job.options)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
+        mesh_path = out_dir / f"mesh.{job.mesh_format}"
+        if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
+            written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
+        written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
+        if job.render:
+            from .video import save_turntable, turntable_from_mesh
+
+            frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
+            written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
+            save_turntable(frames, out_dir / "turntable")
+        if job.html:
+            from .viewer import save_viewer_html
+
+            written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
+    except (ValueError, OSError) as err:
+        _remove_outputs(written, out_dir, created_folder)
+        return _one_line(err)
+    return mesh_path, result.mesh.num_faces
+
+
 def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .api import load_model, reconstruct_full
-    from .io.images import save_image
-    from .io.mesh_io import save_mesh
+    from .api import load_model
+    from .parallel import map_in_processes
 
     images = _collect_images(args.inputs)
     options = _reconstruct_options(args)
@@ -215,39 +279,23 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise CommandError("--bake-texture needs --format glb or obj (PLY files carry no texture)")
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"output {args.output} exists and is not a folder")
+    device = _device(args)
+    workers = min(_workers(args, device), len(images))
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model(args.weights, args.config, device=_device(args), dtype=dtype)
+    model = load_model(args.weights, args.config, device=device, dtype=dtype)
+    job = _BatchJob(
+        model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
+        progress=not args.quiet and workers == 1,
+    )  # fmt: skip
+    outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
+    bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
     failures = 0
-    for image_path in tqdm(images, desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1):
-        out_dir = args.output / image_path.stem
-        created_folder = not out_dir.exists()
-        written: list[Path] = []
-        try:
-            result = reconstruct_full(image_path, model, options)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
-            mesh_path = out_dir / f"mesh.{args.format}"
-            if result.mesh.texture is not None and args.format == "obj":  # companions of a textured OBJ
-                written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
-            written.append(save_mesh(result.mesh, mesh_path, unlit=args.unlit))
-            if args.render:
-                from .video import save_turntable, turntable_from_mesh
-
-                frames = turntable_from_mesh(result.mesh, args.render, size=args.render_size, progress=not args.quiet)
-                written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
-                save_turntable(frames, out_dir / "turntable")
-            if args.html:
-                from .viewer import save_viewer_html
-
-                written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
-        except (ValueError, OSError) as err:
-            # One bad input must not leave half its outputs behind nor stop the others.
-            _remove_outputs(written, out_dir, created_folder)
+    for image_path, outcome in zip(images, bar, strict=True):
+        if isinstance(outcome, str):
             failures += 1
-            print(f"monorecon: {image_path}: {_one_line(err)}", file=sys.stderr)
-            continue
-        if not args.quiet:
-            print(f"{image_path} -> {mesh_path} ({result.mesh.faces.shape[0]} faces)")
+            bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
+        elif not args.quiet:
+            bar.write(f"{image_path} -> {outcome[0]} ({outcome[1]} faces)")
     if failures:
         if len(images) > 1:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)
@@ -449,12 +497,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .core.checks import check_int
     from .eval.harness import PredictionFolder, evaluate, export_inputs
-    from .parallel import MAX_WORKERS
 
     azimuths = _float_list(args.azimuths, "--azimuths")
-    check_int(args.workers, "--workers", 1, MAX_WORKERS)  # before a model is loaded
+    loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
+    device = _device(args) if loads_model else None
+    workers = _workers(args, device)  # before a model is loaded
     if args.export_inputs:
         paths = export_inputs(
             args.data, args.output, split=args.split, max_objects=args.max_objects, mesh_azimuths=azimuths,
@@ -464,17 +512,17 @@ def _run_eval(args: argparse.Namespace) -> int:
             print(f"{len(paths)} input images written to {args.output}")
         return 0
     model = PredictionFolder(args.predictions) if args.predictions else args.model
-    if model not in ("sphere", "inflation") and not args.predictions:
+    if loads_model:
         from .api import load_model
 
-        model = load_model(None if model == "default" else model, device=_device(args))
+        model = load_model(None if model == "default" else model, device=device)
     summary = evaluate(
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
         mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
         inflation_thickness=args.inflation_thickness, inflation_profile=args.inflation_profile,
-        workers=args.workers, progress=not args.quiet,
+        workers=workers, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
         means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())

@@ -32,30 +32,35 @@ def map_in_processes(
     workers: int,
     *,
     shared: Shared = None,
-    progress: Callable[[Iterator[Result]], Iterable[Result]] = iter,
     chunksize: int = 1,
-) -> list[Result]:
-    """``[function(shared, item) for item in items]``, on ``workers`` processes when ``workers > 1``.
+) -> Iterator[Result]:
+    """``function(shared, item)`` for each item, in order, lazily like ``map``; on ``workers`` processes when > 1.
 
     Args:
         function: a module-level function (workers receive it by name).
         items: its inputs (picklable when ``workers > 1``).
         workers: number of processes, in ``[1, MAX_WORKERS]``; 1 runs everything here.
         shared: the same first argument for every item, e.g. a model: sent to each worker once, not with every item.
-        progress: wraps the iterator of results, e.g. a ``tqdm`` with the total.
         chunksize: items sent to a worker at a time.
 
     Raises:
-        ValueError: a bad ``workers``. A job's exception is raised here, the pending jobs cancelled.
+        ValueError: a bad ``workers`` (at once). A job's exception is raised when its result is reached, the pending
+            jobs cancelled; so are they when the iteration stops early.
     """
     check_int(workers, "workers", 1, MAX_WORKERS)
     if workers == 1:
-        return list(progress(function(shared, item) for item in items))
+        return (function(shared, item) for item in items)
+    return _map_in_pool(function, items, workers, shared, chunksize)
+
+
+def _map_in_pool(
+    function: Callable[[Any, Any], Any], items: Iterable[Any], workers: int, shared: Any, chunksize: int
+) -> Iterator[Any]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
         try:
-            return list(progress(pool.map(functools.partial(_run_job, function), items, chunksize=chunksize)))
-        except BaseException:  # a failed job or Ctrl-C: do not run the rest first
+            yield from pool.map(functools.partial(_run_job, function), items, chunksize=chunksize)
+        except BaseException:  # a failed job, Ctrl-C, or the caller stopped: do not run the rest first
             pool.shutdown(cancel_futures=True)
             raise
 

@@ -325,7 +325,7 @@ def synthesize_dataset(
     )  # fmt: skip
     bar = functools.partial(tqdm, total=n_objects, desc="synthesising objects", unit="obj", disable=not progress)
     # Each object folder is renamed into place, so workers never collide.
-    entries = map_in_processes(operator.call, range(n_objects), workers, shared=make, progress=bar, chunksize=4)
+    entries = list(bar(map_in_processes(operator.call, range(n_objects), workers, shared=make, chunksize=4)))
 
     index = {
         "format": DATASET_FORMAT,

@@ -438,7 +438,7 @@ def evaluate(
         workers: cases scored side by side by this many processes (:func:`monorecon.parallel.map_in_processes`,
             one torch thread each; the method is sent to each once). The report is the same for any number, up to
             the float rounding of a model's multi-threaded products (one process uses all threads). A callable method
-            must then be picklable (a module-level function).
+            must then be picklable (a module-level function), and a model must be on the CPU.
         progress: tqdm progress bar.
 
     Returns:
@@ -451,6 +451,8 @@ def evaluate(
     check_int(workers, "workers", 1, MAX_WORKERS)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
+    if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
+        raise ValueError("workers above 1 run copies of the model on the CPU; with a GPU use workers=1")
     cases = load_cases(
         data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
     )
@@ -468,7 +470,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     scoring = _Scoring(n_points, seed, render_size, volume_iou_resolution)
     bar = functools.partial(tqdm, total=len(cases), desc=f"eval {method.name}", disable=not progress)
-    results = map_in_processes(_score_recording_warnings, cases, workers, shared=(method, scoring), progress=bar)
+    results = list(bar(map_in_processes(_score_recording_warnings, cases, workers, shared=(method, scoring))))
     rows = [row for row, _, _ in results]
     predictions = {case.object_id: mesh for case, (_, mesh, _) in zip(cases, results, strict=True)}
     for _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
