@@ -496,27 +496,33 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
 
     dataset = MultiViewDataset(config.data.root, split=config.data.split)
     count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
-    images, c2w, fov, depth = [], [], [], []
     use_depth = config.loss.lambda_depth > 0 or config.loss.lambda_occupancy > 0
-    n_views = None
+    # The bank is allocated once and filled in place. Keeping each object's tensors instead (even the small camera
+    # matrices) pinned the reader's freed buffers: 3.0 GB of RSS for a 0.3 GB bank of 600 objects, against 0.75 GB.
+    images = c2w = fov = depth = None
+    kept = 0
     for i in tqdm(range(count), desc="loading views", disable=not show_progress):
         item = dataset[i]
-        if n_views is None:
-            n_views = item["images"].shape[0]
-        if item["images"].shape[0] != n_views:
+        if images is None:
+            images = torch.empty((count, *item["images"].shape), dtype=torch.uint8)
+            c2w = torch.empty((count, *item["c2w"].shape), dtype=item["c2w"].dtype)
+            fov = torch.empty((count, *item["fov_y_deg"].shape), dtype=item["fov_y_deg"].dtype)
+            depth = torch.empty((count, *item["depth"].shape), dtype=torch.float16) if use_depth else None
+        if item["images"].shape != images.shape[1:]:
             continue  # the reader already warned about objects it could not read; this one has another view count
         if use_depth:
             if not item["has_depth"]:
                 raise ValueError(
                     f"loss.lambda_depth and loss.lambda_occupancy need depth maps; {item['object_id']} has none"
                 )
-            depth.append(item["depth"].to(torch.float16))
-        images.append((item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
-        c2w.append(item["c2w"])
-        fov.append(item["fov_y_deg"])
-    if not images:
+            depth[kept] = item["depth"]
+        images[kept] = (item["images"] * 255.0 + 0.5).clamp(0, 255)  # copied as uint8 (truncated, as .to())
+        c2w[kept], fov[kept] = item["c2w"], item["fov_y_deg"]
+        kept += 1
+    if not kept:
         raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r})")
-    bank = _ViewBank(torch.stack(images), torch.stack(c2w), torch.stack(fov), torch.stack(depth) if use_depth else None)
+    used = slice(None) if kept == count else slice(0, kept)
+    bank = _ViewBank(images[used], c2w[used], fov[used], None if depth is None else depth[used])
     if bank.images.shape[1] < config.n_supervision_views:
         raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
     distances = bank.c2w[:, :, :3, 3].norm(dim=-1)
