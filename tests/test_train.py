@@ -608,6 +608,24 @@ def test_corrupt_object_is_reported_and_skipped(tiny_dataset, tmp_path):
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
 
+def test_view_bank_skips_an_unreadable_object_and_keeps_the_others_exactly(tiny_dataset, tmp_path):
+    from monorecon.data import MultiViewDataset
+    from monorecon.train.triposr_trainer import _load_views
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    broken = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    (broken / "rgba" / "001.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="001.png"):
+        bank = _load_views(load_train_config(_config(data, tmp_path / "out")), show_progress=False)
+        items = [item for item in MultiViewDataset(data, split="train") if item["object_id"] != broken.name]
+    assert bank.images.shape[0] == len(items) > 0
+    for index, item in enumerate(items):  # the bank holds the readable objects, in order, as 8-bit images
+        expected = (item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        assert torch.equal(bank.images[index], expected)
+        assert torch.equal(bank.c2w[index], item["c2w"]) and torch.equal(bank.fov_y_deg[index], item["fov_y_deg"])
+
+
 def test_dataset_with_wrong_camera_distance_is_rejected(tmp_path):
     root = tmp_path / "far"
     synthesize_dataset(root, 1, 2, 32, seed=0, progress=False, split_fractions=(1.0, 0.0, 0.0))  # default distance

@@ -1,4 +1,4 @@
-"""Independent jobs on worker processes, results in input order (data synthesis, evaluation).
+"""Independent jobs on worker processes, results in input order (data synthesis, evaluation, batch reconstruction).
 
 Workers are started with ``spawn`` (a forked torch can deadlock) and run one torch thread each, so ``N`` workers use
 about ``N`` cores. With one worker the jobs run in this process, with its threads.

@@ -521,8 +521,7 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
         kept += 1
     if not kept:
         raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r})")
-    used = slice(None) if kept == count else slice(0, kept)
-    bank = _ViewBank(images[used], c2w[used], fov[used], None if depth is None else depth[used])
+    bank = _ViewBank(images[:kept], c2w[:kept], fov[:kept], None if depth is None else depth[:kept])
     if bank.images.shape[1] < config.n_supervision_views:
         raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
     distances = bank.c2w[:, :, :3, 3].norm(dim=-1)
