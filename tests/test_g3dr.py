@@ -283,8 +283,9 @@ def test_reconstruct_and_save(tmp_path):
     torch.manual_seed(0)
     model = G3DRGenerator(tiny_model_config()).eval()
     rgb, depth = torch.rand(16, 16, 3), 4.8 + 0.2 * torch.rand(16, 16)
-    planes = model.encode(rgb.permute(2, 0, 1)[None], depth[None])
-    densities = model.density_fn(planes)(torch.rand(2000, 3) * 2 - 1)
+    with torch.no_grad():
+        planes = model.encode(rgb.permute(2, 0, 1)[None], depth[None])
+        densities = model.density_fn(planes)(torch.rand(2000, 3) * 2 - 1)
     threshold = float(densities.median())  # a random field: pick a level it crosses
     mesh, scene = g3dr_reconstruct(model, rgb, depth, resolution=16, threshold=threshold)
     assert mesh.vertex_colors is not None and mesh.num_faces > 0 and scene.planes.shape == (1, 3, 4, 16, 16)
