@@ -93,6 +93,9 @@ def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_t
     from monorecon.data import MultiViewDataset
 
     assert len(MultiViewDataset(out, split="train")) == 2
+    assert training_tool.main(["-o", str(out), "--wheel", str(wheel_path)]) == 0  # a rerun keeps the objects
+    assert training_tool.main(["-o", str(out), "--wheel", str(wheel_path), "--seed", "3"]) == 2  # not this run's
+    assert "holds another object" in capsys.readouterr().err
     assert training_tool.main(["-o", str(tmp_path / "x"), "--wheel", str(tmp_path / "missing.whl")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "real_training_meshes: error" in err

@@ -17,6 +17,7 @@ stderr). The same seed gives the same dataset for any number of workers.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import zipfile
@@ -64,10 +65,15 @@ def render_member(out_dir: Path, item: tuple[int, str, bytes], seed: int) -> dic
     colour = torch.tensor(rng.uniform(0.25, 0.9, 3), dtype=torch.float32)
     mesh = Mesh(torch.from_numpy(verts).float(), torch.from_numpy(np.asarray(loaded.faces, dtype=np.int64)),
                 vertex_colors=colour.expand(len(verts), 3).clone())  # fmt: skip
-    object_id = f"r{index:05d}_real"
-    if not (out_dir / object_id).exists():  # a rerun keeps the objects already written
-        write_object(mesh, out_dir / object_id, n_views=8, size=128, seed=int(rng.integers(0, 2**31)),
-                     class_name="real", sampling=ViewSampling.at_distance(1.9, elevation_range_deg=(-10.0, 60.0)),
+    object_id, view_seed = f"r{index:05d}_real", int(rng.integers(0, 2**31))
+    folder = out_dir / object_id
+    if folder.exists():  # a rerun keeps the objects already written, if they are this run's
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("source") != name or meta.get("view_seed") != view_seed:
+            raise ValueError(f"{folder} holds another object ({meta.get('source')}); write into a new folder")
+    else:
+        write_object(mesh, folder, n_views=8, size=128, seed=view_seed, class_name="real",
+                     sampling=ViewSampling.at_distance(1.9, elevation_range_deg=(-10.0, 60.0)),
                      meta={"id": object_id, "split": "train", "seed": index, "source": name})  # fmt: skip
     return {"id": object_id, "class": "real", "split": "train", "seed": index, "path": object_id}
 
