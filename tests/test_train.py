@@ -598,11 +598,22 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkey
     assert kept.load_latest(triposr_trainer._build_model(TINY_MODEL))["step"] == 2
 
 
-def test_corrupt_object_is_reported_and_skipped(tiny_dataset, tmp_path):
+def _copy_with_a_corrupt_view(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the dataset whose first object has an unreadable PNG; returns (root, that object's folder)."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     broken = sorted(p for p in data.iterdir() if p.is_dir())[0]
     (broken / "rgba" / "001.png").write_bytes(b"not a png")
+    return data, broken
+
+
+def _bank_images(item: dict) -> torch.Tensor:
+    """A dataset item's images as the view bank stores them (8-bit)."""
+    return (item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def test_corrupt_object_is_reported_and_skipped(tiny_dataset, tmp_path):
+    data, _ = _copy_with_a_corrupt_view(tiny_dataset, tmp_path)
     with pytest.warns(UserWarning, match="001.png"):
         train(_config(data, tmp_path / "out", steps=1, checkpoint_every_steps=1))
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
@@ -612,17 +623,13 @@ def test_view_bank_skips_an_unreadable_object_and_keeps_the_others_exactly(tiny_
     from monorecon.data import MultiViewDataset
     from monorecon.train.triposr_trainer import _load_views
 
-    data = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data)
-    broken = sorted(p for p in data.iterdir() if p.is_dir())[0]
-    (broken / "rgba" / "001.png").write_bytes(b"not a png")
+    data, broken = _copy_with_a_corrupt_view(tiny_dataset, tmp_path)
     with pytest.warns(UserWarning, match="001.png"):
         bank = _load_views(load_train_config(_config(data, tmp_path / "out")), show_progress=False)
         items = [item for item in MultiViewDataset(data, split="train") if item["object_id"] != broken.name]
     assert bank.images.shape[0] == len(items) > 0
     for index, item in enumerate(items):  # the bank holds the readable objects, in order, as 8-bit images
-        expected = (item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
-        assert torch.equal(bank.images[index], expected)
+        assert torch.equal(bank.images[index], _bank_images(item))
         assert torch.equal(bank.c2w[index], item["c2w"]) and torch.equal(bank.fov_y_deg[index], item["fov_y_deg"])
 
 
@@ -639,7 +646,7 @@ def test_view_bank_reads_a_list_of_roots_in_order(tiny_dataset, tmp_path):
     items = [*MultiViewDataset(other, split="train"), *MultiViewDataset(tiny_dataset, split="train")]
     assert bank.images.shape[0] == len(items) == 5
     for index, item in enumerate(items):  # the second root's objects follow the first's
-        assert torch.equal(bank.images[index], (item["images"] * 255.0 + 0.5).clamp(0, 255).to(torch.uint8))
+        assert torch.equal(bank.images[index], _bank_images(item))
         assert torch.equal(bank.c2w[index], item["c2w"])
     for root, message in (([str(other), str(other)], "twice"), ([str(other), 3], r"root\[1\] must be a string")):
         config["data"]["root"] = root
