@@ -134,9 +134,13 @@ class DataSection:
     reframe: bool = False
     reframe_jitter: float = 0.0
 
+    @property
+    def roots(self) -> list[str]:
+        """``root`` as a list of folders."""
+        return [self.root] if isinstance(self.root, str) else self.root
+
     def __post_init__(self) -> None:
-        roots = [self.root] if isinstance(self.root, str) else self.root
-        if len(set(roots)) != len(roots):
+        if len(set(self.roots)) != len(self.roots):
             raise ValueError(f"data.root lists a folder twice: {self.root!r}")
         if not 0.0 <= self.recolor_prob <= 1.0:
             raise ValueError(f"data.recolor_prob must lie in [0, 1], got {self.recolor_prob}")
@@ -498,8 +502,8 @@ class _ViewBank:
 def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
     from ..data import MultiViewDataset
 
-    roots = [config.data.root] if isinstance(config.data.root, str) else config.data.root
-    dataset = torch.utils.data.ConcatDataset([MultiViewDataset(root, split=config.data.split) for root in roots])
+    datasets = [MultiViewDataset(root, split=config.data.split) for root in config.data.roots]
+    dataset = torch.utils.data.ConcatDataset(datasets)
     count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
     use_depth = config.loss.lambda_depth > 0 or config.loss.lambda_occupancy > 0
     # The bank is allocated once and filled in place. Keeping each object's tensors instead (even the small camera
