@@ -664,6 +664,20 @@ def test_dataset_with_wrong_camera_distance_is_rejected(tmp_path):
         train(_config(root, tmp_path / "out", steps=1))
 
 
+def test_trainer_module_reports_bad_input_in_one_line(tiny_dataset, tmp_path, capsys):
+    """``python -m monorecon.train.triposr_trainer`` (what torchrun runs) answers like ``monorecon train``."""
+    objaverse_style = tmp_path / "renders"
+    first_object = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+    shutil.copytree(first_object, objaverse_style / "a")
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(_config(objaverse_style, tmp_path / "out")))
+    assert triposr_trainer.main([str(config_path), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("monorecon: error:") and "no index.json" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_torchrun_two_processes_end_with_identical_weights(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     config_path = tmp_path / "ddp.yaml"

@@ -438,9 +438,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .train.triposr_trainer import train
+    from .train.utils import cleanup_distributed, is_main_process
 
-    run_dir = train(args.config, quiet=args.quiet or None)
-    if not args.quiet:
+    try:
+        run_dir = train(args.config, quiet=args.quiet or None)
+        report = is_main_process() and not args.quiet  # asked before the process group is left
+    finally:
+        cleanup_distributed()
+    if report:
         print(f"training finished: {run_dir}")
     return 0
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -73,7 +74,6 @@ from .utils import (
     CSVLogger,
     barrier,
     check_finite_loss,
-    cleanup_distributed,
     cosine_with_warmup,
     dataclass_to_dict,
     init_distributed,
@@ -776,6 +776,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     main = is_main_process()
     if cfg.precision == "bfloat16" and main:
         warn_if_slow_bfloat16(device, "training")
+    bank = _load_views(cfg, show_progress=main and not cfg.quiet)  # before anything is written: data errors
     out_dir = Path(cfg.out_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -806,7 +807,6 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
             start_step = restored["step"]
             if logger is not None:
                 logger.truncate_after(start_step)
-    bank = _load_views(cfg, show_progress=main and not cfg.quiet)
     ddp_module = wrap_ddp(step_module, find_unused_parameters=True, cuda=cfg.use_cuda)
 
     last_save = time.monotonic()
@@ -878,20 +878,13 @@ def _should_checkpoint(done: int, cfg: TripoSRTrainConfig, last_save: float, dev
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m monorecon.train.triposr_trainer CONFIG.yaml [--quiet]`` (also under ``torchrun``)."""
-    import argparse
+    """``python -m monorecon.train.triposr_trainer CONFIG.yaml [--quiet]`` (also under ``torchrun``).
 
-    parser = argparse.ArgumentParser(description="Train a TripoSR-architecture model (see the module docstring).")
-    parser.add_argument("config", type=Path, help="training config (e.g. configs/triposr_small.yaml)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        out_dir = train(args.config, quiet=True if args.quiet else None)
-    finally:
-        cleanup_distributed()
-    if is_main_process():
-        print(out_dir)
-    return 0
+    The same command as ``monorecon train``, with its exit codes and one-line errors.
+    """
+    from ..cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
