@@ -375,12 +375,16 @@ def test_synthesize_bad_arguments(tmp_path):
     for change, match in (
         ({"n_objects": 0}, "n_objects"),
         ({"size": -4}, "size"),
+        ({"size": 100_000}, r"size must lie in \[1, 2048\]"),
+        ({"n_views": 10**6}, "n_views"),
+        ({"n_objects": 2.5}, "n_objects must be an integer"),
         ({"seed": -1}, "seed"),
         ({"classes": ["spaceship"]}, "spaceship"),
         ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions"),
     ):
         with pytest.raises(ValueError, match=match):
             synthesize_dataset(tmp_path / "bad", **{**good, **change})
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_missing_and_corrupt_files_are_skipped(tiny_dataset, tmp_path):

@@ -273,8 +273,10 @@ def test_missing_paths_raise(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_triposr(tmp_path / "nothing" / "model.ckpt")
     (tmp_path / "model.safetensors").write_bytes(WEIGHTS.read_bytes())
-    with pytest.raises(ValueError, match="config file not found"):
+    with pytest.raises(ValueError, match=r"no config\.yaml beside .*--config on the command line"):
         load_triposr(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"config file not found: .*other\.yaml$"):
+        load_triposr(tmp_path / "model.safetensors", tmp_path / "other.yaml")
     with pytest.raises(ValueError, match="dtype"):
         load_triposr(WEIGHTS, dtype=torch.float16)
 

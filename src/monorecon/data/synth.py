@@ -51,6 +51,8 @@ __all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_datase
 _ZNEAR, _ZFAR = 0.05, 100.0
 #: Camera elevations (deg) drawn by default: a dataset made with another range records it in each ``meta.json``.
 DEFAULT_ELEVATION_RANGE_DEG = (-10.0, 40.0)
+#: Limits of a dataset's arguments, so an absurd value is refused before anything is rendered or written.
+MAX_OBJECTS, MAX_VIEWS, MAX_IMAGE_SIZE = 10_000_000, 1024, 2048
 
 
 def camera_distance(fov_y_deg: float, object_radius: float = DEFAULT_RADIUS, fill: float = 0.85) -> float:
@@ -201,8 +203,8 @@ def write_object(
     """
     folder = Path(folder)
     sampling = sampling or ViewSampling()
-    _check_count(n_views, "n_views")
-    _check_count(size, "size")
+    check_int(n_views, "n_views", 1, MAX_VIEWS)
+    check_int(size, "size", 1, MAX_IMAGE_SIZE)
     if folder.exists():
         raise ValueError(f"object folder already exists: {folder}")
     if not folder.parent.is_dir():
@@ -302,8 +304,9 @@ def synthesize_dataset(
             that differs.
     """
     out_dir = Path(out_dir)
-    for value, name in ((n_objects, "n_objects"), (n_views, "n_views"), (size, "size")):
-        _check_count(value, name)
+    check_int(n_objects, "n_objects", 1, MAX_OBJECTS)
+    check_int(n_views, "n_views", 1, MAX_VIEWS)
+    check_int(size, "size", 1, MAX_IMAGE_SIZE)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     classes = list(SHAPE_CLASSES) if classes is None else list(classes)
@@ -421,11 +424,6 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
     }
     if any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
-
-
-def _check_count(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

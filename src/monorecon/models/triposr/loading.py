@@ -114,9 +114,17 @@ def _resolve_paths(weights_path: str | os.PathLike, config_path: str | os.PathLi
             config_path = _hub_download(weights_path, _CONFIG_NAME)
     else:
         raise ValueError(f"weights not found: {weights_path} (neither a file, a folder nor a Hugging Face repo id)")
-    config = Path(config_path) if config_path is not None else weights.parent / _CONFIG_NAME
-    if not config.is_file():
-        raise ValueError(f"config file not found: {config} (pass config_path)")
+    if config_path is not None:
+        config = Path(config_path)
+        if not config.is_file():
+            raise ValueError(f"config file not found: {config}")
+    else:
+        config = weights.parent / _CONFIG_NAME
+        if not config.is_file():
+            raise ValueError(
+                f"config file not found: no {_CONFIG_NAME} beside {weights} (give the model's config: --config on "
+                "the command line, config_path in Python)"
+            )
     return weights, config
 
 
