@@ -32,6 +32,8 @@ from monorecon.cli import main
             ["eval", "--model", "inflation", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--inflation-thickness", "0"],
             "inflation_thickness",
         ),
+        (["metrics", "{tmp}/corrupt.ply", "{tmp}/missing.ply"], "could not read mesh"),
+        (["metrics", "{tmp}/corrupt.ply", "{tmp}/corrupt.ply", "--points", "50"], "--points must be >= 100"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),

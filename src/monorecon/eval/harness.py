@@ -75,7 +75,7 @@ from .align import align_meshes
 from .baselines import inflation_baseline, sphere_baseline
 from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
 
-__all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_cases"]
+__all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_cases", "shape_scores"]
 
 MESH_SUFFIXES = {f".{fmt}" for fmt in LOADABLE_FORMATS}
 """Mesh files the harness reads (ground truths of a mesh folder, predictions)."""
@@ -485,6 +485,31 @@ def evaluate(
     return summary
 
 
+def shape_scores(
+    pred: Mesh, gt: Mesh, *, n_points: int = 10_000, seed: int = 0, search: bool = True
+) -> dict[str, float]:
+    """Chamfer distance and F-scores of ``pred`` against ``gt``, as :func:`evaluate` scores a case.
+
+    Both surfaces are sampled with ``n_points`` points and normalised to the unit box, the prediction is aligned to
+    the ground truth (:func:`monorecon.eval.align.align_meshes`), then scored at :data:`THRESHOLDS`
+    (:func:`monorecon.eval.metrics.chamfer_and_fscore`; CLI: ``monorecon metrics MESH REFERENCE``).
+
+    Args:
+        pred, gt: meshes, in any frames and scales.
+        search: rotation search + ICP (True) or ICP only from the identity (shapes already in the same frame).
+
+    Returns:
+        ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`.
+
+    Raises:
+        ValueError: fewer than 100 points.
+    """
+    if n_points < 100:
+        raise ValueError(f"n_points must be >= 100, got {n_points}")
+    pred_points, gt_points, _ = align_meshes(pred, gt, n_points=n_points, seed=seed, search=search)
+    return chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+
+
 @dataclass(frozen=True)
 class _Scoring:
     """How :func:`evaluate` scores a case (its scoring arguments)."""
@@ -503,8 +528,7 @@ def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[di
     if mesh is None or mesh.num_faces == 0:
         row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
     else:
-        pred_points, gt_points, _ = align_meshes(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
-        scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+        scores = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
         row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
         if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
             if scoring.volume_iou_resolution:
