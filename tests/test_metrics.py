@@ -187,9 +187,11 @@ def test_metrics_command_aligns_a_moved_copy_and_writes_json(tmp_path, capsys):
     assert scores(str(tmp_path / "moved.ply"), f"{MESHES}/bunny.ply", "--same-frame")["fscore@0.1"] < 0.9
 
 
-def test_shape_scores_refuse_too_few_points():
+def test_shape_scores_refuse_too_few_points_and_a_negative_seed():
     from monorecon.eval.harness import shape_scores
 
     tetra = Mesh(torch.eye(4, 3), torch.tensor([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]))
     with pytest.raises(ValueError, match="n_points"):
         shape_scores(tetra, tetra, n_points=10)
+    with pytest.raises(ValueError, match="seed must lie in"):
+        shape_scores(tetra, tetra, seed=-1)

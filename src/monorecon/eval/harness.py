@@ -80,6 +80,8 @@ __all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_ca
 MESH_SUFFIXES = {f".{fmt}" for fmt in LOADABLE_FORMATS}
 """Mesh files the harness reads (ground truths of a mesh folder, predictions)."""
 THRESHOLDS = (0.1, 0.2, 0.5)
+MAX_SEED = 2**31 - 1
+"""Largest sampling / alignment seed (NumPy's generators take seeds from 0; seed + 1 is used too)."""
 MESH_LIGHT = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
               "specular_color": [0.15] * 3}  # fmt: skip
 """The light fixed in the world for the real-mesh input views and the report grid (front, above, right)."""
@@ -449,6 +451,7 @@ def evaluate(
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     check_int(workers, "workers", 1, MAX_WORKERS)
+    check_int(seed, "seed", 0, MAX_SEED)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
@@ -502,10 +505,11 @@ def shape_scores(
         ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`.
 
     Raises:
-        ValueError: fewer than 100 points.
+        ValueError: fewer than 100 points, or a seed outside [0, :data:`MAX_SEED`].
     """
     if n_points < 100:
         raise ValueError(f"n_points must be >= 100, got {n_points}")
+    check_int(seed, "seed", 0, MAX_SEED)
     pred_points, gt_points, _ = align_meshes(pred, gt, n_points=n_points, seed=seed, search=search)
     return chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
 
