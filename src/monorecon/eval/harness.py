@@ -498,7 +498,8 @@ def shape_scores(
     (:func:`monorecon.eval.metrics.chamfer_and_fscore`; CLI: ``monorecon metrics MESH REFERENCE``).
 
     Args:
-        pred, gt: meshes, in any frames and scales.
+        pred, gt: meshes, in any scales and positions. Each is normalised to the box of its own frame, so frames
+            that differ by other than quarter turns give boxes of other proportions and lower scores.
         search: rotation search + ICP (True) or ICP only from the identity (shapes already in the same frame).
 
     Returns:
