@@ -505,6 +505,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .eval.harness import PredictionFolder, evaluate, export_inputs
 
     azimuths = _float_list(args.azimuths, "--azimuths")
+    _check_points(args.points)  # before a model is loaded
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
     device = _device(args) if loads_model else None
     workers = _workers(args, device)  # before a model is loaded
@@ -534,6 +535,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"{summary['n_objects']} objects ({summary['n_failed']} failed): {means}")
         print(f"report: {args.output}")
     return 0
+
+
+def _check_points(points: int) -> None:
+    """``--points`` of ``eval`` and ``metrics`` (the harness needs at least 100 surface points per shape)."""
+    if points < 100:
+        raise CommandError(f"--points must be >= 100, got {points}")
 
 
 def _add_eval_compare(sub: argparse._SubParsersAction) -> None:
@@ -585,8 +592,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
     from .io.atomic import atomic_write
     from .io.mesh_io import load_mesh
 
-    if args.points < 100:
-        raise CommandError(f"--points must be >= 100, got {args.points}")
+    _check_points(args.points)
     mesh, reference = load_mesh(args.mesh), load_mesh(args.reference)
     scores = shape_scores(mesh, reference, n_points=args.points, seed=args.seed, search=not args.same_frame)
     print(f"chamfer {scores['chamfer']:.5f}")
