@@ -99,3 +99,10 @@ def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_t
     assert training_tool.main(["-o", str(tmp_path / "x"), "--wheel", str(tmp_path / "missing.whl")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "real_training_meshes: error" in err
+    for flag, bad, message in (("--max-objects", "-1", "--max-objects must be >= 1"),
+                               ("--max-objects", "0", "--max-objects must be >= 1"),
+                               ("--workers", "0", "--workers must lie in")):  # fmt: skip
+        assert training_tool.main(["-o", str(tmp_path / "y"), "--wheel", str(wheel_path), flag, bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "y").exists()

