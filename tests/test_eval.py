@@ -291,6 +291,20 @@ def test_evaluate_rejects_bad_inputs(tmp_path):
         evaluate(42, tmp_path / "empty", tmp_path / "out")
 
 
+def _failing_method(rgba):
+    raise ValueError("broken method")
+
+
+def test_evaluate_fails_before_writing_and_leaves_no_report_folder(eval_dataset, tmp_path):
+    with pytest.raises(ValueError, match="broken method"):
+        evaluate(_failing_method, eval_dataset, tmp_path / "report", n_points=500, progress=False)
+    assert not (tmp_path / "report").exists()
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ValueError, match="is a file"):
+        evaluate("sphere", eval_dataset, tmp_path / "taken", n_points=500, progress=False)
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 def test_eval_command_passes_threshold_and_carving(eval_dataset, tmp_path):
     from monorecon import cli
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -82,6 +83,31 @@ def test_mesh_geometry_analytic():
 
     normalized = mesh.normalized(2.0)
     torch.testing.assert_close(normalized.bounds, torch.tensor([[-0.5, -1.0, -0.5], [0.5, 1.0, 0.5]]))
+
+
+def test_placement_and_bounding_sphere_of_the_arrow():
+    mesh = _arrow()  # box x 0..1, y -0.5..1.5, z -0.5..0.5; apex (0.2, 1.5, 0.1)
+    centre, radius = mesh.bounding_sphere()
+    torch.testing.assert_close(centre, torch.tensor([0.5, 0.5, 0.0]))
+    assert radius == pytest.approx(math.sqrt(1.5))  # the base corners: (0.5, 1, 0.5) from the centre
+    standing = mesh.placed(4.0, "bottom")  # 2 tall -> x2, the base's centre (0.5, -0.5, 0) to the origin
+    torch.testing.assert_close(standing.bounds, torch.tensor([[-1.0, 0.0, -1.0], [1.0, 4.0, 1.0]]))
+    torch.testing.assert_close(standing.verts[4], torch.tensor([-0.6, 4.0, 0.2]))
+    centred = mesh.placed(origin="center")
+    torch.testing.assert_close(centred.bounds, torch.tensor([[-0.5, -1.0, -0.5], [0.5, 1.0, 0.5]]))
+    torch.testing.assert_close(mesh.placed(1.0).verts, mesh.verts / 2)  # "model": scaled about the origin
+    assert mesh.placed().verts is mesh.verts or torch.equal(mesh.placed().verts, mesh.verts)
+    for kwargs, message in (
+        ({"height": 0.0}, "height must lie"),
+        ({"height": float("nan")}, "height must lie"),
+        ({"height": 1e4}, "height must lie"),
+        ({"origin": "top"}, "origin must be one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            mesh.placed(**kwargs)
+    flat = Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 0, 1]]), torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="no height"):
+        flat.placed(1.0)
 
 
 def test_vertex_normals_sphere_and_seams():

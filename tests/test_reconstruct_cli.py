@@ -97,6 +97,14 @@ def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_p
     assert not material.extensions  # lit (PBR) unless --unlit
 
 
+def test_object_height_and_origin_flags_place_the_mesh(image_path, tmp_path, capsys):
+    code, _, err = reconstruct([image_path], tmp_path, "--object-height", "0.3", "--origin", "bottom", capsys=capsys)
+    assert code == 0, err
+    low, high = load_mesh(tmp_path / "thing" / "mesh.glb").bounds.numpy()
+    np.testing.assert_allclose([low[1], high[1]], [0.0, 0.3], atol=1e-6)  # 30 cm tall, standing on y = 0
+    np.testing.assert_allclose((low + high)[[0, 2]], 0.0, atol=1e-6)
+
+
 def test_unlit_flag_marks_the_glb_material(image_path, tmp_path, capsys):
     code, _, err = reconstruct([image_path], tmp_path / "out", "--unlit", capsys=capsys)
     assert code == 0, err
@@ -399,6 +407,8 @@ BAD_OPTIONS = {
     "target-faces": (["--target-faces", "0"], "--target-faces must lie"),
     "smooth-negative": (["--smooth", "-1"], "--smooth must lie"),
     "threshold-nan": (["--threshold", "nan"], "threshold"),
+    "object-height": (["--object-height", "0"], "--object-height must lie in (0, 1000]"),
+    "object-height-nan": (["--object-height", "nan"], "--object-height must lie in (0, 1000]"),
     "foreground-ratio": (["--foreground-ratio", "0"], "--foreground-ratio must lie"),
     "workers-zero": (["--workers", "0"], "--workers must lie in [1, 256]"),
     "device-kind": (["--device", "gpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -438,7 +448,10 @@ def test_render_command_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "no mesh")
     box = trimesh.creation.box()
     box.export(tmp_path / "mesh.ply")
-    for extra, message in ((["--fps", "0"], "fps"), (["--frames", "0"], "frame count"), (["--size", "4"], "--size")):
+    for extra, message in (
+        (["--fps", "0"], "fps"), (["--frames", "0"], "frame count"), (["--size", "4"], "--size"),
+        (["--distance", "0"], "distance must be positive"), (["--elevation", "90"], "elevation must lie"),
+    ):  # fmt: skip
         code, _, err = run(["render", str(tmp_path), "--quiet", "--size", "16", *extra], capsys)
         assert_one_line_error(code, err, message)
     assert not list(tmp_path.glob("turntable*")) and not list(tmp_path.glob(".*"))

@@ -165,6 +165,22 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     np.testing.assert_allclose(texture[min(int((1 - v) * 64), 63), min(int(u * 64), 63)], [255, 0, 0], atol=3)
 
 
+def test_object_height_and_origin_place_the_mesh(client, stub):
+    response = post(client, {"mc_resolution": "16", "object_height": "2.5", "origin": "bottom"})
+    assert response.status_code == 200, response.text
+    placed = np.asarray(trimesh.load(io.BytesIO(response.content), file_type="glb", force="mesh").vertices)
+    original = stub.mesh.verts.numpy()
+    low, high = placed.min(axis=0), placed.max(axis=0)
+    np.testing.assert_allclose([low[1], high[1]], [0.0, 2.5], atol=1e-5)  # stands on y = 0, 2.5 tall
+    np.testing.assert_allclose((low + high)[[0, 2]], [0.0, 0.0], atol=1e-5)  # centred in x and z
+    scale = 2.5 / np.ptp(original[:, 1])
+    np.testing.assert_allclose(np.ptp(placed, axis=0), scale * np.ptp(original, axis=0), rtol=1e-5)
+    centred = post(client, {"mc_resolution": "16", "origin": "center"})
+    placed = np.asarray(trimesh.load(io.BytesIO(centred.content), file_type="glb", force="mesh").vertices)
+    np.testing.assert_allclose(placed.min(axis=0) + placed.max(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.ptp(placed, axis=0), np.ptp(original, axis=0), rtol=1e-6)  # scale kept
+
+
 def test_glb_material_is_lit_unless_unlit_is_asked(client):
     for data, extensions in (({}, None), ({"unlit": "true"}, {"KHR_materials_unlit": {}})):
         response = post(client, {"mc_resolution": "16", **data})
@@ -236,7 +252,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     properties = schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
-        "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "seed",
+        "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "object_height", "origin", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply"]
@@ -279,6 +295,10 @@ def test_unusable_images_get_422(client):
         ({"unlit": "dim"}, "unlit"),
         ({"smooth": "-1"}, "smooth"),
         ({"smooth": "10001"}, "smooth"),
+        ({"object_height": "-1"}, "object_height"),
+        ({"object_height": "nan"}, "object_height"),
+        ({"object_height": "1001"}, "object_height"),
+        ({"origin": "top"}, "origin"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
     ],
 )

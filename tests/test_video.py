@@ -18,5 +18,23 @@ def test_turntable_shows_facing_colours_unchanged_and_turns_towards_plus_x():
     # The sphere's point nearest the camera faces it: ambient + diffuse = 1, the colour itself (uint8 levels).
     np.testing.assert_allclose(front[32, 32], [51, 153, 204], atol=3)
     np.testing.assert_allclose(side[32, 32], [230, 26, 26], atol=3)  # the second frame looks from +X
-    ratio = front[32, 8] / front[32, 32]  # oblique: darker, down to 0.45 at the outline (light at the eye)
+    # Oblique: darker, down to 0.45 at the outline (light at the eye); fitted, the sphere spans columns 3-61.
+    ratio = front[32, 5] / front[32, 32]
     assert np.all((ratio > 0.45) & (ratio < 0.85)), ratio
+
+
+def test_turntable_frames_a_mesh_in_any_units_and_position():
+    tm = trimesh.creation.capsule(height=1.0, radius=0.3)  # along +Z, then stood up along +Y
+    verts = torch.tensor(tm.vertices, dtype=torch.float32)[:, [0, 2, 1]]
+    faces = torch.tensor(tm.faces)[:, [0, 2, 1]]  # the axis swap mirrors: keep the faces outward
+    colours = torch.full_like(verts, 0.5)
+    mesh = Mesh(verts, faces, vertex_colors=colours)
+    frames = turntable_from_mesh(mesh, 2, size=64, progress=False)
+    far = Mesh(verts * 250.0 + torch.tensor([1000.0, -40.0, 7.0]), faces, vertex_colors=colours)  # millimetres
+    for frame, other in zip(frames, turntable_from_mesh(far, 2, size=64, progress=False), strict=True):
+        assert np.abs(frame.astype(int) - other.astype(int)).max() <= 2
+    # The capsule (radius 0.8 about its centre) scaled to 0.6 fills the frame's height: asin(0.6 / 1.9) of 20 deg.
+    rows = np.nonzero((frames[0] < 250).any(axis=(1, 2)))[0]
+    assert 0 < rows[0] <= 6 and 57 <= rows[-1] < 63
+    unfitted = turntable_from_mesh(far, 1, size=64, progress=False, fit=False)[0]
+    assert (unfitted >= 250).all()  # in its own units it is out of view

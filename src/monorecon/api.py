@@ -17,7 +17,7 @@ import torch
 from .core.carving import SilhouetteFill, SilhouetteHull
 from .core.checks import check_device, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
-from .core.mesh import Mesh
+from .core.mesh import Mesh, check_placement
 from .io.images import load_image
 from .preprocess import DEFAULT_FOREGROUND_RATIO, PreparedImage, PreprocessConfig, preprocess_image
 
@@ -92,7 +92,10 @@ class ReconstructOptions:
     terraces that the bundled model's 32 x 32 triplanes leave (40 and 100 on the evaluation's 128-point grids moved
     validation F@0.1 by under 0.002). ``project_input`` colours the surface the input image sees with the image
     itself and maps the model's colours of the rest to the image's white balance and contrast
-    (:func:`monorecon.core.projection.project_image_colours`).
+    (:func:`monorecon.core.projection.project_image_colours`). ``object_height`` scales the finished mesh to that
+    height (output units; glTF reads metres) and ``origin`` places it (``"model"``: the model's frame, centred near
+    the origin; ``"center"``: its bounding-box centre at the origin; ``"bottom"``: standing on y = 0), as
+    :meth:`monorecon.core.mesh.Mesh.placed`.
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -107,6 +110,8 @@ class ReconstructOptions:
     project_input: bool = True
     target_faces: int | None = None
     smooth_iterations: int = 0
+    object_height: float | None = None
+    origin: str = "model"
     seed: int = 0
     progress: bool = False
 
@@ -126,6 +131,7 @@ class ReconstructOptions:
         if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
             raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
         check_int(self.smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
+        check_placement(self.object_height, self.origin, "object_height")
 
 
 @dataclass
@@ -227,6 +233,8 @@ def reconstruct_full(
                 return colours if recolour is None else recolour(points, colours)
 
             mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
+    if options.object_height is not None or options.origin != "model":  # last: the steps above work in model space
+        mesh = mesh.placed(options.object_height, options.origin)
     return Reconstruction(mesh, prepared, scene_code)
 
 

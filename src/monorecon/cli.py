@@ -74,6 +74,19 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         help="N iterations of volume-keeping (Taubin) smoothing, e.g. 150 at --mc-resolution 256 (default 0: off)",
     )
     p.add_argument(
+        "--object-height",
+        type=float,
+        metavar="H",
+        help="scale the mesh to H units tall (glTF units are metres: 0.3 for a 30 cm object in AR viewers)",
+    )
+    p.add_argument(
+        "--origin",
+        choices=("model", "center", "bottom"),  # monorecon.core.mesh.PLACEMENT_ORIGINS (not imported: a fast --help)
+        default="model",
+        help="where the mesh's origin is: model (the model's frame, default), center (of the bounding box), bottom "
+        "(the object stands on y = 0, as AR viewers and game engines place it)",
+    )
+    p.add_argument(
         "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
     )
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
@@ -172,6 +185,7 @@ _RECONSTRUCT_FLAGS = {
     "texture_resolution": "--texture-resolution",
     "target_faces": "--target-faces",
     "smooth_iterations": "--smooth",
+    "object_height": "--object-height",
     "foreground_ratio": "--foreground-ratio",
 }
 
@@ -203,6 +217,8 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             project_input=not args.no_project_input,
             target_faces=args.target_faces,
             smooth_iterations=args.smooth,
+            object_height=args.object_height,
+            origin=args.origin,
             seed=args.seed,
         )
     except ValueError as err:
@@ -315,7 +331,18 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
-    p.add_argument("--distance", type=float, default=1.9)
+    p.add_argument(
+        "--distance",
+        type=float,
+        default=1.9,
+        help="camera distance from the mesh's centre, the mesh scaled to a bounding radius of 0.6 (default 1.9 fills "
+        "the frame)",
+    )
+    p.add_argument(
+        "--no-fit",
+        action="store_true",
+        help="render the mesh where it is, in its own units (the camera orbits the origin at --distance)",
+    )
     p.add_argument("--fps", type=int, default=24)
     p.add_argument(
         "--html",
@@ -342,8 +369,9 @@ def _run_render(args: argparse.Namespace) -> int:
         raise CommandError(f"--size must lie in [16, 2048], got {args.size}")
     mesh = load_mesh(path)
     frames = turntable_from_mesh(
-        mesh, args.frames, size=args.size, elevation_deg=args.elevation, distance=args.distance, progress=not args.quiet
-    )
+        mesh, args.frames, size=args.size, progress=not args.quiet, fit=not args.no_fit, elevation_deg=args.elevation,
+        distance=args.distance,
+    )  # fmt: skip
     stem = args.output or path.parent / "turntable"
     written = list(save_turntable(frames, stem, fps=args.fps))
     if args.html:

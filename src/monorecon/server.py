@@ -52,7 +52,7 @@ from .api import (
     reconstruct_full,
 )
 from .core.extract import MAX_SMOOTH_ITERATIONS
-from .core.mesh import Mesh
+from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image
 from .io.mesh_io import save_mesh
 from .preprocess import PreprocessConfig
@@ -151,6 +151,8 @@ class MeshForm:
     project_input: bool = True
     unlit: bool = False
     smooth: int = 0
+    object_height: float = 0.0
+    origin: str = "model"
 
     @property
     def stem(self) -> str:
@@ -178,6 +180,8 @@ class MeshForm:
             fill=self.fill,
             project_input=self.project_input,
             smooth_iterations=self.smooth,
+            object_height=self.object_height or None,
+            origin=self.origin,
             seed=self.seed,
         )
 
@@ -227,6 +231,19 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         smooth: Annotated[
             int, Form(ge=0, le=MAX_SMOOTH_ITERATIONS, description="iterations of volume-keeping mesh smoothing")
         ] = 0,
+        object_height: Annotated[
+            float,
+            Form(
+                ge=0,
+                le=MAX_PLACED_HEIGHT,
+                allow_inf_nan=False,
+                description="scale the mesh to this height (glTF units are metres); 0 keeps the model's scale",
+            ),
+        ] = 0.0,
+        origin: Annotated[
+            Literal[PLACEMENT_ORIGINS],
+            Form(description="the mesh's origin: the model's frame, the bounding box's center, or its bottom (y = 0)"),
+        ] = "model",
         seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
     ) -> MeshForm:
         return MeshForm(
@@ -245,6 +262,8 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             project_input=project_input,
             unlit=unlit,
             smooth=smooth,
+            object_height=object_height,
+            origin=origin,
         )
 
     return mesh_form

@@ -1,12 +1,15 @@
 """Turntable renders of a mesh (rasteriser), saved as MP4 and GIF.
 
-Turntable cameras orbit the world +Y axis starting at the front (azimuth 0, +Z), looking at the origin. The light
+Turntable cameras orbit the world +Y axis starting at the front (azimuth 0, +Z), looking at the origin; a mesh is
+first centred and scaled to fit their view (:data:`FIT_RADIUS`), so that a mesh in any units and position is framed
+alike (a reconstruction, a scan in millimetres, a model standing on y = 0). The light
 sits at the eye (:data:`PREVIEW_LIGHTING`, as in the web page's 3-D view): a surface facing the camera shows its
 colour unchanged, so colours projected from a photo look as in the photo, and oblique ones darken to 0.45.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +22,10 @@ from .core.mesh import Mesh
 from .io.atomic import atomic_path
 from .io.images import to_uint8
 
+#: Radius of the bounding sphere (about the box centre, :meth:`Mesh.bounding_sphere`) a turntable scales a mesh to:
+#: at the default distance 1.9 and 40 deg field of view it fills the frame (asin(0.6 / 1.9) = 18.4 deg of 20).
+FIT_RADIUS = 0.6
+
 #: Headlight of turntables and of the web page's viewer: ambient + diffuse = 1, no highlight.
 PREVIEW_LIGHTING = {"ambient": 0.45, "diffuse": 0.55, "specular": 0.0}
 
@@ -29,23 +36,35 @@ def turntable_cameras(
     """(n_frames) cameras at evenly spaced azimuths 0 .. 360 deg (exclusive)."""
     if not 1 <= n_frames <= 3600:
         raise ValueError(f"turntable frame count must lie in [1, 3600], got {n_frames}")
+    if not (math.isfinite(distance) and distance > 0):
+        raise ValueError(f"turntable camera distance must be positive, got {distance}")
+    if not -90 < elevation_deg < 90:
+        raise ValueError(f"turntable elevation must lie strictly between -90 and 90 degrees, got {elevation_deg}")
     azimuths = torch.arange(n_frames, dtype=torch.float32) * (360.0 / n_frames)
     c2w = orbit_c2w(azimuths, torch.full_like(azimuths, elevation_deg), distance)
     return PerspectiveCameras(c2w, size, size, fov_y_deg=fov_deg)
 
 
 def turntable_from_mesh(
-    mesh: Mesh, n_frames: int, *, size: int = 256, progress: bool = True, **camera_options
+    mesh: Mesh, n_frames: int, *, size: int = 256, progress: bool = True, fit: bool = True, **camera_options
 ) -> list[np.ndarray]:
-    """Rasterise ``n_frames`` shaded views of a mesh (vertex colours or texture); (size, size, 3) uint8 frames."""
+    """Rasterise ``n_frames`` shaded views of a mesh (vertex colours or texture); (size, size, 3) uint8 frames.
+
+    With ``fit`` the mesh's bounding sphere is moved to the origin and scaled to :data:`FIT_RADIUS` first (the
+    ``distance`` of ``camera_options`` is then in those units); without it the mesh is rendered where it is.
+    """
     from .core.mesh_renderer import headlight, render_mesh
 
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
+    verts = mesh.verts.detach().float()
+    if fit:
+        centre, radius = mesh.bounding_sphere()
+        verts = (verts - centre.float()) * (FIT_RADIUS / radius if radius > 0 else 1.0)
     frames = []
     with torch.inference_mode():
         for i in tqdm(range(n_frames), desc="turntable", unit="frame", disable=not progress):
             out = render_mesh(
-                mesh.verts.float(),
+                verts,
                 mesh.faces,
                 cameras[i],
                 vertex_colors=mesh.vertex_colors,

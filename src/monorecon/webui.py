@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from .core.extract import MAX_SMOOTH_ITERATIONS
+from .core.mesh import MAX_PLACED_HEIGHT
 from .io.images import png_bytes
 from .preprocess import DEFAULT_FOREGROUND_RATIO
 from .server import MeshForm, ReconstructionService, ServerSettings, mesh_file, mesh_form_dependency, run_server
@@ -143,6 +144,11 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
         _number("smooth", "Smoothing", 0, 0, MAX_SMOOTH_ITERATIONS, 1,
                 "iterations of volume-keeping smoothing, e.g. 150 at resolution 256 (0: off)"),
+        _number("object_height", "Object height", 0, 0, MAX_PLACED_HEIGHT, "any",
+                "scale the mesh to this height (GLB: metres; 0 keeps the model's scale)"),
+        _select("origin", "Origin", [("model", "model frame"), ("center", "bounding-box centre"),
+                                     ("bottom", "bottom (stands on y = 0)")],
+                "where the mesh's origin lies (AR viewers and game engines expect the bottom)"),
         _number("seed", "Seed", 0, 0, 2**31 - 1, 1, None),
     ]  # fmt: skip
     parameters = model_summary.get("parameters")

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,12 @@ from PIL import Image
 from .checks import check_tensor
 from .shading import face_normals, vertex_normals
 
-__all__ = ["Mesh", "colors_to_uint8"]
+__all__ = ["MAX_PLACED_HEIGHT", "PLACEMENT_ORIGINS", "Mesh", "check_placement", "colors_to_uint8"]
+
+#: Where :meth:`Mesh.placed` can put the origin.
+PLACEMENT_ORIGINS = ("model", "center", "bottom")
+#: The largest height :meth:`Mesh.placed` scales a mesh to (a kilometre, in metres).
+MAX_PLACED_HEIGHT = 1e3
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,6 +125,42 @@ class Mesh:
             raise ValueError("cannot normalise a mesh whose vertices all coincide")
         return dataclasses.replace(self, verts=(self.verts - (low + high) / 2) * (box / extent))
 
+    def bounding_sphere(self) -> tuple[torch.Tensor, float]:
+        """(3,) centre of the bounding box and the largest distance of a vertex from it (the radius that frames the
+        mesh in a view turning about that centre)."""
+        low, high = self.bounds.detach()
+        centre = (low + high) / 2
+        return centre, float((self.verts.detach() - centre).norm(dim=-1).max())
+
+    def placed(self, height: float | None = None, origin: str = "model") -> Mesh:
+        """Copy scaled to a height and moved so that a chosen point of it is the origin (export placement).
+
+        Args:
+            height: the bounding box's extent along +Y after scaling (output units: glTF reads them as metres), or
+                None to keep the scale. The scaling is about the chosen origin.
+            origin: ``"model"`` keeps the position (the model's frame), ``"center"`` puts the bounding-box centre at
+                the origin, ``"bottom"`` the centre of the box's bottom face, so that the object stands on the
+                y = 0 plane (as AR viewers and game engines place a model).
+
+        Raises:
+            ValueError: an unknown ``origin``, a ``height`` that is not positive and finite, or a mesh with no
+                extent along +Y to scale.
+        """
+        check_placement(height, origin)
+        low, high = self.bounds.detach()
+        anchor = torch.zeros_like(low)
+        if origin != "model":
+            anchor = (low + high) / 2
+            if origin == "bottom":
+                anchor[1] = low[1]
+        scale = 1.0
+        if height is not None:
+            extent = float(high[1] - low[1])
+            if not extent > 0:
+                raise ValueError("cannot scale a mesh with no height (all vertices at one y) to a height")
+            scale = height / extent
+        return dataclasses.replace(self, verts=(self.verts - anchor) * scale)
+
     def to(self, device: torch.device | str) -> Mesh:
         """Copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -163,6 +205,15 @@ class Mesh:
             if "color" in visual.vertex_attributes:  # trimesh keeps glTF COLOR_0 here when there is a material
                 vertex_colors = _colors_to_float(visual.vertex_attributes["color"])
         return cls(verts=verts, faces=faces, vertex_colors=vertex_colors, uvs=uvs, texture=texture)
+
+
+def check_placement(height: float | None, origin: str, height_name: str = "height") -> None:
+    """Raise ValueError unless ``height`` (None or in (0, :data:`MAX_PLACED_HEIGHT`]) and ``origin`` (one of
+    :data:`PLACEMENT_ORIGINS`) are valid arguments of :meth:`Mesh.placed`; ``height_name`` names the height."""
+    if origin not in PLACEMENT_ORIGINS:
+        raise ValueError(f"origin must be one of {', '.join(PLACEMENT_ORIGINS)}, got {origin!r}")
+    if height is not None and not (math.isfinite(height) and 0 < height <= MAX_PLACED_HEIGHT):
+        raise ValueError(f"{height_name} must lie in (0, {MAX_PLACED_HEIGHT:g}], got {height}")
 
 
 def colors_to_uint8(colors: torch.Tensor) -> np.ndarray:

@@ -413,7 +413,7 @@ def evaluate(
         model_or_method: TripoSR model, weights path/folder, ``"sphere"``, ``"inflation"``, a callable
             ``rgba -> Mesh`` or a :class:`PredictionFolder`.
         data_dir: synthetic dataset folder or folder of meshes.
-        out_dir: report folder (created).
+        out_dir: report folder (created once every case is scored).
         n_points: surface points per shape for Chamfer / F-score.
         split: dataset split to use (synthetic datasets).
         max_objects: evaluate only the first N objects.
@@ -470,7 +470,8 @@ def evaluate(
             f"(expected e.g. {example}.glb or {example}/mesh.glb)"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report folder {out_dir} is a file")
     scoring = _Scoring(n_points, seed, render_size, volume_iou_resolution)
     bar = functools.partial(tqdm, total=len(cases), desc=f"eval {method.name}", disable=not progress)
     results = list(bar(map_in_processes(_score_recording_warnings, cases, workers, shared=(method, scoring))))
@@ -480,6 +481,7 @@ def evaluate(
         for category, message in caught:
             warnings.warn(message, category, stacklevel=2)
     summary = _summarise(method.name, rows)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while scoring leaves no empty folder
     _write_csv(out_dir / "per_object.csv", rows)
     _write_markdown(out_dir / "summary.md", summary, str(data_dir))
     with atomic_write(out_dir / "summary.json", "w") as f:
