@@ -77,6 +77,25 @@ def test_bad_arrays_and_options():
         preprocess_image(np.full((4, 4, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="foreground_ratio"):
         PreprocessConfig(foreground_ratio=0.0)
+    eight_bit_as_float = _square_on((255.0, 255.0, 255.0), colour=(255.0, 0.0, 0.0))  # astype without / 255
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got \[0, 255\] \(divide an 8-bit image by 255"):
+        preprocess_image(eight_bit_as_float)
+    with pytest.raises(ValueError, match="dtype int32"):
+        preprocess_image(np.zeros((4, 4, 3), np.int32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_are_scaled_to_unit_floats(dtype):
+    top = np.iinfo(dtype).max
+    image = np.zeros((50, 70, 4), dtype)
+    image[5:25, 10:50] = (top // 5, top // 2, top, top)  # an opaque 20 x 40 object
+    config = PreprocessConfig(foreground_ratio=0.8, output_size=None)
+    out = preprocess_image(image, config)
+    expected = preprocess_image(image.astype(np.float32) / top, config)
+    np.testing.assert_array_equal(out.rgb, expected.rgb)
+    np.testing.assert_array_equal(out.alpha, expected.alpha)
+    r0, r1, c0, c1 = _bbox(out.alpha > 0.5)
+    np.testing.assert_allclose(out.rgb[(r0 + r1) // 2, (c0 + c1) // 2], (0.2, (top // 2) / top, 1.0), atol=1e-6)
 
 
 def test_matting_model_onnx(tmp_path):

@@ -151,8 +151,7 @@ class Reconstruction:
 
 def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfig) -> PreparedImage:
     """Load (if a path) and preprocess one image."""
-    array = load_image(image) if isinstance(image, str | os.PathLike) else np.asarray(image, dtype=np.float32)
-    return preprocess_image(array, config)
+    return preprocess_image(load_image(image) if isinstance(image, str | os.PathLike) else image, config)
 
 
 def input_silhouette_hull(
@@ -242,7 +241,7 @@ def reconstruct(image: str | os.PathLike | np.ndarray, model=None, **options) ->
     """Reconstruct a textured mesh from one image.
 
     Args:
-        image: a path, or an (H, W, 3|4) float array in [0, 1].
+        image: a path, or an (H, W, 3|4) array: float in [0, 1], or uint8 / uint16 (``np.asarray`` of a PIL image).
         model: from :func:`load_model`; default the bundled model.
         **options: fields of :class:`ReconstructOptions` (``mc_resolution``, ``threshold``, ``bake_texture``, ...;
             ``preprocess`` takes a :class:`PreprocessConfig`).

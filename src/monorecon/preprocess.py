@@ -34,6 +34,8 @@ from scipy import ndimage
 
 #: Object framing when neither the caller nor a model gives one (TripoSR's).
 DEFAULT_FOREGROUND_RATIO = 0.85
+#: How far outside [0, 1] a float image may stray (resampling overshoot) before it is refused; it is then clipped.
+_UNIT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -169,21 +171,43 @@ def foreground_alpha(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return border_alpha(image, config.border_tolerance, config.min_plain_border)
 
 
+def unit_float_image(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3|4) float32 in [0, 1] from a float array already in [0, 1] or a uint8 / uint16 one (scaled).
+
+    A float array outside [0, 1] is refused rather than clipped: it is usually an 8-bit image converted to float
+    without the division by 255, which would otherwise pass as a white, opaque image.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must have shape (H, W, 3|4), got {image.shape}")
+    if image.dtype in (np.uint8, np.uint16):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be float in [0, 1], uint8 or uint16, got dtype {image.dtype}")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values")
+    low, high = float(image.min()), float(image.max())
+    if low < -_UNIT_TOLERANCE or high > 1 + _UNIT_TOLERANCE:
+        raise ValueError(
+            f"float image values must lie in [0, 1], got [{low:.4g}, {high:.4g}] "
+            "(divide an 8-bit image by 255, or pass it as uint8)"
+        )
+    return np.clip(image, 0.0, 1.0)
+
+
 def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) -> PreparedImage:
     """Prepare an image for reconstruction: alpha, crop, pad to a square, grey composite, resize.
 
     Args:
-        image: (H, W, 3|4) float in [0, 1], straight alpha.
+        image: (H, W, 3|4) float in [0, 1], or uint8 / uint16 (as ``np.asarray`` of a PIL image), straight alpha.
 
     Raises:
-        ValueError: empty/all-transparent alpha, non-plain background without alpha, bad array.
+        ValueError: empty/all-transparent alpha, non-plain background without alpha, bad array (shape, NaN, a float
+            image outside [0, 1], an integer type other than uint8 / uint16).
     """
     config = config or PreprocessConfig()
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"image must have shape (H, W, 3|4), got {image.shape}")
-    if not np.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values")
+    image = unit_float_image(image)
     rgb = image[..., :3]
     if not config.remove_background:
         alpha = np.ones(image.shape[:2], dtype=np.float32)
