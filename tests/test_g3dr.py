@@ -293,6 +293,10 @@ def test_reconstruct_and_save(tmp_path):
     assert frames.shape == (3, 8, 8, 3)
     paths = save_reconstruction(mesh, frames, tmp_path / "out")
     assert all(p.is_file() for p in paths.values())
+    with pytest.raises(ValueError, match=r"rgb must lie in \[0, 1\], got values in \[0.4753, 254.9\]"):
+        g3dr_reconstruct(model, rgb * 255, depth, resolution=16, threshold=threshold)  # 8-bit, never divided
+    with pytest.raises(ValueError, match="rgb must be a floating-point tensor"):
+        g3dr_reconstruct(model, (rgb * 255).to(torch.uint8), depth, resolution=16, threshold=threshold)
     with pytest.raises(ValueError, match="lacks"):
         load_g3dr(tmp_path)
 

@@ -216,5 +216,7 @@ def test_invert_rejects_bad_input():
         invert(image[..., :3], generator, mask=np.ones((16, 16), np.float32))
     with pytest.raises(ValueError, match="needs a mask"):
         invert(image[..., :3], generator)
+    with pytest.raises(ValueError, match=r"image must lie in \[0, 1\]"):
+        invert(image * 255, generator)
     with pytest.raises(ValueError, match="unknown loss weights"):
         invert(image, generator, weights={"colour": 1.0})

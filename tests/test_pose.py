@@ -124,6 +124,8 @@ def test_bad_input():
         fit_pose(mesh, torch.ones(32, 32, 3))
     with pytest.raises(ValueError, match="image must be"):
         fit_pose(mesh, torch.ones(32, 32, 2))
+    with pytest.raises(ValueError, match=r"image must lie in \[0, 1\], got values in \[255, 255\]"):
+        fit_pose(mesh, torch.full((32, 32, 3), 255.0))
     with pytest.raises(ValueError, match="loss must be"):
         fit_pose(mesh, torch.zeros(32, 32, 3), loss="depth")
     with pytest.raises(ValueError, match="parameterisation"):

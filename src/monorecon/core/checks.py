@@ -23,8 +23,9 @@ def check_tensor(
     sizes: dict[str, int] | None = None,
     finite: bool = True,
     floating: bool | None = None,
+    unit_range: bool = False,
 ) -> torch.Tensor:
-    """Check that ``x`` is a tensor of the given shape (and finite); return it.
+    """Check that ``x`` is a tensor of the given shape (and finite; with ``unit_range``, within [0, 1]); return it.
 
     Raises:
         ValueError: naming ``name`` and what is wrong with it.
@@ -51,6 +52,8 @@ def check_tensor(
         raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
     if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+    if unit_range and x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
     return x
 
 

@@ -69,15 +69,15 @@ class Mesh:
                 f"mesh faces index vertices {low}..{high}, out of range for {self.verts.shape[0]} vertices"
             )
         if self.vertex_colors is not None:
-            check_tensor(self.vertex_colors, "mesh vertex_colors", ("V", 3), sizes=sizes, floating=True)
-            _check_unit_range(self.vertex_colors, "mesh vertex_colors")
+            check_tensor(
+                self.vertex_colors, "mesh vertex_colors", ("V", 3), sizes=sizes, floating=True, unit_range=True
+            )
         if self.uvs is not None:
             check_tensor(self.uvs, "mesh uvs", ("V", 2), sizes=sizes, floating=True)
         if self.texture is not None:
-            check_tensor(self.texture, "mesh texture", (None, None, 3), floating=True)
+            check_tensor(self.texture, "mesh texture", (None, None, 3), floating=True, unit_range=True)
             if self.texture.shape[0] == 0 or self.texture.shape[1] == 0:
                 raise ValueError(f"mesh texture is empty: shape {tuple(self.texture.shape)}")
-            _check_unit_range(self.texture, "mesh texture")
             if self.uvs is None:
                 raise ValueError("mesh texture given without uvs")
 
@@ -226,11 +226,6 @@ def _colors_to_float(colors: np.ndarray) -> torch.Tensor:
     rgb = np.asarray(colors)[:, :3]
     scale = 255.0 if rgb.dtype == np.uint8 else 1.0
     return torch.from_numpy(rgb.astype(np.float32) / scale)
-
-
-def _check_unit_range(x: torch.Tensor, name: str) -> None:
-    if bool((x < 0).any()) or bool((x > 1).any()):
-        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
 
 
 def _material_image(material: object) -> Image.Image | None:

@@ -115,7 +115,7 @@ def _split_input(image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarr
     """-> (H, W, 3) colours and (H, W) mask, validated."""
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
-    image = check_tensor(image, "image", (None, None, None), floating=True).float()
+    image = check_tensor(image, "image", (None, None, None), floating=True, unit_range=True).float()
     if image.shape[-1] not in (3, 4):
         raise ValueError(f"image must be (H, W, 3) with a mask or (H, W, 4), got {tuple(image.shape)}")
     height, width = image.shape[:2]

@@ -175,7 +175,7 @@ def _check_inputs(mesh: Mesh, image: torch.Tensor | np.ndarray) -> tuple[Mesh, t
         raise ValueError(f"mesh must be a monorecon Mesh, got {type(mesh).__name__}")
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
-    image = check_tensor(image, "image", (None, None, None), floating=True)
+    image = check_tensor(image, "image", (None, None, None), floating=True, unit_range=True)
     if image.shape[-1] not in (3, 4):
         raise ValueError(f"image must be (H, W, 3) or (H, W, 4), got {tuple(image.shape)}")
     if min(image.shape[:2]) < 8:

@@ -80,10 +80,9 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
 
 def _as_chw(rgb: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(3, H, W) colours (RGBA composited on white, like the training data) and the (H, W) alpha, or None for RGB."""
-    rgb = torch.as_tensor(np.asarray(rgb) if isinstance(rgb, np.ndarray) else rgb).float()
-    if rgb.dim() == 3 and rgb.shape[-1] in (3, 4) and rgb.shape[0] not in (3, 4):
+    rgb = check_tensor(torch.as_tensor(rgb), "rgb", (None, None, None), floating=True, unit_range=True).float()
+    if rgb.shape[-1] in (3, 4) and rgb.shape[0] not in (3, 4):
         rgb = rgb.permute(2, 0, 1)
-    check_tensor(rgb, "rgb", (None, None, None), floating=True)
     if rgb.shape[0] not in (3, 4):
         raise ValueError(f"rgb must be (3|4, H, W) or (H, W, 3|4), got {tuple(rgb.shape)}")
     if rgb.shape[0] == 3:
