@@ -103,6 +103,12 @@ def test_object_height_and_origin_flags_place_the_mesh(image_path, tmp_path, cap
     low, high = load_mesh(tmp_path / "thing" / "mesh.glb").bounds.numpy()
     np.testing.assert_allclose([low[1], high[1]], [0.0, 0.3], atol=1e-6)  # 30 cm tall, standing on y = 0
     np.testing.assert_allclose((low + high)[[0, 2]], 0.0, atol=1e-6)
+    from monorecon.cli import build_parser
+    from monorecon.core.mesh import PLACEMENT_ORIGINS
+
+    reconstruct_parser = build_parser()._subparsers._group_actions[0].choices["reconstruct"]
+    (origin,) = [action for action in reconstruct_parser._actions if action.dest == "origin"]
+    assert tuple(origin.choices) == PLACEMENT_ORIGINS  # the flag's literal copy (kept out of the fast --help path)
 
 
 def test_unlit_flag_marks_the_glb_material(image_path, tmp_path, capsys):

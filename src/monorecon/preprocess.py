@@ -174,8 +174,8 @@ def foreground_alpha(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 def unit_float_image(image: np.ndarray) -> np.ndarray:
     """(H, W, 3|4) float32 in [0, 1] from a float array already in [0, 1] or a uint8 / uint16 one (scaled).
 
-    A float array outside [0, 1] is refused rather than clipped: it is usually an 8-bit image converted to float
-    without the division by 255, which would otherwise pass as a white, opaque image.
+    A float array outside [0, 1] (beyond a rounding tolerance, which is clipped) is refused: it is usually an 8-bit
+    image converted to float without the division by 255, which would otherwise pass as a white, opaque image.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
