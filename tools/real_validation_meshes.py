@@ -58,7 +58,6 @@ MESHES = {
     "lego": ("pybullet", "pybullet_data/lego/lego.obj", 0.0),
     "mug": ("pybullet", "pybullet_data/objects/mug.obj", -90.0),
 }
-_KIND = {False: "wheel", True: "package"}
 #: Debian package -> (version, URL, SHA-256 of the .deb), for ``--extra``.
 DEBS = {
     "assimp-testmodels": (
@@ -131,6 +130,11 @@ def download_deb(package: str) -> DebArchive:
     return DebArchive(data, package)
 
 
+def _source(package: str) -> str:
+    """What a mesh comes from, for messages: "the pyvista wheel", "the assimp-testmodels package"."""
+    return f"the {package} {'package' if package in DEBS else 'wheel'}"
+
+
 def fetch(out_dir: Path, extra: bool = False) -> list[Path]:
     """Download the wheels (and with ``extra`` the Debian package) and write the meshes to ``out_dir`` (each file
     atomically).
@@ -147,7 +151,7 @@ def fetch(out_dir: Path, extra: bool = False) -> list[Path]:
         for name, (package, suffix, _) in chosen.items():
             found = [n for n in archives[package].namelist() if n.endswith(suffix)]
             if not found:
-                raise ValueError(f"{suffix} is not in the {package} {_KIND[package in DEBS]}")
+                raise ValueError(f"{suffix} is not in {_source(package)}")
             members[name] = found[0]
         meshes = {}
         for name, (package, suffix, rotation_deg) in chosen.items():  # read all before writing any
@@ -156,11 +160,9 @@ def fetch(out_dir: Path, extra: bool = False) -> list[Path]:
             try:
                 mesh = trimesh.load(source, force="mesh", process=False)
             except Exception as err:  # trimesh raises many types for a corrupt file
-                raise ValueError(
-                    f"{suffix} in the {package} {_KIND[package in DEBS]} is not a readable mesh ({err})"
-                ) from None
+                raise ValueError(f"{suffix} in {_source(package)} is not a readable mesh ({err})") from None
             if len(mesh.faces) == 0:
-                raise ValueError(f"{suffix} in the {package} {_KIND[package in DEBS]} has no faces")
+                raise ValueError(f"{suffix} in {_source(package)} has no faces")
             mesh.apply_transform(trimesh.transformations.rotation_matrix(np.radians(rotation_deg), [1, 0, 0]))
             meshes[name] = mesh.export(file_type="ply")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +176,9 @@ def fetch(out_dir: Path, extra: bool = False) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the eight PLY files")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for the PLY files (eight, eleven with --extra)"
+    )
     parser.add_argument(
         "--extra", action="store_true", help="also the three meshes of the assimp-testmodels Debian package"
     )

@@ -567,8 +567,10 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _check_points(points: int) -> None:
     """``--points`` of ``eval`` and ``metrics`` (the harness needs at least 100 surface points per shape)."""
-    if points < 100:
-        raise CommandError(f"--points must be >= 100, got {points}")
+    from .eval.harness import MIN_POINTS
+
+    if points < MIN_POINTS:
+        raise CommandError(f"--points must be >= {MIN_POINTS}, got {points}")
 
 
 def _add_eval_compare(sub: argparse._SubParsersAction) -> None:

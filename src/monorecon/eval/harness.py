@@ -80,6 +80,8 @@ __all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_ca
 MESH_SUFFIXES = {f".{fmt}" for fmt in LOADABLE_FORMATS}
 """Mesh files the harness reads (ground truths of a mesh folder, predictions)."""
 THRESHOLDS = (0.1, 0.2, 0.5)
+MIN_POINTS = 100
+"""Fewest surface points per shape that Chamfer / F-scores are computed from."""
 MAX_SEED = 2**31 - 1
 """Largest sampling / alignment seed (NumPy's generators take seeds from 0; seed + 1 is used too)."""
 MESH_LIGHT = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
@@ -446,8 +448,7 @@ def evaluate(
     Returns:
         Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``.
     """
-    if n_points < 100:
-        raise ValueError(f"n_points must be >= 100, got {n_points}")
+    _check_points(n_points)
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     check_int(workers, "workers", 1, MAX_WORKERS)
@@ -510,11 +511,15 @@ def shape_scores(
     Raises:
         ValueError: fewer than 100 points, or a seed outside [0, :data:`MAX_SEED`].
     """
-    if n_points < 100:
-        raise ValueError(f"n_points must be >= 100, got {n_points}")
+    _check_points(n_points)
     check_int(seed, "seed", 0, MAX_SEED)
     pred_points, gt_points, _ = align_meshes(pred, gt, n_points=n_points, seed=seed, search=search)
     return chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+
+
+def _check_points(n_points: int) -> None:
+    if n_points < MIN_POINTS:
+        raise ValueError(f"n_points must be >= {MIN_POINTS}, got {n_points}")
 
 
 @dataclass(frozen=True)
