@@ -358,6 +358,13 @@ def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
     assert cli.main([*args, "--resolution", "16"]) == 0
     (flat,) = pygltflib.GLTF2().load(str(tmp_path / "flat" / "mesh.glb")).materials
     assert flat.extensions == {"KHR_materials_unlit": {}}
+    # --object-height / --origin place the saved mesh: the photo run's mesh, 0.3 tall, its box centred on the origin
+    args = ["g3dr", str(image), "--model", str(run), "-o", str(tmp_path / "placed"), "--threshold", "0.5"]
+    assert cli.main([*args, "--resolution", "24", "--object-height", "0.3", "--origin", "center"]) == 0
+    photo, placed = load_mesh(tmp_path / "photo" / "mesh.glb"), load_mesh(tmp_path / "placed" / "mesh.glb")
+    low, high = photo.bounds
+    expected = (photo.verts - (low + high) / 2) * (0.3 / (high[1] - low[1]))
+    torch.testing.assert_close(placed.verts, expected, atol=1e-6, rtol=0)
 
 
 def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:

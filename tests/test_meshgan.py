@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import yaml
 
 from monorecon.core.mesh import Mesh
 from monorecon.fit.invert import invert, save_inversion_result, with_input_colours
+from monorecon.io.mesh_io import load_mesh
 from monorecon.models.meshgan.networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from monorecon.models.meshgan.template import UVSphereTemplate
 from monorecon.models.meshgan.train import (
@@ -180,6 +182,19 @@ def test_invert_runs_and_saves(tmp_path):
     paths = save_inversion_result(result, tmp_path / "out", view_size=32)
     assert (tmp_path / "out" / "mesh.glb").is_file() and (tmp_path / "out" / "result.json").is_file()
     assert len(list((tmp_path / "out" / "views").glob("*.png"))) == 12 and paths["view11"].is_file()
+    # placed: the saved mesh 2 units tall, standing on y = 0 about its box centre; the camera and views unchanged
+    placed = save_inversion_result(result, tmp_path / "placed", view_size=32, object_height=2.0, origin="bottom")
+    saved, mesh = load_mesh(placed["mesh"]), load_mesh(paths["mesh"])
+    low, high = mesh.bounds
+    anchor = torch.stack([(low[0] + high[0]) / 2, low[1], (low[2] + high[2]) / 2])
+    torch.testing.assert_close(saved.verts, (mesh.verts - anchor) * (2.0 / (high[1] - low[1])), atol=1e-5, rtol=0)
+    summary = json.loads(placed["result"].read_text())
+    assert summary["placement"] == {"object_height": 2.0, "origin": "bottom"}
+    assert summary["camera"] == json.loads(paths["result"].read_text())["camera"]
+    assert placed["view00"].read_bytes() == paths["view00"].read_bytes()
+    with pytest.raises(ValueError, match="object_height"):
+        save_inversion_result(result, tmp_path / "refused", object_height=-1.0)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_input_colours_go_to_the_texels_the_fitted_camera_sees(tmp_path):

@@ -73,19 +73,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="N iterations of volume-keeping (Taubin) smoothing, e.g. 150 at --mc-resolution 256 (default 0: off)",
     )
-    p.add_argument(
-        "--object-height",
-        type=float,
-        metavar="H",
-        help="scale the mesh to H units tall (glTF units are metres: 0.3 for a 30 cm object in AR viewers)",
-    )
-    p.add_argument(
-        "--origin",
-        choices=("model", "center", "bottom"),  # monorecon.core.mesh.PLACEMENT_ORIGINS (not imported: a fast --help)
-        default="model",
-        help="where the mesh's origin is: model (the model's frame, default), center (of the bounding box), bottom "
-        "(the object stands on y = 0, as AR viewers and game engines place it)",
-    )
+    _add_placement_options(p)
     p.add_argument(
         "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
     )
@@ -177,6 +165,38 @@ def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> No
         path.unlink(missing_ok=True)
     if created_folder and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
+
+
+def _add_placement_options(p: argparse.ArgumentParser) -> None:
+    """``--object-height`` and ``--origin`` (:meth:`monorecon.core.mesh.Mesh.placed` of the saved mesh)."""
+    p.add_argument(
+        "--object-height",
+        type=float,
+        metavar="H",
+        help="scale the mesh to H units tall (glTF units are metres: 0.3 for a 30 cm object in AR viewers)",
+    )
+    p.add_argument(
+        "--origin",
+        choices=("model", "center", "bottom"),  # monorecon.core.mesh.PLACEMENT_ORIGINS (not imported: a fast --help)
+        default="model",
+        help="where the mesh's origin is: model (the model's frame, default), center (of the bounding box), bottom "
+        "(the object stands on y = 0, as AR viewers and game engines place it)",
+    )
+
+
+def _placement(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``object_height`` / ``origin`` keywords of ``--object-height`` / ``--origin``, checked before any work.
+
+    Raises:
+        CommandError: a refused height, named by its flag.
+    """
+    from .core.mesh import check_placement
+
+    try:
+        check_placement(args.object_height, args.origin, "--object-height")
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    return {"object_height": args.object_height, "origin": args.origin}
 
 
 #: API fields of :class:`monorecon.api.ReconstructOptions` -> the ``reconstruct`` flags that set them (error messages).
@@ -702,6 +722,7 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the generated texture (default: the image's colours where it sees the surface; not in the paper)",
     )
+    _add_placement_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_invert)
@@ -713,6 +734,7 @@ def _run_invert(args: argparse.Namespace) -> int:
     from .models.meshgan.train import load_generator
     from .preprocess import PreprocessConfig, preprocess_image
 
+    placement = _placement(args)
     generator = load_generator(args.generator)
     prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))
     result = invert(
@@ -721,7 +743,7 @@ def _run_invert(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if not args.no_project_input:
         result = with_input_colours(result, prepared.rgba())
-    paths = save_inversion_result(result, args.output)
+    paths = save_inversion_result(result, args.output, **placement)
     if not args.quiet:
         print(f"mesh -> {paths['mesh']}")
     return 0
@@ -770,6 +792,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="colour the whole mesh with the field's colours (default: the image's where it sees the surface)",
     )
     lift.add_argument("--unlit", action="store_true", help="mark the GLB material unlit (as reconstruct --unlit)")
+    _add_placement_options(lift)
     sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
     sample.add_argument("-n", type=int, default=8)
@@ -801,7 +824,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
         raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
                                   threshold=opts.threshold, project_input=not opts.no_project_input,
-                                  unlit=opts.unlit)  # fmt: skip
+                                  unlit=opts.unlit, **_placement(opts))  # fmt: skip
     print(", ".join(str(p) for p in paths.values()))
     return 0
 

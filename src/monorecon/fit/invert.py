@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
 from monorecon.core.checks import check_tensor
-from monorecon.core.mesh import Mesh
+from monorecon.core.mesh import Mesh, check_placement
 from monorecon.core.mesh_renderer import render_silhouette
 from monorecon.core.projection import project_image_texture
 from monorecon.eval.metrics import mask_iou
@@ -332,15 +332,27 @@ def _feature_points(feature_map: torch.Tensor, mask: torch.Tensor) -> tuple[torc
     return pos, F.normalize(feat, dim=-1)
 
 
-def save_inversion_result(result: InversionResult, out_dir: str | Path, *, view_size: int = 256) -> dict[str, Path]:
+def save_inversion_result(
+    result: InversionResult,
+    out_dir: str | Path,
+    *,
+    view_size: int = 256,
+    object_height: float | None = None,
+    origin: str = "model",
+) -> dict[str, Path]:
     """Write ``mesh.glb``, ``input_view.png``, ``views/00.png`` ... ``views/11.png`` and ``result.json`` (atomic
     writes). The 12 views look at the mesh (centred on its vertex mean) from azimuths 0, 30, ..., 330 deg at
-    elevation 30 deg, weak-perspective scale 0.7, Lambert headlight, white background."""
+    elevation 30 deg, weak-perspective scale 0.7, Lambert headlight, white background.
+
+    ``object_height`` / ``origin`` place the saved mesh (:meth:`~monorecon.core.mesh.Mesh.placed`, recorded in
+    ``result.json``); the camera and the views stay in the generator's frame.
+    """
     from monorecon.models.meshgan.template import UVSphereTemplate
 
+    check_placement(object_height, origin, "object_height")
     out_dir = Path(out_dir)
     (out_dir / "views").mkdir(parents=True, exist_ok=True)
-    paths = {"mesh": save_mesh(result.mesh, out_dir / "mesh.glb")}
+    paths = {"mesh": save_mesh(result.mesh.placed(object_height, origin), out_dir / "mesh.glb")}
     paths["input_view"] = save_image(result.render[..., :3].clamp(0, 1).numpy(), out_dir / "input_view.png")
     template = UVSphereTemplate()
     verts = (result.verts - result.verts.mean(0))[None].expand(12, -1, -1)
@@ -360,6 +372,7 @@ def save_inversion_result(result: InversionResult, out_dir: str | Path, *, view_
             "translation": result.translation[0].tolist(),
             "quaternion_wxyz": result.quaternion[0].tolist(),
         },
+        "placement": {"object_height": object_height, "origin": origin},
         "mask_iou": result.iou,
         "mask_iou_init": result.init_iou,
         "final_losses": result.history[-1] if result.history else {},

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from monorecon.core.checks import check_tensor
 from monorecon.core.extract import extract_isosurface
-from monorecon.core.mesh import Mesh
+from monorecon.core.mesh import Mesh, check_placement
 from monorecon.core.projection import project_image_colours
 from monorecon.io.atomic import atomic_write_bytes
 from monorecon.io.images import save_image
@@ -222,9 +222,16 @@ def reconstruct_to_folder(
     frame_size: int = 96,
     project_input: bool = True,
     unlit: bool = False,
+    object_height: float | None = None,
+    origin: str = "model",
 ) -> dict[str, Path]:
     """``monorecon g3dr IMAGE --depth DEPTH -o OUT``: read the pair (depth PNG format of :mod:`.data`), reconstruct,
-    write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder."""
+    write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder.
+
+    ``object_height`` / ``origin`` place the saved mesh (:meth:`~monorecon.core.mesh.Mesh.placed`); the turntable,
+    rendered from the field, stays in the model's frame.
+    """
+    check_placement(object_height, origin, "object_height")
     if not isinstance(model, G3DRGenerator):
         model = load_g3dr(model)
     rgb, depth, mask = load_rgbd_pair(image_path, depth_path)
@@ -232,4 +239,5 @@ def reconstruct_to_folder(
     mesh, scene = g3dr_reconstruct(
         model, rgb, depth, resolution=resolution, threshold=threshold, alpha=alpha, project_input=project_input
     )
-    return save_reconstruction(mesh, turntable(scene, n_frames, frame_size), out_dir, unlit=unlit)
+    frames = turntable(scene, n_frames, frame_size)
+    return save_reconstruction(mesh.placed(object_height, origin), frames, out_dir, unlit=unlit)
