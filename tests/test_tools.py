@@ -85,7 +85,7 @@ def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_t
     out = tmp_path / "real"
     assert training_tool.main(["-o", str(out), "--wheel", str(wheel_path)]) == 0
     captured = capsys.readouterr()
-    assert "2 of 4 meshes" in captured.out
+    assert "2 objects from 4 meshes" in captured.out
     assert "b_broken.stl" in captured.err and "d_triangle.obj: 1 faces" in captured.err
     index = json.loads((out / "index.json").read_text())
     assert [e["id"] for e in index["objects"]] == ["r00000_real", "r00002_real"]  # ids keep the member's index
@@ -143,3 +143,49 @@ def test_extra_meshes_refuse_a_package_that_does_not_match_its_checksum(tool, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match its SHA-256" in err
     assert not out.exists()
+
+
+def _cgal_deb(meshes: dict[str, bytes]) -> bytes:
+    """A libcgal-demo stand-in: its data.tar.gz (CGAL's data folder) holding ``data/meshes/NAME.off`` files."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        for name, content in meshes.items():
+            info = tarfile.TarInfo(f"data/meshes/{name}.off")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return _deb({"usr/share/doc/libcgal-dev/data.tar.gz": data.getvalue()})
+
+
+def test_cgal_meshes_are_turned_upright_and_written_in_variants(training_tool, tool, tmp_path, capsys, monkeypatch):
+    import json
+
+    import numpy as np
+    import trimesh
+
+    tall = trimesh.creation.box(extents=(0.2, 0.4, 1.0))  # tall along the file's +Z: turned -90 deg about +X
+    off = tall.export(file_type="off").encode()
+    deb = _cgal_deb({"tall": off, "broken": b"OFF\n3 1 0\n0 0 0\n", "flat": off})
+    monkeypatch.setattr(training_tool, "CGAL_MESHES", {"tall": -90.0, "broken": 0.0, "flat": 0.0})
+    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins: tool.DebArchive(deb, package))
+    out = tmp_path / "cgal"
+    assert training_tool.main(["-o", str(out), "--source", "cgal", "--variants", "3", "--seed", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "6 objects from 3 meshes" in captured.out and "skipped broken.off" in captured.err
+    index = json.loads((out / "index.json").read_text())
+    ids = [e["id"] for e in index["objects"]]
+    assert ids == [f"c000_0{k}_tall" for k in range(3)] + [f"c002_0{k}_flat" for k in range(3)]
+    for k in range(3):
+        extents = trimesh.load(out / f"c000_0{k}_tall" / "mesh.ply").extents
+        assert extents.argmax() == 1  # upright: the stretch (at most e^0.4 between axes) keeps the box tallest in +Y
+        flat = trimesh.load(out / f"c002_0{k}_flat" / "mesh.ply").extents
+        assert flat[1] < flat.max()  # not turned: its long side stays horizontal
+    first, second = (json.loads((out / f"c000_0{k}_tall" / "meta.json").read_text()) for k in range(2))
+    assert first["source"] == "data/meshes/tall.off" and first["view_seed"] != second["view_seed"]
+    assert not np.allclose(*(trimesh.load(out / f"c000_0{k}_tall" / "mesh.ply").extents for k in range(2)))
+    monkeypatch.setattr(training_tool, "CGAL_MESHES", {"tall": -90.0, "missing": 0.0})
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "cgal"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data/meshes/missing.off is not in" in err
+    assert not (tmp_path / "x").exists()
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "cgal", "--variants", "0"]) == 2
+    assert "--variants must lie in" in capsys.readouterr().err

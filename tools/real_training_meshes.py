@@ -1,24 +1,38 @@
-"""Render the real meshes of the pybullet wheel into a training set (monorecon dataset layout, every object "train").
+"""Render real meshes into a training set (monorecon dataset layout, every object "train").
 
-Stage 14 of the bundled model trained on these beside procedural objects (model card). The meshes are robot and
-machine parts, a teddy bear, stones, balls, tables, trays, toys and the 1,000 irregular ``random_urdfs`` objects of
-``pybullet_data``. Left out: the bunny (a test mesh of ``../shared/data``), the duck, the Lego figure and the mug
-(validation meshes, ``tools/real_validation_meshes.py``), scenes, ground planes and collision hulls.
+Two sources (``--source``), both fetched where they are published (nothing is committed to this repository):
+
+* ``pybullet`` (the default): the meshes of the pybullet 3.2.7 wheel, which stage 14 of the bundled model trained on
+  beside procedural objects (model card). They are robot and machine parts, a teddy bear, stones, balls, tables,
+  trays, toys and the 1,000 irregular ``random_urdfs`` objects of ``pybullet_data``. Left out: the bunny (a test mesh
+  of ``../shared/data``), the duck, the Lego figure and the mug (validation meshes,
+  ``tools/real_validation_meshes.py``), scenes, ground planes and collision hulls. Each mesh (an ``.obj`` or ``.stl``
+  member of the wheel, in sorted order; member ``i`` draws from ``numpy.random.default_rng([seed, i])``) is turned
+  from the files' +Z up to +Y up and given a random yaw and one random colour.
+* ``cgal``: 36 closed meshes of CGAL 5.5.1's demo data (Debian's ``libcgal-demo`` 5.5.1-2, its SHA-256 checked;
+  CGAL's data files are under its GPL / LGPL licences): figures (Homer, an armadillo, a man), animals (a camel, an
+  elephant, a bear, dinosaurs, an elk sculpture), a hand, bones, knots, a helmet, a cactus and machine parts. Left
+  out: the bunny and the Chinese dragon (like test meshes), the cow and the bull (like validation meshes), open
+  surfaces (masks, heads), scans with holes and test shapes (cubes, tetrahedra, patches). Each is turned +Y up
+  (:data:`CGAL_MESHES`) and written ``--variants`` times (variant ``k`` of mesh ``i`` draws from
+  ``default_rng([seed, i, k])``): a random yaw, a stretch along each axis by a random factor in [e^-0.2, e^0.2] and
+  one random colour, so that a few dozen shapes make several hundred objects.
+
+Every object is then normalised like the procedural objects and rendered as they are (8 views of 128 px, distance
+1.9, fov 40, elevations -10..60). Meshes with fewer than 8 or more than 300,000 faces, and unreadable ones, are
+skipped (listed on stderr). The same seed gives the same dataset for any number of workers.
 
     python tools/real_training_meshes.py -o /work/runs/s19/real --workers 2
-
-Each mesh (an ``.obj`` or ``.stl`` member of the wheel, in sorted order; member ``i`` draws from
-``numpy.random.default_rng([seed, i])``) is turned from the files' +Z up to +Y up, given a random yaw and one random
-colour, normalised like the procedural objects and rendered as they are (8 views of 128 px, distance 1.9, fov 40,
-elevations -10..60). Meshes with fewer than 8 or more than 300,000 faces, and unreadable ones, are skipped (listed on
-stderr). The same seed gives the same dataset for any number of workers.
+    python tools/real_training_meshes.py --source cgal --seed 53 -o /work/runs/s23/cgal --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
-from real_validation_meshes import WHEELS, download_wheel
+from real_validation_meshes import WHEELS, download_deb, download_wheel
 
 from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
@@ -39,6 +53,28 @@ EXCLUDED = ("bunny", "duck", "lego", "mug", "plane", "terrain", "cloth", "stadiu
             "collision", "walker", "parking")  # fmt: skip
 MIN_FACES, MAX_FACES = 8, 300_000
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+#: Debian package -> (version, URL, SHA-256 of the .deb) of the ``cgal`` source.
+CGAL_DEB = {
+    "libcgal-demo": (
+        "5.5.1-2",
+        "https://deb.debian.org/debian/pool/main/c/cgal/libcgal-demo_5.5.1-2_all.deb",
+        "78b09b23d4d6d1bf15552a1060b419ab3fc09918486462faed197e5fc6ac3735",
+    ),
+}
+#: The package's archive of CGAL's data folder, and the meshes' folder inside it.
+CGAL_DATA, CGAL_MESH_DIR = "usr/share/doc/libcgal-dev/data.tar.gz", "data/meshes"
+#: ``cgal`` meshes (``CGAL_MESH_DIR/NAME.off``) -> rotation about +X in degrees that puts them +Y up, in the order of
+#: their index ``i``.
+CGAL_MESHES = {
+    "homer": 0.0, "hand": 0.0, "armadillo": 0.0, "cactus": 0.0, "dino": -90.0, "helmet": 0.0, "bear": 0.0,
+    "camel": 0.0, "triceratops": 0.0, "elephant": 0.0, "diplodocus": 0.0, "elk": 0.0, "blobby": 0.0, "bones": 0.0,
+    "femur": 90.0, "man": -90.0, "knot": 0.0, "knot1": 0.0, "knot2": 0.0, "eight": 0.0, "pinion": 0.0, "rotor": 0.0,
+    "fandisk": 0.0, "joint": 0.0, "cross": 0.0, "anchor": 0.0, "turbine": 0.0, "couplingdown": 0.0, "handle": 0.0,
+    "spool": 0.0, "dragknob": 0.0, "pipe": 0.0, "tripod": 0.0, "cheese": 0.0, "part": 0.0, "itemb": 0.0,
+}  # fmt: skip
+#: Half-width of the log of the ``cgal`` variants' stretch along each axis.
+CGAL_LOG_STRETCH = 0.2
+SOURCES = ("pybullet", "cgal")
 
 
 def training_members(wheel: zipfile.ZipFile) -> list[str]:
@@ -47,10 +83,27 @@ def training_members(wheel: zipfile.ZipFile) -> list[str]:
     return [n for n in names if not any(part in n.lower() for part in EXCLUDED)]
 
 
-def render_member(out_dir: Path, item: tuple[int, str, bytes], seed: int) -> dict | None:
-    """Render member ``index`` into ``out_dir/r{index:05d}_real``; None (and a line on stderr) when skipped."""
-    index, name, data = item
-    rng = np.random.default_rng([seed, index])
+def cgal_meshes(deb_archive) -> list[tuple[str, bytes]]:
+    """(name, OFF file bytes) of :data:`CGAL_MESHES`, in order, from the opened ``libcgal-demo`` package.
+
+    Raises:
+        ValueError: the package lacks its data archive or one of the meshes.
+    """
+    if CGAL_DATA not in deb_archive.namelist():
+        raise ValueError(f"{CGAL_DATA} is not in the libcgal-demo package")
+    with tarfile.open(fileobj=io.BytesIO(deb_archive.read(CGAL_DATA))) as data:
+        names = {name.removeprefix("./"): name for name in data.getnames()}
+        meshes = []
+        for name in CGAL_MESHES:
+            member = names.get(f"{CGAL_MESH_DIR}/{name}.off")
+            if member is None:
+                raise ValueError(f"{CGAL_MESH_DIR}/{name}.off is not in the libcgal-demo package's data")
+            meshes.append((name, data.extractfile(member).read()))
+    return meshes
+
+
+def _load(name: str, data: bytes) -> trimesh.Trimesh | None:
+    """The mesh of one file, or None (and a line on stderr) when it is unreadable or its face count out of range."""
     try:
         loaded = trimesh.load(trimesh.util.wrap_as_stream(data), file_type=Path(name).suffix[1:].lower(),
                               force="mesh", process=False)  # fmt: skip
@@ -60,56 +113,111 @@ def render_member(out_dir: Path, item: tuple[int, str, bytes], seed: int) -> dic
     if not MIN_FACES <= len(loaded.faces) <= MAX_FACES:
         print(f"skipped {name}: {len(loaded.faces)} faces", file=sys.stderr)
         return None
+    return loaded
+
+
+def _yaw(rng: np.random.Generator) -> np.ndarray:
+    """(3, 3) rotation about +Y by a random angle."""
     yaw = rng.uniform(0.0, 2.0 * np.pi)
-    turn = np.array([[np.cos(yaw), 0.0, np.sin(yaw)], [0.0, 1.0, 0.0], [-np.sin(yaw), 0.0, np.cos(yaw)]])
-    verts = normalize_vertices(np.asarray(loaded.vertices, dtype=np.float64) @ Z_UP_TO_Y_UP.T @ turn.T)
+    return np.array([[np.cos(yaw), 0.0, np.sin(yaw)], [0.0, 1.0, 0.0], [-np.sin(yaw), 0.0, np.cos(yaw)]])
+
+
+def _write(out_dir: Path, object_id: str, verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
+           meta: dict) -> dict:  # fmt: skip
+    """Normalise ``verts``, colour them with one random colour, render and write ``out_dir/object_id``; its index
+    entry. A folder already there is kept if it holds this object (a rerun), refused otherwise."""
+    verts = normalize_vertices(verts)
     colour = torch.tensor(rng.uniform(0.25, 0.9, 3), dtype=torch.float32)
-    mesh = Mesh(torch.from_numpy(verts).float(), torch.from_numpy(np.asarray(loaded.faces, dtype=np.int64)),
+    mesh = Mesh(torch.from_numpy(verts).float(), torch.from_numpy(np.asarray(faces, dtype=np.int64)),
                 vertex_colors=colour.expand(len(verts), 3).clone())  # fmt: skip
-    object_id, view_seed = f"r{index:05d}_real", int(rng.integers(0, 2**31))
+    view_seed = int(rng.integers(0, 2**31))
     folder = out_dir / object_id
-    if folder.exists():  # a rerun keeps the objects already written, if they are this run's
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("source") != name or meta.get("view_seed") != view_seed:
-            raise ValueError(f"{folder} holds another object ({meta.get('source')}); write into a new folder")
+    if folder.exists():
+        written = json.loads((folder / "meta.json").read_text())
+        if written.get("source") != meta["source"] or written.get("view_seed") != view_seed:
+            raise ValueError(f"{folder} holds another object ({written.get('source')}); write into a new folder")
     else:
         write_object(mesh, folder, n_views=8, size=128, seed=view_seed, class_name="real",
                      sampling=ViewSampling.at_distance(1.9, elevation_range_deg=(-10.0, 60.0)),
-                     meta={"id": object_id, "split": "train", "seed": index, "source": name})  # fmt: skip
-    return {"id": object_id, "class": "real", "split": "train", "seed": index, "path": object_id}
+                     meta={"id": object_id, "split": "train", **meta})  # fmt: skip
+    return {"id": object_id, "class": "real", "split": "train", "seed": meta["seed"], "path": object_id}
 
 
-def _render(shared: tuple[Path, int], item: tuple[int, str, bytes]) -> dict | None:
-    return render_member(shared[0], item, shared[1])
+def render_member(out_dir: Path, item: tuple[int, str, bytes], seed: int) -> dict | None:
+    """Render wheel member ``index`` into ``out_dir/r{index:05d}_real``; None (and a line on stderr) when skipped."""
+    index, name, data = item
+    rng = np.random.default_rng([seed, index])
+    loaded = _load(name, data)
+    if loaded is None:
+        return None
+    verts = np.asarray(loaded.vertices, dtype=np.float64) @ Z_UP_TO_Y_UP.T @ _yaw(rng).T
+    return _write(out_dir, f"r{index:05d}_real", verts, loaded.faces, rng, {"seed": index, "source": name})
+
+
+def render_cgal_mesh(out_dir: Path, item: tuple[int, str, bytes], seed: int, variants: int) -> list[dict]:
+    """Render ``variants`` objects of CGAL mesh ``index`` into ``out_dir/c{index:03d}_{k:02d}_{name}``; [] (and a
+    line on stderr) when skipped."""
+    index, name, data = item
+    loaded = _load(f"{name}.off", data)
+    if loaded is None:
+        return []
+    loaded.remove_unreferenced_vertices()  # stray vertices would shrink the object when it is normalised
+    angle = np.radians(CGAL_MESHES[name])
+    upright = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+    entries = []
+    for k in range(variants):
+        rng = np.random.default_rng([seed, index, k])
+        turn = _yaw(rng)
+        stretch = np.exp(rng.uniform(-CGAL_LOG_STRETCH, CGAL_LOG_STRETCH, 3))
+        verts = (np.asarray(loaded.vertices, dtype=np.float64) @ upright.T @ turn.T) * stretch
+        meta = {"seed": index * 100 + k, "source": f"{CGAL_MESH_DIR}/{name}.off"}
+        entries.append(_write(out_dir, f"c{index:03d}_{k:02d}_{name}", verts, loaded.faces, rng, meta))
+    return entries
+
+
+def _render(shared: tuple[Path, int, int], item: tuple[int, str, bytes]) -> list[dict]:
+    out_dir, seed, variants = shared
+    if variants == 0:
+        entry = render_member(out_dir, item, seed)
+        return [] if entry is None else [entry]
+    return render_cgal_mesh(out_dir, item, seed, variants)
+
+
+def _items(source: str, wheel: Path | None, tmp: Path) -> list[tuple[int, str, bytes]]:
+    """(index, name, file bytes) of the meshes of ``source``."""
+    if source == "cgal":
+        meshes = cgal_meshes(download_deb("libcgal-demo", CGAL_DEB))
+        return [(index, name, data) for index, (name, data) in enumerate(meshes)]
+    archive = zipfile.ZipFile(wheel) if wheel else download_wheel(tmp, "pybullet", WHEELS["pybullet"])
+    return [(index, name, archive.read(name)) for index, name in enumerate(training_members(archive))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--source", choices=SOURCES, default="pybullet", help="which meshes (see above)")
     parser.add_argument("--wheel", type=Path, help="a pybullet 3.2.7 wheel already on disk (default: download it)")
     parser.add_argument("--seed", type=int, default=45, help="master seed (stage 14: 45)")
-    parser.add_argument("--max-objects", type=int, help="only the first N members (for a quick look)")
+    parser.add_argument("--variants", type=int, default=16, help="cgal: objects written per mesh (default 16)")
+    parser.add_argument("--max-objects", type=int, help="only the first N meshes (for a quick look)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering side by side")
     args = parser.parse_args(argv)
     try:
         if args.max_objects is not None and args.max_objects < 1:  # a slice would silently drop members instead
             raise ValueError(f"--max-objects must be >= 1, got {args.max_objects}")
         check_int(args.workers, "--workers", 1, MAX_WORKERS)
+        check_int(args.variants, "--variants", 1, 1000)
         with tempfile.TemporaryDirectory() as tmp:
-            if args.wheel:
-                wheel = zipfile.ZipFile(args.wheel)
-            else:
-                wheel = download_wheel(Path(tmp), "pybullet", WHEELS["pybullet"])
-            names = training_members(wheel)[: args.max_objects]
-            items = [(index, name, wheel.read(name)) for index, name in enumerate(names)]
+            items = _items(args.source, args.wheel, Path(tmp))[: args.max_objects]
         args.output.mkdir(parents=True, exist_ok=True)
-        rendered = map_in_processes(_render, items, args.workers, shared=(args.output, args.seed))
-        entries = [entry for entry in rendered if entry is not None]
+        variants = args.variants if args.source == "cgal" else 0
+        rendered = map_in_processes(_render, items, args.workers, shared=(args.output, args.seed, variants))
+        entries = [entry for found in rendered for entry in found]
         write_index(args.output, entries, seed=args.seed, n_views=8, size=128, classes=["real"])
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, tarfile.TarError) as err:
         print(f"real_training_meshes: error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(entries)} of {len(items)} meshes rendered into {args.output}")
+    print(f"{len(entries)} objects from {len(items)} meshes rendered into {args.output}")
     return 0
 
 

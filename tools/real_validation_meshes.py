@@ -117,9 +117,10 @@ def _ar_members(data: bytes, package: str) -> dict[str, bytes]:
     return members
 
 
-def download_deb(package: str) -> DebArchive:
-    """Download one pinned Debian package of :data:`DEBS` and open its data files."""
-    version, url, sha256 = DEBS[package]
+def download_deb(package: str, pins: dict[str, tuple[str, str, str]] = DEBS) -> DebArchive:
+    """Download one pinned Debian package (``pins``: package -> (version, URL, SHA-256), as :data:`DEBS`) and open
+    its data files."""
+    version, url, sha256 = pins[package]
     try:
         with urllib.request.urlopen(url, timeout=120) as response:
             data = response.read()
