@@ -206,6 +206,35 @@ def test_fill_of_a_mask_larger_than_its_gain_map_is_the_same_fill():
         torch.testing.assert_close(fill(points), expected)
 
 
+def test_fill_gains_are_those_of_every_sample_of_every_ray():
+    """`filled` samples every 4th point of a ray first and the rest only where needed: its gains must equal the
+    brute-force peak over all samples. A thin shell (Gaussian of width 0.01, finer than the first pass's 0.044 step)
+    makes the first pass miss the peak on many rays, some of which the full pass finds above the level."""
+    from monorecon.core.volume import ray_aabb, uniform_samples
+
+    hull, level, n_samples = _ball_hull(), 7.0, 160
+
+    def shell(points: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.exp(-(((points.norm(dim=-1) - 0.3) / 0.01) ** 2))
+
+    fill = hull.filled(shell, level=level, box_radius=0.87, n_samples=n_samples)
+    inside = hull.mask[0, 0] > 0.5  # the mask is at the gain map's size here (64 <= resolution)
+    origins, directions = (rays[0][inside] for rays in hull.camera.get_rays(normalize=True))
+    t_near, t_far, hit = ray_aabb(origins, directions, [-0.87] * 3, [0.87] * 3)
+    _, t = uniform_samples(t_near, t_far, n_samples)
+    points = (origins[:, None] + directions[:, None] * t[..., None]).reshape(-1, 3)
+    along = (shell(points) * hull(points)).reshape(t.shape)
+
+    def gains(peak: torch.Tensor) -> torch.Tensor:
+        return (1.1 * level / torch.where(hit, peak, 0.0).clamp_min(1e-12)).clamp(1.0, 20.0)
+
+    expected = gains(along.amax(dim=1))
+    assert torch.equal(fill.gain[0, 0][inside], expected)
+    first_pass = gains(along[:, ::4].amax(dim=1))
+    assert int(((first_pass > 1) & (expected == 1)).sum()) > 20  # the second pass decides these rays
+    assert int((expected > 1).sum()) > 20  # and some rays are raised all the same
+
+
 def test_fill_gain_is_capped_and_checked():
     hull = _ball_hull()
     fill = hull.filled(lambda points: _half_spheres(points, 0.1, 0.1), level=7.0, box_radius=0.87, max_gain=20.0)
