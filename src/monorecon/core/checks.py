@@ -6,6 +6,7 @@ must agree across the tensors checked with the same ``sizes`` dict).
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -50,10 +51,14 @@ def check_tensor(
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if floating is False and x.is_floating_point():
         raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
-    if finite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if unit_range and x.numel() and (bool((x < 0).any()) or bool((x > 1).any())):
-        raise ValueError(f"{name} must lie in [0, 1], got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    if ((finite and x.is_floating_point()) or unit_range) and x.numel():
+        # One pass for both ends (NaN propagates to them): several times faster than isfinite(x).all() on the CPU,
+        # and this runs on every field query.
+        low, high = (float(end) for end in torch.aminmax(x.detach()))
+        if finite and x.is_floating_point() and not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if unit_range and not (0 <= low and high <= 1):
+            raise ValueError(f"{name} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
     return x
 
 
