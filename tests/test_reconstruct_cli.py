@@ -97,6 +97,34 @@ def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_p
     assert not material.extensions  # lit (PBR) unless --unlit
 
 
+def test_timings_name_the_stages_that_ran(image_path, tmp_path, capsys):
+    """``Reconstruction.timings``: the stages that ran, in pipeline order, adding up to no more than the call; the
+    CLI's ``--timings`` prints them with the time to write the files."""
+    import time
+
+    from monorecon.api import RECONSTRUCT_STAGES, ReconstructOptions, load_model, reconstruct_full
+
+    model = load_model(TINY / "model.safetensors", TINY / "config.yaml")
+    cases = [
+        (ReconstructOptions(mc_resolution=32), ["preprocess", "encode", "carve", "extract", "cleanup", "colour"]),
+        (ReconstructOptions(mc_resolution=32, carve=False, remove_floaters=False, project_input=False),
+         ["preprocess", "encode", "extract"]),
+        (ReconstructOptions(mc_resolution=32, bake_texture=True, texture_resolution=64, project_input=False),
+         ["preprocess", "encode", "carve", "extract", "cleanup", "bake"]),
+    ]  # fmt: skip
+    for options, stages in cases:
+        start = time.perf_counter()
+        timings = reconstruct_full(image_path, model, options).timings
+        elapsed = time.perf_counter() - start
+        assert list(timings) == stages and set(stages) <= set(RECONSTRUCT_STAGES)
+        assert all(seconds >= 0 for seconds in timings.values()) and sum(timings.values()) <= elapsed
+    argv = ["reconstruct", str(image_path), "-o", str(tmp_path), *MODEL_ARGS, "--mc-resolution", "32", "--timings"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    line = out.splitlines()[-1]
+    assert line.startswith("  time: preprocess ") and ", write " in line and "(total " in line
+
+
 def test_object_height_and_origin_flags_place_the_mesh(image_path, tmp_path, capsys):
     code, _, err = reconstruct([image_path], tmp_path, "--object-height", "0.3", "--origin", "bottom", capsys=capsys)
     assert code == 0, err

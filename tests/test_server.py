@@ -139,6 +139,9 @@ def test_glb_download_holds_the_model_mesh(client, stub):
     assert response.content[:4] == b"glTF"
     assert stub.extract_calls == [{"resolution": 40, "threshold": 12.5, "method": "coarse_to_fine", "carved": True}]
     assert int(response.headers["x-mesh-faces"]) == stub.mesh.num_faces
+    timing = [entry.split(";dur=") for entry in response.headers["server-timing"].split(", ")]
+    assert [name for name, _ in timing][:2] == ["preprocess", "encode"] and timing[-1][0] == "write"
+    assert all(float(milliseconds) >= 0 for _, milliseconds in timing)
     assert post(client, {"carve": "false"}).status_code == 200
     assert stub.extract_calls[-1]["carved"] is False
     assert post(client, {"fill": "false"}).status_code == 200 and stub.extract_calls[-1]["carved"] is True

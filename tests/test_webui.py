@@ -143,6 +143,12 @@ def test_preview_returns_processed_input_turntable_and_mesh(client, form):
     assert payload["filename"] == "duck.glb" and payload["media_type"] == "model/gltf-binary"
     assert base64.b64decode(payload["mesh_base64"])[:4] == b"glTF"
     assert payload["faces"] == 80 and payload["vertices"] == 42 and payload["textured"] is False
+    assert list(payload["timings"])[:2] == ["preprocess", "encode"] and list(payload["timings"])[-2:] == [
+        "turntable",
+        "write",
+    ]
+    assert all(seconds >= 0 for seconds in payload["timings"].values())
+    assert sum(payload["timings"].values()) <= payload["seconds"] + 0.01  # rounded to 2 and 3 decimals
     viewer = payload["viewer"]  # the 3-D view's arrays (decoded in detail by test_webui_viewer.py)
     assert len(base64.b64decode(viewer["positions"])) == 42 * 3 * 4
     assert len(base64.b64decode(viewer["indices"])) == 80 * 3 * 4

@@ -6,8 +6,11 @@ Meshes are in the monorecon world frame: +Y up, the input view's front facing +Z
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,11 +145,29 @@ class Reconstruction:
         mesh: the reconstructed mesh (world frame).
         prepared: the preprocessed input image.
         scene_code: (1, 3, C, H, W) triplane of the model.
+        timings: wall-clock seconds of each stage that ran, in pipeline order (:data:`RECONSTRUCT_STAGES`).
     """
 
     mesh: Mesh
     prepared: PreparedImage
     scene_code: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+#: The stages of :func:`reconstruct_full` that :attr:`Reconstruction.timings` names, in order: load and prepare the
+#: image; the model's scene code; the input silhouette's cone (and its fill: model queries); marching cubes;
+#: floater removal, decimation and smoothing; the photo's colours; texture baking (UV unwrap and model queries).
+RECONSTRUCT_STAGES = ("preprocess", "encode", "carve", "extract", "cleanup", "colour", "bake")
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Set ``timings[stage]`` to the wall-clock seconds of the block (after the GPU's queued work, where CUDA runs)."""
+    start = time.perf_counter()
+    yield
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    timings[stage] = time.perf_counter() - start
 
 
 def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfig) -> PreparedImage:
@@ -198,43 +219,51 @@ def reconstruct_full(
     options = options or ReconstructOptions()
     model = model if model is not None else load_model()
     torch.manual_seed(options.seed)
+    timings: dict[str, float] = {}
     preprocess = options.preprocess
     if preprocess.foreground_ratio is None:
         preprocess = dataclasses.replace(preprocess, foreground_ratio=model_foreground_ratio(model))
-    prepared = prepare_input(image, preprocess)
+    with _timed(timings, "preprocess"):
+        prepared = prepare_input(image, preprocess)
     threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
     with torch.inference_mode():
-        scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
-        weight = (
-            input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill) if options.carve else None
-        )
-        mesh = model.extract_mesh(
-            scene_code,
-            resolution=options.mc_resolution,
-            threshold=threshold,
-            method=options.extraction,
-            carve=weight,
-        )
+        with _timed(timings, "encode"):
+            scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
+        weight = None
+        if options.carve:
+            with _timed(timings, "carve"):
+                weight = input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill)
+        with _timed(timings, "extract"):
+            mesh = model.extract_mesh(
+                scene_code,
+                resolution=options.mc_resolution,
+                threshold=threshold,
+                method=options.extraction,
+                carve=weight,
+            )
         target_faces = options.target_faces
         if options.bake_texture and target_faces is None:
             target_faces = BAKE_MAX_FACES  # xatlas time grows steeply with faces (~200 s at 250k, ~12 s at 50k)
         if options.remove_floaters or target_faces or options.smooth_iterations:
             min_fraction = 0.01 if options.remove_floaters else 0.0
-            mesh = cleanup_mesh(mesh, min_fraction, target_faces, options.smooth_iterations)
+            with _timed(timings, "cleanup"):
+                mesh = cleanup_mesh(mesh, min_fraction, target_faces, options.smooth_iterations)
         recolour = None
         if options.project_input:
             camera = input_camera(prepared.alpha.shape[0])
-            mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
+            with _timed(timings, "colour"):
+                mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
         if options.bake_texture:
 
             def texel_colours(points: torch.Tensor) -> torch.Tensor:
                 colours = model.query(scene_code, points[None])[1][0].to(points)  # from the model's device
                 return colours if recolour is None else recolour(points, colours)
 
-            mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
+            with _timed(timings, "bake"):
+                mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
     if options.object_height is not None or options.origin != "model":  # last: the steps above work in model space
         mesh = mesh.placed(options.object_height, options.origin)
-    return Reconstruction(mesh, prepared, scene_code)
+    return Reconstruction(mesh, prepared, scene_code, timings)
 
 
 def reconstruct(image: str | os.PathLike | np.ndarray, model=None, **options) -> Mesh:

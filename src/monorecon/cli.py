@@ -9,6 +9,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
     p.add_argument(
         "--html", action="store_true", help="also save viewer.html: the mesh in an interactive 3-D view (one file)"
+    )
+    p.add_argument(
+        "--timings", action="store_true", help="print the seconds each stage took for each input (where time goes)"
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     _add_device_option(p)
@@ -263,9 +267,18 @@ class _BatchJob:
     progress: bool  # per-image progress bars (turntables): one process, not --quiet
 
 
-def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> tuple[Path, int] | str:
-    """Reconstruct one input into ``OUTPUT/<stem>/``: (mesh path, faces), or its one-line error with what it had
-    written removed (one bad input must not leave half its outputs behind nor stop the others)."""
+@dataclass(frozen=True)
+class _Written:
+    """One input's outputs: its mesh file, the mesh's face count, and the seconds each stage took."""
+
+    mesh_path: Path
+    faces: int
+    timings: dict[str, float]
+
+
+def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str:
+    """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
+    (one bad input must not leave half its outputs behind nor stop the others)."""
     from .api import reconstruct_full
     from .io.images import save_image
     from .io.mesh_io import save_mesh
@@ -275,26 +288,39 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> tuple[Path, in
     written: list[Path] = []
     try:
         result = reconstruct_full(image_path, job.model, job.options)
+        timings = dict(result.timings)
+        start = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
         written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
         mesh_path = out_dir / f"mesh.{job.mesh_format}"
         if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
             written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
         written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
+        timings["write"] = time.perf_counter() - start
         if job.render:
             from .video import save_turntable, turntable_from_mesh
 
+            start = time.perf_counter()
             frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
             written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
             save_turntable(frames, out_dir / "turntable")
+            timings["turntable"] = time.perf_counter() - start
         if job.html:
             from .viewer import save_viewer_html
 
+            start = time.perf_counter()
             written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
+            timings["html"] = time.perf_counter() - start
     except (ValueError, OSError) as err:
         _remove_outputs(written, out_dir, created_folder)
         return _one_line(err)
-    return mesh_path, result.mesh.num_faces
+    return _Written(mesh_path, result.mesh.num_faces, timings)
+
+
+def _format_timings(timings: dict[str, float]) -> str:
+    """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
+    stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
+    return f"{stages} (total {sum(timings.values()):.2f} s)"
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
@@ -331,7 +357,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             failures += 1
             bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
         elif not args.quiet:
-            bar.write(f"{image_path} -> {outcome[0]} ({outcome[1]} faces)")
+            bar.write(f"{image_path} -> {outcome.mesh_path} ({outcome.faces} faces)")
+            if args.timings:
+                bar.write(f"  time: {_format_timings(outcome.timings)}")
     if failures:
         if len(images) > 1:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)

@@ -381,6 +381,12 @@ def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -
     return data, MESH_MEDIA_TYPES[mesh_format], stem + _DOWNLOAD_SUFFIX[mesh_format]
 
 
+def server_timing(timings: dict[str, float]) -> str:
+    """An HTTP ``Server-Timing`` header value (W3C Server Timing: milliseconds, shown by browsers' developer tools)
+    of stage -> seconds, e.g. ``"encode;dur=120.5, extract;dur=5100.0"``."""
+    return ", ".join(f"{stage};dur={seconds * 1e3:.1f}" for stage, seconds in timings.items())
+
+
 def _content_disposition(filename: str) -> str:
     """``attachment`` header value for an ASCII file name (as made by :attr:`MeshForm.stem`)."""
     return f'attachment; filename="{filename}"'
@@ -448,11 +454,14 @@ def create_app(
     )
     def reconstruct(form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
         result = service.reconstruct(form)
+        start = time.perf_counter()
         data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
+        timings = {**result.timings, "write": time.perf_counter() - start}
         headers = {
             "Content-Disposition": _content_disposition(filename),
             "X-Mesh-Vertices": str(result.mesh.num_verts),
             "X-Mesh-Faces": str(result.mesh.num_faces),
+            "Server-Timing": server_timing(timings),
         }
         return Response(data, media_type=media_type, headers=headers)
 

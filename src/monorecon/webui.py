@@ -73,10 +73,15 @@ def build_ui(service: ReconstructionService) -> APIRouter:
         start = time.perf_counter()
         with service.exclusive():  # the turntable render is CPU work too
             result = service.reconstruct(form)
+            timings = dict(result.timings)
+            stage_start = time.perf_counter()
             frames = turntable_from_mesh(
                 result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
             )
+            timings["turntable"] = time.perf_counter() - stage_start
+        stage_start = time.perf_counter()
         data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
+        timings["write"] = time.perf_counter() - stage_start
         return {
             "filename": filename,
             "media_type": media_type,
@@ -88,6 +93,7 @@ def build_ui(service: ReconstructionService) -> APIRouter:
             "faces": result.mesh.num_faces,
             "textured": result.mesh.texture is not None,
             "seconds": round(time.perf_counter() - start, 2),
+            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         }
 
     return router
@@ -335,7 +341,9 @@ form.addEventListener("submit", async (event) => {
     link.textContent = "Download " + payload.filename;
     document.getElementById("stats").textContent = payload.vertices.toLocaleString() + " vertices, " +
       payload.faces.toLocaleString() + " faces" + (payload.textured ? ", baked texture" : ", vertex colours") +
-      "; " + payload.seconds + " s on the server.";
+      "; " + payload.seconds + " s on the server (" +
+      Object.entries(payload.timings).map(([stage, seconds]) => stage + " " + seconds.toFixed(1) + " s").join(", ") +
+      ").";
     document.getElementById("result").hidden = false;
     showInViewer(payload.viewer);  // once shown, so that the canvas has its layout size
     statusLine.textContent = "Done.";
