@@ -191,8 +191,11 @@ def test_query_chunks_and_memory_are_bounded():
 # --------------------------------------------------------------------------------------------------------------------
 # Coarse to fine
 # --------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("resolution", "coarse"), [(65, None), (61, 13)])
-def test_coarse_to_fine_matches_dense(resolution, coarse):
+# The coarse grid is queried a few 17 x 17 slabs at a time: all at once, 2 per call (the last call with 1), 1 per call.
+@pytest.mark.parametrize(
+    ("resolution", "coarse", "chunk_size"), [(65, None, 262_144), (61, 13, 262_144), (65, None, 600), (65, None, 200)]
+)
+def test_coarse_to_fine_matches_dense(resolution, coarse, chunk_size):
     calls = {"dense": 0, "coarse_to_fine": 0}
 
     def counting(method):
@@ -211,6 +214,7 @@ def test_coarse_to_fine_matches_dense(resolution, coarse):
         block_size=24,
         method="coarse_to_fine",
         coarse_resolution=coarse,
+        chunk_size=chunk_size,
     )
     assert f_score(fast, dense, 0.005) >= 0.99
     assert calls["coarse_to_fine"] < 0.5 * calls["dense"]

@@ -227,10 +227,12 @@ class _CoarseGrid:
         coarse_index = np.append(np.arange(0, fine_count - 1, stride), fine_count - 1)  # fine indices of the samples
         n = len(coarse_index)
         self.values = np.empty((n, n, n), dtype=np.float64)
-        slab = np.ones((1, n, n), dtype=bool)
-        for i in range(n):  # one slab at a time bounds the point arrays
-            ranges = [coarse_index[i : i + 1], coarse_index, coarse_index]
-            self.values[i] = field.query_grid(axes, ranges, slab).reshape(n, n)
+        # Slabs of about one query chunk at a time: few field calls (each has a fixed cost), bounded point arrays.
+        slabs = max(1, field.chunk_size // (n * n))
+        for i in range(0, n, slabs):
+            ranges = [coarse_index[i : i + slabs], coarse_index, coarse_index]
+            mask = np.ones([len(r) for r in ranges], dtype=bool)
+            self.values[i : i + slabs] = field.query_grid(axes, ranges, mask).reshape(-1, n, n)
         inside = self.values > field.threshold
         corners = [inside[a : n - 1 + a, b : n - 1 + b, c : n - 1 + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
         straddling = np.logical_or.reduce(corners) & ~np.logical_and.reduce(corners)
