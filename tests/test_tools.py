@@ -111,16 +111,22 @@ def test_training_meshes_turn_z_up_files_y_up_and_skip_what_they_must(training_t
     assert not (tmp_path / "y").exists()
 
 
-def _deb(files: dict[str, bytes]) -> bytes:
-    """A minimal .deb: an ar archive holding debian-binary and a data.tar.xz of ``files`` (odd sizes pad to even)."""
+def _tar(files: dict[str, bytes], mode: str) -> bytes:
+    """A tar archive (``mode`` "w:xz", "w:gz") of name -> content."""
     data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+    with tarfile.open(fileobj=data, mode=mode) as tar:
         for name, content in files.items():
-            info = tarfile.TarInfo(f"./{name}")
+            info = tarfile.TarInfo(name)
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def _deb(files: dict[str, bytes]) -> bytes:
+    """A minimal .deb: an ar archive holding debian-binary and a data.tar.xz of ``files`` (odd sizes pad to even)."""
+    data = _tar({f"./{name}": content for name, content in files.items()}, "w:xz")
     archive = b"!<arch>\n"
-    for name, content in (("debian-binary", b"2.0\n"), ("data.tar.xz", data.getvalue())):
+    for name, content in (("debian-binary", b"2.0\n"), ("data.tar.xz", data)):
         header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode()
         archive += header + content + b"\n" * (len(content) % 2)
     return archive
@@ -147,13 +153,8 @@ def test_extra_meshes_refuse_a_package_that_does_not_match_its_checksum(tool, tm
 
 def _cgal_deb(meshes: dict[str, bytes]) -> bytes:
     """A libcgal-demo stand-in: its data.tar.gz (CGAL's data folder) holding ``data/meshes/NAME.off`` files."""
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as tar:
-        for name, content in meshes.items():
-            info = tarfile.TarInfo(f"data/meshes/{name}.off")
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return _deb({"usr/share/doc/libcgal-dev/data.tar.gz": data.getvalue()})
+    data = _tar({f"data/meshes/{name}.off": content for name, content in meshes.items()}, "w:gz")
+    return _deb({"usr/share/doc/libcgal-dev/data.tar.gz": data})
 
 
 def test_cgal_meshes_are_turned_upright_and_written_in_variants(training_tool, tool, tmp_path, capsys, monkeypatch):
