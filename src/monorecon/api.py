@@ -161,8 +161,11 @@ RECONSTRUCT_STAGES = ("preprocess", "encode", "carve", "extract", "cleanup", "co
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Set ``timings[stage]`` to the wall-clock seconds of the block (after the GPU's queued work, where CUDA runs)."""
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Set ``timings[stage]`` to the wall-clock seconds of the block (after the GPU's queued work, where CUDA runs).
+
+    ``with timed(result.timings, "export"): ...`` adds a stage of one's own, as the CLI and the server do.
+    """
     start = time.perf_counter()
     yield
     if torch.cuda.is_initialized():
@@ -223,17 +226,17 @@ def reconstruct_full(
     preprocess = options.preprocess
     if preprocess.foreground_ratio is None:
         preprocess = dataclasses.replace(preprocess, foreground_ratio=model_foreground_ratio(model))
-    with _timed(timings, "preprocess"):
+    with timed(timings, "preprocess"):
         prepared = prepare_input(image, preprocess)
     threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
     with torch.inference_mode():
-        with _timed(timings, "encode"):
+        with timed(timings, "encode"):
             scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
         weight = None
         if options.carve:
-            with _timed(timings, "carve"):
+            with timed(timings, "carve"):
                 weight = input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill)
-        with _timed(timings, "extract"):
+        with timed(timings, "extract"):
             mesh = model.extract_mesh(
                 scene_code,
                 resolution=options.mc_resolution,
@@ -246,12 +249,12 @@ def reconstruct_full(
             target_faces = BAKE_MAX_FACES  # xatlas time grows steeply with faces (~200 s at 250k, ~12 s at 50k)
         if options.remove_floaters or target_faces or options.smooth_iterations:
             min_fraction = 0.01 if options.remove_floaters else 0.0
-            with _timed(timings, "cleanup"):
+            with timed(timings, "cleanup"):
                 mesh = cleanup_mesh(mesh, min_fraction, target_faces, options.smooth_iterations)
         recolour = None
         if options.project_input:
             camera = input_camera(prepared.alpha.shape[0])
-            with _timed(timings, "colour"):
+            with timed(timings, "colour"):
                 mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
         if options.bake_texture:
 
@@ -259,7 +262,7 @@ def reconstruct_full(
                 colours = model.query(scene_code, points[None])[1][0].to(points)  # from the model's device
                 return colours if recolour is None else recolour(points, colours)
 
-            with _timed(timings, "bake"):
+            with timed(timings, "bake"):
                 mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
     if options.object_height is not None or options.origin != "model":  # last: the steps above work in model space
         mesh = mesh.placed(options.object_height, options.origin)

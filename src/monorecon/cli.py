@@ -9,7 +9,6 @@ import argparse
 import logging
 import re
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -279,7 +278,7 @@ class _Written:
 def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str:
     """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
     (one bad input must not leave half its outputs behind nor stop the others)."""
-    from .api import reconstruct_full
+    from .api import reconstruct_full, timed
     from .io.images import save_image
     from .io.mesh_io import save_mesh
 
@@ -289,28 +288,25 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     try:
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
-        start = time.perf_counter()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
         mesh_path = out_dir / f"mesh.{job.mesh_format}"
-        if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
-            written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
-        written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
-        timings["write"] = time.perf_counter() - start
+        with timed(timings, "write"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
+            if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
+                written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
+            written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
         if job.render:
             from .video import save_turntable, turntable_from_mesh
 
-            start = time.perf_counter()
-            frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
-            written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
-            save_turntable(frames, out_dir / "turntable")
-            timings["turntable"] = time.perf_counter() - start
+            with timed(timings, "turntable"):
+                frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
+                written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
+                save_turntable(frames, out_dir / "turntable")
         if job.html:
             from .viewer import save_viewer_html
 
-            start = time.perf_counter()
-            written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
-            timings["html"] = time.perf_counter() - start
+            with timed(timings, "html"):
+                written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
     except (ValueError, OSError) as err:
         _remove_outputs(written, out_dir, created_folder)
         return _one_line(err)

@@ -50,6 +50,7 @@ from .api import (
     model_mesh_threshold,
     model_silhouette_fill,
     reconstruct_full,
+    timed,
 )
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
@@ -454,9 +455,9 @@ def create_app(
     )
     def reconstruct(form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
         result = service.reconstruct(form)
-        start = time.perf_counter()
-        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
-        timings = {**result.timings, "write": time.perf_counter() - start}
+        timings = dict(result.timings)
+        with timed(timings, "write"):
+            data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
         headers = {
             "Content-Disposition": _content_disposition(filename),
             "X-Mesh-Vertices": str(result.mesh.num_verts),

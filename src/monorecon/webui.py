@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
+from .api import timed
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT
 from .io.images import png_bytes
@@ -74,14 +75,12 @@ def build_ui(service: ReconstructionService) -> APIRouter:
         with service.exclusive():  # the turntable render is CPU work too
             result = service.reconstruct(form)
             timings = dict(result.timings)
-            stage_start = time.perf_counter()
-            frames = turntable_from_mesh(
-                result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
-            )
-            timings["turntable"] = time.perf_counter() - stage_start
-        stage_start = time.perf_counter()
-        data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
-        timings["write"] = time.perf_counter() - stage_start
+            with timed(timings, "turntable"):
+                frames = turntable_from_mesh(
+                    result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
+                )
+        with timed(timings, "write"):
+            data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
         return {
             "filename": filename,
             "media_type": media_type,
