@@ -367,6 +367,18 @@ def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
     torch.testing.assert_close(placed.verts, expected, atol=1e-6, rtol=0)
 
 
+def test_reconstruct_to_folder_refuses_a_bad_placement_before_any_work(tmp_path):
+    from monorecon.models.g3dr.inference import reconstruct_to_folder
+
+    for kwargs, message in (({"object_height": 0.0}, "object_height must lie"),
+                            ({"object_height": float("inf")}, "object_height must lie"),
+                            ({"origin": "top"}, "origin must be one of")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):  # before the (missing) model and images are read
+            reconstruct_to_folder(tmp_path / "no_model", tmp_path / "no.png", tmp_path / "no_depth.png",
+                                  tmp_path / "out", **kwargs)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def views_with_meshes(tmp_path, meshes: list[Mesh], seed: int = 0) -> RGBDViews:
     """random_views whose ground truth (canonical frame: identity transforms) is ``meshes``, saved as PLY files."""
     views = random_views(len(meshes), seed=seed)

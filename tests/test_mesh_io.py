@@ -97,6 +97,7 @@ def test_placement_and_bounding_sphere_of_the_arrow():
     torch.testing.assert_close(centred.bounds, torch.tensor([[-0.5, -1.0, -0.5], [0.5, 1.0, 0.5]]))
     torch.testing.assert_close(mesh.placed(1.0).verts, mesh.verts / 2)  # "model": scaled about the origin
     assert mesh.placed().verts is mesh.verts or torch.equal(mesh.placed().verts, mesh.verts)
+    assert mesh.placed() is mesh and mesh.placed(None, "model") is mesh  # nothing to do: no copy
     for kwargs, message in (
         ({"height": 0.0}, "height must lie"),
         ({"height": float("nan")}, "height must lie"),

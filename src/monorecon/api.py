@@ -264,8 +264,7 @@ def reconstruct_full(
 
             with timed(timings, "bake"):
                 mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
-    if options.object_height is not None or options.origin != "model":  # last: the steps above work in model space
-        mesh = mesh.placed(options.object_height, options.origin)
+    mesh = mesh.placed(options.object_height, options.origin)  # last: the steps above work in model space
     return Reconstruction(mesh, prepared, scene_code, timings)
 
 

@@ -142,11 +142,16 @@ class Mesh:
                 the origin, ``"bottom"`` the centre of the box's bottom face, so that the object stands on the
                 y = 0 plane (as AR viewers and game engines place a model).
 
+        Returns:
+            The placed copy, or this mesh itself when there is nothing to do (no height, origin ``"model"``).
+
         Raises:
             ValueError: an unknown ``origin``, a ``height`` that is not positive and finite, or a mesh with no
                 extent along +Y to scale.
         """
         check_placement(height, origin)
+        if height is None and origin == "model":
+            return self
         low, high = self.bounds.detach()
         anchor = torch.zeros_like(low)
         if origin != "model":
