@@ -216,6 +216,19 @@ def test_bake_texture_obj_writes_its_material_and_texture(image_path, tmp_path, 
     assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)
 
 
+def test_usdz_gets_a_baked_texture_and_the_render_command_reads_it(image_path, tmp_path, capsys):
+    argv = ["--format", "usdz", "--texture-resolution", "64", "--target-faces", "800"]
+    code, _, err = reconstruct([image_path], tmp_path, *argv, capsys=capsys)
+    assert code == 0, err
+    result = tmp_path / "thing"
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.usdz"]
+    mesh = load_mesh(result / "mesh.usdz")
+    assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)  # baked without --bake-texture
+    code, _, err = run(["render", str(result), "--frames", "2", "--size", "32", "--quiet"], capsys)
+    assert code == 0, err
+    assert (result / "turntable.mp4").is_file()
+
+
 def test_render_writes_turntables_and_render_command_reuses_the_result(image_path, tmp_path, capsys):
     code, _, err = reconstruct([image_path], tmp_path, "--render", "4", "--render-size", "32", capsys=capsys)
     assert code == 0, err

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from monorecon.core.mesh import Mesh
+from monorecon.io import load_mesh
 from monorecon.server import MeshForm, ServerSettings, create_app, run_server
 
 TINY_WEIGHTS = Path(__file__).parent / "data" / "triposr_ref" / "model.safetensors"
@@ -227,6 +228,18 @@ def test_obj_with_baked_texture_comes_zipped(client):
     np.testing.assert_allclose(np.median(texture.reshape(-1, 3), axis=0), np.array(STUB_COLOR) * 255, atol=1)
 
 
+def test_usdz_download_always_carries_a_baked_texture(client, tmp_path):
+    """AR viewers show no vertex colours: a USDZ request gets a texture without asking for one."""
+    response = post(client, {"format": "usdz", "texture_resolution": "64"}, name="mug.jpg")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "model/vnd.usdz+zip"
+    assert response.headers["content-disposition"] == 'attachment; filename="mug.usdz"'
+    (tmp_path / "mug.usdz").write_bytes(response.content)
+    mesh = load_mesh(tmp_path / "mug.usdz")
+    assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)
+    np.testing.assert_allclose(mesh.texture.reshape(-1, 3).median(dim=0).values, STUB_COLOR, atol=1 / 255)
+
+
 def test_ply_download(client, stub):
     response = post(client, {"format": "ply"})
     assert response.status_code == 200, response.text
@@ -258,7 +271,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
         "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "object_height", "origin", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
-    assert properties["format"]["enum"] == ["glb", "obj", "ply"]
+    assert properties["format"]["enum"] == ["glb", "obj", "ply", "usdz"]
 
 
 # --------------------------------------------------------------------------------------------------------------------

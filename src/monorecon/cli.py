@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .io.mesh_io import BAKED_FORMATS, MESH_FORMATS
+
 if TYPE_CHECKING:
     from .api import ReconstructOptions
 
@@ -37,10 +39,14 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per image)")
     p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
-    p.add_argument("--format", choices=["glb", "obj", "ply"], default="glb")
     p.add_argument(
-        "--unlit", action="store_true", help="GLB: mark the material unlit (viewers show the colours without lighting)"
-    )
+        "--format", choices=MESH_FORMATS, default="glb",
+        help="mesh file format (default glb); usdz (AR Quick Look, RealityKit) always gets a baked texture",
+    )  # fmt: skip
+    p.add_argument(
+        "--unlit", action="store_true",
+        help="GLB, USDZ: show the colours without lighting them (GLB: an unlit material; USDZ: emissive colours)",
+    )  # fmt: skip
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
     p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
     p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
@@ -232,7 +238,7 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             mc_resolution=args.mc_resolution,
             threshold=args.threshold,
             extraction=args.extraction,
-            bake_texture=args.bake_texture,
+            bake_texture=args.bake_texture or args.format in BAKED_FORMATS,
             texture_resolution=args.texture_resolution,
             remove_floaters=not args.keep_floaters,
             carve=not args.no_carve,
@@ -334,7 +340,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     if not 16 <= args.render_size <= 2048:
         raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
     if args.bake_texture and args.format == "ply":
-        raise CommandError("--bake-texture needs --format glb or obj (PLY files carry no texture)")
+        raise CommandError("--bake-texture needs --format glb, obj or usdz (PLY files carry no texture)")
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"output {args.output} exists and is not a folder")
     device = _device(args)
@@ -403,11 +409,10 @@ def _run_render(args: argparse.Namespace) -> int:
 
     path = args.result
     if path.is_dir():
-        meshes = sorted(
-            p for p in path.iterdir() if p.name.startswith("mesh.") and p.suffix in (".glb", ".obj", ".ply")
-        )
+        names = [f"mesh.{fmt}" for fmt in MESH_FORMATS]
+        meshes = [path / name for name in names if (path / name).is_file()]
         if not meshes:
-            raise CommandError(f"no mesh.glb/.obj/.ply in {path}")
+            raise CommandError(f"no {'/'.join(names)} in {path}")
         path = meshes[0]
     if not 16 <= args.size <= 2048:
         raise CommandError(f"--size must lie in [16, 2048], got {args.size}")

@@ -3,10 +3,11 @@
 Endpoints:
 
 * ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
-* ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply,
+* ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply|usdz,
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
   ``remove_background``, ``carve``, ``fill``, ``project_input``, ``unlit``, ``smooth``, ``seed``); answers the mesh
-  file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY) with a ``Content-Disposition``
+  file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY; USDZ ``model/vnd.usdz+zip``,
+  always with a baked texture) with a ``Content-Disposition``
   file name. Meshes are in the monorecon world frame (+Y up, the input view's front facing +Z: glTF's frame).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
@@ -55,7 +56,7 @@ from .api import (
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image
-from .io.mesh_io import save_mesh
+from .io.mesh_io import BAKED_FORMATS, save_mesh
 from .preprocess import PreprocessConfig
 
 __all__ = [
@@ -73,8 +74,13 @@ __all__ = [
 log = logging.getLogger("monorecon.server")
 
 #: Media type of each download format. PLY has no registered media type; OBJ comes zipped with its MTL and PNG.
-MESH_MEDIA_TYPES = {"glb": "model/gltf-binary", "obj": "application/zip", "ply": "application/octet-stream"}
-_DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply"}
+MESH_MEDIA_TYPES = {
+    "glb": "model/gltf-binary",
+    "obj": "application/zip",
+    "ply": "application/octet-stream",
+    "usdz": "model/vnd.usdz+zip",
+}
+_DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply", "usdz": ".usdz"}
 _MAX_SEED = 2**31 - 1
 
 
@@ -133,8 +139,8 @@ class MeshForm:
     Attributes:
         image: the uploaded file's bytes.
         filename: the uploaded file's name (may be empty).
-        mesh_format: ``"glb"``, ``"obj"`` or ``"ply"``.
-        unlit: GLB only: mark the material unlit (see :func:`monorecon.io.mesh_io.save_mesh`).
+        mesh_format: ``"glb"``, ``"obj"``, ``"ply"`` or ``"usdz"`` (which always gets a baked texture).
+        unlit: GLB, USDZ: show the colours without lighting (see :func:`monorecon.io.mesh_io.save_mesh`).
     """
 
     image: bytes
@@ -168,14 +174,14 @@ class MeshForm:
             ValueError: options that the API refuses, or a texture asked for PLY.
         """
         if self.bake_texture and self.mesh_format == "ply":
-            raise ValueError("PLY cannot carry a baked texture; ask for format glb or obj, or bake_texture=false")
+            raise ValueError("PLY cannot carry a baked texture; ask for format glb, obj or usdz, or bake_texture=false")
         return ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=self.remove_background, foreground_ratio=self.foreground_ratio
             ),
             mc_resolution=self.mc_resolution,
             threshold=self.threshold,
-            bake_texture=self.bake_texture,
+            bake_texture=self.bake_texture or self.mesh_format in BAKED_FORMATS,
             texture_resolution=self.texture_resolution,
             carve=self.carve,
             fill=self.fill,
@@ -196,7 +202,8 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
     async def mesh_form(
         image: Annotated[UploadFile, File(description="the input image; an RGBA image's alpha is the object mask")],
         mesh_format: Annotated[
-            Literal["glb", "obj", "ply"], Form(alias="format", description="glb, obj (zip with MTL and PNG) or ply")
+            Literal["glb", "obj", "ply", "usdz"],
+            Form(alias="format", description="glb, obj (zip with MTL and PNG), ply or usdz (always a baked texture)"),
         ] = "glb",
         mc_resolution: Annotated[
             int, Form(ge=8, le=settings.max_mc_resolution, description="marching-cubes grid points per axis")
@@ -227,7 +234,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             bool, Form(description="colour the surface the input sees with the input image (else the model's colours)")
         ] = True,
         unlit: Annotated[
-            bool, Form(description="glb: mark the material unlit (viewers show the colours without lighting them)")
+            bool, Form(description="glb, usdz: show the colours without lighting (glb: unlit material, usdz: emissive)")
         ] = False,
         smooth: Annotated[
             int, Form(ge=0, le=MAX_SMOOTH_ITERATIONS, description="iterations of volume-keeping mesh smoothing")
@@ -357,9 +364,9 @@ def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -
 
     Args:
         mesh: the mesh (world frame).
-        mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured) or ``"ply"``.
+        mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured), ``"ply"`` or ``"usdz"``.
         stem: file name without suffix.
-        unlit: GLB only: mark the material unlit.
+        unlit: GLB, USDZ: show the colours without lighting.
 
     Returns:
         (file bytes, media type, download file name).

@@ -125,8 +125,9 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
     if not model_summary.get("silhouette_fill", False):  # the first option is the default
         fill_options.reverse()
     fields = [
-        _select("format", "Format", [("glb", "GLB (glTF binary)"), ("obj", "OBJ + MTL + PNG (zip)"), ("ply", "PLY")],
-                None),
+        _select("format", "Format", [("glb", "GLB (glTF binary)"), ("obj", "OBJ + MTL + PNG (zip)"), ("ply", "PLY"),
+                                     ("usdz", "USDZ (AR Quick Look)")],
+                "USDZ always gets a baked texture (AR viewers show no vertex colours)"),
         _number("mc_resolution", "Mesh resolution", settings.default_mc_resolution, 8, settings.max_mc_resolution, 1,
                 "marching-cubes grid; higher is finer and slower"),
         _number("threshold", "Density threshold", model_summary.get("mesh_threshold", 25.0), None, None, "any",
@@ -144,7 +145,7 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         _select("project_input", "Photo colours", [("true", "on"), ("false", "off")],
                 "colour the surface the photo sees with the photo itself (else the model's colours)"),
         _select("unlit", "Material", [("false", "lit (PBR)"), ("true", "unlit")],
-                "GLB: unlit viewers show the colours as they are, without their own lights"),
+                "GLB, USDZ: viewers show the colours as they are, without their own lights"),
         _number("texture_resolution", "Texture size", settings.default_texture_resolution, 64,
                 settings.max_texture_resolution, 1, "texture side in pixels (baked texture only)"),
         _number("smooth", "Smoothing", 0, 0, MAX_SMOOTH_ITERATIONS, 1,

@@ -1,4 +1,7 @@
-"""Save and load :class:`~monorecon.core.mesh.Mesh` as GLB, OBJ (+ MTL + PNG) or binary PLY.
+"""Save and load :class:`~monorecon.core.mesh.Mesh` as GLB, OBJ (+ MTL + PNG), binary PLY or USDZ.
+
+USDZ (the AR format of Quick Look and RealityKit) and the other USD files are written and read by
+:mod:`monorecon.io.usd_io`; the notes below are about the other formats.
 
 * Frames: monorecon world coordinates are glTF's (+Y up, +Z front), so positions are written as given, with no
   rotation node.
@@ -24,14 +27,17 @@ import torch
 import trimesh
 
 from ..core.mesh import Mesh, colors_to_uint8
-from .atomic import atomic_write_bytes
+from .atomic import atomic_path, atomic_write_bytes
 from .images import png_bytes
 
-__all__ = ["LOADABLE_FORMATS", "MESH_FORMATS", "load_mesh", "save_mesh"]
+__all__ = ["BAKED_FORMATS", "LOADABLE_FORMATS", "MESH_FORMATS", "load_mesh", "save_mesh", "unit_vertex_normals"]
 
-MESH_FORMATS = ("glb", "obj", "ply")
+MESH_FORMATS = ("glb", "obj", "ply", "usdz")
 """Formats :func:`save_mesh` writes."""
-LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply")
+BAKED_FORMATS = ("usdz",)
+"""Formats whose usual viewers (Quick Look, RealityKit) show textures and no vertex colours: pipelines bake for them."""
+_USD_FORMATS = ("usd", "usda", "usdc", "usdz")
+LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", *_USD_FORMATS)
 """Formats :func:`load_mesh` reads."""
 
 # glTF enumerations
@@ -45,11 +51,11 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     """Write ``mesh`` to ``path``; the format comes from ``format`` or the file extension.
 
     Args:
-        mesh: the mesh (world frame). A texture is written by GLB and OBJ; PLY refuses textured meshes.
+        mesh: the mesh (world frame). A texture is written by GLB, OBJ and USDZ; PLY refuses textured meshes.
         path: destination file; its folder must exist.
-        format: ``"glb"``, ``"obj"`` or ``"ply"``; default from the extension of ``path``.
-        unlit: GLB only: mark the material ``KHR_materials_unlit`` (viewers show the colours without shading, right
-            for colours with baked-in lighting such as reconstructions).
+        format: ``"glb"``, ``"obj"``, ``"ply"`` or ``"usdz"``; default from the extension of ``path``.
+        unlit: show the colours without shading, right for colours with baked-in lighting such as reconstructions:
+            GLB marks the material ``KHR_materials_unlit``, USDZ makes the colour emissive; OBJ and PLY ignore it.
 
     Returns:
         ``path``. A textured OBJ also writes ``path.mtl`` and ``path.png`` (same stem) beside it.
@@ -65,24 +71,33 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
         atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit))
     elif fmt == "ply":
         atomic_write_bytes(path, _ply_bytes(mesh))
+    elif fmt == "usdz":
+        from .usd_io import write_usdz
+
+        with atomic_path(path) as temporary:
+            write_usdz(mesh, temporary, unlit=unlit)
     else:
         _write_obj(mesh, path)
     return path
 
 
 def load_mesh(path: str | os.PathLike[str]) -> Mesh:
-    """Read a mesh from OBJ, PLY, GLB or glTF with trimesh (unprocessed: vertex order kept).
+    """Read a mesh from OBJ, PLY, GLB or glTF with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
 
     Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
-    image are kept (see :meth:`Mesh.from_trimesh`).
+    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`).
 
     Raises:
         ValueError: unknown extension, missing file, or a file that cannot be read as a non-empty mesh.
     """
     path = Path(path)
-    _format_of(path, None, LOADABLE_FORMATS)
+    fmt = _format_of(path, None, LOADABLE_FORMATS)
     if not path.is_file():
         raise ValueError(f"mesh file not found: {path}")
+    if fmt in _USD_FORMATS:
+        from .usd_io import load_usd
+
+        return load_usd(path)
     try:
         scene = trimesh.load_scene(path, process=False)
         parts = [
@@ -140,11 +155,7 @@ def _format_of(path: Path, format: str | None, allowed: tuple[str, ...]) -> str:
 def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
     """The mesh as a binary glTF 2.0 file (one node, one primitive, no transform); see the module notes."""
     verts = mesh.verts.detach().cpu().float().numpy()
-    normals = mesh.vertex_normals.detach().cpu().double().numpy()
-    # Normals must be unit length for the validator; vertices without a defined normal get +Y.
-    undefined = np.linalg.norm(normals, axis=1) < 0.5
-    normals[undefined] = (0.0, 1.0, 0.0)
-    normals = (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
+    normals = unit_vertex_normals(mesh)
 
     builder = _GlbBuilder()
     attributes = pygltflib.Attributes(
@@ -190,6 +201,13 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
     gltf.buffers = [pygltflib.Buffer(byteLength=len(blob))]
     gltf.set_binary_blob(blob)
     return b"".join(gltf.save_to_bytes())
+
+
+def unit_vertex_normals(mesh: Mesh) -> np.ndarray:
+    """(V, 3) float32 unit vertex normals for export (validators require unit length); +Y where none is defined."""
+    normals = mesh.vertex_normals.detach().cpu().double().numpy()
+    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 1.0, 0.0)
+    return (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
 
 
 class _GlbBuilder:
