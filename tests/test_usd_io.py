@@ -251,3 +251,14 @@ def test_load_usd_bad_files_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as error:
         load_mesh(path)
     assert "\n" not in str(error.value)
+
+
+def test_load_usd_damaged_texture_is_a_one_line_error(tmp_path):
+    path = save_mesh(_sphere(texture=True), tmp_path / "mesh.usdz")
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x89PNG")
+    data[start + 16 : start + 64] = bytes(48)  # the image header and the start of its data zeroed, sizes kept
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="could not read the texture") as error:
+        load_mesh(path)
+    assert "\n" not in str(error.value)

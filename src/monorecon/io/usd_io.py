@@ -129,6 +129,8 @@ def load_usd(path: Path) -> Mesh:
         stage = Usd.Stage.Open(str(path))
     except Exception as exc:  # pxr raises Tf.ErrorException on unreadable files
         raise ValueError(f"could not read USD file {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    if not stage:
+        raise ValueError(f"could not read USD file {path}")
     # Stage frame -> ours: units to metres, and a Z-up stage turned +Y up (-90 degrees about X: +Z -> +Y, +Y -> -Z).
     to_world = np.diag([1.0, 1.0, 1.0, 0.0]) * UsdGeom.GetStageMetersPerUnit(stage)
     to_world[3, 3] = 1.0
@@ -235,8 +237,12 @@ def _bound_texture(geometry: object) -> np.ndarray | None:
             asset = shader.GetInput("file").Get() if shader.GetInput("file") else None
             if asset is None or not asset.resolvedPath:
                 return None
-            data = Ar.GetResolver().OpenAsset(Ar.ResolvedPath(asset.resolvedPath)).GetBuffer()
-            return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"), dtype=np.float32) / 255.0
+            try:
+                data = bytes(Ar.GetResolver().OpenAsset(Ar.ResolvedPath(asset.resolvedPath)).GetBuffer())
+                image = Image.open(io.BytesIO(data)).convert("RGB")
+            except Exception as exc:  # a damaged or unsupported image in the package
+                raise ValueError(f"could not read the texture {asset.path}: {type(exc).__name__}: {exc}") from exc
+            return np.asarray(image, dtype=np.float32) / 255.0
     return None
 
 
