@@ -14,8 +14,8 @@ Written package (``UsdUtils.CreateNewARKitUsdzPackage``: one uncompressed, 64-by
   lighting as it is, since ``UsdPreviewSurface`` has no unlit mode.
 
 :func:`load_usd` reads ``.usdz`` / ``.usd`` / ``.usda`` / ``.usdc``: every ``Mesh`` prim with its world transform,
-converted to +Y up and metres, polygons fanned into triangles, ``st`` and ``displayColor`` of any interpolation, and
-the texture of the first mesh's bound ``UsdPreviewSurface`` when one feeds its diffuse (or, unlit, emissive) colour.
+converted to +Y up and metres, polygons fanned into triangles, ``st`` and ``displayColor`` of any interpolation, and,
+for a file with one mesh, the texture that feeds its bound ``UsdPreviewSurface``'s diffuse (or emissive) colour.
 """
 
 from __future__ import annotations
@@ -69,50 +69,58 @@ def write_usdz(mesh: Mesh, path: str | os.PathLike[str], *, unlit: bool = False)
         geometry.CreateOrientationAttr(UsdGeom.Tokens.rightHanded)
         geometry.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
         geometry.CreateDoubleSidedAttr(False)
-        primvars = UsdGeom.PrimvarsAPI(geometry)
-
-        material = UsdShade.Material.Define(stage, _MATERIAL)
-        surface = UsdShade.Shader.Define(stage, f"{_MATERIAL}/Surface")
-        surface.CreateIdAttr("UsdPreviewSurface")
-        surface.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(1.0)
-        surface.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(0.0)
-        colour_input = surface.CreateInput("emissiveColor" if unlit else "diffuseColor", Sdf.ValueTypeNames.Color3f)
-        if unlit:
-            surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).Set((0.0, 0.0, 0.0))
-        material.CreateSurfaceOutput().ConnectToSource(surface.ConnectableAPI(), "surface")
-
         if mesh.uvs is not None:
-            st = primvars.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
-            st.Set(mesh.uvs.detach().cpu().float().numpy())
-        if mesh.texture is not None:
-            (Path(folder) / _TEXTURE_FILE).write_bytes(png_bytes(colors_to_uint8(mesh.texture)))
-            st_reader = UsdShade.Shader.Define(stage, f"{_MATERIAL}/STReader")
-            st_reader.CreateIdAttr("UsdPrimvarReader_float2")
-            st_reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
-            texture = UsdShade.Shader.Define(stage, f"{_MATERIAL}/Texture")
-            texture.CreateIdAttr("UsdUVTexture")
-            texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(_TEXTURE_FILE)
-            texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
-            texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("clamp")
-            texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("clamp")
-            texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
-                st_reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+            st = UsdGeom.PrimvarsAPI(geometry).CreatePrimvar(
+                "st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex
             )
-            colour_input.ConnectToSource(texture.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
-        elif mesh.vertex_colors is not None:
-            colours = srgb_to_linear(mesh.vertex_colors.detach().cpu().double().numpy()).astype(np.float32)
-            display = primvars.CreatePrimvar("displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex)
-            display.Set(colours)
-            reader = UsdShade.Shader.Define(stage, f"{_MATERIAL}/ColourReader")
-            reader.CreateIdAttr("UsdPrimvarReader_float3")
-            reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("displayColor")
-            colour_input.ConnectToSource(reader.CreateOutput("result", Sdf.ValueTypeNames.Float3))
-        else:
-            colour_input.Set((0.8, 0.8, 0.8))
-        UsdShade.MaterialBindingAPI.Apply(geometry.GetPrim()).Bind(material)
+            st.Set(mesh.uvs.detach().cpu().float().numpy())
+        UsdShade.MaterialBindingAPI.Apply(geometry.GetPrim()).Bind(_material(stage, geometry, mesh, folder, unlit))
         stage.GetRootLayer().Save()
         if not UsdUtils.CreateNewARKitUsdzPackage(Sdf.AssetPath(str(layer_path)), str(path)):
             raise ValueError(f"could not write the USDZ package {path}")
+
+
+def _material(stage: object, geometry: object, mesh: Mesh, folder: str, unlit: bool) -> object:
+    """The ``UsdPreviewSurface`` material of ``mesh`` (see the module notes); a texture is written into ``folder``."""
+    from pxr import Sdf, UsdGeom, UsdShade
+
+    material = UsdShade.Material.Define(stage, _MATERIAL)
+    surface = UsdShade.Shader.Define(stage, f"{_MATERIAL}/Surface")
+    surface.CreateIdAttr("UsdPreviewSurface")
+    surface.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(1.0)
+    surface.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(0.0)
+    colour = surface.CreateInput("emissiveColor" if unlit else "diffuseColor", Sdf.ValueTypeNames.Color3f)
+    if unlit:
+        surface.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f).Set((0.0, 0.0, 0.0))
+    material.CreateSurfaceOutput().ConnectToSource(surface.ConnectableAPI(), "surface")
+
+    if mesh.texture is not None:
+        (Path(folder) / _TEXTURE_FILE).write_bytes(png_bytes(colors_to_uint8(mesh.texture)))
+        st_reader = UsdShade.Shader.Define(stage, f"{_MATERIAL}/STReader")
+        st_reader.CreateIdAttr("UsdPrimvarReader_float2")
+        st_reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
+        texture = UsdShade.Shader.Define(stage, f"{_MATERIAL}/Texture")
+        texture.CreateIdAttr("UsdUVTexture")
+        texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(_TEXTURE_FILE)
+        texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
+        texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("clamp")
+        texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("clamp")
+        texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
+            st_reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+        )
+        colour.ConnectToSource(texture.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
+    elif mesh.vertex_colors is not None:
+        linear = srgb_to_linear(mesh.vertex_colors.detach().cpu().double().numpy()).astype(np.float32)
+        UsdGeom.PrimvarsAPI(geometry).CreatePrimvar(
+            "displayColor", Sdf.ValueTypeNames.Color3fArray, UsdGeom.Tokens.vertex
+        ).Set(linear)
+        reader = UsdShade.Shader.Define(stage, f"{_MATERIAL}/ColourReader")
+        reader.CreateIdAttr("UsdPrimvarReader_float3")
+        reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("displayColor")
+        colour.ConnectToSource(reader.CreateOutput("result", Sdf.ValueTypeNames.Float3))
+    else:
+        colour.Set((0.8, 0.8, 0.8))
+    return material
 
 
 def load_usd(path: Path) -> Mesh:
