@@ -85,6 +85,22 @@ def test_bake_linear_field_on_sphere_is_exact_inside_charts():
     assert at_verts.max() < 0.03
 
 
+def test_bake_vertex_colours_interpolates_them_across_faces():
+    """Vertex colours of a linear field, baked without a colour function: a linear field is exactly what barycentric
+    interpolation gives inside every face, so the texture must reproduce the field itself at the face centroids."""
+    mesh = sphere()
+    mesh = Mesh(mesh.verts, mesh.faces, vertex_colors=linear_field(mesh.verts.float()))
+    baked = bake_texture(mesh, resolution=256)
+    assert baked.texture.shape == (256, 256, 3) and baked.vertex_colors is not None
+    at_verts, at_centroids = bake_errors(baked, linear_field)
+    assert at_centroids.max() < 2e-3
+    assert at_verts.max() < 0.03  # as above: chart borders
+    # A colour field that differs from the vertex colours shows the colours came from the vertices, not a field.
+    assert bake_errors(baked, wavy_field)[1].max() > 0.05
+    with pytest.raises(ValueError, match="no vertex colours"):
+        bake_texture(sphere(1), resolution=64)
+
+
 @pytest.mark.parametrize("resolution", [128, 256])
 def test_bake_nonlinear_field_on_real_mesh(resolution):
     baked = bake_texture(real_mesh(), wavy_field, resolution=resolution)

@@ -10,6 +10,13 @@ from monorecon.cli import main
     [
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
+        (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.stl"], "the suffix must be one of"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/missing/out.glb"], "folder {tmp}/missing does not exist"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.ply", "--bake-texture"], "PLY files carry no texture"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.glb", "--texture-resolution", "8"], "--texture-resolution"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.glb", "--object-height", "-1"], "--object-height must lie"),
         (["data", "synth", "--n", "1", "--classes", "spaceship", "-o", "{tmp}/d"], "unknown classes"),
         (["data", "synth", "--n", "1", "--classes", "classic,dragon", "-o", "{tmp}/d"], "unknown classes ['dragon']"),
         (["data", "synth", "--n", "1", "--classes", ",", "-o", "{tmp}/d"], "non-empty"),
@@ -70,5 +77,5 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "Traceback" not in err and len(err.splitlines()) == 1
-    assert message in err
+    assert message.format(tmp=tmp_path) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ply", "corrupt.png", "empty"]  # nothing written

@@ -375,7 +375,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 def _add_render(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="turntable (MP4 + GIF) of a mesh or an output folder; --html: a 3-D view")
     p.add_argument(
-        "result", type=Path, help="a mesh file (GLB/OBJ/PLY) or a folder with a mesh.* (reconstruct, g3dr, invert)"
+        "result", type=Path, help="a mesh file (GLB/OBJ/PLY/USD) or a folder with a mesh.* (reconstruct, g3dr, invert)"
     )
     p.add_argument("-o", "--output", type=Path, help="output stem (default: RESULT's folder/turntable)")
     p.add_argument("--frames", type=int, default=60)
@@ -430,6 +430,63 @@ def _run_render(args: argparse.Namespace) -> int:
         written.append(save_viewer_html(mesh, html_path, title=args.result.name if args.result.is_dir() else path.stem))
     if not args.quiet:
         print(f"{path} -> {', '.join(str(p) for p in written)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------------------------------------
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="one mesh format to another (e.g. GLB -> USDZ for AR); vertex colours baked into a texture where needed",
+        description="Read a mesh (GLB, glTF, OBJ, PLY, USD/USDZ) and write it as GLB, OBJ, PLY or USDZ (from OUTPUT's "
+        "suffix). USDZ always gets a texture: a mesh with vertex colours is UV-unwrapped and its colours baked.",
+    )  # fmt: skip
+    p.add_argument("input", type=Path, help="the mesh file to read")
+    p.add_argument(
+        "output", type=Path, help="the mesh file to write (.glb, .obj, .ply or .usdz); its folder must exist"
+    )
+    p.add_argument(
+        "--bake-texture", action="store_true", help="bake the vertex colours into a UV texture for GLB / OBJ too"
+    )
+    p.add_argument("--texture-resolution", type=int, default=1024, help="baked texture side in pixels (default 1024)")
+    p.add_argument("--unlit", action="store_true", help="GLB, USDZ: show the colours without lighting (as reconstruct)")
+    _add_placement_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .core.bake import bake_texture
+    from .io.mesh_io import load_mesh, save_mesh
+
+    fmt = args.output.suffix.lstrip(".").lower()
+    if fmt not in MESH_FORMATS:
+        raise CommandError(f"cannot write {args.output}: the suffix must be one of .{', .'.join(MESH_FORMATS)}")
+    if not args.output.parent.is_dir():  # before the (slow) bake
+        raise CommandError(f"cannot write {args.output}: folder {args.output.parent} does not exist")
+    if not 16 <= args.texture_resolution <= 8192:
+        raise CommandError(f"--texture-resolution must lie in [16, 8192], got {args.texture_resolution}")
+    placement = _placement(args)
+    if args.bake_texture and fmt == "ply":
+        raise CommandError("--bake-texture needs a .glb, .obj or .usdz output (PLY files carry no texture)")
+    mesh = load_mesh(args.input)
+    if mesh.texture is not None and fmt == "ply":
+        raise CommandError(f"{args.input} is textured and PLY files carry no texture; write .glb, .obj or .usdz")
+    bake = (args.bake_texture or fmt in BAKED_FORMATS) and mesh.texture is None and mesh.vertex_colors is not None
+    if bake:
+        if not args.quiet:
+            print(f"baking the vertex colours of {mesh.num_faces:,} faces into a {args.texture_resolution}² texture")
+        mesh = bake_texture(mesh, resolution=args.texture_resolution)
+    mesh = mesh.placed(placement["object_height"], placement["origin"])
+    save_mesh(mesh, args.output, unlit=args.unlit)
+    if not args.quiet:
+        colours = (
+            ["texture"] if mesh.texture is not None else ["vertex colours"] if mesh.vertex_colors is not None else []
+        )
+        sizes = ", ".join([f"{mesh.num_verts:,} vertices", f"{mesh.num_faces:,} faces", *colours])
+        print(f"{args.input} -> {args.output} ({sizes})")
     return 0
 
 
@@ -915,6 +972,7 @@ def _run_webui(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_reconstruct,
     _add_render,
+    _add_convert,
     _add_data,
     _add_train,
     _add_eval,

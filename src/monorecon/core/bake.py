@@ -1,4 +1,4 @@
-"""Texture baking without an OpenGL context: xatlas UV atlas + the core rasteriser + a colour field.
+"""Texture baking without an OpenGL context: xatlas UV atlas + the core rasteriser + a colour field or vertex colours.
 
 UV convention (as :class:`monorecon.core.mesh.Mesh`): ``u`` to the right, ``v`` up from the bottom row of the texture
 image; texture row 0 is the top of the image.
@@ -62,6 +62,21 @@ def rasterize_uv_positions(mesh: Mesh, resolution: int) -> tuple[torch.Tensor, t
         positions: (R, R, 3) world positions (zeros where uncovered); row 0 is the top (v = 1).
         covered: (R, R) bool.
     """
+    return rasterize_uv_attributes(mesh, mesh.verts.to(torch.float32), resolution)
+
+
+def rasterize_uv_attributes(mesh: Mesh, attributes: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-vertex attributes interpolated (barycentric) at every texel covered by the UV atlas.
+
+    Args:
+        mesh: a mesh with ``uvs``.
+        attributes: (V, C) values at the mesh's vertices (positions, colours...).
+        resolution: texture side R in texels.
+
+    Returns:
+        values: (R, R, C) float32, zeros where uncovered; row 0 is the top (v = 1).
+        covered: (R, R) bool.
+    """
     if mesh.uvs is None:
         raise ValueError("mesh has no UVs: call unwrap_uv first")
     uv = mesh.uvs.to(torch.float32)
@@ -70,9 +85,9 @@ def rasterize_uv_positions(mesh: Mesh, resolution: int) -> tuple[torch.Tensor, t
     face_index = fragments.face_index[0, ..., 0]
     covered = face_index >= 0
     bary = fragments.bary[0, ..., 0, :]
-    face_verts = mesh.verts.to(torch.float32)[mesh.faces[face_index.clamp_min(0)]]  # (R, R, 3, 3)
-    positions = (bary[..., None] * face_verts).sum(dim=-2) * covered[..., None]
-    return positions, covered
+    face_values = attributes.to(torch.float32)[mesh.faces[face_index.clamp_min(0)]]  # (R, R, 3, C)
+    values = (bary[..., None] * face_values).sum(dim=-2) * covered[..., None]
+    return values, covered
 
 
 def dilate_texture(texture: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -87,26 +102,38 @@ def dilate_texture(texture: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return texture[rows, cols]
 
 
-def bake_texture(mesh: Mesh, colour_fn: ColourFn, resolution: int = 1024, chunk_size: int = 262144) -> Mesh:
-    """UV-unwrap ``mesh`` and bake ``colour_fn`` into a texture image.
+def bake_texture(
+    mesh: Mesh, colour_fn: ColourFn | None = None, resolution: int = 1024, chunk_size: int = 262144
+) -> Mesh:
+    """UV-unwrap ``mesh`` and bake ``colour_fn`` (or the mesh's own vertex colours) into a texture image.
 
     Args:
         mesh: mesh in world coordinates.
-        colour_fn: (N, 3) world points -> (N, 3) colours in [0, 1].
+        colour_fn: (N, 3) world points -> (N, 3) colours in [0, 1]; None: the mesh's vertex colours, interpolated
+            across each face as renderers do.
         resolution: texture side in texels.
         chunk_size: points per ``colour_fn`` call.
 
     Returns:
         A mesh with per-vertex ``uvs`` and a (R, R, 3) ``texture``; vertex colours are kept.
+
+    Raises:
+        ValueError: a resolution outside [16, 8192], or no ``colour_fn`` for a mesh without vertex colours.
     """
     if not 16 <= resolution <= 8192:
         raise ValueError(f"texture resolution must lie in [16, 8192], got {resolution}")
+    if colour_fn is None and mesh.vertex_colors is None:
+        raise ValueError("nothing to bake: the mesh has no vertex colours")
     unwrapped = unwrap_uv(mesh, resolution)
-    positions, covered = rasterize_uv_positions(unwrapped, resolution)
-    flat = positions[covered]
-    colours = torch.empty(flat.shape[0], 3)
-    for start in range(0, flat.shape[0], chunk_size):
-        colours[start : start + chunk_size] = colour_fn(flat[start : start + chunk_size]).float().clamp(0, 1)
+    if colour_fn is None:
+        texels, covered = rasterize_uv_attributes(unwrapped, unwrapped.vertex_colors, resolution)
+        colours = texels[covered].clamp(0, 1)
+    else:
+        positions, covered = rasterize_uv_positions(unwrapped, resolution)
+        flat = positions[covered]
+        colours = torch.empty(flat.shape[0], 3)
+        for start in range(0, flat.shape[0], chunk_size):
+            colours[start : start + chunk_size] = colour_fn(flat[start : start + chunk_size]).float().clamp(0, 1)
     texture = np.zeros((resolution, resolution, 3), dtype=np.float32)
     texture[covered.numpy()] = colours.numpy()
     texture = dilate_texture(texture, covered.numpy())

@@ -1,0 +1,64 @@
+"""``monorecon convert``: one mesh format to another, vertex colours baked for USDZ, placement, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import trimesh
+
+from monorecon.cli import main
+from monorecon.core.mesh import Mesh
+from monorecon.io import load_mesh, save_mesh
+from monorecon.video import turntable_from_mesh
+from test_usd_io import _validation_errors
+
+
+def _coloured_blob() -> Mesh:
+    """An ellipsoid whose vertex colours vary smoothly (a linear field of the position)."""
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    verts = torch.from_numpy((sphere.vertices * [0.5, 0.8, 0.4]).astype(np.float32))
+    colours = (0.5 + verts @ torch.tensor([[0.5, 0.0, -0.3], [0.0, 0.4, 0.2], [-0.4, 0.3, 0.5]])).clamp(0, 1)
+    return Mesh(verts, torch.from_numpy(sphere.faces.astype(np.int64)), vertex_colors=colours)
+
+
+def test_glb_to_usdz_bakes_the_vertex_colours_and_looks_the_same(tmp_path, capsys):
+    source = save_mesh(_coloured_blob(), tmp_path / "blob.glb")
+    assert main(["convert", str(source), str(tmp_path / "blob.usdz"), "--texture-resolution", "256"]) == 0
+    assert "blob.usdz (" in capsys.readouterr().out
+    assert _validation_errors(tmp_path / "blob.usdz") == []
+    converted = load_mesh(tmp_path / "blob.usdz")
+    assert converted.texture is not None and converted.texture.shape == (256, 256, 3)
+    # Rendered by the core renderer from four sides, the textured USDZ shows the GLB's vertex colours.
+    original = load_mesh(source)
+    for before, after in zip(
+        turntable_from_mesh(original, 4, size=96, progress=False),
+        turntable_from_mesh(converted, 4, size=96, progress=False),
+        strict=True,
+    ):
+        difference = np.abs(before.astype(float) - after.astype(float))
+        assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 6, (difference.mean(), difference.max())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.glb", "blob.usdz"]
+
+
+def test_usdz_to_glb_keeps_the_texture_and_places_the_mesh(tmp_path):
+    textured = tmp_path / "blob.usdz"
+    assert main(["convert", str(save_mesh(_coloured_blob(), tmp_path / "a.ply")), str(textured), "--quiet"]) == 0
+    output = tmp_path / "placed.glb"
+    assert main(["convert", str(textured), str(output), "--object-height", "0.3", "--origin", "bottom", "--quiet"]) == 0
+    placed, source = load_mesh(output), load_mesh(textured)
+    torch.testing.assert_close(placed.texture, source.texture, atol=1 / 255 + 1e-6, rtol=0)
+    low, high = placed.bounds
+    assert abs(float(high[1] - low[1]) - 0.3) < 1e-6 and abs(float(low[1])) < 1e-6  # 30 cm tall, standing on y = 0
+    assert abs(float(low[0] + high[0])) < 1e-6 and abs(float(low[2] + high[2])) < 1e-6  # centred on the y axis
+
+
+def test_textured_mesh_to_ply_is_refused_and_nothing_written(tmp_path, capsys):
+    textured = tmp_path / "blob.usdz"
+    assert main(["convert", str(save_mesh(_coloured_blob(), tmp_path / "a.glb")), str(textured), "--quiet"]) == 0
+    assert main(["convert", str(textured), str(tmp_path / "b.ply")]) == 2
+    assert "PLY files carry no texture" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.glb", "blob.usdz"]
+    # Without colours there is nothing to bake: a plain mesh converts as it is.
+    plain = save_mesh(Mesh(_coloured_blob().verts, _coloured_blob().faces), tmp_path / "plain.ply")
+    assert main(["convert", str(plain), str(tmp_path / "plain.usdz"), "--quiet"]) == 0
+    assert load_mesh(tmp_path / "plain.usdz").texture is None
