@@ -304,8 +304,11 @@ const textureSize = document.getElementById("texture_resolution");
 let meshUrl = null;
 let chosenUrl = null;
 
-function syncTexture() { textureSize.disabled = bake.value !== "true"; }
+const meshFormat = document.getElementById("format");
+// USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says.
+function syncTexture() { textureSize.disabled = bake.value !== "true" && meshFormat.value !== "usdz"; }
 bake.addEventListener("change", syncTexture);
+meshFormat.addEventListener("change", syncTexture);
 syncTexture();
 
 document.getElementById("image").addEventListener("change", (event) => {
