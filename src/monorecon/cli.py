@@ -590,7 +590,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--model", help="weights file/folder, 'default', 'sphere' or 'inflation'")
     what.add_argument(
         "--predictions", type=Path,
-        help="score another method's meshes: DIR/ID.glb (or .obj, .ply) or DIR/ID/mesh.glb for each case ID "
+        help="score another method's meshes: DIR/ID.glb (or .obj, .ply, .usdz...) or DIR/ID/mesh.glb for each case ID "
         "(inputs from --export-inputs); Chamfer and F-scores only",
     )  # fmt: skip
     what.add_argument(
