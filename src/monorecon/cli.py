@@ -458,7 +458,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .core.bake import bake_texture
+    from .core.bake import bake_texture, check_texture_resolution
     from .io.mesh_io import load_mesh, save_mesh
 
     fmt = args.output.suffix.lstrip(".").lower()
@@ -466,8 +466,10 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {args.output}: the suffix must be one of .{', .'.join(MESH_FORMATS)}")
     if not args.output.parent.is_dir():  # before the (slow) bake
         raise CommandError(f"cannot write {args.output}: folder {args.output.parent} does not exist")
-    if not 16 <= args.texture_resolution <= 8192:
-        raise CommandError(f"--texture-resolution must lie in [16, 8192], got {args.texture_resolution}")
+    try:
+        check_texture_resolution(args.texture_resolution, "--texture-resolution")
+    except ValueError as err:
+        raise CommandError(str(err)) from None
     placement = _placement(args)
     if args.bake_texture and fmt == "ply":
         raise CommandError("--bake-texture needs a .glb, .obj or .usdz output (PLY files carry no texture)")
