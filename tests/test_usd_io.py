@@ -262,3 +262,66 @@ def test_load_usd_damaged_texture_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="could not read the texture") as error:
         load_mesh(path)
     assert "\n" not in str(error.value)
+
+
+_INSTANCED = """#usda 1.0
+(
+    upAxis = "Y"
+    metersPerUnit = 1
+)
+
+def Xform "World"
+{
+    def Xform "Left" (
+        instanceable = true
+        references = </Prototype>
+    )
+    {
+        double3 xformOp:translate = (-2, 0, 0)
+        uniform token[] xformOpOrder = ["xformOp:translate"]
+    }
+
+    def Xform "Right" (
+        instanceable = true
+        references = </Prototype>
+    )
+    {
+        double3 xformOp:translate = (2, 0, 0)
+        uniform token[] xformOpOrder = ["xformOp:translate"]
+    }
+
+    def Mesh "Guide"
+    {
+        uniform token purpose = "guide"
+        int[] faceVertexCounts = [3]
+        int[] faceVertexIndices = [0, 1, 2]
+        point3f[] points = [(0, 0, 0), (9, 0, 0), (0, 9, 0)]
+    }
+}
+
+class Xform "Prototype"
+{
+    def Mesh "Triangle"
+    {
+        int[] faceVertexCounts = [3]
+        int[] faceVertexIndices = [0, 1, 2]
+        point3f[] points = [(0, 0, 0), (1, 0, 0), (0, 1, 0)]
+        texCoord2f[] primvars:UVMap = [(0, 0), (1, 0), (0, 1)] (
+            interpolation = "vertex"
+        )
+    }
+}
+"""
+
+
+def test_load_usd_reads_instances_skips_guides_and_finds_uvs_by_role(tmp_path):
+    path = tmp_path / "instanced.usda"
+    path.write_text(_INSTANCED)
+    mesh = load_mesh(path)
+    triangle = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    # Both instances of the prototype, each at its own place; not the class itself, not the guide.
+    shift = np.array([2.0, 0.0, 0.0], dtype=np.float32)
+    expected = np.concatenate([triangle - shift, triangle + shift])
+    np.testing.assert_array_equal(mesh.verts.numpy(), expected)
+    assert mesh.faces.tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.testing.assert_array_equal(mesh.uvs.numpy(), np.concatenate([triangle[:, :2]] * 2))  # "UVMap", not "st"

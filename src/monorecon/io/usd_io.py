@@ -13,9 +13,11 @@ Written package (``UsdUtils.CreateNewARKitUsdzPackage``: one uncompressed, 64-by
 * ``unlit``: the colour drives the surface's ``emissiveColor`` (diffuse black), the usual way to show baked-in
   lighting as it is, since ``UsdPreviewSurface`` has no unlit mode.
 
-:func:`load_usd` reads ``.usdz`` / ``.usd`` / ``.usda`` / ``.usdc``: every ``Mesh`` prim with its world transform,
-converted to +Y up and metres, polygons fanned into triangles, ``st`` and ``displayColor`` of any interpolation, and,
-for a file with one mesh, the texture that feeds its bound ``UsdPreviewSurface``'s diffuse (or emissive) colour.
+:func:`load_usd` reads ``.usdz`` / ``.usd`` / ``.usda`` / ``.usdc``: every visible ``Mesh`` prim (inside instances
+too; not proxy or guide geometry) with its world transform, converted to +Y up and metres (USD's fallback unit is the
+centimetre), polygons fanned into triangles, the UVs (``st``, else the first texture-coordinate primvar) and
+``displayColor`` of any interpolation, and, for a file with one mesh, the texture that feeds its bound
+``UsdPreviewSurface``'s diffuse (or emissive) colour.
 """
 
 from __future__ import annotations
@@ -145,10 +147,13 @@ def load_usd(path: Path) -> Mesh:
     if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:
         to_world = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]]) @ to_world
     cache = UsdGeom.XformCache()
+    # Meshes inside instances count too; invisible ones and proxy / guide geometry do not.
     prims = [
         prim
-        for prim in stage.Traverse()
-        if prim.IsA(UsdGeom.Mesh) and UsdGeom.Imageable(prim).ComputeVisibility() != UsdGeom.Tokens.invisible
+        for prim in stage.Traverse(Usd.TraverseInstanceProxies())
+        if prim.IsA(UsdGeom.Mesh)
+        and UsdGeom.Imageable(prim).ComputeVisibility() != UsdGeom.Tokens.invisible
+        and UsdGeom.Imageable(prim).ComputePurpose() in (UsdGeom.Tokens.default_, UsdGeom.Tokens.render)
     ]
     # USD matrices act on row vectors: transpose to act on columns.
     parts, mesh_prim = [], None
@@ -181,7 +186,7 @@ def _mesh_part(
     Polygons are fanned into triangles (corners 0, k, k + 1). Points are split into one vertex per face corner only
     when a primvar varies per corner or per face. None for a prim without triangles.
     """
-    from pxr import UsdGeom
+    from pxr import Sdf, UsdGeom
 
     points = geometry.GetPointsAttr().Get()
     counts = geometry.GetFaceVertexCountsAttr().Get()
@@ -204,11 +209,14 @@ def _mesh_part(
         corners = corners[:, ::-1]
 
     primvars = UsdGeom.PrimvarsAPI(geometry)
+    # UVs: ``st`` by convention, else the first texture-coordinate primvar (e.g. Blender's older ``UVMap``).
+    uv_sets = [p for p in primvars.GetPrimvars() if p.GetTypeName().role == Sdf.ValueTypeNames.TexCoord2f.role]
+    uv_name = "st" if primvars.HasPrimvar("st") else uv_sets[0].GetPrimvarName() if uv_sets else "st"
     found = {}
-    for name in ("st", "displayColor"):
+    for key, name in (("st", uv_name), ("displayColor", "displayColor")):
         primvar = primvars.GetPrimvar(name)
         if primvar and primvar.HasValue():
-            found[name] = (np.asarray(primvar.ComputeFlattened(), np.float64), primvar.GetInterpolation())
+            found[key] = (np.asarray(primvar.ComputeFlattened(), np.float64), primvar.GetInterpolation())
     per_corner = any(kind in (UsdGeom.Tokens.faceVarying, UsdGeom.Tokens.uniform) for _, kind in found.values())
     n_out = len(indices) if per_corner else len(points)
 
