@@ -9,29 +9,18 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-import trimesh
 from pxr import Usd, UsdGeom, UsdShade, UsdUtils, UsdValidation
 
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh, save_mesh, usd_io
+from test_mesh_io import _colored_sphere, _textured_sphere
 
 COLOR_TOLERANCE = 1 / 255 + 1e-6
 
 
-def _sphere(colours: bool = True, texture: bool = False, seed: int = 0) -> Mesh:
-    tm = trimesh.creation.icosphere(subdivisions=2)
-    rng = np.random.default_rng(seed)
-    verts = torch.from_numpy((tm.vertices * [1.0, 2.0, 0.5] + [0.3, 0.1, -0.2]).astype(np.float32))
-    faces = torch.from_numpy(tm.faces.astype(np.int64))
-    if texture:
-        uvs = torch.from_numpy(rng.random((len(verts), 2)).astype(np.float32))
-        image = torch.from_numpy(rng.random((12, 20, 3)).astype(np.float32))  # not square: catches H/W swaps
-        return Mesh(verts, faces, uvs=uvs, texture=image)
-    return Mesh(
-        verts,
-        faces,
-        vertex_colors=torch.from_numpy(rng.random((len(verts), 3)).astype(np.float32)) if colours else None,
-    )
+def _plain_sphere() -> Mesh:
+    mesh = _colored_sphere()
+    return Mesh(mesh.verts, mesh.faces)
 
 
 def _validation_errors(path) -> list[str]:
@@ -51,7 +40,7 @@ def _surface(stage: Usd.Stage) -> UsdShade.Shader:
 # --------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["colours", "texture", "plain"])
 def test_usdz_passes_openusd_validators_and_keeps_the_geometry(tmp_path, kind):
-    mesh = _sphere(colours=kind == "colours", texture=kind == "texture")
+    mesh = {"colours": _colored_sphere, "texture": _textured_sphere, "plain": _plain_sphere}[kind]()
     path = save_mesh(mesh, tmp_path / "mesh.usdz")
     assert os.listdir(tmp_path) == ["mesh.usdz"]  # no temporary files left
     assert _validation_errors(path) == []
@@ -79,7 +68,7 @@ def test_usdz_passes_openusd_validators_and_keeps_the_geometry(tmp_path, kind):
 
 def test_usdz_vertex_colours_are_linear_display_colours(tmp_path):
     """USD colours are linear: the sRGB values are converted (IEC 61966-2-1 reference points) and read back."""
-    mesh = _sphere()
+    mesh = _colored_sphere()
     colours = mesh.vertex_colors.clone()
     colours[:4] = torch.tensor([[0.0, 0.5, 1.0], [0.04045, 0.2, 0.8], [0.25, 0.75, 0.01], [1.0, 1.0, 1.0]])
     mesh = Mesh(mesh.verts, mesh.faces, vertex_colors=colours)
@@ -98,7 +87,7 @@ def test_usdz_vertex_colours_are_linear_display_colours(tmp_path):
 
 @pytest.mark.parametrize("unlit", [False, True])
 def test_usdz_texture_round_trip_and_material(tmp_path, unlit):
-    mesh = _sphere(texture=True)
+    mesh = _textured_sphere()
     path = save_mesh(mesh, tmp_path / "mesh.usdz", unlit=unlit)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -124,7 +113,7 @@ def test_usdz_texture_round_trip_and_material(tmp_path, unlit):
 
 def test_usdz_package_is_stored_and_aligned(tmp_path):
     """The zip rules of the USDZ spec, read from the raw local headers: no compression, data on 64-byte boundaries."""
-    path = save_mesh(_sphere(texture=True), tmp_path / "mesh.usdz")
+    path = save_mesh(_textured_sphere(), tmp_path / "mesh.usdz")
     data = path.read_bytes()
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
@@ -149,7 +138,7 @@ def test_the_validators_can_fail(tmp_path):
 def test_failed_usdz_write_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(UsdUtils, "CreateNewARKitUsdzPackage", lambda *args: False)
     with pytest.raises(ValueError, match="could not write the USDZ package"):
-        save_mesh(_sphere(), tmp_path / "mesh.usdz")
+        save_mesh(_colored_sphere(), tmp_path / "mesh.usdz")
     assert os.listdir(tmp_path) == []
 
 
@@ -254,7 +243,7 @@ def test_load_usd_bad_files_are_one_line_errors(tmp_path, content, message):
 
 
 def test_load_usd_damaged_texture_is_a_one_line_error(tmp_path):
-    path = save_mesh(_sphere(texture=True), tmp_path / "mesh.usdz")
+    path = save_mesh(_textured_sphere(), tmp_path / "mesh.usdz")
     data = bytearray(path.read_bytes())
     start = data.index(b"\x89PNG")
     data[start + 16 : start + 64] = bytes(48)  # the image header and the start of its data zeroed, sizes kept

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .io.mesh_io import BAKED_FORMATS, MESH_FORMATS
+from .io.mesh_io import MESH_FORMATS, gets_baked_texture
 
 if TYPE_CHECKING:
     from .api import ReconstructOptions
@@ -238,7 +238,7 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             mc_resolution=args.mc_resolution,
             threshold=args.threshold,
             extraction=args.extraction,
-            bake_texture=args.bake_texture or args.format in BAKED_FORMATS,
+            bake_texture=gets_baked_texture(args.format, args.bake_texture),
             texture_resolution=args.texture_resolution,
             remove_floaters=not args.keep_floaters,
             carve=not args.no_carve,
@@ -339,8 +339,6 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
     if not 16 <= args.render_size <= 2048:
         raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
-    if args.bake_texture and args.format == "ply":
-        raise CommandError("--bake-texture needs --format glb, obj or usdz (PLY files carry no texture)")
     if args.output.exists() and not args.output.is_dir():
         raise CommandError(f"output {args.output} exists and is not a folder")
     device = _device(args)
@@ -468,16 +466,14 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {args.output}: folder {args.output.parent} does not exist")
     try:
         check_texture_resolution(args.texture_resolution, "--texture-resolution")
+        wants_texture = gets_baked_texture(fmt, args.bake_texture)
     except ValueError as err:
         raise CommandError(str(err)) from None
     placement = _placement(args)
-    if args.bake_texture and fmt == "ply":
-        raise CommandError("--bake-texture needs a .glb, .obj or .usdz output (PLY files carry no texture)")
     mesh = load_mesh(args.input)
     if mesh.texture is not None and fmt == "ply":
         raise CommandError(f"{args.input} is textured and PLY files carry no texture; write .glb, .obj or .usdz")
-    bake = (args.bake_texture or fmt in BAKED_FORMATS) and mesh.texture is None and mesh.vertex_colors is not None
-    if bake:
+    if wants_texture and mesh.texture is None and mesh.vertex_colors is not None:
         if not args.quiet:
             print(f"baking the vertex colours of {mesh.num_faces:,} faces into a {args.texture_resolution}² texture")
         mesh = bake_texture(mesh, resolution=args.texture_resolution)

@@ -7,8 +7,8 @@ Endpoints:
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
   ``remove_background``, ``carve``, ``fill``, ``project_input``, ``unlit``, ``smooth``, ``seed``); answers the mesh
   file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY; USDZ ``model/vnd.usdz+zip``,
-  always with a baked texture) with a ``Content-Disposition``
-  file name. Meshes are in the monorecon world frame (+Y up, the input view's front facing +Z: glTF's frame).
+  always with a baked texture) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame (+Y
+  up, the input view's front facing +Z: glTF's frame).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
 
@@ -56,7 +56,7 @@ from .api import (
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image
-from .io.mesh_io import BAKED_FORMATS, save_mesh
+from .io.mesh_io import gets_baked_texture, save_mesh
 from .preprocess import PreprocessConfig
 
 __all__ = [
@@ -173,15 +173,13 @@ class MeshForm:
         Raises:
             ValueError: options that the API refuses, or a texture asked for PLY.
         """
-        if self.bake_texture and self.mesh_format == "ply":
-            raise ValueError("PLY cannot carry a baked texture; ask for format glb, obj or usdz, or bake_texture=false")
         return ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=self.remove_background, foreground_ratio=self.foreground_ratio
             ),
             mc_resolution=self.mc_resolution,
             threshold=self.threshold,
-            bake_texture=self.bake_texture or self.mesh_format in BAKED_FORMATS,
+            bake_texture=gets_baked_texture(self.mesh_format, self.bake_texture),
             texture_resolution=self.texture_resolution,
             carve=self.carve,
             fill=self.fill,

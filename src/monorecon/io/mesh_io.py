@@ -30,7 +30,15 @@ from ..core.mesh import Mesh, colors_to_uint8
 from .atomic import atomic_path, atomic_write_bytes
 from .images import png_bytes
 
-__all__ = ["BAKED_FORMATS", "LOADABLE_FORMATS", "MESH_FORMATS", "load_mesh", "save_mesh", "unit_vertex_normals"]
+__all__ = [
+    "BAKED_FORMATS",
+    "LOADABLE_FORMATS",
+    "MESH_FORMATS",
+    "gets_baked_texture",
+    "load_mesh",
+    "save_mesh",
+    "unit_vertex_normals",
+]
 
 MESH_FORMATS = ("glb", "obj", "ply", "usdz")
 """Formats :func:`save_mesh` writes."""
@@ -45,6 +53,18 @@ _FLOAT, _UNSIGNED_BYTE, _UNSIGNED_INT = 5126, 5121, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 _UNLIT = "KHR_materials_unlit"
+
+
+def gets_baked_texture(mesh_format: str, bake_texture: bool) -> bool:
+    """Whether a mesh written as ``mesh_format`` gets a baked texture: when asked for, and always for
+    :data:`BAKED_FORMATS` (the one rule of ``reconstruct``, ``convert`` and the server).
+
+    Raises:
+        ValueError: a baked texture asked for PLY, which carries none.
+    """
+    if bake_texture and mesh_format == "ply":
+        raise ValueError("PLY files carry no texture: ask for a glb, obj or usdz file, or for no baked texture")
+    return bake_texture or mesh_format in BAKED_FORMATS
 
 
 def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = None, *, unlit: bool = False) -> Path:

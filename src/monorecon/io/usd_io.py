@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..core.mesh import Mesh, colors_to_uint8
-from .images import png_bytes
+from .images import pil_to_array, png_bytes
 from .mesh_io import unit_vertex_normals
 
 __all__ = ["load_usd", "write_usdz"]
@@ -142,8 +142,8 @@ def load_usd(path: Path) -> Mesh:
     if not stage:
         raise ValueError(f"could not read USD file {path}")
     # Stage frame -> ours: units to metres, and a Z-up stage turned +Y up (-90 degrees about X: +Z -> +Y, +Y -> -Z).
-    to_world = np.diag([1.0, 1.0, 1.0, 0.0]) * UsdGeom.GetStageMetersPerUnit(stage)
-    to_world[3, 3] = 1.0
+    metres = UsdGeom.GetStageMetersPerUnit(stage)
+    to_world = np.diag([metres, metres, metres, 1.0])
     if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:
         to_world = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]]) @ to_world
     cache = UsdGeom.XformCache()
@@ -255,10 +255,10 @@ def _bound_texture(geometry: object) -> np.ndarray | None:
                 return None
             try:
                 data = bytes(Ar.GetResolver().OpenAsset(Ar.ResolvedPath(asset.resolvedPath)).GetBuffer())
-                image = Image.open(io.BytesIO(data)).convert("RGB")
+                with Image.open(io.BytesIO(data)) as image:
+                    return pil_to_array(image)[..., :3]
             except Exception as exc:  # a damaged or unsupported image in the package
                 raise ValueError(f"could not read the texture {asset.path}: {type(exc).__name__}: {exc}") from exc
-            return np.asarray(image, dtype=np.float32) / 255.0
     return None
 
 
