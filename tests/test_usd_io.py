@@ -224,6 +224,7 @@ def test_load_usd_left_handed_faces_come_out_counter_clockwise(tmp_path):
     "content, message",
     [
         (b"PK\x03\x04 not really a zip", "could not read USD file"),
+        (b"", "could not read USD file .*: Failed to open layer"),
         (b'#usda 1.0\n\ndef Xform "Empty"\n{\n}\n', "no triangles found"),
         (
             b'#usda 1.0\n\ndef Mesh "Bad"\n{\n    int[] faceVertexCounts = [3]\n'
@@ -232,7 +233,7 @@ def test_load_usd_left_handed_faces_come_out_counter_clockwise(tmp_path):
             "inconsistent face indices",
         ),
     ],
-    ids=["corrupt", "no-mesh", "bad-indices"],
+    ids=["corrupt", "empty", "no-mesh", "bad-indices"],
 )
 def test_load_usd_bad_files_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / ("mesh.usdz" if content.startswith(b"PK") else "mesh.usda")

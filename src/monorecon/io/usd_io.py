@@ -138,7 +138,9 @@ def load_usd(path: Path) -> Mesh:
     try:
         stage = Usd.Stage.Open(str(path))
     except Exception as exc:  # pxr raises Tf.ErrorException on unreadable files
-        raise ValueError(f"could not read USD file {path}: {str(exc).strip().splitlines()[-1]}") from exc
+        # pxr's message: "Error in '<C++ function>' at line N in file F : '<what went wrong>'" (last line kept)
+        reason = str(exc).strip().splitlines()[-1].rsplit(" : ", 1)[-1].strip(" \t'")
+        raise ValueError(f"could not read USD file {path}: {reason}") from exc
     if not stage:
         raise ValueError(f"could not read USD file {path}")
     # Stage frame -> ours: units to metres, and a Z-up stage turned +Y up (-90 degrees about X: +Z -> +Y, +Y -> -Z).
