@@ -598,6 +598,31 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkey
     assert kept.load_latest(triposr_trainer._build_model(TINY_MODEL))["step"] == 2
 
 
+def test_nan_loss_is_one_line_and_exit_1_from_the_cli(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from monorecon import cli
+
+    original = triposr_trainer._TrainStep.forward
+    monkeypatch.setattr(
+        triposr_trainer._TrainStep, "forward",
+        lambda self, batch, generator: {**original(self, batch, generator), "loss": torch.tensor(float("inf"))},
+    )  # fmt: skip
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_dataset, tmp_path / "inf", steps=2)))
+    assert cli.main(["train", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("monorecon: error: training diverged: loss is inf at step 0; no checkpoint had been written")
+
+
+def test_errors_under_torchrun_name_the_process(tmp_path, monkeypatch, capsys):
+    from monorecon import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them; the config is read before any process group
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("monorecon: error (rank 1 of 2): ")
+
+
 def _copy_with_a_corrupt_view(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the dataset whose first object has an unreadable PNG; returns (root, that object's folder)."""
     data = tmp_path / "data"

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from .api import ReconstructOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 log = logging.getLogger("monorecon")
@@ -28,6 +31,21 @@ log = logging.getLogger("monorecon")
 
 class CommandError(ValueError):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+class CommandFailed(RuntimeError):
+    """A run that started and could not finish (a training run whose loss diverged): one line, exit code 1."""
+
+
+@contextmanager
+def _training_run() -> Iterator[None]:
+    """Around a training command: a diverged loss is reported as :class:`CommandFailed`, not as a traceback."""
+    from .train.utils import TrainingDiverged
+
+    try:
+        yield
+    except TrainingDiverged as err:
+        raise CommandFailed(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -573,7 +591,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train.utils import cleanup_distributed, is_main_process
 
     try:
-        run_dir = train(args.config, quiet=args.quiet or None)
+        with _training_run():
+            run_dir = train(args.config, quiet=args.quiet or None)
         report = is_main_process() and not args.quiet  # asked before the process group is left
     finally:
         cleanup_distributed()
@@ -787,7 +806,8 @@ def _add_train_meshgan(sub: argparse._SubParsersAction) -> None:
 def _run_train_meshgan(args: argparse.Namespace) -> int:
     from .models.meshgan.train import train_meshgan
 
-    path = train_meshgan(args.config, args.output, resume=not args.no_resume, progress=not args.quiet)
+    with _training_run():
+        path = train_meshgan(args.config, args.output, resume=not args.no_resume, progress=not args.quiet)
     if not args.quiet:
         print(f"generator written to {path}")
     return 0
@@ -845,7 +865,9 @@ def _add_train_g3dr(sub: argparse._SubParsersAction) -> None:
 def _run_train_g3dr(args: argparse.Namespace) -> int:
     from .models.g3dr.trainer import train_g3dr
 
-    print(f"G3DR model written to {train_g3dr(args.config)}")
+    with _training_run():
+        path = train_g3dr(args.config)
+    print(f"G3DR model written to {path}")
     return 0
 
 
@@ -1008,8 +1030,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_show_warning(message, category, filename, lineno, file, line)
 
 
+def _error_prefix() -> str:
+    """``monorecon: error``, naming the process under ``torchrun`` (every process reports its own failure)."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if not world_size.isdigit() or int(world_size) <= 1:
+        return "monorecon: error"
+    return f"monorecon: error (rank {os.environ.get('RANK', '?')} of {world_size})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 1 a run that could not finish, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
@@ -1018,8 +1048,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.func(args) or 0)
         except (ValueError, OSError) as err:  # bad input, or a file that cannot be read or written
-            print(f"monorecon: error: {_one_line(err)}", file=sys.stderr)
+            print(f"{_error_prefix()}: {_one_line(err)}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except CommandFailed as err:
+            print(f"{_error_prefix()}: {_one_line(err)}", file=sys.stderr)
+            return EXIT_FAILED
         except KeyboardInterrupt:
             print("monorecon: interrupted", file=sys.stderr)
             return 130

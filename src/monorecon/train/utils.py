@@ -243,15 +243,26 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss becomes NaN or infinite; the message names the step and the last good checkpoint."""
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, checkpointer: Checkpointer | None = None) -> None:
-    """Raise :class:`TrainingDiverged` if ``loss`` is not finite (no checkpoint is written for this step)."""
-    if bool(torch.isfinite(loss.detach()).all()):
+def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | Path | None = None) -> None:
+    """Raise :class:`TrainingDiverged` if ``loss`` is not finite (call it before the optimiser step).
+
+    Args:
+        loss: the loss (any shape; every element is checked).
+        step: the step, for the message.
+        checkpoint: where the last good state is: a :class:`Checkpointer` (its newest file) or a checkpoint file
+            (named only if it exists).
+    """
+    finite = torch.isfinite(loss.detach())
+    if bool(finite.all()):
         return
-    last = checkpointer.latest() if checkpointer is not None else None
-    kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint had been written yet"
+    last = checkpoint.latest() if isinstance(checkpoint, Checkpointer) else checkpoint
+    if last is not None and Path(last).is_file():
+        kept = f"the last good checkpoint is kept at {last}"
+    else:
+        kept = "no checkpoint had been written yet"
     raise TrainingDiverged(
-        f"training diverged: loss is {loss.detach().flatten()[0].item()} at step {step}; {kept}. "
-        "Lower the learning rate or enable/strengthen gradient clipping, then resume."
+        f"training diverged: loss is {loss.detach()[~finite].flatten()[0].item()} at step {step}; {kept}. "
+        "Lower the learning rate (or strengthen gradient clipping), then resume."
     )
 
 

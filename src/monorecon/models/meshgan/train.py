@@ -49,6 +49,7 @@ from monorecon.data.shapes import SHAPE_CLASSES, make_object
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
+from monorecon.train.utils import check_finite_loss
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from .template import UVSphereTemplate
@@ -326,6 +327,10 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
 
     Returns:
         Path of ``generator.safetensors`` (load with :func:`load_generator`).
+
+    Raises:
+        TrainingDiverged: a loss became NaN/inf; nothing of that step is saved (the checkpoint keeps the last good
+            state).
     """
     config = MeshGANConfig.from_yaml(config_path)
     out_dir = Path(out_dir)
@@ -429,14 +434,18 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         d_loss = _hinge_d(uv_disc(data["textures"][objects], data["deformations"][objects]),
                           uv_disc(texture.detach(), displacement.detach()))  # fmt: skip
         d_img = _hinge_d(image_disc(real_views), image_disc(fake_views.detach()))
-        (d_loss + config.image_loss_weight * d_img).backward()
+        d_total = d_loss + config.image_loss_weight * d_img
+        check_finite_loss(d_total, step, checkpoint_path)
+        d_total.backward()
         opt_d.step()
 
         opt_g.zero_grad()
         g_uv = -uv_disc(texture, displacement).mean()
         g_img = -image_disc(fake_views).mean()
         smooth = smoothness_loss(verts, template.faces, template.neighbors).mean()
-        (g_uv + config.image_loss_weight * g_img + config.smoothness_weight * smooth).backward()
+        g_total = g_uv + config.image_loss_weight * g_img + config.smoothness_weight * smooth
+        check_finite_loss(g_total, step, checkpoint_path)
+        g_total.backward()
         opt_g.step()
 
         with torch.no_grad():
