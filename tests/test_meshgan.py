@@ -180,6 +180,20 @@ def test_nan_loss_stops_meshgan_training_with_the_last_good_checkpoint(tmp_path,
     assert (out / "log.csv").read_text().splitlines()[-1].startswith("1,")
 
 
+def test_a_damaged_training_set_cache_is_rebuilt(tmp_path):
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(TINY | {"steps": 1}))
+    out = tmp_path / "run"
+    train_meshgan(config_path, out, progress=False)
+    cache = out / "training_set.safetensors"
+    built = cache.read_bytes()
+    cache.write_bytes(built[:100])
+    config_path.write_text(yaml.safe_dump(TINY | {"steps": 2}))
+    with pytest.warns(UserWarning, match="rebuilding the training set: cannot read weights"):
+        train_meshgan(config_path, out, progress=False)
+    assert cache.read_bytes() == built  # deterministic: the same set again
+
+
 def test_config_rejects_unknown_keys_and_classes(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"clases": ["vase"]}))

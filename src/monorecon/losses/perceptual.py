@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monorecon.core.checks import check_tensor
+from monorecon.io.weights import read_state_dict
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,7 +44,6 @@ __all__ = [
     "VGGFeatures",
     "chamfer_feature_extractor",
     "check_images",
-    "load_state_dict_file",
     "ms_ssim",
     "ssim",
 ]
@@ -73,23 +73,6 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, channels: int | None = 3) -> N
     check_images(y, "y", channels)
     if x.shape != y.shape:
         raise ValueError(f"image shapes differ: x {tuple(x.shape)} vs y {tuple(y.shape)}")
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a local ``.safetensors`` or PyTorch (``.pth`` / ``.pt``, tensors only) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return state
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -168,7 +151,7 @@ class VGGFeatures(nn.Module):
 
     def load_weights(self, path: str | Path) -> None:
         """Load ``features.*`` tensors from a local torchvision-style state dict; missing or misshaped -> ValueError."""
-        state = load_state_dict_file(path)
+        state = read_state_dict(path)
         features = {k: v for k, v in state.items() if k.startswith("features.")}
         own = self.state_dict()
         missing = [k for k in own if k not in features]
@@ -405,7 +388,7 @@ class PerceptualLoss(nn.Module):
             if lpips_weights_path is None:
                 weights = [torch.ones(c) for c in channels]
             else:
-                state = load_state_dict_file(lpips_weights_path)
+                state = read_state_dict(lpips_weights_path)
                 weights = []
                 for k, c in enumerate(channels):
                     key = f"lin{k}.model.1.weight"

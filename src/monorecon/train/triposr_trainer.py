@@ -66,8 +66,9 @@ from ..core.carving import depth_hull_occupancy
 from ..core.checks import check_device, warn_if_slow_bfloat16
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write
+from ..io.weights import read_state_dict
 from ..models.triposr import TripoSRConfig, TripoSRModel
-from ..models.triposr.loading import check_state_dict, read_state_dict
+from ..models.triposr.loading import check_state_dict
 from ..preprocess import DEFAULT_FOREGROUND_RATIO, reframe_views
 from .utils import (
     Checkpointer,

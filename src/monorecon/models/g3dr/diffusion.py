@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm import tqdm
 
 from monorecon.core.checks import check_tensor
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
+from monorecon.io.weights import read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.train.utils import (
     Checkpointer,
@@ -267,7 +267,7 @@ def load_rgbd_diffusion(path: str | os.PathLike) -> RGBDDiffusion:
     settings = load_yaml(path / "config.yaml") or {}
     model = RGBDDiffusion(load_dataclass_config(settings.get("model", {}), DiffusionConfig))
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.load_state_dict(read_state_dict(path / "model.safetensors"))
     except RuntimeError as err:
         raise ValueError(f"{path} weights do not match its config: {err}") from None
     return model.eval()

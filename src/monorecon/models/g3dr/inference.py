@@ -18,7 +18,6 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from monorecon.core.checks import check_tensor
 from monorecon.core.extract import extract_isosurface
@@ -27,6 +26,7 @@ from monorecon.core.projection import project_image_colours
 from monorecon.io.atomic import atomic_write_bytes
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
+from monorecon.io.weights import read_state_dict
 from monorecon.io.yaml_config import load_yaml
 
 from .data import FAR_DEPTH, load_rgbd_pair, resize_view
@@ -72,7 +72,7 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
         raise ValueError(f"{config_path} has no 'model' section")
     model = G3DRGenerator(G3DRModelConfig(**settings["model"]))
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(read_state_dict(weights))
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match {config_path}: {err}") from None
     return model.eval()

@@ -33,13 +33,13 @@ import copy
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
@@ -47,6 +47,7 @@ from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import SHAPE_CLASSES, make_object
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
+from monorecon.io.weights import read_safetensors_metadata, read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
 from monorecon.train.utils import check_finite_loss
@@ -294,20 +295,24 @@ def _load_optimizer(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict
 
 
 def load_generator(path: str | Path) -> MeshGenerator:
-    """The moving-average generator (eval mode) from ``generator.safetensors`` or a training output folder."""
+    """The moving-average generator (eval mode) from ``generator.safetensors`` or a training output folder.
+
+    Raises:
+        ValueError: a missing or unreadable file, or one that is not a generator written by :func:`train_meshgan`.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "generator.safetensors"
     if not path.is_file():
         raise ValueError(f"generator checkpoint not found: {path}")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    metadata = read_safetensors_metadata(path)
     if "generator" not in metadata:
-        raise ValueError(f"{path} has no generator configuration in its metadata")
-    generator = MeshGenerator(**json.loads(metadata["generator"]))
-    generator.load_state_dict(load_file(str(path)))
+        raise ValueError(f"{path} has no generator configuration in its metadata (not written by train-meshgan)")
+    try:
+        generator = MeshGenerator(**json.loads(metadata["generator"]))
+        generator.load_state_dict(read_state_dict(path))
+    except (TypeError, json.JSONDecodeError, RuntimeError) as err:
+        raise ValueError(f"{path} does not match its generator configuration: {err}") from None
     return generator.eval()
 
 
@@ -361,18 +366,18 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
     data_key = json.dumps({k: v for k, v in config.to_dict().items() if k not in _TRAINING_ONLY}, sort_keys=True)
     data = None
     if data_path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(data_path), framework="pt") as f:
-            if (f.metadata() or {}).get("config") == data_key:
-                data = load_file(str(data_path))
+        try:
+            if read_safetensors_metadata(data_path).get("config") == data_key:
+                data = read_state_dict(data_path)
+        except ValueError as err:  # a damaged cache is rebuilt
+            warnings.warn(f"rebuilding the training set: {err}", stacklevel=2)
     if data is None:
         data = _build_training_set(config, template, progress)
         _save_tensors(data, data_path, {"config": data_key})
 
     start_step = 0
     if resume and checkpoint_path.is_file():
-        tensors = load_file(str(checkpoint_path))
+        tensors = read_state_dict(checkpoint_path)
         for prefix, module in (
             ("generator", generator),
             ("ema", ema),

@@ -12,7 +12,7 @@ from .config import (
     TokenizerConfig,
     TripoSRConfig,
 )
-from .loading import check_state_dict, load_triposr, read_state_dict
+from .loading import check_state_dict, load_triposr
 from .model import TripoSRModel
 
 __all__ = [
@@ -26,5 +26,4 @@ __all__ = [
     "TripoSRModel",
     "check_state_dict",
     "load_triposr",
-    "read_state_dict",
 ]

@@ -14,41 +14,17 @@ from pathlib import Path
 import torch
 
 from ...core.checks import warn_if_slow_bfloat16
+from ...io.weights import read_state_dict
 from .config import TripoSRConfig
 from .model import TripoSRModel
 
-__all__ = ["check_state_dict", "load_triposr", "read_state_dict"]
+__all__ = ["check_state_dict", "load_triposr"]
 
 _WEIGHT_NAMES = ("model.safetensors", "model.ckpt")
 _CONFIG_NAME = "config.yaml"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 _SHOWN = 5  # offending keys listed in error messages
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``.safetensors`` or a torch pickle (``torch.load(weights_only=True)``), on the CPU.
-
-    Raises:
-        ValueError: missing file, truncated or corrupt file, or content that is not a mapping of names to tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # every reader failure means the same thing to the caller
-        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"weights {path} do not hold a state_dict (a mapping of names to tensors)")
-    return dict(state)
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str) -> None:

@@ -1,0 +1,63 @@
+"""Reading weight files: ``.safetensors`` or PyTorch pickles, with one-line errors for bad files.
+
+Every loader of trained weights (TripoSR checkpoints, perceptual-loss networks, G3DR, the RGB-D diffusion model and
+the MeshInversion generator) reads through here, so a missing, truncated or foreign file is a ``ValueError`` naming
+the file, never a reader's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+__all__ = ["read_safetensors_metadata", "read_state_dict"]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch pickle (``torch.load(weights_only=True)``), on the CPU.
+
+    A pickle whose top level is ``{"state_dict": {...}}`` (as PyTorch Lightning saves) is unwrapped.
+
+    Raises:
+        ValueError: missing file, truncated or corrupt file, or content that is not a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # every reader failure means the same thing to the caller
+        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"weights {path} do not hold a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` header (empty when it has none).
+
+    Raises:
+        ValueError: missing file, or a file that is not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # a foreign or truncated file: the reader's own error types vary
+        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err

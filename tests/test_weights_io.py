@@ -1,0 +1,79 @@
+"""Reading weight files (``monorecon.io.weights``) and the loaders built on it: bad files give one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from monorecon import cli
+from monorecon.io.weights import read_safetensors_metadata, read_state_dict
+from monorecon.models.g3dr.diffusion import load_rgbd_diffusion
+from monorecon.models.g3dr.inference import load_g3dr
+from monorecon.models.meshgan.train import load_generator
+
+JUNK = bytes(range(256)) * 8
+
+
+def _state() -> dict[str, torch.Tensor]:
+    return {"layer.weight": torch.arange(6.0).reshape(2, 3), "layer.bias": torch.tensor([1, 2], dtype=torch.int64)}
+
+
+def test_reads_safetensors_and_pickles_with_their_values(tmp_path):
+    save_file(_state(), str(tmp_path / "w.safetensors"), metadata={"note": "hi"})
+    torch.save(_state(), tmp_path / "w.pt")
+    torch.save({"state_dict": _state(), "epoch": 3}, tmp_path / "lightning.ckpt")  # unwrapped
+    for name in ("w.safetensors", "w.pt", "lightning.ckpt"):
+        state = read_state_dict(tmp_path / name)
+        assert state.keys() == _state().keys() and all(torch.equal(state[k], v) for k, v in _state().items())
+    assert read_safetensors_metadata(tmp_path / "w.safetensors") == {"note": "hi"}
+
+
+def test_bad_files_are_value_errors_naming_the_file(tmp_path):
+    save_file(_state(), str(tmp_path / "good.safetensors"))
+    whole = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) - 10])
+    (tmp_path / "junk.safetensors").write_bytes(JUNK)
+    (tmp_path / "junk.pt").write_bytes(JUNK)
+    for name in ("cut.safetensors", "junk.safetensors", "junk.pt"):
+        with pytest.raises(ValueError, match=f"cannot read weights .*{name}: the file is truncated or corrupt"):
+            read_state_dict(tmp_path / name)
+    with pytest.raises(ValueError, match=r"junk\.safetensors: the file is truncated or corrupt"):
+        read_safetensors_metadata(tmp_path / "junk.safetensors")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="do not hold a state_dict"):
+        read_state_dict(tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="weights file not found"):
+        read_state_dict(tmp_path / "missing.pt")
+
+
+def test_method_loaders_refuse_junk_weights(tmp_path):
+    (tmp_path / "generator.safetensors").write_bytes(JUNK)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_generator(tmp_path)
+    save_file(_state(), str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="no generator configuration"):
+        load_generator(tmp_path / "other.safetensors")
+    for loader, model in ((load_g3dr, {}), (load_rgbd_diffusion, {"class_names": ["vase"], "base_channels": 8})):
+        folder = tmp_path / loader.__name__
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(JUNK)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+        with pytest.raises(ValueError, match="truncated or corrupt"):
+            loader(folder)
+
+
+def test_invert_with_a_junk_generator_is_one_line(tmp_path, capsys):
+    (tmp_path / "junk.safetensors").write_bytes(JUNK)
+    image = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGBA", (32, 32), (200, 40, 40, 255)).save(image)
+    assert (
+        cli.main(["invert", str(image), "--generator", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "o")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("monorecon: error: cannot read weights") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
