@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .core.carving import SilhouetteFill, SilhouetteHull
-from .core.checks import check_device, check_int
+from .core.checks import TEXTURE_RESOLUTION_RANGE, check_device, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh, check_placement
 from .io.images import load_image
@@ -121,8 +121,7 @@ class ReconstructOptions:
     def __post_init__(self) -> None:
         if not 8 <= self.mc_resolution <= 1024:
             raise ValueError(f"mc_resolution must lie in [8, 1024], got {self.mc_resolution}")
-        if not 64 <= self.texture_resolution <= 8192:
-            raise ValueError(f"texture_resolution must lie in [64, 8192], got {self.texture_resolution}")
+        check_int(self.texture_resolution, "texture_resolution", *TEXTURE_RESOLUTION_RANGE)
         if self.extraction not in ("dense", "coarse_to_fine"):
             raise ValueError(f"extraction must be 'dense' or 'coarse_to_fine', got {self.extraction!r}")
         if self.threshold is not None and not np.isfinite(self.threshold):

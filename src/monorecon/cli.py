@@ -474,7 +474,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .core.bake import bake_texture, check_texture_resolution
+    from .core.bake import bake_texture
+    from .core.checks import TEXTURE_RESOLUTION_RANGE, check_int
     from .io.mesh_io import load_mesh, save_mesh
 
     fmt = args.output.suffix.lstrip(".").lower()
@@ -483,7 +484,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():  # before the (slow) bake
         raise CommandError(f"cannot write {args.output}: folder {args.output.parent} does not exist")
     try:
-        check_texture_resolution(args.texture_resolution, "--texture-resolution")
+        check_int(args.texture_resolution, "--texture-resolution", *TEXTURE_RESOLUTION_RANGE)
         wants_texture = gets_baked_texture(fmt, args.bake_texture)
     except ValueError as err:
         raise CommandError(str(err)) from None

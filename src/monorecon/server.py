@@ -53,6 +53,7 @@ from .api import (
     reconstruct_full,
     timed,
 )
+from .core.checks import TEXTURE_RESOLUTION_RANGE, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image
@@ -113,8 +114,7 @@ class ServerSettings:
             raise ValueError(f"max_image_side must lie in [16, 16384], got {self.max_image_side}")
         if not 8 <= self.max_mc_resolution <= 1024:
             raise ValueError(f"max_mc_resolution must lie in [8, 1024], got {self.max_mc_resolution}")
-        if not 64 <= self.max_texture_resolution <= 8192:
-            raise ValueError(f"max_texture_resolution must lie in [64, 8192], got {self.max_texture_resolution}")
+        check_int(self.max_texture_resolution, "max_texture_resolution", *TEXTURE_RESOLUTION_RANGE)
         if not self.queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be positive, got {self.queue_timeout_s}")
         if not 1 <= self.preview_frames <= 120:
@@ -212,7 +212,12 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         ] = None,
         bake_texture: Annotated[bool, Form(description="bake a UV texture instead of vertex colours")] = False,
         texture_resolution: Annotated[
-            int, Form(ge=64, le=settings.max_texture_resolution, description="baked texture side in pixels")
+            int,
+            Form(
+                ge=TEXTURE_RESOLUTION_RANGE[0],
+                le=settings.max_texture_resolution,
+                description="baked texture side in pixels",
+            ),
         ] = settings.default_texture_resolution,
         foreground_ratio: Annotated[
             float | None,

@@ -13,20 +13,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .checks import TEXTURE_RESOLUTION_RANGE, check_int
 from .mesh import Mesh
 from .raster import rasterize
 
 ColourFn = Callable[[torch.Tensor], torch.Tensor]
-
-#: Texture sides :func:`bake_texture` accepts, in texels.
-TEXTURE_RESOLUTION_RANGE = (16, 8192)
-
-
-def check_texture_resolution(resolution: int, name: str = "texture resolution") -> None:
-    """Raise ValueError (naming ``name``) unless ``resolution`` lies in :data:`TEXTURE_RESOLUTION_RANGE`."""
-    low, high = TEXTURE_RESOLUTION_RANGE
-    if not low <= resolution <= high:
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {resolution}")
 
 
 def unwrap_uv(mesh: Mesh, resolution: int | None = None, padding: int = 4) -> Mesh:
@@ -141,7 +132,7 @@ def bake_texture(
     Raises:
         ValueError: a resolution outside [16, 8192], or no ``colour_fn`` for a mesh without vertex colours.
     """
-    check_texture_resolution(resolution)
+    check_int(resolution, "texture resolution", *TEXTURE_RESOLUTION_RANGE)
     if colour_fn is None and mesh.vertex_colors is None:
         raise ValueError("nothing to bake: the mesh has no vertex colours")
     unwrapped = unwrap_uv(mesh, resolution)

@@ -15,6 +15,9 @@ import torch
 
 ShapeSpec = Sequence[int | str | None]
 
+#: Sides of a baked texture, in texels, that every entry point accepts.
+TEXTURE_RESOLUTION_RANGE = (64, 8192)
+
 
 def check_tensor(
     x: object,
