@@ -18,6 +18,8 @@ from monorecon.core.cameras import (
     spherical_to_cartesian,
     triposr_to_world,
     world_to_triposr,
+    world_to_z_up,
+    z_up_to_world,
 )
 
 
@@ -170,6 +172,16 @@ def test_triposr_frame_conversion():
     assert torch.linalg.det(m) == pytest.approx(1.0)  # a rotation: exports are not mirrored
     p = torch.randn(5, 3)
     assert torch.allclose(world_to_triposr(triposr_to_world(p)), p)
+
+
+def test_z_up_frame_conversion():
+    # Blender's view of a glTF scene: our up (+Y) is its +Z, our front (+Z, towards the input camera) its -Y.
+    assert torch.allclose(world_to_z_up(torch.tensor([0.0, 1.0, 0.0])), torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(world_to_z_up(torch.tensor([0.0, 0.0, 1.0])), torch.tensor([0.0, -1.0, 0.0]))
+    assert torch.allclose(world_to_z_up(torch.tensor([1.0, 0.0, 0.0])), torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.linalg.det(world_to_z_up(torch.eye(3))) == pytest.approx(1.0)  # not mirrored
+    p = torch.randn(5, 3)
+    assert torch.allclose(z_up_to_world(world_to_z_up(p)), p)
 
 
 def test_fibonacci_sphere_unit_and_spread():

@@ -12,7 +12,7 @@ from monorecon.cli import main
         (["render", "{tmp}/empty"], "no mesh"),
         (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
-        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.stl"], "the suffix must be one of"),
+        (["convert", "{tmp}/corrupt.ply", "{tmp}/out.fbx"], "the suffix must be one of"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/missing/out.glb"], "folder {tmp}/missing does not exist"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.ply", "--bake-texture"], "PLY files carry no texture"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.glb", "--texture-resolution", "8"], "--texture-resolution"),

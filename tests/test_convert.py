@@ -52,6 +52,20 @@ def test_usdz_to_glb_keeps_the_texture_and_places_the_mesh(tmp_path):
     assert abs(float(low[0] + high[0])) < 1e-6 and abs(float(low[2] + high[2])) < 1e-6  # centred on the y axis
 
 
+def test_to_stl_for_printing_in_millimetres_standing_on_the_bed(tmp_path, capsys):
+    """A textured USDZ to STL: geometry only, 80 units (mm for a slicer) tall along +Z, its bottom at z = 0."""
+    textured = tmp_path / "blob.usdz"
+    assert main(["convert", str(save_mesh(_coloured_blob(), tmp_path / "a.glb")), str(textured), "--quiet"]) == 0
+    printed = tmp_path / "blob.stl"
+    assert main(["convert", str(textured), str(printed), "--object-height", "80", "--origin", "bottom"]) == 0
+    assert "faces, texture)" in capsys.readouterr().out
+    solid = trimesh.load(printed)  # trimesh's reader, in the file's own Z-up frame
+    assert solid.is_watertight and solid.volume > 0
+    np.testing.assert_allclose(solid.bounds[:, 2], [0.0, 80.0], atol=1e-4)
+    assert main(["convert", str(textured), str(tmp_path / "b.stl"), "--bake-texture"]) == 2
+    assert "STL files carry no texture" in capsys.readouterr().err
+
+
 def test_textured_mesh_to_ply_is_refused_and_nothing_written(tmp_path, capsys):
     textured = tmp_path / "blob.usdz"
     assert main(["convert", str(save_mesh(_coloured_blob(), tmp_path / "a.glb")), str(textured), "--quiet"]) == 0

@@ -251,6 +251,46 @@ def test_glb_keeps_y_up_and_raw_positions(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded.vertices, dtype=np.float32), mesh.verts.numpy())
 
 
+def test_stl_is_z_up_binary_with_outward_facet_normals(tmp_path):
+    """Read back by hand (the binary layout) and by trimesh: the apex (+Y) is +Z, the front (+Z) faces -Y."""
+    mesh = _arrow()
+    save_mesh(mesh, tmp_path / "arrow.stl")
+    data = (tmp_path / "arrow.stl").read_bytes()
+    assert len(data) == 80 + 4 + 50 * mesh.num_faces
+    assert np.frombuffer(data, "<u4", 1, 80)[0] == mesh.num_faces
+    records = np.frombuffer(data[84:], np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]))
+    x, y, z = mesh.verts.numpy()[mesh.faces.numpy()].transpose(2, 0, 1)
+    np.testing.assert_array_equal(records["v"], np.stack([x, -z, y], axis=-1))  # Blender's view of the glTF
+    assert records["v"][..., 2].max() == 1.5  # the apex is up
+    centre = records["v"].reshape(-1, 3).mean(axis=0)
+    facet_centres = records["v"].mean(axis=1)
+    assert (np.einsum("fi,fi->f", records["n"], facet_centres - centre) > 0).all()  # outward
+    np.testing.assert_allclose(np.linalg.norm(records["n"], axis=1), 1.0, atol=1e-6)
+    loaded = trimesh.load(tmp_path / "arrow.stl")  # merged by trimesh: one closed solid
+    assert loaded.is_watertight and loaded.volume > 0
+    np.testing.assert_allclose(loaded.volume, trimesh.Trimesh(mesh.verts.numpy(), mesh.faces.numpy()).volume, rtol=1e-6)
+
+
+def test_stl_round_trip_and_foreign_z_up_files(tmp_path):
+    mesh = _colored_sphere()
+    back = load_mesh(save_mesh(mesh, tmp_path / "sphere.stl"))
+    assert back.num_verts == mesh.num_verts and back.num_faces == mesh.num_faces  # corners merged again
+    assert back.vertex_colors is None and back.texture is None  # geometry only
+    pairs = torch.cdist(back.verts, mesh.verts).argmin(dim=1)
+    torch.testing.assert_close(back.verts, mesh.verts[pairs])
+    # the same triangles, the same way round
+    assert {tuple(np.roll(f, -f.argmin())) for f in pairs[back.faces].numpy()} == {
+        tuple(np.roll(f, -f.argmin())) for f in mesh.faces.numpy()
+    }
+    # A slicer's file, tall along its +Z, stands up along our +Y.
+    column = trimesh.creation.box((0.2, 0.4, 1.0))
+    column.apply_translation((0.0, 0.0, 0.5))
+    column.export(tmp_path / "column.stl")
+    low, high = load_mesh(tmp_path / "column.stl").verts.aminmax(dim=0)
+    torch.testing.assert_close(low, torch.tensor([-0.1, 0.0, -0.2]))
+    torch.testing.assert_close(high, torch.tensor([0.1, 1.0, 0.2]))
+
+
 def test_glb_texcoords_are_v_down_and_material(tmp_path):
     mesh = _textured_sphere()
     save_mesh(mesh, tmp_path / "tex.glb", unlit=True)
@@ -355,12 +395,15 @@ def test_load_rejects_bad_files(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_mesh(tmp_path / "missing.obj")
     with pytest.raises(ValueError, match="extension"):
-        load_mesh(tmp_path / "mesh.stl")
+        load_mesh(tmp_path / "mesh.fbx")
     for name, content in [
         ("corrupt.glb", b"glTF\x02\x00\x00\x00garbage"),
         ("corrupt.ply", b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n\x00"),
         ("corrupt.obj", b"this is not an obj file\n"),
         ("empty.obj", b"v 0 0 0\nv 1 0 0\n"),
+        ("corrupt.stl", bytes(range(256)) * 3),
+        ("cut.stl", b"x" * 80 + np.uint32(4).tobytes() + b"\x00" * 60),
+        ("empty.stl", b"x" * 80 + np.uint32(0).tobytes()),
     ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=name):
@@ -369,7 +412,7 @@ def test_load_rejects_bad_files(tmp_path):
 
 def test_save_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="extension"):
-        save_mesh(_arrow(), tmp_path / "mesh.stl")
+        save_mesh(_arrow(), tmp_path / "mesh.fbx")
     with pytest.raises(ValueError, match="format"):
         save_mesh(_arrow(), tmp_path / "mesh.glb", format="fbx")
     with pytest.raises(ValueError, match="does not exist"):
@@ -401,7 +444,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
         atomic_write(tmp_path / "x", "a").__enter__()
 
 
-@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
+@pytest.mark.parametrize("ext", ["glb", "obj", "ply", "stl"])
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch, ext):
     """The data is complete but the final flush to disk fails: no mesh file, no temporary file."""
 
@@ -410,7 +453,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch, ext):
 
     monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
-        save_mesh(_textured_sphere() if ext != "ply" else _colored_sphere(), tmp_path / f"mesh.{ext}")
+        save_mesh(_textured_sphere() if ext in ("glb", "obj") else _colored_sphere(), tmp_path / f"mesh.{ext}")
     assert os.listdir(tmp_path) == []
 
 

@@ -451,6 +451,7 @@ BAD_OPTIONS = {
     "render-negative": (["--render", "-1"], "--render"),
     "render-size": (["--render", "2", "--render-size", "5"], "--render-size"),
     "bake-ply": (["--bake-texture", "--format", "ply"], "PLY"),
+    "bake-stl": (["--bake-texture", "--format", "stl"], "STL"),
     "target-faces": (["--target-faces", "0"], "--target-faces must lie"),
     "smooth-negative": (["--smooth", "-1"], "--smooth must lie"),
     "threshold-nan": (["--threshold", "nan"], "threshold"),

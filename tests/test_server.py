@@ -240,6 +240,16 @@ def test_usdz_download_always_carries_a_baked_texture(client, tmp_path):
     np.testing.assert_allclose(mesh.texture.reshape(-1, 3).median(dim=0).values, STUB_COLOR, atol=1 / 255)
 
 
+def test_stl_download_is_z_up(client, stub):
+    response = post(client, {"format": "stl"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "model/stl"
+    assert response.headers["content-disposition"] == 'attachment; filename="chair.stl"'
+    solid = trimesh.load(io.BytesIO(response.content), file_type="stl")
+    low, high = stub.mesh.bounds.numpy()
+    np.testing.assert_allclose(solid.bounds, [[low[0], -high[2], low[1]], [high[0], -low[2], high[1]]], atol=1e-6)
+
+
 def test_ply_download(client, stub):
     response = post(client, {"format": "ply"})
     assert response.status_code == 200, response.text
@@ -271,7 +281,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
         "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "object_height", "origin", "seed",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
-    assert properties["format"]["enum"] == ["glb", "obj", "ply", "usdz"]
+    assert properties["format"]["enum"] == ["glb", "obj", "ply", "stl", "usdz"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -300,7 +310,7 @@ def test_unusable_images_get_422(client):
         ({"mc_resolution": "4"}, "mc_resolution"),
         ({"mc_resolution": "abc"}, "mc_resolution"),
         ({"threshold": "nan"}, "threshold"),
-        ({"format": "stl"}, "format"),
+        ({"format": "fbx"}, "format"),
         ({"texture_resolution": "100000"}, "texture_resolution"),
         ({"foreground_ratio": "0"}, "foreground_ratio"),
         ({"seed": "-1"}, "seed"),
@@ -316,6 +326,7 @@ def test_unusable_images_get_422(client):
         ({"object_height": "1001"}, "object_height"),
         ({"origin": "top"}, "origin"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
+        ({"format": "stl", "bake_texture": "true"}, "STL"),
     ],
 )
 def test_bad_options_get_422_naming_the_field(client, stub, data, field):

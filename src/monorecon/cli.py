@@ -59,7 +59,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
     p.add_argument(
         "--format", choices=MESH_FORMATS, default="glb",
-        help="mesh file format (default glb); usdz (AR Quick Look, RealityKit) always gets a baked texture",
+        help="mesh file format (default glb); usdz (AR Quick Look, RealityKit) always gets a baked texture; stl (3-D "
+        "printing) is geometry only, +Z up, in --object-height's units (slicers read millimetres)",
     )  # fmt: skip
     p.add_argument(
         "--unlit", action="store_true",
@@ -461,7 +462,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("input", type=Path, help="the mesh file to read")
     p.add_argument(
-        "output", type=Path, help="the mesh file to write (.glb, .obj, .ply or .usdz); its folder must exist"
+        "output", type=Path, help="the mesh file to write (.glb, .obj, .ply, .stl or .usdz); its folder must exist"
     )
     p.add_argument(
         "--bake-texture", action="store_true", help="bake the vertex colours into a UV texture for GLB / OBJ too"

@@ -3,12 +3,13 @@
 Endpoints:
 
 * ``GET /health``: ``{"status": "ok", "model": {...}, "limits": {...}}``.
-* ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply|usdz,
+* ``POST /reconstruct``: multipart form with an ``image`` file and options (``format`` glb|obj|ply|stl|usdz,
   ``mc_resolution``, ``threshold``, ``bake_texture``, ``texture_resolution``, ``foreground_ratio``,
   ``remove_background``, ``carve``, ``fill``, ``project_input``, ``unlit``, ``smooth``, ``seed``); answers the mesh
-  file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY; USDZ ``model/vnd.usdz+zip``,
-  always with a baked texture) with a ``Content-Disposition`` file name. Meshes are in the monorecon world frame (+Y
-  up, the input view's front facing +Z: glTF's frame).
+  file (GLB ``model/gltf-binary``; OBJ as a zip of the OBJ, MTL and PNG; binary PLY; binary STL ``model/stl``, Z-up
+  for slicers, geometry only; USDZ ``model/vnd.usdz+zip``, always with a baked texture) with a ``Content-Disposition``
+  file name. Meshes are in the monorecon world frame (+Y up, the input view's front facing +Z: glTF's frame), STL in
+  its Z-up frame (:func:`monorecon.io.save_mesh`).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
 * ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
 
@@ -79,9 +80,10 @@ MESH_MEDIA_TYPES = {
     "glb": "model/gltf-binary",
     "obj": "application/zip",
     "ply": "application/octet-stream",
+    "stl": "model/stl",
     "usdz": "model/vnd.usdz+zip",
 }
-_DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply", "usdz": ".usdz"}
+_DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply", "stl": ".stl", "usdz": ".usdz"}
 _MAX_SEED = 2**31 - 1
 
 
@@ -139,7 +141,7 @@ class MeshForm:
     Attributes:
         image: the uploaded file's bytes.
         filename: the uploaded file's name (may be empty).
-        mesh_format: ``"glb"``, ``"obj"``, ``"ply"`` or ``"usdz"`` (which always gets a baked texture).
+        mesh_format: ``"glb"``, ``"obj"``, ``"ply"``, ``"stl"`` or ``"usdz"`` (which always gets a baked texture).
         unlit: GLB, USDZ: show the colours without lighting (see :func:`monorecon.io.mesh_io.save_mesh`).
     """
 
@@ -200,8 +202,12 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
     async def mesh_form(
         image: Annotated[UploadFile, File(description="the input image; an RGBA image's alpha is the object mask")],
         mesh_format: Annotated[
-            Literal["glb", "obj", "ply", "usdz"],
-            Form(alias="format", description="glb, obj (zip with MTL and PNG), ply or usdz (always a baked texture)"),
+            Literal["glb", "obj", "ply", "stl", "usdz"],
+            Form(
+                alias="format",
+                description="glb, obj (zip with MTL and PNG), ply, stl (3-D printing: Z-up, geometry only) or usdz "
+                "(always a baked texture)",
+            ),
         ] = "glb",
         mc_resolution: Annotated[
             int, Form(ge=8, le=settings.max_mc_resolution, description="marching-cubes grid points per axis")
@@ -367,7 +373,8 @@ def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -
 
     Args:
         mesh: the mesh (world frame).
-        mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured), ``"ply"`` or ``"usdz"``.
+        mesh_format: ``"glb"``, ``"obj"`` (zipped with its MTL and PNG when textured), ``"ply"``, ``"stl"`` or
+            ``"usdz"``.
         stem: file name without suffix.
         unlit: GLB, USDZ: show the colours without lighting.
 

@@ -126,8 +126,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         fill_options.reverse()
     fields = [
         _select("format", "Format", [("glb", "GLB (glTF binary)"), ("obj", "OBJ + MTL + PNG (zip)"), ("ply", "PLY"),
-                                     ("usdz", "USDZ (AR Quick Look)")],
-                "USDZ always gets a baked texture (AR viewers show no vertex colours)"),
+                                     ("stl", "STL (3-D printing)"), ("usdz", "USDZ (AR Quick Look)")],
+                "USDZ always gets a baked texture (AR viewers show no vertex colours); STL is geometry only, +Z up"),
         _number("mc_resolution", "Mesh resolution", settings.default_mc_resolution, 8, settings.max_mc_resolution, 1,
                 "marching-cubes grid; higher is finer and slower"),
         _number("threshold", "Density threshold", model_summary.get("mesh_threshold", 25.0), None, None, "any",

@@ -42,6 +42,8 @@ __all__ = [
     "triposr_to_world",
     "world_to_gltf",
     "world_to_triposr",
+    "world_to_z_up",
+    "z_up_to_world",
 ]
 
 
@@ -507,6 +509,21 @@ def triposr_to_world(points: torch.Tensor) -> torch.Tensor:
 def world_to_triposr(points: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`triposr_to_world`."""
     return points @ _TRIPOSR_TO_WORLD.to(points)
+
+
+# Z-up frame (Blender, CAD tools, 3-D printing slicers, STL files, Z-up USD stages): right-handed, +Z up, the front
+# facing -Y. monorecon world = (x, z, -y): -90 degrees about X (det +1).
+Z_UP_TO_WORLD = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def z_up_to_world(points: torch.Tensor) -> torch.Tensor:
+    """(…, 3) points in a Z-up frame (+Z up, front towards -Y) -> monorecon world (+Y up, front towards +Z)."""
+    return points @ Z_UP_TO_WORLD.to(points).T
+
+
+def world_to_z_up(points: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`z_up_to_world`: what Blender's glTF importer does to a glTF scene."""
+    return points @ Z_UP_TO_WORLD.to(points)
 
 
 def world_to_gltf(points: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""Save and load :class:`~monorecon.core.mesh.Mesh` as GLB, OBJ (+ MTL + PNG), binary PLY or USDZ.
+"""Save and load :class:`~monorecon.core.mesh.Mesh` as GLB, OBJ (+ MTL + PNG), binary PLY, binary STL or USDZ.
 
 USDZ (the AR format of Quick Look and RealityKit) and the other USD files are written and read by
 :mod:`monorecon.io.usd_io`; the notes below are about the other formats.
 
 * Frames: monorecon world coordinates are glTF's (+Y up, +Z front), so positions are written as given, with no
-  rotation node.
+  rotation node. STL is the exception: slicers and CAD tools read it +Z up, so it is written (and read) in the Z-up
+  frame of :func:`monorecon.core.cameras.world_to_z_up` (+Z up, the front towards -Y, as Blender shows a glTF).
+  STL has no units; slicers read millimetres (``Mesh.placed(height=80)`` prints 8 cm tall).
+* STL holds geometry only: colours and textures are not written; loading merges its per-face corners into shared
+  vertices.
 * UVs: :class:`Mesh` stores ``v`` up from the texture's bottom row. OBJ uses the same convention (``vt`` written as
   is); glTF's ``TEXCOORD_0`` has ``v`` down from the top, so GLB stores ``1 - v``. Loading (through trimesh, which uses
   the OBJ convention) gives back our convention for every format.
@@ -26,6 +30,7 @@ import pygltflib
 import torch
 import trimesh
 
+from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
 from .atomic import atomic_path, atomic_write_bytes
 from .images import png_bytes
@@ -40,12 +45,13 @@ __all__ = [
     "unit_vertex_normals",
 ]
 
-MESH_FORMATS = ("glb", "obj", "ply", "usdz")
+MESH_FORMATS = ("glb", "obj", "ply", "stl", "usdz")
 """Formats :func:`save_mesh` writes."""
 BAKED_FORMATS = ("usdz",)
 """Formats whose usual viewers (Quick Look, RealityKit) show textures and no vertex colours: pipelines bake for them."""
+_UNTEXTURED_FORMATS = ("ply", "stl")
 _USD_FORMATS = ("usd", "usda", "usdc", "usdz")
-LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", *_USD_FORMATS)
+LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", "stl", *_USD_FORMATS)
 """Formats :func:`load_mesh` reads."""
 
 # glTF enumerations
@@ -60,10 +66,12 @@ def gets_baked_texture(mesh_format: str, bake_texture: bool) -> bool:
     :data:`BAKED_FORMATS` (the one rule of ``reconstruct``, ``convert`` and the server).
 
     Raises:
-        ValueError: a baked texture asked for PLY, which carries none.
+        ValueError: a baked texture asked for PLY or STL, which carry none.
     """
-    if bake_texture and mesh_format == "ply":
-        raise ValueError("PLY files carry no texture: ask for a glb, obj or usdz file, or for no baked texture")
+    if bake_texture and mesh_format in _UNTEXTURED_FORMATS:
+        raise ValueError(
+            f"{mesh_format.upper()} files carry no texture: ask for a glb, obj or usdz file, or for no baked texture"
+        )
     return bake_texture or mesh_format in BAKED_FORMATS
 
 
@@ -71,9 +79,10 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     """Write ``mesh`` to ``path``; the format comes from ``format`` or the file extension.
 
     Args:
-        mesh: the mesh (world frame). A texture is written by GLB, OBJ and USDZ; PLY refuses textured meshes.
+        mesh: the mesh (world frame). A texture is written by GLB, OBJ and USDZ; PLY refuses textured meshes; STL
+            writes the geometry only (Z-up, see the module notes).
         path: destination file; its folder must exist.
-        format: ``"glb"``, ``"obj"``, ``"ply"`` or ``"usdz"``; default from the extension of ``path``.
+        format: ``"glb"``, ``"obj"``, ``"ply"``, ``"stl"`` or ``"usdz"``; default from the extension of ``path``.
         unlit: show the colours without shading, right for colours with baked-in lighting such as reconstructions:
             GLB marks the material ``KHR_materials_unlit``, USDZ makes the colour emissive; OBJ and PLY ignore it.
 
@@ -91,6 +100,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
         atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit))
     elif fmt == "ply":
         atomic_write_bytes(path, _ply_bytes(mesh))
+    elif fmt == "stl":
+        atomic_write_bytes(path, _stl_bytes(mesh))
     elif fmt == "usdz":
         from .usd_io import write_usdz
 
@@ -102,10 +113,11 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
 
 
 def load_mesh(path: str | os.PathLike[str]) -> Mesh:
-    """Read a mesh from OBJ, PLY, GLB or glTF with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
+    """Read a mesh from OBJ, PLY, GLB, glTF or STL with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
 
     Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
-    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`).
+    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). STL is read as
+    Z-up and turned +Y up, its corners merged into shared vertices.
 
     Raises:
         ValueError: unknown extension, missing file, or a file that cannot be read as a non-empty mesh.
@@ -118,6 +130,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
         from .usd_io import load_usd
 
         return load_usd(path)
+    if fmt == "stl":
+        return _load_stl(path)
     try:
         scene = trimesh.load_scene(path, process=False)
         parts = [
@@ -312,6 +326,38 @@ def _ply_bytes(mesh: Mesh) -> bytes:
 # --------------------------------------------------------------------------------------------------------------------
 # OBJ
 # --------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------------
+# STL
+# --------------------------------------------------------------------------------------------------------------------
+_STL_FACET = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attributes", "<u2")])
+
+
+def _stl_bytes(mesh: Mesh) -> bytes:
+    """Binary STL: an 80-byte header, the facet count, then per facet its unit normal and corners (Z-up frame)."""
+    corners = world_to_z_up(mesh.verts.detach().cpu().double())[mesh.faces.cpu()]  # (F, 3, 3)
+    normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
+    normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # a degenerate facet gets (0, 0, 0)
+    facets = np.zeros(mesh.num_faces, dtype=_STL_FACET)
+    facets["normal"], facets["corners"] = normals.numpy(), corners.numpy()
+    header = b"monorecon binary STL, +Z up".ljust(80, b" ")
+    return header + np.uint32(mesh.num_faces).tobytes() + facets.tobytes()
+
+
+def _load_stl(path: Path) -> Mesh:
+    try:
+        tm = trimesh.load_mesh(path, file_type="stl", process=False)
+    except Exception as exc:  # trimesh raises many types on bad data
+        raise ValueError(f"could not read mesh {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(tm, trimesh.Trimesh) or len(tm.faces) == 0:
+        raise ValueError(f"could not read mesh {path}: no triangles found")
+    tm.merge_vertices()  # STL repeats every corner; the shared vertices are what a mesh is made of
+    verts = z_up_to_world(torch.as_tensor(np.asarray(tm.vertices), dtype=torch.float32))
+    try:
+        return Mesh(verts, torch.as_tensor(np.asarray(tm.faces), dtype=torch.int64))
+    except ValueError as exc:
+        raise ValueError(f"invalid mesh in {path}: {exc}") from exc
+
+
 def _write_obj(mesh: Mesh, path: Path) -> None:
     # Every file's content is made before any is written, so a failure leaves no file behind.
     lines = ["# monorecon"]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.cameras import Z_UP_TO_WORLD
 from ..core.mesh import Mesh, colors_to_uint8
 from .images import pil_to_array, png_bytes
 from .mesh_io import unit_vertex_normals
@@ -143,11 +144,11 @@ def load_usd(path: Path) -> Mesh:
         raise ValueError(f"could not read USD file {path}: {reason}") from exc
     if not stage:
         raise ValueError(f"could not read USD file {path}")
-    # Stage frame -> ours: units to metres, and a Z-up stage turned +Y up (-90 degrees about X: +Z -> +Y, +Y -> -Z).
+    # Stage frame -> ours: units to metres, and a Z-up stage turned +Y up (core.cameras.Z_UP_TO_WORLD).
     metres = UsdGeom.GetStageMetersPerUnit(stage)
     to_world = np.diag([metres, metres, metres, 1.0])
     if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z:
-        to_world = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]]) @ to_world
+        to_world[:3, :3] = Z_UP_TO_WORLD.double().numpy() @ to_world[:3, :3]
     cache = UsdGeom.XformCache()
     # Meshes inside instances count too; invisible ones and proxy / guide geometry do not.
     prims = [
