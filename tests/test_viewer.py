@@ -109,14 +109,6 @@ def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
 SIZE = 160
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
-
-
 def draw_in_browser(chromium: str, mesh: Mesh, tmp_path) -> np.ndarray:
     """(SIZE, SIZE, 3) float screenshot of the standalone viewer page of ``mesh`` at its start view."""
     page = viewer.save_viewer_html(mesh, tmp_path / "viewer.html")

@@ -119,6 +119,40 @@ def test_page_script_parses(client, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("mesh_format", "colours", "bake_enabled", "size_enabled"),
+    [("glb", "false", True, False), ("glb", "true", True, True), ("usdz", "false", True, True),
+     ("ply", "true", False, False), ("stl", "true", False, False)],
+)  # fmt: skip
+def test_texture_controls_follow_the_format(
+    chromium, client, tmp_path, mesh_format, colours, bake_enabled, size_enabled
+):
+    """In headless Chromium: the page's script enables the colours select and the texture size as the format allows."""
+    choose = f"""<script>
+for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_format}"]]) {{
+  const select = document.getElementById(id);
+  select.value = value;
+  select.dispatchEvent(new Event("change"));
+}}
+</script></body>"""
+    page = tmp_path / "page.html"
+    page.write_text(client.get("/").text.replace("</body>", choose))
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    parser = FormParser()
+    parser.feed(dom)
+    (form,) = parser.forms
+    assert ("disabled" not in form["controls"]["bake_texture"]) == bake_enabled
+    assert ("disabled" not in form["controls"]["texture_resolution"]) == size_enabled
+
+
 def test_page_needs_nothing_from_outside(form, client):
     page = client.get("/").text
     assert all(not link.startswith(("http:", "https:", "//")) for link in form["links"])

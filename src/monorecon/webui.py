@@ -305,8 +305,12 @@ let meshUrl = null;
 let chosenUrl = null;
 
 const meshFormat = document.getElementById("format");
-// USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says.
-function syncTexture() { textureSize.disabled = bake.value !== "true" && meshFormat.value !== "usdz"; }
+// USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says;
+// PLY and STL carry none, so a baked texture cannot be asked for (a disabled select is not sent: vertex colours).
+function syncTexture() {
+  bake.disabled = meshFormat.value === "ply" || meshFormat.value === "stl";
+  textureSize.disabled = (bake.disabled || bake.value !== "true") && meshFormat.value !== "usdz";
+}
 bake.addEventListener("change", syncTexture);
 meshFormat.addEventListener("change", syncTexture);
 syncTexture();
