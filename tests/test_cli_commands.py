@@ -1,4 +1,4 @@
-"""Every CLI command answers bad input with one line on stderr and exit code 2 (no traceback)."""
+"""Every CLI command answers bad input with one line on stderr and exit code 2 (no traceback); `--version`."""
 
 import pytest
 
@@ -79,3 +79,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert message.format(tmp=tmp_path) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ply", "corrupt.png", "empty"]  # nothing written
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    import monorecon
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"monorecon {monorecon.__version__} (torch {version('torch')}, Python 3.")
+    assert version("monorecon") == monorecon.__version__  # pyproject reads it from the package: one source

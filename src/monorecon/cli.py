@@ -1010,10 +1010,21 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+def _version_line() -> str:
+    """``monorecon 0.1.0 (torch 2.13.0, Python 3.11.2)``, from the installed metadata: nothing is imported."""
+    from importlib.metadata import version
+
+    from . import __version__
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"monorecon {__version__} (torch {version('torch')}, Python {python})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monorecon", description="Single-image 3D reconstruction and fitting by differentiable rendering."
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
