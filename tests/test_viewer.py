@@ -7,6 +7,7 @@ installed (Debian: ``apt-get install chromium``; ``.ci/run`` installs it).
 """
 
 import base64
+import html.parser
 import io
 import json
 import shutil
@@ -109,10 +110,17 @@ def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
 SIZE = 160
 
 
-def draw_in_browser(chromium: str, mesh: Mesh, tmp_path) -> np.ndarray:
-    """(SIZE, SIZE, 3) float screenshot of the standalone viewer page of ``mesh`` at its start view."""
-    page = viewer.save_viewer_html(mesh, tmp_path / "viewer.html")
-    page.write_text(page.read_text().replace('<div id="caption">', '<div id="caption" hidden>'))  # canvas only
+def draw_in_browser(chromium: str, mesh: Mesh, tmp_path, notebook: bool = False) -> np.ndarray:
+    """(SIZE, SIZE, 3) float screenshot of the standalone viewer page of ``mesh`` at its start view (``notebook``:
+    of a page holding the :class:`viewer.MeshView` output, as a notebook shows it)."""
+    page = tmp_path / "viewer.html"
+    if notebook:
+        view = viewer.MeshView(mesh, width=SIZE, height=SIZE)
+        view.page = view.page.replace('<div id="caption">', '<div id="caption" hidden>')  # canvas only
+        page.write_text(f'<!DOCTYPE html><body style="margin: 0; overflow: hidden">{view._repr_html_()}</body>')
+    else:
+        viewer.save_viewer_html(mesh, page)
+        page.write_text(page.read_text().replace('<div id="caption">', '<div id="caption" hidden>'))
     shot = tmp_path / "shot.png"
     command = [
         chromium, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -158,6 +166,29 @@ def test_viewer_draws_the_front_view_as_the_rasteriser_does(chromium, tmp_path):
     middle = shot[row.min() + (row.max() - row.min()) // 2]
     assert middle[column.max() - 8].argmax() == 0 and middle[column.min() + 8].argmax() == 2
     assert shot[row.min() + 6, (column.min() + column.max()) // 2].argmax() == 1
+
+
+def test_notebook_view_draws_the_same_in_its_iframe(chromium, tmp_path):
+    mesh = side_coloured_sphere(center=(0.3, 0.2, -0.1))
+    reference, covered = reference_render(mesh, viewer.viewer_payload(mesh))
+    compare(draw_in_browser(chromium, mesh, tmp_path, notebook=True), reference, covered)
+
+
+def test_notebook_view_embeds_the_standalone_page():
+    mesh = side_coloured_sphere()
+    output = viewer.MeshView(mesh, width=300, height=200, title='a "quoted" <mesh>')._repr_html_()
+    attributes = {}
+
+    class IframeParser(html.parser.HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "iframe":
+                attributes.update(attrs)
+
+    IframeParser().feed(output)
+    assert attributes["srcdoc"] == viewer.viewer_html(mesh, 'a "quoted" <mesh>')  # unescaped by the parser
+    assert (attributes["width"], attributes["height"], attributes["sandbox"]) == ("300", "200", "allow-scripts")
+    with pytest.raises(ValueError, match="width and height"):
+        viewer.MeshView(mesh, width=10)
 
 
 def test_viewer_samples_the_texture_with_v_up(chromium, tmp_path):

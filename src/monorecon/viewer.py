@@ -1,7 +1,8 @@
 """An interactive 3-D view of a mesh in a web browser: WebGL, no library, works offline.
 
-Used by the web page (:mod:`monorecon.webui`) and written as a standalone HTML file by ``monorecon reconstruct
---html`` and ``monorecon render --html`` (:func:`save_viewer_html`): drag to turn the mesh, the wheel to zoom,
+Used by the web page (:mod:`monorecon.webui`), written as a standalone HTML file by ``monorecon reconstruct
+--html`` and ``monorecon render --html`` (:func:`save_viewer_html`), and shown inline in Jupyter notebooks
+(:class:`MeshView`): drag to turn the mesh, the wheel to zoom,
 double-click to return to the start view. The start view and the light are the turntables' (:mod:`monorecon.video`):
 in front (+Z), 15 degrees up, +Y up, a light at the eye under which a surface facing the viewer shows its colour.
 """
@@ -21,7 +22,7 @@ from .core.mesh import Mesh, colors_to_uint8
 from .io.atomic import atomic_write_bytes
 from .io.images import png_bytes
 
-__all__ = ["VIEWER_MAX_FACES", "VIEWER_SCRIPT", "save_viewer_html", "viewer_html", "viewer_payload"]
+__all__ = ["VIEWER_MAX_FACES", "VIEWER_SCRIPT", "MeshView", "save_viewer_html", "viewer_html", "viewer_payload"]
 
 #: Largest mesh sent to the viewer (about 16 MB of base64 at this size).
 VIEWER_MAX_FACES = 600_000
@@ -297,6 +298,27 @@ if (viewer) {{
 </body>
 </html>
 """
+
+
+class MeshView:
+    """``mesh`` in the interactive viewer, inline in a Jupyter notebook (any front end that shows HTML outputs).
+
+    ``MeshView(mesh)`` as the last expression of a cell draws it: the page of :func:`viewer_html` in an iframe of
+    ``width`` x ``height`` CSS pixels (no network; only its scripts may run). A mesh over :data:`VIEWER_MAX_FACES`
+    faces is refused here, not when the cell's output is drawn.
+    """
+
+    def __init__(self, mesh: Mesh, width: int = 480, height: int = 360, title: str = "monorecon mesh") -> None:
+        if not (isinstance(width, int) and isinstance(height, int) and 64 <= width <= 4096 and 64 <= height <= 4096):
+            raise ValueError(f"width and height must be integers in [64, 4096], got {width!r} x {height!r}")
+        self.page = viewer_html(mesh, title)
+        self.width, self.height = width, height
+
+    def _repr_html_(self) -> str:
+        return (
+            f'<iframe srcdoc="{html.escape(self.page, quote=True)}" width="{self.width}" height="{self.height}" '
+            'style="border: 0" sandbox="allow-scripts"></iframe>'
+        )
 
 
 def save_viewer_html(mesh: Mesh, path: str | os.PathLike, title: str | None = None) -> Path:
