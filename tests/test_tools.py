@@ -190,3 +190,46 @@ def test_cgal_meshes_are_turned_upright_and_written_in_variants(training_tool, t
     assert not (tmp_path / "x").exists()
     assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "cgal", "--variants", "0"]) == 2
     assert "--variants must lie in" in capsys.readouterr().err
+
+
+def _sweethome3d_deb(catalogue: str, models: dict[str, bytes]) -> bytes:
+    """A sweethome3d-furniture stand-in: one furniture library (.sh3f, a zip) with ``catalogue`` and ``models``."""
+    library = io.BytesIO()
+    with zipfile.ZipFile(library, "w") as archive:
+        archive.writestr("PluginFurnitureCatalog.properties", catalogue)
+        for name, content in models.items():
+            archive.writestr(name, content)
+    return _deb({"usr/share/sweethome3d/furniture/Lib.sh3f": library.getvalue()})
+
+
+def test_sweethome3d_pieces_are_turned_upright_and_filtered(training_tool, tool, tmp_path, capsys, monkeypatch):
+    import json
+
+    import trimesh
+
+    deep = trimesh.creation.box(extents=(0.2, 0.4, 1.0)).export(file_type="obj").encode()  # long along the file's Z
+    catalogue = "\n".join([
+        "id=Lib", "id#1=Lib#turned", "name#1=Tall lamp", "model#1=/lib/deep.obj", "doorOrWindow#1=false",
+        "modelRotation#1=1 0 0 0 0 1 0 -1 0",  # +Z -> +Y: upright
+        "id#2=Lib#plain", "name#2=Bench", "model#2=/lib/deep.obj",
+        "id#3=Lib#door", "name#3=Front door", "model#3=/lib/deep.obj", "doorOrWindow#3=true",
+        "id#4=Lib#cup", "name#4=Coffee cup", "model#4=/lib/deep.obj",
+        "id#5=Lib#gone", "name#5=Chair", "model#5=/lib/missing.obj",
+    ])  # fmt: skip
+    deb = _sweethome3d_deb(catalogue, {"lib/deep.obj": deep})
+    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins: tool.DebArchive(deb, package))
+    out = tmp_path / "sh3d"
+    assert training_tool.main(["-o", str(out), "--source", "sweethome3d", "--variants", "2", "--seed", "5"]) == 0
+    assert "4 objects from 2 meshes" in capsys.readouterr().out  # the door, the cup and the missing model left out
+    ids = [entry["id"] for entry in json.loads((out / "index.json").read_text())["objects"]]
+    assert ids == ["h000_00_Lib-turned", "h000_01_Lib-turned", "h001_00_Lib-plain", "h001_01_Lib-plain"]
+    for k in range(2):
+        assert trimesh.load(out / f"h000_0{k}_Lib-turned" / "mesh.ply").extents.argmax() == 1  # upright
+        assert trimesh.load(out / f"h001_0{k}_Lib-plain" / "mesh.ply").extents.argmax() != 1  # as the file is
+    assert json.loads((out / "h000_00_Lib-turned" / "meta.json").read_text())["source"] == "Lib#turned"
+    monkeypatch.setattr(
+        training_tool, "download_deb", lambda package, pins: tool.DebArchive(_deb({"usr/share/x": b""}), package)
+    )
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "sweethome3d"]) == 2
+    assert "no furniture library" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,6 @@
 """Render real meshes into a training set (monorecon dataset layout, every object "train").
 
-Two sources (``--source``), both fetched where they are published (nothing is committed to this repository):
+Three sources (``--source``), all fetched where they are published (nothing is committed to this repository):
 
 * ``pybullet`` (the default): the meshes of the pybullet 3.2.7 wheel, which stage 14 of the bundled model trained on
   beside procedural objects (model card). They are robot and machine parts, a teddy bear, stones, balls, tables,
@@ -17,6 +17,12 @@ Two sources (``--source``), both fetched where they are published (nothing is co
   (:data:`CGAL_MESHES`) and written ``--variants`` times (variant ``k`` of mesh ``i`` draws from
   ``default_rng([seed, i, k])``): a random yaw, a stretch along each axis by a random factor in [e^-0.2, e^0.2] and
   one random colour, so that a few dozen shapes make several hundred objects.
+* ``sweethome3d``: the furniture libraries of Debian's ``sweethome3d-furniture`` 1.8-1 (its SHA-256 checked; the
+  models are CC0 / CC-BY, creators listed in each ``.sh3f`` catalogue): about 800 household objects (furniture,
+  lamps, kitchenware, tools, plants, vehicles) and 25 human figures, each an OBJ (its materials ignored). Left out:
+  doors and windows (flat panels in a wall), and pieces whose catalogue name has a word of
+  :data:`SWEETHOME3D_EXCLUDED` (like test or validation meshes: cups, teapots, planes...). Each is turned upright
+  by its catalogue's ``modelRotation`` (the libraries are +Y up) and written ``--variants`` times as ``cgal`` meshes.
 
 Every object is then normalised like the procedural objects and rendered as they are (8 views of 128 px, distance
 1.9, fov 40, elevations -10..60). Meshes with fewer than 8 or more than 300,000 faces, and unreadable ones, are
@@ -24,6 +30,7 @@ skipped (listed on stderr). The same seed gives the same dataset for any number 
 
     python tools/real_training_meshes.py -o /work/runs/s19/real --workers 2
     python tools/real_training_meshes.py --source cgal --seed 53 -o /work/runs/s23/cgal --workers 2
+    python tools/real_training_meshes.py --source sweethome3d --variants 2 --seed 59 -o /work/runs/s25/sh3d_set
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import tarfile
 import tempfile
@@ -74,7 +82,22 @@ CGAL_MESHES = {
 }  # fmt: skip
 #: Half-width of the log of the ``cgal`` variants' stretch along each axis.
 CGAL_LOG_STRETCH = 0.2
-SOURCES = ("pybullet", "cgal")
+#: Debian package -> (version, URL, SHA-256 of the .deb) of the ``sweethome3d`` source.
+SWEETHOME3D_DEB = {
+    "sweethome3d-furniture": (
+        "1.8-1",
+        "https://deb.debian.org/debian/pool/main/s/sweethome3d-furniture/sweethome3d-furniture_1.8-1_all.deb",
+        "3ccb90c63f9525e887a767b9cd5c8b6933b8b6b2973a615a5359ee68a2118668",
+    ),
+}
+SWEETHOME3D_DIR = "usr/share/sweethome3d/furniture"
+#: Words (of a lower-cased catalogue name) of the ``sweethome3d`` pieces left out: shapes like the test meshes
+#: (``../shared/data``) and the validation meshes (``tools/real_validation_meshes.py``).
+SWEETHOME3D_EXCLUDED = frozenset(
+    "teapot teapots kettle bust bunny rabbit dragon monkey mug mugs cup cups duck cow bull ant spider bone engine nut "
+    "lego plane airplane biplane aeroplane".split()
+)
+SOURCES = ("pybullet", "cgal", "sweethome3d")
 
 
 def training_members(wheel: zipfile.ZipFile) -> list[str]:
@@ -100,6 +123,46 @@ def cgal_meshes(deb_archive) -> list[tuple[str, bytes]]:
                 raise ValueError(f"{CGAL_MESH_DIR}/{name}.off is not in the libcgal-demo package's data")
             meshes.append((name, data.extractfile(member).read()))
     return meshes
+
+
+def _catalogue(text: str) -> dict[int, dict[str, str]]:
+    """A Sweet Home 3D ``PluginFurnitureCatalog.properties`` as {piece number: {key: value}} (``key#N=value`` lines)."""
+    pieces: dict[int, dict[str, str]] = {}
+    for line in text.splitlines():
+        found = re.fullmatch(r"\s*(\w+)#(\d+)\s*=\s*(.*?)\s*", line)
+        if found:
+            key, number, value = found.groups()
+            pieces.setdefault(int(number), {})[key] = value
+    return pieces
+
+
+def sweethome3d_models(deb_archive) -> list[tuple[str, bytes, np.ndarray]]:
+    """(catalogue id, OBJ bytes, (3, 3) rotation to +Y up) of the pieces used, from the opened
+    ``sweethome3d-furniture`` package: its libraries in sorted order, each in catalogue order.
+
+    Raises:
+        ValueError: the package has no furniture library.
+    """
+    libraries = sorted(n for n in deb_archive.namelist() if n.startswith(SWEETHOME3D_DIR) and n.endswith(".sh3f"))
+    if not libraries:
+        raise ValueError(f"no furniture library (.sh3f) in {SWEETHOME3D_DIR} of the sweethome3d-furniture package")
+    models = []
+    for library in libraries:
+        with zipfile.ZipFile(io.BytesIO(deb_archive.read(library))) as archive:
+            members = set(archive.namelist())
+            pieces = _catalogue(archive.read("PluginFurnitureCatalog.properties").decode("latin-1"))
+            for number, piece in sorted(pieces.items()):
+                words = set(re.findall(r"[a-z]+", piece.get("name", "").lower()))
+                model = piece.get("model", "").lstrip("/")
+                if piece.get("doorOrWindow") == "true" or words & SWEETHOME3D_EXCLUDED or model not in members:
+                    continue
+                if not model.lower().endswith(".obj"):
+                    continue
+                rotation = np.eye(3)
+                if "modelRotation" in piece:
+                    rotation = np.array(piece["modelRotation"].split(), dtype=np.float64).reshape(3, 3)
+                models.append((piece.get("id", f"{Path(library).stem}#{number}"), archive.read(model), rotation))
+    return models
 
 
 def _load(name: str, data: bytes) -> trimesh.Trimesh | None:
@@ -158,36 +221,61 @@ def render_cgal_mesh(out_dir: Path, item: tuple[int, str, bytes], seed: int, var
     """Render ``variants`` objects of CGAL mesh ``index`` into ``out_dir/c{index:03d}_{k:02d}_{name}``; [] (and a
     line on stderr) when skipped."""
     index, name, data = item
-    loaded = _load(f"{name}.off", data)
+    angle = np.radians(CGAL_MESHES[name])
+    upright = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+    meta = {"seed": index, "source": f"{CGAL_MESH_DIR}/{name}.off"}
+    return _render_variants(out_dir, f"c{index:03d}", name, _load(f"{name}.off", data), upright, [seed, index],
+                            variants, meta)  # fmt: skip
+
+
+def render_sweethome3d_model(
+    out_dir: Path, item: tuple[int, str, bytes, np.ndarray], seed: int, variants: int
+) -> list[dict]:
+    """Render ``variants`` objects of furniture piece ``index`` into ``out_dir/h{index:03d}_{k:02d}_{id}``; [] (and a
+    line on stderr) when skipped."""
+    index, piece_id, data, rotation = item
+    name = re.sub(r"[^A-Za-z0-9]+", "-", piece_id).strip("-")
+    meta = {"seed": index, "source": piece_id}
+    return _render_variants(out_dir, f"h{index:03d}", name, _load(f"{name}.obj", data), rotation, [seed, index],
+                            variants, meta)  # fmt: skip
+
+
+def _render_variants(out_dir: Path, prefix: str, name: str, loaded: trimesh.Trimesh | None, upright: np.ndarray,
+                     seed: list[int], variants: int, meta: dict) -> list[dict]:  # fmt: skip
+    """Write ``variants`` objects ``{prefix}_{k:02d}_{name}`` of one mesh turned ``upright``: variant ``k`` draws a
+    yaw, a stretch along each axis and a colour from ``default_rng([*seed, k])``."""
     if loaded is None:
         return []
     loaded.remove_unreferenced_vertices()  # stray vertices would shrink the object when it is normalised
-    angle = np.radians(CGAL_MESHES[name])
-    upright = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
     entries = []
     for k in range(variants):
-        rng = np.random.default_rng([seed, index, k])
+        rng = np.random.default_rng([*seed, k])
         turn = _yaw(rng)
         stretch = np.exp(rng.uniform(-CGAL_LOG_STRETCH, CGAL_LOG_STRETCH, 3))
         verts = (np.asarray(loaded.vertices, dtype=np.float64) @ upright.T @ turn.T) * stretch
-        meta = {"seed": index * 100 + k, "source": f"{CGAL_MESH_DIR}/{name}.off"}
-        entries.append(_write(out_dir, f"c{index:03d}_{k:02d}_{name}", verts, loaded.faces, rng, meta))
+        variant_meta = {**meta, "seed": meta["seed"] * 100 + k}
+        entries.append(_write(out_dir, f"{prefix}_{k:02d}_{name}", verts, loaded.faces, rng, variant_meta))
     return entries
 
 
-def _render(shared: tuple[Path, int, int], item: tuple[int, str, bytes]) -> list[dict]:
-    out_dir, seed, variants = shared
-    if variants == 0:
-        entry = render_member(out_dir, item, seed)
-        return [] if entry is None else [entry]
-    return render_cgal_mesh(out_dir, item, seed, variants)
+def _render(shared: tuple[Path, int, int, str], item: tuple) -> list[dict]:
+    out_dir, seed, variants, source = shared
+    if source == "cgal":
+        return render_cgal_mesh(out_dir, item, seed, variants)
+    if source == "sweethome3d":
+        return render_sweethome3d_model(out_dir, item, seed, variants)
+    entry = render_member(out_dir, item, seed)
+    return [] if entry is None else [entry]
 
 
-def _items(source: str, wheel: Path | None, tmp: Path) -> list[tuple[int, str, bytes]]:
-    """(index, name, file bytes) of the meshes of ``source``."""
+def _items(source: str, wheel: Path | None, tmp: Path) -> list[tuple]:
+    """(index, name, file bytes) of the meshes of ``source`` (``sweethome3d``: and the rotation to +Y up)."""
     if source == "cgal":
         meshes = cgal_meshes(download_deb("libcgal-demo", CGAL_DEB))
         return [(index, name, data) for index, (name, data) in enumerate(meshes)]
+    if source == "sweethome3d":
+        models = sweethome3d_models(download_deb("sweethome3d-furniture", SWEETHOME3D_DEB))
+        return [(index, *model) for index, model in enumerate(models)]
     archive = zipfile.ZipFile(wheel) if wheel else download_wheel(tmp, "pybullet", WHEELS["pybullet"])
     return [(index, name, archive.read(name)) for index, name in enumerate(training_members(archive))]
 
@@ -198,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=SOURCES, default="pybullet", help="which meshes (see above)")
     parser.add_argument("--wheel", type=Path, help="a pybullet 3.2.7 wheel already on disk (default: download it)")
     parser.add_argument("--seed", type=int, default=45, help="master seed (stage 14: 45)")
-    parser.add_argument("--variants", type=int, default=16, help="cgal: objects written per mesh (default 16)")
+    parser.add_argument(
+        "--variants", type=int, default=16, help="cgal, sweethome3d: objects written per mesh (default 16)"
+    )
     parser.add_argument("--max-objects", type=int, help="only the first N meshes (for a quick look)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering side by side")
     args = parser.parse_args(argv)
@@ -210,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             items = _items(args.source, args.wheel, Path(tmp))[: args.max_objects]
         args.output.mkdir(parents=True, exist_ok=True)
-        variants = args.variants if args.source == "cgal" else 0
-        rendered = map_in_processes(_render, items, args.workers, shared=(args.output, args.seed, variants))
+        rendered = map_in_processes(
+            _render, items, args.workers, shared=(args.output, args.seed, args.variants, args.source)
+        )
         entries = [entry for found in rendered for entry in found]
         write_index(args.output, entries, seed=args.seed, n_views=8, size=128, classes=["real"])
     except (ValueError, OSError, zipfile.BadZipFile, tarfile.TarError) as err:
