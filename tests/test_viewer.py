@@ -187,7 +187,7 @@ def test_notebook_view_embeds_the_standalone_page():
     IframeParser().feed(output)
     assert attributes["srcdoc"] == viewer.viewer_html(mesh, 'a "quoted" <mesh>')  # unescaped by the parser
     assert (attributes["width"], attributes["height"], attributes["sandbox"]) == ("300", "200", "allow-scripts")
-    with pytest.raises(ValueError, match="width and height"):
+    with pytest.raises(ValueError, match=r"width must lie in \[64, 4096\], got 10"):
         viewer.MeshView(mesh, width=10)
 
 

@@ -154,9 +154,8 @@ def sweethome3d_models(deb_archive) -> list[tuple[str, bytes, np.ndarray]]:
             for number, piece in sorted(pieces.items()):
                 words = set(re.findall(r"[a-z]+", piece.get("name", "").lower()))
                 model = piece.get("model", "").lstrip("/")
-                if piece.get("doorOrWindow") == "true" or words & SWEETHOME3D_EXCLUDED or model not in members:
-                    continue
-                if not model.lower().endswith(".obj"):
+                usable = model.lower().endswith(".obj") and model in members
+                if not usable or piece.get("doorOrWindow") == "true" or words & SWEETHOME3D_EXCLUDED:
                     continue
                 rotation = np.eye(3)
                 if "modelRotation" in piece:

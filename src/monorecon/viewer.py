@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.checks import check_int
 from .core.mesh import Mesh, colors_to_uint8
 from .io.atomic import atomic_write_bytes
 from .io.images import png_bytes
@@ -309,10 +310,8 @@ class MeshView:
     """
 
     def __init__(self, mesh: Mesh, width: int = 480, height: int = 360, title: str = "monorecon mesh") -> None:
-        if not (isinstance(width, int) and isinstance(height, int) and 64 <= width <= 4096 and 64 <= height <= 4096):
-            raise ValueError(f"width and height must be integers in [64, 4096], got {width!r} x {height!r}")
+        self.width, self.height = check_int(width, "width", 64, 4096), check_int(height, "height", 64, 4096)
         self.page = viewer_html(mesh, title)
-        self.width, self.height = width, height
 
     def _repr_html_(self) -> str:
         return (

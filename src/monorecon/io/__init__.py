@@ -1,4 +1,4 @@
-"""File input/output: meshes (GLB, OBJ, PLY, USDZ), weight files and atomic writes."""
+"""File input/output: meshes (GLB, OBJ, PLY, STL, USDZ), weight files and atomic writes."""
 
 from .atomic import atomic_write, atomic_write_bytes
 from .mesh_io import BAKED_FORMATS, MESH_FORMATS, load_mesh, save_mesh
