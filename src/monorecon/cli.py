@@ -491,8 +491,6 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     placement = _placement(args)
     mesh = load_mesh(args.input)
-    if mesh.texture is not None and fmt == "ply":
-        raise CommandError(f"{args.input} is textured and PLY files carry no texture; write .glb, .obj or .usdz")
     if wants_texture and mesh.texture is None and mesh.vertex_colors is not None:
         if not args.quiet:
             print(f"baking the vertex colours of {mesh.num_faces:,} faces into a {args.texture_resolution}² texture")

@@ -292,7 +292,7 @@ class _GlbBuilder:
 # --------------------------------------------------------------------------------------------------------------------
 def _ply_bytes(mesh: Mesh) -> bytes:
     if mesh.texture is not None:
-        raise ValueError("PLY export does not carry textures; save textured meshes as .glb or .obj")
+        raise ValueError("PLY files carry no texture: save a textured mesh as .glb, .obj or .usdz")
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if mesh.vertex_colors is not None:
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
