@@ -10,6 +10,7 @@ from monorecon.cli import main
     [
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
+        (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "no surface to render"),
         (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.fbx"], "the suffix must be one of"),
@@ -73,12 +74,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.ply").write_bytes(b"ply\nnot really")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    (tmp_path / "flat.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")  # one face of zero area
     code = main([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert message.format(tmp=tmp_path) in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.ply", "corrupt.png", "empty"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "corrupt.ply",
+        "corrupt.png",
+        "empty",
+        "flat.obj",
+    ]  # nothing written
 
 
 def test_version_is_the_installed_package_version(capsys):

@@ -76,6 +76,8 @@ def test_mesh_geometry_analytic():
     torch.testing.assert_close(mesh.bounds, torch.tensor([[0.0, -0.5, -0.5], [1.0, 1.5, 0.5]]))
     # The base (two faces at y = -0.5) faces down.
     torch.testing.assert_close(mesh.face_normals[:2], torch.tensor([[0.0, -1.0, 0.0]] * 2))
+    torch.testing.assert_close(mesh.face_areas[:2], torch.tensor([0.5, 0.5]))  # the unit square base, halved
+    assert float(mesh.face_areas.sum()) == pytest.approx(mesh.to_trimesh().area, rel=1e-6)
     # Closed outward mesh: positive signed volume = base area * height / 3.
     v0, v1, v2 = mesh.verts[mesh.faces].unbind(1)
     volume = float((v0 * torch.linalg.cross(v1, v2, dim=-1)).sum() / 6)

@@ -52,9 +52,14 @@ def turntable_from_mesh(
 
     With ``fit`` the mesh's bounding sphere is moved to the origin and scaled to :data:`FIT_RADIUS` first (the
     ``distance`` of ``camera_options`` is then in those units); without it the mesh is rendered where it is.
+
+    Raises:
+        ValueError: a mesh with no surface (no faces, or all of zero area): every frame would be blank.
     """
     from .core.mesh_renderer import headlight, render_mesh
 
+    if not float(mesh.face_areas.sum()) > 0:
+        raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
     verts = mesh.verts.detach().float()
     if fit:

@@ -23,7 +23,7 @@ import trimesh
 from PIL import Image
 
 from .checks import check_tensor
-from .shading import face_normals, vertex_normals
+from .shading import face_areas, face_normals, vertex_normals
 
 __all__ = ["MAX_PLACED_HEIGHT", "PLACEMENT_ORIGINS", "Mesh", "check_placement", "colors_to_uint8"]
 
@@ -101,6 +101,11 @@ class Mesh:
     def face_normals(self) -> torch.Tensor:
         """(F, 3) unit outward face normals; zero for degenerate faces."""
         return face_normals(self.verts, self.faces)
+
+    @property
+    def face_areas(self) -> torch.Tensor:
+        """(F,) triangle areas."""
+        return face_areas(self.verts, self.faces)
 
     @property
     def vertex_normals(self) -> torch.Tensor:

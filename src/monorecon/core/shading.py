@@ -130,6 +130,11 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(_face_cross(verts, faces), dim=-1)
 
 
+def face_areas(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(…, V, 3) vertices, (F, 3) faces -> (…, F) triangle areas."""
+    return _face_cross(verts, faces).norm(dim=-1) / 2
+
+
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(…, V, 3) vertices, (F, 3) faces -> (…, V, 3) unit area-weighted vertex normals; zero where undefined."""
     cross = _face_cross(verts, faces)  # length = twice the face area: the sum below is area weighted

@@ -23,6 +23,7 @@ from scipy.spatial import cKDTree
 
 from ..core.checks import check_tensor
 from ..core.mesh import Mesh
+from ..core.shading import face_areas
 
 __all__ = [
     "chamfer_and_fscore",
@@ -45,12 +46,12 @@ def sample_surface(mesh: Mesh, n_points: int, seed: int = 0) -> np.ndarray:
     """
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
-    verts = mesh.verts.detach().double().cpu().numpy()
-    faces = mesh.faces.cpu().numpy()
-    if faces.shape[0] == 0:
+    if mesh.num_faces == 0:
         raise ValueError("cannot sample points on a mesh without faces")
-    tri = verts[faces]
-    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    verts = mesh.verts.detach().double().cpu()
+    faces = mesh.faces.cpu()
+    areas = face_areas(verts, faces).numpy()
+    tri = verts.numpy()[faces.numpy()]
     total = areas.sum()
     if not total > 0:
         raise ValueError("cannot sample points on a mesh of zero area")

@@ -32,6 +32,7 @@ import trimesh
 
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
+from ..core.shading import face_normals
 from .atomic import atomic_path, atomic_write_bytes
 from .images import png_bytes
 
@@ -334,9 +335,8 @@ _STL_FACET = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("at
 
 def _stl_bytes(mesh: Mesh) -> bytes:
     """Binary STL: an 80-byte header, the facet count, then per facet its unit normal and corners (Z-up frame)."""
-    corners = world_to_z_up(mesh.verts.detach().cpu().double())[mesh.faces.cpu()]  # (F, 3, 3)
-    normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
-    normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # a degenerate facet gets (0, 0, 0)
+    verts, faces = world_to_z_up(mesh.verts.detach().cpu().double()), mesh.faces.cpu()
+    corners, normals = verts[faces], face_normals(verts, faces)  # (F, 3, 3), (F, 3): (0, 0, 0) if degenerate
     facets = np.zeros(mesh.num_faces, dtype=_STL_FACET)
     facets["normal"], facets["corners"] = normals.numpy(), corners.numpy()
     header = b"monorecon binary STL, +Z up".ljust(80, b" ")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from monorecon.core.checks import check_tensor
+from monorecon.core.shading import face_normals
 
 __all__ = [
     "chamfer_mask_loss",
@@ -255,7 +256,6 @@ def smoothness_loss(verts: torch.Tensor, faces: torch.Tensor, neighbors: torch.T
     check_tensor(verts, "verts", (None, None, 3), floating=True)
     check_tensor(faces, "faces", (None, 3), floating=False)
     check_tensor(neighbors, "neighbors", (faces.shape[0], 3), floating=False)
-    v0, v1, v2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
-    normals = F.normalize(torch.linalg.cross(v1 - v0, v2 - v0, dim=-1), dim=-1)
+    normals = face_normals(verts, faces)
     cos = (normals[:, :, None, :] * normals[:, neighbors]).sum(-1)  # (B, F, 3)
     return (cos - 1).square().mean(1).sum(1) * (faces.shape[0] / 2.0)
