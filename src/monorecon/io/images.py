@@ -15,6 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Largest accepted image side when reading (pixels); larger inputs are refused rather than slowly processed.
 MAX_IMAGE_SIDE = 16384
 
+#: Per-channel mean and standard deviation of ImageNet's RGB in [0, 1]: the input normalisation of networks trained
+#: on it (the DINO ViT of TripoSR's encoder, VGG features of the perceptual loss).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Read an image file as float32 RGB or RGBA in [0, 1], EXIF orientation applied.

@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from monorecon.core.checks import check_tensor
+from monorecon.io.images import IMAGENET_MEAN, IMAGENET_STD
 from monorecon.io.weights import read_state_dict
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "GradientPyramidFeatures",
     "PerceptualLoss",
     "VGGFeatures",
@@ -47,9 +46,6 @@ __all__ = [
     "ms_ssim",
     "ssim",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Channel plans of torchvision's VGG configurations "D" (VGG16) and "E" (VGG19); "M" is a 2x2 max pool.
 _VGG_PLANS: dict[str, list[int | str]] = {

@@ -21,18 +21,14 @@ from torch import nn
 from transformers import ViTConfig, ViTModel
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
+from ...io.images import IMAGENET_MEAN, IMAGENET_STD
 from .config import ImageEncoderConfig
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "DinoImageEncoder",
     "legacy_interpolate_position_embeddings",
     "resample_patch_embedding",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def legacy_interpolate_position_embeddings(position_embeddings: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
