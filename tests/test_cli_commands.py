@@ -44,6 +44,8 @@ from monorecon.cli import main
         (["metrics", "{tmp}/corrupt.ply", "{tmp}/corrupt.ply", "--points", "50"], "--points must be >= 100"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--seed", "-1"], "seed must lie in"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--points", "5"], "--points must be"),
+        (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--volume-iou", "4"], "--volume-iou"),
+        (["metrics", "{tmp}/corrupt.ply", "{tmp}/corrupt.ply", "--volume-iou", "-1"], "--volume-iou must lie in"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),

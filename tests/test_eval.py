@@ -115,6 +115,7 @@ def test_harness_depth_ratio_of_inflation_on_a_sphere_is_one(tmp_path):
     summary = evaluate("inflation", tmp_path / "meshes", tmp_path / "report", n_points=2000, progress=False)
     # A disc silhouette inflates to a sphere (see the inflation test): as deep as it is wide.
     assert summary["mean"]["depth_ratio"] == pytest.approx(1.0, abs=0.08)
+    assert summary["mean"]["volume_iou"] == pytest.approx(0.5, abs=0.06)  # a double cone in its sphere: 1/2
     rows = list(csv.DictReader((tmp_path / "report" / "per_object.csv").open()))
     assert float(rows[0]["depth_ratio"]) == pytest.approx(summary["mean"]["depth_ratio"])
     # The baseline's one constant scales its depth: half-thickness 1.5 x the distance transform, 1.5 x as deep.
@@ -126,6 +127,10 @@ def test_harness_depth_ratio_of_inflation_on_a_sphere_is_one(tmp_path):
                        inflation_thickness=0.8, inflation_profile="round")  # fmt: skip
     assert rounder["method"] == "inflation (round 0.8)"
     assert rounder["mean"]["depth_ratio"] == pytest.approx(0.8, abs=0.1)
+    # An ellipsoid inside the sphere it flattens: the volume IoU is its depth ratio.
+    assert rounder["mean"]["volume_iou"] == pytest.approx(rounder["mean"]["depth_ratio"], abs=0.03)
+    sphere = evaluate("sphere", tmp_path / "meshes", tmp_path / "sphere", n_points=2000, progress=False)
+    assert sphere["mean"]["volume_iou"] > 0.97
     assert rounder["mean"]["fscore@0.1"] > summary["mean"]["fscore@0.1"]  # nearer the sphere than the double cone
     with pytest.raises(ValueError, match="inflation_profile"):
         evaluate("inflation", tmp_path / "meshes", tmp_path / "bad", progress=False, inflation_profile="square")
@@ -179,7 +184,7 @@ def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):
         assert (tmp_path / "sphere" / name).is_file()
     with open(tmp_path / "sphere" / "per_object.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and {"chamfer", "fscore@0.1", "seconds"} <= set(rows[0])
+    assert len(rows) == 2 and {"chamfer", "fscore@0.1", "volume_iou", "seconds"} <= set(rows[0])
     assert json.loads((tmp_path / "sphere" / "summary.json").read_text())["method"] == "sphere"
     inflation = evaluate("inflation", eval_dataset, tmp_path / "infl", n_points=2000, progress=False, n_grid_cases=0)
     assert inflation["n_failed"] == 0
@@ -206,7 +211,7 @@ def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, t
         model, eval_dataset, tmp_path / "m", n_points=500, mc_resolution=16, render_size=16, progress=False,
         threshold=1e9, n_grid_cases=1,
     )  # fmt: skip
-    assert summary["n_failed"] == 2 and summary["mean"]["fscore@0.1"] == 0.0
+    assert summary["n_failed"] == 2 and summary["mean"]["fscore@0.1"] == summary["mean"]["volume_iou"] == 0.0
     assert 0.0 <= summary["mean"]["mask_iou"] <= 1.0 and {"psnr", "ssim"} <= set(summary["mean"])
 
 
@@ -289,6 +294,8 @@ def test_evaluate_rejects_bad_inputs(tmp_path):
         evaluate("sphere", tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ValueError, match="cannot evaluate"):
         evaluate(42, tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="volume IoU grid side must lie in"):
+        evaluate("sphere", tmp_path / "empty", tmp_path / "out", volume_iou_resolution=4)
 
 
 def _failing_method(rgba):
@@ -360,7 +367,7 @@ def test_other_methods_meshes_are_scored_from_a_predictions_folder(tmp_path, cap
         assert float(rows[same]["fscore@0.1"]) > 0.99 and float(rows[same]["chamfer"]) < 0.025, same
     assert float(rows["slab@180"]["fscore@0.1"]) < 0.6  # a sphere for a slab
     assert [rows[b]["failed"] for b in ("ball@0", "ball@90")] == ["1", "1"]
-    assert {"mesh_mask_iou", "depth_ratio"}.isdisjoint(rows["slab@0"])  # they need the canonical frame
+    assert {"mesh_mask_iou", "depth_ratio", "volume_iou"}.isdisjoint(rows["slab@0"])  # they need the canonical frame
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["n_failed"] == 2 and summary["method"] == f"predictions in {predictions}"
 

@@ -17,6 +17,7 @@ from monorecon.eval.metrics import (
     mask_iou,
     psnr,
     sample_surface,
+    solid_occupancy,
     ssim,
     volume_iou,
     winding_number,
@@ -94,6 +95,38 @@ def test_volume_iou_of_offset_boxes():
     assert volume_iou(a, a, resolution=16) == 1.0
     c = _box((0.5, 0.5, 0.5), (3.0, 0.0, 0.0))
     assert volume_iou(a, c, resolution=16) == 0.0
+
+
+def _trimesh_to_mesh(tm: trimesh.Trimesh) -> Mesh:
+    return Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces, dtype=torch.int64))
+
+
+def test_solid_occupancy_matches_winding_numbers():
+    """The ray-crossing occupancy against the generalised winding number (an independent, brute-force definition) at
+    every cell centre: a torus (a hole through it), two overlapping closed spheres (inside both: winding number 2)
+    and the teapot of ``../shared/data``, which is not closed."""
+    second = trimesh.creation.icosphere(subdivisions=3, radius=0.35)
+    second.apply_translation([0.3, 0.1, 0.0])
+    overlapping = trimesh.util.concatenate([trimesh.creation.icosphere(subdivisions=3, radius=0.4), second])
+    teapot = trimesh.load(f"{MESHES}/teapot.ply", force="mesh", process=False)
+    assert not teapot.is_watertight
+    teapot.apply_scale(1.0 / teapot.extents.max())
+    teapot.apply_translation(-teapot.bounds.mean(0))
+    resolution, lo, hi = 16, -0.55, 0.55
+    axis = lo + (np.arange(resolution) + 0.5) * (hi - lo) / resolution
+    centres = torch.tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    for tm in (trimesh.creation.torus(0.35, 0.15), overlapping, teapot):
+        mesh = _trimesh_to_mesh(tm)
+        expected = (winding_number(mesh, centres) > 0.5).numpy().reshape((resolution,) * 3)
+        occupancy = solid_occupancy(mesh, lo, hi, resolution)
+        assert 0.05 < expected.mean() < 0.6
+        np.testing.assert_array_equal(occupancy, expected)
+
+
+def test_volume_iou_of_concentric_spheres():
+    inner = _trimesh_to_mesh(trimesh.creation.icosphere(subdivisions=5, radius=0.5))
+    outer = _trimesh_to_mesh(trimesh.creation.icosphere(subdivisions=5, radius=0.8))
+    assert volume_iou(inner, outer, resolution=64) == pytest.approx((0.5 / 0.8) ** 3, abs=0.01)
 
 
 def test_psnr_of_known_mse():
@@ -179,10 +212,12 @@ def test_metrics_command_aligns_a_moved_copy_and_writes_json(tmp_path, capsys):
 
     itself = scores(f"{MESHES}/bunny.ply", f"{MESHES}/bunny.ply", "--same-frame")
     report = tmp_path / "scores.json"
-    aligned = scores(str(tmp_path / "moved.ply"), f"{MESHES}/bunny.ply", "--json", str(report))
+    aligned = scores(str(tmp_path / "moved.ply"), f"{MESHES}/bunny.ply", "--json", str(report), "--volume-iou", "64")
     assert itself["fscore@0.1"] == aligned["fscore@0.1"] == aligned["fscore@0.5"] == 1.0
+    assert aligned["volume_iou"] > 0.98 and "volume_iou" not in itself  # the solids overlap once aligned
     assert aligned["chamfer"] < 1.1 * itself["chamfer"]
     written = json.loads(report.read_text())
+    assert written["volume_iou"] == pytest.approx(aligned["volume_iou"], abs=1e-4)
     assert written["fscore@0.2"] == 1.0 and written["chamfer"] == pytest.approx(aligned["chamfer"], abs=1e-5)
     assert scores(str(tmp_path / "moved.ply"), f"{MESHES}/bunny.ply", "--same-frame")["fscore@0.1"] < 0.9
 

@@ -629,6 +629,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
     p.add_argument(
+        "--volume-iou",
+        type=int,
+        default=64,
+        metavar="N",
+        help="volume IoU of prediction and ground truth as they lie in the world, on an N^3 grid (default 64; 0: off)",
+    )
+    p.add_argument(
         "--azimuths", default="30",
         help="mesh folders: comma-separated input-view azimuths in degrees, one case per mesh and azimuth (default 30)",
     )  # fmt: skip
@@ -653,10 +660,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .eval.harness import PredictionFolder, evaluate, export_inputs
+    from .eval.harness import PredictionFolder, check_volume_iou_resolution, evaluate, export_inputs
 
     azimuths = _float_list(args.azimuths, "--azimuths")
     _check_points(args.points)  # before a model is loaded
+    check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
     device = _device(args) if loads_model else None
     workers = _workers(args, device)  # before a model is loaded
@@ -677,7 +685,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
-        mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed,
+        mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed, volume_iou_resolution=args.volume_iou,
         inflation_thickness=args.inflation_thickness, inflation_profile=args.inflation_profile,
         workers=workers, progress=not args.quiet,
     )  # fmt: skip
@@ -732,6 +740,14 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mesh", type=Path, help="the mesh to score (GLB, OBJ, PLY...)")
     p.add_argument("reference", type=Path, help="the ground-truth mesh")
     p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
+    p.add_argument(
+        "--volume-iou",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the volume IoU of the two solids, normalised and aligned as the points are, on an N^3 grid (e.g. "
+        "64; both meshes should be closed)",
+    )
     p.add_argument("--same-frame", action="store_true", help="no rotation search: ICP from the meshes' own frames")
     p.add_argument("--seed", type=int, default=0, help="sampling and alignment seed")
     p.add_argument("--json", type=Path, help="also write the scores to this JSON file")
@@ -741,17 +757,23 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 def _run_metrics(args: argparse.Namespace) -> int:
     import json
 
-    from .eval.harness import THRESHOLDS, shape_scores
+    from .eval.harness import THRESHOLDS, check_volume_iou_resolution, shape_scores
     from .io.atomic import atomic_write
     from .io.mesh_io import load_mesh
 
     _check_points(args.points)
+    check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     mesh, reference = load_mesh(args.mesh), load_mesh(args.reference)
-    scores = shape_scores(mesh, reference, n_points=args.points, seed=args.seed, search=not args.same_frame)
+    scores = shape_scores(
+        mesh, reference, n_points=args.points, seed=args.seed, search=not args.same_frame,
+        volume_iou_resolution=args.volume_iou,
+    )  # fmt: skip
     print(f"chamfer {scores['chamfer']:.5f}")
     for t in THRESHOLDS:
         print(f"fscore@{t:g} {scores[f'fscore@{t:g}']:.4f} (precision {scores[f'precision@{t:g}']:.4f}, "
               f"recall {scores[f'recall@{t:g}']:.4f})")  # fmt: skip
+    if "volume_iou" in scores:
+        print(f"volume_iou {scores['volume_iou']:.4f}")
     if args.json is not None:
         with atomic_write(args.json, "w") as f:
             json.dump({"mesh": str(args.mesh), "reference": str(args.reference), **scores}, f, indent=1)

@@ -193,7 +193,7 @@ def align_point_clouds(
 
 def align_meshes(
     pred: Mesh, gt: Mesh, n_points: int = 10000, seed: int = 0, search: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sample both surfaces, normalise each to the unit box and align the prediction to the ground truth.
 
     Args:
@@ -203,16 +203,17 @@ def align_meshes(
         search: rotation search + ICP (True) or ICP only from the identity (shapes already in the same frame).
 
     Returns:
-        ``(pred_points (n, 3) aligned and normalised, gt_points (n, 3) normalised, transform (4, 4))`` where
-        ``transform`` maps the *original* prediction frame onto the normalised ground-truth frame.
+        ``(pred_points (n, 3) aligned and normalised, gt_points (n, 3) normalised, pred_transform (4, 4),
+        gt_transform (4, 4))``: the transforms map the *original* prediction and ground-truth frames onto the
+        normalised ground-truth frame.
     """
     from .metrics import sample_surface
 
     pred_points, pred_norm = normalize_to_unit_box(sample_surface(pred, n_points, seed))
-    gt_points, _ = normalize_to_unit_box(sample_surface(gt, n_points, seed + 1))
+    gt_points, gt_norm = normalize_to_unit_box(sample_surface(gt, n_points, seed + 1))
     if search:
         alignment = align_point_clouds(pred_points, gt_points, seed=seed)
     else:
         alignment = Alignment(*_icp(pred_points, gt_points, cKDTree(gt_points), np.eye(4), 40))
     aligned = apply_transform(pred_points, alignment.transform)
-    return aligned, gt_points, alignment.transform @ pred_norm
+    return aligned, gt_points, alignment.transform @ pred_norm, gt_norm

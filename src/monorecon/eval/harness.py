@@ -21,7 +21,8 @@
   meshes made from them (frame-free metrics only).
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
-  (:mod:`monorecon.eval.metrics`); optionally volume IoU; for every method the input-view mask IoU of the mesh's
+  (:mod:`monorecon.eval.metrics`); the volume IoU of the two solids as they lie in the world (``volume_iou``, a 64^3
+  grid; a shape too shallow loses there, not in the F-score); for every method the input-view mask IoU of the mesh's
   silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right; the mean is
   geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
   (``mask_iou``, ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white
@@ -84,6 +85,10 @@ MIN_POINTS = 100
 """Fewest surface points per shape that Chamfer / F-scores are computed from."""
 MAX_SEED = 2**31 - 1
 """Largest sampling / alignment seed (NumPy's generators take seeds from 0; seed + 1 is used too)."""
+VOLUME_IOU_RESOLUTION = 64
+"""Default side of the voxel grid of the volume IoU (cells of 1/64 of the shapes' common box)."""
+VOLUME_IOU_RESOLUTION_RANGE = (8, 256)
+"""Accepted sides of that grid (0 turns the volume IoU off)."""
 MESH_LIGHT = {"direction": [0.4, 0.8, 0.6], "ambient_color": [0.4] * 3, "diffuse_color": [0.6] * 3,
               "specular_color": [0.15] * 3}  # fmt: skip
 """The light fixed in the world for the real-mesh input views and the report grid (front, above, right)."""
@@ -398,7 +403,7 @@ def evaluate(
     carve: bool = True,
     fill: bool | None = None,
     project_input: bool = True,
-    volume_iou_resolution: int = 0,
+    volume_iou_resolution: int = VOLUME_IOU_RESOLUTION,
     prepare: bool = False,
     n_grid_cases: int = 3,
     mesh_azimuths: Sequence[float] = (30.0,),
@@ -427,7 +432,9 @@ def evaluate(
             :class:`monorecon.api.ReconstructOptions`).
         project_input: models only: colour the surface the input sees with the input image and map the rest to its
             colours (as ``monorecon reconstruct`` does by default).
-        volume_iou_resolution: grid side for volume IoU (0: not computed; it costs grid^3 x faces).
+        volume_iou_resolution: grid side of the volume IoU of prediction and ground truth, both as they lie in the
+            world (not normalised nor aligned: a shape too shallow or misplaced loses there; 0: not computed; the
+            meshes should be closed, :func:`~monorecon.eval.metrics.volume_iou`).
         prepare: models only: frame each input as ``reconstruct`` frames a photo (bounding box centred, its longer
             side the model's ``foreground_ratio`` of the image; :func:`monorecon.preprocess.reframe_views`) and move
             the ground truth by the matching similarity, instead of giving the model the render's own framing (the
@@ -453,6 +460,7 @@ def evaluate(
         raise ValueError(f"threshold must be finite, got {threshold}")
     check_int(workers, "workers", 1, MAX_WORKERS)
     check_int(seed, "seed", 0, MAX_SEED)
+    check_volume_iou_resolution(volume_iou_resolution)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
@@ -492,7 +500,7 @@ def evaluate(
 
 
 def shape_scores(
-    pred: Mesh, gt: Mesh, *, n_points: int = 10_000, seed: int = 0, search: bool = True
+    pred: Mesh, gt: Mesh, *, n_points: int = 10_000, seed: int = 0, search: bool = True, volume_iou_resolution: int = 0
 ) -> dict[str, float]:
     """Chamfer distance and F-scores of ``pred`` against ``gt``, as :func:`evaluate` scores a case.
 
@@ -504,22 +512,46 @@ def shape_scores(
         pred, gt: meshes, in any scales and positions. Each is normalised to the box of its own frame, so frames
             that differ by other than quarter turns give boxes of other proportions and lower scores.
         search: rotation search + ICP (True) or ICP only from the identity (shapes already in the same frame).
+        volume_iou_resolution: also the volume IoU of the two solids, normalised and aligned as the points are, on
+            a grid of this side (:func:`monorecon.eval.metrics.volume_iou`; meshes should be closed); 0: not computed.
 
     Returns:
-        ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`.
+        ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`, and
+        ``"volume_iou"`` when asked for.
 
     Raises:
-        ValueError: fewer than 100 points, or a seed outside [0, :data:`MAX_SEED`].
+        ValueError: fewer than 100 points, a seed outside [0, :data:`MAX_SEED`] or a volume IoU grid outside
+            :data:`VOLUME_IOU_RESOLUTION_RANGE`.
     """
     _check_points(n_points)
     check_int(seed, "seed", 0, MAX_SEED)
-    pred_points, gt_points, _ = align_meshes(pred, gt, n_points=n_points, seed=seed, search=search)
-    return chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+    check_volume_iou_resolution(volume_iou_resolution)
+    pred_points, gt_points, pred_transform, gt_transform = align_meshes(
+        pred, gt, n_points=n_points, seed=seed, search=search
+    )
+    scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
+    if volume_iou_resolution:
+        moved = [_transformed(mesh, t) for mesh, t in ((pred, pred_transform), (gt, gt_transform))]
+        scores["volume_iou"] = volume_iou(*moved, volume_iou_resolution)
+    return scores
+
+
+def _transformed(mesh: Mesh, transform: np.ndarray) -> Mesh:
+    """``mesh``'s geometry moved by a (4, 4) similarity transform (float64)."""
+    matrix = torch.from_numpy(transform)
+    verts = mesh.verts.detach().double() @ matrix[:3, :3].T + matrix[:3, 3]
+    return Mesh(verts, mesh.faces)
 
 
 def _check_points(n_points: int) -> None:
     if n_points < MIN_POINTS:
         raise ValueError(f"n_points must be >= {MIN_POINTS}, got {n_points}")
+
+
+def check_volume_iou_resolution(resolution: int, name: str = "volume IoU grid side") -> None:
+    """Raise ValueError unless ``resolution`` is 0 (off) or in :data:`VOLUME_IOU_RESOLUTION_RANGE`."""
+    if resolution:
+        check_int(resolution, name, *VOLUME_IOU_RESOLUTION_RANGE)
 
 
 @dataclass(frozen=True)
@@ -539,6 +571,8 @@ def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[di
     mesh, extras = method(case)
     if mesh is None or mesh.num_faces == 0:
         row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
+        if scoring.volume_iou_resolution and not getattr(method, "frame_free", False):
+            row["volume_iou"] = 0.0
     else:
         scores = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
         row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
