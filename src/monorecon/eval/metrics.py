@@ -199,8 +199,8 @@ def _ray_winding(tri: np.ndarray, lo: float, hi: float, resolution: int) -> np.n
     counts = extent[:, 0] * extent[:, 1]
     face = np.repeat(np.arange(len(counts)), counts)
     offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    i = first[face, 0] + offset // np.maximum(extent[face, 1], 1)
-    j = first[face, 1] + offset % np.maximum(extent[face, 1], 1)
+    i = first[face, 0] + offset // extent[face, 1]  # faces without columns have no entries here
+    j = first[face, 1] + offset % extent[face, 1]
     p = np.stack([ray_u + i * step, ray_v + j * step], axis=-1)
     a, b, c, area = a[face], b[face], c[face], area[face]
 
