@@ -72,7 +72,7 @@ from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from ..parallel import MAX_WORKERS, map_in_processes
 from ..preprocess import reframe_views
-from .align import align_meshes
+from .align import align_meshes, apply_transform
 from .baselines import inflation_baseline, sphere_baseline
 from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
 
@@ -531,16 +531,12 @@ def shape_scores(
     )
     scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
     if volume_iou_resolution:
-        moved = [_transformed(mesh, t) for mesh, t in ((pred, pred_transform), (gt, gt_transform))]
+        moved = [
+            Mesh(torch.from_numpy(apply_transform(mesh.verts.detach().double().cpu().numpy(), transform)), mesh.faces)
+            for mesh, transform in ((pred, pred_transform), (gt, gt_transform))
+        ]
         scores["volume_iou"] = volume_iou(*moved, volume_iou_resolution)
     return scores
-
-
-def _transformed(mesh: Mesh, transform: np.ndarray) -> Mesh:
-    """``mesh``'s geometry moved by a (4, 4) similarity transform (float64)."""
-    matrix = torch.from_numpy(transform)
-    verts = mesh.verts.detach().double() @ matrix[:3, :3].T + matrix[:3, 3]
-    return Mesh(verts, mesh.faces)
 
 
 def _check_points(n_points: int) -> None:
