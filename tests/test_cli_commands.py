@@ -11,6 +11,8 @@ from monorecon.cli import main
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "no surface to render"),
+        (["render", "{tmp}/flat.obj", "-o", "{tmp}/missing/t"], "folder {tmp}/missing does not exist"),
+        (["render", "{tmp}/flat.obj", "-o", "{tmp}/t", "--fps", "0"], "--fps must lie in [1, 240]"),
         (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.fbx"], "the suffix must be one of"),

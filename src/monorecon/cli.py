@@ -421,8 +421,10 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_render(args: argparse.Namespace) -> int:
+    from .core.checks import check_int
+    from .io.atomic import check_folder_exists
     from .io.mesh_io import load_mesh
-    from .video import save_turntable, turntable_from_mesh
+    from .video import TURNTABLE_FPS_RANGE, save_turntable, turntable_from_mesh
 
     path = args.result
     if path.is_dir():
@@ -433,12 +435,14 @@ def _run_render(args: argparse.Namespace) -> int:
         path = meshes[0]
     if not 16 <= args.size <= 2048:
         raise CommandError(f"--size must lie in [16, 2048], got {args.size}")
+    stem = args.output or path.parent / "turntable"
+    check_folder_exists(stem)  # before the (slow) render
+    check_int(args.fps, "--fps", *TURNTABLE_FPS_RANGE)
     mesh = load_mesh(path)
     frames = turntable_from_mesh(
         mesh, args.frames, size=args.size, progress=not args.quiet, fit=not args.no_fit, elevation_deg=args.elevation,
         distance=args.distance,
     )  # fmt: skip
-    stem = args.output or path.parent / "turntable"
     written = list(save_turntable(frames, stem, fps=args.fps))
     if args.html:
         from .viewer import save_viewer_html
@@ -477,13 +481,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .core.bake import bake_texture
     from .core.checks import TEXTURE_RESOLUTION_RANGE, check_int
+    from .io.atomic import check_folder_exists
     from .io.mesh_io import load_mesh, save_mesh
 
     fmt = args.output.suffix.lstrip(".").lower()
     if fmt not in MESH_FORMATS:
         raise CommandError(f"cannot write {args.output}: the suffix must be one of .{', .'.join(MESH_FORMATS)}")
-    if not args.output.parent.is_dir():  # before the (slow) bake
-        raise CommandError(f"cannot write {args.output}: folder {args.output.parent} does not exist")
+    check_folder_exists(args.output)  # before the (slow) bake
     try:
         check_int(args.texture_resolution, "--texture-resolution", *TEXTURE_RESOLUTION_RANGE)
         wants_texture = gets_baked_texture(fmt, args.bake_texture)

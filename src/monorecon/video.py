@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .core.cameras import PerspectiveCameras, orbit_c2w
+from .core.checks import check_int
 from .core.mesh import Mesh
 from .io.atomic import atomic_path
 from .io.images import to_uint8
@@ -25,6 +26,9 @@ from .io.images import to_uint8
 #: Radius of the bounding sphere (about the box centre, :meth:`Mesh.bounding_sphere`) a turntable scales a mesh to:
 #: at the default distance 1.9 and 40 deg field of view it fills the frame (asin(0.6 / 1.9) = 18.4 deg of 20).
 FIT_RADIUS = 0.6
+
+#: Accepted frame rates of the saved turntables.
+TURNTABLE_FPS_RANGE = (1, 240)
 
 #: Headlight of turntables and of the web page's viewer: ambient + diffuse = 1, no highlight.
 PREVIEW_LIGHTING = {"ambient": 0.45, "diffuse": 0.55, "specular": 0.0}
@@ -88,8 +92,7 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
 
     if not frames:
         raise ValueError("no frames to save")
-    if not 1 <= fps <= 240:
-        raise ValueError(f"fps must lie in [1, 240], got {fps}")
+    check_int(fps, "fps", *TURNTABLE_FPS_RANGE)
     stem = Path(stem)
     mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
     with atomic_path(mp4) as tmp:

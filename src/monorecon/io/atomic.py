@@ -52,9 +52,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     For writers that insist on a file name (video encoders): ``with atomic_path("a.mp4") as tmp: write(tmp)``.
     """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+    path = check_folder_exists(path)
     # The real suffix stays last: some writers (video encoders) pick the format from it.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
@@ -66,3 +64,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def check_folder_exists(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; ValueError if the folder it would be written into does not exist (checked before slow
+    work whose output would otherwise be lost)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
