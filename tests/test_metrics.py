@@ -123,6 +123,13 @@ def test_solid_occupancy_matches_winding_numbers():
         np.testing.assert_array_equal(occupancy, expected)
 
 
+def test_solid_occupancy_rejects_absurd_grids():
+    box = _box((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    for lo, hi, resolution in ((0.5, -0.5, 8), (-1.0, math.nan, 8), (-1.0, 1.0, 0)):
+        with pytest.raises(ValueError, match=r"resolution|bounds"):
+            solid_occupancy(box, lo, hi, resolution)
+
+
 def test_volume_iou_of_concentric_spheres():
     inner = _trimesh_to_mesh(trimesh.creation.icosphere(subdivisions=5, radius=0.5))
     outer = _trimesh_to_mesh(trimesh.creation.icosphere(subdivisions=5, radius=0.8))

@@ -15,6 +15,7 @@ Use :func:`monorecon.eval.align.normalize_to_unit_box` first so thresholds are f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -170,7 +171,14 @@ def solid_occupancy(mesh: Mesh, lo: float, hi: float, resolution: int) -> np.nda
 
     Returns:
         (resolution,) * 3 bool array indexed ``[x, y, z]``, cell ``i`` centred at ``lo + (i + 0.5) (hi - lo) / R``.
+
+    Raises:
+        ValueError: a resolution below 1, or bounds that are not finite with ``lo < hi``.
     """
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"the grid's bounds must be finite with lo < hi, got ({lo}, {hi})")
     tri = mesh.verts.detach().double().cpu().numpy()[mesh.faces.cpu().numpy()]  # (F, 3 corners, 3)
     votes = np.zeros((resolution,) * 3, dtype=np.int64)
     for axis in range(3):
