@@ -1,6 +1,7 @@
 """tools/real_validation_meshes.py fails with one line and writes nothing when the wheels or the package cannot be had;
 its Debian-package reader; tools/real_training_meshes.py."""
 
+import hashlib
 import importlib.util
 import io
 import subprocess
@@ -167,7 +168,7 @@ def test_cgal_meshes_are_turned_upright_and_written_in_variants(training_tool, t
     off = tall.export(file_type="off").encode()
     deb = _cgal_deb({"tall": off, "broken": b"OFF\n3 1 0\n0 0 0\n", "flat": off})
     monkeypatch.setattr(training_tool, "CGAL_MESHES", {"tall": -90.0, "broken": 0.0, "flat": 0.0})
-    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins: tool.DebArchive(deb, package))
+    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins, local=None: tool.DebArchive(deb, package))
     out = tmp_path / "cgal"
     assert training_tool.main(["-o", str(out), "--source", "cgal", "--variants", "3", "--seed", "5"]) == 0
     captured = capsys.readouterr()
@@ -217,7 +218,7 @@ def test_sweethome3d_pieces_are_turned_upright_and_filtered(training_tool, tool,
         "id#5=Lib#gone", "name#5=Chair", "model#5=/lib/missing.obj",
     ])  # fmt: skip
     deb = _sweethome3d_deb(catalogue, {"lib/deep.obj": deep})
-    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins: tool.DebArchive(deb, package))
+    monkeypatch.setattr(training_tool, "download_deb", lambda package, pins, local=None: tool.DebArchive(deb, package))
     out = tmp_path / "sh3d"
     assert training_tool.main(["-o", str(out), "--source", "sweethome3d", "--variants", "2", "--seed", "5"]) == 0
     assert "4 objects from 2 meshes" in capsys.readouterr().out  # the door, the cup and the missing model left out
@@ -228,8 +229,78 @@ def test_sweethome3d_pieces_are_turned_upright_and_filtered(training_tool, tool,
         assert trimesh.load(out / f"h001_0{k}_Lib-plain" / "mesh.ply").extents.argmax() != 1  # as the file is
     assert json.loads((out / "h000_00_Lib-turned" / "meta.json").read_text())["source"] == "Lib#turned"
     monkeypatch.setattr(
-        training_tool, "download_deb", lambda package, pins: tool.DebArchive(_deb({"usr/share/x": b""}), package)
+        training_tool,
+        "download_deb",
+        lambda package, pins, local=None: tool.DebArchive(_deb({"usr/share/x": b""}), package),
     )
     assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "sweethome3d"]) == 2
     assert "no furniture library" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _pmd(verts, faces, n_uvs: int = 1) -> bytes:
+    """A version-4 0 A.D. mesh written field by field: header, vertices (position, normal, UVs, bone weights), faces."""
+    import struct
+
+    body = struct.pack("<II", len(verts), n_uvs)
+    for x, y, z in verts:
+        body += struct.pack("<3f3f", x, y, z, 0.0, 1.0, 0.0) + struct.pack(f"<{2 * n_uvs}f", *[0.5] * (2 * n_uvs))
+        body += bytes([255, 255, 255, 255]) + struct.pack("<4f", 0.0, 0.0, 0.0, 0.0)
+    body += struct.pack("<I", len(faces)) + b"".join(struct.pack("<3H", *face) for face in faces)
+    body += struct.pack("<II", 0, 0)  # no bones, no prop points
+    return b"PSMD" + struct.pack("<II", 4, len(body)) + body
+
+
+def test_pmd_meshes_are_read_with_any_number_of_uv_sets(training_tool):
+    import numpy as np
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=1)
+    for n_uvs in (1, 3):
+        verts, faces = training_tool.read_pmd(_pmd(sphere.vertices, sphere.faces, n_uvs))
+        np.testing.assert_allclose(verts, sphere.vertices, atol=1e-6)
+        np.testing.assert_array_equal(faces, sphere.faces)
+    good = _pmd(sphere.vertices, sphere.faces)
+    for bad, message in ((good[:200], "truncated"), (b"PSMD" + (3).to_bytes(4, "little") + good[8:], "version-4"),
+                         (_pmd(sphere.vertices[:5], sphere.faces), "missing vertex")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            training_tool.read_pmd(bad)
+
+
+def test_zeroad_meshes_are_filtered_and_written(training_tool, tool, tmp_path, capsys, monkeypatch):
+    import json
+
+    import trimesh
+
+    ball = trimesh.creation.icosphere(subdivisions=1)  # 80 faces
+    flat = ball.copy()
+    flat.apply_scale((1.0, 0.05, 1.0))
+    public = io.BytesIO()
+    with zipfile.ZipFile(public, "w") as archive:
+        for path, mesh in {"props/wrld_barrel.dae.cached.pmd": ball, "skeletal/pig.dae.cached.pmd": ball,  # a repeat
+                           "props/helmet/hele_attic.dae.cached.pmd": ball.copy().apply_scale(2.0),  # worn by units
+                           "props/head_beard.dae.cached.pmd": ball.copy().apply_scale(3.0),  # like the test bust
+                           "structural/plaza.dae.cached.pmd": flat,
+                           "gaia/rock_small.dae.cached.pmd": trimesh.creation.box()}.items():  # fmt: skip
+            archive.writestr(f"art/meshes/{path}", _pmd(mesh.vertices, mesh.faces))
+        archive.writestr("art/meshes/gaia/broken.pmd", b"PSMD")
+        archive.writestr("art/meshes/gaia/stone_a.dae.cached.pmd", _pmd(ball.vertices * 1.5, ball.faces, n_uvs=2))
+    deb = _deb({training_tool.ZEROAD_ARCHIVE: public.getvalue()})
+    local = tmp_path / "0ad-data.deb"
+    local.write_bytes(deb)
+    monkeypatch.setattr(
+        training_tool, "ZEROAD_DEB", {"0ad-data": ("1", "http://unused", hashlib.sha256(deb).hexdigest())}
+    )
+    out = tmp_path / "zeroad"
+    assert training_tool.main(["-o", str(out), "--source", "zeroad", "--variants", "1", "--deb", str(local)]) == 0
+    captured = capsys.readouterr()
+    assert "2 objects from 2 meshes" in captured.out and "skipped gaia/broken.pmd" in captured.err
+    ids = [entry["id"] for entry in json.loads((out / "index.json").read_text())["objects"]]
+    assert ids == ["z0000_00_stone_a", "z0001_00_wrld_barrel"]  # sorted by path; the pig repeats the barrel
+    meta = json.loads((out / "z0001_00_wrld_barrel" / "meta.json").read_text())
+    assert meta["source"] == "art/meshes/props/wrld_barrel.dae.cached.pmd"
+    local.write_bytes(deb + b"x")
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "zeroad", "--deb", str(local)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match its SHA-256" in err
     assert not (tmp_path / "x").exists()

@@ -23,6 +23,13 @@ Three sources (``--source``), all fetched where they are published (nothing is c
   doors and windows (flat panels in a wall), and pieces whose catalogue name has a word of
   :data:`SWEETHOME3D_EXCLUDED` (like test or validation meshes: cups, teapots, planes...). Each is turned upright
   by its catalogue's ``modelRotation`` (the libraries are +Y up) and written ``--variants`` times as ``cgal`` meshes.
+* ``zeroad``: the game models of Debian's ``0ad-data`` 0.0.26-1 (its SHA-256 checked; 0 A.D.'s art is (c) Wildfire
+  Games, CC-BY-SA 3.0), read from the engine's cached meshes (``.pmd``, +Y up) in ``public.zip``: animals, buildings,
+  ships, statues, carts, pottery, tools, stones and the props that furnish the buildings. Left out: the parts worn or
+  carried by units (heads, helmets, shields, weapons, capes), trees and plants (leaves are flat cards), and names with
+  a word of :data:`ZEROAD_EXCLUDED` (like test or validation meshes, or not a solid object); then meshes with fewer
+  than :data:`ZEROAD_MIN_FACES` faces, flat ones (smallest extent under :data:`ZEROAD_MIN_ASPECT` of the largest) and
+  exact repeats (the same vertices and faces). Each is written ``--variants`` times as ``cgal`` meshes.
 
 Every object is then normalised like the procedural objects and rendered as they are (8 views of 128 px, distance
 1.9, fov 40, elevations -10..60). Meshes with fewer than 8 or more than 300,000 faces, and unreadable ones, are
@@ -31,6 +38,7 @@ skipped (listed on stderr). The same seed gives the same dataset for any number 
     python tools/real_training_meshes.py -o /work/runs/s19/real --workers 2
     python tools/real_training_meshes.py --source cgal --seed 53 -o /work/runs/s23/cgal --workers 2
     python tools/real_training_meshes.py --source sweethome3d --variants 2 --seed 59 -o /work/runs/s25/sh3d_set
+    python tools/real_training_meshes.py --source zeroad --variants 1 --seed 67 -o /work/runs/s27/zeroad
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import argparse
 import io
 import json
 import re
+import struct
 import sys
 import tarfile
 import tempfile
@@ -97,7 +106,36 @@ SWEETHOME3D_EXCLUDED = frozenset(
     "teapot teapots kettle bust bunny rabbit dragon monkey mug mugs cup cups duck cow bull ant spider bone engine nut "
     "lego plane airplane biplane aeroplane".split()
 )
-SOURCES = ("pybullet", "cgal", "sweethome3d")
+#: Debian package -> (version, URL, SHA-256 of the .deb) of the ``zeroad`` source.
+ZEROAD_DEB = {
+    "0ad-data": (
+        "0.0.26-1",
+        "https://deb.debian.org/debian/pool/main/0/0ad-data/0ad-data_0.0.26-1_all.deb",
+        "53745ae74d05bccf6783400fa98f3932b21729ab9d2e86151aa2c331c3455178",
+    ),
+}
+ZEROAD_ARCHIVE, ZEROAD_MESH_DIR = "usr/share/games/0ad/mods/public/public.zip", "art/meshes/"
+#: Folders (under :data:`ZEROAD_MESH_DIR`) of the ``zeroad`` meshes left out: parts worn or carried by units, trees.
+ZEROAD_EXCLUDED_DIRS = tuple(
+    f"{folder}/"
+    for folder in "props/armor props/campaigns props/elephant props/heads props/helmet props/horse props/new "
+    "props/quivers props/shield props/standard props/weapons skeletal/campaigns skeletal/new gaia/campaigns "
+    "gaia/trees temp test".split()
+)
+#: Words (of a lower-cased file name, split at ``_ - .`` and digits) of the ``zeroad`` meshes left out: like the test
+#: or validation meshes (heads, skulls, bulls, rabbits...), worn or carried by units, plants, flat or not an object.
+ZEROAD_EXCLUDED = frozenset(
+    "head heads dude dudette skull skeleton bust teapot kettle jug mug cup duck bunny rabbit dragon monkey bull cow "
+    "cattle auroch zebu sanga bone ant spider nut engine lego plane airplane aeroplane airtower arm helmet crest cape "
+    "armor lorica greave shield scutum boss weap sword broadsword spear jav javelin verutum sarissa rhomphaia quiver "
+    "bow arrow bolt sling maces scabbard axe club staff collar horns antlers tusk teeths blanket saddle oar flag "
+    "decal wave marker target tree trees palm pine cypress cedar fir oak baobab bush shrub fern grass bamboo banana "
+    "juniper poplar birch maple elm fig olive teak carob acacia deciduous banyan mangrove strangler kapok tamarix "
+    "berry berries grape sapling forest leaves log waterfall cliff field plot orchard farm rice underbrush "
+    "fishing net bird circle shoal ferns".split()
+)
+ZEROAD_MIN_FACES, ZEROAD_MIN_ASPECT = 40, 0.1
+SOURCES = ("pybullet", "cgal", "sweethome3d", "zeroad")
 
 
 def training_members(wheel: zipfile.ZipFile) -> list[str]:
@@ -162,6 +200,63 @@ def sweethome3d_models(deb_archive) -> list[tuple[str, bytes, np.ndarray]]:
                     rotation = np.array(piece["modelRotation"].split(), dtype=np.float64).reshape(3, 3)
                 models.append((piece.get("id", f"{Path(library).stem}#{number}"), archive.read(model), rotation))
     return models
+
+
+def read_pmd(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(V, 3) float64 vertex positions and (F, 3) int64 faces of a 0 A.D. mesh (``.pmd``, version 4: a "PSMD"
+    header, then vertices of position, normal, ``n`` UV pairs and four bone weights, then uint16 triangles).
+
+    Raises:
+        ValueError: not a version-4 PMD file, or truncated.
+    """
+    if len(data) < 24 or data[:4] != b"PSMD" or struct.unpack_from("<I", data, 4)[0] != 4:
+        raise ValueError("not a version-4 PMD mesh")
+    n_verts, n_uvs = struct.unpack_from("<II", data, 12)
+    vertex = np.dtype([("position", "<f4", 3), ("normal", "<f4", 3), ("uv", "<f4", (n_uvs, 2)),
+                       ("bones", "u1", 4), ("weights", "<f4", 4)])  # fmt: skip
+    faces_at = 20 + n_verts * vertex.itemsize
+    if len(data) < faces_at + 4:
+        raise ValueError("truncated PMD mesh")
+    (n_faces,) = struct.unpack_from("<I", data, faces_at)
+    if len(data) < faces_at + 4 + 6 * n_faces:
+        raise ValueError("truncated PMD mesh")
+    verts = np.frombuffer(data, vertex, n_verts, 20)["position"].astype(np.float64)
+    faces = np.frombuffer(data, "<u2", 3 * n_faces, faces_at + 4).reshape(-1, 3).astype(np.int64)
+    if n_faces and faces.max() >= n_verts:
+        raise ValueError("PMD face refers to a missing vertex")
+    return verts, faces
+
+
+def zeroad_meshes(deb_archive) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(path under :data:`ZEROAD_MESH_DIR`, vertices, faces) of the ``zeroad`` meshes used, sorted by path, from the
+    opened ``0ad-data`` package (filters: see the module docstring).
+
+    Raises:
+        ValueError: the package lacks ``public.zip``.
+    """
+    if ZEROAD_ARCHIVE not in deb_archive.namelist():
+        raise ValueError(f"{ZEROAD_ARCHIVE} is not in the 0ad-data package")
+    meshes, seen = [], set()
+    with zipfile.ZipFile(io.BytesIO(deb_archive.read(ZEROAD_ARCHIVE))) as archive:
+        for member in sorted(archive.namelist()):
+            path = member.removeprefix(ZEROAD_MESH_DIR)
+            if path == member or not path.endswith(".pmd") or path.startswith(ZEROAD_EXCLUDED_DIRS):
+                continue
+            if set(re.split(r"[^a-z]+", Path(path).name.lower())) & ZEROAD_EXCLUDED:
+                continue
+            try:
+                verts, faces = read_pmd(archive.read(member))
+            except ValueError as err:
+                print(f"skipped {path}: {err}", file=sys.stderr)
+                continue
+            used = verts[np.unique(faces)] if len(faces) else verts[:0]
+            extent = np.ptp(used, axis=0) if len(used) else np.zeros(3)
+            key = (verts.tobytes(), faces.tobytes())
+            if len(faces) < ZEROAD_MIN_FACES or extent.min() < ZEROAD_MIN_ASPECT * extent.max() or key in seen:
+                continue
+            seen.add(key)
+            meshes.append((path, verts, faces))
+    return meshes
 
 
 def _load(name: str, data: bytes) -> trimesh.Trimesh | None:
@@ -239,6 +334,22 @@ def render_sweethome3d_model(
                             variants, meta)  # fmt: skip
 
 
+def render_zeroad_mesh(
+    out_dir: Path, item: tuple[int, str, np.ndarray, np.ndarray], seed: int, variants: int
+) -> list[dict]:
+    """Render ``variants`` objects of 0 A.D. mesh ``index`` into ``out_dir/z{index:04d}_{k:02d}_{name}``; [] (and a
+    line on stderr) when skipped."""
+    index, path, verts, faces = item
+    name = Path(path).name.split(".")[0]
+    loaded = None
+    if len(faces) <= MAX_FACES:
+        loaded = trimesh.Trimesh(verts, faces, process=False)
+    else:
+        print(f"skipped {path}: {len(faces)} faces", file=sys.stderr)
+    meta = {"seed": index, "source": ZEROAD_MESH_DIR + path}
+    return _render_variants(out_dir, f"z{index:04d}", name, loaded, np.eye(3), [seed, index], variants, meta)
+
+
 def _render_variants(out_dir: Path, prefix: str, name: str, loaded: trimesh.Trimesh | None, upright: np.ndarray,
                      seed: list[int], variants: int, meta: dict) -> list[dict]:  # fmt: skip
     """Write ``variants`` objects ``{prefix}_{k:02d}_{name}`` of one mesh turned ``upright``: variant ``k`` draws a
@@ -263,18 +374,23 @@ def _render(shared: tuple[Path, int, int, str], item: tuple) -> list[dict]:
         return render_cgal_mesh(out_dir, item, seed, variants)
     if source == "sweethome3d":
         return render_sweethome3d_model(out_dir, item, seed, variants)
+    if source == "zeroad":
+        return render_zeroad_mesh(out_dir, item, seed, variants)
     entry = render_member(out_dir, item, seed)
     return [] if entry is None else [entry]
 
 
-def _items(source: str, wheel: Path | None, tmp: Path) -> list[tuple]:
-    """(index, name, file bytes) of the meshes of ``source`` (``sweethome3d``: and the rotation to +Y up)."""
+def _items(source: str, wheel: Path | None, deb: Path | None, tmp: Path) -> list[tuple]:
+    """(index, name, file bytes) of the meshes of ``source`` (``sweethome3d``: and the rotation to +Y up;
+    ``zeroad``: (index, path, vertices, faces))."""
     if source == "cgal":
-        meshes = cgal_meshes(download_deb("libcgal-demo", CGAL_DEB))
+        meshes = cgal_meshes(download_deb("libcgal-demo", CGAL_DEB, deb))
         return [(index, name, data) for index, (name, data) in enumerate(meshes)]
     if source == "sweethome3d":
-        models = sweethome3d_models(download_deb("sweethome3d-furniture", SWEETHOME3D_DEB))
+        models = sweethome3d_models(download_deb("sweethome3d-furniture", SWEETHOME3D_DEB, deb))
         return [(index, *model) for index, model in enumerate(models)]
+    if source == "zeroad":
+        return [(index, *mesh) for index, mesh in enumerate(zeroad_meshes(download_deb("0ad-data", ZEROAD_DEB, deb)))]
     archive = zipfile.ZipFile(wheel) if wheel else download_wheel(tmp, "pybullet", WHEELS["pybullet"])
     return [(index, name, archive.read(name)) for index, name in enumerate(training_members(archive))]
 
@@ -284,9 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="dataset folder")
     parser.add_argument("--source", choices=SOURCES, default="pybullet", help="which meshes (see above)")
     parser.add_argument("--wheel", type=Path, help="a pybullet 3.2.7 wheel already on disk (default: download it)")
+    parser.add_argument("--deb", type=Path, help="cgal, sweethome3d, zeroad: the pinned package already on disk")
     parser.add_argument("--seed", type=int, default=45, help="master seed (stage 14: 45)")
     parser.add_argument(
-        "--variants", type=int, default=16, help="cgal, sweethome3d: objects written per mesh (default 16)"
+        "--variants", type=int, default=16, help="cgal, sweethome3d, zeroad: objects written per mesh (default 16)"
     )
     parser.add_argument("--max-objects", type=int, help="only the first N meshes (for a quick look)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering side by side")
@@ -297,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         check_int(args.workers, "--workers", 1, MAX_WORKERS)
         check_int(args.variants, "--variants", 1, 1000)
         with tempfile.TemporaryDirectory() as tmp:
-            items = _items(args.source, args.wheel, Path(tmp))[: args.max_objects]
+            items = _items(args.source, args.wheel, args.deb, Path(tmp))[: args.max_objects]
         args.output.mkdir(parents=True, exist_ok=True)
         rendered = map_in_processes(
             _render, items, args.workers, shared=(args.output, args.seed, args.variants, args.source)

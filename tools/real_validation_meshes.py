@@ -117,17 +117,21 @@ def _ar_members(data: bytes, package: str) -> dict[str, bytes]:
     return members
 
 
-def download_deb(package: str, pins: dict[str, tuple[str, str, str]] = DEBS) -> DebArchive:
-    """Download one pinned Debian package (``pins``: package -> (version, URL, SHA-256), as :data:`DEBS`) and open
-    its data files."""
+def download_deb(package: str, pins: dict[str, tuple[str, str, str]] = DEBS, local: Path | None = None) -> DebArchive:
+    """Download one pinned Debian package (``pins``: package -> (version, URL, SHA-256), as :data:`DEBS`), or read
+    it from ``local`` when given, and open its data files."""
     version, url, sha256 = pins[package]
     try:
-        with urllib.request.urlopen(url, timeout=120) as response:
-            data = response.read()
+        if local is not None:
+            data = local.read_bytes()
+        else:
+            with urllib.request.urlopen(url, timeout=120) as response:
+                data = response.read()
     except OSError as err:
-        raise ValueError(f"could not download {package} {version} ({err}; is deb.debian.org reachable?)") from None
+        where = local if local is not None else "is deb.debian.org reachable?"
+        raise ValueError(f"could not read {package} {version} ({err}; {where})") from None
     if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"the {package} {version} download does not match its SHA-256")
+        raise ValueError(f"the {package} {version} package does not match its SHA-256")
     return DebArchive(data, package)
 
 
