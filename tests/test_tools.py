@@ -267,6 +267,19 @@ def test_pmd_meshes_are_read_with_any_number_of_uv_sets(training_tool):
             training_tool.read_pmd(bad)
 
 
+def test_projected_fill_of_a_box_a_sphere_and_two_balls(training_tool):
+    import numpy as np
+    import trimesh
+
+    box, sphere = trimesh.creation.box((1.0, 2.0, 3.0)), trimesh.creation.icosphere(subdivisions=4)
+    assert training_tool.projected_fill(box.vertices, box.faces).min() > 0.99
+    # A disc covers pi / 4 of its square; the raster counts the cells its edge crosses too (32 cells a side).
+    np.testing.assert_allclose(training_tool.projected_fill(sphere.vertices, sphere.faces), np.pi / 4 + 0.05, atol=0.03)
+    apart = trimesh.util.concatenate([sphere.copy().apply_translation((x, 0.0, 0.0)) for x in (-7.0, 7.0)])
+    fill = training_tool.projected_fill(apart.vertices, apart.faces)
+    assert fill[0] > 0.75 and fill[1] < 0.3 and fill[2] < 0.3  # end-on they overlap; from the side 2 discs in 16 x 2
+
+
 def test_zeroad_meshes_are_filtered_and_written(training_tool, tool, tmp_path, capsys, monkeypatch):
     import json
 
@@ -275,12 +288,13 @@ def test_zeroad_meshes_are_filtered_and_written(training_tool, tool, tmp_path, c
     ball = trimesh.creation.icosphere(subdivisions=1)  # 80 faces
     flat = ball.copy()
     flat.apply_scale((1.0, 0.05, 1.0))
+    scattered = trimesh.util.concatenate([ball.copy().apply_translation((x, x, x)) for x in (-4.0, 4.0)])
     public = io.BytesIO()
     with zipfile.ZipFile(public, "w") as archive:
         for path, mesh in {"props/wrld_barrel.dae.cached.pmd": ball, "skeletal/pig.dae.cached.pmd": ball,  # a repeat
                            "props/helmet/hele_attic.dae.cached.pmd": ball.copy().apply_scale(2.0),  # worn by units
                            "props/head_beard.dae.cached.pmd": ball.copy().apply_scale(3.0),  # like the test bust
-                           "structural/plaza.dae.cached.pmd": flat,
+                           "structural/plaza.dae.cached.pmd": flat, "props/pots.dae.cached.pmd": scattered,
                            "gaia/rock_small.dae.cached.pmd": trimesh.creation.box()}.items():  # fmt: skip
             archive.writestr(f"art/meshes/{path}", _pmd(mesh.vertices, mesh.faces))
         archive.writestr("art/meshes/gaia/broken.pmd", b"PSMD")

@@ -27,9 +27,11 @@ Three sources (``--source``), all fetched where they are published (nothing is c
   Games, CC-BY-SA 3.0), read from the engine's cached meshes (``.pmd``, +Y up) in ``public.zip``: animals, buildings,
   ships, statues, carts, pottery, tools, stones and the props that furnish the buildings. Left out: the parts worn or
   carried by units (heads, helmets, shields, weapons, capes), trees and plants (leaves are flat cards), and names with
-  a word of :data:`ZEROAD_EXCLUDED` (like test or validation meshes, or not a solid object); then meshes with fewer
-  than :data:`ZEROAD_MIN_FACES` faces, flat ones (smallest extent under :data:`ZEROAD_MIN_ASPECT` of the largest) and
-  exact repeats (the same vertices and faces). Each is written ``--variants`` times as ``cgal`` meshes.
+  a word of :data:`ZEROAD_EXCLUDED` (like test or validation meshes, or parts of a building: doors, sails, roofs);
+  then meshes with fewer than :data:`ZEROAD_MIN_FACES` faces, flat ones (smallest extent under
+  :data:`ZEROAD_MIN_ASPECT` of the largest), sparse ones (seen along an axis, covering under :data:`ZEROAD_MIN_FILL`
+  of their bounding box: scattered props, fences, scaffolds; :func:`projected_fill`) and exact repeats (the same
+  vertices and faces). Each is written ``--variants`` times as ``cgal`` meshes.
 
 Every object is then normalised like the procedural objects and rendered as they are (8 views of 128 px, distance
 1.9, fov 40, elevations -10..60). Meshes with fewer than 8 or more than 300,000 faces, and unreadable ones, are
@@ -38,7 +40,7 @@ skipped (listed on stderr). The same seed gives the same dataset for any number 
     python tools/real_training_meshes.py -o /work/runs/s19/real --workers 2
     python tools/real_training_meshes.py --source cgal --seed 53 -o /work/runs/s23/cgal --workers 2
     python tools/real_training_meshes.py --source sweethome3d --variants 2 --seed 59 -o /work/runs/s25/sh3d_set
-    python tools/real_training_meshes.py --source zeroad --variants 1 --seed 67 -o /work/runs/s27/zeroad
+    python tools/real_training_meshes.py --source zeroad --variants 2 --seed 67 -o /work/runs/s27/zeroad
 """
 
 from __future__ import annotations
@@ -132,9 +134,10 @@ ZEROAD_EXCLUDED = frozenset(
     "decal wave marker target tree trees palm pine cypress cedar fir oak baobab bush shrub fern grass bamboo banana "
     "juniper poplar birch maple elm fig olive teak carob acacia deciduous banyan mangrove strangler kapok tamarix "
     "berry berries grape sapling forest leaves log waterfall cliff field plot orchard farm rice underbrush "
-    "fishing net bird circle shoal ferns".split()
+    "fishing net bird circle shoal ferns rubble tile tiles door doors gate sail sails decal foundation scaf scaffold "
+    "plaza wall walls roof floor floortiles rooftiles steps props prop shields fence palisade banner awning".split()
 )
-ZEROAD_MIN_FACES, ZEROAD_MIN_ASPECT = 40, 0.1
+ZEROAD_MIN_FACES, ZEROAD_MIN_ASPECT, ZEROAD_MIN_FILL = 40, 0.15, 0.3
 SOURCES = ("pybullet", "cgal", "sweethome3d", "zeroad")
 
 
@@ -227,6 +230,19 @@ def read_pmd(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return verts, faces
 
 
+def projected_fill(verts: np.ndarray, faces: np.ndarray, grid: int = 32, n_points: int = 30_000) -> np.ndarray:
+    """(3,) fraction of the cells of a ``grid`` x ``grid`` raster over the mesh's bounding box, seen along x, y and z,
+    that ``n_points`` surface samples (seed 0) fall in: about 0.8 for a sphere, 1 for a box, low for scattered parts."""
+    points, _ = trimesh.sample.sample_surface(trimesh.Trimesh(verts, faces, process=False), n_points, seed=0)
+    lo, span = points.min(axis=0), np.maximum(np.ptp(points, axis=0), 1e-12)
+    cells = np.clip(((points - lo) / span * grid).astype(np.int64), 0, grid - 1)
+    fill = np.zeros(3)
+    for axis in range(3):
+        u, w = [a for a in range(3) if a != axis]
+        fill[axis] = len(np.unique(cells[:, u] * grid + cells[:, w])) / grid**2
+    return fill
+
+
 def zeroad_meshes(deb_archive) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(path under :data:`ZEROAD_MESH_DIR`, vertices, faces) of the ``zeroad`` meshes used, sorted by path, from the
     opened ``0ad-data`` package (filters: see the module docstring).
@@ -253,6 +269,8 @@ def zeroad_meshes(deb_archive) -> list[tuple[str, np.ndarray, np.ndarray]]:
             extent = np.ptp(used, axis=0) if len(used) else np.zeros(3)
             key = (verts.tobytes(), faces.tobytes())
             if len(faces) < ZEROAD_MIN_FACES or extent.min() < ZEROAD_MIN_ASPECT * extent.max() or key in seen:
+                continue
+            if projected_fill(verts, faces).min() < ZEROAD_MIN_FILL:
                 continue
             seen.add(key)
             meshes.append((path, verts, faces))

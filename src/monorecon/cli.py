@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -759,10 +760,9 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    import json
 
     from .eval.harness import THRESHOLDS, check_volume_iou_resolution, shape_scores
-    from .io.atomic import atomic_write
+    from .io.atomic import atomic_write_json
     from .io.mesh_io import load_mesh
 
     _check_points(args.points)
@@ -777,11 +777,10 @@ def _run_metrics(args: argparse.Namespace) -> int:
         print(f"fscore@{t:g} {scores[f'fscore@{t:g}']:.4f} (precision {scores[f'precision@{t:g}']:.4f}, "
               f"recall {scores[f'recall@{t:g}']:.4f})")  # fmt: skip
     if "volume_iou" in scores:
-        print(f"volume_iou {scores['volume_iou']:.4f}")
+        closed = math.isfinite(scores["volume_iou"])
+        print(f"volume_iou {scores['volume_iou']:.4f}" if closed else "volume_iou n/a (the reference is not closed)")
     if args.json is not None:
-        with atomic_write(args.json, "w") as f:
-            json.dump({"mesh": str(args.mesh), "reference": str(args.reference), **scores}, f, indent=1)
-            f.write("\n")
+        atomic_write_json(args.json, {"mesh": str(args.mesh), "reference": str(args.reference), **scores})
     return 0
 
 

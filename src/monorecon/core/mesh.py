@@ -108,6 +108,21 @@ class Mesh:
         return face_areas(self.verts, self.faces)
 
     @property
+    def is_closed(self) -> bool:
+        """Whether the surface bounds a solid: with vertices at the same position welded (copies split at UV seams),
+        every edge is shared by exactly two faces that run along it in opposite directions (closed and consistently
+        oriented; several closed parts are closed). Faces that welding collapses are ignored; no face: not closed."""
+        _, position_id = torch.unique(self.verts.detach(), dim=0, return_inverse=True)
+        faces = position_id[self.faces]
+        faces = faces[(faces != faces.roll(1, dims=1)).all(dim=1)]
+        if len(faces) == 0:
+            return False
+        n = int(position_id.max()) + 1
+        start, end = faces.reshape(-1), faces.roll(-1, dims=1).reshape(-1)  # directed edges, face by face
+        edges, counts = torch.unique(start * n + end, return_counts=True)
+        return bool((counts == 1).all()) and bool(torch.isin(end * n + start, edges).all())
+
+    @property
     def vertex_normals(self) -> torch.Tensor:
         """(V, 3) unit vertex normals: area-weighted mean of the adjacent face normals; zero where undefined.
 

@@ -38,7 +38,7 @@ from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.core.shading import DirectionalLights, vertex_normals
-from monorecon.io.atomic import atomic_write, check_folder_exists
+from monorecon.io.atomic import atomic_write, atomic_write_json, check_folder_exists
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.parallel import MAX_WORKERS, map_in_processes
@@ -234,7 +234,7 @@ def write_object(
             "sampling": asdict(sampling),
             "views": views,
         }
-        _write_json(tmp / "cameras.json", cameras)
+        atomic_write_json(tmp / "cameras.json", cameras)
         save_mesh(mesh, tmp / "mesh.ply")
         info = {
             "format": DATASET_FORMAT,
@@ -247,7 +247,7 @@ def write_object(
             "num_faces": mesh.num_faces,
             **(meta or {}),
         }
-        _write_json(tmp / "meta.json", info)
+        atomic_write_json(tmp / "meta.json", info)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         os.rename(tmp, folder)
     except BaseException:
@@ -352,7 +352,7 @@ def write_index(
         "classes": sorted(set(classes)),
         "objects": entries,
     }
-    _write_json(out_dir / "index.json", index)
+    atomic_write_json(out_dir / "index.json", index)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=["id", "class", "split", "seed", "path"], lineterminator="\n")
     writer.writeheader()
@@ -423,9 +423,3 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
     }
     if any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")

@@ -25,9 +25,12 @@ _Z95 = 1.959964  # two-sided 95 % normal quantile
 def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
     """``object_id -> value of metric`` from a report folder or its ``per_object.csv``.
 
+    A case whose value is ``nan`` (a metric not defined there, as the harness writes the Chamfer distance of a failed
+    case or the volume IoU of an open ground truth) maps to NaN.
+
     Raises:
-        ValueError: missing or unreadable file, no such metric column, a value that is not a finite number, or a
-            repeated object id.
+        ValueError: missing or unreadable file, no such metric column, a value that is neither a finite number nor
+            ``nan``, or a repeated object id.
     """
     path = Path(report)
     if path.is_dir():
@@ -51,7 +54,7 @@ def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
             value = float(row[metric])
         except (TypeError, ValueError):
             value = math.nan
-        if not math.isfinite(value):
+        if not math.isfinite(value) and row[metric] != "nan":
             raise ValueError(f"{path}: {metric} of {object_id} is {row[metric]!r}, not a finite number")
         if object_id in values:
             raise ValueError(f"{path}: object {object_id} appears twice")
@@ -77,15 +80,19 @@ def compare_reports(
         dict with ``metric``, ``n_cases``, ``n_objects``, ``mean_a``, ``mean_b``, ``difference`` (mean of B - A),
         ``se`` / ``ci95`` (over cases), ``se_clustered`` / ``ci95_clustered`` (over objects' mean differences; NaN
         with one object), ``b_higher`` / ``a_higher`` / ``ties`` (case counts), ``only_a`` / ``only_b`` (cases in one
-        report only, left out), and ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
+        report only, left out), ``unscored`` (shared cases left out because the metric is NaN in either report), and
+        ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
 
     Raises:
-        ValueError: unreadable reports (:func:`read_report`) or no case in common.
+        ValueError: unreadable reports (:func:`read_report`) or no case in common where both have the metric.
     """
     a, b = read_report(report_a, metric), read_report(report_b, metric)
-    shared = sorted(set(a) & set(b))
-    if not shared:
+    both = set(a) & set(b)
+    shared = sorted(k for k in both if math.isfinite(a[k]) and math.isfinite(b[k]))
+    if not both:
         raise ValueError(f"the two reports share no case (e.g. {next(iter(a))!r} vs {next(iter(b))!r})")
+    if not shared:
+        raise ValueError(f"{metric} is not defined (nan) in either report for every one of their {len(both)} cases")
     value_a, value_b = np.array([a[k] for k in shared]), np.array([b[k] for k in shared])
     difference = value_b - value_a
     mean = float(difference.mean())
@@ -127,6 +134,7 @@ def compare_reports(
         "ties": int((difference == 0).sum()),
         "only_a": len(set(a) - set(b)),
         "only_b": len(set(b) - set(a)),
+        "unscored": len(both) - len(shared),
         "per_object": per_object,
     }
 
@@ -143,6 +151,8 @@ def format_comparison(result: dict[str, Any], name_a: str = "A", name_b: str = "
     ]
     if r["only_a"] or r["only_b"]:
         lines[0] += f"; left out: {r['only_a']} cases only in {name_a}, {r['only_b']} only in {name_b}"
+    if r["unscored"]:
+        lines[0] += f"; left out: {r['unscored']} cases where {r['metric']} is not defined (nan) in either report"
     if per_object and r["n_objects"] > 1 and r["n_objects"] < r["n_cases"]:
         lines += ["", f"| object | cases | {name_a} | {name_b} | {name_b} - {name_a} |", "|---|---|---|---|---|"]
         for name, o in r["per_object"].items():

@@ -22,19 +22,19 @@
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
   (:mod:`monorecon.eval.metrics`); the volume IoU of the two solids as they lie in the world (``volume_iou``, a 64^3
-  grid; a shape too shallow loses there, not in the F-score); for every method the input-view mask IoU of the mesh's
-  silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right; the mean is
-  geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render
-  (``mask_iou``, ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white
-  against the input view (``mesh_psnr``, ``mesh_ssim``) and, for synthetic objects, against their other views
-  (``novel_psnr``, ``novel_ssim``, mean over views; geometry errors count too); for every method the mask IoU of the
-  mesh's silhouette in the other views (``novel_mask_iou``, mean over views: it sees a shape too shallow or too
-  deep, which the F-score's normalisation and alignment forgive in part). Models are cut to the input
-  silhouette's cone (``carve``, as ``monorecon reconstruct`` does by default; filled too where the model's
-  ``silhouette_fill`` says) and coloured by the input where it sees the surface (``project_input``); unlike
-  ``reconstruct`` the harness keeps small disconnected pieces (dropping those under 1 % of the faces changed the
-  bundled model's F@0.1 by -0.0005 on validation objects and -0.003 on the real meshes, model card). A method
-  that returns no surface scores F = 0 and is counted as a failure.
+  grid; a shape too shallow loses there, not in the F-score; NaN, not scored, where the ground truth is not a closed
+  surface (:attr:`~monorecon.core.mesh.Mesh.is_closed`): an open one bounds no solid); for every method the input-view
+  mask IoU of the mesh's silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right;
+  the mean is geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render (``mask_iou``,
+  ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white against the input
+  view (``mesh_psnr``, ``mesh_ssim``) and, for synthetic objects, against their other views (``novel_psnr``,
+  ``novel_ssim``, mean over views; geometry errors count too); for every method the mask IoU of the mesh's silhouette
+  in the other views (``novel_mask_iou``, mean over views: it sees a shape too shallow or too deep, which the
+  F-score's normalisation and alignment forgive in part). Models are cut to the input silhouette's cone (``carve``, as
+  ``monorecon reconstruct`` does by default; filled too where the model's ``silhouette_fill`` says) and coloured by
+  the input where it sees the surface (``project_input``); unlike ``reconstruct`` the harness keeps small disconnected
+  pieces (dropping those under 1 % of the faces changed the bundled model's F@0.1 by -0.0005 on validation objects and
+  -0.003 on the real meshes, model card). A method that returns no surface scores F = 0 and is counted as a failure.
 * **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
   ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
   prediction from the side, ground truth from the side).
@@ -46,7 +46,6 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import math
 import os
 import time
@@ -67,7 +66,7 @@ from ..core.checks import check_int
 from ..core.mesh import Mesh
 from ..core.projection import project_image_colours
 from ..core.raster import rasterize
-from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_json
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from ..parallel import MAX_WORKERS, map_in_processes
@@ -493,8 +492,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while scoring leaves no empty folder
     _write_csv(out_dir / "per_object.csv", rows)
     _write_markdown(out_dir / "summary.md", summary, str(data_dir))
-    with atomic_write(out_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
+    atomic_write_json(out_dir / "summary.json", summary)
     _write_grid(out_dir / "best_worst.png", cases, rows, predictions, n_grid_cases)
     return summary
 
@@ -513,11 +511,11 @@ def shape_scores(
             that differ by other than quarter turns give boxes of other proportions and lower scores.
         search: rotation search + ICP (True) or ICP only from the identity (shapes already in the same frame).
         volume_iou_resolution: also the volume IoU of the two solids, normalised and aligned as the points are, on
-            a grid of this side (:func:`monorecon.eval.metrics.volume_iou`; meshes should be closed); 0: not computed.
+            a grid of this side (:func:`monorecon.eval.metrics.volume_iou`); 0: not computed.
 
     Returns:
         ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`, and
-        ``"volume_iou"`` when asked for.
+        ``"volume_iou"`` when asked for (NaN when ``gt`` is not a closed surface: it bounds no solid).
 
     Raises:
         ValueError: fewer than 100 points, a seed outside [0, :data:`MAX_SEED`] or a volume IoU grid outside
@@ -530,7 +528,9 @@ def shape_scores(
         pred, gt, n_points=n_points, seed=seed, search=search
     )
     scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
-    if volume_iou_resolution:
+    if volume_iou_resolution and not gt.is_closed:
+        scores["volume_iou"] = math.nan
+    elif volume_iou_resolution:
         moved = [
             Mesh(torch.from_numpy(apply_transform(mesh.verts.detach().double().cpu().numpy(), transform)), mesh.faces)
             for mesh, transform in ((pred, pred_transform), (gt, gt_transform))
@@ -568,13 +568,16 @@ def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[di
     if mesh is None or mesh.num_faces == 0:
         row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
         if scoring.volume_iou_resolution and not getattr(method, "frame_free", False):
-            row["volume_iou"] = 0.0
+            row["volume_iou"] = 0.0 if case.gt_mesh.is_closed else math.nan
     else:
         scores = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
         row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
         if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
             if scoring.volume_iou_resolution:
-                row["volume_iou"] = volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution)
+                closed = case.gt_mesh.is_closed  # an open ground truth bounds no solid: not scored
+                row["volume_iou"] = (
+                    volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution) if closed else math.nan
+                )
             row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], scoring.render_size)
             if case.views is not None:
                 row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, scoring.render_size)
@@ -608,8 +611,12 @@ def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
 _GEOMETRIC_MEAN_KEYS = ("depth_ratio",)
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _mean(values: list[float], geometric: bool = False) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not geometric)]
+    finite = [v for v in values if _finite(v) and (v > 0 or not geometric)]
     if not finite:
         return math.nan
     return float(np.exp(np.mean(np.log(finite)))) if geometric else float(np.mean(finite))
@@ -630,6 +637,7 @@ def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_objects": len(rows),
         "n_failed": int(sum(r["failed"] for r in rows)),
         "mean": {k: _mean([r.get(k) for r in rows], k in _GEOMETRIC_MEAN_KEYS) for k in keys},
+        "n_scored": {k: sum(_finite(r.get(k)) for r in rows) for k in keys},
         "per_class": per_class,
         "mean_seconds": _mean([r["seconds"] for r in rows]),
     }
@@ -663,6 +671,10 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
     lines.append(
         f"| **all** | {summary['n_objects']} | " + " | ".join(f"**{summary['mean'][k]:.4f}**" for k in keys) + " |"
     )
+    partial = [f"{k} {n} of {summary['n_objects']}" for k, n in summary["n_scored"].items() if n < summary["n_objects"]]
+    if partial:
+        undefined = "the Chamfer distance of a failed case, the volume IoU where the ground truth is not closed"
+        lines += ["", f"Means over the cases scored: {', '.join(partial)} (not defined for the rest: {undefined})."]
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

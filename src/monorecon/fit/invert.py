@@ -43,7 +43,6 @@ deg, scale 0.7, like the official evaluation) and ``result.json`` (code, camera,
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ from monorecon.core.mesh import Mesh, check_placement
 from monorecon.core.mesh_renderer import render_silhouette
 from monorecon.core.projection import project_image_texture
 from monorecon.eval.metrics import mask_iou
-from monorecon.io.atomic import atomic_write
+from monorecon.io.atomic import atomic_write_json
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.losses.fitting import (
@@ -378,6 +377,5 @@ def save_inversion_result(
         "final_losses": result.history[-1] if result.history else {},
     }
     paths["result"] = out_dir / "result.json"
-    with atomic_write(paths["result"], "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write_json(paths["result"], summary, indent=2)
     return paths

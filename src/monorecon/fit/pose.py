@@ -38,7 +38,6 @@ Given a mesh and a reference image of it, find the perspective camera that sees 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ from monorecon.core.checks import check_tensor
 from monorecon.core.extract import cleanup_mesh
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh, render_silhouette
-from monorecon.io.atomic import atomic_write
+from monorecon.io.atomic import atomic_write_json
 from monorecon.io.images import save_image, to_uint8
 from monorecon.losses.fitting import silhouette_loss
 
@@ -635,8 +634,7 @@ def save_pose_result(result: PoseFitResult, out_dir: str | Path, video: bool = F
         "history": result.history,
     }
     paths = {"camera": out_dir / "camera.json", "overlay": out_dir / "overlay.png"}
-    with atomic_write(paths["camera"], "w") as f:
-        json.dump(camera, f, indent=2)
+    atomic_write_json(paths["camera"], camera, indent=2)
     save_image(result.frames[-1].astype(np.float32) / 255.0, paths["overlay"])
     if video:
         from monorecon.video import save_turntable  # frames -> MP4 + GIF writer (atomic)

@@ -7,13 +7,15 @@ atomic rename); on any error the temporary file is removed and the destination i
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json"]
 
 # The process umask, read once: mkstemp creates files 0600, but written outputs should get the usual permissions.
 _UMASK = os.umask(0)
@@ -44,6 +46,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int = 1) -> None:
+    """Write ``data`` as strict JSON (a NaN or infinity, e.g. a metric not defined for a case, written ``null``, which
+    every JSON reader accepts) and a final newline to ``path`` atomically."""
+    with atomic_write(path, "w") as f:
+        json.dump(_finite_or_none(data), f, indent=indent, allow_nan=False)
+        f.write("\n")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager
