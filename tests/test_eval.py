@@ -192,6 +192,31 @@ def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):
     assert inflation["mean"]["mesh_mask_iou"] > summary["mean"]["mesh_mask_iou"] + 0.1
 
 
+def test_volume_iou_is_only_scored_against_closed_ground_truths(tmp_path, capsys):
+    import trimesh
+
+    from monorecon.cli import main
+
+    (tmp_path / "meshes").mkdir()
+    ball = trimesh.creation.icosphere(subdivisions=3)
+    ball.export(tmp_path / "meshes" / "ball.ply")
+    bowl = trimesh.Trimesh(ball.vertices, ball.faces[ball.vertices[ball.faces].min(axis=1)[:, 1] < 0.5])
+    bowl.export(tmp_path / "meshes" / "bowl.ply")  # the cap above y = 0.5 cut off: open, it bounds no solid
+    summary = evaluate("sphere", tmp_path / "meshes", tmp_path / "r", n_points=1000, progress=False, n_grid_cases=0)
+    rows = {r["object_id"].split("@")[0]: r for r in csv.DictReader((tmp_path / "r" / "per_object.csv").open())}
+    assert rows["bowl"]["volume_iou"] == "nan" and float(rows["ball"]["volume_iou"]) > 0.9
+    assert summary["mean"]["volume_iou"] == pytest.approx(float(rows["ball"]["volume_iou"]), abs=1e-5)
+    assert summary["n_scored"]["volume_iou"] == 1 and summary["n_scored"]["fscore@0.1"] == 2
+    assert "volume_iou 1 of 2" in (tmp_path / "r" / "summary.md").read_text()
+    strict = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert strict["n_scored"]["volume_iou"] == 1
+    # monorecon metrics says so too, and writes null, not NaN, in its JSON.
+    args = ["metrics", str(tmp_path / "meshes" / "ball.ply"), str(tmp_path / "meshes" / "bowl.ply"), "--points", "500"]
+    assert main([*args, "--volume-iou", "16", "--json", str(tmp_path / "m.json")]) == 0
+    assert "volume_iou n/a (the reference is not closed)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)["volume_iou"] is None
+
+
 def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, tmp_path):
     config = TripoSRConfig.from_dict(
         {

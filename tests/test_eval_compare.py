@@ -63,12 +63,23 @@ def test_only_shared_cases_are_compared_and_one_object_has_no_clustered_se(tmp_p
     assert "left out: 1 cases only in A" in format_comparison(result)
 
 
+def test_cases_where_the_metric_is_not_defined_are_left_out_and_counted(tmp_path):
+    # The harness writes "nan" where a metric does not apply (the volume IoU of an open ground truth).
+    a = _report(tmp_path / "a", {"m@0": 0.5, "m@90": float("nan"), "n@0": 0.4}, "volume_iou")
+    b = _report(tmp_path / "b", {"m@0": 0.6, "m@90": 0.9, "n@0": float("nan")}, "volume_iou")
+    result = compare_reports(a, b, "volume_iou")
+    assert (result["n_cases"], result["unscored"], result["difference"]) == (1, 2, pytest.approx(0.1))
+    assert "left out: 2 cases where volume_iou is not defined (nan) in either report" in format_comparison(result)
+
+
 @pytest.mark.parametrize(
     ("b_values", "metric", "message"),
     [
         ({"other@0": 0.5}, "fscore@0.1", "share no case"),
         ({"m@0": 0.5}, "psnr", "no column 'psnr'"),
-        ({"m@0": float("nan")}, "fscore@0.1", "not a finite number"),
+        ({"m@0": float("inf")}, "fscore@0.1", "not a finite number"),
+        ({"m@0": "high"}, "fscore@0.1", "not a finite number"),
+        ({"m@0": float("nan")}, "fscore@0.1", "not defined (nan) in either report for every one of their 1 cases"),
     ],
 )
 def test_bad_reports_are_one_line_errors(tmp_path, capsys, b_values, metric, message):

@@ -132,6 +132,31 @@ def test_vertex_normals_sphere_and_seams():
     assert float(verts.grad.abs().sum()) > 0
 
 
+def test_is_closed_on_analytic_cases_and_as_trimesh_says_for_the_shared_meshes():
+    tm = trimesh.creation.icosphere(subdivisions=2)
+    sphere = Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces))
+    assert sphere.is_closed
+    assert not Mesh(sphere.verts, sphere.faces[1:]).is_closed  # a hole
+    assert not Mesh(sphere.verts, torch.cat([sphere.faces[:1].flip(1), sphere.faces[1:]])).is_closed  # one face flipped
+    two = torch.cat([sphere.faces, sphere.faces + sphere.num_verts])
+    assert Mesh(torch.cat([sphere.verts, sphere.verts + 3.0]), two).is_closed  # two closed parts
+    assert Mesh(torch.cat([sphere.verts, sphere.verts]), two).is_closed  # the same surface twice: winding number 2
+    shell = torch.cat([sphere.faces[1:], sphere.faces[:1].flip(1)])  # a second sheet through the first face's edges
+    assert not Mesh(sphere.verts, torch.cat([sphere.faces, shell[-1:]])).is_closed
+    # Every face on its own vertices, as a file split at UV seams and normals stores them: welded, still closed.
+    corners = sphere.verts[sphere.faces.reshape(-1)]
+    assert Mesh(corners, torch.arange(len(corners)).reshape(-1, 3)).is_closed
+    assert not Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 0, 0]]), torch.tensor([[0, 1, 2]])).is_closed
+    # trimesh's count: closed when no edge is used an odd number of times (the dragon has edges of 4 faces, no
+    # boundary) and the faces' windings agree; the bust, Suzanne and the teapot have boundary edges.
+    for path in sorted(SHARED_MESHES.glob("*.ply")):
+        reference = trimesh.load(path, process=False)
+        reference.merge_vertices(merge_tex=True, merge_norm=True)
+        _, uses = np.unique(reference.edges_sorted, axis=0, return_counts=True)
+        expected = bool((uses % 2 == 0).all()) and reference.is_winding_consistent
+        assert load_mesh(path).is_closed == expected, path.name
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -467,6 +492,17 @@ def test_failed_obj_text_leaves_no_companion_files(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_mesh(_textured_sphere(), tmp_path / "mesh.obj")
     assert os.listdir(tmp_path) == []
+
+
+def test_json_is_written_strict_with_undefined_numbers_as_null(tmp_path):
+    path = tmp_path / "scores.json"
+    atomic.atomic_write_json(path, {"f": 0.5, "v": math.nan, "rows": [{"c": math.inf}, (1, -math.inf)], "n": 3})
+    text = path.read_text()
+    assert text.endswith("\n") and "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"f": 0.5, "v": None, "rows": [{"c": None}, [1, None]], "n": 3}
+    with pytest.raises(TypeError):  # not JSON at all: refused, nothing written
+        atomic.atomic_write_json(tmp_path / "bad.json", {"x": object()})
+    assert not list(tmp_path.glob("*bad*"))
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):

@@ -110,8 +110,9 @@ class Mesh:
     @property
     def is_closed(self) -> bool:
         """Whether the surface bounds a solid: with vertices at the same position welded (copies split at UV seams),
-        every edge is shared by exactly two faces that run along it in opposite directions (closed and consistently
-        oriented; several closed parts are closed). Faces that welding collapses are ignored; no face: not closed."""
+        every edge is run along as often in one direction as in the other by the faces around it (closed and
+        consistently oriented, so the winding number is defined everywhere; closed parts that touch or overlap
+        count as closed). Faces that welding collapses are ignored; no face: not closed."""
         _, position_id = torch.unique(self.verts.detach(), dim=0, return_inverse=True)
         faces = position_id[self.faces]
         faces = faces[(faces != faces.roll(1, dims=1)).all(dim=1)]
@@ -120,7 +121,10 @@ class Mesh:
         n = int(position_id.max()) + 1
         start, end = faces.reshape(-1), faces.roll(-1, dims=1).reshape(-1)  # directed edges, face by face
         edges, counts = torch.unique(start * n + end, return_counts=True)
-        return bool((counts == 1).all()) and bool(torch.isin(end * n + start, edges).all())
+        reverse = torch.searchsorted(edges, end * n + start).clamp(max=len(edges) - 1)
+        if not bool((edges[reverse] == end * n + start).all()):
+            return False
+        return bool((counts[reverse] == counts[torch.searchsorted(edges, start * n + end)]).all())
 
     @property
     def vertex_normals(self) -> torch.Tensor:
