@@ -98,7 +98,7 @@ def test_integer_images_are_scaled_to_unit_floats(dtype):
     np.testing.assert_allclose(out.rgb[(r0 + r1) // 2, (c0 + c1) // 2], (0.2, (top // 2) / top, 1.0), atol=1e-6)
 
 
-def test_matting_model_onnx(tmp_path):
+def test_matting_model_onnx(tmp_path, monkeypatch):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
@@ -119,8 +119,19 @@ def test_matting_model_onnx(tmp_path):
     path = tmp_path / "fake.onnx"
     onnx.save(model, path)
     img = _square_on((0.0, 0.0, 1.0), size=(64, 64), box=(16, 48, 8, 40))
+    import onnxruntime
+
+    loads = []
+    session = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: loads.append(a) or session(*a, **k))
     alpha = matting_alpha(img, path)
     assert _bbox(alpha > 0.5) == (16, 48, 8, 40)
+    np.testing.assert_array_equal(matting_alpha(img, path), alpha)
+    assert len(loads) == 1  # loaded once for a folder of photos
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8,
+                                doc_string="changed"), path)  # fmt: skip
+    matting_alpha(img, path)
+    assert len(loads) == 2  # a changed file is loaded again
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="cannot load matting model"):
         matting_alpha(img, tmp_path / "bad.onnx")

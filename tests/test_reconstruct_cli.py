@@ -489,6 +489,15 @@ def test_bad_paths(image_path, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_matting_model_fails_before_any_image_even_one_that_does_not_need_it(image_path, tmp_path, capsys):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    for model, message in ((tmp_path / "missing.onnx", "matting model not found"),
+                           (tmp_path / "junk.onnx", "cannot load matting model")):  # fmt: skip
+        code, _, err = reconstruct([image_path], tmp_path / "out", "--matting-model", str(model), capsys=capsys)
+        assert_one_line_error(code, err, message, model.name)
+        assert not (tmp_path / "out").exists()
+
+
 def test_render_command_bad_input(tmp_path, capsys):
     code, _, err = run(["render", str(tmp_path / "missing.glb"), "--quiet"], capsys)
     assert_one_line_error(code, err, "not found")

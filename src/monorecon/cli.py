@@ -246,10 +246,10 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
         CommandError: a refused value, named by its flag.
     """
     from .api import ReconstructOptions
-    from .preprocess import PreprocessConfig
+    from .preprocess import PreprocessConfig, matting_session
 
     try:
-        return ReconstructOptions(
+        options = ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=not args.no_remove_bg,
                 foreground_ratio=args.foreground_ratio,
@@ -270,6 +270,9 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             origin=args.origin,
             seed=args.seed,
         )
+        if args.matting_model is not None:  # a bad file fails now, not at the first photo that needs it
+            matting_session(args.matting_model)
+        return options
     except ValueError as err:
         message = str(err)
         for field_name, flag in _RECONSTRUCT_FLAGS.items():

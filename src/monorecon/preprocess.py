@@ -22,9 +22,11 @@ eval --prepare``) and gives the motion of the scene that matches it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +119,31 @@ def border_alpha(rgb: np.ndarray, tolerance: float = 0.1, min_plain_border: floa
     return alpha
 
 
+def matting_session(model_path: str | Path) -> Any:
+    """The ``onnxruntime`` session of a salient-object model, loaded once per file (a changed file is loaded again).
+
+    Raises:
+        ValueError: onnxruntime missing, or the file missing or not a model onnxruntime can load.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ValueError(f"matting model not found: {model_path}")
+    stat = model_path.stat()
+    return _load_matting_session(str(model_path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_matting_session(path: str, mtime_ns: int, size: int) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError("--matting-model needs onnxruntime (pip install onnxruntime)") from None
+    try:
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for corrupt files
+        raise ValueError(f"cannot load matting model {path}: {str(err).splitlines()[0]}") from None
+
+
 def matting_alpha(rgb: np.ndarray, model_path: str | Path) -> np.ndarray:
     """Alpha from a salient-object ONNX model (U2Net-family or ISNet input layout).
 
@@ -129,18 +156,11 @@ def matting_alpha(rgb: np.ndarray, model_path: str | Path) -> np.ndarray:
 
     Returns:
         (H, W) float32 alpha in [0, 1].
+
+    Raises:
+        ValueError: as :func:`matting_session`.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ValueError("--matting-model needs onnxruntime (pip install onnxruntime)") from None
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ValueError(f"matting model not found: {model_path}")
-    try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types for corrupt files
-        raise ValueError(f"cannot load matting model {model_path}: {str(err).splitlines()[0]}") from None
+    session = matting_session(model_path)
     spec = session.get_inputs()[0]
     side = spec.shape[-1] if isinstance(spec.shape[-1], int) else 320
     resized = np.asarray(
