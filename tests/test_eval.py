@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -210,11 +211,18 @@ def test_volume_iou_is_only_scored_against_closed_ground_truths(tmp_path, capsys
     assert "volume_iou 1 of 2" in (tmp_path / "r" / "summary.md").read_text()
     strict = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=pytest.fail)
     assert strict["n_scored"]["volume_iou"] == 1
+    assert main(["eval", "--model", "sphere", "--data", str(tmp_path / "meshes"), "-o", str(tmp_path / "c"),
+                 "--points", "1000", "--volume-iou", "16"]) == 0  # fmt: skip
+    assert re.search(r"volume_iou [01]\.\d{4} \(1 of 2\)", capsys.readouterr().out)
     # monorecon metrics says so too, and writes null, not NaN, in its JSON.
     args = ["metrics", str(tmp_path / "meshes" / "ball.ply"), str(tmp_path / "meshes" / "bowl.ply"), "--points", "500"]
     assert main([*args, "--volume-iou", "16", "--json", str(tmp_path / "m.json")]) == 0
     assert "volume_iou n/a (the reference is not closed)" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)["volume_iou"] is None
+    (tmp_path / "meshes" / "ball.ply").unlink()
+    assert main(["eval", "--model", "sphere", "--data", str(tmp_path / "meshes"), "-o", str(tmp_path / "d"),
+                 "--points", "1000", "--volume-iou", "16"]) == 0  # fmt: skip
+    assert "volume_iou n/a" in capsys.readouterr().out
 
 
 def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, tmp_path):

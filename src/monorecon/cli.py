@@ -698,8 +698,14 @@ def _run_eval(args: argparse.Namespace) -> int:
         workers=workers, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
-        means = ", ".join(f"{k} {v:.4f}" for k, v in summary["mean"].items())
-        print(f"{summary['n_objects']} objects ({summary['n_failed']} failed): {means}")
+        total, scored = summary["n_objects"], summary["n_scored"]
+        means = ", ".join(
+            f"{k} n/a"
+            if not scored[k]
+            else f"{k} {v:.4f}" + (f" ({scored[k]} of {total})" if scored[k] < total else "")
+            for k, v in summary["mean"].items()
+        )
+        print(f"{total} objects ({summary['n_failed']} failed): {means}")
         print(f"report: {args.output}")
     return 0
 
