@@ -1,6 +1,6 @@
 """Render real meshes into a training set (monorecon dataset layout, every object "train").
 
-Three sources (``--source``), all fetched where they are published (nothing is committed to this repository):
+Four sources (``--source``), all fetched where they are published (nothing is committed to this repository):
 
 * ``pybullet`` (the default): the meshes of the pybullet 3.2.7 wheel, which stage 14 of the bundled model trained on
   beside procedural objects (model card). They are robot and machine parts, a teddy bear, stones, balls, tables,
