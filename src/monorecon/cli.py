@@ -769,7 +769,6 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-
     from .eval.harness import THRESHOLDS, check_volume_iou_resolution, shape_scores
     from .io.atomic import atomic_write_json
     from .io.mesh_io import load_mesh

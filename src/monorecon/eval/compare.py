@@ -92,7 +92,9 @@ def compare_reports(
     if not both:
         raise ValueError(f"the two reports share no case (e.g. {next(iter(a))!r} vs {next(iter(b))!r})")
     if not shared:
-        raise ValueError(f"{metric} is not defined (nan) in either report for every one of their {len(both)} cases")
+        raise ValueError(
+            f"{metric} is not defined (nan) in one report or the other in each of their {len(both)} shared cases"
+        )
     value_a, value_b = np.array([a[k] for k in shared]), np.array([b[k] for k in shared])
     difference = value_b - value_a
     mean = float(difference.mean())
