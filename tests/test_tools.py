@@ -317,4 +317,7 @@ def test_zeroad_meshes_are_filtered_and_written(training_tool, tool, tmp_path, c
     assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "zeroad", "--deb", str(local)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match its SHA-256" in err
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "zeroad", "--deb", str(tmp_path / "no.deb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "could not read 0ad-data" in err and "no.deb" in err
     assert not (tmp_path / "x").exists()
