@@ -125,6 +125,8 @@ def draw_in_browser(chromium: str, mesh: Mesh, tmp_path, notebook: bool = False)
     command = [
         chromium, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
         "--force-device-scale-factor=1", f"--window-size={SIZE},{SIZE}", "--virtual-time-budget=5000",
+        # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
+        "--run-all-compositor-stages-before-draw",
         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", page.as_uri(),
     ]  # fmt: skip
     subprocess.run(command, capture_output=True, timeout=120, check=True)
