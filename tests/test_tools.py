@@ -320,4 +320,10 @@ def test_zeroad_meshes_are_filtered_and_written(training_tool, tool, tmp_path, c
     assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "zeroad", "--deb", str(tmp_path / "no.deb")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not read 0ad-data" in err and "no.deb" in err
+    empty = _deb({"usr/share/doc/0ad-data/copyright": b"x"})  # a package without the game's archive
+    local.write_bytes(empty)
+    monkeypatch.setattr(training_tool, "ZEROAD_DEB", {"0ad-data": ("1", "http://x", hashlib.sha256(empty).hexdigest())})
+    assert training_tool.main(["-o", str(tmp_path / "x"), "--source", "zeroad", "--deb", str(local)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "public.zip is not in the 0ad-data package" in err
     assert not (tmp_path / "x").exists()

@@ -268,7 +268,9 @@ def zeroad_meshes(deb_archive) -> list[tuple[str, np.ndarray, np.ndarray]]:
             used = verts[np.unique(faces)] if len(faces) else verts[:0]
             extent = np.ptp(used, axis=0) if len(used) else np.zeros(3)
             key = (verts.tobytes(), faces.tobytes())
-            if len(faces) < ZEROAD_MIN_FACES or extent.min() < ZEROAD_MIN_ASPECT * extent.max() or key in seen:
+            if not ZEROAD_MIN_FACES <= len(faces) <= MAX_FACES or extent.min() < ZEROAD_MIN_ASPECT * extent.max():
+                continue
+            if key in seen:
                 continue
             if projected_fill(verts, faces).min() < ZEROAD_MIN_FILL:
                 continue
@@ -355,17 +357,13 @@ def render_sweethome3d_model(
 def render_zeroad_mesh(
     out_dir: Path, item: tuple[int, str, np.ndarray, np.ndarray], seed: int, variants: int
 ) -> list[dict]:
-    """Render ``variants`` objects of 0 A.D. mesh ``index`` into ``out_dir/z{index:04d}_{k:02d}_{name}``; [] (and a
-    line on stderr) when skipped."""
+    """Render ``variants`` objects of 0 A.D. mesh ``index`` (filtered by :func:`zeroad_meshes`) into
+    ``out_dir/z{index:04d}_{k:02d}_{name}``."""
     index, path, verts, faces = item
-    name = Path(path).name.split(".")[0]
-    loaded = None
-    if len(faces) <= MAX_FACES:
-        loaded = trimesh.Trimesh(verts, faces, process=False)
-    else:
-        print(f"skipped {path}: {len(faces)} faces", file=sys.stderr)
     meta = {"seed": index, "source": ZEROAD_MESH_DIR + path}
-    return _render_variants(out_dir, f"z{index:04d}", name, loaded, np.eye(3), [seed, index], variants, meta)
+    loaded = trimesh.Trimesh(verts, faces, process=False)
+    return _render_variants(out_dir, f"z{index:04d}", Path(path).name.split(".")[0], loaded, np.eye(3), [seed, index],
+                            variants, meta)  # fmt: skip
 
 
 def _render_variants(out_dir: Path, prefix: str, name: str, loaded: trimesh.Trimesh | None, upright: np.ndarray,

@@ -134,6 +134,7 @@ def matting_session(model_path: str | Path) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _load_matting_session(path: str, mtime_ns: int, size: int) -> Any:
+    """The session of ``path``; ``mtime_ns`` and ``size`` only key the cache, so that a changed file is reloaded."""
     try:
         import onnxruntime as ort
     except ImportError:

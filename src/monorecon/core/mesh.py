@@ -107,13 +107,17 @@ class Mesh:
         """(F,) triangle areas."""
         return face_areas(self.verts, self.faces)
 
+    def _position_ids(self) -> torch.Tensor:
+        """(V,) the same id for vertices at the same position (copies split at UV seams), ids 0..P-1."""
+        return torch.unique(self.verts.detach(), dim=0, return_inverse=True)[1]
+
     @property
     def is_closed(self) -> bool:
         """Whether the surface bounds a solid: with vertices at the same position welded (copies split at UV seams),
         every edge is run along as often in one direction as in the other by the faces around it (closed and
         consistently oriented, so the winding number is defined everywhere; closed parts that touch or overlap
         count as closed). Faces that welding collapses are ignored; no face: not closed."""
-        _, position_id = torch.unique(self.verts.detach(), dim=0, return_inverse=True)
+        position_id = self._position_ids()
         faces = position_id[self.faces]
         faces = faces[(faces != faces.roll(1, dims=1)).all(dim=1)]
         if len(faces) == 0:
@@ -132,7 +136,7 @@ class Mesh:
 
         Vertices at the same position (copies split at UV seams) share one normal, so seams are not shaded.
         """
-        _, position_id = torch.unique(self.verts.detach(), dim=0, return_inverse=True)
+        position_id = self._position_ids()
         # First vertex at each position, gathered from verts so that gradients flow to the positions.
         index = torch.arange(self.num_verts, device=self.verts.device)
         first = torch.full_like(index[: int(position_id.max()) + 1], self.num_verts)

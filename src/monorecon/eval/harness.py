@@ -528,15 +528,21 @@ def shape_scores(
         pred, gt, n_points=n_points, seed=seed, search=search
     )
     scores = chamfer_and_fscore(pred_points, gt_points, THRESHOLDS)
-    if volume_iou_resolution and not gt.is_closed:
-        scores["volume_iou"] = math.nan
-    elif volume_iou_resolution:
-        moved = [
+    if volume_iou_resolution:
+        moved_pred, moved_gt = (
             Mesh(torch.from_numpy(apply_transform(mesh.verts.detach().double().cpu().numpy(), transform)), mesh.faces)
             for mesh, transform in ((pred, pred_transform), (gt, gt_transform))
-        ]
-        scores["volume_iou"] = volume_iou(*moved, volume_iou_resolution)
+        )
+        scores["volume_iou"] = _scored_volume_iou(moved_pred, moved_gt, volume_iou_resolution)
     return scores
+
+
+def _scored_volume_iou(pred: Mesh | None, gt: Mesh, resolution: int) -> float:
+    """The volume IoU as reports give it: NaN (not scored) when ``gt`` is not closed, as an open surface bounds no
+    solid; 0 for a failed case (``pred`` None)."""
+    if not gt.is_closed:
+        return math.nan
+    return 0.0 if pred is None else volume_iou(pred, gt, resolution)
 
 
 def _check_points(n_points: int) -> None:
@@ -568,16 +574,13 @@ def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[di
     if mesh is None or mesh.num_faces == 0:
         row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
         if scoring.volume_iou_resolution and not getattr(method, "frame_free", False):
-            row["volume_iou"] = 0.0 if case.gt_mesh.is_closed else math.nan
+            row["volume_iou"] = _scored_volume_iou(None, case.gt_mesh, scoring.volume_iou_resolution)
     else:
         scores = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
         row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
         if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
             if scoring.volume_iou_resolution:
-                closed = case.gt_mesh.is_closed  # an open ground truth bounds no solid: not scored
-                row["volume_iou"] = (
-                    volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution) if closed else math.nan
-                )
+                row["volume_iou"] = _scored_volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution)
             row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], scoring.render_size)
             if case.views is not None:
                 row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, scoring.render_size)
