@@ -19,6 +19,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from conftest import ChromiumRunner
 from monorecon import viewer
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh import Mesh
@@ -110,7 +111,7 @@ def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
 SIZE = 160
 
 
-def draw_in_browser(chromium: str, mesh: Mesh, tmp_path, notebook: bool = False) -> np.ndarray:
+def draw_in_browser(chromium: ChromiumRunner, mesh: Mesh, tmp_path, notebook: bool = False) -> np.ndarray:
     """(SIZE, SIZE, 3) float screenshot of the standalone viewer page of ``mesh`` at its start view (``notebook``:
     of a page holding the :class:`viewer.MeshView` output, as a notebook shows it)."""
     page = tmp_path / "viewer.html"
@@ -122,14 +123,15 @@ def draw_in_browser(chromium: str, mesh: Mesh, tmp_path, notebook: bool = False)
         viewer.save_viewer_html(mesh, page)
         page.write_text(page.read_text().replace('<div id="caption">', '<div id="caption" hidden>'))
     shot = tmp_path / "shot.png"
-    command = [
-        chromium, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--force-device-scale-factor=1", f"--window-size={SIZE},{SIZE}", "--virtual-time-budget=5000",
-        # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
-        "--run-all-compositor-stages-before-draw",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", page.as_uri(),
-    ]  # fmt: skip
-    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    chromium(
+        [
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--force-device-scale-factor=1",
+            f"--window-size={SIZE},{SIZE}", "--virtual-time-budget=5000",
+            # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
+            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page.as_uri(),
+        ],
+        tmp_path,
+    )  # fmt: skip
     return np.asarray(Image.open(shot).convert("RGB"))[:SIZE, :SIZE].astype(np.float32) / 255
 
 

@@ -137,15 +137,7 @@ for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_form
 </script></body>"""
     page = tmp_path / "page.html"
     page.write_text(client.get("/").text.replace("</body>", choose))
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = chromium(["--dump-dom", page.as_uri()], tmp_path)
     parser = FormParser()
     parser.feed(dom)
     (form,) = parser.forms
