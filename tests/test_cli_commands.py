@@ -54,7 +54,7 @@ from monorecon.cli import main
         (["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i"], "missing"),
         (
             ["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i", "--object-height", "0"],
-            "--object-height must lie in (0, 1000]",
+            "--object-height must lie in [1e-06, 1000]",
         ),
         (["train-g3dr", "{tmp}/missing.yaml"], "missing.yaml"),
         (["g3dr"], "usage"),
@@ -63,7 +63,7 @@ from monorecon.cli import main
         (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o", "--threshold", "-1"], "threshold"),
         (
             ["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o", "--object-height", "nan"],
-            "--object-height must lie in (0, 1000]",
+            "--object-height must lie in [1e-06, 1000]",
         ),
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--device", "gpu"], "--device must"),
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--device", "cuda:64"], "--device"),

@@ -149,6 +149,11 @@ def test_load_image_errors(tmp_path):
     Image.new("L", (20000, 1)).save(tmp_path / "wide.png")
     with pytest.raises(ValueError, match="larger than"):
         load_image(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match=f"^{tmp_path} is a folder, not an image$"):
+        load_image(tmp_path)
+    Image.fromarray(np.full((3, 4), 2.5, np.float32), mode="F").save(tmp_path / "hdr.tif")
+    with pytest.raises(ValueError, match=r"a float image must hold values in \[0, 1\]"):
+        load_image(tmp_path / "hdr.tif")
 
 
 def test_load_image_modes(tmp_path):
@@ -157,6 +162,9 @@ def test_load_image_modes(tmp_path):
     la, deep = load_image(tmp_path / "la.png"), load_image(tmp_path / "deep.png")
     assert la.shape == (3, 4, 4) and la[0, 0, 3] == 1.0
     assert deep.shape == (3, 4, 3) and deep.max() == pytest.approx(1.0)
+    grey = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(grey, mode="F").save(tmp_path / "float.tif")  # 32-bit float TIFF: read as it is, not as 0..255
+    np.testing.assert_array_equal(load_image(tmp_path / "float.tif"), np.repeat(grey[..., None], 3, axis=-1))
 
 
 def test_reframe_views_keeps_empty_images_and_refuses_bad_input():

@@ -225,10 +225,3 @@ def test_bad_inputs_are_refused():
     nan_colours[3, 1] = float("nan")
     with pytest.raises(ValueError, match="source"):
         fit_colour_transfer(nan_colours, colours, torch.ones(10))
-
-
-def test_reconstruct_options_refuse_a_non_boolean_project_input():
-    from monorecon.api import ReconstructOptions
-
-    with pytest.raises(ValueError, match="project_input"):
-        ReconstructOptions(project_input="no")  # a string would otherwise be true

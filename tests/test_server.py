@@ -20,7 +20,7 @@ from PIL import Image
 
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh
-from monorecon.server import MeshForm, ServerSettings, create_app, run_server
+from monorecon.server import MeshForm, ReconstructionService, ServerSettings, create_app, run_server
 
 TINY_WEIGHTS = Path(__file__).parent / "data" / "triposr_ref" / "model.safetensors"
 STUB_COLOR = (0.2, 0.6, 0.8)
@@ -310,6 +310,8 @@ def test_unusable_images_get_422(client):
         ({"mc_resolution": "4"}, "mc_resolution"),
         ({"mc_resolution": "abc"}, "mc_resolution"),
         ({"threshold": "nan"}, "threshold"),
+        ({"threshold": "0"}, "threshold"),  # densities are >= 0: no surface at a level <= 0
+        ({"threshold": "-1"}, "threshold"),
         ({"format": "fbx"}, "format"),
         ({"texture_resolution": "100000"}, "texture_resolution"),
         ({"foreground_ratio": "0"}, "foreground_ratio"),
@@ -324,6 +326,7 @@ def test_unusable_images_get_422(client):
         ({"object_height": "-1"}, "object_height"),
         ({"object_height": "nan"}, "object_height"),
         ({"object_height": "1001"}, "object_height"),
+        ({"object_height": "1e-15"}, "object_height"),  # its faces' areas underflow float32
         ({"origin": "top"}, "origin"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
         ({"format": "stl", "bake_texture": "true"}, "STL"),
@@ -334,8 +337,25 @@ def test_bad_options_get_422_naming_the_field(client, stub, data, field):
     assert stub.extract_calls == []  # refused before any model work
 
 
+def test_uploads_are_decoded_one_at_a_time_holding_the_model(stub, monkeypatch):
+    """A decoded 4096 x 4096 image takes ~0.7 GB: requests waiting for the model must not each hold one."""
+    decode, held = ReconstructionService.decode_image, []
+
+    def decode_and_record(service, data, filename):
+        held.append(service._lock._is_owned())
+        return decode(service, data, filename)
+
+    monkeypatch.setattr(ReconstructionService, "decode_image", decode_and_record)
+    client = TestClient(create_app(stub, settings=SMALL_SETTINGS, ui=False))
+    assert post(client, {"mc_resolution": "16"}).status_code == 200
+    assert held == [True]
+
+
 def test_missing_image_gets_422(client):
     assert "image" in assert_one_line_error(client.post("/reconstruct", data={"mc_resolution": "16"}), 422)
+    text = client.post("/reconstruct", data={"image": "photo.png"})  # a text field, not a file
+    message = "image: expected a file (a multipart part with a filename), got a text field"
+    assert assert_one_line_error(text, 422) == message
 
 
 def test_request_over_the_size_limit_gets_413(client, stub):

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .core.carving import SilhouetteFill, SilhouetteHull
-from .core.checks import TEXTURE_RESOLUTION_RANGE, check_device, check_int
+from .core.checks import TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh, check_placement
-from .io.images import load_image
+from .io.images import load_image, pil_to_array
 from .preprocess import DEFAULT_FOREGROUND_RATIO, PreparedImage, PreprocessConfig, preprocess_image
 
 #: Faces a mesh is decimated to before UV unwrapping when a texture is baked and no ``target_faces`` is given.
@@ -80,6 +81,13 @@ def model_foreground_ratio(model) -> float:
     return float(getattr(getattr(model, "config", None), "foreground_ratio", DEFAULT_FOREGROUND_RATIO))
 
 
+#: What :func:`reconstruct` takes as its image.
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+#: The seeds :class:`ReconstructOptions` accepts (those a browser's number field holds exactly).
+SEED_RANGE = (0, 2**31 - 1)
+
+
 @dataclass
 class ReconstructOptions:
     """Options of :func:`reconstruct` (the CLI flags of ``monorecon reconstruct``).
@@ -119,21 +127,23 @@ class ReconstructOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if not 8 <= self.mc_resolution <= 1024:
-            raise ValueError(f"mc_resolution must lie in [8, 1024], got {self.mc_resolution}")
+        if not isinstance(self.preprocess, PreprocessConfig):
+            raise ValueError(f"preprocess must be a PreprocessConfig, got {type(self.preprocess).__name__}")
+        check_int(self.mc_resolution, "mc_resolution", 8, 1024)
         check_int(self.texture_resolution, "texture_resolution", *TEXTURE_RESOLUTION_RANGE)
         if self.extraction not in ("dense", "coarse_to_fine"):
             raise ValueError(f"extraction must be 'dense' or 'coarse_to_fine', got {self.extraction!r}")
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ValueError("threshold must be finite")
-        if self.fill not in (None, True, False):
+        if self.threshold is not None:
+            check_positive(self.threshold, "threshold")  # densities are >= 0: a level <= 0 has no surface
+        for flag in ("bake_texture", "remove_floaters", "carve", "project_input", "progress"):
+            check_bool(getattr(self, flag), flag)
+        if self.fill is not None and not isinstance(self.fill, bool):
             raise ValueError(f"fill must be True, False or None (the model's setting), got {self.fill!r}")
-        if not isinstance(self.project_input, bool):
-            raise ValueError(f"project_input must be True or False, got {self.project_input!r}")
-        if self.target_faces is not None and not 4 <= self.target_faces <= 1 << 31:
-            raise ValueError(f"target_faces must lie in [4, 2**31], got {self.target_faces}")
+        if self.target_faces is not None:
+            check_int(self.target_faces, "target_faces", 4, 1 << 31)
         check_int(self.smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
         check_placement(self.object_height, self.origin, "object_height")
+        check_int(self.seed, "seed", *SEED_RANGE)
 
 
 @dataclass
@@ -172,9 +182,15 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - start
 
 
-def prepare_input(image: str | os.PathLike | np.ndarray, config: PreprocessConfig) -> PreparedImage:
-    """Load (if a path) and preprocess one image."""
-    return preprocess_image(load_image(image) if isinstance(image, str | os.PathLike) else image, config)
+def prepare_input(image: ImageInput, config: PreprocessConfig) -> PreparedImage:
+    """Load (if a path) and preprocess one image (see :func:`reconstruct` for what ``image`` may be)."""
+    if isinstance(image, str | os.PathLike):
+        image = load_image(image)
+    elif isinstance(image, Image.Image):
+        image = pil_to_array(image)
+    elif not isinstance(image, np.ndarray | torch.Tensor):
+        raise ValueError(f"image must be a path, a PIL image or an (H, W, 3|4) array, got {type(image).__name__}")
+    return preprocess_image(image, config)
 
 
 def input_silhouette_hull(
@@ -209,9 +225,7 @@ def input_view_weight(
     return hull.filled(lambda points: model.query(code, points)[0][:, 0], threshold, model.config.renderer.radius)
 
 
-def reconstruct_full(
-    image: str | os.PathLike | np.ndarray, model=None, options: ReconstructOptions | None = None
-) -> Reconstruction:
+def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions | None = None) -> Reconstruction:
     """Image -> preprocessed input -> scene code -> mesh (optionally texture-baked). See :func:`reconstruct`."""
     from .core.bake import bake_texture
     from .core.extract import cleanup_mesh
@@ -267,11 +281,11 @@ def reconstruct_full(
     return Reconstruction(mesh, prepared, scene_code, timings)
 
 
-def reconstruct(image: str | os.PathLike | np.ndarray, model=None, **options) -> Mesh:
+def reconstruct(image: ImageInput, model=None, **options) -> Mesh:
     """Reconstruct a textured mesh from one image.
 
     Args:
-        image: a path, or an (H, W, 3|4) array: float in [0, 1], or uint8 / uint16 (``np.asarray`` of a PIL image).
+        image: a path, a PIL image, or an (H, W, 3|4) array or tensor: float in [0, 1], or uint8 / uint16.
         model: from :func:`load_model`; default the bundled model.
         **options: fields of :class:`ReconstructOptions` (``mc_resolution``, ``threshold``, ``bake_texture``, ...;
             ``preprocess`` takes a :class:`PreprocessConfig`).

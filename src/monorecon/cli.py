@@ -231,11 +231,13 @@ def _placement(args: argparse.Namespace) -> dict[str, Any]:
 #: API fields of :class:`monorecon.api.ReconstructOptions` -> the ``reconstruct`` flags that set them (error messages).
 _RECONSTRUCT_FLAGS = {
     "mc_resolution": "--mc-resolution",
+    "threshold": "--threshold",
     "texture_resolution": "--texture-resolution",
     "target_faces": "--target-faces",
     "smooth_iterations": "--smooth",
     "object_height": "--object-height",
     "foreground_ratio": "--foreground-ratio",
+    "seed": "--seed",
 }
 
 

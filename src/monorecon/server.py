@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .api import (
+    SEED_RANGE,
     Reconstruction,
     ReconstructOptions,
     load_model,
@@ -84,7 +85,6 @@ MESH_MEDIA_TYPES = {
     "usdz": "model/vnd.usdz+zip",
 }
 _DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply", "stl": ".stl", "usdz": ".usdz"}
-_MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         ] = settings.default_mc_resolution,
         threshold: Annotated[
             float | None,
-            Form(allow_inf_nan=False, description="density iso level of the surface (default: the model's)"),
+            Form(gt=0, allow_inf_nan=False, description="density iso level of the surface (default: the model's)"),
         ] = None,
         bake_texture: Annotated[bool, Form(description="bake a UV texture instead of vertex colours")] = False,
         texture_resolution: Annotated[
@@ -261,7 +261,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             Literal[PLACEMENT_ORIGINS],
             Form(description="the mesh's origin: the model's frame, the bounding box's center, or its bottom (y = 0)"),
         ] = "model",
-        seed: Annotated[int, Form(ge=0, le=_MAX_SEED)] = 0,
+        seed: Annotated[int, Form(ge=SEED_RANGE[0], le=SEED_RANGE[1])] = 0,
     ) -> MeshForm:
         return MeshForm(
             image=await image.read(),
@@ -352,8 +352,8 @@ class ReconstructionService:
             options = form.to_options()
         except ValueError as err:
             raise HTTPException(422, _one_line(str(err))) from None
-        image = self.decode_image(form.image, form.filename)
-        with self.exclusive():
+        with self.exclusive():  # decoding too: a 4096 x 4096 image takes ~0.7 GB, which waiting requests would hold
+            image = self.decode_image(form.image, form.filename)
             start = time.perf_counter()
             try:
                 result = reconstruct_full(image, self.model, options)
@@ -575,7 +575,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     parts = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "form"))
-        parts.append(f"{field}: {error.get('msg', 'invalid')}" if field else str(error.get("msg", "invalid")))
+        message = str(error.get("msg", "invalid"))
+        if "Expected UploadFile" in message:  # a part without a filename is a text field
+            message = "expected a file (a multipart part with a filename), got a text field"
+        parts.append(f"{field}: {message}" if field else message)
     return JSONResponse({"detail": _one_line("; ".join(parts) or "invalid request")}, status_code=422)
 
 

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
-from .api import timed
+from .api import SEED_RANGE, timed
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT
 from .io.images import png_bytes
@@ -155,7 +155,7 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         _select("origin", "Origin", [("model", "model frame"), ("center", "bounding-box centre"),
                                      ("bottom", "bottom (stands on y = 0)")],
                 "where the mesh's origin lies (AR viewers and game engines expect the bottom)"),
-        _number("seed", "Seed", 0, 0, 2**31 - 1, 1, None),
+        _number("seed", "Seed", 0, *SEED_RANGE, 1, None),
     ]  # fmt: skip
     parameters = model_summary.get("parameters")
     model_line = html.escape(

@@ -74,6 +74,22 @@ def check_int(value: object, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+def check_bool(value: object, name: str) -> bool:
+    """Check a flag is True or False (not a string such as ``"no"``, which Python would read as true); return it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_positive(value: object, name: str) -> float:
+    """Check a real option (not a bool or a string) is finite and above 0; return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return float(value)
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """Resolve a device: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda" or "cuda:N".
 

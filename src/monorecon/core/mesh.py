@@ -25,12 +25,13 @@ from PIL import Image
 from .checks import check_tensor
 from .shading import face_areas, face_normals, vertex_normals
 
-__all__ = ["MAX_PLACED_HEIGHT", "PLACEMENT_ORIGINS", "Mesh", "check_placement", "colors_to_uint8"]
+__all__ = ["MAX_PLACED_HEIGHT", "MIN_PLACED_HEIGHT", "PLACEMENT_ORIGINS", "Mesh", "check_placement", "colors_to_uint8"]
 
 #: Where :meth:`Mesh.placed` can put the origin.
 PLACEMENT_ORIGINS = ("model", "center", "bottom")
-#: The largest height :meth:`Mesh.placed` scales a mesh to (a kilometre, in metres).
-MAX_PLACED_HEIGHT = 1e3
+#: The smallest and largest heights :meth:`Mesh.placed` scales a mesh to (a micrometre and a kilometre, in metres;
+#: far smaller meshes lose their faces' areas to float32 underflow).
+MIN_PLACED_HEIGHT, MAX_PLACED_HEIGHT = 1e-6, 1e3
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +175,7 @@ class Mesh:
             The placed copy, or this mesh itself when there is nothing to do (no height, origin ``"model"``).
 
         Raises:
-            ValueError: an unknown ``origin``, a ``height`` that is not positive and finite, or a mesh with no
+            ValueError: an unknown ``origin``, a ``height`` outside [1e-6, 1e3] or not finite, or a mesh with no
                 extent along +Y to scale.
         """
         check_placement(height, origin)
@@ -241,12 +242,13 @@ class Mesh:
 
 
 def check_placement(height: float | None, origin: str, height_name: str = "height") -> None:
-    """Raise ValueError unless ``height`` (None or in (0, :data:`MAX_PLACED_HEIGHT`]) and ``origin`` (one of
-    :data:`PLACEMENT_ORIGINS`) are valid arguments of :meth:`Mesh.placed`; ``height_name`` names the height."""
+    """Raise ValueError unless ``height`` (None or in [:data:`MIN_PLACED_HEIGHT`, :data:`MAX_PLACED_HEIGHT`]) and
+    ``origin`` (one of :data:`PLACEMENT_ORIGINS`) are valid arguments of :meth:`Mesh.placed`; ``height_name`` names
+    the height."""
     if origin not in PLACEMENT_ORIGINS:
         raise ValueError(f"origin must be one of {', '.join(PLACEMENT_ORIGINS)}, got {origin!r}")
-    if height is not None and not (math.isfinite(height) and 0 < height <= MAX_PLACED_HEIGHT):
-        raise ValueError(f"{height_name} must lie in (0, {MAX_PLACED_HEIGHT:g}], got {height}")
+    if height is not None and not (math.isfinite(height) and MIN_PLACED_HEIGHT <= height <= MAX_PLACED_HEIGHT):
+        raise ValueError(f"{height_name} must lie in [{MIN_PLACED_HEIGHT:g}, {MAX_PLACED_HEIGHT:g}], got {height}")
 
 
 def colors_to_uint8(colors: torch.Tensor) -> np.ndarray:

@@ -24,12 +24,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Read an image file as float32 RGB or RGBA in [0, 1], EXIF orientation applied.
 
-    Greyscale and palette images become RGB (RGBA if they carry transparency); 16-bit images are scaled to [0, 1].
+    Greyscale and palette images become RGB (RGBA if they carry transparency); 16-bit images are scaled to [0, 1];
+    32-bit float greyscale images (TIFF) must already lie in [0, 1].
 
     Raises:
         ValueError: missing, empty, unreadable or corrupt file, or a side longer than ``max_side``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     if path.stat().st_size == 0:
@@ -51,6 +54,11 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32)
         arr = arr / (65535.0 if arr.max() > 255 else 255.0)
         return np.repeat(arr[..., None], 3, axis=-1).clip(0, 1)
+    if img.mode == "F":  # 32-bit float (TIFF): intensities in [0, 1], as float arrays are read
+        arr = np.asarray(img, dtype=np.float32)
+        if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+            raise ValueError("a float image must hold values in [0, 1] (NaN, infinite or out-of-range pixels)")
+        return np.repeat(arr[..., None], 3, axis=-1)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     img = img.convert("RGBA" if has_alpha else "RGB")
     arr = np.asarray(img, dtype=np.float32) / 255.0

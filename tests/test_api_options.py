@@ -1,0 +1,71 @@
+"""The Python API refuses bad options and inputs up front, naming them (before any model work)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monorecon.api import ReconstructOptions, prepare_input
+from monorecon.preprocess import PreprocessConfig
+
+BAD_OPTIONS = {
+    "bake_texture": ({"bake_texture": "no"}, "bake_texture must be True or False, got 'no'"),  # "no" is truthy
+    "carve": ({"carve": 0}, "carve must be True or False, got 0"),
+    "remove_floaters": ({"remove_floaters": "false"}, "remove_floaters must be True or False"),
+    "project_input": ({"project_input": "no"}, "project_input must be True or False"),
+    "progress": ({"progress": None}, "progress must be True or False, got None"),
+    "mc_resolution-str": ({"mc_resolution": "16"}, "mc_resolution must be an integer, got '16'"),
+    "mc_resolution-float": ({"mc_resolution": 8.5}, "mc_resolution must be an integer, got 8.5"),
+    "mc_resolution-range": ({"mc_resolution": 4}, r"mc_resolution must lie in \[8, 1024\], got 4"),
+    "threshold-str": ({"threshold": "10"}, "threshold must be a number, got '10'"),
+    "threshold-zero": ({"threshold": 0.0}, "threshold must be positive and finite, got 0.0"),
+    "threshold-negative": ({"threshold": -1}, "threshold must be positive and finite, got -1"),
+    "threshold-inf": ({"threshold": float("inf")}, "threshold must be positive and finite, got inf"),
+    "target_faces": ({"target_faces": 10.5}, "target_faces must be an integer"),
+    "seed-negative": ({"seed": -1}, r"seed must lie in \[0, 2147483647\], got -1"),
+    "seed-huge": ({"seed": 2**64}, r"seed must lie in \[0, 2147483647\]"),
+    "seed-float": ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+    "object_height-tiny": ({"object_height": 1e-15}, r"object_height must lie in \[1e-06, 1000\], got 1e-15"),
+    "preprocess": ({"preprocess": {"foreground_ratio": 0.5}}, "preprocess must be a PreprocessConfig, got dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_options_are_refused_with_their_name(case):
+    options, message = BAD_OPTIONS[case]
+    with pytest.raises(ValueError, match=f"^{message}"):
+        ReconstructOptions(**options)
+
+
+def test_good_options_pass():
+    options = ReconstructOptions(mc_resolution=np.int64(64), threshold=np.float32(2.5), seed=2**31 - 1)
+    assert options.mc_resolution == 64 and options.object_height is None
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [(None, "NoneType"), (b"/x.png", "bytes"), ([[0.5, 0.5, 0.5]], "list")],
+)
+def test_prepare_input_refuses_what_is_not_an_image(image, message):
+    expected = rf"^image must be a path, a PIL image or an \(H, W, 3\|4\) array, got {message}$"
+    with pytest.raises(ValueError, match=expected):
+        prepare_input(image, PreprocessConfig())
+
+
+def test_prepare_input_names_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder, not an image"):
+        prepare_input(tmp_path, PreprocessConfig())
+
+
+def test_prepare_input_reads_a_palette_pil_image_by_its_colours():
+    """``np.asarray`` of a palette image gives its indices (H, W); the API reads its colours and transparency."""
+    indices = np.zeros((40, 60), np.uint8)
+    indices[10:30, 20:40] = 1  # a red 20 x 20 square on palette entry 0, which is transparent
+    palette_image = Image.fromarray(indices, mode="P")
+    palette_image.putpalette([0, 0, 255, 255, 0, 0] + [0] * 762)
+    palette_image.info["transparency"] = 0
+    rgba = np.zeros((40, 60, 4), np.float32)
+    rgba[10:30, 20:40] = (1.0, 0.0, 0.0, 1.0)
+    config = PreprocessConfig(output_size=None)
+    from_pil, expected = prepare_input(palette_image, config), prepare_input(rgba, config)
+    np.testing.assert_array_equal(from_pil.alpha, expected.alpha)
+    np.testing.assert_array_equal(from_pil.rgb, expected.rgb)
