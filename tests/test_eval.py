@@ -225,6 +225,40 @@ def test_volume_iou_is_only_scored_against_closed_ground_truths(tmp_path, capsys
     assert "volume_iou n/a" in capsys.readouterr().out
 
 
+def test_unreadable_objects_are_named_skipped_and_counted(eval_dataset, tmp_path, capsys):
+    import shutil
+
+    import trimesh
+
+    from monorecon.cli import main
+    from monorecon.core.checks import SkippedInputWarning
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(subdivisions=2).export(meshes / "ball.glb")
+    (meshes / "cut.glb").write_bytes((meshes / "ball.glb").read_bytes()[:300])  # truncated
+    (meshes / "points.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\n"
+                                       "property float z\nend_header\n0 0 0\n")  # fmt: skip
+    code = main(["eval", "--model", "sphere", "--data", str(meshes), "-o", str(tmp_path / "r"), "--points", "500",
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 3, err
+    assert "skipping mesh" in err[0] and "cut.glb" in err[0] and "points.ply" in err[1]
+    assert err[2] == "monorecon: 2 objects skipped (unreadable files, named above)"
+    assert [row["object_id"] for row in _rows(tmp_path / "r")] == ["ball"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (summary["n_objects"], summary["n_skipped"]) == (1, 2)
+    assert "2 objects of the data were left out" in (tmp_path / "r" / "summary.md").read_text()
+
+    # A synthetic dataset: an object with a corrupt view is left out the same way.
+    data = tmp_path / "synth"
+    shutil.copytree(eval_dataset, data)
+    (next(data.glob("*/rgba/000.png"))).write_text("not a png")
+    with pytest.warns(SkippedInputWarning, match="skipping object"):
+        summary = evaluate("sphere", data, tmp_path / "s", n_points=500, progress=False, n_grid_cases=0)
+    assert (summary["n_objects"], summary["n_skipped"]) == (1, 1)
+
+
 def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, tmp_path):
     config = TripoSRConfig.from_dict(
         {

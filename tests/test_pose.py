@@ -134,5 +134,8 @@ def test_bad_input():
         Mesh(torch.zeros(3, 3), torch.zeros(0, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="mesh must be"):
         fit_pose(object(), torch.zeros(32, 32, 3))
+    collapsed = Mesh(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]))  # one face of zero area: nothing renders
+    with pytest.raises(ValueError, match="the mesh has no surface to fit"):
+        fit_pose(collapsed, torch.zeros(32, 32, 3))
     with pytest.raises(ValueError, match="coarse_max_faces"):
         fit_pose(mesh, torch.zeros(32, 32, 3), coarse_max_faces=10)

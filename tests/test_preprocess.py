@@ -156,6 +156,20 @@ def test_load_image_errors(tmp_path):
         load_image(tmp_path / "hdr.tif")
 
 
+def test_load_image_is_silent_between_pils_bomb_warning_and_its_limit(tmp_path, monkeypatch):
+    """``max_side`` decides what is too large: PIL's decompression-bomb warning must not reach the user."""
+    import warnings
+
+    Image.new("RGB", (12, 12), (10, 20, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: PIL warns above 100, refuses above 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(tmp_path / "big.png").shape == (12, 12, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70)
+    with pytest.raises(ValueError, match=r"cannot read image .*decompression bomb"):
+        load_image(tmp_path / "big.png")
+
+
 def test_load_image_modes(tmp_path):
     Image.new("LA", (4, 3), (128, 255)).save(tmp_path / "la.png")
     Image.new("I;16", (4, 3), 65535).save(tmp_path / "deep.png")

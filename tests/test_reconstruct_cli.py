@@ -301,11 +301,13 @@ def test_folder_with_a_corrupt_image_skips_it_and_fails_at_the_end(tmp_path, cap
     for index in range(2):
         save_image(object_image(seed=index), folder / f"good{index}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "moved.png").symlink_to(tmp_path / "gone.png")  # a broken link is reported too, not left out
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     code, out, err = reconstruct([folder], tmp_path / "out", "--workers", workers, "--format", "ply", capsys=capsys)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 2 and "broken.png" in lines[0] and "1 of 3 inputs failed" in lines[1], err
+    assert len(lines) == 3 and "broken.png" in lines[0] and "moved.png" in lines[1], err
+    assert "2 of 4 inputs failed" in lines[2], err
     assert "Traceback" not in err and out == ""  # --quiet
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0", "good1"]
     assert_no_temporaries(tmp_path / "out")

@@ -5,7 +5,7 @@ import torch
 import trimesh
 
 from monorecon.core.mesh import Mesh
-from monorecon.video import turntable_from_mesh
+from monorecon.video import save_turntable, turntable_from_mesh
 
 
 def test_turntable_shows_facing_colours_unchanged_and_turns_towards_plus_x():
@@ -31,10 +31,25 @@ def test_turntable_frames_a_mesh_in_any_units_and_position():
     mesh = Mesh(verts, faces, vertex_colors=colours)
     frames = turntable_from_mesh(mesh, 2, size=64, progress=False)
     far = Mesh(verts * 250.0 + torch.tensor([1000.0, -40.0, 7.0]), faces, vertex_colors=colours)  # millimetres
-    for frame, other in zip(frames, turntable_from_mesh(far, 2, size=64, progress=False), strict=True):
-        assert np.abs(frame.astype(int) - other.astype(int)).max() <= 2
+    huge = Mesh(verts * 1e25, faces, vertex_colors=colours)  # squared float32 coordinates overflow
+    for other_mesh in (far, huge):
+        for frame, other in zip(frames, turntable_from_mesh(other_mesh, 2, size=64, progress=False), strict=True):
+            assert np.abs(frame.astype(int) - other.astype(int)).max() <= 2
     # The capsule (radius 0.8 about its centre) scaled to 0.6 fills the frame's height: asin(0.6 / 1.9) of 20 deg.
     rows = np.nonzero((frames[0] < 250).any(axis=(1, 2)))[0]
     assert 0 < rows[0] <= 6 and 57 <= rows[-1] < 63
     unfitted = turntable_from_mesh(far, 1, size=64, progress=False, fit=False)[0]
     assert (unfitted >= 250).all()  # in its own units it is out of view
+
+
+def test_odd_sized_turntables_save_a_playable_mp4_and_the_exact_gif(tmp_path):
+    """H.264 (yuv420p) needs even sides: ffmpeg used to write an empty MP4 for odd ones, without an error."""
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    frames = [np.full((17, 17, 3), level, np.uint8) for level in (40, 200)]
+    mp4, gif = save_turntable(frames, tmp_path / "spin", fps=4)
+    video = imageio.mimread(mp4, format="FFMPEG")
+    assert len(video) == 2 and video[0].shape == (18, 18, 3)  # the last row and column repeated
+    assert abs(float(video[1].mean()) - 200) < 3 and abs(float(video[0].mean()) - 40) < 3
+    assert Image.open(gif).size == (17, 17)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .core.carving import SilhouetteFill, SilhouetteHull
-from .core.checks import TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
+from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh, check_placement
 from .io.images import load_image, pil_to_array
@@ -83,9 +83,6 @@ def model_foreground_ratio(model) -> float:
 
 #: What :func:`reconstruct` takes as its image.
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
-
-#: The seeds :class:`ReconstructOptions` accepts (those a browser's number field holds exactly).
-SEED_RANGE = (0, 2**31 - 1)
 
 
 @dataclass

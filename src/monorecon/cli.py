@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .io.atomic import check_folder_exists, check_output_folder
 from .io.mesh_io import MESH_FORMATS, gets_baked_texture
 
 if TYPE_CHECKING:
@@ -159,7 +160,8 @@ def _collect_images(inputs: Iterable[Path]) -> list[Path]:
     images: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            # not is_file(): a broken link named *.png is an input that fails (reported), not one silently left out
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not found:
                 raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
             images.extend(found)
@@ -364,8 +366,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
     if not 16 <= args.render_size <= 2048:
         raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
-    if args.output.exists() and not args.output.is_dir():
-        raise CommandError(f"output {args.output} exists and is not a folder")
+    check_output_folder(args.output)
     device = _device(args)
     workers = min(_workers(args, device), len(images))
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
@@ -428,7 +429,6 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 def _run_render(args: argparse.Namespace) -> int:
     from .core.checks import check_int
-    from .io.atomic import check_folder_exists
     from .io.mesh_io import load_mesh
     from .video import TURNTABLE_FPS_RANGE, save_turntable, turntable_from_mesh
 
@@ -487,7 +487,6 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from .core.bake import bake_texture
     from .core.checks import TEXTURE_RESOLUTION_RANGE, check_int
-    from .io.atomic import check_folder_exists
     from .io.mesh_io import load_mesh, save_mesh
 
     fmt = args.output.suffix.lstrip(".").lower()
@@ -670,10 +669,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .eval.harness import PredictionFolder, check_volume_iou_resolution, evaluate, export_inputs
+    from .eval.harness import PredictionFolder, check_points, check_volume_iou_resolution, evaluate, export_inputs
 
     azimuths = _float_list(args.azimuths, "--azimuths")
-    _check_points(args.points)  # before a model is loaded
+    check_points(args.points, "--points")  # before a model is loaded
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
     device = _device(args) if loads_model else None
@@ -709,15 +708,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         )
         print(f"{total} objects ({summary['n_failed']} failed): {means}")
         print(f"report: {args.output}")
+    if summary["n_skipped"]:
+        print(f"monorecon: {summary['n_skipped']} objects skipped (unreadable files, named above)", file=sys.stderr)
+        return 2
     return 0
-
-
-def _check_points(points: int) -> None:
-    """``--points`` of ``eval`` and ``metrics`` (the harness needs at least 100 surface points per shape)."""
-    from .eval.harness import MIN_POINTS
-
-    if points < MIN_POINTS:
-        raise CommandError(f"--points must be >= {MIN_POINTS}, got {points}")
 
 
 def _add_eval_compare(sub: argparse._SubParsersAction) -> None:
@@ -771,11 +765,11 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    from .eval.harness import THRESHOLDS, check_volume_iou_resolution, shape_scores
+    from .eval.harness import THRESHOLDS, check_points, check_volume_iou_resolution, shape_scores
     from .io.atomic import atomic_write_json
     from .io.mesh_io import load_mesh
 
-    _check_points(args.points)
+    check_points(args.points, "--points")
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     mesh, reference = load_mesh(args.mesh), load_mesh(args.reference)
     scores = shape_scores(
@@ -819,6 +813,7 @@ def _run_fit_pose(args: argparse.Namespace) -> int:
     from .io.images import load_image
     from .io.mesh_io import load_mesh
 
+    check_output_folder(args.output)
     result = fit_pose(
         load_mesh(args.mesh), load_image(args.image), fov_deg=args.fov, restarts=args.restarts, steps=args.steps,
         lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,

@@ -45,7 +45,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .api import (
-    SEED_RANGE,
     Reconstruction,
     ReconstructOptions,
     load_model,
@@ -55,7 +54,7 @@ from .api import (
     reconstruct_full,
     timed,
 )
-from .core.checks import TEXTURE_RESOLUTION_RANGE, check_int
+from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image

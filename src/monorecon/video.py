@@ -61,14 +61,16 @@ def turntable_from_mesh(
         ValueError: a mesh with no surface (no faces, or all of zero area): every frame would be blank.
     """
     from .core.mesh_renderer import headlight, render_mesh
+    from .core.shading import face_areas
 
-    if not float(mesh.face_areas.sum()) > 0:
-        raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
     verts = mesh.verts.detach().float()
-    if fit:
+    if fit:  # in float64: a mesh in any units (1e20 overflows float32 arithmetic) comes out framed alike
         centre, radius = mesh.bounding_sphere()
-        verts = (verts - centre.float()) * (FIT_RADIUS / radius if radius > 0 else 1.0)
+        scale = FIT_RADIUS / radius if radius > 0 else 1.0
+        verts = ((mesh.verts.detach().double() - centre.double()) * scale).float()
+    if not float(face_areas(verts, mesh.faces).sum()) > 0:
+        raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     frames = []
     with torch.inference_mode():
         for i in tqdm(range(n_frames), desc="turntable", unit="frame", disable=not progress):
@@ -96,7 +98,13 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
     stem = Path(stem)
     mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
     with atomic_path(mp4) as tmp:
-        imageio.mimwrite(tmp, frames, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG")
+        # H.264 in yuv420p needs even sides: an odd frame gets its last row / column repeated (the GIF keeps it)
+        even = [
+            np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge") for frame in frames
+        ]
+        imageio.mimwrite(tmp, even, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG")
+        if not Path(tmp).stat().st_size:  # ffmpeg reports its failures on stderr only
+            raise ValueError(f"ffmpeg wrote no video for {mp4.name}")
     with atomic_path(gif) as tmp:
         imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0, format="GIF")
     return mp4, gif

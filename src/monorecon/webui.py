@@ -23,7 +23,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
-from .api import SEED_RANGE, timed
+from .api import timed
+from .core.checks import SEED_RANGE
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT
 from .io.images import png_bytes

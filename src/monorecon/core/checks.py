@@ -18,6 +18,13 @@ ShapeSpec = Sequence[int | str | None]
 #: Sides of a baked texture, in texels, that every entry point accepts.
 TEXTURE_RESOLUTION_RANGE = (64, 8192)
 
+#: Seeds that reconstruction and evaluation accept (those a browser's number field holds exactly).
+SEED_RANGE = (0, 2**31 - 1)
+
+
+class SkippedInputWarning(UserWarning):
+    """An input (an image of a folder, an object of a dataset, a mesh file) that was reported and left out."""
+
 
 def check_tensor(
     x: object,

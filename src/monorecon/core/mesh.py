@@ -159,7 +159,8 @@ class Mesh:
         mesh in a view turning about that centre)."""
         low, high = self.bounds.detach()
         centre = (low + high) / 2
-        return centre, float((self.verts.detach() - centre).norm(dim=-1).max())
+        # float64: squared float32 coordinates overflow beyond ~1e19 (a radius of inf would collapse a framing)
+        return centre, float((self.verts.detach().double() - centre.double()).norm(dim=-1).max())
 
     def placed(self, height: float | None = None, origin: str = "model") -> Mesh:
         """Copy scaled to a height and moved so that a chosen point of it is the origin (export placement).

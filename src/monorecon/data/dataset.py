@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from monorecon.core.checks import SkippedInputWarning
 from monorecon.io.images import load_image
 from monorecon.io.mesh_io import load_mesh
 
@@ -185,7 +186,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
             try:
                 self.objects.append(read(object_id, class_name, folder))
             except ValueError as err:
-                warnings.warn(f"skipping object {folder}: {err}", stacklevel=2)
+                warnings.warn(f"skipping object {folder}: {err}", SkippedInputWarning, stacklevel=2)
         if not self.objects:
             raise ValueError(f"no usable object in {self.root} (layout {self.layout}, split {split!r})")
 

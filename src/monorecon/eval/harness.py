@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from ..api import input_view_weight, model_foreground_ratio, model_mesh_threshold
 from ..core.cameras import PerspectiveCameras, orbit_c2w
-from ..core.checks import check_int
+from ..core.checks import SEED_RANGE, SkippedInputWarning, check_int, check_positive
 from ..core.mesh import Mesh
 from ..core.projection import project_image_colours
 from ..core.raster import rasterize
@@ -82,8 +82,8 @@ MESH_SUFFIXES = {f".{fmt}" for fmt in LOADABLE_FORMATS}
 THRESHOLDS = (0.1, 0.2, 0.5)
 MIN_POINTS = 100
 """Fewest surface points per shape that Chamfer / F-scores are computed from."""
-MAX_SEED = 2**31 - 1
-"""Largest sampling / alignment seed (NumPy's generators take seeds from 0; seed + 1 is used too)."""
+MAX_POINTS = 1_000_000
+"""Most surface points per shape (nearest neighbours of 1e6 points take ~10 s; 1e8 would run for hours)."""
 VOLUME_IOU_RESOLUTION = 64
 """Default side of the voxel grid of the volume IoU (cells of 1/64 of the shapes' common box)."""
 VOLUME_IOU_RESOLUTION_RANGE = (8, 256)
@@ -162,7 +162,11 @@ def _mesh_cases(
     fov = torch.full((7,), INPUT_FOV_DEG)
     cases = []
     for path in files:
-        mesh = load_normalized_mesh(path)
+        try:
+            mesh = load_normalized_mesh(path)
+        except ValueError as err:
+            warnings.warn(f"skipping mesh {path}: {err}", SkippedInputWarning, stacklevel=2)
+            continue
         images = render_views(mesh, views, size, MESH_LIGHT)["rgba"].reshape(len(azimuths), 8, size, size, 4)
         for k, azimuth in enumerate(azimuths):
             name = path.stem if len(azimuths) == 1 else f"{path.stem}@{azimuth:g}"
@@ -182,13 +186,25 @@ def load_cases(
     mesh_azimuths: Sequence[float] = (30.0,),
     mesh_elevation: float = 15.0,
 ) -> list[EvalCase]:
-    """Evaluation cases of a synthetic dataset folder or of a folder of mesh files (see the module docstring)."""
+    """Evaluation cases of a synthetic dataset folder or of a folder of mesh files (see the module docstring).
+
+    An object or mesh file that cannot be read is left out with a :class:`~monorecon.core.checks.SkippedInputWarning`
+    naming it.
+
+    Raises:
+        ValueError: no folder, no readable object in it, or bad view settings.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ValueError(f"evaluation data folder not found: {data_dir}")
+    if max_objects is not None:
+        check_int(max_objects, "max_objects", 1, 1 << 31)
     if (data_dir / "index.json").is_file():
         return _synthetic_cases(data_dir, split, max_objects, input_view)
-    return _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
+    cases = _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
+    if not cases:
+        raise ValueError(f"no readable mesh file in {data_dir}")
+    return cases
 
 
 def _prepared_case(case: EvalCase, foreground_ratio: float) -> EvalCase:
@@ -452,21 +468,29 @@ def evaluate(
         progress: tqdm progress bar.
 
     Returns:
-        Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``.
+        Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``,
+        ``n_skipped`` (objects or mesh files left out as unreadable, each named by a
+        :class:`~monorecon.core.checks.SkippedInputWarning`).
     """
-    _check_points(n_points)
-    if threshold is not None and not math.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
+    check_points(n_points)
+    check_int(mc_resolution, "mc_resolution", 8, 1024)
+    if threshold is not None:
+        check_positive(threshold, "threshold")
     check_int(workers, "workers", 1, MAX_WORKERS)
-    check_int(seed, "seed", 0, MAX_SEED)
+    check_int(seed, "seed", *SEED_RANGE)
     check_volume_iou_resolution(volume_iou_resolution)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
         raise ValueError("workers above 1 run copies of the model on the CPU; with a GPU use workers=1")
-    cases = load_cases(
-        data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
-    )
+    with warnings.catch_warnings(record=True) as caught:  # counted in the summary, then shown
+        warnings.simplefilter("always")
+        cases = load_cases(
+            data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
+        )
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=2)
+    n_skipped = sum(issubclass(warning.category, SkippedInputWarning) for warning in caught)
     if prepare:
         if not isinstance(method, _ModelMethod):
             raise ValueError("prepare applies to models (their foreground_ratio frames the inputs)")
@@ -488,7 +512,7 @@ def evaluate(
     for _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
         for category, message in caught:
             warnings.warn(message, category, stacklevel=2)
-    summary = _summarise(method.name, rows)
+    summary = {**_summarise(method.name, rows), "n_skipped": n_skipped}
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while scoring leaves no empty folder
     _write_csv(out_dir / "per_object.csv", rows)
     _write_markdown(out_dir / "summary.md", summary, str(data_dir))
@@ -518,11 +542,11 @@ def shape_scores(
         ``"volume_iou"`` when asked for (NaN when ``gt`` is not a closed surface: it bounds no solid).
 
     Raises:
-        ValueError: fewer than 100 points, a seed outside [0, :data:`MAX_SEED`] or a volume IoU grid outside
-            :data:`VOLUME_IOU_RESOLUTION_RANGE`.
+        ValueError: points outside [:data:`MIN_POINTS`, :data:`MAX_POINTS`], a seed outside
+            :data:`~monorecon.core.checks.SEED_RANGE` or a volume IoU grid outside :data:`VOLUME_IOU_RESOLUTION_RANGE`.
     """
-    _check_points(n_points)
-    check_int(seed, "seed", 0, MAX_SEED)
+    check_points(n_points)
+    check_int(seed, "seed", *SEED_RANGE)
     check_volume_iou_resolution(volume_iou_resolution)
     pred_points, gt_points, pred_transform, gt_transform = align_meshes(
         pred, gt, n_points=n_points, seed=seed, search=search
@@ -545,9 +569,10 @@ def _scored_volume_iou(pred: Mesh | None, gt: Mesh, resolution: int) -> float:
     return 0.0 if pred is None else volume_iou(pred, gt, resolution)
 
 
-def _check_points(n_points: int) -> None:
-    if n_points < MIN_POINTS:
-        raise ValueError(f"n_points must be >= {MIN_POINTS}, got {n_points}")
+def check_points(n_points: int, name: str = "n_points") -> None:
+    """Raise ValueError unless ``n_points`` (surface points per shape) lies in [:data:`MIN_POINTS`,
+    :data:`MAX_POINTS`]; ``name`` names it."""
+    check_int(n_points, name, MIN_POINTS, MAX_POINTS)
 
 
 def check_volume_iou_resolution(resolution: int, name: str = "volume IoU grid side") -> None:
@@ -674,6 +699,8 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
     lines.append(
         f"| **all** | {summary['n_objects']} | " + " | ".join(f"**{summary['mean'][k]:.4f}**" for k in keys) + " |"
     )
+    if summary["n_skipped"]:
+        lines += ["", f"{summary['n_skipped']} objects of the data were left out: their files could not be read."]
     partial = [f"{k} {n} of {summary['n_objects']}" for k, n in summary["n_scored"].items() if n < summary["n_objects"]]
     if partial:
         undefined = "the Chamfer distance of a failed case, the volume IoU where the ground truth is not closed"

@@ -172,6 +172,8 @@ def _overlay(silhouette: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
 def _check_inputs(mesh: Mesh, image: torch.Tensor | np.ndarray) -> tuple[Mesh, torch.Tensor]:
     if not isinstance(mesh, Mesh):
         raise ValueError(f"mesh must be a monorecon Mesh, got {type(mesh).__name__}")
+    if not float(mesh.face_areas.sum()) > 0:  # nothing to render: the loss would never change
+        raise ValueError("the mesh has no surface to fit (all of its faces have zero area)")
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     image = check_tensor(image, "image", (None, None, None), floating=True, unit_range=True)

@@ -91,5 +91,15 @@ def check_folder_exists(path: str | os.PathLike[str]) -> Path:
     work whose output would otherwise be lost)."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
+        problem = "is a file" if path.parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {path}: folder {path.parent} {problem}")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; ValueError if it exists and is not a folder (checked before slow work whose output would
+    otherwise be lost)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {path} exists and is not a folder")
     return path

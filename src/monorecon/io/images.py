@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,17 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np
     if path.stat().st_size == 0:
         raise ValueError(f"image file is empty: {path}")
     try:
-        with Image.open(path) as img:
-            if max(img.size) > max_side:
-                raise ValueError(f"image {path} is {img.width}x{img.height}, larger than the maximum side {max_side}")
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            return pil_to_array(img)
+        with warnings.catch_warnings():
+            # PIL warns above 89 M pixels, which max_side allows; beyond twice that it refuses (caught below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if max(img.size) > max_side:
+                    raise ValueError(
+                        f"image {path} is {img.width}x{img.height}, larger than the maximum side {max_side}"
+                    )
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
 
