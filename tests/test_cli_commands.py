@@ -14,6 +14,10 @@ from monorecon.cli import main
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/missing/t"], "folder {tmp}/missing does not exist"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t", "--fps", "0"], "--fps must lie in [1, 240]"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/corrupt.ply/t"], "folder {tmp}/corrupt.ply is a file"),
+        (
+            ["render", "{tmp}/flat.obj", "-o", "{tmp}/empty/t", "--html"],
+            "cannot write {tmp}/empty/t.html: it is a folder",
+        ),
         (["fit-pose", "{tmp}/flat.obj", "{tmp}/corrupt.png", "-o", "{tmp}/corrupt.ply"], "is not a folder"),
         (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
@@ -87,6 +91,7 @@ from monorecon.cli import main
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "t.html").mkdir()  # an output path taken by a folder
     (tmp_path / "corrupt.ply").write_bytes(b"ply\nnot really")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     (tmp_path / "flat.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")  # one face of zero area
@@ -101,6 +106,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
         "empty",
         "flat.obj",
     ]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reconstruct", "a.png", "-o", "out", "--threshold", "abc"],
+         "argument --threshold: invalid float value: 'abc' (see `monorecon reconstruct --help`)"),
+        (["reconstruct", "a.png"], "the following arguments are required: -o/--output"),
+        (["data", "synth", "--n", "many", "-o", "d"], "(see `monorecon data synth --help`)"),
+        (["g3dr", "sample", "--class", "mug"], "(see `monorecon g3dr sample --help`)"),
+        (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("monorecon: error: ") and err.count("\n") == 1, err
+    assert message in err
 
 
 def test_version_is_the_installed_package_version(capsys):

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .io.atomic import check_folder_exists, check_output_folder
+from .io.atomic import check_output_folder, check_writable
 from .io.mesh_io import MESH_FORMATS, gets_baked_texture
 
 if TYPE_CHECKING:
@@ -37,6 +37,13 @@ class CommandError(ValueError):
 
 class CommandFailed(RuntimeError):
     """A run that started and could not finish (a training run whose loss diverged): one line, exit code 1."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (a missing argument, a value of the wrong type) are one line too, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"monorecon: error: {message} (see `{self.prog} --help`)\n")
 
 
 @contextmanager
@@ -442,7 +449,9 @@ def _run_render(args: argparse.Namespace) -> int:
     if not 16 <= args.size <= 2048:
         raise CommandError(f"--size must lie in [16, 2048], got {args.size}")
     stem = args.output or path.parent / "turntable"
-    check_folder_exists(stem)  # before the (slow) render
+    html_path = args.output.with_suffix(".html") if args.output else path.parent / "viewer.html"
+    for output in (stem.with_suffix(".mp4"), stem.with_suffix(".gif"), *([html_path] if args.html else [])):
+        check_writable(output)  # all of them before the (slow) render: none or all written
     check_int(args.fps, "--fps", *TURNTABLE_FPS_RANGE)
     mesh = load_mesh(path)
     frames = turntable_from_mesh(
@@ -453,7 +462,6 @@ def _run_render(args: argparse.Namespace) -> int:
     if args.html:
         from .viewer import save_viewer_html
 
-        html_path = args.output.with_suffix(".html") if args.output else path.parent / "viewer.html"
         written.append(save_viewer_html(mesh, html_path, title=args.result.name if args.result.is_dir() else path.stem))
     if not args.quiet:
         print(f"{path} -> {', '.join(str(p) for p in written)}")
@@ -492,7 +500,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     fmt = args.output.suffix.lstrip(".").lower()
     if fmt not in MESH_FORMATS:
         raise CommandError(f"cannot write {args.output}: the suffix must be one of .{', .'.join(MESH_FORMATS)}")
-    check_folder_exists(args.output)  # before the (slow) bake
+    check_writable(args.output)  # before the (slow) bake
     try:
         check_int(args.texture_resolution, "--texture-resolution", *TEXTURE_RESOLUTION_RANGE)
         wants_texture = gets_baked_texture(fmt, args.bake_texture)
@@ -915,7 +923,7 @@ def _add_g3dr(sub: argparse._SubParsersAction) -> None:
 
 
 def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    lift = argparse.ArgumentParser(prog="monorecon g3dr", description="RGB-D image -> mesh.glb + turntable")
+    lift = _ArgumentParser(prog="monorecon g3dr", description="RGB-D image -> mesh.glb + turntable")
     lift.add_argument("image", type=Path, help="RGB or RGBA image")
     lift.add_argument("--depth", type=Path, help="16-bit depth PNG (default: IMAGE_depth.png beside the image)")
     lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
@@ -929,7 +937,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     lift.add_argument("--unlit", action="store_true", help="mark the GLB material unlit (as reconstruct --unlit)")
     _add_placement_options(lift)
-    sample = argparse.ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
+    sample = _ArgumentParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
     sample.add_argument("-n", type=int, default=8)
     sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
@@ -1049,7 +1057,7 @@ def _version_line() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="monorecon", description="Single-image 3D reconstruction and fitting by differentiable rendering."
     )
     parser.add_argument("--version", action="version", version=_version_line())

@@ -38,7 +38,7 @@ from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.core.shading import DirectionalLights, vertex_normals
-from monorecon.io.atomic import atomic_write, atomic_write_json, check_folder_exists
+from monorecon.io.atomic import atomic_write, atomic_write_json, check_writable
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.parallel import MAX_WORKERS, map_in_processes
@@ -207,7 +207,7 @@ def write_object(
     check_int(size, "size", 1, MAX_IMAGE_SIZE)
     if folder.exists():
         raise ValueError(f"object folder already exists: {folder}")
-    check_folder_exists(folder)
+    check_writable(folder)
     rng = np.random.default_rng(seed)
     views = _sample_views(rng, n_views, sampling)
     light = _sample_light(rng, sampling)

@@ -72,7 +72,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     For writers that insist on a file name (video encoders): ``with atomic_path("a.mp4") as tmp: write(tmp)``.
     """
-    path = check_folder_exists(path)
+    path = check_writable(path)
     # The real suffix stays last: some writers (video encoders) pick the format from it.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
@@ -86,13 +86,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def check_folder_exists(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path; ValueError if the folder it would be written into does not exist (checked before slow
-    work whose output would otherwise be lost)."""
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; ValueError if the folder it would be written into does not exist or ``path`` is a folder
+    (checked before slow work whose output would otherwise be lost)."""
     path = Path(path)
     if not path.parent.is_dir():
         problem = "is a file" if path.parent.exists() else "does not exist"
         raise ValueError(f"cannot write {path}: folder {path.parent} {problem}")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder")
     return path
 
 
