@@ -423,6 +423,41 @@ def test_missing_and_corrupt_files_are_skipped(tiny_dataset, tmp_path):
     assert any(str(mesh) in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda view: view["c2w"][0].__setitem__(0, 3.0), "a c2w matrix is not a rotation and a translation"),
+        (lambda view: view["c2w"][3].__setitem__(0, 1.0), "a c2w matrix is not a rotation and a translation"),
+        (lambda view: view.__setitem__("fov_y_deg", 0.0), r"fov_y_deg must lie in \(0, 180\)"),
+        (lambda view: view.__setitem__("fov_y_deg", float("nan")), r"fov_y_deg must lie in \(0, 180\)"),
+    ],
+)
+def test_cameras_that_are_not_a_camera_skip_their_object(tiny_dataset, tmp_path, change, message):
+    """Finite but wrong: a scaled rotation, a projective bottom row, a fov of 0 or NaN (JSON allows NaN)."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    cameras_path = root / "000000_mug" / "cameras.json"
+    cameras = json.loads(cameras_path.read_text())
+    change(cameras["views"][1])
+    cameras_path.write_text(json.dumps(cameras))
+    with pytest.warns(UserWarning, match=f"{re.escape(str(cameras_path))}: {message}"):
+        ds = MultiViewDataset(root, split="all")
+    assert [o.object_id for o in ds.objects] == ["000001_chair"]
+
+
+def test_index_entries_that_leave_the_root_or_repeat_are_skipped(tiny_dataset, tmp_path):
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    index = json.loads((root / "index.json").read_text())
+    first = index["objects"][0]
+    index["objects"] += [dict(first), {**first, "id": f"../../{tiny_dataset.name}/{first['id']}"}]
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning) as caught:
+        ds = MultiViewDataset(root, split="all")
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"skipping object {first['id']!r}" in messages and "listed twice" in messages
+    assert "not a folder name" in messages
+    assert [o.object_id for o in ds.objects] == [entry["id"] for entry in index["objects"][:-2]]
+
+
 def test_reader_bad_roots_and_arguments(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="no usable object"):
         MultiViewDataset(tmp_path, split="all")
@@ -487,10 +522,13 @@ def test_objaverse_other_conventions_and_bad_files(tmp_path):
     _write_objaverse_object(tmp_path / "skewed", [np.ones((3, 4))])
     _write_objaverse_object(tmp_path / "broken", [np.eye(4)])
     (tmp_path / "broken" / "000.npy").write_bytes(b"garbage")
+    _write_objaverse_object(tmp_path / "empty", [np.eye(4)])
+    (tmp_path / "empty" / "000.npy").write_bytes(b"")  # np.load raises EOFError
     with pytest.warns(UserWarning) as caught:
         ds = MultiViewDataset(tmp_path, split="all", objaverse=convention)
     messages = " ".join(str(w.message) for w in caught)
     assert "skewed" in messages and "orthonormal" in messages and "broken" in messages
+    assert f"cannot read camera file {tmp_path / 'empty' / '000.npy'}" in messages
     assert [o.object_id for o in ds.objects] == ["good"]
     np.testing.assert_allclose(ds[0]["c2w"][0].double().numpy(), want, atol=1e-6)
     with pytest.raises(ValueError, match="camera_axes"):

@@ -220,6 +220,28 @@ def test_load_dataclass_config(tmp_path):
     # Equal keys in different mappings and merge keys (<<) are not duplicates.
     path.write_text("x: &base {a: 1, b: 2}\ny: {a: 3, <<: *base}\nz:\n  <<: *base\n  <<: {c: 4}\n")
     assert load_yaml(path) == {"x": {"a": 1, "b": 2}, "y": {"a": 3, "b": 2}, "z": {"a": 1, "b": 2, "c": 4}}
+    # Exponents without a dot are numbers (YAML 1.2; PyYAML's 1.1 reads "1e-4" as text); quoted, text.
+    path.write_text("lr: 1e-4\nbig: -2E+3\nquoted: '1e-4'\nword: 12e\n")
+    assert load_yaml(path) == {"lr": 1e-4, "big": -2000.0, "quoted": "1e-4", "word": "12e"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optim": {"lr": 0.0}}, r"optim\.lr must lie in \(0, 1\], got 0\.0"),
+        ({"optim": {"lr": 10.0}}, r"optim\.lr must lie in \(0, 1\], got 10\.0"),
+        ({"optim": {"grad_clip": 0.0}}, "optim.grad_clip must be positive"),
+        ({"optim": {"grad_clip": -1.0}}, "optim.grad_clip must be positive"),
+        ({"optim": {"betas": [0.9, 0.95, 0.99]}}, r"optim\.betas must be two numbers in \[0, 1\)"),
+        ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay must be >= 0"),
+        ({"num_threads": 0}, r"num_threads must lie in \[1, 1024\], got 0"),
+        ({"supervision_size": 100000}, "supervision_size must be at most 2048"),
+    ],
+)
+def test_optimiser_and_size_settings_are_checked_before_anything_is_written(tiny_dataset, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(_config(tiny_dataset, tmp_path / "out", **overrides))
+    assert not (tmp_path / "out").exists()
 
 
 def test_training_config_validation(tiny_dataset, tmp_path):
@@ -377,6 +399,21 @@ def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
     assert not torch.equal(init["decoder.layers.0.weight"], a["decoder.layers.0.weight"])
 
 
+def test_a_run_killed_before_its_first_checkpoint_restarts_clean(tiny_dataset, tmp_path):
+    """kill -9 leaves log rows of steps no checkpoint holds and the temporary file being written: both go."""
+    out = tmp_path / "killed"
+    train(_config(tiny_dataset, out, steps=2, checkpoint_every_steps=2))
+    shutil.rmtree(out / "checkpoints")  # as if killed while writing the first checkpoint
+    (out / "checkpoints").mkdir()
+    stale = [out / "checkpoints" / ".step_00000002.pt.k3x9q1ab.tmp.pt", out / ".config.yaml.0a1b2c3d.tmp.yaml"]
+    for path in stale:
+        path.write_bytes(b"half written")
+    (out / "checkpoints" / "notes.txt").write_text("not ours")
+    train(_config(tiny_dataset, out))
+    assert [r["step"] for r in CSVLogger(out / "train_log.csv").rows()] == [1, 2, 3, 4]
+    assert not any(path.exists() for path in stale) and (out / "checkpoints" / "notes.txt").is_file()
+
+
 def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_dataset, tmp_path):
     cfg = _config(tiny_dataset, tmp_path / "full")
     train(cfg)
@@ -394,13 +431,15 @@ def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_
         load_train_config({**cfg, "max_minutes": 0})
 
 
-def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path):
+def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path, monkeypatch):
     source = tmp_path / "source"
     train(_config(tiny_dataset, source, steps=2))
     weights = source / "final" / "model.safetensors"
-    # lr 0: AdamW (decay included) leaves the weights where they started, so the export equals the file.
+    # With the optimiser's updates left out, the weights stay where they started: the export equals the file.
     tuned = tmp_path / "tuned"
-    train(_config(tiny_dataset, tuned, steps=1, init_weights=str(weights), optim={"lr": 0.0, "warmup_steps": 1}))
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
+        train(_config(tiny_dataset, tuned, steps=1, init_weights=str(weights)))
     a, b = _final_weights(source), _final_weights(tuned)
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
@@ -598,6 +637,52 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkey
     assert kept.load_latest(triposr_trainer._build_model(TINY_MODEL))["step"] == 2
 
 
+def test_an_update_that_breaks_the_weights_stops_before_they_are_checkpointed(tiny_dataset, tmp_path, monkeypatch):
+    """A finite loss can be followed by an update that makes weights NaN: that state must never be checkpointed,
+    or the "last good checkpoint" could not be resumed."""
+    original, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def breaking_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the update of step index 3, whose loss was finite
+            self.param_groups[0]["params"][0].data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    out = tmp_path / "broken"
+    message = r"the update made a weight NaN or infinite at step 3; the last good checkpoint is kept at .*step_00000003"
+    with pytest.raises(TrainingDiverged, match=message):
+        train(_config(tiny_dataset, out, steps=6, checkpoint_every_steps=1))
+    kept = Checkpointer(out / "checkpoints")
+    assert kept.latest().name == "step_00000003.pt"  # written after step index 2; step index 3's never
+    model = triposr_trainer._build_model(TINY_MODEL)
+    kept.load_latest(model)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    monkeypatch.undo()
+    train(_config(tiny_dataset, out, steps=6, checkpoint_every_steps=1))  # resumes to the end
+    assert all(bool(torch.isfinite(w).all()) for w in _final_weights(out).values())
+
+
+def test_resume_takes_the_optimiser_settings_from_the_config(tiny_dataset, tmp_path):
+    """ "Lower the learning rate, then resume" (the divergence message) must lower it: a checkpoint restores the
+    optimiser's moments and step, the config its settings."""
+    full = tmp_path / "full"
+    train(_config(tiny_dataset, full))
+    lowered = tmp_path / "lowered"
+    shutil.copytree(full, lowered)
+    (lowered / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(lowered / "final")
+    with pytest.warns(UserWarning, match=r"resuming step_00000002\.pt with the config's optimiser settings \(lr, "
+                                         r"weight_decay changed"):  # fmt: skip
+        train(_config(tiny_dataset, lowered, optim={"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.0}))
+    before, after = CSVLogger(full / "train_log.csv").rows(), CSVLogger(lowered / "train_log.csv").rows()
+    assert [r["lr"] for r in after[:2]] == [r["lr"] for r in before[:2]]  # the steps before the checkpoint
+    for old, new in zip(before[2:], after[2:], strict=True):  # the same schedule from a base rate 10 x lower
+        assert new["lr"] == pytest.approx(old["lr"] / 10, rel=1e-12)
+    assert yaml.safe_load((lowered / "config.yaml").read_text())["optim"]["lr"] == 1e-4
+
+
 def test_nan_loss_is_one_line_and_exit_1_from_the_cli(tiny_dataset, tmp_path, monkeypatch, capsys):
     from monorecon import cli
 
@@ -656,6 +741,48 @@ def test_view_bank_skips_an_unreadable_object_and_keeps_the_others_exactly(tiny_
     for index, item in enumerate(items):  # the bank holds the readable objects, in order, as 8-bit images
         assert torch.equal(bank.images[index], _bank_images(item))
         assert torch.equal(bank.c2w[index], item["c2w"]) and torch.equal(bank.fov_y_deg[index], item["fov_y_deg"])
+
+
+def _png_with_undecodable_pixels(size: int) -> bytes:
+    """A PNG whose chunks (and CRCs) are well formed but whose pixel data does not inflate: PIL's verify() passes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)  # RGBA, 8 bits
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not deflate data") + chunk(b"IEND", b"")
+
+
+def test_view_bank_skips_objects_it_cannot_hold_and_says_why(tiny_dataset, tmp_path):
+    """Another view count, cameras away from the canonical distance, pixels that do not decode: each such object is
+    named in a warning and left out; the others are kept."""
+    import json
+
+    from monorecon.train.triposr_trainer import _load_views
+
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    first, second, third = sorted(p for p in data.iterdir() if p.is_dir())
+    cameras = json.loads((second / "cameras.json").read_text())
+    cameras["views"] = cameras["views"][:2]  # two views, the others three
+    (second / "cameras.json").write_text(json.dumps(cameras))
+    cameras = json.loads((third / "cameras.json").read_text())
+    for view in cameras["views"]:
+        view["c2w"][2][3] *= 1.5  # the same rotations, farther away
+    (third / "cameras.json").write_text(json.dumps(cameras))
+    with pytest.warns(UserWarning) as caught:
+        bank = _load_views(load_train_config(_config(data, tmp_path / "out")), show_progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any(f"skipping object {second.name}: 2 views of 32x32, unlike the first object's 3 views" in m
+               for m in messages), messages  # fmt: skip
+    assert any(f"skipping {third.name}: cameras not at input_distance=1.9" in m for m in messages), messages
+    assert bank.images.shape[0] == 1
+    (first / "rgba" / "001.png").write_bytes(_png_with_undecodable_pixels(32))
+    with pytest.warns(UserWarning) as caught:
+        bank = _load_views(load_train_config(_config(data, tmp_path / "out")), show_progress=False)
+    assert any(str(w.message).startswith(f"skipping an object: cannot read image {first}") for w in caught)
+    assert tuple(bank.images.shape[:2]) == (1, 2)  # the two-view object is now the first, and the only one held
 
 
 def test_view_bank_reads_a_list_of_roots_in_order(tiny_dataset, tmp_path):

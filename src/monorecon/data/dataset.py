@@ -97,8 +97,7 @@ class ObjaverseConvention:
             raise ValueError(f"camera matrix must be a finite 3x4 or 4x4 array, got shape {matrix.shape}")
         full = np.eye(4)
         full[:3] = matrix[:3]
-        rot = full[:3, :3]
-        if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-3):
+        if not _is_rotation(full[:3, :3]):
             raise ValueError("camera matrix rotation part is not orthonormal")
         c2w = np.linalg.inv(full) if self.matrix == "w2c" else full
         if self.camera_axes == "opencv":  # flip y and z camera axes: OpenCV -> OpenGL / monorecon
@@ -197,14 +196,21 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise ValueError(f"{index_path} is not a {DATASET_FORMAT} index (missing 'format' or 'objects')")
         if index.get("version") != DATASET_VERSION:
             raise ValueError(f"{index_path} has version {index.get('version')}, this reader reads {DATASET_VERSION}")
-        candidates = []
+        candidates, seen = [], set()
         for entry in index["objects"]:
             try:
                 object_id, class_name, split = str(entry["id"]), str(entry["class"]), str(entry["split"])
             except (KeyError, TypeError):
                 raise ValueError(f"{index_path}: object entry {entry!r} lacks id / class / split") from None
-            if self.split in ("all", split):
+            if Path(object_id).name != object_id or object_id in ("", ".", ".."):  # a folder of this root only
+                warnings.warn(f"skipping object {object_id!r} of {index_path}: not a folder name", SkippedInputWarning,
+                              stacklevel=3)  # fmt: skip
+            elif object_id in seen:
+                warnings.warn(f"skipping object {object_id!r} of {index_path}: listed twice", SkippedInputWarning,
+                              stacklevel=3)  # fmt: skip
+            elif self.split in ("all", split):
                 candidates.append((object_id, class_name, self.root / object_id))
+            seen.add(object_id)
         return candidates
 
     def _views(self, count: int, folder: Path) -> int:
@@ -225,6 +231,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
             raise ValueError(f"{folder / 'cameras.json'} is malformed ({err!r})") from None
         if len(views) == 0 or not np.isfinite(c2w).all():
             raise ValueError(f"{folder / 'cameras.json'} has no views or non-finite matrices")
+        rigid = all(_is_rotation(m[:3, :3]) and np.allclose(m[3], (0, 0, 0, 1)) for m in c2w)
+        if not rigid:
+            raise ValueError(f"{folder / 'cameras.json'}: a c2w matrix is not a rotation and a translation")
+        if not (np.isfinite(fov).all() and ((fov > 0) & (fov < 180)).all()):
+            raise ValueError(f"{folder / 'cameras.json'}: fov_y_deg must lie in (0, 180), got {fov.tolist()}")
         n = self._views(len(views), folder)
         names = [f"{i:03d}" for i in range(n)]
         images = tuple(folder / "rgba" / f"{s}.png" for s in names)
@@ -252,8 +263,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
                 raise ValueError(f"missing camera file {pose_path}")
             try:
                 matrix = np.load(pose_path, allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"cannot read camera file {pose_path}: {err}") from None
+            except (OSError, ValueError, EOFError) as err:
+                raise ValueError(f"cannot read camera file {pose_path}: {err or 'empty file'}") from None
             try:
                 c2w.append(self.objaverse.to_c2w(matrix))
             except ValueError as err:
@@ -311,6 +322,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
             "class_name": record.class_name,
             "object_id": record.object_id,
         }
+
+
+def _is_rotation(matrix: np.ndarray) -> bool:
+    """Whether a (3, 3) matrix is orthonormal (a rotation or a reflection; 1e-3 tolerance, as stored floats allow)."""
+    return bool(np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

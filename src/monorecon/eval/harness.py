@@ -127,10 +127,16 @@ def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_
     dataset = MultiViewDataset(data_dir, split=split)
     cases = []
     for index in range(len(dataset) if max_objects is None else min(max_objects, len(dataset))):
-        item = dataset[index]
+        try:
+            item = dataset[index]
+        except ValueError as err:  # a file that passed the reader's checks but does not decode (the error names it)
+            warnings.warn(f"skipping an object: {err}", SkippedInputWarning, stacklevel=2)
+            continue
         c2w = item["c2w"][input_view]
         if not math.isclose(float(c2w[:3, 3].norm()), INPUT_DISTANCE, abs_tol=1e-3):
-            raise ValueError(f"{item['object_id']}: input camera not at distance {INPUT_DISTANCE} from the origin")
+            message = f"skipping object {item['object_id']}: input camera not at distance {INPUT_DISTANCE}"
+            warnings.warn(message, SkippedInputWarning, stacklevel=2)
+            continue
         others = [i for i in range(len(item["c2w"])) if i != input_view]
         world_to_canonical, views_c2w = relative_cameras(c2w[None], item["c2w"][None, others], INPUT_DISTANCE)
         gt = _transform_mesh(load_mesh(item["mesh_path"]), world_to_canonical[0])
@@ -200,10 +206,11 @@ def load_cases(
     if max_objects is not None:
         check_int(max_objects, "max_objects", 1, 1 << 31)
     if (data_dir / "index.json").is_file():
-        return _synthetic_cases(data_dir, split, max_objects, input_view)
-    cases = _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
+        cases = _synthetic_cases(data_dir, split, max_objects, input_view)
+    else:
+        cases = _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
     if not cases:
-        raise ValueError(f"no readable mesh file in {data_dir}")
+        raise ValueError(f"no usable object in {data_dir} (the warnings above name the files)")
     return cases
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ __all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_js
 # The process umask, read once: mkstemp creates files 0600, but written outputs should get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+#: What :func:`atomic_path` names its temporary files: ``.NAME.`` + mkstemp's 8 random characters + ``.tmpSUFFIX``.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 @contextlib.contextmanager
@@ -84,6 +88,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left in ``folder`` when its process was killed (a crash
+    mid-write); return them. Call it only where no other process is writing, e.g. when a training run starts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:

@@ -1,12 +1,14 @@
 """YAML for configs: safe loading that rejects a key given twice in one mapping.
 
 ``yaml.safe_load`` keeps the last of two equal keys silently, so a stray duplicated line in a hand-edited config
-(``model:`` twice, say) would replace a whole section without a word.
+(``model:`` twice, say) would replace a whole section without a word. Exponents without a dot (``1e-4``) are numbers,
+as in YAML 1.2.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,11 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# PyYAML follows YAML 1.1, where a float needs a dot: ``lr: 1e-4`` would be the string "1e-4". YAML 1.2 (and every
+# other reader) makes it a number; so do configs here.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load_yaml(path: str | os.PathLike) -> Any:

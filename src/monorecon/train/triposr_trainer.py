@@ -63,9 +63,9 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
-from ..core.checks import check_device, warn_if_slow_bfloat16
+from ..core.checks import SkippedInputWarning, check_device, check_int, warn_if_slow_bfloat16
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.weights import read_state_dict
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict
@@ -75,6 +75,7 @@ from .utils import (
     CSVLogger,
     barrier,
     check_finite_loss,
+    check_finite_parameters,
     cosine_with_warmup,
     dataclass_to_dict,
     init_distributed,
@@ -106,6 +107,10 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------------------------
+#: The largest side supervision views are resized to (1,000 objects x 4 float32 RGBA views of 2048^2 take 268 GB).
+MAX_SUPERVISION_SIZE = 2048
+
+
 @dataclass
 class DataSection:
     """Training data.
@@ -161,6 +166,21 @@ class OptimSection:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        # AdamW moves each weight by about lr per step: above 1 a run diverges at once
+        if not 0 < self.lr <= 1:
+            raise ValueError(f"optim.lr must lie in (0, 1], got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"optim.weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not self.grad_clip > 0:  # 0 would freeze the weights, a negative value flip the gradients
+            raise ValueError(f"optim.grad_clip must be positive (inf: no clipping), got {self.grad_clip}")
 
 
 @dataclass
@@ -288,6 +308,10 @@ class TripoSRTrainConfig:
         size = self.supervision_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < self.patch_size):
             raise ValueError(f"supervision_size must be an integer >= patch_size ({self.patch_size}), got {size!r}")
+        if size is not None and size > MAX_SUPERVISION_SIZE:
+            raise ValueError(f"supervision_size must be at most {MAX_SUPERVISION_SIZE}, got {size}")
+        if self.num_threads is not None:
+            check_int(self.num_threads, "num_threads", 1, 1024)
         if not 0.0 <= self.foreground_patch_prob <= 1.0:
             raise ValueError(f"foreground_patch_prob must lie in [0, 1], got {self.foreground_patch_prob}")
         if self.checkpoint_every_steps < 1 or self.checkpoint_every_minutes <= 0:
@@ -511,15 +535,31 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
     # matrices) pinned the reader's freed buffers: 3.0 GB of RSS for a 0.3 GB bank of 600 objects, against 0.75 GB.
     images = c2w = fov = depth = None
     kept = 0
+    off_camera = []  # objects whose cameras are not the canonical camera's distance and fov
     for i in tqdm(range(count), desc="loading views", disable=not show_progress):
-        item = dataset[i]
+        try:
+            item = dataset[i]
+        except ValueError as err:  # a file that passed the reader's checks but does not decode
+            warnings.warn(f"skipping an object: {err}", SkippedInputWarning, stacklevel=2)  # err names its file
+            continue
         if images is None:
             images = torch.empty((count, *item["images"].shape), dtype=torch.uint8)
             c2w = torch.empty((count, *item["c2w"].shape), dtype=item["c2w"].dtype)
             fov = torch.empty((count, *item["fov_y_deg"].shape), dtype=item["fov_y_deg"].dtype)
             depth = torch.empty((count, *item["depth"].shape), dtype=torch.float16) if use_depth else None
-        if item["images"].shape != images.shape[1:]:
-            continue  # the reader already warned about objects it could not read; this one has another view count
+        if item["images"].shape != images.shape[1:]:  # the bank holds one view count and size
+            views, size = item["images"].shape[0], "x".join(map(str, item["images"].shape[1:3]))
+            first = f"{images.shape[1]} views of {images.shape[2]}x{images.shape[3]}"
+            message = f"skipping object {item['object_id']}: {views} views of {size}, unlike the first object's {first}"
+            warnings.warn(message, SkippedInputWarning, stacklevel=2)
+            continue
+        distances = item["c2w"][:, :3, 3].norm(dim=-1)
+        if not (
+            torch.allclose(distances, torch.full_like(distances, config.input_distance), atol=1e-3)
+            and torch.allclose(item["fov_y_deg"], torch.full_like(item["fov_y_deg"], config.input_fov_deg), atol=1e-3)
+        ):
+            off_camera.append(item["object_id"])
+            continue
         if use_depth:
             if not item["has_depth"]:
                 raise ValueError(
@@ -529,19 +569,16 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
         images[kept] = (item["images"] * 255.0 + 0.5).clamp(0, 255)  # copied as uint8 (truncated, as .to())
         c2w[kept], fov[kept] = item["c2w"], item["fov_y_deg"]
         kept += 1
+    camera = f"input_distance={config.input_distance} from the origin with fov {config.input_fov_deg} deg"
     if not kept:
-        raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r})")
+        unusable = f": the cameras of all must lie at {camera}; render the data so" if off_camera else ""
+        raise ValueError(f"no usable object in {config.data.root} (split {config.data.split!r}){unusable}")
+    if off_camera:
+        names = ", ".join(off_camera[:3]) + (f" and {len(off_camera) - 3} more" if len(off_camera) > 3 else "")
+        warnings.warn(f"skipping {names}: cameras not at {camera}", SkippedInputWarning, stacklevel=2)
     bank = _ViewBank(images[:kept], c2w[:kept], fov[:kept], None if depth is None else depth[:kept])
     if bank.images.shape[1] < config.n_supervision_views:
         raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
-    distances = bank.c2w[:, :, :3, 3].norm(dim=-1)
-    if not torch.allclose(distances, torch.full_like(distances, config.input_distance), atol=1e-3):
-        raise ValueError(
-            f"the dataset cameras must all lie at input_distance={config.input_distance} from the origin "
-            f"(found {distances.min():.3f}..{distances.max():.3f}); render it with that distance"
-        )
-    if not torch.allclose(bank.fov_y_deg, torch.full_like(bank.fov_y_deg, config.input_fov_deg), atol=1e-3):
-        raise ValueError(f"the dataset views must have fov {config.input_fov_deg} deg (as the canonical camera)")
     return bank
 
 
@@ -781,6 +818,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     out_dir = Path(cfg.out_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (out_dir, out_dir / "checkpoints"):  # what a killed run was writing
+            remove_stale_temporaries(folder)
         with atomic_write(out_dir / "config.yaml", "w") as f:
             yaml.safe_dump(dataclass_to_dict(cfg), f, sort_keys=False)
     barrier()
@@ -802,12 +841,11 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     logger = CSVLogger(out_dir / "train_log.csv") if main else None
 
     start_step = 0
-    if cfg.resume:
-        restored = checkpointer.load_latest(model, optimizer, scheduler)
-        if restored is not None:
-            start_step = restored["step"]
-            if logger is not None:
-                logger.truncate_after(start_step)
+    restored = checkpointer.load_latest(model, optimizer, scheduler) if cfg.resume else None
+    if restored is not None:
+        start_step = restored["step"]
+    if logger is not None:  # rows of steps after the restored one (or of a run stopped before its first checkpoint)
+        logger.truncate_after(start_step)
     ddp_module = wrap_ddp(step_module, find_unused_parameters=True, cuda=cfg.use_cuda)
 
     last_save = time.monotonic()
@@ -825,6 +863,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
         check_finite_loss(grad_norm, step, checkpointer)
         optimizer.step()
+        check_finite_parameters(trainable, step, checkpointer)
         scheduler.step()
         done = step + 1
         progress.update(1)

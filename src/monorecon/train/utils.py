@@ -2,9 +2,11 @@
 
 * :func:`seed_everything` and :func:`step_generator` (per-step, per-rank random streams: resuming needs no RNG state),
 * :func:`cosine_with_warmup` learning-rate schedule,
-* :class:`Checkpointer`: atomic checkpoints (model, optimiser, scheduler, step, RNG states) with exact resume,
+* :class:`Checkpointer`: atomic checkpoints (model, optimiser, scheduler, step, RNG states) with exact resume (the
+  optimiser's settings, e.g. its learning rate, come from the run's config, not from the checkpoint),
 * :class:`CSVLogger` and :func:`plot_curves` (PIL only: matplotlib is not a dependency),
-* :class:`TrainingDiverged` / :func:`check_finite_loss`: stop on a NaN/inf loss, keeping the last good checkpoint,
+* :class:`TrainingDiverged` / :func:`check_finite_loss` / :func:`check_finite_parameters`: stop on a NaN/inf loss
+  or weight, keeping the last good checkpoint,
 * DDP helpers for ``torchrun`` (gloo on CPU, nccl on CUDA),
 * :func:`load_dataclass_config`: YAML / dict -> nested dataclasses with unknown keys reported.
 """
@@ -20,6 +22,8 @@ import random
 import re
 import types
 import typing
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +42,7 @@ __all__ = [
     "TrainingDiverged",
     "barrier",
     "check_finite_loss",
+    "check_finite_parameters",
     "cleanup_distributed",
     "cosine_with_warmup",
     "dataclass_to_dict",
@@ -217,9 +222,15 @@ class Checkpointer:
         except RuntimeError as error:
             raise ValueError(f"checkpoint {path} does not match the model: {error}") from error
         if optimizer is not None and payload["optimizer"] is not None:
-            optimizer.load_state_dict(payload["optimizer"])
+            _load_optimizer_keeping_settings(optimizer, payload["optimizer"], path)
         if scheduler is not None and payload["scheduler"] is not None:
+            base_lrs = list(scheduler.base_lrs)  # the config's learning rates, as the optimiser's settings above
             scheduler.load_state_dict(payload["scheduler"])
+            scheduler.base_lrs = base_lrs
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the rate of the restored step
+                groups = scheduler.optimizer.param_groups
+                for group, base, factor in zip(groups, base_lrs, scheduler.lr_lambdas, strict=True):
+                    group["lr"] = base * factor(scheduler.last_epoch)
         if restore_rng:
             _set_rng_state(payload["rng"])
         return {"step": int(payload["step"]), "extra": payload["extra"], "path": path}
@@ -243,6 +254,21 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss becomes NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+def _load_optimizer_keeping_settings(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: Path) -> None:
+    """Load an optimiser's state (moments, step counts) but keep the settings it was built with (the run's config:
+    a learning rate lowered after a divergence must apply); a changed setting is named in a warning."""
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    changed = set()
+    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+        changed |= {key for key, value in wanted.items() if key not in ("lr", "initial_lr") and group.get(key) != value}
+        changed |= {"lr"} if group.get("initial_lr", group["lr"]) != wanted.get("initial_lr", wanted["lr"]) else set()
+        group.update(wanted)
+    if changed:
+        warnings.warn(f"resuming {path.name} with the config's optimiser settings ({', '.join(sorted(changed))} "
+                      "changed since it was written)", stacklevel=3)  # fmt: skip
+
+
 def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | Path | None = None) -> None:
     """Raise :class:`TrainingDiverged` if ``loss`` is not finite (call it before the optimiser step).
 
@@ -253,15 +279,28 @@ def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | 
             (named only if it exists).
     """
     finite = torch.isfinite(loss.detach())
-    if bool(finite.all()):
-        return
+    if not bool(finite.all()):
+        raise _diverged(f"loss is {loss.detach()[~finite].flatten()[0].item()}", step, checkpoint)
+
+
+def check_finite_parameters(
+    parameters: Iterable[torch.Tensor], step: int, checkpoint: Checkpointer | Path | None = None
+) -> None:
+    """Raise :class:`TrainingDiverged` if a parameter holds NaN/inf (call it after the optimiser step, before a
+    checkpoint is written: a finite loss can still be followed by an update that breaks the weights, and a checkpoint
+    of broken weights could never be resumed). Arguments as :func:`check_finite_loss`."""
+    if not all(bool(torch.isfinite(p.detach()).all()) for p in parameters):
+        raise _diverged("the update made a weight NaN or infinite", step, checkpoint)
+
+
+def _diverged(what: str, step: int, checkpoint: Checkpointer | Path | None) -> TrainingDiverged:
     last = checkpoint.latest() if isinstance(checkpoint, Checkpointer) else checkpoint
     if last is not None and Path(last).is_file():
         kept = f"the last good checkpoint is kept at {last}"
     else:
         kept = "no checkpoint had been written yet"
-    raise TrainingDiverged(
-        f"training diverged: loss is {loss.detach()[~finite].flatten()[0].item()} at step {step}; {kept}. "
+    return TrainingDiverged(
+        f"training diverged: {what} at step {step}; {kept}. "
         "Lower the learning rate (or strengthen gradient clipping), then resume."
     )
 

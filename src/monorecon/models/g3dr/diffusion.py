@@ -39,6 +39,7 @@ from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
     check_finite_loss,
+    check_finite_parameters,
     cosine_with_warmup,
     load_dataclass_config,
     plot_curves,
@@ -327,6 +328,7 @@ def train_rgbd_diffusion(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        check_finite_parameters(model.parameters(), step, checkpointer)
         scheduler.step()
         if step % config.log_every == 0 or step == config.steps:
             logger.log({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],

@@ -43,6 +43,7 @@ from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
     check_finite_loss,
+    check_finite_parameters,
     cosine_with_warmup,
     dataclass_to_dict,
     load_dataclass_config,
@@ -276,6 +277,7 @@ class G3DRTrainer:
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        check_finite_parameters(self.model.parameters(), step, checkpointer)
         self.scheduler.step()
         logged["loss"] = float(total.detach())
         logged["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -50,7 +50,7 @@ from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.io.weights import read_safetensors_metadata, read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
-from monorecon.train.utils import check_finite_loss
+from monorecon.train.utils import check_finite_loss, check_finite_parameters
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from .template import UVSphereTemplate
@@ -452,6 +452,8 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         check_finite_loss(g_total, step, checkpoint_path)
         g_total.backward()
         opt_g.step()
+        check_finite_parameters([*generator.parameters(), *uv_disc.parameters(), *image_disc.parameters()], step,
+                                checkpoint_path)  # fmt: skip
 
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
