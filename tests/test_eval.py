@@ -244,11 +244,12 @@ def test_unreadable_objects_are_named_skipped_and_counted(eval_dataset, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 3, err
     assert "skipping mesh" in err[0] and "cut.glb" in err[0] and "points.ply" in err[1]
-    assert err[2] == "monorecon: 2 objects skipped (unreadable files, named above)"
+    assert err[2] == "monorecon: 2 objects skipped (the warnings above say why)"
     assert [row["object_id"] for row in _rows(tmp_path / "r")] == ["ball"]
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert (summary["n_objects"], summary["n_skipped"]) == (1, 2)
-    assert "2 objects of the data were left out" in (tmp_path / "r" / "summary.md").read_text()
+    markdown = (tmp_path / "r" / "summary.md").read_text()
+    assert "2 objects of the data were left out (the run's warnings say why)" in markdown
 
     # A synthetic dataset: an object with a corrupt view is left out the same way.
     data = tmp_path / "synth"

@@ -717,7 +717,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"{total} objects ({summary['n_failed']} failed): {means}")
         print(f"report: {args.output}")
     if summary["n_skipped"]:
-        print(f"monorecon: {summary['n_skipped']} objects skipped (unreadable files, named above)", file=sys.stderr)
+        print(f"monorecon: {summary['n_skipped']} objects skipped (the warnings above say why)", file=sys.stderr)
         return 2
     return 0
 

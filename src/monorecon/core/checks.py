@@ -23,7 +23,7 @@ SEED_RANGE = (0, 2**31 - 1)
 
 
 class SkippedInputWarning(UserWarning):
-    """An input (an image of a folder, an object of a dataset, a mesh file) that was reported and left out."""
+    """An input (an object of a dataset, a mesh file of an evaluation folder) that was reported and left out."""
 
 
 def check_tensor(

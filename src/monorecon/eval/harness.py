@@ -476,7 +476,7 @@ def evaluate(
 
     Returns:
         Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``,
-        ``n_skipped`` (objects or mesh files left out as unreadable, each named by a
+        ``n_skipped`` (objects or mesh files left out as unusable, each named by a
         :class:`~monorecon.core.checks.SkippedInputWarning`).
     """
     check_points(n_points)
@@ -707,7 +707,7 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
         f"| **all** | {summary['n_objects']} | " + " | ".join(f"**{summary['mean'][k]:.4f}**" for k in keys) + " |"
     )
     if summary["n_skipped"]:
-        lines += ["", f"{summary['n_skipped']} objects of the data were left out: their files could not be read."]
+        lines += ["", f"{summary['n_skipped']} objects of the data were left out (the run's warnings say why)."]
     partial = [f"{k} {n} of {summary['n_objects']}" for k, n in summary["n_scored"].items() if n < summary["n_objects"]]
     if partial:
         undefined = "the Chamfer distance of a failed case, the volume IoU where the ground truth is not closed"
