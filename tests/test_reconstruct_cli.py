@@ -123,6 +123,9 @@ def test_timings_name_the_stages_that_ran(image_path, tmp_path, capsys):
     assert code == 0, err
     line = out.splitlines()[-1]
     assert line.startswith("  time: preprocess ") and ", write " in line and "(total " in line
+    # One image, not --quiet: a progress bar of its stages names each while it runs.
+    positions = [err.find(f", {stage}]") for stage in cases[0][1]]
+    assert -1 not in positions and positions == sorted(positions) and "6/6 stages" in err, err
 
 
 def test_object_height_and_origin_flags_place_the_mesh(image_path, tmp_path, capsys):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from .core.carving import SilhouetteFill, SilhouetteHull
 from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
@@ -103,7 +104,8 @@ class ReconstructOptions:
     (:func:`monorecon.core.projection.project_image_colours`). ``object_height`` scales the finished mesh to that
     height (output units; glTF reads metres) and ``origin`` places it (``"model"``: the model's frame, centred near
     the origin; ``"center"``: its bounding-box centre at the origin; ``"bottom"``: standing on y = 0), as
-    :meth:`monorecon.core.mesh.Mesh.placed`.
+    :meth:`monorecon.core.mesh.Mesh.placed`. ``progress`` shows a progress bar of the stages
+    (:data:`RECONSTRUCT_STAGES`) as they run, naming the one running.
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -232,48 +234,61 @@ def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions 
     options = options or ReconstructOptions()
     model = model if model is not None else load_model()
     torch.manual_seed(options.seed)
+    target_faces = options.target_faces
+    if options.bake_texture and target_faces is None:
+        target_faces = BAKE_MAX_FACES  # xatlas time grows steeply with faces (~200 s at 250k, ~12 s at 50k)
+    cleans_up = bool(options.remove_floaters or target_faces or options.smooth_iterations)
+    runs = {"carve": options.carve, "cleanup": cleans_up, "colour": options.project_input, "bake": options.bake_texture}
+    planned = [stage for stage in RECONSTRUCT_STAGES if runs.get(stage, True)]
     timings: dict[str, float] = {}
-    preprocess = options.preprocess
-    if preprocess.foreground_ratio is None:
-        preprocess = dataclasses.replace(preprocess, foreground_ratio=model_foreground_ratio(model))
-    with timed(timings, "preprocess"):
-        prepared = prepare_input(image, preprocess)
-    threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
-    with torch.inference_mode():
-        with timed(timings, "encode"):
-            scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
-        weight = None
-        if options.carve:
-            with timed(timings, "carve"):
-                weight = input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill)
-        with timed(timings, "extract"):
-            mesh = model.extract_mesh(
-                scene_code,
-                resolution=options.mc_resolution,
-                threshold=threshold,
-                method=options.extraction,
-                carve=weight,
-            )
-        target_faces = options.target_faces
-        if options.bake_texture and target_faces is None:
-            target_faces = BAKE_MAX_FACES  # xatlas time grows steeply with faces (~200 s at 250k, ~12 s at 50k)
-        if options.remove_floaters or target_faces or options.smooth_iterations:
-            min_fraction = 0.01 if options.remove_floaters else 0.0
-            with timed(timings, "cleanup"):
-                mesh = cleanup_mesh(mesh, min_fraction, target_faces, options.smooth_iterations)
-        recolour = None
-        if options.project_input:
-            camera = input_camera(prepared.alpha.shape[0])
-            with timed(timings, "colour"):
-                mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
-        if options.bake_texture:
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} stages [{elapsed}, {postfix}]"  # no rate: uneven
+    with tqdm(total=len(planned), desc="reconstruct", bar_format=bar_format, disable=not options.progress) as bar:
 
-            def texel_colours(points: torch.Tensor) -> torch.Tensor:
-                colours = model.query(scene_code, points[None])[1][0].to(points)  # from the model's device
-                return colours if recolour is None else recolour(points, colours)
+        @contextlib.contextmanager
+        def stage(name: str) -> Iterator[None]:  # timed, and shown on the bar while it runs
+            bar.set_postfix_str(name)
+            with timed(timings, name):
+                yield
+            bar.update()
 
-            with timed(timings, "bake"):
-                mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
+        preprocess = options.preprocess
+        if preprocess.foreground_ratio is None:
+            preprocess = dataclasses.replace(preprocess, foreground_ratio=model_foreground_ratio(model))
+        with stage("preprocess"):
+            prepared = prepare_input(image, preprocess)
+        threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
+        with torch.inference_mode():
+            with stage("encode"):
+                scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
+            weight = None
+            if options.carve:
+                with stage("carve"):
+                    weight = input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill)
+            with stage("extract"):
+                mesh = model.extract_mesh(
+                    scene_code,
+                    resolution=options.mc_resolution,
+                    threshold=threshold,
+                    method=options.extraction,
+                    carve=weight,
+                )
+            if cleans_up:
+                min_fraction = 0.01 if options.remove_floaters else 0.0
+                with stage("cleanup"):
+                    mesh = cleanup_mesh(mesh, min_fraction, target_faces, options.smooth_iterations)
+            recolour = None
+            if options.project_input:
+                camera = input_camera(prepared.alpha.shape[0])
+                with stage("colour"):
+                    mesh, recolour = project_image_colours(mesh, camera, torch.from_numpy(prepared.rgb), prepared.alpha)
+            if options.bake_texture:
+
+                def texel_colours(points: torch.Tensor) -> torch.Tensor:
+                    colours = model.query(scene_code, points[None])[1][0].to(points)  # from the model's device
+                    return colours if recolour is None else recolour(points, colours)
+
+                with stage("bake"):
+                    mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
     mesh = mesh.placed(options.object_height, options.origin)  # last: the steps above work in model space
     return Reconstruction(mesh, prepared, scene_code, timings)
 

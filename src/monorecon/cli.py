@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -367,7 +367,8 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from .parallel import map_in_processes
 
     images = _collect_images(args.inputs)
-    options = _reconstruct_options(args)
+    # one image: a bar of its stages (a folder gets a bar of its images)
+    options = replace(_reconstruct_options(args), progress=not args.quiet and len(images) == 1)
     # Checked before the (slow) model loading and reconstruction.
     if args.render < 0 or args.render > 3600:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
