@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import monorecon.core.volume as volume
 from monorecon.core.extract import extract_isosurface
@@ -43,7 +44,7 @@ from monorecon.models.g3dr.losses import (
     opacity_loss,
     tv_loss,
 )
-from monorecon.models.g3dr.trainer import G3DRTrainConfig, G3DRTrainer, train_g3dr
+from monorecon.models.g3dr.trainer import G3DRLossConfig, G3DRTrainConfig, G3DRTrainer, train_g3dr
 from monorecon.models.g3dr.unet import UNet
 
 
@@ -237,6 +238,12 @@ def test_depth_png_and_pairs(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no NAME"):
         views_from_folder(empty, 4)
+    for mode in ("L", "RGB", "F"):  # 8 bits, colour, float: not the 16-bit code
+        Image.new(mode, (8, 8)).save(tmp_path / "obj_depth.png" if mode != "F" else tmp_path / "f.tif")
+        if mode == "F":
+            (tmp_path / "f.tif").rename(tmp_path / "obj_depth.png")
+        with pytest.raises(ValueError, match=f"obj_depth.png is not a 16-bit greyscale depth PNG \\(mode {mode};"):
+            load_rgbd_pair(tmp_path / "obj.png")
 
 
 def test_canonical_similarity_maps_cameras():
@@ -293,12 +300,29 @@ def test_reconstruct_and_save(tmp_path):
     assert frames.shape == (3, 8, 8, 3)
     paths = save_reconstruction(mesh, frames, tmp_path / "out")
     assert all(p.is_file() for p in paths.values())
+    (tmp_path / "taken" / "turntable.gif").mkdir(parents=True)  # one output path is a folder: nothing is written
+    with pytest.raises(ValueError, match=r"turntable\.gif: it is a folder"):
+        save_reconstruction(mesh, frames, tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["turntable.gif"]
     with pytest.raises(ValueError, match=r"rgb must lie in \[0, 1\], got values in \[0.4753, 254.9\]"):
         g3dr_reconstruct(model, rgb * 255, depth, resolution=16, threshold=threshold)  # 8-bit, never divided
     with pytest.raises(ValueError, match="rgb must be a floating-point tensor"):
         g3dr_reconstruct(model, (rgb * 255).to(torch.uint8), depth, resolution=16, threshold=threshold)
+    transparent = torch.cat([rgb, torch.zeros_like(rgb[..., :1])], dim=-1)
+    with pytest.raises(ValueError, match="no foreground: the alpha is empty"):
+        g3dr_reconstruct(model, transparent, depth, resolution=16, threshold=threshold)
     with pytest.raises(ValueError, match="lacks"):
         load_g3dr(tmp_path)
+    # A folder of another model (the diffusion model's keys), a list, an unknown key: one line naming the problem.
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for text, message in (
+        ("model: {class_names: [mug]}", "unknown config key"),
+        ("- a", "has no 'model' section"),
+        ("model: {bogus_key: 1}", r"unknown config key\(s\) in G3DRModelConfig: bogus_key"),
+    ):
+        (tmp_path / "config.yaml").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_g3dr(tmp_path)
 
 
 def test_reconstruct_gives_the_seen_surface_the_image_colours(monkeypatch):
@@ -318,14 +342,11 @@ def test_reconstruct_gives_the_seen_surface_the_image_colours(monkeypatch):
     assert photo.verts[front, 2] > 0.49
     torch.testing.assert_close(photo.vertex_colors[front], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4, rtol=0)
     assert (field.vertex_colors[front] - torch.tensor([1.0, 0.0, 0.0])).abs().max() > 0.05
-    # background everywhere (far depth, or an empty alpha): nothing is seen, the field's colours stay
+    # background everywhere (far depth): nothing is seen, the field's colours stay; an empty alpha is refused
     far = torch.full((32, 32), 6.0)
-    rgba = torch.cat([red, torch.zeros(32, 32, 1)], dim=-1)
-    for image, depth in ((red, far), (rgba, near)):
-        options = dict(resolution=24, threshold=0.0)
-        unseen, _ = g3dr_reconstruct(model, image, depth, **options)
-        plain, _ = g3dr_reconstruct(model, image, depth, **options, project_input=False)
-        torch.testing.assert_close(unseen.vertex_colors, plain.vertex_colors)
+    unseen, _ = g3dr_reconstruct(model, red, far, resolution=24, threshold=0.0)
+    plain, _ = g3dr_reconstruct(model, red, far, resolution=24, threshold=0.0, project_input=False)
+    torch.testing.assert_close(unseen.vertex_colors, plain.vertex_colors)
     with pytest.raises(ValueError, match="alpha"):
         g3dr_reconstruct(model, red, near, resolution=24, threshold=0.0, alpha=torch.ones(16, 16))
 
@@ -365,6 +386,22 @@ def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
     low, high = photo.bounds
     expected = (photo.verts - (low + high) / 2) * (0.3 / (high[1] - low[1]))
     torch.testing.assert_close(placed.verts, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": 1000.0}, r"lr must lie in \(0, 1\]"),
+        ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
+        ({"batch_size": 10**9}, r"batch_size must lie in \[1, 4096\]"),
+        ({"render_size": 100000}, r"render_size must lie in \[1, 1024\]"),
+        ({"loss": G3DRLossConfig(rgb=float("nan"))}, "loss.rgb must be a finite weight >= 0"),
+        ({"loss": G3DRLossConfig(depth=-1e9)}, "loss.depth must be a finite weight >= 0"),
+    ],
+)
+def test_training_settings_that_cannot_train_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_train_config(tmp_path, **overrides)
 
 
 def test_reconstruct_to_folder_refuses_a_bad_placement_before_any_work(tmp_path):

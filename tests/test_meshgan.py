@@ -146,6 +146,10 @@ def test_train_meshgan_tiny_resume_and_load(tmp_path):
     assert int(load_file(str(out / "checkpoint.safetensors"))["step"]) == 3
     generator = load_generator(path)
     assert not generator.training and generator.latent_dim == 8 and generator.texture_size == 32
+    # The resumed run ends where an uninterrupted one does, bit for bit (every tensor of the checkpoint).
+    train_meshgan(config_path, tmp_path / "straight", progress=False)
+    resumed, straight = (load_file(str(folder / "checkpoint.safetensors")) for folder in (out, tmp_path / "straight"))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in resumed)
     config_path.write_text(yaml.safe_dump(TINY | {"lr_g": 1.0}))
     with pytest.raises(ValueError, match="another configuration"):
         train_meshgan(config_path, out, progress=False)
@@ -201,6 +205,16 @@ def test_config_rejects_unknown_keys_and_classes(tmp_path):
         MeshGANConfig.from_yaml(path)
     with pytest.raises(ValueError, match="classes must be"):
         MeshGANConfig(classes=["spaceship"])
+    for settings, message in (
+        ({"betas": [0.5]}, r"betas must be two numbers in \[0, 1\)"),
+        ({"latent_dim": 10**7}, r"latent_dim must lie in \[1, 4096\]"),
+        ({"batch_size": 10**9}, "batch_size must lie in"),
+        ({"smoothness_weight": float("nan")}, "smoothness_weight must be a finite weight >= 0"),
+        ({"image_loss_weight": -1e9}, "image_loss_weight must be a finite weight >= 0"),
+        ({"elevation_range": [40, -10]}, "elevation_range must be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            MeshGANConfig(**settings)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -234,6 +248,10 @@ def test_invert_runs_and_saves(tmp_path):
     summary = json.loads(placed["result"].read_text())
     assert summary["placement"] == {"object_height": 2.0, "origin": "bottom"}
     assert summary["camera"] == json.loads(paths["result"].read_text())["camera"]
+    (tmp_path / "taken" / "result.json").mkdir(parents=True)  # the last output's path is a folder: nothing written
+    with pytest.raises(ValueError, match=r"result\.json: it is a folder"):
+        save_inversion_result(result, tmp_path / "taken", view_size=32)
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["result.json"]
     assert placed["view00"].read_bytes() == paths["view00"].read_bytes()
     with pytest.raises(ValueError, match="object_height"):
         save_inversion_result(result, tmp_path / "refused", object_height=-1.0)

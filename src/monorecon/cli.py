@@ -878,6 +878,7 @@ def _run_invert(args: argparse.Namespace) -> int:
     from .preprocess import PreprocessConfig, preprocess_image
 
     placement = _placement(args)
+    check_output_folder(args.output)
     generator = load_generator(args.generator)
     prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))
     result = invert(
@@ -967,6 +968,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     depth = opts.depth or opts.image.with_name(opts.image.stem + "_depth.png")
     if opts.threshold is not None and not opts.threshold > 0:
         raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
+    check_output_folder(opts.output)
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
                                   threshold=opts.threshold, project_input=not opts.no_project_input,
                                   unlit=opts.unlit, **_placement(opts))  # fmt: skip

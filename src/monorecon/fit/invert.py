@@ -53,12 +53,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
-from monorecon.core.checks import check_tensor
+from monorecon.core.checks import check_int, check_tensor
 from monorecon.core.mesh import Mesh, check_placement
 from monorecon.core.mesh_renderer import render_silhouette
 from monorecon.core.projection import project_image_texture
 from monorecon.eval.metrics import mask_iou
-from monorecon.io.atomic import atomic_write_json
+from monorecon.io.atomic import atomic_write_json, check_output_folder, check_writable
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.losses.fitting import (
@@ -83,6 +83,8 @@ PAPER_WEIGHTS = {"mask": 10.0, "pixel": 1.0, "feature": 0.04, "latent": 0.05, "s
 #: Defaults: the paper's plus a soft-silhouette term (see the module docstring).
 DEFAULT_WEIGHTS = PAPER_WEIGHTS | {"silhouette": 10.0}
 _PRED_MASK_THRESHOLD, _TARGET_MASK_THRESHOLD, _FEATURE_MASK_THRESHOLD = 0.9, 0.5, 0.5
+#: The most random codes the initialisation scores (100 x the paper's 500; each is a render of every view).
+MAX_INIT_CODES = 50_000
 
 
 @dataclass
@@ -196,6 +198,7 @@ def invert(
         raise ValueError(f"generator must be a MeshGenerator, got {type(generator).__name__}")
     if not (len(stage_steps) == len(z_lrs) == len(camera_lrs)) or any(s < 0 for s in stage_steps):
         raise ValueError("stage_steps, z_lrs and camera_lrs must have the same length and non-negative steps")
+    check_int(n_init, "n_init", 1, MAX_INIT_CODES)
     if n_init < 1 or init_batch < 1 or init_views < 1 or max_points < 1:
         raise ValueError(f"need n_init, init_batch, init_views, max_points >= 1; got {n_init}, {init_batch}, "
                          f"{init_views}, {max_points}")  # fmt: skip
@@ -349,7 +352,12 @@ def save_inversion_result(
     from monorecon.models.meshgan.template import UVSphereTemplate
 
     check_placement(object_height, origin, "object_height")
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)
+    if out_dir.is_dir():  # every output checked before the first is written: all of them or none
+        check_output_folder(out_dir / "views")
+        names = ["mesh.glb", "input_view.png", "result.json", *(f"views/{i:02d}.png" for i in range(12))]
+        for name in names:
+            check_writable(out_dir / name)
     (out_dir / "views").mkdir(parents=True, exist_ok=True)
     paths = {"mesh": save_mesh(result.mesh.placed(object_height, origin), out_dir / "mesh.glb")}
     paths["input_view"] = save_image(result.render[..., :3].clamp(0, 1).numpy(), out_dir / "input_view.png")

@@ -74,11 +74,11 @@ def _read_depth_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                values = np.asarray(img, dtype=np.float64)
-            else:  # an 8-bit depth map: scale to the 16-bit range
-                values = np.asarray(img.convert("L"), dtype=np.float64) * 257.0
-    except OSError as err:
+            # 16-bit only: an 8-bit map has 256 depth levels in the 2-unit window, a colour or float one is no code
+            if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raise ValueError(f"{path} is not a 16-bit greyscale depth PNG (mode {img.mode}; see encode_depth_png)")
+            values = np.asarray(img, dtype=np.float64)
+    except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot read depth image {path}: {err}") from None
     return decode_depth_png(np.clip(values, 0, 65535))
 

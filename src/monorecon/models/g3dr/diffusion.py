@@ -266,6 +266,8 @@ def load_rgbd_diffusion(path: str | os.PathLike) -> RGBDDiffusion:
         if not (path / name).is_file():
             raise ValueError(f"diffusion model folder {path} lacks {name}")
     settings = load_yaml(path / "config.yaml") or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path / 'config.yaml'} is not a mapping of settings")
     model = RGBDDiffusion(load_dataclass_config(settings.get("model", {}), DiffusionConfig))
     try:
         model.load_state_dict(read_state_dict(path / "model.safetensors"))

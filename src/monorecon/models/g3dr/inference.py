@@ -23,11 +23,12 @@ from monorecon.core.checks import check_tensor
 from monorecon.core.extract import extract_isosurface
 from monorecon.core.mesh import Mesh, check_placement
 from monorecon.core.projection import project_image_colours
-from monorecon.io.atomic import atomic_write_bytes
+from monorecon.io.atomic import atomic_write_bytes, check_output_folder, check_writable
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.io.weights import read_state_dict
 from monorecon.io.yaml_config import load_yaml
+from monorecon.train.utils import load_dataclass_config
 
 from .data import FAR_DEPTH, load_rgbd_pair, resize_view
 from .generator import G3DRGenerator, G3DRModelConfig, view_c2w
@@ -68,9 +69,9 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
         if not file.is_file():
             raise ValueError(f"G3DR model folder {path} lacks {file.name}")
     settings = load_yaml(config_path) or {}
-    if not isinstance(settings.get("model"), dict):
+    if not isinstance(settings, dict) or not isinstance(settings.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section")
-    model = G3DRGenerator(G3DRModelConfig(**settings["model"]))
+    model = G3DRGenerator(load_dataclass_config(settings["model"], G3DRModelConfig))  # unknown keys named
     try:
         model.load_state_dict(read_state_dict(weights))
     except RuntimeError as err:
@@ -87,6 +88,8 @@ def _as_chw(rgb: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor 
         raise ValueError(f"rgb must be (3|4, H, W) or (H, W, 3|4), got {tuple(rgb.shape)}")
     if rgb.shape[0] == 3:
         return rgb, None
+    if not bool((rgb[3] > 0.5).any()):
+        raise ValueError("no foreground: the alpha is empty (fully transparent image?)")
     return rgb[:3] * rgb[3:] + (1 - rgb[3:]), rgb[3]
 
 
@@ -198,9 +201,12 @@ def save_reconstruction(
 ) -> dict[str, Path]:
     """Write ``mesh.glb`` (vertex colours; a lit PBR material, or ``KHR_materials_unlit`` with ``unlit``, as
     ``monorecon reconstruct``), ``turntable.gif`` and ``turntable.png`` (a frame grid)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_folder(out_dir)
     paths = {"mesh": out_dir / "mesh.glb", "gif": out_dir / "turntable.gif", "grid": out_dir / "turntable.png"}
+    if out_dir.is_dir():  # every output checked before the first is written: all of them or none
+        for path in paths.values():
+            check_writable(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_mesh(mesh, paths["mesh"], unlit=unlit)
     frames_u8 = (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()

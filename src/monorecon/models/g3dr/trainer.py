@@ -24,6 +24,7 @@ size 128); random horizontal flips of the inputs as the official data loader.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -37,6 +38,7 @@ import yaml
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
+from monorecon.core.checks import check_int
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.losses.perceptual import PerceptualLoss
 from monorecon.train.utils import (
@@ -158,8 +160,15 @@ class G3DRTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        check_int(self.batch_size, "batch_size", 1, 4096)
+        check_int(self.render_size, "render_size", 1, 1024)
+        if not 0 < self.lr <= 1:  # Adam moves each weight by about lr per step: above 1 a run diverges at once
+            raise ValueError(f"lr must lie in (0, 1], got {self.lr}")
+        if not (self.grad_clip >= 0 and not math.isnan(self.grad_clip)):
+            raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        for name, weight in dataclasses.asdict(self.loss).items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"loss.{name} must be a finite weight >= 0, got {weight}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.data.source not in ("synthetic", "folder"):

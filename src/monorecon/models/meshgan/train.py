@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ import yaml
 from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
+from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import SHAPE_CLASSES, make_object
@@ -65,6 +67,9 @@ __all__ = [
 ]
 
 _MISS_RADIUS = 0.1
+#: Upper bounds of the config's sizes (beyond them a run only ends in an allocation failure).
+_MAX_SIZES = {"image_size": 1024, "texture_size": 1024, "latent_dim": 4096, "batch_size": 4096,
+              "views_per_object": 1024, "train_objects_per_class": 100_000}  # fmt: skip
 
 
 @dataclass
@@ -109,6 +114,15 @@ class MeshGANConfig:
             raise ValueError(f"config image_size must be >= 16, got {self.image_size}")
         if not 0 <= self.ema_decay < 1 or self.lr_g <= 0 or self.lr_d <= 0 or self.camera_scale <= 0:
             raise ValueError("config needs 0 <= ema_decay < 1 and positive lr_g, lr_d, camera_scale")
+        for name, high in _MAX_SIZES.items():
+            check_int(getattr(self, name), f"config {name}", 1, high)
+        for name in ("image_loss_weight", "smoothness_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"config {name} must be a finite weight >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= float(beta) < 1 for beta in self.betas):
+            raise ValueError(f"config betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if len(self.elevation_range) != 2 or not -90 < self.elevation_range[0] <= self.elevation_range[1] < 90:
+            raise ValueError(f"config elevation_range must be [low, high] within (-90, 90), got {self.elevation_range}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         self.elevation_range = (float(self.elevation_range[0]), float(self.elevation_range[1]))
 
@@ -263,7 +277,9 @@ def _build_training_set(config: MeshGANConfig, template: UVSphereTemplate, progr
     return {
         "textures": torch.stack(textures),
         "deformations": torch.stack(deformations),
-        "views": torch.stack(views).clamp(0, 1),
+        # contiguous, as read back from the cache: a channels-last batch takes other conv kernels (a resumed run
+        # would differ from an uninterrupted one by float rounding)
+        "views": torch.stack(views).clamp(0, 1).contiguous(),
         "quaternions": torch.stack(quaternions),
     }
 
