@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -662,6 +663,28 @@ def test_an_update_that_breaks_the_weights_stops_before_they_are_checkpointed(ti
     monkeypatch.undo()
     train(_config(tiny_dataset, out, steps=6, checkpoint_every_steps=1))  # resumes to the end
     assert all(bool(torch.isfinite(w).all()) for w in _final_weights(out).values())
+
+
+def test_non_finite_activations_in_a_training_step_are_a_divergence(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Weights finite but so large that the scene code overflows: the model's own check (scene_code contains NaN)
+    inside a training step means the run diverged (exit 1, checkpoint named), not that the input was bad (exit 2)."""
+    from monorecon import cli
+    from monorecon.models.triposr.model import TripoSRModel
+
+    original, calls = TripoSRModel.encode, {"n": 0}
+
+    def overflowing(self, images):
+        calls["n"] += 1
+        code = original(self, images)
+        return code * float("inf") if calls["n"] == 4 else code  # the 4th step, step index 3
+
+    monkeypatch.setattr(TripoSRModel, "encode", overflowing)
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_dataset, tmp_path / "run", steps=6)))
+    assert cli.main(["train", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("monorecon: error: training diverged: scene_code contains NaN")
+    assert re.search(r"at step 3; the last good checkpoint is kept at .*step_00000002\.pt", err), err
 
 
 def test_resume_takes_the_optimiser_settings_from_the_config(tiny_dataset, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.checks import NonFiniteError
 from monorecon.core.volume import (
     DepthKernel,
     VolumeRenderConfig,
@@ -434,9 +435,12 @@ def test_render_rejects_bad_input():
     with pytest.raises(ValueError, match="density"):
         renderer.render(lambda p: (torch.ones(p.shape[0], 2, dtype=F64), torch.ones(p.shape[0], 3, dtype=F64)),
                         origins, directions)  # fmt: skip
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="field_fn returned negative densities"):
         renderer.render(lambda p: (-torch.ones(p.shape[0], 1, dtype=F64), torch.ones(p.shape[0], 3, dtype=F64)),
                         origins, directions)  # fmt: skip
+    with pytest.raises(NonFiniteError, match="field_fn returned NaN densities"):  # a ValueError too
+        renderer.render(lambda p: (torch.full((p.shape[0], 1), float("nan"), dtype=F64),
+                                   torch.ones(p.shape[0], 3, dtype=F64)), origins, directions)  # fmt: skip
     with pytest.raises(ValueError, match="n_samples"):
         VolumeRenderConfig(n_samples=0)
     for chunk in (0, 10**9, 2.5):

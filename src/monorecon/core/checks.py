@@ -22,6 +22,11 @@ TEXTURE_RESOLUTION_RANGE = (64, 8192)
 SEED_RANGE = (0, 2**31 - 1)
 
 
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or infinite values. Bad input at inference; inside a training step, a diverged run
+    (:func:`monorecon.train.utils.diverges_on_non_finite`)."""
+
+
 class SkippedInputWarning(UserWarning):
     """An input (an object of a dataset, a mesh file of an evaluation folder) that was reported and left out."""
 
@@ -66,7 +71,7 @@ def check_tensor(
         # and this runs on every field query.
         low, high = (float(end) for end in torch.aminmax(x.detach()))
         if finite and x.is_floating_point() and not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise NonFiniteError(f"{name} contains NaN or infinite values")
         if unit_range and not (0 <= low and high <= 1):
             raise ValueError(f"{name} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
     return x

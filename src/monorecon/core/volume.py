@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_tensor
+from .checks import NonFiniteError, check_tensor
 
 __all__ = [
     "DepthKernel",
@@ -654,8 +654,10 @@ class VolumeRenderer:
         if not isinstance(rgb, torch.Tensor) or rgb.shape != (n_points, 3):
             got = tuple(rgb.shape) if isinstance(rgb, torch.Tensor) else type(rgb).__name__
             raise ValueError(f"field_fn rgb must have shape ({n_points}, 3), got {got}")
-        if not bool((density >= 0).all()):  # also catches NaN
-            raise ValueError("field_fn returned densities that are not non-negative numbers")
+        if bool(density.isnan().any()):
+            raise NonFiniteError("field_fn returned NaN densities")
+        if not bool((density >= 0).all()):
+            raise ValueError("field_fn returned negative densities")
         return density.reshape(n_rays, n_samples), rgb.reshape(n_rays, n_samples, 3)
 
     def _render_chunk(

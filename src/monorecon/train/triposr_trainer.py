@@ -78,6 +78,7 @@ from .utils import (
     check_finite_parameters,
     cosine_with_warmup,
     dataclass_to_dict,
+    diverges_on_non_finite,
     init_distributed,
     is_main_process,
     load_dataclass_config,
@@ -856,7 +857,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     for step in range(start_step, cfg.steps):
         generator = step_generator(cfg.seed, step, rank)
         batch = {key: value.to(device, non_blocking=True) for key, value in _make_batch(bank, cfg, generator).items()}
-        terms = ddp_module(batch, generator)
+        with diverges_on_non_finite(step, checkpointer):
+            terms = ddp_module(batch, generator)
         check_finite_loss(terms["loss"], step, checkpointer)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

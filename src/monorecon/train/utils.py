@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,7 +24,7 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ import torch.distributed as dist
 import yaml
 from PIL import Image, ImageDraw
 
+from ..core.checks import NonFiniteError
 from ..io.atomic import atomic_write, atomic_write_bytes
 from ..io.yaml_config import load_yaml
 
@@ -46,6 +48,7 @@ __all__ = [
     "cleanup_distributed",
     "cosine_with_warmup",
     "dataclass_to_dict",
+    "diverges_on_non_finite",
     "init_distributed",
     "is_main_process",
     "load_dataclass_config",
@@ -291,6 +294,17 @@ def check_finite_parameters(
     of broken weights could never be resumed). Arguments as :func:`check_finite_loss`."""
     if not all(bool(torch.isfinite(p.detach()).all()) for p in parameters):
         raise _diverged("the update made a weight NaN or infinite", step, checkpoint)
+
+
+@contextlib.contextmanager
+def diverges_on_non_finite(step: int, checkpoint: Checkpointer | Path | None = None) -> Iterator[None]:
+    """Around a training step's forward pass: NaN/inf activations caught by the model's own checks
+    (:class:`~monorecon.core.checks.NonFiniteError`) mean the run diverged (:class:`TrainingDiverged`, the last good
+    checkpoint named as by :func:`check_finite_loss`), not that the input was bad."""
+    try:
+        yield
+    except NonFiniteError as err:
+        raise _diverged(str(err), step, checkpoint) from err
 
 
 def _diverged(what: str, step: int, checkpoint: Checkpointer | Path | None) -> TrainingDiverged:

@@ -41,6 +41,7 @@ from monorecon.train.utils import (
     check_finite_loss,
     check_finite_parameters,
     cosine_with_warmup,
+    diverges_on_non_finite,
     load_dataclass_config,
     plot_curves,
     seed_everything,
@@ -325,7 +326,8 @@ def train_rgbd_diffusion(
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(x0, labels[index], generator)
+        with diverges_on_non_finite(step, checkpointer):
+            loss = model.loss(x0, labels[index], generator)
         check_finite_loss(loss, step, checkpointer)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

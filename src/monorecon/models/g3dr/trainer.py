@@ -48,6 +48,7 @@ from monorecon.train.utils import (
     check_finite_parameters,
     cosine_with_warmup,
     dataclass_to_dict,
+    diverges_on_non_finite,
     load_dataclass_config,
     plot_curves,
     seed_everything,
@@ -280,7 +281,8 @@ class G3DRTrainer:
         generator = step_generator(self.config.seed, step)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total, logged = self.losses(step, generator)
+        with diverges_on_non_finite(step, checkpointer):
+            total, logged = self.losses(step, generator)
         check_finite_loss(total, step, checkpointer)
         total.backward()
         if self.config.grad_clip > 0:
