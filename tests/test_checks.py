@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monorecon.core.checks import check_tensor
+from monorecon.core.checks import NonFiniteError, check_bool, check_non_negative, check_positive, check_tensor
 
 
 def _accepted(x: torch.Tensor, **kwargs) -> bool:
@@ -51,3 +51,29 @@ def test_empty_and_integer_tensors_pass_the_value_checks():
     assert _accepted(torch.tensor([5, -7]))  # integers are always finite
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     assert check_tensor(x, "x") is x  # returned as given, a tensor needing its gradient too
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        (check_bool, "no", "flag must be True or False, got 'no'"),  # a non-empty string would read as true
+        (check_bool, 1, "flag must be True or False, got 1"),
+        (check_positive, "1e-4", "flag must be a number, got '1e-4'"),
+        (check_positive, True, "flag must be a number, got True"),
+        (check_positive, 0.0, "flag must be positive and finite, got 0.0"),
+        (check_positive, float("nan"), "flag must be positive and finite, got nan"),
+        (check_non_negative, -1e-9, "flag must be a finite number >= 0, got -1e-09"),
+        (check_non_negative, float("inf"), "flag must be a finite number >= 0, got inf"),
+        (check_non_negative, None, "flag must be a number, got None"),
+    ],
+)
+def test_option_checks_name_what_is_wrong(check, value, message):
+    with pytest.raises(ValueError) as raised:
+        check(value, "flag")
+    assert str(raised.value) == message
+
+
+def test_option_checks_return_plain_values_and_nan_is_a_non_finite_error():
+    assert check_bool(False, "f") is False and check_positive(3, "f") == 3.0 and check_non_negative(0, "f") == 0.0
+    with pytest.raises(NonFiniteError, match="x contains NaN or infinite values"):  # a ValueError too
+        check_tensor(torch.tensor([1.0, float("nan")]), "x")

@@ -395,8 +395,8 @@ def test_g3dr_command_writes_the_photo_coloured_mesh(tmp_path, monkeypatch):
         ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
         ({"batch_size": 10**9}, r"batch_size must lie in \[1, 4096\]"),
         ({"render_size": 100000}, r"render_size must lie in \[1, 1024\]"),
-        ({"loss": G3DRLossConfig(rgb=float("nan"))}, "loss.rgb must be a finite weight >= 0"),
-        ({"loss": G3DRLossConfig(depth=-1e9)}, "loss.depth must be a finite weight >= 0"),
+        ({"loss": G3DRLossConfig(rgb=float("nan"))}, "loss.rgb must be a finite number >= 0"),
+        ({"loss": G3DRLossConfig(depth=-1e9)}, "loss.depth must be a finite number >= 0"),
     ],
 )
 def test_training_settings_that_cannot_train_are_refused(tmp_path, overrides, message):

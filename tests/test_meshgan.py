@@ -209,8 +209,8 @@ def test_config_rejects_unknown_keys_and_classes(tmp_path):
         ({"betas": [0.5]}, r"betas must be two numbers in \[0, 1\)"),
         ({"latent_dim": 10**7}, r"latent_dim must lie in \[1, 4096\]"),
         ({"batch_size": 10**9}, "batch_size must lie in"),
-        ({"smoothness_weight": float("nan")}, "smoothness_weight must be a finite weight >= 0"),
-        ({"image_loss_weight": -1e9}, "image_loss_weight must be a finite weight >= 0"),
+        ({"smoothness_weight": float("nan")}, "smoothness_weight must be a finite number >= 0"),
+        ({"image_loss_weight": -1e9}, "image_loss_weight must be a finite number >= 0"),
         ({"elevation_range": [40, -10]}, "elevation_range must be"),
     ):
         with pytest.raises(ValueError, match=message):

@@ -234,7 +234,7 @@ def test_load_dataclass_config(tmp_path):
         ({"optim": {"grad_clip": 0.0}}, "optim.grad_clip must be positive"),
         ({"optim": {"grad_clip": -1.0}}, "optim.grad_clip must be positive"),
         ({"optim": {"betas": [0.9, 0.95, 0.99]}}, r"optim\.betas must be two numbers in \[0, 1\)"),
-        ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay must be >= 0"),
+        ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay must be a finite number >= 0"),
         ({"num_threads": 0}, r"num_threads must lie in \[1, 1024\], got 0"),
         ({"supervision_size": 100000}, "supervision_size must be at most 2048"),
     ],

@@ -64,11 +64,11 @@ def turntable_from_mesh(
     from .core.shading import face_areas
 
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
-    verts = mesh.verts.detach().float()
+    verts = mesh.verts.detach()
     if fit:  # in float64: a mesh in any units (1e20 overflows float32 arithmetic) comes out framed alike
         centre, radius = mesh.bounding_sphere()
-        scale = FIT_RADIUS / radius if radius > 0 else 1.0
-        verts = ((mesh.verts.detach().double() - centre.double()) * scale).float()
+        verts = (verts.double() - centre.double()) * (FIT_RADIUS / radius if radius > 0 else 1.0)
+    verts = verts.float()
     if not float(face_areas(verts, mesh.faces).sum()) > 0:
         raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     frames = []

@@ -102,6 +102,15 @@ def check_positive(value: object, name: str) -> float:
     return float(value)
 
 
+def check_non_negative(value: object, name: str) -> float:
+    """Check a real option (a loss weight, a decay; not a bool or a string) is finite and >= 0; return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """Resolve a device: "auto" (CUDA when this machine has it, else the CPU), "cpu", "cuda" or "cuda:N".
 

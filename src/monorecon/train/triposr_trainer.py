@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
-from ..core.checks import SkippedInputWarning, check_device, check_int, warn_if_slow_bfloat16
+from ..core.checks import SkippedInputWarning, check_device, check_int, check_non_negative, warn_if_slow_bfloat16
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.weights import read_state_dict
@@ -172,8 +172,7 @@ class OptimSection:
         # AdamW moves each weight by about lr per step: above 1 a run diverges at once
         if not 0 < self.lr <= 1:
             raise ValueError(f"optim.lr must lie in (0, 1], got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"optim.weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        check_non_negative(self.weight_decay, "optim.weight_decay")
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
@@ -219,9 +218,7 @@ class LossSection:
             "occupancy_jitter",
             "occupancy_tolerance",
         ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
+            check_non_negative(getattr(self, name), f"loss.{name}")
         for name in ("occupancy_level", "occupancy_box"):
             value = getattr(self, name)
             if (value is not None or name == "occupancy_box") and not (math.isfinite(value) and value > 0):

@@ -292,7 +292,8 @@ def check_finite_parameters(
     """Raise :class:`TrainingDiverged` if a parameter holds NaN/inf (call it after the optimiser step, before a
     checkpoint is written: a finite loss can still be followed by an update that breaks the weights, and a checkpoint
     of broken weights could never be resumed). Arguments as :func:`check_finite_loss`."""
-    if not all(bool(torch.isfinite(p.detach()).all()) for p in parameters):
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in parameters])  # one sync per step, not per tensor
+    if not bool(finite.all()):
         raise _diverged("the update made a weight NaN or infinite", step, checkpoint)
 
 

@@ -38,7 +38,7 @@ import yaml
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
-from monorecon.core.checks import check_int
+from monorecon.core.checks import check_int, check_non_negative
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.losses.perceptual import PerceptualLoss
 from monorecon.train.utils import (
@@ -157,7 +157,7 @@ class G3DRTrainConfig:
             or self.calibrate_views < 0
         ):
             raise ValueError(f"calibrate_views must be a non-negative integer, got {self.calibrate_views!r}")
-        for name in ("steps", "batch_size", "render_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        for name in ("steps", "checkpoint_every", "log_every", "keep_checkpoints"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -168,8 +168,7 @@ class G3DRTrainConfig:
         if not (self.grad_clip >= 0 and not math.isnan(self.grad_clip)):
             raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         for name, weight in dataclasses.asdict(self.loss).items():
-            if not (math.isfinite(weight) and weight >= 0):
-                raise ValueError(f"loss.{name} must be a finite weight >= 0, got {weight}")
+            check_non_negative(weight, f"loss.{name}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.data.source not in ("synthetic", "folder"):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
-from monorecon.core.checks import check_int
+from monorecon.core.checks import check_int, check_non_negative
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import SHAPE_CLASSES, make_object
@@ -67,9 +66,9 @@ __all__ = [
 ]
 
 _MISS_RADIUS = 0.1
-#: Upper bounds of the config's sizes (beyond them a run only ends in an allocation failure).
-_MAX_SIZES = {"image_size": 1024, "texture_size": 1024, "latent_dim": 4096, "batch_size": 4096,
-              "views_per_object": 1024, "train_objects_per_class": 100_000}  # fmt: skip
+#: Ranges of the config's sizes (beyond them a run only ends in an allocation failure).
+_SIZE_RANGES = {"image_size": (16, 1024), "texture_size": (1, 1024), "latent_dim": (1, 4096), "batch_size": (1, 4096),
+                "views_per_object": (1, 1024), "train_objects_per_class": (1, 100_000)}  # fmt: skip
 
 
 @dataclass
@@ -105,20 +104,15 @@ class MeshGANConfig:
         unknown = [c for c in self.classes if c not in SHAPE_CLASSES]
         if not self.classes or unknown:
             raise ValueError(f"classes must be non-empty names from {sorted(SHAPE_CLASSES)}, got {self.classes}")
-        positive = ("train_objects_per_class", "views_per_object", "image_size", "batch_size", "steps",
-                    "checkpoint_every", "latent_dim", "faces_per_pixel")  # fmt: skip
-        for name in positive:
+        for name in ("steps", "checkpoint_every", "faces_per_pixel"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config {name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size < 16:
-            raise ValueError(f"config image_size must be >= 16, got {self.image_size}")
+        for name, (low, high) in _SIZE_RANGES.items():
+            check_int(getattr(self, name), f"config {name}", low, high)
         if not 0 <= self.ema_decay < 1 or self.lr_g <= 0 or self.lr_d <= 0 or self.camera_scale <= 0:
             raise ValueError("config needs 0 <= ema_decay < 1 and positive lr_g, lr_d, camera_scale")
-        for name, high in _MAX_SIZES.items():
-            check_int(getattr(self, name), f"config {name}", 1, high)
         for name in ("image_loss_weight", "smoothness_weight"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"config {name} must be a finite weight >= 0, got {getattr(self, name)}")
+            check_non_negative(getattr(self, name), f"config {name}")
         if len(self.betas) != 2 or not all(0 <= float(beta) < 1 for beta in self.betas):
             raise ValueError(f"config betas must be two numbers in [0, 1), got {list(self.betas)}")
         if len(self.elevation_range) != 2 or not -90 < self.elevation_range[0] <= self.elevation_range[1] < 90:
