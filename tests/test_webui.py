@@ -4,10 +4,15 @@ import base64
 import io
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -149,6 +154,40 @@ def test_page_needs_nothing_from_outside(form, client):
     page = client.get("/").text
     assert all(not link.startswith(("http:", "https:", "//")) for link in form["links"])
     assert "<script src" not in page and "@import" not in page
+
+
+def test_page_and_health_answer_head_requests(client):
+    for path in ("/", "/health"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b""
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
+        time.sleep(0.05)
+    try:
+        (port,) = {socket.getsockname()[1] for listener in server.servers for socket in listener.sockets}
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.mark.parametrize(("path", "drawn"), [("/docs", 'class="opblock-summary-path"'), ("/redoc", "api-content")])
+def test_api_documentation_draws_the_schema_offline(chromium, app, client, tmp_path, path, drawn):
+    """Swagger UI and ReDoc come from the app itself: their scripts draw the operations with no internet."""
+    page = client.get(path).text
+    assert "http:" not in page and "https:" not in page
+    with live_server(app) as base:
+        dom = chromium(["--virtual-time-budget=15000", "--dump-dom", base + path], tmp_path)
+    assert drawn in dom and "/reconstruct" in dom and "/preview" in dom
 
 
 def test_default_form_submission_downloads_a_mesh(client, form):

@@ -11,7 +11,8 @@ Endpoints:
   file name. Meshes are in the monorecon world frame (+Y up, the input view's front facing +Z: glTF's frame), STL in
   its Z-up frame (:func:`monorecon.io.save_mesh`).
 * ``GET /`` and ``POST /preview``: the web page and its JSON answer (see :mod:`monorecon.webui`).
-* ``GET /docs``, ``GET /openapi.json``: FastAPI's schema.
+* ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``GET /openapi.json``: the schema; the documentation pages'
+  scripts are served by the app itself (``fastapi-offline``), so they work with no internet.
 
 Errors are JSON ``{"detail": "<one line>"}``: 400 for an upload that is not a readable image (empty, corrupt, too
 large a side), 422 for bad options and for images the pipeline cannot use (empty alpha, background not plain, no
@@ -43,6 +44,7 @@ import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from .api import (
     Reconstruction,
@@ -440,7 +442,7 @@ def create_app(
         source = "injected"
     service = ReconstructionService(model, settings, source)
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="monorecon",
         description="Single-image 3D reconstruction: upload an image, get a mesh (+Y up, front +Z, glTF frame).",
     )
@@ -450,6 +452,7 @@ def create_app(
     app.add_exception_handler(Exception, _internal_error)
     mesh_form = mesh_form_dependency(settings)
 
+    @app.head("/health", include_in_schema=False)
     @app.get("/health", summary="liveness and model summary")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": service.model_summary(), "limits": dataclasses.asdict(settings)}

@@ -62,7 +62,7 @@ def build_ui(service: ReconstructionService) -> APIRouter:
     page = render_page(settings, service.model_summary())
     mesh_form = mesh_form_dependency(settings)
 
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)
 
@@ -277,7 +277,7 @@ __FIELDS__
 </main>
 <footer>Meshes are +Y up with the input view's front facing +Z (the glTF frame).
   REST API: <code>POST /reconstruct</code> (multipart, same fields as this form), <code>GET /health</code>;
-  schema at <a href="/openapi.json">/openapi.json</a>.</footer>
+  documentation at <a href="/docs">/docs</a>, schema at <a href="/openapi.json">/openapi.json</a>.</footer>
 <script>
 "use strict";
 __VIEWER_SCRIPT__
