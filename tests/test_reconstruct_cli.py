@@ -126,6 +126,10 @@ def test_timings_name_the_stages_that_ran(image_path, tmp_path, capsys):
     # One image, not --quiet: a progress bar of its stages names each while it runs.
     positions = [err.find(f", {stage}]") for stage in cases[0][1]]
     assert -1 not in positions and positions == sorted(positions) and "6/6 stages" in err, err
+    code, out, err = run([*argv, "--quiet"], capsys)  # asked for, the timings print with --quiet too (no bar)
+    assert code == 0 and err == "", err
+    written, timed = out.splitlines()
+    assert written.endswith(" faces)") and timed.startswith("  time: preprocess ")
 
 
 def test_object_height_and_origin_flags_place_the_mesh(image_path, tmp_path, capsys):

@@ -390,7 +390,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         if isinstance(outcome, str):
             failures += 1
             bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
-        elif not args.quiet:
+        elif not args.quiet or args.timings:  # --timings asks for output, also with --quiet
             bar.write(f"{image_path} -> {outcome.mesh_path} ({outcome.faces} faces)")
             if args.timings:
                 bar.write(f"  time: {_format_timings(outcome.timings)}")
@@ -407,7 +407,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 def _add_render(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="turntable (MP4 + GIF) of a mesh or an output folder; --html: a 3-D view")
     p.add_argument(
-        "result", type=Path, help="a mesh file (GLB/OBJ/PLY/USD) or a folder with a mesh.* (reconstruct, g3dr, invert)"
+        "result",
+        type=Path,
+        help="a mesh file (GLB/OBJ/PLY/STL/USD) or a folder with a mesh.* (reconstruct, g3dr, invert)",
     )
     p.add_argument("-o", "--output", type=Path, help="output stem (default: RESULT's folder/turntable)")
     p.add_argument("--frames", type=int, default=60)
@@ -476,8 +478,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="one mesh format to another (e.g. GLB -> USDZ for AR); vertex colours baked into a texture where needed",
-        description="Read a mesh (GLB, glTF, OBJ, PLY, USD/USDZ) and write it as GLB, OBJ, PLY or USDZ (from OUTPUT's "
-        "suffix). USDZ always gets a texture: a mesh with vertex colours is UV-unwrapped and its colours baked.",
+        description="Read a mesh (GLB, glTF, OBJ, PLY, STL, USD/USDZ) and write it as GLB, OBJ, PLY, STL or USDZ (from "
+        "OUTPUT's suffix). USDZ always gets a texture: a mesh with vertex colours is UV-unwrapped and its colours "
+        "baked. STL holds geometry only (+Z up, see the README's Conventions).",
     )  # fmt: skip
     p.add_argument("input", type=Path, help="the mesh file to read")
     p.add_argument(
@@ -516,9 +519,12 @@ def _run_convert(args: argparse.Namespace) -> int:
     mesh = mesh.placed(placement["object_height"], placement["origin"])
     save_mesh(mesh, args.output, unlit=args.unlit)
     if not args.quiet:
-        colours = (
-            ["texture"] if mesh.texture is not None else ["vertex colours"] if mesh.vertex_colors is not None else []
-        )
+        if fmt == "stl":
+            colours = ["geometry only"]
+        elif mesh.texture is not None:
+            colours = ["texture"]
+        else:
+            colours = ["vertex colours"] if mesh.vertex_colors is not None else []
         sizes = ", ".join([f"{mesh.num_verts:,} vertices", f"{mesh.num_faces:,} faces", *colours])
         print(f"{args.input} -> {args.output} ({sizes})")
     return 0
