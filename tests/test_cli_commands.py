@@ -38,7 +38,7 @@ from monorecon.cli import main
         (["data", "synth", "--n", "1", "--elevations", "0", "nan", "-o", "{tmp}/d"], "elevation_range_deg"),
         (["train", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--model", "sphere", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "missing"),
-        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),
+        (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "nan"], "threshold"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", "30,abc"], "--azimuths"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", ","], "azimuths"),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--azimuths", "0,nan"], "azimuths"),
@@ -60,7 +60,32 @@ from monorecon.cli import main
             "mc_resolution",
         ),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--max-objects", "0"], "max_objects"),
-        (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "0"], "threshold must"),
+        (
+            ["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "0"],
+            "threshold must",
+        ),
+        # Options that do not apply are refused, not ignored (the report would not be what the command says).
+        (
+            ["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "5", "--no-carve"],
+            "--threshold, --no-carve apply only to models",
+        ),
+        (["eval", "--export-inputs", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--prepare"], "--prepare applies only"),
+        (
+            ["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--inflation-profile", "round"],
+            "--inflation-profile applies only to --model inflation",
+        ),
+        (
+            ["eval", "--model", "sphere", "--data", "{tmp}/empty/set", "-o", "{tmp}/r", "--azimuths", "0,90"],
+            "--azimuths applies only to folders of mesh files",
+        ),
+        (
+            ["eval", "--model", "sphere", "--data", "{tmp}/empty/set", "-o", "{tmp}/r", "--elevation", "35"],
+            "--elevation applies only to folders of mesh files",
+        ),
+        (
+            ["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--split", "test"],
+            "--split applies only to synthetic datasets",
+        ),
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--volume-iou", "4"], "--volume-iou"),
         (["metrics", "{tmp}/corrupt.ply", "{tmp}/corrupt.ply", "--volume-iou", "-1"], "--volume-iou must lie in"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
@@ -92,6 +117,8 @@ from monorecon.cli import main
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "t.html").mkdir()  # an output path taken by a folder
+    (tmp_path / "empty" / "set").mkdir()  # a synthetic dataset (its index is not read before the options are checked)
+    (tmp_path / "empty" / "set" / "index.json").write_text("{}")
     (tmp_path / "corrupt.ply").write_bytes(b"ply\nnot really")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     (tmp_path / "flat.obj").write_text("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")  # one face of zero area

@@ -639,7 +639,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder or folder of meshes")
     p.add_argument("-o", "--output", type=Path, required=True, help="report folder (with --export-inputs: images)")
-    p.add_argument("--split", default="all")
+    p.add_argument("--split", help="synthetic datasets: train, val, test or all (default all)")
     p.add_argument("--max-objects", type=int)
     p.add_argument("--mc-resolution", type=int, default=128)
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
@@ -660,10 +660,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="volume IoU of prediction and ground truth as they lie in the world, on an N^3 grid (default 64; 0: off)",
     )
     p.add_argument(
-        "--azimuths", default="30",
+        "--azimuths",
         help="mesh folders: comma-separated input-view azimuths in degrees, one case per mesh and azimuth (default 30)",
-    )  # fmt: skip
-    p.add_argument("--elevation", type=float, default=15.0, help="mesh folders: input-view elevation (deg, default 15)")
+    )
+    p.add_argument("--elevation", type=float, help="mesh folders: input-view elevation (deg, default 15)")
     _add_device_option(p)
     p.add_argument(
         "--workers", type=int, default=1,
@@ -671,11 +671,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--inflation-thickness", type=float, default=1.0,
+        "--inflation-thickness", type=float,
         help="--model inflation: scale of the half-thickness profile (default 1)",
     )  # fmt: skip
     p.add_argument(
-        "--inflation-profile", choices=["cone", "round"], default="cone",
+        "--inflation-profile", choices=["cone", "round"],
         help="--model inflation: half-thickness = the silhouette's distance transform dt (cone, default) or "
         "sqrt(dt (2 max dt - dt)) (round: a disc becomes a sphere)",
     )  # fmt: skip
@@ -683,10 +683,44 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """Refuse options that do not apply to this evaluation: ignored, they would leave a report that is not what the
+    command line says (e.g. ``--azimuths`` on a dataset, ``--threshold`` for a baseline)."""
+    is_model = not (args.export_inputs or args.predictions) and args.model not in ("sphere", "inflation")
+    rules = [
+        (not is_model, "models (not the baselines, --predictions or --export-inputs)", {
+            "--threshold": args.threshold is not None, "--no-carve": args.no_carve, "--no-fill": args.no_fill,
+            "--no-project-input": args.no_project_input, "--prepare": args.prepare,
+        }),
+        (args.model != "inflation", "--model inflation", {
+            "--inflation-thickness": args.inflation_thickness is not None,
+            "--inflation-profile": args.inflation_profile is not None,
+        }),
+    ]  # fmt: skip
+    if args.data.is_dir():
+        is_dataset = (args.data / "index.json").is_file()
+        rules += [
+            (is_dataset, "folders of mesh files (a synthetic dataset's input view is each object's first view)",
+             {"--azimuths": args.azimuths is not None, "--elevation": args.elevation is not None}),
+            (not is_dataset, "synthetic datasets (folders with an index.json)", {"--split": args.split is not None}),
+        ]  # fmt: skip
+    for does_not_apply, scope, options in rules:
+        given = [name for name, is_given in options.items() if is_given]
+        if does_not_apply and given:
+            raise CommandError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to {scope}")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from .eval.harness import PredictionFolder, check_points, check_volume_iou_resolution, evaluate, export_inputs
 
-    azimuths = _float_list(args.azimuths, "--azimuths")
+    _check_eval_options(args)
+    split = "all" if args.split is None else args.split
+    azimuths = _float_list("30" if args.azimuths is None else args.azimuths, "--azimuths")
+    elevation = 15.0 if args.elevation is None else args.elevation
+    inflation = (
+        1.0 if args.inflation_thickness is None else args.inflation_thickness,
+        args.inflation_profile or "cone",
+    )
     check_points(args.points, "--points")  # before a model is loaded
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
@@ -694,8 +728,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     workers = _workers(args, device)  # before a model is loaded
     if args.export_inputs:
         paths = export_inputs(
-            args.data, args.output, split=args.split, max_objects=args.max_objects, mesh_azimuths=azimuths,
-            mesh_elevation=args.elevation,
+            args.data, args.output, split=split, max_objects=args.max_objects, mesh_azimuths=azimuths,
+            mesh_elevation=elevation,
         )  # fmt: skip
         if not args.quiet:
             print(f"{len(paths)} input images written to {args.output}")
@@ -706,11 +740,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         model = load_model(None if model == "default" else model, device=device)
     summary = evaluate(
-        model, args.data, args.output, args.points, split=args.split, max_objects=args.max_objects,
+        model, args.data, args.output, args.points, split=split, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
-        mesh_azimuths=azimuths, mesh_elevation=args.elevation, seed=args.seed, volume_iou_resolution=args.volume_iou,
-        inflation_thickness=args.inflation_thickness, inflation_profile=args.inflation_profile,
+        mesh_azimuths=azimuths, mesh_elevation=elevation, seed=args.seed, volume_iou_resolution=args.volume_iou,
+        inflation_thickness=inflation[0], inflation_profile=inflation[1],
         workers=workers, progress=not args.quiet,
     )  # fmt: skip
     if not args.quiet:
