@@ -379,7 +379,8 @@ def test_train_outputs_and_exact_resume(tiny_dataset, tmp_path):
     assert (full / "train_log.csv").is_file() and (full / "curves.png").is_file()
     assert [p.name for p in Checkpointer(full / "checkpoints").checkpoints()][-1] == "step_00000004.pt"
     rows = CSVLogger(full / "train_log.csv").rows()
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    _assert_loss_is_the_weighted_sum(rows, {"mask_bce": 0.5, "perceptual": 0.1})
     model = load_triposr(full / "final")  # the exported pair loads with the model loader
     assert model.config.tokenizer.plane_size == 4
 
@@ -568,12 +569,21 @@ def test_reframed_inputs_are_framed_as_photos_and_the_supervision_follows(tiny_d
         load_train_config(_config(tiny_dataset, tmp_path, data={**data, "reframe_jitter": 0.7}))
 
 
+def _assert_loss_is_the_weighted_sum(rows: list[dict[str, float]], weights: dict[str, float]) -> None:
+    """Each logged ``loss`` is ``mse`` + the sum of ``weight * term`` (to the log's 6 significant digits), and every
+    weighted term is large enough for that check to see it left out."""
+    for row in rows:
+        weighted = [weight * row[column] for column, weight in weights.items()]
+        assert all(np.isfinite(term) and term > 1e-3 * row["loss"] for term in weighted), row
+        assert row["loss"] == pytest.approx(row["mse"] + sum(weighted), rel=2e-5), row
+
+
 def _check_optional_loss_term(dataset: Path, tmp_path: Path, weight: str, column: str) -> None:
-    """Two steps with ``loss.<weight> = 0.5`` log a finite, positive ``column``; a negative weight is refused."""
+    """Two steps with ``loss.<weight> = 0.5`` log a finite, positive ``column`` that is part of the optimised loss;
+    a negative weight is refused."""
     out = tmp_path / weight
     train(_config(dataset, out, steps=2, loss={"lambda_mask": 0.5, weight: 0.5}))
-    rows = CSVLogger(out / "train_log.csv").rows()
-    assert all(np.isfinite(r[column]) and r[column] > 0 for r in rows)
+    _assert_loss_is_the_weighted_sum(CSVLogger(out / "train_log.csv").rows(), {"mask_bce": 0.5, column: 0.5})
     with pytest.raises(ValueError, match=weight):
         load_train_config(_config(dataset, tmp_path, loss={weight: -1.0}))
 
