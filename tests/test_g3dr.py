@@ -267,7 +267,7 @@ def test_rgbd_views_validation():
 # --------------------------------------------------------------------------------------------------------------------
 # Training, inference
 # --------------------------------------------------------------------------------------------------------------------
-def test_training_smoke_and_exact_resume(tmp_path):
+def test_training_smoke_and_exact_resume(tmp_path, monkeypatch):
     views = random_views()
     run = train_g3dr(tiny_train_config(tmp_path), views)
     for name in ("model.safetensors", "config.yaml", "train_log.csv", "curves.png"):
@@ -278,8 +278,16 @@ def test_training_smoke_and_exact_resume(tmp_path):
     # Interrupted after 2 steps, then resumed to 4: identical weights.
     half = train_g3dr(tiny_train_config(tmp_path, out_dir=str(tmp_path / "b"), steps=4, checkpoint_every=2), views)
     (half / "checkpoints" / "step_00000004.pt").unlink()
+    steps_run, train_step = [], G3DRTrainer.train_step
+    monkeypatch.setattr(
+        G3DRTrainer, "train_step", lambda self, step, *a: steps_run.append(step) or train_step(self, step, *a)
+    )
     resumed = load_g3dr(train_g3dr(tiny_train_config(tmp_path, out_dir=str(half)), views)).state_dict()
+    assert steps_run == [3, 4]  # resumed from the step-2 checkpoint, not trained again from the start
     assert all(torch.equal(first[k], resumed[k]) for k in first)
+    without_times = lambda lines: [line.rsplit(",", 1)[0] for line in lines]  # noqa: E731 (seconds come last)
+    logged = (half / "train_log.csv").read_text().strip().splitlines()
+    assert rows[0].endswith(",seconds") and without_times(logged) == without_times(rows)  # the same losses
     with pytest.raises(ValueError, match="steps"):
         tiny_train_config(tmp_path, steps=0)
     with pytest.raises(ValueError, match="unknown config key"):
