@@ -57,6 +57,18 @@ def test_spherical_convention():
     assert torch.allclose(c2w[:, :3, 3], torch.tensor([[0.0, 1.5, 0.0], [0.0, -1.5, 0.0]]), atol=1e-9)
 
 
+@pytest.mark.parametrize("azimuth", [0.0, 45.0, 90.0, 180.0, 290.0])
+@pytest.mark.parametrize("pole", [90.0, -90.0])
+def test_orbit_cameras_do_not_roll_at_the_poles(azimuth, pole):
+    """Through the elevations where the up hint changes (|el| 89.999), the image's up vector moves continuously: it
+    matches the camera a hair further from the pole (world +Y as the hint), for any azimuth."""
+    sign = math.copysign(1.0, pole)
+    near, at = orbit_c2w(azimuth, sign * 89.9989, 2.0), orbit_c2w(azimuth, torch.tensor([sign * 89.9991, pole]), 2.0)
+    for c2w in at:
+        assert torch.allclose(c2w[:3, 1], near[0, :3, 1], atol=1e-4)  # the image's up (camera +Y) in the world
+        assert torch.allclose(c2w[:3, :3].T @ c2w[:3, :3], torch.eye(3), atol=1e-9)
+
+
 def test_perspective_projection_hand_values():
     # fov 90 on a 100 x 100 image: fy = 50 px; the camera sits at the origin looking down -Z.
     cam = PerspectiveCameras(torch.eye(4), 100, 100, fov_y_deg=90.0)

@@ -100,15 +100,17 @@ def orbit_c2w(
 ) -> torch.Tensor:
     """(B, 4, 4) c2w of cameras on a sphere around ``target`` (default origin) looking at it, world up +Y.
 
-    A camera exactly above or below (|elevation| = 90 deg) uses +Z as its up hint instead.
+    At a pole (|elevation| > 89.999 deg), where +Y is along the view, the up hint is the limit of the image's up
+    direction as the elevation approaches it at the camera's azimuth, ``-sign(el) (sin az, 0, cos az)``, so the
+    image does not roll as a camera passes that elevation.
     """
     eye = spherical_to_cartesian(azimuth_deg, elevation_deg, distance).reshape(-1, 3)
     if target is not None:
         eye = eye + target.to(eye).reshape(-1, 3)
     el = torch.as_tensor(elevation_deg, dtype=eye.dtype).reshape(-1).expand(eye.shape[0])
-    up = torch.where(
-        (el.abs() > 89.999)[:, None], eye.new_tensor([0.0, 0.0, -1.0]) * el.sign()[:, None], eye.new_tensor([0.0, 1, 0])
-    )
+    az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=eye.dtype)).reshape(-1).expand(eye.shape[0])
+    pole_up = -el.sign()[:, None] * torch.stack([az.sin(), torch.zeros_like(az), az.cos()], dim=-1)
+    up = torch.where((el.abs() > 89.999)[:, None], pole_up, eye.new_tensor([0.0, 1.0, 0.0]))
     return look_at(eye, target, up)
 
 
