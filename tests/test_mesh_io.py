@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -218,6 +219,23 @@ def test_round_trip_texture(tmp_path, ext):
     assert float((loaded.texture - mesh.texture).abs().max()) <= COLOR_TOLERANCE
     expected = {"glb": ["mesh.glb"], "obj": ["mesh.mtl", "mesh.obj", "mesh.png"]}[ext]
     assert sorted(os.listdir(tmp_path)) == expected
+
+
+@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
+def test_uvs_without_a_texture_keep_the_vertex_colours_and_add_no_texture(tmp_path, ext):
+    """trimesh drops a PLY's / an OBJ's vertex colours when the file has UVs, and gives UVs without an image a grey
+    2 x 2 placeholder: neither may reach a loaded mesh (it would render flat grey, and convert would embed it)."""
+    coloured = _colored_sphere()
+    both = Mesh(coloured.verts, coloured.faces, vertex_colors=coloured.vertex_colors, uvs=_textured_sphere().uvs)
+    for mesh in (both, dataclasses.replace(both, vertex_colors=None)):
+        loaded = load_mesh(save_mesh(mesh, tmp_path / f"mesh.{ext}"))
+        assert loaded.texture is None
+        if mesh.vertex_colors is not None:
+            assert float((loaded.vertex_colors - mesh.vertex_colors).abs().max()) <= COLOR_TOLERANCE
+    # Another tool's OBJ with texture coordinates and no material at all.
+    lines = ["v 0 0 0 1 0 0", "v 1 0 0 0 1 0", "v 0 1 0 0 0 1", "vt 0 0", "vt 1 0", "vt 0 1", "f 1/1 2/2 3/3"]
+    (tmp_path / "foreign.obj").write_text("\n".join(lines) + "\n")
+    assert load_mesh(tmp_path / "foreign.obj").texture is None
 
 
 def test_obj_texture_coordinates_are_v_up(tmp_path):

@@ -221,7 +221,9 @@ class Mesh:
     def from_trimesh(cls, tm: trimesh.Trimesh) -> Mesh:
         """Mesh from a ``trimesh.Trimesh``: vertex colours (alpha dropped) or UVs with the material's image.
 
-        Face colours are ignored. trimesh stores UVs with ``v`` up, as this module does.
+        Face colours are ignored. trimesh stores UVs with ``v`` up, as this module does. A file with UVs and no image
+        gets trimesh's grey placeholder material: no texture here. trimesh drops the vertex colours of a PLY file that
+        also has UVs; they are read back from its PLY data.
         """
         if not isinstance(tm, trimesh.Trimesh):
             raise ValueError(f"expected a trimesh.Trimesh, got {type(tm).__name__}")
@@ -239,6 +241,8 @@ class Mesh:
                     texture = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
             if "color" in visual.vertex_attributes:  # trimesh keeps glTF COLOR_0 here when there is a material
                 vertex_colors = _colors_to_float(visual.vertex_attributes["color"])
+            else:
+                vertex_colors = _ply_vertex_colors(tm)
         return cls(verts=verts, faces=faces, vertex_colors=vertex_colors, uvs=uvs, texture=texture)
 
 
@@ -265,8 +269,24 @@ def _colors_to_float(colors: np.ndarray) -> torch.Tensor:
 
 
 def _material_image(material: object) -> Image.Image | None:
+    """The material's base colour image; None for none and for trimesh's placeholder (``color_image()``, what it
+    gives a file with UVs but no image)."""
     for attribute in ("baseColorTexture", "image"):  # PBRMaterial (glTF), SimpleMaterial (OBJ)
         image = getattr(material, attribute, None)
         if isinstance(image, Image.Image):
-            return image
+            placeholder = trimesh.visual.material.color_image()
+            is_placeholder = image.size == placeholder.size and np.array_equal(
+                np.asarray(image), np.asarray(placeholder)
+            )
+            return None if is_placeholder else image
     return None
+
+
+def _ply_vertex_colors(tm: trimesh.Trimesh) -> torch.Tensor | None:
+    """(V, 3) colours of a PLY file's ``red`` / ``green`` / ``blue`` vertex properties (trimesh keeps the file's data
+    in ``metadata["_ply_raw"]``), or None."""
+    data = tm.metadata.get("_ply_raw", {}).get("vertex", {}).get("data")
+    names = getattr(getattr(data, "dtype", None), "names", None) or ()
+    if not {"red", "green", "blue"} <= set(names) or len(data) != len(tm.vertices):
+        return None
+    return _colors_to_float(np.stack([data["red"], data["green"], data["blue"]], axis=1))

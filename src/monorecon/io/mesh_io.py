@@ -11,7 +11,8 @@ USDZ (the AR format of Quick Look and RealityKit) and the other USD files are wr
   vertices.
 * UVs: :class:`Mesh` stores ``v`` up from the texture's bottom row. OBJ uses the same convention (``vt`` written as
   is); glTF's ``TEXCOORD_0`` has ``v`` down from the top, so GLB stores ``1 - v``. Loading (through trimesh, which uses
-  the OBJ convention) gives back our convention for every format.
+  the OBJ convention) gives back our convention for every format. OBJ gets UVs only with its texture: trimesh reads
+  an OBJ with ``vt`` lines and no texture without its vertex colours.
 * Colours: vertex colours are written as 8-bit values (GLB ``COLOR_0`` as normalised unsigned bytes, PLY ``uchar``;
   OBJ as floats after the position, the common ``v x y z r g b`` extension), as is usual for meshes exported by
   trimesh. Note that glTF defines ``COLOR_0`` as linear while our colours are display values: no conversion is made.
@@ -325,9 +326,6 @@ def _ply_bytes(mesh: Mesh) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# OBJ
-# --------------------------------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------------------------------
 # STL
 # --------------------------------------------------------------------------------------------------------------------
 _STL_FACET = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attributes", "<u2")])
@@ -358,6 +356,9 @@ def _load_stl(path: Path) -> Mesh:
         raise ValueError(f"invalid mesh in {path}: {exc}") from exc
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# OBJ
+# --------------------------------------------------------------------------------------------------------------------
 def _write_obj(mesh: Mesh, path: Path) -> None:
     # Every file's content is made before any is written, so a failure leaves no file behind.
     lines = ["# monorecon"]
@@ -374,7 +375,7 @@ def _write_obj(mesh: Mesh, path: Path) -> None:
     else:
         lines += _format_rows("v", verts)
     faces = mesh.faces.cpu().numpy() + 1  # OBJ indices are 1-based
-    if mesh.uvs is not None:
+    if mesh.uvs is not None and mesh.texture is not None:
         lines += _format_rows("vt", mesh.uvs.detach().cpu().float().numpy().astype(np.float64))  # v up, as OBJ
         lines += ["f " + " ".join(f"{i}/{i}" for i in face) for face in faces.tolist()]
     else:
