@@ -132,6 +132,13 @@ def test_ray_aabb_known_cases():
     assert t_near.item() == pytest.approx(1.001) and t_far.item() == pytest.approx(2.999)
     _, _, hit = ray_aabb(origins[:1], directions[:1], (-1, -1, -1), (1, 1, 1), min_length=2.5)
     assert not hit.item()
+    # A direction along a box face (a zero component), at any length: the segment in units of |d| scales by 1 / length.
+    origin, direction = torch.tensor([[0.5, 0.0, 2.0]], dtype=F64), torch.tensor([[0.25, 0.0, -1.0]], dtype=F64)
+    t_near, t_far, _ = ray_aabb(origin, direction, (-0.87,) * 3, (0.87,) * 3)
+    np.testing.assert_allclose([t_near.item(), t_far.item()], [1.13, 1.48], rtol=1e-12)  # enters z = 0.87, leaves x
+    for scale in (2e-6, 1e6):
+        scaled = ray_aabb(origin, direction * scale, (-0.87,) * 3, (0.87,) * 3)
+        np.testing.assert_allclose([scaled[0].item() * scale, scaled[1].item() * scale], [1.13, 1.48], rtol=1e-9)
 
 
 def test_ray_aabb_brute_force():

@@ -44,7 +44,8 @@ _MAX_SAMPLES = 1 << 16
 _MAX_CHUNK = 1 << 24
 _AUTO_CHUNK_POINTS_CPU = 1 << 14
 _AUTO_CHUNK_POINTS_GPU = 1 << 20
-# TripoSR replaces direction components below this magnitude to avoid dividing by zero in the slab test.
+# TripoSR replaces direction components below this magnitude (its directions are unit vectors) to avoid dividing by
+# zero in the slab test; here it is relative to the direction's length, so any length gives the same segment.
 _MIN_DIRECTION_COMPONENT = 1e-6
 _PER_SAMPLE_KEYS = ("weights", "t", "edges")  # returned only with ``return_weights``
 
@@ -91,7 +92,10 @@ def ray_aabb(
         raise ValueError(f"shrink must lie in [0, 1), got {shrink}")
     center = (lo + hi) / 2
     lo, hi = center + (lo - center) * (1.0 - shrink), center + (hi - center) * (1.0 - shrink)
-    safe = torch.where(directions.abs() < _MIN_DIRECTION_COMPONENT, _MIN_DIRECTION_COMPONENT, directions)
+    tiny = (_MIN_DIRECTION_COMPONENT * directions.norm(dim=-1, keepdim=True)).clamp_min(
+        torch.finfo(directions.dtype).tiny
+    )
+    safe = torch.where(directions.abs() < tiny, tiny, directions)
     t_hi, t_lo = (hi - origins) / safe, (lo - origins) / safe
     t_near = torch.minimum(t_hi, t_lo).amax(dim=-1).clamp_min(near_min)
     t_far = torch.maximum(t_hi, t_lo).amin(dim=-1)
@@ -594,7 +598,7 @@ class VolumeRenderer:
         )
         fine_uniforms = None
         if cfg.n_importance > 0 and not use_window and not cfg.deterministic_importance:
-            fine_uniforms = torch.rand((n_hit, cfg.n_importance), generator=generator, **like)
+            fine_uniforms = _uniform((n_hit, cfg.n_importance), generator, **like)
 
         pieces: dict[str, list[torch.Tensor]] = {}
         chunk_size = cfg.chunk_size or self.auto_chunk_size(rays_o.device)
