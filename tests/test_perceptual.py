@@ -119,6 +119,30 @@ def test_vgg_state_dict_keys_match_torchvision(arch, convs):
     assert sorted(keys) == sorted([f"features.{i}.{p}" for i in convs for p in ("weight", "bias")])
 
 
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_vgg_activations_match_a_hand_written_forward_pass(tmp_path, arch):
+    """The first three blocks' activations against a forward pass written here from torchvision's layer indices
+    (convolutions 0, 2 | pool | 5, 7 | pool | 10 of ``features``), on inputs normalised by ImageNet's mean and std."""
+    torch.save(VGGFeatures(arch, layers=("relu1_1",), seed=7).state_dict(), tmp_path / "vgg.pth")
+    state = torch.load(tmp_path / "vgg.pth")
+    x = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(8))
+
+    def conv_relu(h: torch.Tensor, index: int) -> torch.Tensor:
+        weight, bias = state[f"features.{index}.weight"], state[f"features.{index}.bias"]
+        return torch.nn.functional.conv2d(h, weight, bias, padding=1).clamp_min(0)
+
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    relu1_2 = conv_relu(conv_relu((x - mean) / std, 0), 2)
+    relu2_2 = conv_relu(conv_relu(torch.nn.functional.max_pool2d(relu1_2, 2), 5), 7)
+    relu3_1 = conv_relu(torch.nn.functional.max_pool2d(relu2_2, 2), 10)
+    out = VGGFeatures(arch, tmp_path / "vgg.pth", layers=("relu1_2", "relu2_2", "relu3_1"))(x)
+    for name, expected in (("relu1_2", relu1_2), ("relu2_2", relu2_2), ("relu3_1", relu3_1)):
+        torch.testing.assert_close(out[name], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_vgg_loads_local_weights_and_layer_shapes(tmp_path):
     source = VGGFeatures("vgg19", layers=("relu3_1",), seed=1)
     state = {k: v.clone() for k, v in source.state_dict().items()}
