@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from monorecon.cli import main
 from monorecon.eval.compare import compare_reports, format_comparison
@@ -36,7 +37,9 @@ def test_paired_statistics_match_direct_formulas(tmp_path):
     # Equal cases per object: the clustered SE is the plain SE of the four objects' mean differences.
     per_mesh = diff.reshape(4, 3).mean(1)
     assert result["se_clustered"] == pytest.approx(per_mesh.std(ddof=1) / 2)
-    assert result["ci95"][0] < result["difference"] < result["ci95"][1]
+    z = scipy.stats.norm.ppf(0.975)  # the normal 95 % interval, by case and by object
+    for interval, se in ((result["ci95"], result["se"]), (result["ci95_clustered"], result["se_clustered"])):
+        assert interval == pytest.approx((result["difference"] - z * se, result["difference"] + z * se), rel=1e-6)
     assert result["b_higher"] + result["a_higher"] + result["ties"] == 12
     assert result["per_object"]["duck"]["difference"] == pytest.approx(per_mesh[1])
 
