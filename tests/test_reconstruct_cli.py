@@ -399,11 +399,19 @@ def test_bad_image(case, tmp_path, capsys):
     assert files_under(tmp_path / "out") == []
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files without permission")
-def test_unreadable_image(image_path, tmp_path, capsys):
+def test_unreadable_image(image_path, tmp_path, capsys, monkeypatch):
     path = tmp_path / "locked.png"
     shutil.copy(image_path, path)
     path.chmod(0)
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:  # root reads it anyway: refuse it as the OS would
+        original_open = Image.open
+
+        def refusing_open(fp, *args, **kwargs):
+            if Path(fp) == path:
+                raise PermissionError(13, "Permission denied", str(fp))
+            return original_open(fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", refusing_open)
     code, _, err = reconstruct([path], tmp_path / "out", capsys=capsys)
     assert_one_line_error(code, err, "locked.png")
     assert files_under(tmp_path / "out") == []
