@@ -171,6 +171,17 @@ def test_feature_losses():
     images = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     encoder = SemanticEncoder()
     assert encoder(images).shape == (2, 30) and not encoder.uses_clip
+    # Closed forms of the substitute (spatial mean, then standard deviation, of the 15 feature channels): a plain
+    # colour c gives (c, c, 0 ...; 0 ...); halves of colours a and b give a cell-colour mean (a + b) / 2 and
+    # standard deviation |a - b| / 2.
+    colour = torch.tensor([0.2, 0.5, 0.9])
+    plain = encoder(colour.view(1, 3, 1, 1).expand(1, 3, 24, 24))[0]
+    torch.testing.assert_close(plain, torch.cat([colour, colour, torch.zeros(24)]), atol=1e-5, rtol=0)
+    a, b = torch.tensor([0.9, 0.1, 0.3]), torch.tensor([0.1, 0.7, 0.5])
+    halves = torch.cat([a.view(1, 3, 1, 1).expand(1, 3, 24, 12), b.view(1, 3, 1, 1).expand(1, 3, 24, 12)], dim=-1)
+    embedding = encoder(halves)[0]
+    torch.testing.assert_close(embedding[:3], (a + b) / 2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(embedding[15:18], (a - b).abs() / 2, atol=1e-6, rtol=0)
     deep = DeepPerceptualLoss()
     assert torch.allclose(deep(images, images), torch.zeros(2))
     assert bool((deep(images, images.flip(1)) > 0).all())
