@@ -169,6 +169,24 @@ def test_density_is_inside_and_ties_are_outside():
     assert torch.equal(single.faces, mesh.faces) and torch.allclose(single.verts, mesh.verts)
 
 
+def test_a_threshold_within_float32_rounding_of_the_samples_gives_the_tie_mesh():
+    """At threshold 1e-9 of a 0 / 1 field every vertex rounds (float32) onto an outside sample: the same surface as
+    threshold 0, whose vertices sit on those samples (the same oriented triangles), with no coincident vertices or
+    zero-area faces."""
+
+    def ball(points: torch.Tensor) -> torch.Tensor:
+        return (points.norm(dim=-1) < 0.55).float()
+
+    def triangles(mesh) -> list[tuple]:
+        corners = [[tuple(corner) for corner in face] for face in mesh.verts[mesh.faces].tolist()]
+        return sorted(tuple(face[k:] + face[:k]) for face in corners for k in [face.index(min(face))])
+
+    tie, near = extract_isosurface(ball, 33, 0.0, 1.0), extract_isosurface(ball, 33, 1e-9, 1.0)
+    assert torch.unique(near.verts, dim=0).shape[0] == near.num_verts
+    assert bool((near.face_areas > 0).all()) and near.is_closed
+    assert triangles(near) == triangles(tie)
+
+
 def test_query_chunks_and_memory_are_bounded():
     sizes = []
 

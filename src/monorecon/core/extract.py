@@ -13,8 +13,8 @@ Conventions:
   if the field's values depend on how points are batched.
 * Vertex order is deterministic and independent of the block size: vertices sorted by the grid edge they lie on
   (lower end point x, y, z, then edge axis); faces start at their smallest vertex index (orientation kept) and are
-  sorted. Vertices that coincide on a sample (possible only where a sample equals the threshold exactly) are merged
-  and faces made degenerate by that are dropped.
+  sorted. Vertices that coincide on a sample (where a sample equals the threshold, or lies within float32 rounding of
+  it) are merged and faces made degenerate by that are dropped.
 """
 
 from __future__ import annotations
@@ -132,8 +132,17 @@ def extract_isosurface(
         )
     welded_verts, welded_faces = _weld(np.concatenate(edge_keys), np.concatenate(grid_verts), np.concatenate(faces))
     step = (high - low) / (resolution - 1)
-    verts = torch.from_numpy((low + welded_verts * step).astype(np.float32))
-    return Mesh(verts=verts, faces=torch.from_numpy(welded_faces))
+    verts = (low + welded_verts * step).astype(np.float32)
+    # Vertices of different edges can only meet at a sample: those within float32 rounding of one (a threshold a hair
+    # from its value) land on its float32 point. They are welded too, keyed by their first occurrence (the order
+    # stays that of the edge keys).
+    at_sample = np.flatnonzero((verts == (low + np.round(welded_verts) * step).astype(np.float32)).all(axis=1))
+    _, first, position_id = np.unique(verts[at_sample], axis=0, return_index=True, return_inverse=True)
+    if len(first) < len(at_sample):
+        keys = np.arange(len(verts))
+        keys[at_sample] = at_sample[first][position_id.reshape(-1)]
+        verts, welded_faces = _weld(keys, verts, welded_faces)
+    return Mesh(verts=torch.from_numpy(verts), faces=torch.from_numpy(welded_faces))
 
 
 def cleanup_mesh(
