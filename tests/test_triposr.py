@@ -3,7 +3,8 @@
 The reference in tests/data/triposr_ref was produced by the official TripoSR code (transformers 4.35) for a reduced
 configuration with seeded random weights (see its config.yaml): the ViT's position embeddings are a 3 x 3 grid and
 the 80-pixel input a 5 x 5 grid, so the legacy ``(n + 0.1) / m`` interpolation is exercised. ``official_keys.json``
-lists the key names and shapes of the full-size official model.
+lists the key names and shapes of the full-size official model. ``tools/triposr_reference.py`` writes the reference
+again with the official code (its docstring: the environment and the command), from seeded weights and inputs.
 """
 
 from __future__ import annotations
