@@ -98,6 +98,8 @@ OUR_DEFAULTS = {
     "renderer": {"radius": 0.87, "feature_reduction": "concat", "density_activation": "exp", "density_bias": -1.0,
                  "color_activation": "sigmoid", "n_samples": 128},
 }  # fmt: skip
+# The official config's class paths (monorecon.models.triposr.config writes the same: this script imports nothing of
+# monorecon, since it runs in the official code's environment).
 OFFICIAL_CLASSES = {
     "image_tokenizer": "tsr.models.tokenizers.image.DINOSingleImageTokenizer",
     "tokenizer": "tsr.models.tokenizers.triplane.Triplane1DTokenizer",
