@@ -186,7 +186,14 @@ def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):
     with open(tmp_path / "sphere" / "per_object.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {"chamfer", "fscore@0.1", "volume_iou", "seconds"} <= set(rows[0])
-    assert json.loads((tmp_path / "sphere" / "summary.json").read_text())["method"] == "sphere"
+    written = json.loads((tmp_path / "sphere" / "summary.json").read_text())
+    assert written["method"] == "sphere"
+    # The summary's means are those of the CSV's rows: per class (the two objects are of two classes) and overall.
+    assert len({row["class"] for row in rows}) == 2
+    for row in rows:
+        assert written["per_class"][row["class"]]["n"] == 1
+        assert written["per_class"][row["class"]]["chamfer"] == pytest.approx(float(row["chamfer"]), rel=1e-5)
+    assert written["mean"]["chamfer"] == pytest.approx(np.mean([float(row["chamfer"]) for row in rows]), rel=1e-5)
     inflation = evaluate("inflation", eval_dataset, tmp_path / "infl", n_points=2000, progress=False, n_grid_cases=0)
     assert inflation["n_failed"] == 0
     # Inflation is built from the input silhouette (48 px, thin parts lost at its 96^3 grid); a sphere only roughly.
