@@ -370,6 +370,22 @@ def test_synthesis_deterministic_and_resumable(tiny_dataset, tmp_path):
     assert (other / "000000_mug" / "cameras.json").read_bytes() != (again / "000000_mug" / "cameras.json").read_bytes()
 
 
+@pytest.mark.parametrize(("fractions", "split"), [((1, 0, 0), "train"), ((0, 1, 0), "val"), ((0, 0, 1), "test")])
+def test_split_fractions_name_the_splits(tmp_path, fractions, split):
+    """All of one split's probability puts every object in that split, by name, and the reader selects them."""
+    root = synthesize_dataset(tmp_path / split, 2, 1, 8, seed=0, progress=False, split_fractions=fractions)
+    entries = json.loads((root / "index.json").read_text())["objects"]
+    assert [entry["split"] for entry in entries] == [split, split]
+    assert len(MultiViewDataset(root, split=split)) == 2
+
+
+def test_views_are_drawn_all_around_the_object(tmp_path):
+    """Azimuths are uniform over the whole circle: 16 views of an object fall in each of its four quadrants."""
+    c2w = MultiViewDataset(synthesize_dataset(tmp_path / "d", 1, 16, 8, seed=3, progress=False), split="all")[0]["c2w"]
+    azimuths = np.degrees(np.arctan2(c2w[:, 0, 3].numpy(), c2w[:, 2, 3].numpy())) % 360  # 0 at +Z, 90 at +X
+    assert set((azimuths // 90).astype(int).tolist()) == {0, 1, 2, 3}
+
+
 def test_synthesize_bad_arguments(tmp_path):
     good = {"n_objects": 1, "n_views": 1, "size": 8, "seed": 0, "progress": False}
     for change, match in (
