@@ -1,6 +1,7 @@
 """Turntables (monorecon.video): where the cameras go and how the light shows the colours."""
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 
@@ -53,3 +54,8 @@ def test_odd_sized_turntables_save_a_playable_mp4_and_the_exact_gif(tmp_path):
     assert len(video) == 2 and video[0].shape == (18, 18, 3)  # the last row and column repeated
     assert abs(float(video[1].mean()) - 200) < 3 and abs(float(video[0].mean()) - 40) < 3
     assert Image.open(gif).size == (17, 17)
+    # Both play at the asked rate: the MP4 at 4 frames per second (two frames: half a second), the GIF 250 ms a frame.
+    meta = imageio.get_reader(mp4, format="FFMPEG").get_meta_data()
+    assert meta["fps"] == 4.0 and meta["duration"] == pytest.approx(0.5)
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 2 and animation.info["duration"] == 250 and animation.info["loop"] == 0
