@@ -153,6 +153,24 @@ def test_checkpointer_keeps_newest_and_restores_rng(tmp_path):
     assert Checkpointer(tmp_path / "none").load_latest(model) is None
 
 
+def test_checkpointer_restores_the_optimiser_state_with_the_new_settings(tmp_path):
+    """Every optimiser setting comes from the optimiser being resumed (the config), the moments and step from the
+    checkpoint; the changed settings are named."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.95), weight_decay=0.05)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, model, optimizer)
+    resumed = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.99), weight_decay=0.0)
+    with pytest.warns(UserWarning, match=r"optimiser settings \(betas, weight_decay changed"):
+        checkpointer.load_latest(model, resumed)
+    group = resumed.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.1, (0.8, 0.99), 0.0)
+    for parameter in model.parameters():
+        torch.testing.assert_close(resumed.state[parameter]["exp_avg"], optimizer.state[parameter]["exp_avg"])
+
+
 def test_csv_logger_truncates_and_plot_is_drawn(tmp_path):
     logger = CSVLogger(tmp_path / "log.csv")
     for step in range(1, 6):
