@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -439,6 +440,54 @@ def test_missing_and_corrupt_files_are_skipped(tiny_dataset, tmp_path):
     assert any(str(mesh) in str(w.message) for w in caught)
 
 
+def _negative_depth(path: Path) -> None:
+    with np.load(path) as data:
+        depth = data["depth"].copy()
+    depth[0, 0] = -0.5
+    np.savez_compressed(path, depth=depth)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda obj: (obj / "normals" / "001.png").unlink(), "missing or empty file {obj}/normals/001.png"),
+        (lambda obj: _negative_depth(obj / "depth" / "000.npz"), "depth file {obj}/depth/000.npz must hold a finite"),
+    ],
+)
+def test_damaged_normals_and_depth_skip_their_object(tiny_dataset, tmp_path, damage, message):
+    """Normal maps are checked like the images; a negative depth (a depth is a distance along the view) is refused."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    damage(root / "000001_chair")
+    with pytest.warns(UserWarning, match=re.escape(message.format(obj=root / "000001_chair"))):
+        ds = MultiViewDataset(root, split="all")
+    assert [o.object_id for o in ds.objects] == ["000000_mug"]
+
+
+def test_index_of_another_version_is_refused(tiny_dataset, tmp_path):
+    """A newer writer's layout may mean other things by the same files: refused, not guessed."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    index = json.loads((root / "index.json").read_text())
+    index["version"] += 1
+    (root / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"has version {index['version']}, this reader reads {index['version'] - 1}"):
+        MultiViewDataset(root, split="all")
+
+
+@pytest.mark.parametrize(("noise", "accepted"), [(4e-4, True), (5e-3, False)])
+def test_rotations_are_accepted_within_the_stored_precision(tiny_dataset, tmp_path, noise, accepted):
+    """A rotation written with a few decimals (other tools' JSON) is still a rotation; a skewed one is not."""
+    root = Path(shutil.copytree(tiny_dataset, tmp_path / "copy"))
+    cameras_path = root / "000000_mug" / "cameras.json"
+    cameras = json.loads(cameras_path.read_text())
+    cameras["views"][0]["c2w"][0][1] += noise  # R^T R is off the identity by about the noise
+    cameras_path.write_text(json.dumps(cameras))
+    if accepted:
+        assert len(MultiViewDataset(root, split="all")) == 2
+    else:
+        with pytest.warns(UserWarning, match="not a rotation"):
+            assert len(MultiViewDataset(root, split="all")) == 1
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -519,7 +568,12 @@ def test_objaverse_zero123_convention(tmp_path):
     locations = [np.array([0.0, -2.0, 0.0]), np.array([1.5, 0.0, 0.0]), np.array([0.0, -1.0, 1.0])]
     expected = [orbit_c2w(0.0, 0.0, 2.0), orbit_c2w(90.0, 0.0, 1.5), orbit_c2w(0.0, 45.0, math.sqrt(2.0))]
     _write_objaverse_object(tmp_path / "uid_a", [_zero123_w2c(p) for p in locations])
-    item = MultiViewDataset(tmp_path, split="all")[0]
+    _write_objaverse_object(tmp_path / ".cache", [np.ones((3, 4))])  # a tool's hidden folder: not an object
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and not reported as a skipped one either
+        dataset = MultiViewDataset(tmp_path, split="all")
+    assert [o.object_id for o in dataset.objects] == ["uid_a"]
+    item = dataset[0]
     for got, want in zip(item["c2w"], expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want[0].numpy(), atol=1e-6)
     np.testing.assert_allclose(item["fov_y_deg"].numpy(), ZERO123_FOV_DEG, rtol=1e-6)
@@ -547,6 +601,7 @@ def test_objaverse_other_conventions_and_bad_files(tmp_path):
     assert f"cannot read camera file {tmp_path / 'empty' / '000.npy'}" in messages
     assert [o.object_id for o in ds.objects] == ["good"]
     np.testing.assert_allclose(ds[0]["c2w"][0].double().numpy(), want, atol=1e-6)
+    assert ds[0]["fov_y_deg"].tolist() == [30.0]  # the convention's, not zero123's
     with pytest.raises(ValueError, match="camera_axes"):
         ObjaverseConvention(camera_axes="directx")
 

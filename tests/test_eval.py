@@ -267,8 +267,8 @@ def test_unreadable_objects_are_named_skipped_and_counted(eval_dataset, tmp_path
     assert (summary["n_objects"], summary["n_skipped"]) == (1, 1)
 
 
-def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, tmp_path):
-    config = TripoSRConfig.from_dict(
+def _tiny_model_config() -> TripoSRConfig:
+    return TripoSRConfig.from_dict(
         {
             "cond_image_size": 32,
             "image_encoder": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
@@ -280,14 +280,73 @@ def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, t
             "decoder": {"in_channels": 24, "hidden_channels": 16, "n_hidden_layers": 1},
         }
     )  # fmt: skip
+
+
+def test_evaluate_model_counts_empty_reconstructions_as_failures(eval_dataset, tmp_path):
     torch.manual_seed(0)
-    model = TripoSRModel(config)
+    model = TripoSRModel(_tiny_model_config())
     summary = evaluate(
         model, eval_dataset, tmp_path / "m", n_points=500, mc_resolution=16, render_size=16, progress=False,
         threshold=1e9, n_grid_cases=1,
     )  # fmt: skip
     assert summary["n_failed"] == 2 and summary["mean"]["fscore@0.1"] == summary["mean"]["volume_iou"] == 0.0
     assert 0.0 <= summary["mean"]["mask_iou"] <= 1.0 and {"psnr", "ssim"} <= set(summary["mean"])
+
+
+class _RecordingModel(TripoSRModel):
+    """The tiny model, recording what the harness gives it; its volume render is a blank (white, empty) image and
+    its surface ``surface`` where set."""
+
+    def __init__(self, config: TripoSRConfig) -> None:
+        super().__init__(config)
+        self.inputs, self.carves, self.surface = [], [], None
+
+    def encode(self, images):
+        self.inputs.append(images.clone())
+        return super().encode(images)
+
+    def render(self, scene_code, cameras, n_samples=None, chunk_size=8192, carve=None):
+        self.carves.append(carve)
+        size = cameras.height
+        return {"rgb": torch.ones(1, size, size, 3), "opacity": torch.zeros(1, size, size, 1)}
+
+    def extract_mesh(self, scene_code, *args, **kwargs):
+        return self.surface if self.surface is not None else super().extract_mesh(scene_code, *args, **kwargs)
+
+
+def test_harness_feeds_the_model_as_trained_and_scores_its_render_over_white(eval_dataset, tmp_path):
+    """The input is composited on grey 0.5 (the training renders' background); the input-view render (white
+    background, as the volume renderer draws) is scored against the input over white: a blank render has the
+    closed-form PSNR of the object's pixels against white. Carving and filling reach the render as asked."""
+    from monorecon.core.carving import SilhouetteFill, SilhouetteHull
+
+    torch.manual_seed(0)
+    model = _RecordingModel(_tiny_model_config())
+    common = {"n_points": 300, "mc_resolution": 12, "render_size": 48, "progress": False, "n_grid_cases": 0}
+    rows = {}
+    for name, options in {"plain": {"carve": False}, "hull": {"fill": False}, "filled": {"fill": True}}.items():
+        evaluate(model, eval_dataset, tmp_path / name, max_objects=1, volume_iou_resolution=0, **common, **options)
+        rows[name] = _rows(tmp_path / name)[0]
+    assert [type(c) for c in model.carves] == [type(None), SilhouetteHull, SilhouetteFill]
+
+    (case,) = load_cases(eval_dataset, max_objects=1)
+    rgba = torch.from_numpy(case.rgba).double()
+    alpha = rgba[..., 3:]
+    assert 0 < float(alpha.mean()) < 1
+    for seen in model.inputs:
+        np.testing.assert_allclose(seen[0].double(), rgba[..., :3] * alpha + 0.5 * (1 - alpha), atol=1e-6)
+    mse_against_white = float(((rgba[..., :3] * alpha + (1 - alpha) - 1.0) ** 2).mean())
+    for row in rows.values():
+        assert float(row["psnr"]) == pytest.approx(-10 * math.log10(mse_against_white), abs=1e-3)
+        assert float(row["mask_iou"]) == 0.0
+
+    # The true surface in grey: the input's colours, projected onto it, make its input-view render the input.
+    model.surface = Mesh(case.gt_mesh.verts, case.gt_mesh.faces, vertex_colors=torch.full_like(case.gt_mesh.verts, 0.5))
+    for name, project in {"projected": True, "grey": False}.items():
+        evaluate(model, eval_dataset, tmp_path / name, max_objects=1, volume_iou_resolution=0, **common,
+                 project_input=project)  # fmt: skip
+        rows[name] = _rows(tmp_path / name)[0]
+    assert float(rows["projected"]["mesh_psnr"]) > float(rows["grey"]["mesh_psnr"]) + 5, rows
 
 
 def test_mesh_folder_cases_one_per_azimuth_in_the_canonical_frame(tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -487,6 +488,26 @@ def test_atomic_write_failure_leaves_nothing(tmp_path):
     assert (tmp_path / "out.txt").read_bytes() == b"new"
     with pytest.raises(ValueError, match="mode"):
         atomic_write(tmp_path / "x", "a").__enter__()
+
+
+def test_atomic_write_goes_through_a_hidden_file_beside_the_destination(tmp_path):
+    """The temporary file lies in the destination's folder (a rename across file systems is a copy, not atomic)."""
+    with atomic_write(tmp_path / "out.bin") as f:
+        f.write(b"data")
+        (temporary,) = os.listdir(tmp_path)
+        assert Path(f.name).parent == tmp_path and temporary.startswith(".out.bin.") and temporary.endswith(".bin")
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_unwritable_folder_is_named_by_the_destination(tmp_path, monkeypatch):
+    """A folder where no file can be created: the error names the asked path, not the temporary file."""
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.glb.abcdefgh.tmp.glb"))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError, match=rf"^cannot write {re.escape(str(tmp_path))}/out.glb: Permission denied$"):
+        atomic_write_bytes(tmp_path / "out.glb", b"x")
 
 
 @pytest.mark.parametrize("ext", ["glb", "obj", "ply", "stl"])

@@ -78,7 +78,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = check_writable(path)
     # The real suffix stays last: some writers (video encoders) pick the format from it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as err:  # named by the destination: the temporary name means nothing to the caller
+        raise type(err)(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         yield Path(tmp_name)
