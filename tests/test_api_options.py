@@ -57,14 +57,17 @@ def test_prepare_input_names_a_folder(tmp_path):
 
 
 def test_prepare_input_reads_a_palette_pil_image_by_its_colours():
-    """``np.asarray`` of a palette image gives its indices (H, W); the API reads its colours and transparency."""
+    """``np.asarray`` of a palette image gives its indices (H, W); the API reads its colours and transparency (the
+    transparent hole in the square stays transparent: a flood fill from the border would keep it as foreground)."""
     indices = np.zeros((40, 60), np.uint8)
     indices[10:30, 20:40] = 1  # a red 20 x 20 square on palette entry 0, which is transparent
+    indices[15:25, 25:35] = 0  # with a transparent hole
     palette_image = Image.fromarray(indices, mode="P")
     palette_image.putpalette([0, 0, 255, 255, 0, 0] + [0] * 762)
     palette_image.info["transparency"] = 0
     rgba = np.zeros((40, 60, 4), np.float32)
     rgba[10:30, 20:40] = (1.0, 0.0, 0.0, 1.0)
+    rgba[15:25, 25:35] = 0.0
     config = PreprocessConfig(output_size=None)
     from_pil, expected = prepare_input(palette_image, config), prepare_input(rgba, config)
     np.testing.assert_array_equal(from_pil.alpha, expected.alpha)

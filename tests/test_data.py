@@ -278,6 +278,21 @@ def test_load_normalized_mesh_keeps_orientation(tmp_path):
         load_normalized_mesh(tmp_path / "missing.ply")
 
 
+@pytest.mark.parametrize("ext", ["glb", "obj"])
+def test_load_normalized_mesh_keeps_the_texture(tmp_path, ext):
+    """A textured file (written by trimesh) keeps its UVs and image, and gets no grey in their place."""
+    rng = np.random.default_rng(0)
+    box = trimesh.creation.box((1.0, 2.0, 3.0))
+    uvs = rng.random((len(box.vertices), 2))
+    pixels = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # not square: an H / W swap shows
+    box.visual = trimesh.visual.TextureVisuals(uv=uvs, image=Image.fromarray(pixels))
+    box.export(tmp_path / f"box.{ext}")
+    mesh = load_normalized_mesh(tmp_path / f"box.{ext}")
+    assert mesh.vertex_colors is None
+    np.testing.assert_allclose(mesh.uvs.numpy(), uvs, atol=1e-6)
+    np.testing.assert_array_equal(np.round(mesh.texture.numpy() * 255), pixels)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Synthesis and reading back
 # --------------------------------------------------------------------------------------------------------------------

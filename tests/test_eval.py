@@ -6,13 +6,16 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from monorecon.core.cameras import orbit_c2w
+from monorecon.core.checks import SkippedInputWarning
 from monorecon.core.mesh import Mesh
 from monorecon.data import ViewSampling, synthesize_dataset
 from monorecon.data.synth import render_views
@@ -176,6 +179,23 @@ def test_cases_put_the_ground_truth_in_the_canonical_frame(eval_dataset):
         assert mask_iou(unmoved, alpha) < 0.95
 
 
+def test_cases_whose_input_camera_is_not_at_the_models_distance_are_skipped(eval_dataset, tmp_path):
+    """The model sees its input from 1.9 units: an input view from elsewhere would score another task. Skipped,
+    named; the input camera moved along its own axis is otherwise still a valid camera."""
+
+    root = Path(shutil.copytree(eval_dataset, tmp_path / "copy"))
+    object_id = sorted(p.name for p in root.iterdir() if p.is_dir())[0]
+    cameras_path = root / object_id / "cameras.json"
+    cameras = json.loads(cameras_path.read_text())
+    c2w = np.asarray(cameras["views"][0]["c2w"])
+    c2w[:3, 3] *= 2.5 / np.linalg.norm(c2w[:3, 3])
+    cameras["views"][0]["c2w"] = c2w.tolist()
+    cameras_path.write_text(json.dumps(cameras))
+    with pytest.warns(SkippedInputWarning, match=f"skipping object {object_id}: input camera not at distance 1.9"):
+        cases = load_cases(root)
+    assert object_id not in [c.object_id for c in cases] and len(cases) == 1
+
+
 def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):
     summary = evaluate("sphere", eval_dataset, tmp_path / "sphere", n_points=2000, progress=False, n_grid_cases=1)
     assert summary["n_objects"] == 2 and summary["n_failed"] == 0
@@ -198,6 +218,49 @@ def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):
     assert inflation["n_failed"] == 0
     # Inflation is built from the input silhouette (48 px, thin parts lost at its 96^3 grid); a sphere only roughly.
     assert inflation["mean"]["mesh_mask_iou"] > summary["mean"]["mesh_mask_iou"] + 0.1
+
+
+def test_report_means_depth_ratios_geometrically_and_shows_the_best_case_first(eval_dataset, tmp_path):
+    """A method twice too deep on one object and half as deep on the other has a mean depth ratio of 1 (the
+    arithmetic mean, 1.25, would call it too deep); the Markdown table gives each class's and the **all** row's
+    means in their columns; the grid's first row is the case with the higher F-score, the second the other."""
+    cases = load_cases(eval_dataset)
+    stretched = iter(
+        Mesh(c.gt_mesh.verts * torch.tensor([1.0, 1.0, factor]), c.gt_mesh.faces)  # +Z: towards the input camera
+        for c, factor in zip(cases, (2.0, 0.5), strict=True)
+    )
+
+    def deepened(rgba):
+        return next(stretched)
+
+    summary = evaluate(deepened, eval_dataset, tmp_path / "r", n_points=500, progress=False, n_grid_cases=1,
+                       volume_iou_resolution=0)  # fmt: skip
+    rows = _rows(tmp_path / "r")
+    assert [float(r["depth_ratio"]) for r in rows] == pytest.approx([2.0, 0.5], rel=1e-4)
+    assert summary["mean"]["depth_ratio"] == pytest.approx(1.0, rel=1e-4)
+    assert [summary["per_class"][r["class"]]["depth_ratio"] for r in rows] == pytest.approx([2.0, 0.5], rel=1e-4)
+
+    table = [line for line in (tmp_path / "r" / "summary.md").read_text().splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in table[2:]}
+    assert set(cells) == {rows[0]["class"], rows[1]["class"], "**all**"}
+    for name, want in ((rows[0]["class"], "2.0000"), (rows[1]["class"], "0.5000"), ("**all**", "**1.0000**")):
+        assert cells[name][header.index("depth_ratio")] == want
+    assert cells["**all**"][header.index("n")] == "2"
+    fscores = [float(r["fscore@0.1"]) for r in rows]
+    assert cells["**all**"][header.index("fscore@0.1")] == f"**{np.mean(fscores):.4f}**"
+
+    grid = np.asarray(Image.open(tmp_path / "r" / "best_worst.png").convert("RGB"), dtype=np.float32) / 255
+    assert grid.shape == (2 * (128 + 14), 4 * 128, 3)
+    inputs = []
+    for case in cases:
+        over_white = case.rgba[..., :3] * case.rgba[..., 3:] + 1 - case.rgba[..., 3:]
+        inputs.append(np.asarray(Image.fromarray((over_white * 255).astype(np.uint8)).resize((128, 128))) / 255)
+    best = int(np.argmax(fscores))
+    for row, index in enumerate((best, 1 - best)):
+        tile = grid[row * 142 + 14 : (row + 1) * 142, :128]
+        distances = [np.abs(tile - image).mean() for image in inputs]
+        assert int(np.argmin(distances)) == index, distances
 
 
 def test_volume_iou_is_only_scored_against_closed_ground_truths(tmp_path, capsys):
@@ -233,12 +296,10 @@ def test_volume_iou_is_only_scored_against_closed_ground_truths(tmp_path, capsys
 
 
 def test_unreadable_objects_are_named_skipped_and_counted(eval_dataset, tmp_path, capsys):
-    import shutil
 
     import trimesh
 
     from monorecon.cli import main
-    from monorecon.core.checks import SkippedInputWarning
 
     meshes = tmp_path / "meshes"
     meshes.mkdir()

@@ -204,3 +204,81 @@ def test_reframe_views_keeps_empty_images_and_refuses_bad_input():
     for ratio in ([0.0, 0.5], [0.5, 1.5], [float("nan"), 0.5], [0.5]):
         with pytest.raises(ValueError, match="ratio"):
             reframe_views(images, torch.tensor(ratio), 1.9, 40.0)
+
+
+def test_composite_blends_half_transparent_pixels_with_the_background_grey():
+    """Straight alpha over grey g: a pixel of colour c and alpha a becomes a c + (1 - a) g (g = 0.25 here, not the
+    default, so a hard-coded 0.5 fails); the alpha itself is kept."""
+    img = np.zeros((40, 50, 4), np.float32)
+    img[10:30, 10:40] = (0.1, 0.2, 0.3, 1.0)  # opaque object: fixes the bounding box
+    img[15:20, 15:20] = (1.0, 0.0, 0.4, 0.6)  # a translucent patch inside it
+    img[22:25, 30:35] = (0.0, 1.0, 0.8, 0.2)  # a faint patch inside it (below alpha_threshold, still inside the box)
+    out = preprocess_image(img, PreprocessConfig(background_gray=0.25, foreground_ratio=0.9, output_size=None))
+    for colour, alpha, size in [((1.0, 0.0, 0.4), 0.6, 25), ((0.0, 1.0, 0.8), 0.2, 15), ((0.1, 0.2, 0.3), 1.0, 0)]:
+        where = np.abs(out.alpha - alpha) < 1e-6
+        if size:
+            assert where.sum() == size
+        expected = alpha * np.array(colour) + (1 - alpha) * 0.25
+        np.testing.assert_allclose(out.rgb[where], np.broadcast_to(expected, (where.sum(), 3)), atol=1e-6)
+    np.testing.assert_allclose(out.rgb[out.alpha == 0], 0.25)
+
+
+def test_flood_fill_uses_the_median_border_colour_with_an_object_on_the_border():
+    """An object touching the image border fills part of it: the background colour is the border's median (the
+    majority), not its mean (pulled toward the object), and the mask is exactly the object."""
+    img = _square_on((1.0, 1.0, 1.0), box=(0, 60, 0, 15))  # red column over the whole left edge
+    img[20:30, 60:80] = (0.0, 0.0, 1.0)  # a blue block on the right edge: 98 of the 276 border pixels are object
+    expected = np.zeros((60, 80), np.float32)
+    expected[:, :15] = expected[20:30, 60:] = 1.0
+    np.testing.assert_array_equal(border_alpha(img), expected)
+    out = preprocess_image(img, PreprocessConfig(foreground_ratio=1.0, output_size=None))
+    assert out.alpha.shape == (80, 80)  # the crop spans the whole width: 80 x 60, padded to 80 x 80
+    np.testing.assert_array_equal(out.alpha[10:70], expected)
+    np.testing.assert_array_equal(out.alpha[:10], 0.0)
+
+
+def test_flood_fill_reaches_background_from_every_side():
+    """Background only reachable through one image edge (inside a bracket open to the right) is background; and
+    the background colour is read from all four edges: in a tall narrow image whose top and bottom rows are all
+    object, the side columns are what make white the majority."""
+    bracket = _square_on((1.0, 1.0, 1.0), box=(10, 14, 40, 80))
+    bracket[46:50, 40:80] = bracket[10:50, 40:44] = (1.0, 0.0, 0.0)
+    expected = np.zeros((60, 80), np.float32)
+    expected[10:14, 40:] = expected[46:50, 40:] = expected[10:50, 40:44] = 1.0
+    np.testing.assert_array_equal(border_alpha(bracket), expected)
+    bars = _square_on((1.0, 1.0, 1.0), size=(100, 20), box=(0, 3, 0, 20))
+    bars[97:] = (1.0, 0.0, 0.0)
+    expected = np.zeros((100, 20), np.float32)
+    expected[:3] = expected[97:] = 1.0
+    np.testing.assert_array_equal(border_alpha(bars), expected)
+
+
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_tall_object_stays_tall_at_its_foreground_ratio_after_resizing(with_alpha):
+    """A 80 x 10 (H x W) bar in a 100 x 60 photo, framed at ratio 0.5 and resized to 64: its box must be 32 x 4
+    pixels (not 4 x 32: H and W swapped), centred, of its own colour; the longer side / 64 is the ratio."""
+    img = _square_on((1.0, 1.0, 1.0), size=(100, 60), box=(10, 90, 25, 35), colour=(0.0, 0.5, 1.0))
+    if with_alpha:
+        img = np.concatenate([img, np.zeros((100, 60, 1), np.float32)], axis=-1)
+        img[10:90, 25:35, 3] = 1.0
+    out = preprocess_image(img, PreprocessConfig(foreground_ratio=0.5, output_size=64))
+    assert out.rgb.shape == (64, 64, 3) and out.alpha.shape == (64, 64)
+    r0, r1, c0, c1 = _bbox(out.alpha > 0.5)
+    assert abs((r1 - r0) - 32) <= 1 and abs((c1 - c0) - 4) <= 1
+    assert abs((r1 - r0) / 64 - 0.5) <= 1 / 64
+    assert abs(r0 - (64 - r1)) <= 1 and abs(c0 - (64 - c1)) <= 1
+    # Colour and alpha resampled alike (resizing is linear): every pixel is alpha * colour + (1 - alpha) * grey.
+    expected = out.alpha[..., None] * np.array([0.0, 0.5, 1.0]) + (1 - out.alpha[..., None]) * 0.5
+    np.testing.assert_allclose(out.rgb, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.65, 1.0])
+def test_foreground_ratio_sets_the_object_size_in_the_output(ratio):
+    """The object's longer bounding-box side is ``foreground_ratio`` of the output side, to a pixel; a 24 x 36
+    object in a non-square 50 x 90 image, resized to 100."""
+    img = np.zeros((50, 90, 4), np.float32)
+    img[13:37, 40:76] = (0.9, 0.1, 0.1, 1.0)
+    out = preprocess_image(img, PreprocessConfig(foreground_ratio=ratio, output_size=100))
+    r0, r1, c0, c1 = _bbox(out.alpha > 0.5)
+    assert abs((c1 - c0) - 100 * ratio) <= 1
+    assert abs((r1 - r0) - 100 * ratio * 24 / 36) <= 1

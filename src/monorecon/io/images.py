@@ -58,14 +58,16 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     """PIL image -> (H, W, 3|4) float32 array in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+        # 16-bit modes hold 0..65535 however dark the image; a 32-bit "I" image is taken as 16-bit above 255
+        arr = arr / (65535.0 if img.mode != "I" or arr.max() > 255 else 255.0)
         return np.repeat(arr[..., None], 3, axis=-1).clip(0, 1)
     if img.mode == "F":  # 32-bit float (TIFF): intensities in [0, 1], as float arrays are read
         arr = np.asarray(img, dtype=np.float32)
         if not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
             raise ValueError("a float image must hold values in [0, 1] (NaN, infinite or out-of-range pixels)")
         return np.repeat(arr[..., None], 3, axis=-1)
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    # "transparency" in info: a palette's transparent entries, or the transparent grey / colour key of a PNG (tRNS)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info)
     img = img.convert("RGBA" if has_alpha else "RGB")
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
