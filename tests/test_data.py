@@ -380,8 +380,9 @@ def test_synthesis_deterministic_and_resumable(tiny_dataset, tmp_path):
     synthesize_dataset(again, n_objects=3, n_views=2, size=32, seed=3, progress=False)  # resumes, adds one object
     assert (again / "000000_mug" / "rgba" / "000.png").stat().st_mtime_ns == stamp
     assert len(MultiViewDataset(again, "all")) == 3
-    with pytest.raises(ValueError, match="not made with these arguments"):
-        synthesize_dataset(again, n_objects=1, n_views=3, size=32, seed=3, progress=False)
+    for change in ({"n_views": 3}, {"size": 16}):  # other views, or images of another size, are another dataset
+        with pytest.raises(ValueError, match="not made with these arguments"):
+            synthesize_dataset(again, **{"n_objects": 1, "n_views": 2, "size": 32, "seed": 3, **change}, progress=False)
     other = synthesize_dataset(tmp_path / "other", n_objects=1, n_views=2, size=32, seed=4, progress=False)
     assert (other / "000000_mug" / "cameras.json").read_bytes() != (again / "000000_mug" / "cameras.json").read_bytes()
 

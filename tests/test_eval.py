@@ -47,6 +47,17 @@ def test_sphere_baseline_recovers_a_sphere():
     assert (mesh.verts - mean_centre).norm(dim=-1).mean().item() == pytest.approx(radius, rel=0.01)
 
 
+def test_baselines_centre_a_coarse_silhouette_on_the_view_axis():
+    """A centred disc of 24 pixels: both baselines' shapes are centred on the view axis (pixel centres lie half a
+    pixel inside the pixels: 0.027 world units here)."""
+    mask = _analytic_sphere_mask(24, torch.zeros(3), 0.4)
+    sphere = sphere_baseline(mask).verts
+    torch.testing.assert_close(sphere.mean(0)[:2], torch.zeros(2), atol=2e-3, rtol=0)
+    inflated = inflation_baseline(mask, resolution=64).verts
+    box_centre = (inflated.max(0).values + inflated.min(0).values) / 2
+    torch.testing.assert_close(box_centre[:2], torch.zeros(2), atol=0.02, rtol=0)
+
+
 def test_inflation_of_a_disc_is_a_round_solid():
     radius = 0.4
     mask = _analytic_sphere_mask(128, torch.zeros(3), radius)
