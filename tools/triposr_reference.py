@@ -63,6 +63,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import sys
 import tempfile
 import types
@@ -287,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="print the largest difference of each array with this npz")
     args = parser.parse_args(argv)
 
+    for path in (args.official / "tsr", args.reference_dir / "config.yaml", args.reference_dir / "model.safetensors"):
+        if not path.exists():
+            raise SystemExit(f"triposr_reference: {path} not found (see --official / --reference-dir)")
+    if not args.output.parent.is_dir():
+        raise SystemExit(f"triposr_reference: cannot write {args.output}: folder {args.output.parent} does not exist")
+
     torch.set_grad_enabled(False)
     ours = yaml.safe_load((args.reference_dir / "config.yaml").read_text())
     if not isinstance(ours, dict) or "image_tokenizer_cls" in ours:
@@ -304,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         images_u8, points = seeded_inputs(model, args.seed)
     arrays = run_official(model, images_u8, points)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.output, **arrays)
+    partial = args.output.with_name(f".{args.output.name}.partial.npz")  # renamed when complete
+    np.savez_compressed(partial, **arrays)
+    os.replace(partial, args.output)
     print(f"wrote {args.output}: " + ", ".join(f"{key} {value.shape}" for key, value in arrays.items()))
     if args.compare is not None:
         compare(arrays, args.compare)
