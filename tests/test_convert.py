@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pygltflib
+import pytest
 import torch
 import trimesh
 
@@ -10,7 +12,7 @@ from monorecon.cli import main
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh, save_mesh
 from monorecon.video import turntable_from_mesh
-from test_usd_io import _validation_errors
+from test_usd_io import _surface, _validation_errors
 
 
 def _coloured_blob() -> Mesh:
@@ -76,3 +78,24 @@ def test_textured_mesh_to_ply_is_refused_and_nothing_written(tmp_path, capsys):
     plain = save_mesh(Mesh(_coloured_blob().verts, _coloured_blob().faces), tmp_path / "plain.ply")
     assert main(["convert", str(plain), str(tmp_path / "plain.usdz"), "--quiet"]) == 0
     assert load_mesh(tmp_path / "plain.usdz").texture is None
+
+
+@pytest.mark.parametrize("unlit", [False, True])
+def test_unlit_flag_reaches_the_written_material(tmp_path, unlit):
+    """--unlit: the GLB's material is KHR_materials_unlit and the USDZ's texture drives emissiveColor (diffuse black);
+    without it both are lit (no extension; the texture drives diffuseColor)."""
+    from pxr import Usd, UsdShade
+
+    source = save_mesh(_coloured_blob(), tmp_path / "blob.ply")
+    flag = ["--unlit"] if unlit else []
+    for suffix in ("glb", "usdz"):
+        argv = ["convert", str(source), str(tmp_path / f"out.{suffix}"), "--texture-resolution", "64", "--quiet"]
+        assert main([*argv, *flag]) == 0
+    (material,) = pygltflib.GLTF2().load(str(tmp_path / "out.glb")).materials
+    assert (material.extensions or None) == ({"KHR_materials_unlit": {}} if unlit else None)
+    stage = Usd.Stage.Open(str(tmp_path / "out.usdz"))  # kept: its prims die with it
+    surface = _surface(stage)
+    shown, other = ("emissiveColor", "diffuseColor") if unlit else ("diffuseColor", "emissiveColor")
+    texture = UsdShade.Shader(surface.GetInput(shown).GetConnectedSources()[0][0].source.GetPrim())
+    assert texture.GetIdAttr().Get() == "UsdUVTexture"
+    assert (tuple(surface.GetInput(other).Get()) == (0.0, 0.0, 0.0)) if unlit else not surface.GetInput(other)

@@ -9,6 +9,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pygltflib
@@ -18,6 +19,7 @@ import trimesh
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from monorecon.core.carving import SilhouetteFill, SilhouetteHull
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh
 from monorecon.server import MeshForm, ReconstructionService, ServerSettings, create_app, run_server
@@ -77,6 +79,30 @@ class StubModel:
 
     def render(self, scene_code: torch.Tensor, cameras) -> dict:
         raise NotImplementedError("the server does not volume-render")
+
+
+class ConfiguredStub(StubModel):
+    """The stub with a model config whose settings all differ from those of a model without one (TripoSR's
+    mesh_threshold 25, foreground_ratio 0.85, no silhouette fill); ``weights`` records each extraction's carving."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        renderer = SimpleNamespace(mesh_threshold=3.5, silhouette_fill=True, radius=0.87)
+        self.config = SimpleNamespace(foreground_ratio=0.6, renderer=renderer)
+        self.weights: list = []
+
+    def extract_mesh(
+        self, scene_code: torch.Tensor, resolution: int, threshold: float, method: str, carve=None
+    ) -> Mesh:
+        self.weights.append(carve)
+        return super().extract_mesh(scene_code, resolution, threshold, method, carve)
+
+
+def object_share(image: torch.Tensor) -> float:
+    """The larger side of the red object's bounding box in a (1, S, S, 3) model input, as a share of S."""
+    red = (image[0, ..., 0] > 0.9) & (image[0, ..., 1] < 0.1)
+    rows, cols = torch.nonzero(red, as_tuple=True)
+    return (max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1) / image.shape[1]
 
 
 def png_upload(rgba: np.ndarray) -> bytes:
@@ -213,19 +239,31 @@ def test_model_sees_the_preprocessed_object(client, stub):
     torch.testing.assert_close(image[0, side // 2, side // 2], torch.tensor([1.0, 0.0, 0.0]), atol=1 / 255, rtol=0)
 
 
-def test_obj_with_baked_texture_comes_zipped(client):
-    response = post(client, {"format": "obj", "bake_texture": "true", "texture_resolution": "64"}, name="mug.jpg")
+def test_obj_with_baked_texture_comes_zipped(client, tmp_path):
+    """The zip's OBJ names the MTL in the zip (mtllib), the MTL the PNG in the zip (map_Kd), usemtl the material the
+    MTL defines: extracted, trimesh (an independent reader) finds the texture. Vertex colours: the OBJ alone."""
+    response = post(client, {"format": "obj", "bake_texture": "true", "texture_resolution": "64"}, name="my mug.jpg")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
-    assert response.headers["content-disposition"] == 'attachment; filename="mug.zip"'
+    assert response.headers["content-disposition"] == 'attachment; filename="my_mug.zip"'
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-        assert sorted(archive.namelist()) == ["mug.mtl", "mug.obj", "mug.png"]
-        obj_text = archive.read("mug.obj").decode()
-        texture = np.asarray(Image.open(io.BytesIO(archive.read("mug.png"))).convert("RGB"))
-    assert "mtllib mug.mtl" in obj_text
+        assert sorted(archive.namelist()) == ["my_mug.mtl", "my_mug.obj", "my_mug.png"]
+        texture = np.asarray(Image.open(io.BytesIO(archive.read("my_mug.png"))).convert("RGB"))
+        archive.extractall(tmp_path)
+
+    def values(name: str, key: str) -> list[str]:
+        lines = (tmp_path / name).read_text().splitlines()
+        return [line.split(maxsplit=1)[1] for line in lines if line.startswith(key + " ")]
+
+    assert values("my_mug.obj", "mtllib") == ["my_mug.mtl"] and values("my_mug.mtl", "map_Kd") == ["my_mug.png"]
+    assert values("my_mug.obj", "usemtl") == values("my_mug.mtl", "newmtl")
     assert texture.shape == (64, 64, 3)
     # The stub's field has one colour everywhere: the baked (and dilated) texels are all that colour.
     np.testing.assert_allclose(np.median(texture.reshape(-1, 3), axis=0), np.array(STUB_COLOR) * 255, atol=1)
+    loaded = trimesh.load(tmp_path / "my_mug.obj", force="mesh", process=False)
+    assert np.asarray(loaded.visual.material.image).shape[:2] == (64, 64)
+    with zipfile.ZipFile(io.BytesIO(post(client, {"format": "obj"}, name="mug.jpg").content)) as archive:
+        assert archive.namelist() == ["mug.obj"]
 
 
 def test_usdz_download_always_carries_a_baked_texture(client, tmp_path):
@@ -264,6 +302,57 @@ def test_fill_field_reaches_the_options_and_health_shows_the_model_default(clien
     assert form.to_options().fill is None  # the model's own setting
     assert MeshForm(b"", "a.png", "glb", 8, None, False, 64, None, True, True, 0, fill=False).to_options().fill is False
     assert client.get("/health").json()["model"]["silhouette_fill"] is False  # the stub has no config: TripoSR's
+
+
+def test_options_left_out_take_the_models_own_settings():
+    """No threshold, foreground ratio or fill in the request: the model config's 3.5, 0.6 and fill, not the global
+    defaults (25, 0.85, no fill); given, the request's own values win."""
+    model = ConfiguredStub()
+    client = TestClient(create_app(model, settings=SMALL_SETTINGS, ui=False))
+    summary = client.get("/health").json()["model"]
+    assert (summary["mesh_threshold"], summary["foreground_ratio"], summary["silhouette_fill"]) == (3.5, 0.6, True)
+    assert post(client, {"mc_resolution": "16"}).status_code == 200
+    assert model.extract_calls[-1]["threshold"] == 3.5 and isinstance(model.weights[-1], SilhouetteFill)
+    assert abs(object_share(model.images[-1]) - 0.6) < 0.01
+    given = {"mc_resolution": "16", "threshold": "7", "foreground_ratio": "0.4", "fill": "false"}
+    assert post(client, given).status_code == 200
+    assert model.extract_calls[-1]["threshold"] == 7.0 and type(model.weights[-1]) is SilhouetteHull
+    assert abs(object_share(model.images[-1]) - 0.4) < 0.01
+
+
+def test_remove_background_false_gives_the_model_the_image_as_it_is(client, stub):
+    """No mask: the transparent surround keeps its own black pixels, the square keeps its place (half the side, as
+    uploaded), and with the whole image as the silhouette there is nothing to carve."""
+    assert post(client, {"mc_resolution": "16", "remove_background": "false"}).status_code == 200
+    (image,) = stub.images
+    torch.testing.assert_close(image[0, 0, 0], torch.zeros(3), atol=1 / 255, rtol=0)
+    assert abs(object_share(image) - 0.5) < 0.02  # (the 8x upscale blurs the square's edge)
+    assert stub.extract_calls == [{"resolution": 16, "threshold": 25.0, "method": "coarse_to_fine", "carved": False}]
+
+
+def test_a_baked_texture_is_unwrapped_on_at_most_bake_max_faces(stub, monkeypatch):
+    """With no target face count, baking decimates the mesh to BAKE_MAX_FACES before the UV unwrap (whose time grows
+    steeply with faces); vertex colours keep every face."""
+    from monorecon import api
+    from monorecon.core import bake
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)  # 1280 faces
+    verts = torch.tensor(sphere.vertices, dtype=torch.float32)
+    stub.mesh = Mesh(verts, torch.tensor(sphere.faces), vertex_colors=torch.full_like(verts, 0.5))
+    unwrapped, real_bake = [], bake.bake_texture
+
+    def recording_bake(mesh, *args, **kwargs):
+        unwrapped.append(mesh.num_faces)
+        return real_bake(mesh, *args, **kwargs)
+
+    monkeypatch.setattr(bake, "bake_texture", recording_bake)
+    monkeypatch.setattr(api, "BAKE_MAX_FACES", 300)
+    client = TestClient(create_app(stub, settings=SMALL_SETTINGS, ui=False))
+    baked = post(client, {"mc_resolution": "16", "bake_texture": "true", "texture_resolution": "64"})
+    assert baked.status_code == 200, baked.text
+    (faces,) = unwrapped
+    assert 200 <= faces <= 300 and int(baked.headers["x-mesh-faces"]) == faces
+    assert int(post(client, {"mc_resolution": "16"}).headers["x-mesh-faces"]) == 1280
 
 
 def test_download_names_are_sanitised():

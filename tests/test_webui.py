@@ -11,15 +11,17 @@ from contextlib import contextmanager
 from html.parser import HTMLParser
 
 import numpy as np
+import pygltflib
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from monorecon.core.carving import SilhouetteFill
 from monorecon.io.images import png_bytes
 from monorecon.server import create_app
 from monorecon.webui import PREVIEW_FPS, gif_bytes
-from test_server import SMALL_SETTINGS, StubModel, assert_one_line_error, object_png
+from test_server import SMALL_SETTINGS, ConfiguredStub, StubModel, assert_one_line_error, object_png, object_share
 
 
 class FormParser(HTMLParser):
@@ -111,6 +113,34 @@ def test_fill_select_defaults_to_the_model_setting(form):
     parser = FormParser()
     parser.feed(render_page(SMALL_SETTINGS, {"silhouette_fill": True}))
     assert parser.forms[0]["controls"]["fill"]["options"] == ["true", "false"]
+
+
+def test_page_defaults_are_the_models_own_settings():
+    """A model whose config differs from the global defaults (25, 0.85, no fill): the page shows its threshold,
+    framing and fill, and the untouched form sends them."""
+    model = ConfiguredStub()
+    client = TestClient(create_app(model, settings=SMALL_SETTINGS))
+    parser = FormParser()
+    parser.feed(client.get("/").text)
+    (form,) = parser.forms
+    controls = form["controls"]
+    assert float(controls["threshold"]["value"]) == 3.5 and float(controls["foreground_ratio"]["value"]) == 0.6
+    assert controls["fill"]["options"][0] == "true"
+    files = {"image": ("duck.png", object_png(), "image/png")}
+    response = client.post(form["action"], data={**browser_submission(form), "mc_resolution": "16"}, files=files)
+    assert response.status_code == 200, response.text
+    assert model.extract_calls[-1]["threshold"] == 3.5 and isinstance(model.weights[-1], SilhouetteFill)
+    assert abs(object_share(model.images[-1]) - 0.6) < 0.01
+
+
+@pytest.mark.parametrize("unlit", [False, True])
+def test_preview_mesh_is_unlit_when_asked(client, form, unlit):
+    """The preview's download (GLB) carries the unlit material exactly when the form asks for it."""
+    data = {**browser_submission(form), "mc_resolution": "16", "unlit": "true" if unlit else "false"}
+    response = client.post(form["data-preview"], data=data, files={"image": ("duck.png", object_png(), "image/png")})
+    assert response.status_code == 200, response.text
+    (material,) = pygltflib.GLTF2.load_from_bytes(base64.b64decode(response.json()["mesh_base64"])).materials
+    assert (material.extensions or None) == ({"KHR_materials_unlit": {}} if unlit else None)
 
 
 def test_page_script_parses(client, tmp_path):
@@ -214,7 +244,7 @@ def test_preview_returns_processed_input_turntable_and_mesh(client, form):
     ]
     assert all(seconds >= 0 for seconds in payload["timings"].values())
     assert sum(payload["timings"].values()) <= payload["seconds"] + 0.01  # rounded to 2 and 3 decimals
-    viewer = payload["viewer"]  # the 3-D view's arrays (decoded in detail by test_webui_viewer.py)
+    viewer = payload["viewer"]  # the 3-D view's arrays (decoded in detail by test_viewer.py)
     assert len(base64.b64decode(viewer["positions"])) == 42 * 3 * 4
     assert len(base64.b64decode(viewer["indices"])) == 80 * 3 * 4
 
