@@ -19,6 +19,7 @@ from monorecon.cli import main
             "cannot write {tmp}/empty/t.html: it is a folder",
         ),
         (["fit-pose", "{tmp}/flat.obj", "{tmp}/corrupt.png", "-o", "{tmp}/corrupt.ply"], "is not a folder"),
+        (["reconstruct", "{tmp}/corrupt.png", "-o", "{tmp}/corrupt.ply/out"], "{tmp}/corrupt.ply is a file"),
         (["convert", "{tmp}/missing.glb", "{tmp}/out.usdz"], "mesh file not found"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.usdz"], "could not read mesh"),
         (["convert", "{tmp}/corrupt.ply", "{tmp}/out.fbx"], "the suffix must be one of"),

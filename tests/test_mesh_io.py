@@ -437,6 +437,15 @@ def test_load_scene_applies_node_transforms(tmp_path):
     assert volume == pytest.approx(2.0, rel=1e-6)  # both boxes stay outward (mirroring flips the winding back)
 
 
+def test_obj_in_latin_1_loads(tmp_path):
+    """Older exporters write OBJ comments and names in Latin-1, not UTF-8: read as text all the same."""
+    text = "# modèle exporté\nv 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\no pièce\nf 1 2 3\nf 1 3 4\n"
+    (tmp_path / "latin.obj").write_bytes(text.encode("latin-1"))
+    mesh = load_mesh(tmp_path / "latin.obj")
+    assert mesh.num_faces == 2
+    np.testing.assert_array_equal(np.sort(mesh.verts.numpy(), axis=0), [[0, 0, 0]] * 3 + [[1, 1, 1]])
+
+
 def test_load_rejects_bad_files(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_mesh(tmp_path / "missing.obj")
@@ -508,6 +517,25 @@ def test_unwritable_folder_is_named_by_the_destination(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
     with pytest.raises(PermissionError, match=rf"^cannot write {re.escape(str(tmp_path))}/out.glb: Permission denied$"):
         atomic_write_bytes(tmp_path / "out.glb", b"x")
+
+
+def test_output_folders_are_checked_by_a_real_attempt(tmp_path, monkeypatch):
+    """Before slow work: a folder under a file, or where the file system refuses new entries, is refused naming the
+    output; a folder that can be made is not made yet, and the check leaves nothing behind."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=f"^cannot create {re.escape(str(tmp_path))}/file/out: .* is a file$"):
+        atomic.check_output_folder(tmp_path / "file" / "out")
+    assert atomic.check_output_folder(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert os.listdir(tmp_path) == ["file"]
+    monkeypatch.chdir(tmp_path)
+    assert atomic.check_output_folder("relative") == Path("relative") and os.listdir(tmp_path) == ["file"]
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", refused)
+    with pytest.raises(ValueError, match=f"^cannot write into {re.escape(str(tmp_path))}/out: Permission denied$"):
+        atomic.check_output_folder(tmp_path / "out")
 
 
 @pytest.mark.parametrize("ext", ["glb", "obj", "ply", "stl"])

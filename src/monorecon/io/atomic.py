@@ -118,9 +118,17 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path; ValueError if it exists and is not a folder (checked before slow work whose output would
-    otherwise be lost)."""
+    """``path`` as a Path; ValueError if it exists and is not a folder, or if files cannot be made there (it, or the
+    folder it would be created in, refuses a new entry). Checked before slow work whose output would otherwise be
+    lost; nothing is left behind."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output {path} exists and is not a folder")
+    home = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if not home.is_dir():
+        raise ValueError(f"cannot create {path}: {home} is a file")
+    try:  # a real attempt: permissions, read-only and virtual file systems all answer it
+        os.rmdir(tempfile.mkdtemp(prefix=".monorecon-check.", dir=home))
+    except OSError as err:
+        raise ValueError(f"cannot write into {path}: {err.strerror or err}") from None
     return path
