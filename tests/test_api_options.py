@@ -72,3 +72,21 @@ def test_prepare_input_reads_a_palette_pil_image_by_its_colours():
     from_pil, expected = prepare_input(palette_image, config), prepare_input(rgba, config)
     np.testing.assert_array_equal(from_pil.alpha, expected.alpha)
     np.testing.assert_array_equal(from_pil.rgb, expected.rgb)
+
+
+def test_prepare_input_turns_a_pil_photo_upright_as_its_file(tmp_path):
+    """A phone photo stores its pixels sideways with an EXIF orientation: opened with PIL and passed in, it is
+    prepared exactly as the file itself is (upright: the tall object stays tall)."""
+    pixels = np.full((20, 40, 3), 255, np.uint8)
+    pixels[7:13, 5:35] = (200, 30, 30)  # a wide bar in the stored pixels: tall once turned a quarter
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    config = PreprocessConfig(output_size=None)
+    from_file = prepare_input(tmp_path / "phone.jpg", config)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        from_pil = prepare_input(opened, config)
+    rows, cols = np.nonzero(from_file.alpha > 0.5)
+    assert np.ptp(rows) > 2 * np.ptp(cols)  # upright: taller than wide
+    np.testing.assert_array_equal(from_pil.alpha, from_file.alpha)
+    np.testing.assert_array_equal(from_pil.rgb, from_file.rgb)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .core.carving import SilhouetteFill, SilhouetteHull
@@ -185,8 +185,8 @@ def prepare_input(image: ImageInput, config: PreprocessConfig) -> PreparedImage:
     """Load (if a path) and preprocess one image (see :func:`reconstruct` for what ``image`` may be)."""
     if isinstance(image, str | os.PathLike):
         image = load_image(image)
-    elif isinstance(image, Image.Image):
-        image = pil_to_array(image)
+    elif isinstance(image, Image.Image):  # upright as its EXIF orientation says, as an image file is read
+        image = pil_to_array(ImageOps.exif_transpose(image))
     elif not isinstance(image, np.ndarray | torch.Tensor):
         raise ValueError(f"image must be a path, a PIL image or an (H, W, 3|4) array, got {type(image).__name__}")
     return preprocess_image(image, config)
@@ -297,7 +297,8 @@ def reconstruct(image: ImageInput, model=None, **options) -> Mesh:
     """Reconstruct a textured mesh from one image.
 
     Args:
-        image: a path, a PIL image, or an (H, W, 3|4) array or tensor: float in [0, 1], or uint8 / uint16.
+        image: a path, a PIL image (both turned upright by their EXIF orientation), or an (H, W, 3|4) array or
+            tensor: float in [0, 1], or uint8 / uint16.
         model: from :func:`load_model`; default the bundled model.
         **options: fields of :class:`ReconstructOptions` (``mc_resolution``, ``threshold``, ``bake_texture``, ...;
             ``preprocess`` takes a :class:`PreprocessConfig`).
