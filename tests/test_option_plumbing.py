@@ -251,3 +251,18 @@ def test_render_elevation_moves_the_camera_above_or_below(tmp_path, capsys):
     (above,) = _render(mesh_path, tmp_path / "above", capsys, "--frames", "1", "--elevation", "60")
     (below,) = _render(mesh_path, tmp_path / "below", capsys, "--frames", "1", "--elevation", "-60")
     assert red_share(above) > 0.4 and red_share(below) == 0, (red_share(above), red_share(below))
+
+
+def test_placement_moves_the_finished_mesh_and_keeps_its_colours(image_path):
+    """object_height / origin scale and move the mesh after the input's colours are projected in model space: the
+    placed mesh is a similarity of the unplaced one, vertex for vertex, with the same colours (placed first, the
+    projection would see a surface the input camera does not)."""
+    model = load_model(TINY / "model.safetensors", TINY / "config.yaml")
+    plain = api.reconstruct(image_path, model, mc_resolution=24, progress=False)
+    placed = api.reconstruct(image_path, model, mc_resolution=24, progress=False, object_height=3.0, origin="bottom")
+    assert plain.num_verts == placed.num_verts > 100
+    torch.testing.assert_close(placed.vertex_colors, plain.vertex_colors)
+    scale = 3.0 / float(plain.verts[:, 1].max() - plain.verts[:, 1].min())
+    low, high = plain.verts.min(0).values, plain.verts.max(0).values
+    shift = torch.stack([-(low[0] + high[0]) / 2, -low[1], -(low[2] + high[2]) / 2]) * scale
+    torch.testing.assert_close(placed.verts, plain.verts * scale + shift, atol=1e-5, rtol=1e-5)
