@@ -85,6 +85,22 @@ def test_bake_linear_field_on_sphere_is_exact_inside_charts():
     assert at_verts.max() < 0.03
 
 
+def test_bake_clamps_colours_outside_the_unit_range():
+    """Colours a field gives outside [0, 1] are baked clamped (a texture holds [0, 1] colours): a field running from
+    -1.6 to 2.6 across the sphere's x gives texels 0 on one side, 1 on the other and the clamped field inside
+    charts, never values beyond."""
+
+    def steep(points: torch.Tensor) -> torch.Tensor:
+        return (0.5 + 2.6 * points[:, :1]).expand(-1, 3)  # x in [-0.8, 0.8] -> [-1.58, 2.58]
+
+    baked = bake_texture(sphere(subdivisions=2), steep, resolution=64)
+    assert float(baked.texture.min()) == 0.0 and float(baked.texture.max()) == 1.0
+    uvs, faces = baked.uvs.numpy(), baked.faces.numpy()
+    centroids = baked.verts.float()[baked.faces].mean(dim=1)
+    got = sample_texture(baked.texture.numpy(), uvs[faces].mean(axis=1))
+    np.testing.assert_allclose(got, steep(centroids).clamp(0, 1).numpy(), atol=0.1)
+
+
 def test_bake_vertex_colours_interpolates_them_across_faces():
     """Vertex colours of a linear field, baked without a colour function: a linear field is exactly what barycentric
     interpolation gives inside every face, so the texture must reproduce the field itself at the face centroids."""

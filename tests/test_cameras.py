@@ -81,6 +81,23 @@ def test_perspective_projection_hand_values():
     assert torch.allclose(ndc[:, :2], torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.0, 0.0]]))
 
 
+def test_fov_is_vertical_and_the_axis_meets_the_centre_on_a_wide_image():
+    """``fov_y_deg`` spans the image *height* and the principal point is the image centre, also when W != H (square
+    images hide both): with focal ``H / 2 / tan(fov / 2)`` by hand, a point on the view axis lands on (W/2, H/2), one
+    at ``tan(fov / 2)`` per unit depth above the axis on the top edge, and one as far to the right at W/2 + H/2."""
+    height, width, fov = 20, 50, 60.0
+    cam = PerspectiveCameras(torch.eye(4), height, width, fov_y_deg=fov)
+    slope = math.tan(math.radians(fov / 2))
+    pts = torch.tensor([[0.0, 0.0, -3.0], [0.0, 3.0 * slope, -3.0], [3.0 * slope, 0.0, -3.0]])
+    screen = cam.transform_points_screen(pts)[0]
+    expected = torch.tensor([[25.0, 10.0, 3.0], [25.0, 0.0, 3.0], [35.0, 10.0, 3.0]])
+    torch.testing.assert_close(screen, expected, atol=1e-9, rtol=0)
+    assert float(cam.focal[0, 0]) == pytest.approx(10.0 / slope)
+    # The ray through the top-centre edge point leaves at fov / 2 above the axis.
+    _, d_cam = cam.ndc_to_camera_ray(torch.tensor([[[0.0, 1.0]]]))
+    assert math.degrees(math.atan2(float(d_cam[0, 0, 1]), -float(d_cam[0, 0, 2]))) == pytest.approx(fov / 2)
+
+
 def test_projection_matrix_agrees_with_direct_projection():
     torch.manual_seed(0)
     cam = PerspectiveCameras(

@@ -85,6 +85,33 @@ def test_margin_grows_the_silhouette():
     assert float(grown[distance > radius + 4.0 + 1.5].max()) == 0.0
 
 
+def test_margin_is_a_fraction_of_the_larger_image_side():
+    """On a 16 x 64 mask, ``margin`` 4 / 64 grows a one-pixel silhouette by 4 pixels (a fraction of the *larger*
+    side, as documented), not by 1 (of the smaller). Pixel centres are checked through a hand pinhole: there the
+    bilinear weight is the grown mask's value, 1 within 4 pixels of the silhouette pixel and 0 beyond."""
+    height, width = 16, 64
+    camera = PerspectiveCameras(orbit_c2w(0.0, 0.0, 1.9), height, width, fov_y_deg=40.0)
+    mask = torch.zeros(height, width)
+    mask[8, 32] = 1.0
+    hull = SilhouetteHull(camera, mask, margin=4 / 64)
+    focal = 0.5 * height / math.tan(math.radians(20.0))
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(20, 45), indexing="ij")
+    u, v = cols.flatten() + 0.5, rows.flatten() + 0.5
+    points = torch.stack([(u - width / 2) * 1.9 / focal, -(v - height / 2) * 1.9 / focal, torch.zeros_like(u)], -1)
+    expected = (((rows - 8) ** 2 + (cols - 32) ** 2) <= 16).flatten().float()
+    torch.testing.assert_close(hull(points), expected, atol=1e-5, rtol=0)
+
+
+def test_mask_values_equal_to_the_threshold_are_background():
+    """Pixels *above* ``threshold`` are the object (documented): a half-alpha background at exactly the default 0.5
+    is carved away, and a lower threshold keeps it."""
+    mask = torch.full((8, 8), 0.5)
+    mask[:, :4] = 1.0
+    points = torch.tensor([[-0.3, 0.0, 0.0], [0.3, 0.0, 0.0]])  # pixels u = 2.27 and 5.73 (hand pinhole, 8 px)
+    assert SilhouetteHull(input_camera(8), mask)(points).tolist() == [1.0, 0.0]
+    assert SilhouetteHull(input_camera(8), mask, threshold=0.4)(points).tolist() == [1.0, 1.0]
+
+
 @pytest.mark.parametrize(
     "mask, kwargs, message",
     [
@@ -252,6 +279,19 @@ def test_fill_gain_is_capped_and_checked():
         SilhouetteFill(hull, torch.full((8, 8), 0.5))
     with pytest.raises(ValueError, match="NaN"):
         hull.filled(lambda points: torch.full((len(points),), float("nan")), level=7.0, box_radius=0.87)
+
+
+def test_fill_gain_does_not_fade_at_the_image_border():
+    """The gains are factors >= 1 (1 outside the silhouette): near the image border a filled weight is the hull's
+    weight times the ray's gain, not a gain faded towards 0 beyond the gain map's last pixel centre. A full mask
+    (hull 1 up to the outer half pixel), a constant density 0.1 and level 1 give every ray the gain 1.1 / 0.1 = 11;
+    at NDC x = 0.95 of an 8-pixel mask the hull's bilinear weight is 1 - (0.95 - 0.875) / 0.25 = 0.7 by hand."""
+    hull = SilhouetteHull(input_camera(8), torch.ones(8, 8))
+    fill = hull.filled(lambda points: torch.full((len(points),), 0.1), level=1.0, box_radius=0.87, resolution=4)
+    half_width = 1.9 * math.tan(math.radians(20.0))  # world half-width of the view in the plane z = 0
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.95 * half_width, 0.0, 0.0], [0.0, -0.95 * half_width, 0.0]])
+    torch.testing.assert_close(hull(points), torch.tensor([1.0, 0.7, 0.7]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fill(points), torch.tensor([11.0, 0.7 * 11.0, 0.7 * 11.0]), atol=1e-4, rtol=0)
 
 
 def test_reconstruct_fill_follows_the_model_and_the_option():

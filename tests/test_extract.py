@@ -306,6 +306,27 @@ def test_cleanup_drops_small_components():
     assert kept.num_faces == mesh.num_faces
 
 
+def test_cleanup_always_keeps_the_largest_piece():
+    """The largest piece is kept even when it holds less than ``min_component_fraction`` of the faces (documented):
+    with 0.99, the 1280-face sphere (98.5 % of the faces) stays and only the 20-face one goes, not the whole mesh."""
+    mesh = _two_spheres()
+    big_faces = mesh.num_faces - 20
+    assert big_faces < 0.99 * mesh.num_faces
+    cleaned = cleanup_mesh(mesh, min_component_fraction=0.99)
+    assert cleaned.num_faces == big_faces
+    assert torch.equal(cleaned.faces, mesh.faces[:big_faces])
+
+
+def test_cleanup_fraction_threshold_is_inclusive_and_exact():
+    """A piece is kept when it holds at least ``min_component_fraction`` of all faces: the 20-face sphere of 1300
+    faces (1.54 %) stays at 0.015 and goes at 0.016."""
+    mesh = _two_spheres()
+    assert mesh.num_faces == 1300
+    assert cleanup_mesh(mesh, min_component_fraction=20 / 1300).num_faces == 1300  # exactly the fraction: kept
+    assert cleanup_mesh(mesh, min_component_fraction=0.015).num_faces == 1300
+    assert cleanup_mesh(mesh, min_component_fraction=0.016).num_faces == 1280
+
+
 def test_cleanup_keeps_pieces_split_only_at_uv_seams():
     """Vertices duplicated at a seam (same position) do not make separate components."""
     tm = trimesh.creation.icosphere(subdivisions=2)

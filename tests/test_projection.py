@@ -199,6 +199,26 @@ def test_texture_texels_take_the_image_colour_at_their_surface_points():
         project_image_texture(plain, camera(), gradient_image())
 
 
+def test_texture_transfer_maps_uncovered_texels_as_the_unseen_covered_ones():
+    """With ``transfer``, one colour map is applied to the whole texture, texels outside the UV atlas too (texture
+    filtering and mip-maps read them): an uncovered texel must come out as a covered but hidden texel of the same
+    colour (weight 0: the mapped colour), not keep the model's colour."""
+    size = 16
+    seen = square(0.3, 0.3, n=3)  # in front, fully seen; UVs in the lower-left quarter of the atlas
+    hidden = square(0.2, -0.3, n=3)  # behind it and smaller: fully occluded; UVs in the upper-right quarter
+    mesh = merged(seen, hidden)
+    uvs = torch.cat([(seen.verts[:, :2] + 0.3) / 0.6 * 0.45 + 0.02, (hidden.verts[:, :2] + 0.2) / 0.4 * 0.4 + 0.55])
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    texture = torch.stack([cols / size, rows / size, torch.full((size, size), 0.5)], dim=-1)
+    texture[:, size // 2 :] = 0.4  # the right half (hidden square's texels and uncovered ones) one grey
+    mesh = Mesh(mesh.verts, mesh.faces, uvs=uvs, texture=texture)
+    out = project_image_texture(mesh, camera(), gradient_image()).texture
+    hidden_texel = out[2, 12]  # u = 12.5 / 16, v = 1 - 2.5 / 16: inside the hidden square's chart
+    uncovered = out[10:15, 10:15].reshape(-1, 3)  # u, v in (0.6, 0.95) x (0.06, 0.38): no chart there
+    assert not torch.allclose(hidden_texel, torch.full((3,), 0.4), atol=1e-3)  # the transfer moved the grey
+    torch.testing.assert_close(uncovered, hidden_texel.expand_as(uncovered))
+
+
 def test_bad_inputs_are_refused():
     mesh = square(0.5, 0.0)
     with pytest.raises(ValueError, match="vertex colours"):

@@ -111,6 +111,21 @@ def test_blurred_raster_matches_brute_force_on_non_square_image():
     np.testing.assert_allclose(fr.dist.numpy(), ref_dist, atol=1e-9)
 
 
+@pytest.mark.parametrize("bin_size", [None, 2, 0])
+def test_wide_blur_reaches_every_pixel_within_the_radius_of_a_small_triangle(bin_size):
+    """A face counts for every pixel whose squared distance to it is below ``blur_radius``, however far that reaches
+    beyond the face's own box (here ~5 px around a ~2 px triangle): the tiles a face is binned to must be grown by
+    the blur radius in pixels, or pixels of other tiles lose it. Checked against the brute-force loop."""
+    verts = torch.tensor([[[-0.05, -0.04, 2.0], [0.08, -0.04, 2.0], [0.0, 0.07, 2.0]]], dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2]])
+    height, width, blur = 24, 20, 0.25  # sqrt(0.25) = 0.5 isotropic units = 5 px on the 20 px short side
+    fr = rasterize(verts, faces, height, width, blur_radius=blur, bin_size=bin_size)
+    ref_face, _, _, ref_dist = reference_rasterize(verts, faces, height, width, 1, True, blur)
+    assert (ref_face >= 0).sum() > 60  # a disc of radius ~5 px, not just the triangle's few pixels
+    np.testing.assert_array_equal(fr.face_index.numpy(), ref_face)
+    np.testing.assert_allclose(fr.dist.numpy(), ref_dist, atol=1e-9)
+
+
 @pytest.mark.parametrize("blur", [0.0, 1e-3])
 def test_binning_does_not_change_the_result(blur):
     # A closed mesh with shared vertices (ties resolved by face index) at several tile sizes, float32.

@@ -97,6 +97,24 @@ def test_phong_highlight_analytic():
     torch.testing.assert_close(lambert_shading(colors, n, points, behind), colors * 0.1)
 
 
+@pytest.mark.parametrize("shading", ["phong", "flat", "lambert"])
+def test_default_headlight_render_of_a_square_facing_a_perspective_camera(shading):
+    """The default light is a headlight (from the camera towards the scene; docs: a surface facing the camera with
+    albedo 1 renders at about 1 under Phong). By hand, for the white square z = 0 seen from (0, 0, 3): n = l = +Z,
+    so ambient + diffuse = 0.35 + 0.55; the mirror direction is +Z and the direction to the viewer from the point p
+    is (c - p) / |c - p|, so the highlight is 0.1 (3 / |c - p|) ** 64 (not for Lambert). Flat shading uses the face
+    normals, which face the camera too."""
+    verts, faces = square()
+    size, fov = 8, 30.0
+    camera = PerspectiveCameras(look_at(torch.tensor([0.0, 0.0, 3.0], dtype=DT)), size, size, fov_y_deg=fov)
+    out = render_mesh(verts, faces, camera, shading=shading)
+    xy = pixel_world_xy(size, scale=3.0 * math.tan(math.radians(fov / 2)))  # the plane z = 0 at depth 3
+    cosine = 3.0 / (xy.square().sum(-1) + 9.0).sqrt()
+    expected = 0.9 + (0.0 if shading == "lambert" else 0.1) * cosine**64
+    torch.testing.assert_close(out["rgb"][0], expected[..., None].expand(size, size, 3))
+    torch.testing.assert_close(out["normals"][0], torch.tensor([0.0, 0, 1], dtype=DT).expand(size, size, 3))
+
+
 def test_batched_light_parameters_broadcast_per_batch_element():
     colors = torch.ones(2, 5, 3, dtype=DT)
     normals = torch.tensor([0.0, 0.0, 1.0], dtype=DT).expand(2, 5, 3)
@@ -186,6 +204,19 @@ def test_normals_of_octahedron_and_degenerate_faces():
     torch.testing.assert_close(vertex_normals(batched, faces), torch.stack([verts, verts]))
     flat = face_normals(torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]), torch.tensor([[0, 1, 2]]))
     assert bool((flat == 0).all())
+
+
+def test_vertex_normals_weight_each_face_by_its_area():
+    """A vertex shared by a large face (area 2, normal +Z) and a small one (area 1/8, normal +X) gets the area-weighted
+    mean ``normalize(2 (0, 0, 1) + 1/8 (1, 0, 0))`` (the documented weighting): an unweighted mean of the two unit
+    normals would tilt it 45 degrees. Vertices of one face only take that face's normal."""
+    verts = torch.tensor([[0, 0, 0], [2, 0, 0], [0, 2, 0], [0, 0.5, 0], [0, 0, 0.5]], dtype=DT)
+    faces = torch.tensor([[0, 1, 2], [0, 3, 4]])
+    normals = vertex_normals(verts, faces)
+    shared = torch.tensor([0.125, 0.0, 2.0], dtype=DT)
+    torch.testing.assert_close(normals[0], shared / shared.norm())
+    torch.testing.assert_close(normals[1], torch.tensor([0.0, 0.0, 1.0], dtype=DT))
+    torch.testing.assert_close(normals[4], torch.tensor([1.0, 0.0, 0.0], dtype=DT))
 
 
 # --------------------------------------------------------------------------------------------------------------------
