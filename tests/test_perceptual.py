@@ -204,3 +204,58 @@ def test_gradient_pyramid_features():
     with pytest.raises(ValueError, match="smaller than the feature stride"):
         features(torch.rand(1, 3, 2, 2))
     assert math.isclose(float(chamfer_feature_extractor()(torch.rand(1, 3, 8, 8)).shape[1]), 15)
+
+
+def _gradient_l1_numpy(x: np.ndarray, y: np.ndarray, scales: int) -> float:
+    """Forward-difference gradient L1 of two (C, H, W) images, averaged over ``scales`` 2x mean-pooled levels."""
+    values = []
+    for _ in range(scales):
+        if min(x.shape[1:]) < 2:  # a level of one pixel has no gradient
+            break
+        d = x - y
+        values.append(0.5 * (np.abs(np.diff(d, axis=2)).mean() + np.abs(np.diff(d, axis=1)).mean()))
+        x, y = _pool2(x), _pool2(y)
+    return float(np.mean(values))
+
+
+def test_gradient_l1_averages_the_pyramid_levels():
+    """Three levels against the direct numpy form: the levels are 2x mean-pooled (not subsampled) and their mean
+    (not their sum) is returned; a level of 3 pixels counts, one of a single pixel is skipped (12 x 20: levels
+    12 x 20, 6 x 10, 3 x 5; 4 x 6: 4 x 6, 2 x 3 and a skipped 1 x 1)."""
+    for shape in ((2, 3, 12, 20), (2, 3, 4, 6)):
+        x, y = _images(6, shape)
+        expected = [_gradient_l1_numpy(x[b].numpy(), y[b].numpy(), 3) for b in range(2)]
+        np.testing.assert_allclose(gradient_l1(x, y, scales=3).numpy(), expected, rtol=1e-9)
+
+
+def test_substitute_perceptual_loss_is_one_minus_ms_ssim_plus_weighted_gradients():
+    """Without VGG weights the loss is ``(1 - MS-SSIM) + grad_weight * gradient_l1`` (module docstring): both terms
+    from the direct numpy forms (24 x 26 images: two SSIM scales, weights renormalised), with grad_weight 0.7."""
+    x, y = _images(7, (1, 3, 24, 26))
+    a, b = x[0].numpy(), y[0].numpy()
+    weights = np.array(MS_SSIM_WEIGHTS[:2]) / sum(MS_SSIM_WEIGHTS[:2])
+    cs0 = _ssim_numpy(a, b)[1]
+    s1 = _ssim_numpy(_pool2(a), _pool2(b))[0]
+    structure = cs0 ** weights[0] * s1 ** weights[1]
+    expected = (1.0 - structure) + 0.7 * _gradient_l1_numpy(a, b, 3)
+    assert float(PerceptualLoss(grad_weight=0.7)(x, y)[0]) == pytest.approx(expected, rel=1e-9)
+    # The default weight of the gradient term is 1.
+    assert float(PerceptualLoss()(x, y)[0]) == pytest.approx(expected + 0.3 * _gradient_l1_numpy(a, b, 3), rel=1e-9)
+
+
+def test_lpips_without_linear_weights_sums_unit_normalised_squared_differences(tmp_path):
+    """With VGG weights but no LPIPS linear layers every channel weighs 1: per layer, the spatial mean of the squared
+    distance between channel-unit-normalised activations, summed over the layers."""
+    vgg = VGGFeatures("vgg16", layers=("relu1_2", "relu2_2"), seed=9)
+    torch.save(vgg.state_dict(), tmp_path / "vgg16.pth")
+    loss = PerceptualLoss(tmp_path / "vgg16.pth", layers=("relu1_2", "relu2_2"))
+    g = torch.Generator().manual_seed(10)
+    x, y = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    fx, fy = vgg(x), vgg(y)
+    expected = np.zeros(2)
+    for name in ("relu1_2", "relu2_2"):
+        a, b = fx[name].double().numpy(), fy[name].double().numpy()
+        a = a / (np.sqrt((a**2).sum(1, keepdims=True)) + 1e-10)
+        b = b / (np.sqrt((b**2).sum(1, keepdims=True)) + 1e-10)
+        expected += ((a - b) ** 2).sum(1).mean((1, 2))
+    np.testing.assert_allclose(loss(x, y).numpy(), expected, rtol=1e-4)

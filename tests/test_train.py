@@ -882,6 +882,8 @@ def test_trainer_module_reports_bad_input_in_one_line(tiny_dataset, tmp_path, ca
 
 
 def test_torchrun_two_processes_end_with_identical_weights(tiny_dataset, tmp_path):
+    """Two gloo processes under torchrun: each rank draws its own batches (step_generator's rank) and DDP averages
+    the gradients, so both ranks end with the same trained weights."""
     out = tmp_path / "ddp"
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(_config(tiny_dataset, out, steps=2, batch_size=1)))
@@ -890,17 +892,21 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_dataset, tmp_pat
         textwrap.dedent(
             f"""
             import os
+            import torch
             import torch.distributed as dist
             from safetensors.torch import save_file
             from monorecon.train.triposr_trainer import _build_model, train
             import monorecon.train.triposr_trainer as t
 
-            built = []
+            built, inputs = [], []
             original = t._build_model
             t._build_model = lambda cfg: built.append(original(cfg)) or built[-1]
+            make_batch = t._make_batch
+            t._make_batch = lambda *a: inputs.append(make_batch(*a)) or inputs[-1]
             train({str(config_path)!r})
             rank = dist.get_rank()
             state = {{k: v.contiguous() for k, v in built[0].state_dict().items()}}
+            state["drawn_inputs"] = torch.stack([batch["input_rgb"] for batch in inputs])
             save_file(state, {str(out)!r} + f"/rank{{rank}}.st")
             dist.barrier()
             dist.destroy_process_group()
@@ -912,6 +918,9 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_dataset, tmp_pat
     result = subprocess.run([*torchrun, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_file(str(out / "rank0.st")), load_file(str(out / "rank1.st"))
+    # Each rank draws its own objects and views (step_generator's rank), the averaged gradients keep them in step.
+    drawn0, drawn1 = rank0.pop("drawn_inputs"), rank1.pop("drawn_inputs")
+    assert drawn0.shape == (2, 1, 32, 32, 3) and not torch.equal(drawn0, drawn1)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     seed_everything(3)
@@ -965,3 +974,195 @@ def test_shipped_training_configs_load_and_the_last_stage_is_the_bundled_archite
         assert {k: v for k, v in last[section].items() if k != key} == {
             k: v for k, v in previous[section].items() if k != key
         }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# pinned closed forms (mutation-testing gaps)
+# --------------------------------------------------------------------------------------------------------------------
+def test_seed_everything_seeds_torch_numpy_and_python():
+    """After ``seed_everything(s)`` the global torch, NumPy and Python streams are those of generators freshly seeded
+    with ``s`` (so a run's initialisation and any third-party draws repeat)."""
+    import random
+
+    for seed in (0, 12345):
+        seed_everything(seed)
+        got = (torch.rand(4), np.random.rand(3), random.random())  # noqa: NPY002
+        torch.testing.assert_close(got[0], torch.rand(4, generator=torch.Generator().manual_seed(seed)))
+        np.testing.assert_array_equal(got[1], np.random.RandomState(seed).rand(3))
+        assert got[2] == random.Random(seed).random()
+
+
+def test_patch_centre_probabilities_are_the_documented_mixture():
+    """A foreground pixel is a patch centre with probability ``p / n_fg + (1 - p) / (H W)``, a background one with
+    ``(1 - p) / (H W)`` (module docstring): counted on 2 x 2 images with one foreground pixel, patches of one pixel
+    (corner = centre), p = 0.6, so 0.7 and 0.1 each."""
+    n = 40_000
+    alpha = torch.zeros(n, 2, 2)
+    alpha[:, 0, 1] = 1.0
+    corners = sample_patches(alpha, 1, foreground_prob=0.6, generator=torch.Generator().manual_seed(1))
+    frequency = torch.bincount(corners[:, 0] * 2 + corners[:, 1], minlength=4).double() / n
+    expected = torch.tensor([0.1, 0.7, 0.1, 0.1], dtype=torch.float64)
+    assert float((frequency - expected).abs().max()) < 0.01, frequency  # 4.5 standard deviations of a 0.1 bin
+    # Images without foreground draw uniformly whatever p.
+    empty = sample_patches(torch.zeros(n, 2, 2), 1, foreground_prob=1.0, generator=torch.Generator().manual_seed(2))
+    frequency = torch.bincount(empty[:, 0] * 2 + empty[:, 1], minlength=4).double() / n
+    assert float((frequency - 0.25).abs().max()) < 0.012, frequency
+
+
+def test_a_foreground_patch_is_centred_on_its_pixel_and_shifted_inside():
+    """With p = 1 and one foreground pixel the centre is that pixel: the corner is ``pixel - patch // 2``, then moved
+    to keep the patch inside the image."""
+    alpha = torch.zeros(3, 7, 7)
+    alpha[0, 3, 3] = alpha[1, 0, 6] = alpha[2, 5, 1] = 1.0
+    corners = sample_patches(alpha, 3, foreground_prob=1.0, generator=torch.Generator().manual_seed(0))
+    assert corners.tolist() == [[2, 2], [0, 4], [4, 0]]
+
+
+def test_mse_mask_bce_and_perceptual_terms_are_the_documented_formulas(tiny_dataset, tmp_path):
+    """The step's loss on given renders and targets: ``MSE(rgb) + lambda_lpips * perceptual(rgb as NCHW patches) +
+    lambda_mask * BCE(opacity against alpha)``, each term written out here in NumPy (the perceptual substitute by its
+    module's formula on hand-transposed patches)."""
+    from monorecon.losses.perceptual import PerceptualLoss
+
+    loss = {"lambda_mask": 0.3, "lambda_lpips": 0.2}
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss, patch_size=12, batch_size=2))
+    step = triposr_trainer._TrainStep(triposr_trainer._build_model(cfg.model), cfg)
+    g = torch.Generator().manual_seed(4)
+    shape = (2, 2, 12, 12)
+    rgb, target_rgb = torch.rand(*shape, 3, generator=g), torch.rand(*shape, 3, generator=g)
+    target_rgb[..., :6, :] = 1.0  # some white background in the targets
+    opacity, target_alpha = torch.rand(shape, generator=g) * 0.98 + 0.01, (torch.rand(shape, generator=g) > 0.5).float()
+    step._render_patches = lambda batch, generator: (None, rgb, opacity, torch.zeros(shape), [])
+    terms = step({"input_rgb": torch.zeros(2, 32, 32, 3), "target_rgb": target_rgb, "target_alpha": target_alpha}, g)
+    r, t, o, a = (v.double().numpy() for v in (rgb, target_rgb, opacity, target_alpha))
+    mse = ((r - t) ** 2).mean()
+    bce = -(a * np.log(o) + (1 - a) * np.log(1 - o)).mean()
+    nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.reshape(4, 12, 12, 3).transpose(0, 3, 1, 2)))  # noqa: E731
+    perceptual = float(PerceptualLoss()(nchw(r), nchw(t)).mean())
+    assert float(terms["mse"]) == pytest.approx(mse, rel=1e-5)
+    assert float(terms["mask_bce"]) == pytest.approx(bce, rel=1e-5)
+    assert float(terms["perceptual"]) == pytest.approx(perceptual, rel=1e-5)
+    assert float(terms["loss"]) == pytest.approx(mse + 0.3 * bce + 0.2 * perceptual, rel=1e-5)
+
+
+def test_the_perceptual_term_uses_the_configured_vgg_weights(tiny_dataset, tmp_path):
+    """``loss.perceptual_weights`` (a local VGG16 file) makes the perceptual term LPIPS on those weights, frozen."""
+    from monorecon.losses.perceptual import VGGFeatures
+
+    vgg = VGGFeatures("vgg16", layers=("relu5_3",), seed=5)
+    torch.save(vgg.state_dict(), tmp_path / "vgg16.pth")
+    loss = {"lambda_lpips": 0.1, "perceptual_weights": str(tmp_path / "vgg16.pth")}
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss))
+    perceptual = triposr_trainer._TrainStep(triposr_trainer._build_model(cfg.model), cfg).perceptual
+    assert perceptual.uses_vgg
+    torch.testing.assert_close(perceptual.vgg.features[0].weight, vgg.features[0].weight)
+    assert not any(p.requires_grad for p in perceptual.parameters())
+
+
+def test_optimiser_steps_see_the_schedule_the_clipped_gradients_and_the_config(tiny_dataset, tmp_path, monkeypatch):
+    """Every AdamW step is recorded: the learning rate of step s is ``lr * (s + 1) / warmup`` during warm-up, then
+    ``lr * (min + (1 - min) (1 + cos(pi (s - warmup) / (steps - warmup))) / 2)``; the gradient's total norm is clipped
+    to ``grad_clip`` (the logged ``grad_norm`` is the norm before clipping); betas and weight decay are the config's.
+    Rows are logged every ``log_every`` steps and at the last step, which is also always checkpointed."""
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        group = self.param_groups[0]
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in group["params"] if p.grad is not None]))
+        seen.append((group["lr"], group["betas"], group["weight_decay"], float(norm)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    optim = {"lr": 2e-3, "warmup_steps": 2, "min_lr_ratio": 0.2, "grad_clip": 1e-3, "betas": [0.8, 0.9],
+             "weight_decay": 0.01}  # fmt: skip
+    out = tmp_path / "run"
+    train(_config(tiny_dataset, out, steps=5, optim=optim, log_every=2, checkpoint_every_steps=2))
+    expected_lr = [2e-3 * 0.5, 2e-3 * 1.0]
+    expected_lr += [2e-3 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 3))) for s in (2, 3, 4)]
+    np.testing.assert_allclose([lr for lr, *_ in seen], expected_lr, rtol=1e-12)
+    assert all(betas == (0.8, 0.9) and decay == 0.01 for _, betas, decay, _ in seen)
+    rows = CSVLogger(out / "train_log.csv").rows()
+    assert list(rows[0]) == ["step", "mse", "mask_bce", "loss", "grad_norm", "lr", "elapsed_s"]
+    assert [r["step"] for r in rows] == [2, 4, 5]
+    assert all(r["grad_norm"] > 10 * 1e-3 for r in rows)  # so the clip was active at the logged steps
+    for row in rows:
+        assert seen[int(row["step"]) - 1][3] == pytest.approx(1e-3, rel=1e-4)
+    assert all(norm <= 1e-3 * (1 + 1e-4) for *_, norm in seen)
+    assert [p.name for p in Checkpointer(out / "checkpoints").checkpoints()][-1] == "step_00000005.pt"
+
+
+def test_batch_targets_inputs_and_rays_belong_to_the_same_views(tiny_dataset, tmp_path):
+    """Four views of one object, each a distinct colour on its left half (right half transparent), patches the whole
+    image: supervision view 0 is the input view; targets are composited on white and the input on grey
+    ``input_background``; supervision view 0's rays start at the canonical camera (0, 0, input_distance), and the rays
+    of every view start where the drawn view's camera is after the rigid motion (dot products with the input
+    camera's position kept)."""
+    size, azimuths = 16, [0.0, 50.0, 140.0, 260.0]
+    colours = torch.tensor([[0.2, 0.4, 0.6], [0.8, 0.2, 0.2], [0.1, 0.7, 0.3], [0.6, 0.6, 0.1]])
+    images = torch.zeros(1, 4, size, size, 4)
+    images[0, :, :, : size // 2, :3] = colours[:, None, None]
+    images[0, :, :, : size // 2, 3] = 1.0
+    c2w = orbit_c2w(torch.tensor(azimuths), torch.tensor([10.0, -20.0, 30.0, 0.0]), 1.9)
+    bank = triposr_trainer._ViewBank((images * 255).round().to(torch.uint8), c2w[None], torch.full((1, 4), 40.0))
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, batch_size=6, n_supervision_views=3, patch_size=size))
+    batch = triposr_trainer._make_batch(bank, cfg, torch.Generator().manual_seed(0))
+    level = lambda c: (c * 255).round() / 255  # noqa: E731 - colours as the 8-bit bank holds them
+    eye = c2w[:, :3, 3]
+    for b in range(6):
+        left = batch["input_rgb"][b, :, : size // 2]
+        input_view = int((level(colours) - left[0, 0]).abs().sum(-1).argmin())
+        torch.testing.assert_close(left, level(colours[input_view]).expand_as(left))
+        torch.testing.assert_close(batch["input_rgb"][b, :, size // 2 :], torch.full((size, size // 2, 3), 0.5))
+        drawn = []
+        for s in range(3):
+            target = batch["target_rgb"][b, s]
+            view = int((level(colours) - target[0, 0]).abs().sum(-1).argmin())
+            drawn.append(view)
+            torch.testing.assert_close(target[:, : size // 2], level(colours[view]).expand(size, size // 2, 3))
+            torch.testing.assert_close(target[:, size // 2 :], torch.ones(size, size // 2, 3))  # white
+            assert bool((batch["target_alpha"][b, s, :, : size // 2] == 1).all())
+            assert bool((batch["target_alpha"][b, s, :, size // 2 :] == 0).all())
+            origins = batch["origins"][b, s].reshape(-1, 3)
+            torch.testing.assert_close(origins, origins[:1].expand_as(origins))  # one camera centre per view
+            assert float(origins[0] @ torch.tensor([0.0, 0.0, 1.9])) == pytest.approx(
+                float(eye[view] @ eye[input_view]), abs=1e-4
+            )
+        assert drawn[0] == input_view and len(set(drawn)) == 3
+        torch.testing.assert_close(batch["origins"][b, 0, 0, 0], torch.tensor([0.0, 0.0, 1.9]), atol=1e-5, rtol=0)
+
+
+def test_curves_of_columns_spanning_decades_are_drawn_on_a_log_axis(tmp_path):
+    """A positive column spanning more than a factor 20 is drawn on a logarithmic y axis: values 1, 10, 100, 1000 then
+    lie on the same straight line as 1, 2, 3, 4 on a linear axis (the same curve pixels, up to the axis labels),
+    whereas on a linear axis they would bend into a hockey stick."""
+    masks = {}
+    for name, values in (("log", [1.0, 10.0, 100.0, 1000.0]), ("linear", [1.0, 2.0, 3.0, 4.0])):
+        logger = CSVLogger(tmp_path / f"{name}.csv")
+        for step, value in enumerate(values, start=1):
+            logger.log({"step": step, "loss": value})
+        image = np.asarray(Image.open(plot_curves(logger.path, tmp_path / f"{name}.png")).convert("RGB"))
+        masks[name] = (image == (30, 90, 200)).all(-1)
+    assert masks["linear"].sum() > 100
+    differing = (masks["log"] ^ masks["linear"]).sum()
+    assert differing < 0.1 * masks["linear"].sum(), differing
+
+
+def test_depth_is_scored_only_where_the_patch_pixels_are_foreground(tiny_dataset, tmp_path):
+    """The depth loss's valid pixels are wholly foreground (alpha > 0.5) with a known depth: a depth map that also
+    covers a faint (alpha 0.3) region, e.g. an anti-aliased or semi-transparent edge, is not scored there."""
+    size = 16
+    images = torch.zeros(1, 4, size, size, 4)
+    images[..., :3] = 0.5
+    images[0, :, :, : size // 2, 3] = 1.0
+    images[0, :, :, size // 2 :, 3] = 0.3
+    c2w = orbit_c2w(torch.tensor([0.0, 90.0, 180.0, 270.0]), 10.0, 1.9)
+    depth = torch.full((1, 4, size, size), 1.5, dtype=torch.float16)
+    bank = triposr_trainer._ViewBank((images * 255).round().to(torch.uint8), c2w[None], torch.full((1, 4), 40.0), depth)
+    loss = {"lambda_mask": 0.5, "lambda_depth": 1.0}
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss, patch_size=size))
+    batch = triposr_trainer._make_batch(bank, cfg, torch.Generator().manual_seed(0))
+    left = torch.zeros(size, size, dtype=torch.bool)
+    left[:, : size // 2] = True
+    assert torch.equal(batch["depth_valid"], left.expand_as(batch["depth_valid"]))
+    torch.testing.assert_close(batch["target_depth"][batch["depth_valid"]], torch.full((2 * 2 * 16 * 8,), 1.5))

@@ -59,3 +59,45 @@ def test_odd_sized_turntables_save_a_playable_mp4_and_the_exact_gif(tmp_path):
     assert meta["fps"] == 4.0 and meta["duration"] == pytest.approx(0.5)
     with Image.open(gif) as animation:
         assert animation.n_frames == 2 and animation.info["duration"] == 250 and animation.info["loop"] == 0
+
+
+@pytest.mark.parametrize(("n_frames", "elevation", "distance", "fov"), [(4, 15.0, 1.9, 40.0), (6, -30.0, 2.5, 50.0)])
+def test_turntable_camera_path_is_the_closed_form_orbit(n_frames, elevation, distance, fov):
+    """Frame i sits at azimuth 360 i / n (towards +X first, the full turn exclusive), at ``elevation`` above the
+    y = 0 plane (positive: looking down), at ``distance``, looking at the origin with the asked vertical fov: the
+    positions, viewing directions and focal lengths against spherical coordinates written out here."""
+    from monorecon.video import turntable_cameras
+
+    cameras = turntable_cameras(n_frames, elevation_deg=elevation, distance=distance, fov_deg=fov, size=64)
+    az = np.radians(360.0 * np.arange(n_frames) / n_frames)
+    el = np.radians(elevation)
+    expected = distance * np.stack([np.cos(el) * np.sin(az), np.full(n_frames, np.sin(el)), np.cos(el) * np.cos(az)], 1)
+    c2w = cameras.c2w.double().numpy()
+    np.testing.assert_allclose(c2w[:, :3, 3], expected, atol=1e-5)
+    np.testing.assert_allclose(-c2w[:, :3, 2], -expected / distance, atol=1e-5)  # OpenGL: the camera looks along -z
+    assert np.all(c2w[:, 1, 1] > 0)  # image up keeps world +Y up (no roll, no upside-down frames)
+    np.testing.assert_allclose(cameras.focal.double().numpy(), 32.0 / np.tan(np.radians(fov) / 2), rtol=1e-5)
+    if n_frames == 4:  # the defaults: TripoSR's canonical distance 1.9 and fov 40, 15 deg above the equator
+        default = turntable_cameras(n_frames, size=64)
+        np.testing.assert_allclose(default.c2w.double().numpy(), c2w, atol=1e-6)
+        np.testing.assert_allclose(default.focal.double().numpy(), cameras.focal.double().numpy())
+
+
+def test_turntable_headlight_shades_by_the_cosine_to_the_eye():
+    """The preview light (ambient 0.45 + diffuse 0.55, directional from the eye, no highlight) against the closed form
+    ``albedo (0.45 + 0.55 n.v)`` along the middle row of a sphere seen from the front at elevation 0, with the hit
+    point and normal of each pixel's ray found analytically (the fitted sphere: radius 0.6 at the origin)."""
+    tm = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    verts = torch.tensor(tm.vertices, dtype=torch.float32)
+    mesh = Mesh(verts, torch.tensor(tm.faces), vertex_colors=torch.full_like(verts, 0.8))
+    frame = turntable_from_mesh(mesh, 1, size=64, progress=False, elevation_deg=0.0)[0].astype(float) / 255
+    focal = 32 / np.tan(np.radians(20.0))
+    eye = np.array([0.0, 0.0, 1.9])
+    for column in (4, 8, 14, 22, 32):
+        ray = np.array([(column + 0.5 - 32) / focal, -(32.5 - 32) / focal, -1.0])
+        ray /= np.linalg.norm(ray)
+        b = eye @ ray  # |eye + t ray| = 0.6: t^2 + 2 b t + |eye|^2 - 0.36 = 0
+        t = -b - np.sqrt(b * b - (eye @ eye - 0.36))
+        normal = (eye + t * ray) / 0.6
+        expected = 0.8 * (0.45 + 0.55 * normal[2])
+        np.testing.assert_allclose(frame[32, column], expected, atol=0.006, err_msg=f"column {column}")  # 1.5 levels

@@ -77,3 +77,20 @@ def test_invert_with_a_junk_generator_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("monorecon: error: cannot read weights") and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_mapping_with_non_tensor_values_is_not_a_state_dict(tmp_path):
+    """A pickle of names to tensors *and* plain values (an epoch count, a config string: a training checkpoint, not
+    weights) is refused as the docstring says, at the top level and inside a Lightning ``state_dict`` wrapper."""
+    torch.save({**_state(), "epoch": 3}, tmp_path / "mixed.pt")
+    torch.save({"state_dict": {**_state(), "note": "hi"}}, tmp_path / "wrapped.ckpt")
+    torch.save({1: torch.zeros(2)}, tmp_path / "int_keys.pt")
+    for name in ("mixed.pt", "wrapped.ckpt", "int_keys.pt"):
+        with pytest.raises(ValueError, match=f"{name} do not hold a state_dict"):
+            read_state_dict(tmp_path / name)
+
+
+def test_safetensors_without_metadata_give_an_empty_dict(tmp_path):
+    """``read_safetensors_metadata`` promises a dict, empty when the header has none (not None)."""
+    save_file(_state(), str(tmp_path / "bare.safetensors"))
+    assert read_safetensors_metadata(tmp_path / "bare.safetensors") == {}
