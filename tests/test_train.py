@@ -451,6 +451,23 @@ def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_
         load_train_config({**cfg, "max_minutes": 0})
 
 
+def test_an_unusable_perceptual_setting_is_refused_when_the_config_loads(tiny_dataset, tmp_path):
+    """Patches smaller than MS-SSIM's 11-pixel window (the substitute), or a missing VGG file: refused before the
+    run folder is written, not at the first step; without the perceptual term the patch size is free."""
+    cases = [
+        ({"patch_size": 8, "loss": {"lambda_lpips": 0.1}}, "patch_size must be at least 11 for the perceptual loss"),
+        ({"loss": {"lambda_lpips": 0.1, "perceptual_weights": str(tmp_path / "vgg.pth")}}, "perceptual_weights file"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_train_config(_config(tiny_dataset, tmp_path / "run", **change))
+        with pytest.raises(ValueError, match=message):
+            train(_config(tiny_dataset, tmp_path / "run", **change))
+        assert not (tmp_path / "run").exists()
+    load_train_config(_config(tiny_dataset, tmp_path / "run", patch_size=8))
+    load_train_config(_config(tiny_dataset, tmp_path / "run", patch_size=11, loss={"lambda_lpips": 0.1}))
+
+
 def test_init_weights_start_the_model_from_a_file(tiny_dataset, tmp_path, monkeypatch):
     source = tmp_path / "source"
     train(_config(tiny_dataset, source, steps=2))
@@ -1086,8 +1103,9 @@ def test_optimiser_steps_see_the_schedule_the_clipped_gradients_and_the_config(t
     assert list(rows[0]) == ["step", "mse", "mask_bce", "loss", "grad_norm", "lr", "elapsed_s"]
     assert [r["step"] for r in rows] == [2, 4, 5]
     assert all(r["grad_norm"] > 10 * 1e-3 for r in rows)  # so the clip was active at the logged steps
-    for row in rows:
+    for row in rows:  # a row logs the update of its step: its gradient norm and learning rate
         assert seen[int(row["step"]) - 1][3] == pytest.approx(1e-3, rel=1e-4)
+        assert row["lr"] == pytest.approx(expected_lr[int(row["step"]) - 1], rel=1e-5)
     assert all(norm <= 1e-3 * (1 + 1e-4) for *_, norm in seen)
     assert [p.name for p in Checkpointer(out / "checkpoints").checkpoints()][-1] == "step_00000005.pt"
 

@@ -54,6 +54,8 @@ _VGG_PLANS: dict[str, list[int | str]] = {
 }
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+#: Side of SSIM's Gaussian window: the smallest image the substitute loss (without VGG weights) can score.
+SSIM_WINDOW = 11
 
 
 def check_images(x: object, name: str, channels: int | None = 3) -> torch.Tensor:
@@ -281,7 +283,7 @@ def ssim(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    window_size: int = 11,
+    window_size: int = SSIM_WINDOW,
     sigma: float = 1.5,
     data_range: float = 1.0,
     k1: float = 0.01,
@@ -303,7 +305,7 @@ def ms_ssim(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    window_size: int = 11,
+    window_size: int = SSIM_WINDOW,
     sigma: float = 1.5,
     data_range: float = 1.0,
     weights: Sequence[float] = MS_SSIM_WEIGHTS,

@@ -67,6 +67,7 @@ from ..core.checks import SkippedInputWarning, check_device, check_int, check_no
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.weights import read_state_dict
+from ..losses.perceptual import SSIM_WINDOW
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict
 from ..preprocess import DEFAULT_FOREGROUND_RATIO, reframe_views
@@ -324,6 +325,15 @@ class TripoSRTrainConfig:
             raise ValueError("the config needs data.root (a dataset folder)")
         if self.init_weights is not None and not Path(self.init_weights).is_file():
             raise ValueError(f"init_weights file not found: {self.init_weights}")
+        if self.loss.lambda_lpips > 0:  # checked here, not at the first step after the run folder is written
+            weights = self.loss.perceptual_weights
+            if weights is not None and not Path(weights).is_file():
+                raise ValueError(f"loss.perceptual_weights file not found: {weights}")
+            if weights is None and self.patch_size < SSIM_WINDOW:
+                raise ValueError(
+                    f"patch_size must be at least {SSIM_WINDOW} for the perceptual loss without perceptual_weights "
+                    f"(MS-SSIM's window), got {self.patch_size}"
+                )
         if self.data.reframe and (self.loss.lambda_depth > 0 or self.loss.lambda_occupancy > 0):
             raise ValueError("data.reframe leaves the depth maps as they are: not with lambda_depth / lambda_occupancy")
         if self.precision not in ("float32", "bfloat16"):
@@ -861,6 +871,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
         check_finite_loss(grad_norm, step, checkpointer)
+        lr = optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         optimizer.step()
         check_finite_parameters(trainable, step, checkpointer)
         scheduler.step()
@@ -872,7 +883,7 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         )
         if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or out_of_time):
             row = {"step": done, **{k: float(v.detach()) for k, v in terms.items()}}
-            row.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
+            row.update(grad_norm=float(grad_norm), lr=lr)
             row["elapsed_s"] = time.monotonic() - started
             logger.log(row)
         if out_of_time or _should_checkpoint(done, cfg, last_save, device):
