@@ -198,3 +198,29 @@ def test_smoothness_loss_brute_force_bipyramid():
     for k, f in itertools.product(range(3), range(8)):
         brute += (float(normals[f] @ normals[neighbors[f, k]]) - 1) ** 2 / 8
     assert abs(float(smoothness_loss(verts[None], faces, neighbors)[0]) - brute * 4) < 1e-5
+
+
+def test_chamfer_texture_subsampling_keeps_exactly_max_points():
+    """Each set is cut to exactly ``max_points`` distinct points and the loss is the mean over the kept ones.
+
+    One target point at the origin with value 0 and predictions at the origin with values v_i: C_i = v_i^2 + 1, so the
+    gradient of the one-way loss is 2 v_i / k on the k kept predictions and 0 elsewhere. Bidirectionally, the target
+    side's gradient reaches exactly the k kept target points.
+    """
+    n, k = 40, 10
+    values = (torch.arange(n, dtype=torch.float32)[:, None] + 1) / n
+    pred_values = values.clone().requires_grad_(True)
+    loss = chamfer_texture_loss(torch.zeros(n, 2), pred_values, torch.zeros(1, 2), torch.zeros(1, 1), max_points=k,
+                                generator=torch.Generator().manual_seed(3))  # fmt: skip
+    loss.backward()
+    kept = pred_values.grad[:, 0] != 0
+    assert int(kept.sum()) == k
+    torch.testing.assert_close(pred_values.grad[kept], 2 * values[kept] / k)
+    torch.testing.assert_close(loss, (values[kept].square() + 1).mean())
+
+    target_values = values.clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(4)
+    both = chamfer_texture_loss(torch.zeros(1, 2), torch.zeros(1, 1), torch.zeros(n, 2), target_values,
+                                bidirectional=True, max_points=k, generator=generator)  # fmt: skip
+    both.backward()
+    assert int((target_values.grad[:, 0] != 0).sum()) == k

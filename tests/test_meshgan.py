@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -298,3 +299,266 @@ def test_invert_rejects_bad_input():
         invert(image * 255, generator)
     with pytest.raises(ValueError, match="unknown loss weights"):
         invert(image, generator, weights={"colour": 1.0})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Values of SPEC §3 and the formulas behind them (hand-computed expectations)
+# --------------------------------------------------------------------------------------------------------------------
+def test_paper_weights_and_inversion_schedule_match_spec():
+    """SPEC §3: loss weights (mask 10, pixel 1, feature 0.04, latent 0.05, smoothness off), best of 500 codes,
+    4 stages x 50 steps with z / camera learning rates [1e-1, 5e-2, 1e-2, 5e-3] / [1e-2, 5e-3, 1e-3, 5e-4],
+    position tolerance 0.16, z of 64 dimensions. The default adds only the (documented) silhouette term (10)."""
+    import inspect
+
+    from monorecon.fit.invert import DEFAULT_WEIGHTS, PAPER_WEIGHTS
+
+    assert PAPER_WEIGHTS == {"mask": 10.0, "pixel": 1.0, "feature": 0.04, "latent": 0.05, "smoothness": 0.0,
+                             "silhouette": 0.0}  # fmt: skip
+    assert DEFAULT_WEIGHTS == PAPER_WEIGHTS | {"silhouette": 10.0}
+    defaults = {name: p.default for name, p in inspect.signature(invert).parameters.items()}
+    assert defaults["n_init"] == 500 and defaults["stage_steps"] == (50, 50, 50, 50)
+    assert defaults["z_lrs"] == (1e-1, 5e-2, 1e-2, 5e-3) and defaults["camera_lrs"] == (1e-2, 5e-3, 1e-3, 5e-4)
+    assert defaults["xy_threshold"] == 0.16
+    assert MeshGenerator().latent_dim == 64
+
+
+def _quaternion_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(4,) unit quaternion (w, x, y, z) -> (3, 3) rotation (textbook formula, written out here)."""
+    w, x, y, z = (float(c) for c in q / q.norm())
+    return torch.tensor(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def test_weak_perspective_projection_hand_computed():
+    """SPEC §3 camera: ``v' = R(q) (s v) + t``, then orthographic (NDC x, y = v'_x, v'_y). With q a quarter turn about
+    +Y (x -> -z, z -> x), s = 0.5, t = (0.1, -0.2): +Z -> (0.6, -0.2), +Y -> (0.1, 0.3), +X -> (0.1, -0.2)."""
+    half = math.radians(45.0)
+    q = torch.tensor([[math.cos(half), 0.0, math.sin(half), 0.0]])
+    cams = weak_cameras(torch.tensor([0.5]), torch.tensor([[0.1, -0.2]]), q, 32)
+    points = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])
+    projected = cams.transform_points_ndc(points)[0, :, :2]
+    torch.testing.assert_close(projected, torch.tensor([[0.6, -0.2], [0.1, 0.3], [0.1, -0.2]]), atol=1e-6, rtol=0)
+    # The +X point (turned away from the viewer) lies behind the +Z one (turned towards it).
+    depth = cams.transform_points_ndc(points)[0, :, 2]
+    assert float(depth[2]) > float(depth[0])
+
+
+def test_generator_meshes_are_left_right_symmetric():
+    """SPEC §3: generated meshes are left-right symmetric (x -> -x maps the vertex set onto itself), which needs the
+    generator's mirrored half to negate the tangential displacement (the zero-initialised head is randomised here)."""
+    torch.manual_seed(0)
+    generator = MeshGenerator(latent_dim=8, texture_size=32, channels=16).eval()
+    torch.nn.init.normal_(generator.mesh_head.weight, std=5.0)
+    verts, _ = generator.meshes(torch.randn(2, 8))
+    assert (verts - TEMPLATE.verts).norm(dim=-1).max() > 0.05  # really deformed
+    mirrored = verts[:, _mirror_index()] * torch.tensor([-1.0, 1.0, 1.0])
+    torch.testing.assert_close(verts, mirrored, atol=1e-5, rtol=0)
+
+
+def test_template_frames_are_unit_derivatives():
+    """The per-vertex frame is (n, t, b) with t = dp/dphi and b = dp/dtheta normalised (template docstring), found
+    here by finite differences of ``p = (sin theta sin phi, cos theta, sin theta cos phi)``."""
+
+    def point(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        return torch.stack([theta.sin() * phi.sin(), theta.cos(), theta.sin() * phi.cos()], -1)
+
+    theta, phi = TEMPLATE.theta[1:-1].double(), TEMPLATE.phi[1:-1].double()
+    h = 1e-6
+    t = torch.nn.functional.normalize(point(theta, phi + h) - point(theta, phi - h), dim=-1)
+    b = torch.nn.functional.normalize(point(theta + h, phi) - point(theta - h, phi), dim=-1)
+    frames = TEMPLATE.frames[1:-1].double()
+    torch.testing.assert_close(frames[:, 0], point(theta, phi), atol=1e-6, rtol=0)
+    torch.testing.assert_close(frames[:, 1], t, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frames[:, 2], b, atol=1e-6, rtol=0)
+
+
+def test_hinge_discriminator_loss_hand_computed():
+    """Hinge loss ``mean relu(1 - real) + mean relu(1 + fake)``: real logits (2, 0.5) give 0.25, fake (-2, 0.5)
+    0.75."""
+    from monorecon.models.meshgan.train import _hinge_d
+
+    assert float(_hinge_d(torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5]))) == pytest.approx(1.0)
+
+
+def test_one_training_step_ema_weights_and_image_inputs(tmp_path, monkeypatch):
+    """One step from the seeded initial networks:
+
+    * the saved (moving-average) generator is ``decay * initial + (1 - decay) * trained`` (decay 0.99);
+    * with ``image_loss_weight`` 0 the image discriminator's weights do not move (its loss is scaled by the weight);
+    * real and generated renders reach the image discriminator with the same offset: the white, empty corner pixel
+      is (0.5, 0.5, 0.5, -0.5) in both.
+    """
+    from safetensors.torch import load_file
+
+    seen = []
+    original = ImageDiscriminator.forward
+    monkeypatch.setattr(ImageDiscriminator, "forward", lambda self, x: seen.append(x.detach()) or original(self, x))
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(TINY | {"steps": 1, "image_loss_weight": 0.0}))
+    train_meshgan(config_path, tmp_path / "run", progress=False)
+    config = MeshGANConfig.from_yaml(config_path)
+    torch.manual_seed(config.seed)  # the initial networks, built in train_meshgan's order
+    initial = MeshGenerator(**config.generator_kwargs()).state_dict()
+    UVDiscriminator(config.discriminator_channels)
+    initial_image_disc = ImageDiscriminator(config.discriminator_channels).state_dict()
+    checkpoint = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    ema = load_file(str(tmp_path / "run" / "generator.safetensors"))
+    moved = 0
+    for name, value in initial.items():
+        trained = checkpoint[f"generator.{name}"]
+        if not value.is_floating_point() or "running" in name:
+            continue  # buffers are copied
+        torch.testing.assert_close(ema[name], 0.99 * value + 0.01 * trained, atol=1e-6, rtol=1e-5)
+        moved += int(not torch.equal(trained, value))
+    assert moved > 0
+    for name, value in initial_image_disc.items():
+        if name.endswith(("original", "bias")):
+            assert torch.equal(checkpoint[f"image_disc.{name}"], value), name
+    real, fake = seen[0], seen[1]
+    corner = torch.tensor([0.5, 0.5, 0.5, -0.5])
+    torch.testing.assert_close(real[:, :, 0, 0], corner.expand(real.shape[0], 4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(fake[:, :, 0, 0], corner.expand(fake.shape[0], 4), atol=1e-6, rtol=0)
+
+
+def _deforming_generator() -> MeshGenerator:
+    """The tiny random generator with its (zero-initialised) displacement head randomised, so that z moves the mesh."""
+    torch.manual_seed(0)
+    generator = MeshGenerator(latent_dim=8, texture_size=32, channels=16).eval()
+    torch.nn.init.normal_(generator.mesh_head.weight, std=0.5)
+    return generator
+
+
+def _invert(weights: dict[str, float], stage_steps, z_lrs, camera_lrs, **kwargs):
+    return invert(_disc_image(), _deforming_generator(), n_init=8, init_batch=4, stage_steps=stage_steps, z_lrs=z_lrs,
+                  camera_lrs=camera_lrs, weights=weights, max_points=100_000, **kwargs)  # fmt: skip
+
+
+def _adam(lr: float, grads: list[torch.Tensor], betas=(0.0, 0.99), eps=1e-8) -> torch.Tensor:
+    """Total update of Adam after the given gradients, written out (bias-corrected moments)."""
+    m, v, total = torch.zeros_like(grads[0]), torch.zeros_like(grads[0]), torch.zeros_like(grads[0])
+    for t, (g, rate) in enumerate(zip(grads, lr, strict=True), start=1):
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        total -= rate * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
+    return total
+
+
+def test_inversion_adam_betas_and_stage_learning_rates():
+    """SPEC §3: Adam (betas 0, 0.99) on z and on the camera, with each stage's learning rates.
+
+    * Latent term only (0.05 mean(z^2 / 2), gradient 0.05 z / D), stages (1, 1), z lrs (0.1, 0.05): the final z is
+      two Adam updates computed by hand from the initial code.
+    * Mask term only, stages (0, 1): the one update is made with the second stage's rates, so every camera parameter
+      (scale, translation, quaternion) moves by exactly 0.005 and every z entry by 0.05 (a first Adam step moves each
+      parameter by its learning rate).
+    """
+    latent_only = {"mask": 0.0, "pixel": 0.0, "feature": 0.0, "latent": 0.05, "silhouette": 0.0}
+    start = _invert(latent_only, (0,), (0.1,), (0.01,))
+    z0 = start.z
+    fitted = _invert(latent_only, (1, 1), (0.1, 0.05), (0.01, 0.005))
+    dim = z0.shape[1]
+    g1 = 0.05 * z0 / dim
+    z1 = z0 + _adam([0.1], [g1])
+    expected = z0 + _adam([0.1, 0.05], [g1, 0.05 * z1 / dim])
+    torch.testing.assert_close(fitted.z, expected, atol=1e-6, rtol=1e-5)
+    # the camera has no gradient here: it stays
+    torch.testing.assert_close(fitted.translation, start.translation)
+
+    mask_only = {"mask": 10.0, "pixel": 0.0, "feature": 0.0, "latent": 0.0, "silhouette": 0.0}
+    start = _invert(mask_only, (0, 0), (0.1, 0.05), (0.01, 0.005))
+    moved = _invert(mask_only, (0, 1), (0.1, 0.05), (0.01, 0.005))
+    # (|step| = lr |g| / (|g| + 1e-8): within 2 % of the rate for the small gradients of some z entries)
+    torch.testing.assert_close((moved.z - start.z).abs(), torch.full_like(start.z, 0.05), atol=1e-3, rtol=0)
+    torch.testing.assert_close((moved.translation - start.translation).abs(), torch.full((1, 2), 0.005), atol=1e-6,
+                               rtol=0)  # fmt: skip
+    torch.testing.assert_close((moved.scale - start.scale).abs(), torch.full((1,), 0.005), atol=1e-6, rtol=0)
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=4)))
+    candidates = torch.nn.functional.normalize(start.quaternion + 0.005 * signs, dim=-1)
+    assert (candidates - moved.quaternion).abs().amax(-1).min() < 1e-6
+
+
+def test_inversion_loss_terms_at_the_start():
+    """The logged terms of the first step are the weighted SPEC §3 losses, recomputed here from the result (learning
+    rates 0: the returned state is the one of that step): 10 Chamfer mask on the vertices projected by hand
+    (``R(q) s v + t``), 1 Chamfer texture on colours in [-1, 1], 0.04 bidirectional Chamfer texture on unit feature
+    vectors, 0.05 latent, 10 silhouette (sum of squares / pixels); the total is their sum."""
+    from monorecon.core.mesh_renderer import render_silhouette
+    from monorecon.losses.fitting import (
+        chamfer_mask_loss,
+        chamfer_texture_loss,
+        image_points,
+        latent_loss,
+        mask_points,
+    )
+    from monorecon.losses.perceptual import chamfer_feature_extractor
+
+    image = _disc_image()
+    result = _invert({}, (1,), (0.0,), (0.0,))
+    logged = result.history[0]
+    assert set(logged) == {"mask", "pixel", "feature", "latent", "silhouette", "total"}
+    mask = image[..., 3]
+    rotation = _quaternion_matrix(result.quaternion[0])
+    projected = (result.scale * result.verts) @ rotation.T + torch.cat([result.translation[0], torch.zeros(1)])
+    mask_term = chamfer_mask_loss(projected[None, :, :2], mask_points(mask, 0.5))[0]
+    assert logged["mask"] == pytest.approx(10 * float(mask_term), rel=1e-4)
+    assert logged["latent"] == pytest.approx(0.05 * float(latent_loss(result.z)[0]), rel=1e-5)
+    render = result.render.permute(2, 0, 1)
+    alpha = render[3]
+    target_colours = image[..., :3].permute(2, 0, 1) * 2 - 1
+    rendered_colours = render[:3] * 2 - 1
+    pixel = chamfer_texture_loss(*image_points(rendered_colours, alpha, 0.9), *image_points(target_colours, mask, 0.5),
+                                 max_points=None)  # fmt: skip
+    assert logged["pixel"] == pytest.approx(float(pixel), rel=1e-4)
+
+    features = chamfer_feature_extractor(None)
+
+    def feature_points(colours: torch.Tensor, weight: torch.Tensor):
+        feature_map = features(colours[None])[0]
+        keep = torch.nn.functional.adaptive_avg_pool2d(weight[None, None], feature_map.shape[-2:])[0, 0] >= 0.5
+        return mask_points(keep.float(), 0.5), torch.nn.functional.normalize(feature_map[:, keep].T, dim=-1)
+
+    feature = chamfer_texture_loss(*feature_points(render[:3] * alpha, alpha),
+                                   *feature_points(image[..., :3].permute(2, 0, 1) * (mask > 0.5), mask),
+                                   bidirectional=True, max_points=None)  # fmt: skip
+    assert logged["feature"] == pytest.approx(0.04 * float(feature), rel=1e-4)
+    camera = weak_cameras(result.scale, result.translation, result.quaternion, 32)
+    soft = render_silhouette(result.verts[None], TEMPLATE.faces, camera, 1e-4, faces_per_pixel=16)[0]
+    assert logged["silhouette"] == pytest.approx(10 * float((soft - mask).square().sum()) / 32**2, rel=1e-4)
+    parts = sum(value for key, value in logged.items() if key != "total")
+    assert logged["total"] == pytest.approx(parts, rel=1e-5)
+
+
+def test_best_of_n_initialisation_keeps_the_lowest_score(monkeypatch):
+    """The initialisation keeps, over all batches, the candidate code with the lowest
+    ``10 chamfer_mask + 0.05 latent`` (SPEC §3 weights): the two terms of every candidate are recorded as they are
+    computed, and the returned code (no optimisation step) must be the argmin of their weighted sum."""
+    import importlib
+
+    invert_module = importlib.import_module("monorecon.fit.invert")  # the package re-exports the function
+    recorded = {"mask": [], "latent": [], "z": []}
+    chamfer, latent = invert_module.chamfer_mask_loss, invert_module.latent_loss
+
+    def spy_chamfer(*args):
+        recorded["mask"].append(chamfer(*args))
+        return recorded["mask"][-1]
+
+    def spy_latent(z):
+        recorded["z"].append(z.detach().clone())
+        recorded["latent"].append(latent(z))
+        return recorded["latent"][-1]
+
+    monkeypatch.setattr(invert_module, "chamfer_mask_loss", spy_chamfer)
+    monkeypatch.setattr(invert_module, "latent_loss", spy_latent)
+    result = invert(_disc_image(), _deforming_generator(), n_init=24, init_batch=8, stage_steps=(0,), z_lrs=(0.1,),
+                    camera_lrs=(0.01,))  # fmt: skip
+    scores = 10 * torch.cat(recorded["mask"]) + 0.05 * torch.cat(recorded["latent"])
+    codes = torch.cat(recorded["z"])
+    assert codes.shape == (24, 8)
+    best = int(torch.argmin(scores))
+    assert torch.equal(result.z[0], codes[best])
+    assert best % 8 != 0  # not the first of its batch: the argmin within a batch matters here

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
+from monorecon.core.cameras import PerspectiveCameras, look_at, orbit_c2w
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import load_normalized_mesh
@@ -139,3 +140,88 @@ def test_bad_input():
         fit_pose(collapsed, torch.zeros(32, 32, 3))
     with pytest.raises(ValueError, match="coarse_max_faces"):
         fit_pose(mesh, torch.zeros(32, 32, 3), coarse_max_faces=10)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SPEC §4 values and the optimiser's steps, against hand-computed expectations (tiny images, a step or two)
+# --------------------------------------------------------------------------------------------------------------------
+def test_tutorial_settings_match_spec():
+    """SPEC §4: start position (3.0, 6.9, 2.5); fov 60, znear 1, zfar 100; Adam lr 0.05, up to 200 steps; soft
+    silhouette sigma 1e-4; a frame every 10 steps."""
+    import inspect
+
+    from monorecon.fit.pose import TUTORIAL_START_POSITION
+
+    assert TUTORIAL_START_POSITION == (3.0, 6.9, 2.5)
+    defaults = {name: p.default for name, p in inspect.signature(fit_pose).parameters.items()}
+    assert defaults["start_position"] == (3.0, 6.9, 2.5)
+    assert (defaults["fov_deg"], defaults["znear"], defaults["zfar"]) == (60.0, 1.0, 100.0)
+    assert (defaults["lr"], defaults["steps"], defaults["sigma"], defaults["record_every"]) == (0.05, 200, 1e-4, 10)
+
+
+def _step_fit(size=(32, 48), **kwargs) -> PoseFitResult:
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    truth = orbit_c2w(0.0, 50.0, 3.0)
+    camera = PerspectiveCameras(truth, *size, znear=1.0, zfar=100.0, fov_y_deg=60.0)
+    with torch.no_grad():
+        out = render_mesh(mesh.verts, mesh.faces, camera, vertex_colors=mesh.vertex_colors)
+    image = torch.cat([out["rgb"][0].clamp(0, 1), out["alpha"][0, ..., None]], -1)
+    settings = dict(restarts=0, coarse_size=None, refine_steps=0, stop_loss=0.0) | kwargs
+    return fit_pose(mesh, image, **settings)
+
+
+def test_one_adam_step_moves_the_camera_position_by_the_learning_rate():
+    """A first Adam step moves each parameter by its learning rate: one tutorial step (lr 0.05) moves every coordinate
+    of the camera position by 0.05 from (3.0, 6.9, 2.5), one refinement step then by lr / 5 = 0.01. The look-at camera
+    keeps the fov 60 on a non-square (32 x 48) image."""
+    start = torch.tensor([3.0, 6.9, 2.5])
+    coarse = _step_fit(steps=1)
+    torch.testing.assert_close((coarse.position - start).abs(), torch.full((3,), 0.05), atol=1e-5, rtol=0)
+    assert coarse.fov_deg == pytest.approx(60.0, abs=1e-4)
+    torch.testing.assert_close(coarse.c2w, look_at(coarse.position[None])[0], atol=1e-6, rtol=0)
+    refined = _step_fit(steps=1, refine_steps=1)
+    torch.testing.assert_close((refined.position - coarse.position).abs(), torch.full((3,), 0.01), atol=1e-5, rtol=0)
+
+
+def test_full_parameterisation_optimises_rotation_and_focal_length():
+    """Parameterisation "full": one step moves the position by 0.05 per coordinate, the rotation offset (axis-angle,
+    each component +-0.05: 0.05 sqrt(3) rad = 4.96 deg from the start's look-at rotation) and the log focal length by
+    +-0.05, i.e. a fov of 2 atan(tan(30 deg) exp(-+0.05))."""
+    result = _step_fit(steps=1, parameterisation="full")
+    start = torch.tensor([3.0, 6.9, 2.5])
+    torch.testing.assert_close((result.position - start).abs(), torch.full((3,), 0.05), atol=1e-5, rtol=0)
+    offset = rotation_error_deg(look_at(start[None])[0], result.c2w)  # the offset applies to the start's rotation
+    assert offset == pytest.approx(math.degrees(0.05 * math.sqrt(3)), abs=1e-3)
+    fovs = [math.degrees(2 * math.atan(math.tan(math.radians(30.0)) * math.exp(s * 0.05))) for s in (-1, 1)]
+    assert min(abs(result.fov_deg - f) for f in fovs) < 1e-3
+
+
+def test_a_frame_every_ten_steps():
+    """SPEC §4: a frame of the fit every 10 steps (steps 0, 10, 20 of 21), plus the final one."""
+    result = _step_fit(steps=21)
+    assert len(result.history) == 22 and len(result.frames) == 4
+
+
+def test_shading_term_is_weighted_colour_difference_over_covered_pixels():
+    """Loss "silhouette+shading": total = silhouette + shading_weight x sum over the pixels covered in both the render
+    and the reference of the squared colour differences (recomputed here from a hard render)."""
+    from monorecon.fit.pose import _CameraModel, _losses, _Phase
+
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, _ = _reference(mesh, 20.0, 30.0, 3.0, 24)
+    reference, reference_rgb = image[..., 3], image[..., :3] * 0.5 + 0.25  # colours that differ from the render
+    model = _CameraModel(orbit_c2w(35.0, 25.0, 3.2)[:, :3, 3], 60.0, "position", (1.0, 100.0))
+    phase = _Phase(reference=reference, reference_rgb=reference_rgb, sigma=1e-4, steps=1, lr=0.05, decay=False,
+                   stop_loss=0.0, desc="test")  # fmt: skip
+    cameras = model.cameras(24, 24)
+    with torch.no_grad():
+        out = render_mesh(mesh.verts, mesh.faces, cameras, vertex_colors=mesh.vertex_colors)
+        colour = ((out["rgb"][0] - reference_rgb).square() * (out["alpha"][0] * reference)[..., None]).sum()
+        totals = []
+        for weight in (0.0, 2.5):
+            options = {"faces_per_pixel": 30, "shading_weight": weight, "background": (1.0, 1.0, 1.0)}
+            total, silhouette, _ = _losses(mesh, cameras, phase, options)
+            totals.append(float(total[0]))
+    assert float(colour) > 0.5
+    assert totals[0] == pytest.approx(float(silhouette[0]), rel=1e-6)
+    assert totals[1] - totals[0] == pytest.approx(2.5 * float(colour), rel=1e-4)

@@ -714,23 +714,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .eval.harness import PredictionFolder, check_points, check_volume_iou_resolution, evaluate, export_inputs
 
     _check_eval_options(args)
-    split = "all" if args.split is None else args.split
-    azimuths = _float_list("30" if args.azimuths is None else args.azimuths, "--azimuths")
-    elevation = 15.0 if args.elevation is None else args.elevation
-    inflation = (
-        1.0 if args.inflation_thickness is None else args.inflation_thickness,
-        args.inflation_profile or "cone",
-    )
+    given = {  # the options given; those left out take the harness's defaults
+        "split": args.split,
+        "mesh_azimuths": None if args.azimuths is None else _float_list(args.azimuths, "--azimuths"),
+        "mesh_elevation": args.elevation,
+        "inflation_thickness": args.inflation_thickness,
+        "inflation_profile": args.inflation_profile,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
     check_points(args.points, "--points")  # before a model is loaded
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
     device = _device(args) if loads_model else None
     workers = _workers(args, device)  # before a model is loaded
     if args.export_inputs:
-        paths = export_inputs(
-            args.data, args.output, split=split, max_objects=args.max_objects, mesh_azimuths=azimuths,
-            mesh_elevation=elevation,
-        )  # fmt: skip
+        paths = export_inputs(args.data, args.output, max_objects=args.max_objects, **given)
         if not args.quiet:
             print(f"{len(paths)} input images written to {args.output}")
         return 0
@@ -740,12 +738,10 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         model = load_model(None if model == "default" else model, device=device)
     summary = evaluate(
-        model, args.data, args.output, args.points, split=split, max_objects=args.max_objects,
+        model, args.data, args.output, args.points, max_objects=args.max_objects,
         mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
         fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
-        mesh_azimuths=azimuths, mesh_elevation=elevation, seed=args.seed, volume_iou_resolution=args.volume_iou,
-        inflation_thickness=inflation[0], inflation_profile=inflation[1],
-        workers=workers, progress=not args.quiet,
+        seed=args.seed, volume_iou_resolution=args.volume_iou, workers=workers, progress=not args.quiet, **given,
     )  # fmt: skip
     if not args.quiet:
         total, scored = summary["n_objects"], summary["n_scored"]
