@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -285,6 +286,10 @@ def test_training_smoke_and_exact_resume(tmp_path, monkeypatch):
         assert (run / name).is_file()
     rows = (run / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 5 and rows[0].startswith("step,")
+    # Each row's lr is the rate of its own update: no warm-up (2 % of 4 steps), cosine from 1e-3 to 1e-4.
+    column = rows[0].split(",").index("lr")
+    expected = [1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi * s / 4)) / 2) for s in range(4)]
+    assert [float(row.split(",")[column]) for row in rows[1:]] == pytest.approx(expected, rel=1e-5)
     first = load_g3dr(run).state_dict()
     # Interrupted after 2 steps, then resumed to 4: identical weights.
     half = train_g3dr(tiny_train_config(tmp_path, out_dir=str(tmp_path / "b"), steps=4, checkpoint_every=2), views)
@@ -531,6 +536,8 @@ def test_diffusion_train_and_sample(tmp_path):
     )  # fmt: skip
     model = load_rgbd_diffusion(train_rgbd_diffusion(config, views))
     assert model.class_names == ["a", "b"]
+    with open(tmp_path / "diff" / "train_log.csv") as f:  # each row: its own update's rate (warm-up over 3 steps)
+        assert [float(row["lr"]) for row in csv.DictReader(f)] == pytest.approx([2e-4 / 3, 4e-4 / 3, 2e-4], rel=1e-5)
     rgb, depth = model.sample("b", 2, n_steps=4, generator=torch.Generator().manual_seed(0), size=16)
     assert rgb.shape == (2, 3, 16, 16) and depth.shape == (2, 16, 16)
     assert float(rgb.min()) >= 0 and float(rgb.max()) <= 1 and float(depth.min()) >= 4 and float(depth.max()) <= 6

@@ -513,8 +513,9 @@ def fit_pose(
             (quadric edge collapse; a few thousand faces are plenty at the coarse size), None: the full mesh. The
             refinement always uses the full mesh.
         refine_steps: steps of the refinement at full size (Adam, lr / 5 decaying linearly to 0); 0 to skip.
-        refine_sigma: its soft sharpness; default ``(0.25 * 2 / side)^2`` (a quarter pixel), which removes the
-            outward bias of a wide soft edge against the hard reference.
+        refine_sigma: its soft sharpness; default ``(0.25 / side)^2`` with ``side = sqrt(H W)`` (an eighth of a
+            pixel, NDC spanning 2 over the image), which removes the outward bias of a wide soft edge against the
+            hard reference.
         refine_candidates: number of distinct runs (lowest coarse losses) refined; the lowest refined loss wins.
         search: number of camera directions scored (without optimisation) to place the restarts.
         faces_per_pixel: faces blended per pixel by the soft rasteriser.

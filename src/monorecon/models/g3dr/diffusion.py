@@ -331,11 +331,12 @@ def train_rgbd_diffusion(
         check_finite_loss(loss, step, checkpointer)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         optimizer.step()
         check_finite_parameters(model.parameters(), step, checkpointer)
         scheduler.step()
         if step % config.log_every == 0 or step == config.steps:
-            logger.log({"step": step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+            logger.log({"step": step, "loss": float(loss.detach()), "lr": lr,
                         "seconds": time.perf_counter() - started})  # fmt: skip
         if step % config.checkpoint_every == 0 or step == config.steps:
             checkpointer.save(step, model, optimizer, scheduler)
