@@ -286,11 +286,12 @@ class G3DRTrainer:
         total.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        logged["lr"] = self.optimizer.param_groups[0]["lr"]  # this update's rate; the scheduler moves on below
+        lr = self.optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         self.optimizer.step()
         check_finite_parameters(self.model.parameters(), step, checkpointer)
         self.scheduler.step()
         logged["loss"] = float(total.detach())
+        logged["lr"] = lr
         return logged
 
 
