@@ -62,8 +62,30 @@ def test_only_shared_cases_are_compared_and_one_object_has_no_clustered_se(tmp_p
     b = _report(tmp_path / "b", {"m@0": 0.6, "m@90": 0.9})
     result = compare_reports(a, b / "per_object.csv")
     assert (result["n_cases"], result["only_a"], result["only_b"]) == (2, 1, 0)
+    assert (result["mean_a"], result["mean_b"]) == (pytest.approx(0.6), pytest.approx(0.75))  # shared cases only
     assert math.isnan(result["se_clustered"])
     assert "left out: 1 cases only in A" in format_comparison(result)
+
+
+def test_object_is_the_case_id_before_its_last_at_sign(tmp_path):
+    """A view is ``<object>@<azimuth>``: an object name with an ``@`` of its own stays one object, and a case id with
+    no ``@`` (a synthetic object) is its own object. Objects here: ``scan@2`` (2 cases), ``scan@3``, ``cube``."""
+    a = {"scan@2@0": 0.5, "scan@2@90": 0.5, "scan@3@0": 0.5, "cube": 0.5}
+    b = {"scan@2@0": 0.7, "scan@2@90": 0.5, "scan@3@0": 0.4, "cube": 0.6}
+    result = compare_reports(_report(tmp_path / "a", a), _report(tmp_path / "b", b))
+    assert result["n_objects"] == 3
+    assert {name: o["n"] for name, o in result["per_object"].items()} == {"cube": 1, "scan@2": 2, "scan@3": 1}
+    assert result["per_object"]["scan@2"]["difference"] == pytest.approx(0.1)
+    # Differences +0.2, 0 (a tie), -0.1, +0.1: a tie is counted as neither side higher.
+    assert (result["b_higher"], result["a_higher"], result["ties"]) == (2, 1, 1)
+
+
+def test_per_object_table_only_when_some_object_has_several_cases(tmp_path):
+    """With one case per object the table would repeat the cases: only the summary line is printed."""
+    a = _report(tmp_path / "a", {"p": 0.5, "q": 0.6})
+    b = _report(tmp_path / "b", {"p": 0.7, "q": 0.6})
+    text = format_comparison(compare_reports(a, b))
+    assert len(text.splitlines()) == 1 and "|" not in text
 
 
 def test_cases_where_the_metric_is_not_defined_are_left_out_and_counted(tmp_path):
@@ -72,6 +94,7 @@ def test_cases_where_the_metric_is_not_defined_are_left_out_and_counted(tmp_path
     b = _report(tmp_path / "b", {"m@0": 0.6, "m@90": 0.9, "n@0": float("nan")}, "volume_iou")
     result = compare_reports(a, b, "volume_iou")
     assert (result["n_cases"], result["unscored"], result["difference"]) == (1, 2, pytest.approx(0.1))
+    assert math.isnan(result["se"])  # one case: no spread to estimate, not a zero-width interval
     assert "left out: 2 cases where volume_iou is not defined (nan) in either report" in format_comparison(result)
 
 

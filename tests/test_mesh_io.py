@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -277,6 +278,18 @@ def test_ply_is_binary_with_uchar_colors(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # GLB content
 # --------------------------------------------------------------------------------------------------------------------
+def test_which_formats_get_a_baked_texture():
+    """The one rule: a baked texture when asked for, and always for USDZ (its viewers show no vertex colours);
+    refused for PLY and STL, which carry none."""
+    assert mesh_io.gets_baked_texture("usdz", False) and mesh_io.gets_baked_texture("usdz", True)
+    assert mesh_io.gets_baked_texture("glb", True) and mesh_io.gets_baked_texture("obj", True)
+    assert not mesh_io.gets_baked_texture("glb", False) and not mesh_io.gets_baked_texture("obj", False)
+    assert not mesh_io.gets_baked_texture("ply", False) and not mesh_io.gets_baked_texture("stl", False)
+    for fmt in ("ply", "stl"):
+        with pytest.raises(ValueError, match=f"{fmt.upper()} files carry no texture"):
+            mesh_io.gets_baked_texture(fmt, True)
+
+
 def test_glb_keeps_y_up_and_raw_positions(tmp_path):
     mesh = _arrow()
     save_mesh(mesh, tmp_path / "arrow.glb")
@@ -304,6 +317,7 @@ def test_stl_is_z_up_binary_with_outward_facet_normals(tmp_path):
     data = (tmp_path / "arrow.stl").read_bytes()
     assert len(data) == 80 + 4 + 50 * mesh.num_faces
     assert np.frombuffer(data, "<u4", 1, 80)[0] == mesh.num_faces
+    assert not data.startswith(b"solid")  # the mark of an ASCII STL: readers would take it for one
     records = np.frombuffer(data[84:], np.dtype([("n", "<f4", 3), ("v", "<f4", (3, 3)), ("a", "<u2")]))
     x, y, z = mesh.verts.numpy()[mesh.faces.numpy()].transpose(2, 0, 1)
     np.testing.assert_array_equal(records["v"], np.stack([x, -z, y], axis=-1))  # Blender's view of the glTF
@@ -374,6 +388,33 @@ def _validator_command() -> list[str]:
     return [node, str(VALIDATOR_DIR / "validate.mjs")]
 
 
+def test_glb_normals_point_outward_and_texture_is_embedded_without_color_0(tmp_path):
+    """Raw GLB accessors of a textured unit sphere that also has vertex colours: NORMAL points outward (along the
+    position, as for any sphere about the origin); no COLOR_0 (it would tint the texture); the embedded PNG decodes to
+    the texture; the sampler clamps to the edge (33071), so an atlas border does not bleed in from the opposite side."""
+    from PIL import Image
+
+    tm = trimesh.creation.icosphere(subdivisions=2)
+    textured = _textured_sphere()
+    verts = torch.from_numpy(tm.vertices.astype(np.float32))
+    colours = torch.rand(len(verts), 3, generator=torch.Generator().manual_seed(2))
+    faces = torch.from_numpy(tm.faces.astype(np.int64))
+    mesh = Mesh(verts, faces, vertex_colors=colours, uvs=textured.uvs, texture=textured.texture)
+    save_mesh(mesh, tmp_path / "both.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "both.glb"))
+    primitive = gltf.meshes[0].primitives[0]
+    normals = _gltf_accessor(gltf, primitive.attributes.NORMAL)
+    unit_positions = tm.vertices / np.linalg.norm(tm.vertices, axis=1, keepdims=True)
+    assert (np.einsum("vi,vi->v", normals, unit_positions) > 0.98).all()
+    assert primitive.attributes.COLOR_0 is None
+    view = gltf.bufferViews[gltf.images[0].bufferView]
+    png = gltf.binary_blob()[view.byteOffset : view.byteOffset + view.byteLength]
+    decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    np.testing.assert_array_equal(decoded, np.round(textured.texture.numpy() * 255).astype(np.uint8))
+    sampler = gltf.samplers[gltf.textures[0].sampler]
+    assert (sampler.wrapS, sampler.wrapT) == (33071, 33071)
+
+
 def test_khronos_validator_accepts_our_glbs(tmp_path):
     command = _validator_command()
     bunny = load_mesh(MESH_DIR / "bunny.ply") if (MESH_DIR / "bunny.ply").is_file() else _arrow()
@@ -435,6 +476,49 @@ def test_load_scene_applies_node_transforms(tmp_path):
     v0, v1, v2 = mesh.verts.double()[mesh.faces].unbind(1)
     volume = float((v0 * torch.linalg.cross(v1, v2, dim=-1)).sum() / 6)
     assert volume == pytest.approx(2.0, rel=1e-6)  # both boxes stay outward (mirroring flips the winding back)
+
+
+def test_load_scene_keeps_the_vertex_colours_of_every_part(tmp_path):
+    """Two vertex-coloured boxes in two nodes load as one mesh whose colours are each part's own (red and blue)."""
+    scene = trimesh.Scene()
+    for name, x, colour in (("red", -2.0, [255, 0, 0, 255]), ("blue", 2.0, [0, 0, 255, 255])):
+        box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+        box.visual = trimesh.visual.ColorVisuals(box, vertex_colors=np.tile(colour, (len(box.vertices), 1)))
+        scene.add_geometry(box, node_name=name, transform=trimesh.transformations.translation_matrix([x, 0.0, 0.0]))
+    (tmp_path / "two.glb").write_bytes(scene.export(file_type="glb"))
+    mesh = load_mesh(tmp_path / "two.glb")
+    assert mesh.vertex_colors is not None and mesh.num_verts == 16
+    left = mesh.verts[:, 0] < 0
+    torch.testing.assert_close(mesh.vertex_colors[left], torch.tensor([[1.0, 0.0, 0.0]]).expand(8, 3))
+    torch.testing.assert_close(mesh.vertex_colors[~left], torch.tensor([[0.0, 0.0, 1.0]]).expand(8, 3))
+
+
+def test_load_scene_applies_a_rotation_node_the_right_way_round(tmp_path):
+    """A node turning its mesh 90 degrees about +Y maps +X to -Z and +Z to +X (right-handed): the arrow's vertices
+    come back as R v with R written out by hand (a transposed matrix would turn it the other way)."""
+    arrow = _arrow()
+    scene = trimesh.Scene()
+    turn = np.eye(4)
+    turn[:3, :3] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
+    tm = trimesh.Trimesh(arrow.verts.numpy(), arrow.faces.numpy(), process=False)
+    scene.add_geometry(tm, node_name="turned", transform=turn)
+    (tmp_path / "turned.glb").write_bytes(scene.export(file_type="glb"))
+    x, y, z = arrow.verts.numpy().T
+    expected = np.stack([z, y, -x], axis=1)
+    np.testing.assert_allclose(load_mesh(tmp_path / "turned.glb").verts.numpy(), expected, atol=1e-6)
+
+
+def test_glb_normal_of_a_vertex_without_faces_is_plus_y(tmp_path):
+    """A vertex no face uses has no normal: the GLB gets +Y there (unit, as validators require); the others keep
+    their own unit normals (the apex of the arrow points up)."""
+    arrow = _arrow()
+    mesh = Mesh(torch.cat([arrow.verts, torch.tensor([[5.0, 5.0, 5.0]])]), arrow.faces)
+    save_mesh(mesh, tmp_path / "loose.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "loose.glb"))
+    normals = _gltf_accessor(gltf, gltf.meshes[0].primitives[0].attributes.NORMAL)
+    np.testing.assert_array_equal(normals[5], [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
+    assert normals[4, 1] > 0.5
 
 
 def test_obj_in_latin_1_loads(tmp_path):

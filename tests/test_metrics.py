@@ -11,7 +11,13 @@ import torch
 import trimesh
 
 from monorecon.core.mesh import Mesh
-from monorecon.eval.align import align_point_clouds, cube_rotations, normalize_to_unit_box
+from monorecon.eval.align import (
+    align_meshes,
+    align_point_clouds,
+    candidate_rotations,
+    cube_rotations,
+    normalize_to_unit_box,
+)
 from monorecon.eval.metrics import (
     chamfer_and_fscore,
     mask_iou,
@@ -72,12 +78,35 @@ def test_fscore_precision_recall_on_hand_made_sets():
     assert out["fscore@0.1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
 
 
+def test_chamfer_averages_both_directional_means_by_hand():
+    """CD = (mean_p min_q |p - q| + mean_q min_p |q - p|) / 2, unsquared, on sets whose two directions differ."""
+    gt = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
+    pred = np.array([[0.0, 0.05, 0], [1, 0.05, 0], [10, 0, 0]])
+    pred_to_gt = (0.05 + 0.05 + 7.0) / 3
+    gt_to_pred = (0.05 + 0.05 + math.hypot(1.0, 0.05) + math.hypot(2.0, 0.05)) / 4
+    assert chamfer_and_fscore(pred, gt)["chamfer"] == pytest.approx((pred_to_gt + gt_to_pred) / 2, rel=1e-12)
+    assert chamfer_and_fscore(gt, pred)["chamfer"] == pytest.approx((pred_to_gt + gt_to_pred) / 2, rel=1e-12)
+
+
 def test_sample_surface_is_deterministic_and_on_surface():
     mesh = _box((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     a, b = sample_surface(mesh, 1000, seed=7), sample_surface(mesh, 1000, seed=7)
     np.testing.assert_array_equal(a, b)
     # On the unit cube surface: the largest |coordinate| is 0.5.
     np.testing.assert_allclose(np.abs(a).max(axis=1), 0.5, atol=1e-6)
+
+
+def test_sample_surface_is_area_weighted():
+    """Two separate triangles of areas 0.5 and 1.5 (in the planes z = 0 and z = 1): a quarter of the points on the
+    first, three quarters on the second, each inside its triangle."""
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [3, 0, 1], [0, 1, 1]])
+    mesh = Mesh(verts, torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    points = sample_surface(mesh, 20000, seed=5)
+    on_big = points[:, 2] == 1.0
+    assert np.isin(points[:, 2], [0.0, 1.0]).all()
+    assert on_big.mean() == pytest.approx(0.75, abs=0.015)  # binomial SD 0.003
+    assert (points[~on_big, 0] + points[~on_big, 1] <= 1 + 1e-12).all()
+    assert (points[on_big, 0] / 3 + points[on_big, 1] <= 1 + 1e-12).all()
 
 
 def test_winding_number_inside_outside():
@@ -95,6 +124,22 @@ def test_volume_iou_of_offset_boxes():
     assert volume_iou(a, a, resolution=16) == 1.0
     c = _box((0.5, 0.5, 0.5), (3.0, 0.0, 0.0))
     assert volume_iou(a, c, resolution=16) == 0.0
+
+
+def test_volume_iou_default_grid_is_both_boxes_padded_by_one_cell(monkeypatch):
+    """Without bounds the grid spans the union of both bounding boxes (here -0.5 .. 1.5 on the widest axis), padded
+    by one cell ((1.5 - -0.5) / 8 = 0.25) on each side."""
+    from monorecon.eval import metrics
+
+    grids = []
+    real = metrics.solid_occupancy
+    monkeypatch.setattr(
+        metrics, "solid_occupancy", lambda mesh, lo, hi, r: grids.append((lo, hi, r)) or real(mesh, lo, hi, r)
+    )
+    a = _box((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    b = _box((1.0, 1.0, 1.0), (1.0, 0.0, 0.0))
+    assert metrics.volume_iou(a, b, resolution=8) == 0.0  # touching, not overlapping
+    assert grids == [pytest.approx((-0.75, 1.75, 8))] * 2
 
 
 def _trimesh_to_mesh(tm: trimesh.Trimesh) -> Mesh:
@@ -178,6 +223,22 @@ def test_cube_rotations_are_the_24_proper_ones():
     assert len({r.tobytes() for r in rotations}) == 24
 
 
+def test_candidate_rotations_are_cube_rotations_then_uniform_proper_rotations():
+    """The search starts from the 24 cube rotations, then seeded rotations: every one proper (orthonormal, det +1);
+    uniform on SO(3), so their mean matrix is about zero (Haar measure: E[R] = 0; SD of an entry 0.013 here)."""
+    rotations = candidate_rotations(2000, seed=1)
+    assert rotations.shape == (2024, 3, 3)
+    np.testing.assert_array_equal(rotations[:24], cube_rotations())
+    np.testing.assert_allclose(
+        rotations @ rotations.transpose(0, 2, 1), np.broadcast_to(np.eye(3), (2024, 3, 3)), atol=1e-12
+    )
+    np.testing.assert_allclose(np.linalg.det(rotations), 1.0, atol=1e-12)
+    assert np.abs(rotations[24:].mean(axis=0)).max() < 0.06
+    np.testing.assert_array_equal(candidate_rotations(5, seed=1), candidate_rotations(5, seed=1))
+    assert not np.allclose(candidate_rotations(5, seed=1)[24:], candidate_rotations(5, seed=2)[24:])
+    assert candidate_rotations(0).shape == (24, 3, 3)
+
+
 def test_normalize_to_unit_box():
     points = np.random.default_rng(0).uniform([-1, 2, 5], [3, 3, 6], size=(500, 3))
     normalized, transform = normalize_to_unit_box(points)
@@ -185,6 +246,18 @@ def test_normalize_to_unit_box():
     assert extent.max() == pytest.approx(1.0)
     np.testing.assert_allclose((normalized.max(0) + normalized.min(0)) / 2, 0.0, atol=1e-12)
     np.testing.assert_allclose(normalized, points @ transform[:3, :3].T + transform[:3, 3])
+
+
+def test_alignment_never_mirrors_a_mirror_image():
+    """A mirror image (x -> -x) of an asymmetric cloud fits best mirrored, but the alignment is rigid: the result is a
+    proper rotation (orthonormal, determinant +1), as the module docstring promises ("no reflection")."""
+    points = np.random.default_rng(3).uniform(-1, 1, size=(400, 3)) * [0.5, 0.3, 0.02]
+    points[:, 2] += 0.6 * points[:, 0] ** 2 + 0.3 * points[:, 1] ** 2  # a shallow bowl opening up (+Z) ...
+    points[:, 0] += 0.5 * points[:, 1] ** 2  # ... bent towards +X: turned about Y it opens down, a mirror fits it
+    mirrored = points * [-1.0, 1.0, 1.0]
+    alignment = align_point_clouds(mirrored, points, n_random=0, coarse_points=200, fine_points=400, seed=0)
+    np.testing.assert_allclose(alignment.rotation @ alignment.rotation.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(alignment.rotation) == pytest.approx(1.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("axis, angle", [((0.3, 1.0, -0.2), 137.0), ((1.0, 0.2, 0.5), -71.0)])
@@ -200,6 +273,20 @@ def test_alignment_recovers_a_known_rotation_of_the_bunny(axis, angle):
     angle_error = math.degrees(math.acos(np.clip((np.trace(residual) - 1) / 2, -1, 1)))
     assert angle_error < 1.0
     assert alignment.chamfer < 5e-3
+
+
+def test_align_meshes_without_search_still_refines_by_icp():
+    """``search=False`` starts ICP from the identity: a bunny turned by 12 degrees is turned back (the prediction's
+    transform holds the normalising scale times the found rotation, which undoes the known one)."""
+    tm = trimesh.load(f"{MESHES}/bunny.ply", force="mesh", process=False)
+    gt = Mesh(torch.tensor(tm.vertices, dtype=torch.float32), torch.tensor(tm.faces, dtype=torch.int64))
+    rotation = _rotation((0.2, 1.0, 0.1), 12.0)
+    pred = Mesh(gt.verts @ torch.tensor(rotation.T, dtype=torch.float32), gt.faces)
+    _, _, pred_transform, _ = align_meshes(pred, gt, n_points=2000, search=False)
+    linear = pred_transform[:3, :3]
+    found = linear / np.cbrt(np.linalg.det(linear))
+    residual = found @ rotation
+    assert math.degrees(math.acos(np.clip((np.trace(residual) - 1) / 2, -1, 1))) < 3.0
 
 
 def test_metrics_command_aligns_a_moved_copy_and_writes_json(tmp_path, capsys):

@@ -63,7 +63,10 @@ def test_usdz_passes_openusd_validators_and_keeps_the_geometry(tmp_path, kind):
     winding = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
     centre = np.array([0.3, 0.1, -0.2])
     assert (np.einsum("fi,fi->f", winding, corners.mean(axis=1) - centre) > 0).all()
+    assert (np.einsum("vi,vi->v", normals, mesh.verts.numpy() - centre) > 0).all()  # vertex normals outward too
     assert _surface(stage).GetIdAttr().Get() == "UsdPreviewSurface"
+    if kind == "plain":  # no colours: a light grey surface, not USD's black or an unset input
+        assert tuple(_surface(stage).GetInput("diffuseColor").Get()) == pytest.approx((0.8, 0.8, 0.8))
 
 
 def test_usdz_vertex_colours_are_linear_display_colours(tmp_path):
@@ -99,6 +102,9 @@ def test_usdz_texture_round_trip_and_material(tmp_path, unlit):
     texture = UsdShade.Shader(surface.GetInput(lit).GetConnectedSources()[0][0].source.GetPrim())
     assert texture.GetIdAttr().Get() == "UsdUVTexture"
     assert texture.GetInput("sourceColorSpace").Get() == "sRGB"
+    # Matte, not metal (the module notes): clamped at the texture's edges, so an atlas border does not wrap around.
+    assert (surface.GetInput("roughness").Get(), surface.GetInput("metallic").Get()) == (1.0, 0.0)
+    assert (texture.GetInput("wrapS").Get(), texture.GetInput("wrapT").Get()) == ("clamp", "clamp")
     if unlit:  # the colour shows as it is: no diffuse response to lights
         assert tuple(surface.GetInput(dark).Get()) == (0.0, 0.0, 0.0)
     else:

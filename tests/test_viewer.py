@@ -86,6 +86,8 @@ def test_payload_is_left_out_for_meshes_too_large_to_send(monkeypatch):
     assert viewer.viewer_payload(mesh) is None
     with pytest.raises(ValueError, match="too large"):
         viewer.viewer_html(mesh)
+    monkeypatch.setattr(viewer, "VIEWER_MAX_FACES", mesh.num_faces)  # the cap itself is still sent
+    assert viewer.viewer_payload(mesh) is not None
 
 
 def test_standalone_page_embeds_the_payload_and_is_written_atomically(tmp_path):
