@@ -488,3 +488,155 @@ def test_bfloat16_on_a_cpu_without_native_support_warns(monkeypatch, capable):
     messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
     assert messages == ([] if capable else ["bfloat16 inference on this CPU (no AVX512-BF16 or AMX) is much slower "
                                             "than float32; use float32 here"])  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Settings of the config that the reduced reference does not vary
+# --------------------------------------------------------------------------------------------------------------------
+def _reference_model_with(model: TripoSRModel, **renderer) -> TripoSRModel:
+    """The reference weights in a model whose renderer section is changed."""
+    data = model.config.to_dict()
+    data["renderer"].update(renderer)
+    changed = TripoSRModel(TripoSRConfig.from_dict(data))
+    changed.load_state_dict(model.state_dict())
+    return changed.eval()
+
+
+def test_config_radius_scales_query_render_and_mesh(model, reference):
+    """Radius r reads the planes at p / r: the whole scene scales by r / 0.87, so the official densities come back at
+    scaled points and the official renders from a camera at 1.9 r / 0.87 (alpha uses the normalised step)."""
+    radius = 0.6
+    scale = radius / 0.87
+    small = _reference_model_with(model, radius=radius)
+    with torch.no_grad():
+        density, _ = small.query(reference["scene_codes"], triposr_to_world(reference["points_triposr"] * scale))
+    assert float(((density - reference["density"]).abs() / reference["density"]).max()) < RTOL
+
+    azimuth = torch.linspace(0, 360, 5)[:4][[0, 1]]
+    cameras = PerspectiveCameras(orbit_c2w(azimuth, 0.0, 1.9 * scale), 32, 32, fov_y_deg=40.0)
+    with torch.no_grad():
+        out = small.render(reference["scene_codes"][0], cameras)
+    assert rel_error(out["rgb"], reference["render_elev0_32x32"][0, [0, 1]]) < RTOL
+
+    code = reference["scene_codes"][0]
+    mesh = model.extract_mesh(code, resolution=16, threshold=25.0)
+    small_mesh = small.extract_mesh(code, resolution=16, threshold=25.0)
+    assert small_mesh.faces.shape == mesh.faces.shape
+    assert float((small_mesh.verts - mesh.verts * scale).abs().max()) < 1e-4
+
+
+def test_config_sample_count_sets_the_renderer(model, reference):
+    """renderer.n_samples is the default sample count of render(): checked against TripoSR's renderer written out
+    from SPEC §1 (box r (1 - 1e-3), bin midpoints, alpha = 1 - exp(-sigma / n), exclusive transmittance + 1e-10,
+    white background)."""
+    n = 16
+    coarse = _reference_model_with(model, n_samples=n)
+    cameras = PerspectiveCameras(orbit_c2w(30.0, 10.0, 1.9), 6, 6, fov_y_deg=40.0)
+    code = reference["scene_codes"][1]
+    with torch.no_grad():
+        out = coarse.render(code, cameras)
+    origins, directions = (t.reshape(-1, 3).double() for t in cameras.get_rays(normalize=True))
+    box = 0.87 * (1 - 1e-3)
+    inverse = 1.0 / directions
+    t0, t1 = (-box - origins) * inverse, (box - origins) * inverse
+    near = torch.minimum(t0, t1).amax(-1).clamp(min=0)
+    far = torch.maximum(t0, t1).amin(-1)
+    assert bool((far - near > 0.01).sum() > 10)  # most rays cross the box
+    mid = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    t = near[:, None] * (1 - mid) + far[:, None] * mid
+    points = origins[:, None] + t[..., None] * directions[:, None]
+    with torch.no_grad():
+        sigma, colour = model.query(code, points.reshape(-1, 3).float())
+    alpha = 1 - torch.exp(-sigma.double().reshape(-1, n) / n)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], -1), -1)[:, :-1]
+    weights = alpha * transmittance * (far - near > 0.01)[:, None]
+    expected = (weights[..., None] * colour.double().reshape(-1, n, 3)).sum(1) + (1 - weights.sum(1, keepdim=True))
+    torch.testing.assert_close(out["rgb"].reshape(-1, 3).double(), expected, atol=1e-5, rtol=0)
+
+
+def test_decoder_settings_of_the_config_reach_the_field():
+    """feature_reduction, hidden activation, density activation and bias from the config, against the MLP written out
+    by hand: mean of the three plane samples -> Linear/ReLU ... -> softplus(raw0 + 0.5), sigmoid(raw1..3)."""
+    from monorecon.core.triplane import sample_triplane
+
+    data = TripoSRConfig.load(REF / "config.yaml").to_dict()
+    data["decoder"].update(in_channels=40, hidden_channels=16, n_hidden_layers=2, activation="relu")
+    data["renderer"].update(feature_reduction="mean", density_activation="softplus", density_bias=0.5)
+    torch.manual_seed(0)
+    field = TripoSRModel(TripoSRConfig.from_dict(data)).eval()
+    code = torch.randn(3, 40, 16, 16)
+    points = (torch.rand(200, 3) * 2 - 1) * 0.8  # TripoSR frame
+    with torch.no_grad():
+        density, rgb = field.query(code, triposr_to_world(points))
+        features = sample_triplane(code[None], (points / 0.87)[None], "concat")[0].reshape(-1, 3, 40).mean(1)
+        linears = [layer for layer in field.decoder.layers if isinstance(layer, torch.nn.Linear)]
+        assert len(linears) == 3
+        hidden = features
+        for layer in linears[:-1]:
+            hidden = torch.relu(layer(hidden))
+        raw = linears[-1](hidden)
+    torch.testing.assert_close(density, F.softplus(raw[:, :1] + 0.5), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rgb, torch.sigmoid(raw[:, 1:]), rtol=1e-5, atol=1e-6)
+
+
+def test_input_camera_is_triposrs_and_takes_its_arguments():
+    """Default: on +Z at 1.9 with a 40 degree vertical fov (focal = H / 2 / tan 20 deg); both are arguments."""
+    from monorecon.models.triposr.model import input_camera
+
+    camera = input_camera(64)
+    origins, directions = camera.get_rays(normalize=True)
+    torch.testing.assert_close(origins[0, 0, 0], torch.tensor([0.0, 0.0, 1.9]))
+    centre = directions[0, 31:33, 31:33].reshape(4, 3).mean(0)  # looks at the origin
+    torch.testing.assert_close(centre / centre.norm(), torch.tensor([0.0, 0.0, -1.0]))
+    torch.testing.assert_close(camera.focal[0], torch.full((2,), 32 / np.tan(np.radians(20.0))).float())
+    other = input_camera(32, distance=2.5, fov_deg=30.0)
+    torch.testing.assert_close(other.get_rays()[0][0, 0, 0], torch.tensor([0.0, 0.0, 2.5]))
+    torch.testing.assert_close(other.focal[0], torch.full((2,), 16 / np.tan(np.radians(15.0))).float())
+
+
+def test_vit_layer_norm_eps_and_qkv_bias_reach_the_encoder():
+    """Every LayerNorm of the ViT uses the config's eps; qkv_bias=False gives q/k/v without bias (4.x key names)."""
+    from monorecon.models.triposr.config import ImageEncoderConfig
+    from monorecon.models.triposr.image_encoder import DinoImageEncoder
+
+    small = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, pretrained_image_size=32)
+    encoder = DinoImageEncoder(ImageEncoderConfig(layer_norm_eps=1e-6, **small))
+    eps = {module.eps for module in encoder.modules() if isinstance(module, torch.nn.LayerNorm)}
+    assert eps == {1e-6}
+    keys = set(DinoImageEncoder(ImageEncoderConfig(qkv_bias=False, **small)).state_dict())
+    layer = "model.encoder.layer.1.attention"
+    assert {f"{layer}.attention.query.weight", f"{layer}.attention.value.weight", f"{layer}.output.dense.bias"} < keys
+    assert not {f"{layer}.attention.{name}.bias" for name in ("query", "key", "value")} & keys
+    assert len(keys) == len(set(DinoImageEncoder(ImageEncoderConfig(**small)).state_dict())) - 6
+
+
+def test_legacy_interpolation_of_a_non_square_grid():
+    """A 3 x 3 grid constant along rows (value = row) resized to 1 x 9: one row, constant along it, between the
+    first and last row's values; the class token is kept."""
+    rows = torch.arange(3.0).repeat_interleave(3)  # row-major 3 x 3, value = row index
+    position = torch.cat([torch.tensor([7.0]), rows]).reshape(1, 10, 1).expand(1, 10, 4).contiguous()
+    out = legacy_interpolate_position_embeddings(position, 1, 9)
+    assert out.shape == (1, 10, 4)
+    assert float(out[0, 0, 0]) == 7.0
+    grid = out[0, 1:, 0]
+    torch.testing.assert_close(grid, grid[:1].expand(9))
+    assert 0.5 < float(grid[0]) < 1.5  # source row (0 + 0.5) * 3 / 1.1 - 0.5 = 0.86
+    tall = legacy_interpolate_position_embeddings(position, 9, 1)[0, 1:, 0]
+    assert float(tall[0]) < float(tall[4]) < float(tall[8])  # the rows' values now run down the 9 x 1 grid
+
+
+def test_checkpoint_in_lower_precision_loads_as_float32(checkpoint_dir, images, reference):
+    """A bfloat16 checkpoint gives float32 parameters (SPEC: fp32 model) and scene codes close to the official."""
+    save_file({k: v.bfloat16() for k, v in load_file(str(WEIGHTS)).items()}, str(checkpoint_dir / "model.safetensors"))
+    loaded = load_triposr(checkpoint_dir)
+    assert {value.dtype for value in loaded.state_dict().values()} == {torch.float32}
+    with torch.no_grad():
+        assert rel_error(loaded.encode(images), reference["scene_codes"]) < 0.05
+
+
+def test_bfloat16_dtype_really_runs_under_autocast(model, images):
+    """dtype=bfloat16 must change the computation (the encoder runs in bfloat16), not only be accepted."""
+    model_bf16 = load_triposr(WEIGHTS, dtype=torch.bfloat16)
+    assert model_bf16.autocast_dtype == torch.bfloat16
+    with torch.no_grad():
+        assert rel_error(model_bf16.encode(images), model.encode(images)) > 1e-3

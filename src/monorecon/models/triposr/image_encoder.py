@@ -121,13 +121,15 @@ def _legacy_name(name: str) -> str:
     return name
 
 
-def _legacy_vit_keys(num_layers: int) -> set[str]:
-    """Parameter names of a transformers 4.x ``ViTModel`` (with pooler)."""
+def _legacy_vit_keys(num_layers: int, qkv_bias: bool = True) -> set[str]:
+    """Parameter names of a transformers 4.x ``ViTModel`` (with pooler); no q/k/v biases without ``qkv_bias``."""
     keys = {"embeddings.cls_token", "embeddings.position_embeddings"}
     leaves = ["embeddings.patch_embeddings.projection", "layernorm", "pooler.dense"]
     for i in range(num_layers):
         layer = f"encoder.layer.{i}"
-        leaves += [f"{layer}.attention.attention.{p}" for p in ("query", "key", "value")]
+        qkv = [f"{layer}.attention.attention.{p}" for p in ("query", "key", "value")]
+        leaves += qkv if qkv_bias else []
+        keys |= set() if qkv_bias else {f"{leaf}.weight" for leaf in qkv}
         leaves += [f"{layer}.attention.output.dense", f"{layer}.intermediate.dense", f"{layer}.output.dense"]
         leaves += [f"{layer}.layernorm_before", f"{layer}.layernorm_after"]
     return keys | {f"{leaf}.{kind}" for leaf in leaves for kind in ("weight", "bias")}
@@ -153,7 +155,7 @@ class DinoImageEncoder(nn.Module):
         self.model.embeddings = _LegacyViTEmbeddings(vit_config)
         installed = list(self.model.state_dict())
         self._to_legacy = {name: _legacy_name(name) for name in installed}
-        if set(self._to_legacy.values()) != _legacy_vit_keys(config.num_layers):
+        if set(self._to_legacy.values()) != _legacy_vit_keys(config.num_layers, config.qkv_bias):
             raise RuntimeError("the installed transformers ViTModel has a parameter layout this module does not know")
         self._to_installed = {legacy: name for name, legacy in self._to_legacy.items()}
         self.register_state_dict_post_hook(_rename_state_dict_hook)
