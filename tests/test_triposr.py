@@ -238,6 +238,11 @@ def test_load_torch_ckpt_and_folder(checkpoint_dir, images, reference):
     assert not loaded.training
     with torch.no_grad():
         assert rel_error(loaded.encode(images[:1]), reference["scene_codes"][:1]) < RTOL
+    # Both files in the folder: model.safetensors is read (a damaged model.ckpt beside it is not touched).
+    (checkpoint_dir / "model.ckpt").write_bytes(b"damaged")
+    (checkpoint_dir / "model.safetensors").write_bytes(WEIGHTS.read_bytes())
+    with torch.no_grad():
+        assert rel_error(load_triposr(checkpoint_dir).encode(images[:1]), reference["scene_codes"][:1]) < RTOL
 
 
 @pytest.mark.parametrize(

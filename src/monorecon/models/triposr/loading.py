@@ -113,9 +113,9 @@ def load_triposr(
     """Load a TripoSR model in eval mode.
 
     Args:
-        weights_path: ``model.ckpt`` or ``*.safetensors`` file, a folder holding one (and its ``config.yaml``), or a
-            Hugging Face repo id such as ``"stabilityai/TripoSR"`` (``config.yaml`` and ``model.ckpt`` are downloaded
-            with ``huggingface_hub.hf_hub_download``).
+        weights_path: ``model.ckpt`` or ``*.safetensors`` file, a folder holding one (``model.safetensors`` if it
+            holds both) and its ``config.yaml``, or a Hugging Face repo id such as ``"stabilityai/TripoSR"``
+            (``config.yaml`` and ``model.ckpt`` are downloaded with ``huggingface_hub.hf_hub_download``).
         config_path: ``config.yaml`` (official or monorecon layout); default beside the weights.
         device: torch device of the model.
         dtype: ``torch.float32``, or ``torch.bfloat16`` to run the image encoder and backbone under autocast
