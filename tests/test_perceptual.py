@@ -17,6 +17,7 @@ from monorecon.losses.perceptual import (
     chamfer_feature_extractor,
     gradient_l1,
     ms_ssim,
+    perceptual_min_size,
     ssim,
 )
 
@@ -259,3 +260,17 @@ def test_lpips_without_linear_weights_sums_unit_normalised_squared_differences(t
         b = b / (np.sqrt((b**2).sum(1, keepdims=True)) + 1e-10)
         expected += ((a - b) ** 2).sum(1).mean((1, 2))
     np.testing.assert_allclose(loss(x, y).numpy(), expected, rtol=1e-4)
+
+
+def test_images_too_small_for_the_loss_are_refused_in_one_line(tmp_path):
+    """The smallest side each loss scores: 11 (MS-SSIM's window) for the substitute; for VGG, 2 to the number of
+    2x2 poolings before the deepest layer (relu5_3: 4 -> 16, relu2_2: 1 -> 2, pool2: 2 -> 4). Smaller images get a
+    clear error, not VGG's 'output size is too small' from deep inside the network."""
+    assert perceptual_min_size(False) == 11
+    assert perceptual_min_size(True) == 16
+    assert perceptual_min_size(True, ("relu1_2", "relu2_2")) == 2 and perceptual_min_size(True, ("pool2",)) == 4
+    torch.save(VGGFeatures("vgg16", seed=1).state_dict(), tmp_path / "vgg16.pth")
+    loss = PerceptualLoss(tmp_path / "vgg16.pth")
+    assert loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)).shape == (1,)
+    with pytest.raises(ValueError, match=r"images of size \(15, 20\) are smaller than 16"):
+        loss(torch.rand(1, 3, 15, 20), torch.rand(1, 3, 15, 20))

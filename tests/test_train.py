@@ -452,10 +452,14 @@ def test_max_minutes_stops_cleanly_and_the_run_resumes_to_the_same_weights(tiny_
 
 
 def test_an_unusable_perceptual_setting_is_refused_when_the_config_loads(tiny_dataset, tmp_path):
-    """Patches smaller than MS-SSIM's 11-pixel window (the substitute), or a missing VGG file: refused before the
-    run folder is written, not at the first step; without the perceptual term the patch size is free."""
+    """Patches smaller than MS-SSIM's 11-pixel window (the substitute) or than VGG's 16 (one pixel left at relu5_3,
+    after four 2x2 poolings), or a missing VGG file: refused before the run folder is written, not at the first
+    step; without the perceptual term the patch size is free."""
+    (tmp_path / "vgg16.pth").write_bytes(b"not read before the patch size is checked")
+    vgg = {"lambda_lpips": 0.1, "perceptual_weights": str(tmp_path / "vgg16.pth")}
     cases = [
         ({"patch_size": 8, "loss": {"lambda_lpips": 0.1}}, "patch_size must be at least 11 for the perceptual loss"),
+        ({"patch_size": 12, "loss": vgg}, r"at least 16 for the perceptual loss by VGG"),  # relu5_3: 4 poolings
         ({"loss": {"lambda_lpips": 0.1, "perceptual_weights": str(tmp_path / "vgg.pth")}}, "perceptual_weights file"),
     ]
     for change, message in cases:
@@ -1069,7 +1073,7 @@ def test_the_perceptual_term_uses_the_configured_vgg_weights(tiny_dataset, tmp_p
     vgg = VGGFeatures("vgg16", layers=("relu5_3",), seed=5)
     torch.save(vgg.state_dict(), tmp_path / "vgg16.pth")
     loss = {"lambda_lpips": 0.1, "perceptual_weights": str(tmp_path / "vgg16.pth")}
-    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss))
+    cfg = load_train_config(_config(tiny_dataset, tmp_path, loss=loss, patch_size=16))
     perceptual = triposr_trainer._TrainStep(triposr_trainer._build_model(cfg.model), cfg).perceptual
     assert perceptual.uses_vgg
     torch.testing.assert_close(perceptual.vgg.features[0].weight, vgg.features[0].weight)

@@ -44,6 +44,7 @@ __all__ = [
     "chamfer_feature_extractor",
     "check_images",
     "ms_ssim",
+    "perceptual_min_size",
     "ssim",
 ]
 
@@ -355,12 +356,22 @@ def gradient_l1(x: torch.Tensor, y: torch.Tensor, scales: int = 3) -> torch.Tens
 # --------------------------------------------------------------------------------------------------------------------
 # Perceptual loss
 # --------------------------------------------------------------------------------------------------------------------
+def perceptual_min_size(uses_vgg: bool, layers: Sequence[str] = LPIPS_LAYERS) -> int:
+    """The smallest image side :class:`PerceptualLoss` scores: MS-SSIM's window for the substitute; with VGG, a side
+    that keeps one pixel at the deepest of ``layers`` (each 2x2 pooling before it halves the side)."""
+    if not uses_vgg:
+        return SSIM_WINDOW
+    pools = [int(name[4:].split("_")[0]) - (not name.startswith("pool")) for name in layers]  # relu5_3: 4 before
+    return 2 ** max(pools)
+
+
 class PerceptualLoss(nn.Module):
     """LPIPS-style perceptual distance of (B, 3, H, W) image batches in [0, 1] -> (B,) (0 for identical images).
 
     Args:
         weights_path: local torchvision VGG16 state dict. Given: LPIPS (see module docstring). None: the substitute
-            ``(1 - MS-SSIM) + grad_weight * gradient_l1`` (needs images of at least 11 x 11 pixels).
+            ``(1 - MS-SSIM) + grad_weight * gradient_l1``. Images must be at least :func:`perceptual_min_size`
+            pixels on a side (11 for the substitute, 16 for LPIPS' layers).
         lpips_weights_path: local LPIPS linear-layer file (``lin0.model.1.weight`` ... ``lin4``); only with
             ``weights_path``. Without it every channel has weight 1.
         layers: VGG16 layers of the LPIPS distance (default LPIPS' five).
@@ -404,6 +415,10 @@ class PerceptualLoss(nn.Module):
         _check_pair(x, y)
         if self.vgg is None:
             return (1.0 - ms_ssim(x, y)) + self.grad_weight * gradient_l1(x, y)
+        smallest = perceptual_min_size(True, self.vgg.layers)
+        if min(x.shape[-2:]) < smallest:
+            raise ValueError(f"images of size {tuple(x.shape[-2:])} are smaller than {smallest}, the least VGG's "
+                             f"layers {list(self.vgg.layers)} can score")  # fmt: skip
         fx, fy = self.vgg(x), self.vgg(y)
         total = x.new_zeros(x.shape[0])
         for k, name in enumerate(self.vgg.layers):
