@@ -80,6 +80,14 @@ def test_textured_mesh_to_ply_is_refused_and_nothing_written(tmp_path, capsys):
     assert load_mesh(tmp_path / "plain.usdz").texture is None
 
 
+def test_unlit_for_obj_ply_or_stl_is_refused_and_nothing_written(tmp_path, capsys):
+    source = save_mesh(_coloured_blob(), tmp_path / "blob.glb")
+    for suffix in ("obj", "ply", "stl"):
+        assert main(["convert", str(source), str(tmp_path / f"out.{suffix}"), "--unlit"]) == 2
+        assert f"{suffix.upper()} files have no unlit material" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["blob.glb"]
+
+
 @pytest.mark.parametrize("unlit", [False, True])
 def test_unlit_flag_reaches_the_written_material(tmp_path, unlit):
     """--unlit: the GLB's material is KHR_materials_unlit and the USDZ's texture drives emissiveColor (diffuse black);

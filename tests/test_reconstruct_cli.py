@@ -153,6 +153,27 @@ def test_unlit_flag_marks_the_glb_material(image_path, tmp_path, capsys):
     assert material.extensions == {"KHR_materials_unlit": {}}
 
 
+@pytest.mark.parametrize("mesh_format", ["obj", "ply", "stl"])
+def test_unlit_for_a_format_without_an_unlit_material_is_refused_before_work(
+    image_path, tmp_path, capsys, monkeypatch, mesh_format
+):
+    """OBJ, PLY and STL have no unlit material: --unlit is refused in one line, before the model loads, nothing
+    written (it was silently ignored)."""
+    import monorecon.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(monorecon.api, "load_model", no_model)
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--unlit", "--format", mesh_format, capsys=capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"monorecon: error: {mesh_format.upper()} files have no unlit material: "
+        "ask for a glb or usdz file, or leave out --unlit"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_carve_keeps_the_field_outside_the_silhouette(image_path, tmp_path, capsys):
     """The random tiny model fills the box; carving (default) cuts it to the ellipse's cone, --no-carve does not."""
     widths = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .io.atomic import check_output_folder, check_writable
-from .io.mesh_io import MESH_FORMATS, gets_baked_texture
+from .io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
 
 if TYPE_CHECKING:
     from .api import ReconstructOptions
@@ -73,7 +73,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--unlit", action="store_true",
-        help="GLB, USDZ: show the colours without lighting them (GLB: an unlit material; USDZ: emissive colours)",
+        help="GLB, USDZ: show the colours without lighting them (GLB: an unlit material; USDZ: emissive colours); "
+        "refused for OBJ, PLY and STL",
     )  # fmt: skip
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
     p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
@@ -281,6 +282,7 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             origin=args.origin,
             seed=args.seed,
         )
+        check_unlit(args.format, args.unlit)
         if args.matting_model is not None:  # a bad file fails now, not at the first photo that needs it
             matting_session(args.matting_model)
         return options
@@ -508,6 +510,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     try:
         check_int(args.texture_resolution, "--texture-resolution", *TEXTURE_RESOLUTION_RANGE)
         wants_texture = gets_baked_texture(fmt, args.bake_texture)
+        check_unlit(fmt, args.unlit)
     except ValueError as err:
         raise CommandError(str(err)) from None
     placement = _placement(args)

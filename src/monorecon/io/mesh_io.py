@@ -41,6 +41,8 @@ __all__ = [
     "BAKED_FORMATS",
     "LOADABLE_FORMATS",
     "MESH_FORMATS",
+    "UNLIT_FORMATS",
+    "check_unlit",
     "gets_baked_texture",
     "load_mesh",
     "save_mesh",
@@ -51,6 +53,8 @@ MESH_FORMATS = ("glb", "obj", "ply", "stl", "usdz")
 """Formats :func:`save_mesh` writes."""
 BAKED_FORMATS = ("usdz",)
 """Formats whose usual viewers (Quick Look, RealityKit) show textures and no vertex colours: pipelines bake for them."""
+UNLIT_FORMATS = ("glb", "usdz")
+"""Formats with an unlit material (``save_mesh(unlit=True)``): GLB's ``KHR_materials_unlit``, USDZ's emissive colour."""
 _UNTEXTURED_FORMATS = ("ply", "stl")
 _USD_FORMATS = ("usd", "usda", "usdc", "usdz")
 LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", "stl", *_USD_FORMATS)
@@ -77,6 +81,18 @@ def gets_baked_texture(mesh_format: str, bake_texture: bool) -> bool:
     return bake_texture or mesh_format in BAKED_FORMATS
 
 
+def check_unlit(mesh_format: str, unlit: bool) -> None:
+    """Refuse an unlit material asked for a format that has none (checked by commands before their slow work).
+
+    Raises:
+        ValueError: ``unlit`` with a format outside :data:`UNLIT_FORMATS`.
+    """
+    if unlit and mesh_format not in UNLIT_FORMATS:
+        raise ValueError(
+            f"{mesh_format.upper()} files have no unlit material: ask for a glb or usdz file, or leave out --unlit"
+        )
+
+
 def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = None, *, unlit: bool = False) -> Path:
     """Write ``mesh`` to ``path``; the format comes from ``format`` or the file extension.
 
@@ -86,7 +102,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
         path: destination file; its folder must exist.
         format: ``"glb"``, ``"obj"``, ``"ply"``, ``"stl"`` or ``"usdz"``; default from the extension of ``path``.
         unlit: show the colours without shading, right for colours with baked-in lighting such as reconstructions:
-            GLB marks the material ``KHR_materials_unlit``, USDZ makes the colour emissive; OBJ and PLY ignore it.
+            GLB marks the material ``KHR_materials_unlit``, USDZ makes the colour emissive; OBJ, PLY and STL ignore
+            it (commands refuse it for them first: :func:`check_unlit`).
 
     Returns:
         ``path``. A textured OBJ also writes ``path.mtl`` and ``path.png`` (same stem) beside it.
