@@ -282,3 +282,19 @@ def test_foreground_ratio_sets_the_object_size_in_the_output(ratio):
     r0, r1, c0, c1 = _bbox(out.alpha > 0.5)
     assert abs((c1 - c0) - 100 * ratio) <= 1
     assert abs((r1 - r0) - 100 * ratio * 24 / 36) <= 1
+
+
+def test_source_box_places_the_prepared_square_in_the_photo():
+    """A 70 x 80 dark box at rows 50-119, columns 180-259 of a 300 x 200 white photo, framed at 0.85: the square's
+    side is round(80 / 0.85) = 94, the box centred in it with (94 - 80) // 2 = 7 columns and (94 - 70) // 2 = 12
+    rows before it, so the square starts at (180 - 7, 50 - 12). Without background removal the whole photo is padded
+    to a 300-pixel square, 50 rows above it."""
+    photo = np.ones((200, 300, 3), np.float32)
+    photo[50:120, 180:260] = 0.2
+    prepared = preprocess_image(photo, PreprocessConfig(foreground_ratio=0.85, output_size=64))
+    assert prepared.source_box == (173.0, 38.0, 94.0) and prepared.source_size == (300, 200)
+    # The box's edges land where the mapping q -> left + q * side / S says: source column 180 at q = 7 * 64 / 94.
+    columns = np.nonzero(prepared.alpha.max(axis=0) > 0.5)[0]
+    assert abs(columns[0] - 7 * 64 / 94) < 1 and abs(columns[-1] + 1 - 87 * 64 / 94) < 1
+    whole = preprocess_image(photo, PreprocessConfig(remove_background=False, output_size=64))
+    assert whole.source_box == (0.0, -50.0, 300.0) and whole.source_size == (300, 200)

@@ -85,7 +85,7 @@ def test_reconstruct_writes_a_valid_glb_and_the_prepared_input(image_path, tmp_p
     code, _, err = reconstruct([image_path], tmp_path / "out", capsys=capsys)
     assert code == 0, err
     result = tmp_path / "out" / "thing"
-    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb"]
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb", "result.json"]
     with Image.open(result / "input.png") as prepared:
         assert prepared.mode == "RGBA" and prepared.size == (512, 512)
     validated = subprocess.run([*_validator_command(), str(result / "mesh.glb")], capture_output=True, text=True)
@@ -239,7 +239,7 @@ def test_bake_texture_obj_writes_its_material_and_texture(image_path, tmp_path, 
     code, _, err = reconstruct([image_path], tmp_path, *argv, capsys=capsys)
     assert code == 0, err
     names = sorted(p.name for p in files_under(tmp_path / "thing"))
-    assert names == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png"]
+    assert names == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png", "result.json"]
     mesh = load_mesh(tmp_path / "thing" / "mesh.obj")
     assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)
 
@@ -249,7 +249,7 @@ def test_usdz_gets_a_baked_texture_and_the_render_command_reads_it(image_path, t
     code, _, err = reconstruct([image_path], tmp_path, *argv, capsys=capsys)
     assert code == 0, err
     result = tmp_path / "thing"
-    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.usdz"]
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.usdz", "result.json"]
     mesh = load_mesh(result / "mesh.usdz")
     assert mesh.texture is not None and mesh.texture.shape == (64, 64, 3)  # baked without --bake-texture
     code, _, err = run(["render", str(result), "--frames", "2", "--size", "32", "--quiet"], capsys)
@@ -262,7 +262,7 @@ def test_render_writes_turntables_and_render_command_reuses_the_result(image_pat
     assert code == 0, err
     result = tmp_path / "thing"
     assert sorted(p.name for p in files_under(result)) == [
-        "input.png", "mesh.glb", "turntable.gif", "turntable.mp4",
+        "input.png", "mesh.glb", "result.json", "turntable.gif", "turntable.mp4",
     ]  # fmt: skip
     video = iio.imread(result / "turntable.mp4")
     assert video.shape == (4, 32, 32, 3)
@@ -291,7 +291,7 @@ def test_html_flag_writes_the_mesh_in_a_viewer_page(image_path, tmp_path, capsys
     code, _, err = reconstruct([image_path], tmp_path, "--html", capsys=capsys)
     assert code == 0, err
     result = tmp_path / "thing"
-    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb", "viewer.html"]
+    assert sorted(p.name for p in files_under(result)) == ["input.png", "mesh.glb", "result.json", "viewer.html"]
     mesh = load_mesh(result / "mesh.glb")
     payload = html_payload(result / "viewer.html")
     positions = np.frombuffer(base64.b64decode(payload["positions"]), "<f4").reshape(-1, 3)
@@ -625,3 +625,59 @@ def test_reconstruct_on_cuda_matches_the_cpu(image_path):
     assert (cuda.vertex_colors - cpu.vertex_colors[nearest]).abs().mean() < 0.01
     texture = results["cuda", True].texture  # the model's colours came back from the GPU to the baker
     assert texture is not None and texture.device.type == "cpu" and 0 <= texture.min() <= texture.max() <= 1
+
+
+def _project(points: np.ndarray, camera: dict) -> np.ndarray:
+    """(N, 3) world points -> (N, 2) pixel positions by the pinhole model ``result.json`` documents (independent of
+    monorecon's camera classes): camera space ``(x, y, z) = inv(c2w) p``, ``u = cx + fx x / d``, ``v = cy - fy y / d``
+    with ``d = -z``."""
+    w2c = np.linalg.inv(np.asarray(camera["c2w"]))
+    local = points @ w2c[:3, :3].T + w2c[:3, 3]
+    depth = -local[:, 2]
+    assert (depth > 0).all()
+    k = np.asarray(camera["K"])
+    return np.stack([k[0, 2] + k[0, 0] * local[:, 0] / depth, k[1, 2] - k[1, 1] * local[:, 1] / depth], axis=-1)
+
+
+@pytest.mark.parametrize("placement", [(), ("--object-height", "0.3", "--origin", "bottom")])
+def test_result_json_cameras_put_the_mesh_on_the_input_and_on_the_photo(tmp_path, capsys, placement):
+    """A dark disc off-centre in a wide white photo: the carved mesh (the random tiny model fills the box; carving
+    cuts it to the disc's cone) projected by result.json's cameras lands on the disc in the photo and on the alpha of
+    input.png, also after --object-height / --origin moved the mesh (the cameras move with it)."""
+    height, width, centre, radius = 160, 240, np.array([170.0, 70.0]), 30.0
+    rows, cols = np.mgrid[:height, :width] + 0.5
+    disc = np.hypot(cols - centre[0], rows - centre[1]) < radius
+    photo = np.where(disc[..., None], 0.2, 1.0).astype(np.float32) * np.ones(3, np.float32)
+    path = save_image(photo, tmp_path / "disc.png")
+    code, _, err = reconstruct([path], tmp_path / "out", "--format", "ply", "--mc-resolution", "64", *placement,
+                               capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "disc" / "result.json").read_text())
+    verts = np.asarray(trimesh.load(tmp_path / "out" / "disc" / "mesh.ply", process=False).vertices, dtype=np.float64)
+    assert record["mesh"]["vertices"] == len(verts) and record["mesh_file"] == "mesh.ply"
+    np.testing.assert_allclose(record["mesh"]["bounds"], [verts.min(0), verts.max(0)], atol=1e-5)
+    if placement:
+        assert record["mesh"]["bounds"][0][1] == pytest.approx(0.0, abs=1e-6)
+        assert verts[:, 1].max() == pytest.approx(0.3, abs=1e-5)
+
+    photo_camera = record["photo_camera"]
+    assert (photo_camera["width"], photo_camera["height"]) == (width, height)
+    offset = np.hypot(*(_project(verts, photo_camera) - centre).T)
+    cell = 1.74 / 64 * photo_camera["K"][0][0] / 1.9  # a cell of the 64^3 grid, in photo pixels at the origin
+    assert np.quantile(offset, 0.99) < radius + 2 * cell and offset.max() < radius + 3 * cell
+    assert np.quantile(offset, 0.99) > radius - cell  # the mesh reaches the disc's outline all round
+    angles = np.arctan2(*(_project(verts, photo_camera) - centre).T[::-1])
+    assert np.histogram(angles, bins=8, range=(-np.pi, np.pi))[0].min() > 0
+
+    camera = record["camera"]
+    alpha = np.asarray(Image.open(tmp_path / "out" / "disc" / "input.png"))[..., 3] > 127
+    assert (camera["width"], camera["height"]) == alpha.shape[::-1] and camera["fov_y_deg"] == pytest.approx(40.0)
+    rows, cols = np.nonzero(alpha)  # the disc as input.png shows it
+    offset = np.hypot(*(_project(verts, camera) - [cols.mean() + 0.5, rows.mean() + 0.5]).T)
+    disc_radius, cell = np.sqrt(alpha.sum() / np.pi), 1.74 / 64 * camera["K"][0][0] / 1.9
+    assert np.quantile(offset, 0.99) < disc_radius + 2 * cell and offset.max() < disc_radius + 3 * cell
+    assert np.quantile(offset, 0.99) > disc_radius - cell
+    # The options that ran, the model's own settings filled in (the tiny model's config: no fill, framing 0.85).
+    assert record["options"]["threshold"] == 1.0 and record["options"]["fill"] is False
+    assert record["options"]["preprocess"]["foreground_ratio"] == pytest.approx(0.85)
+    assert record["model"]["weights"] == str(TINY / "model.safetensors") and record["input"] == str(path)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from .core.cameras import PerspectiveCameras
 from .core.carving import SilhouetteFill, SilhouetteHull
 from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
 from .core.extract import MAX_SMOOTH_ITERATIONS
@@ -150,16 +151,66 @@ class Reconstruction:
     """What :func:`reconstruct_full` returns: the mesh plus what produced it.
 
     Attributes:
-        mesh: the reconstructed mesh (world frame).
+        mesh: the reconstructed mesh (world frame, placed as ``options`` say).
         prepared: the preprocessed input image.
         scene_code: (1, 3, C, H, W) triplane of the model.
         timings: wall-clock seconds of each stage that ran, in pipeline order (:data:`RECONSTRUCT_STAGES`).
+        options: the options that ran, the model's own settings in place of None (``threshold``, ``fill``,
+            ``preprocess.foreground_ratio``).
+        camera: the camera that sees ``mesh`` as the prepared input shows the object (the model's input camera,
+            moved with the mesh's placement): ``prepared`` is its image.
+        photo_camera: the same camera for the whole source photo (upright, its own size): focal length and principal
+            point of the prepared square's place in the photo (:attr:`PreparedImage.source_box`), to overlay the
+            mesh on the photo; None when the source is unknown.
     """
 
     mesh: Mesh
     prepared: PreparedImage
     scene_code: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
+    options: ReconstructOptions | None = None
+    camera: PerspectiveCameras | None = None
+    photo_camera: PerspectiveCameras | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready record of the result: monorecon's version, the options that ran, the mesh's size and bounds,
+        the cameras (:func:`camera_record`) and the timings (what ``reconstruct`` writes to ``result.json``)."""
+        from . import __version__
+
+        low, high = self.mesh.bounds.tolist() if self.mesh.num_faces else ([], [])
+        options = None
+        if self.options is not None:
+            options = dataclasses.asdict(self.options)
+            del options["progress"]  # how it ran, not what it made
+            matting = options["preprocess"]["matting_model"]
+            options["preprocess"]["matting_model"] = None if matting is None else str(matting)
+        return {
+            "monorecon": __version__,
+            "options": options,
+            "mesh": {
+                "vertices": self.mesh.num_verts,
+                "faces": self.mesh.num_faces,
+                "bounds": [low, high],
+                "textured": self.mesh.texture is not None,
+            },
+            "camera": None if self.camera is None else camera_record(self.camera),
+            "photo_camera": None if self.photo_camera is None else camera_record(self.photo_camera),
+            "timings": dict(self.timings),
+        }
+
+
+def camera_record(camera: PerspectiveCameras) -> dict:
+    """One camera as JSON: ``width``, ``height`` (pixels), ``fov_y_deg``, ``K`` (3 x 3 ``[[fx, 0, cx], [0, fy, cy],
+    [0, 0, 1]]``, pixels) and ``c2w`` (4 x 4, columns right, up, back, position: the camera looks down its -Z; world
+    +Y up). A world point at camera-space ``(x, y, z) = inv(c2w) p`` is seen at pixel ``u = cx + fx x / d``,
+    ``v = cy - fy y / d`` (v down, pixel edges at integers), ``d = -z``."""
+    return {
+        "width": int(camera.width),
+        "height": int(camera.height),
+        "fov_y_deg": float(torch.as_tensor(camera.fov_y_deg).reshape(-1)[0]),
+        "K": camera.K[0].tolist(),
+        "c2w": camera.c2w[0].tolist(),
+    }
 
 
 #: The stages of :func:`reconstruct_full` that :attr:`Reconstruction.timings` names, in order: load and prepare the
@@ -224,6 +275,32 @@ def input_view_weight(
     return hull.filled(lambda points: model.query(code, points)[0][:, 0], threshold, model.config.renderer.radius)
 
 
+def input_view_cameras(
+    prepared: PreparedImage, anchor: torch.Tensor | None = None, scale: float = 1.0
+) -> tuple[PerspectiveCameras, PerspectiveCameras | None]:
+    """The model's input camera for ``prepared`` and for its source photo, moved as a mesh placed by
+    :meth:`~monorecon.core.mesh.Mesh.placement` (``x -> (x - anchor) * scale``: the same view of the moved mesh).
+
+    Returns:
+        ``(camera of the (S, S) prepared image, camera of the source photo or None when its box is unknown)``.
+    """
+    from .models.triposr.model import input_camera
+
+    camera = input_camera(prepared.alpha.shape[0])
+    c2w = camera.c2w.clone()
+    if anchor is not None:
+        c2w[:, :3, 3] = (c2w[:, :3, 3] - anchor.to(c2w)) * scale
+    size = prepared.alpha.shape[0]
+    camera = PerspectiveCameras(c2w, size, size, focal=camera.focal, principal=camera.principal)
+    if prepared.source_box is None or prepared.source_size is None:
+        return camera, None
+    left, top, side = prepared.source_box
+    zoom = side / size  # source pixels per prepared pixel
+    principal = camera.principal * zoom + c2w.new_tensor([left, top])
+    width, height = prepared.source_size
+    return camera, PerspectiveCameras(c2w, height, width, focal=camera.focal * zoom, principal=principal)
+
+
 def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions | None = None) -> Reconstruction:
     """Image -> preprocessed input -> scene code -> mesh (optionally texture-baked). See :func:`reconstruct`."""
     from .core.bake import bake_texture
@@ -257,13 +334,15 @@ def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions 
         with stage("preprocess"):
             prepared = prepare_input(image, preprocess)
         threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
+        fill = options.fill if options.fill is not None else model_silhouette_fill(model)
+        ran = dataclasses.replace(options, preprocess=preprocess, threshold=threshold, fill=fill)
         with torch.inference_mode():
             with stage("encode"):
                 scene_code = model.encode(torch.from_numpy(prepared.rgb)[None])
             weight = None
             if options.carve:
                 with stage("carve"):
-                    weight = input_view_weight(model, scene_code, prepared.alpha, threshold, options.fill)
+                    weight = input_view_weight(model, scene_code, prepared.alpha, threshold, fill)
             with stage("extract"):
                 mesh = model.extract_mesh(
                     scene_code,
@@ -289,8 +368,11 @@ def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions 
 
                 with stage("bake"):
                     mesh = bake_texture(mesh, texel_colours, resolution=options.texture_resolution)
-    mesh = mesh.placed(options.object_height, options.origin)  # last: the steps above work in model space
-    return Reconstruction(mesh, prepared, scene_code, timings)
+    # Last: the steps above work in model space.
+    anchor, scale = mesh.placement(options.object_height, options.origin)
+    camera, photo_camera = input_view_cameras(prepared, anchor, scale)
+    mesh = mesh.placed(options.object_height, options.origin)
+    return Reconstruction(mesh, prepared, scene_code, timings, ran, camera, photo_camera)
 
 
 def reconstruct(image: ImageInput, model=None, **options) -> Mesh:

@@ -306,6 +306,7 @@ class _BatchJob:
     render_size: int
     html: bool
     progress: bool  # per-image progress bars (turntables): one process, not --quiet
+    model_source: dict[str, str | None]  # the --weights / --config given, for result.json
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
     (one bad input must not leave half its outputs behind nor stop the others)."""
     from .api import reconstruct_full, timed
+    from .io.atomic import atomic_write_json
     from .io.images import save_image
     from .io.mesh_io import save_mesh
 
@@ -337,6 +339,10 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
             if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
                 written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
             written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
+            record = {"input": str(image_path), "model": job.model_source, "mesh_file": mesh_path.name}
+            record |= {"unlit": job.unlit, **result.summary()}
+            atomic_write_json(out_dir / "result.json", record, indent=2)
+            written.append(out_dir / "result.json")
         if job.render:
             from .video import save_turntable, turntable_from_mesh
 
@@ -384,6 +390,10 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     job = _BatchJob(
         model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
         progress=not args.quiet and workers == 1,
+        model_source={
+            "weights": "bundled default" if args.weights is None else str(args.weights),
+            "config": None if args.config is None else str(args.config),
+        },
     )  # fmt: skip
     outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
     bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)

@@ -82,10 +82,16 @@ class PreparedImage:
     Attributes:
         rgb: (S, S, 3) float32 in [0, 1], object composited on grey.
         alpha: (S, S) float32 in [0, 1], the object's alpha in the same frame.
+        source_box: ``(left, top, side)`` of the square of the source image (upright, in its pixels, edges at
+            integers) that the prepared image shows: prepared pixel position ``q`` (pixel edges at integers) is
+            source position ``(left, top) + q * side / S``. The square may reach past the source's border (padding).
+            None when unknown.
     """
 
     rgb: np.ndarray
     alpha: np.ndarray
+    source_box: tuple[float, float, float] | None = None
+    source_size: tuple[int, int] | None = None
 
     def rgba(self) -> np.ndarray:
         """(S, S, 4) image with the alpha as fourth channel (for saving the processed input)."""
@@ -232,8 +238,8 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     rgb = image[..., :3]
     if not config.remove_background:
         alpha = np.ones(image.shape[:2], dtype=np.float32)
-        square_rgb, square_alpha = _pad_to_square(rgb, alpha, 1.0, config.background_gray)
-        return _finish(square_rgb, square_alpha, config)
+        square_rgb, square_alpha, (left, top) = _pad_to_square(rgb, alpha, 1.0, config.background_gray)
+        return _finish(square_rgb, square_alpha, config, (-left, -top), image.shape[1::-1])
 
     alpha = foreground_alpha(image, config)
     rows, cols = np.nonzero(alpha > config.alpha_threshold)
@@ -243,8 +249,8 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     rgb_c, alpha_c = rgb[crop], alpha[crop]
     composite = rgb_c * alpha_c[..., None] + config.background_gray * (1.0 - alpha_c[..., None])
     ratio = DEFAULT_FOREGROUND_RATIO if config.foreground_ratio is None else config.foreground_ratio
-    square_rgb, square_alpha = _pad_to_square(composite, alpha_c, ratio, config.background_gray)
-    return _finish(square_rgb, square_alpha, config)
+    square_rgb, square_alpha, (left, top) = _pad_to_square(composite, alpha_c, ratio, config.background_gray)
+    return _finish(square_rgb, square_alpha, config, (cols.min() - left, rows.min() - top), image.shape[1::-1])
 
 
 def reframe_views(
@@ -305,8 +311,11 @@ def reframe_views(
     return reframed, zoom, shift
 
 
-def _pad_to_square(rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float) -> tuple[np.ndarray, np.ndarray]:
-    """Centre ``rgb``/``alpha`` in a grey square whose side is ``max(h, w) / ratio``."""
+def _pad_to_square(
+    rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Centre ``rgb``/``alpha`` in a grey square whose side is ``max(h, w) / ratio``; also the ``(left, top)`` pixel
+    of the square where they start."""
     height, width = alpha.shape
     side = max(round(max(height, width) / ratio), height, width)
     top, left = (side - height) // 2, (side - width) // 2
@@ -314,10 +323,15 @@ def _pad_to_square(rgb: np.ndarray, alpha: np.ndarray, ratio: float, gray: float
     out_alpha = np.zeros((side, side), dtype=np.float32)
     out_rgb[top : top + height, left : left + width] = rgb
     out_alpha[top : top + height, left : left + width] = alpha
-    return out_rgb, out_alpha
+    return out_rgb, out_alpha, (left, top)
 
 
-def _finish(rgb: np.ndarray, alpha: np.ndarray, config: PreprocessConfig) -> PreparedImage:
+def _finish(
+    rgb: np.ndarray, alpha: np.ndarray, config: PreprocessConfig, corner: tuple[int, int], source_size: tuple[int, int]
+) -> PreparedImage:
+    """Resize the square to the output size; ``corner``: its top-left pixel in the source image of ``(width,
+    height)`` ``source_size``."""
+    side = rgb.shape[0]
     if config.output_size is not None and rgb.shape[0] != config.output_size:
         size = (config.output_size, config.output_size)
         rgb = np.stack(
@@ -325,4 +339,6 @@ def _finish(rgb: np.ndarray, alpha: np.ndarray, config: PreprocessConfig) -> Pre
             axis=-1,
         )
         alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.Resampling.BILINEAR))
-    return PreparedImage(np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32))
+    source_box = (float(corner[0]), float(corner[1]), float(side))
+    rgb, alpha = np.clip(rgb, 0, 1).astype(np.float32), np.clip(alpha, 0, 1).astype(np.float32)
+    return PreparedImage(rgb, alpha, source_box, (int(source_size[0]), int(source_size[1])))

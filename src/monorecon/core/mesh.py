@@ -182,6 +182,13 @@ class Mesh:
         check_placement(height, origin)
         if height is None and origin == "model":
             return self
+        anchor, scale = self.placement(height, origin)
+        return dataclasses.replace(self, verts=(self.verts - anchor) * scale)
+
+    def placement(self, height: float | None = None, origin: str = "model") -> tuple[torch.Tensor, float]:
+        """The motion of :meth:`placed`: ``(anchor (3,), scale)``, a point ``x`` going to ``(x - anchor) * scale``
+        (to carry cameras or other points along with the mesh). Same arguments and errors as :meth:`placed`."""
+        check_placement(height, origin)
         low, high = self.bounds.detach()
         anchor = torch.zeros_like(low)
         if origin != "model":
@@ -194,7 +201,7 @@ class Mesh:
             if not extent > 0:
                 raise ValueError("cannot scale a mesh with no height (all vertices at one y) to a height")
             scale = height / extent
-        return dataclasses.replace(self, verts=(self.verts - anchor) * scale)
+        return anchor, scale
 
     def to(self, device: torch.device | str) -> Mesh:
         """Copy with every tensor on ``device``."""
