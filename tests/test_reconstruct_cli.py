@@ -662,6 +662,7 @@ def test_result_json_cameras_put_the_mesh_on_the_input_and_on_the_photo(tmp_path
 
     photo_camera = record["photo_camera"]
     assert (photo_camera["width"], photo_camera["height"]) == (width, height)
+    assert "world +Y up" in photo_camera["convention"] and "looks down -Z" in record["camera"]["convention"]
     offset = np.hypot(*(_project(verts, photo_camera) - centre).T)
     cell = 1.74 / 64 * photo_camera["K"][0][0] / 1.9  # a cell of the 64^3 grid, in photo pixels at the origin
     assert np.quantile(offset, 0.99) < radius + 2 * cell and offset.max() < radius + 3 * cell

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from .core.cameras import PerspectiveCameras
+from .core.cameras import CAMERA_CONVENTION, PerspectiveCameras
 from .core.carving import SilhouetteFill, SilhouetteHull
 from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
 from .core.extract import MAX_SMOOTH_ITERATIONS
@@ -205,6 +205,7 @@ def camera_record(camera: PerspectiveCameras) -> dict:
     +Y up). A world point at camera-space ``(x, y, z) = inv(c2w) p`` is seen at pixel ``u = cx + fx x / d``,
     ``v = cy - fy y / d`` (v down, pixel edges at integers), ``d = -z``."""
     return {
+        "convention": CAMERA_CONVENTION,
         "width": int(camera.width),
         "height": int(camera.height),
         "fov_y_deg": float(torch.as_tensor(camera.fov_y_deg).reshape(-1)[0]),

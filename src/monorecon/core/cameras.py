@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .checks import check_image_size, check_tensor
 
 __all__ = [
+    "CAMERA_CONVENTION",
     "Cameras",
     "OrthographicCameras",
     "PerspectiveCameras",
@@ -45,6 +46,10 @@ __all__ = [
     "world_to_z_up",
     "z_up_to_world",
 ]
+
+#: The frame of every camera monorecon writes to JSON (``fit-pose``'s ``camera.json``, ``reconstruct``'s
+#: ``result.json``), said in the file itself.
+CAMERA_CONVENTION = "monorecon: world +Y up, +Z front; c2w columns [right, up, back, position], camera looks down -Z"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from monorecon.core.cameras import PerspectiveCameras, fibonacci_sphere, look_at
+from monorecon.core.cameras import CAMERA_CONVENTION, PerspectiveCameras, fibonacci_sphere, look_at
 from monorecon.core.checks import check_tensor
 from monorecon.core.extract import cleanup_mesh
 from monorecon.core.mesh import Mesh
@@ -624,7 +624,7 @@ def save_pose_result(result: PoseFitResult, out_dir: str | Path, video: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     height, width = result.reference.shape
     camera = {
-        "convention": "monorecon: world +Y up, +Z front; c2w columns [right, up, back, position], camera looks down -Z",
+        "convention": CAMERA_CONVENTION,
         "c2w": result.c2w.tolist(),
         "fov_y_deg": result.fov_deg,
         "znear": result.znear,
