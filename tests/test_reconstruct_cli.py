@@ -337,8 +337,22 @@ def test_folder_with_a_corrupt_image_skips_it_and_fails_at_the_end(tmp_path, cap
     assert len(lines) == 3 and "broken.png" in lines[0] and "moved.png" in lines[1], err
     assert "2 of 4 inputs failed" in lines[2], err
     assert "Traceback" not in err and out == ""  # --quiet
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0", "good1"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["batch.csv", "good0", "good1"]
     assert_no_temporaries(tmp_path / "out")
+    # batch.csv: every input in folder order, the failures with their stderr message.
+    import csv
+
+    with open(tmp_path / "out" / "batch.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [row["input"] for row in table] == [str(folder / name) for name in ("broken.png", "good0.png",
+                                                                                "good1.png", "moved.png")]  # fmt: skip
+    assert [row["status"] for row in table] == ["failed", "ok", "ok", "failed"]
+    for row, line in zip([table[0], table[3]], lines[:2], strict=True):
+        assert row["mesh"] == row["faces"] == "" and line == f"monorecon: {row['input']}: {row['error']}"
+    for row in table[1:3]:
+        mesh = trimesh.load(tmp_path / "out" / row["mesh"], process=False)
+        assert row["mesh"] == f"{Path(row['input']).stem}/mesh.ply" and int(row["faces"]) == len(mesh.faces)
+        assert float(row["seconds"]) > 0 and row["error"] == ""
     # Worker processes (one torch thread each) make the meshes one process makes, up to float rounding.
     from monorecon.api import ReconstructOptions, load_model, reconstruct_full
     from monorecon.preprocess import PreprocessConfig

@@ -361,6 +361,22 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     return _Written(mesh_path, result.mesh.num_faces, timings)
 
 
+def _write_batch_table(path: Path, rows: list[list[Any]]) -> None:
+    """``batch.csv`` of a ``reconstruct`` run over several inputs: one row per input, in input order (input, status
+    ``ok`` / ``failed``, the mesh file under the output folder, faces, seconds, the error)."""
+    import csv
+    import io
+
+    from .io.atomic import atomic_write
+
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["input", "status", "mesh", "faces", "seconds", "error"])
+    writer.writerows(rows)
+    with atomic_write(path, "w") as f:
+        f.write(table.getvalue())
+
+
 def _format_timings(timings: dict[str, float]) -> str:
     """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
@@ -398,14 +414,21 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
     bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
     failures = 0
+    rows = []
     for image_path, outcome in zip(images, bar, strict=True):
         if isinstance(outcome, str):
             failures += 1
             bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
-        elif not args.quiet or args.timings:  # --timings asks for output, also with --quiet
+            rows.append([image_path, "failed", "", "", "", outcome])
+            continue
+        seconds = sum(outcome.timings.values())
+        rows.append([image_path, "ok", outcome.mesh_path.relative_to(args.output), outcome.faces, f"{seconds:.2f}", ""])
+        if not args.quiet or args.timings:  # --timings asks for output, also with --quiet
             bar.write(f"{image_path} -> {outcome.mesh_path} ({outcome.faces} faces)")
             if args.timings:
                 bar.write(f"  time: {_format_timings(outcome.timings)}")
+    if len(images) > 1:
+        _write_batch_table(args.output / "batch.csv", rows)
     if failures:
         if len(images) > 1:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)
