@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from monorecon.parallel import map_in_processes
+from monorecon.parallel import MAX_WORKERS, map_in_processes
 
 
 def _power(exponent: int, base: int) -> tuple[int, int]:
@@ -15,12 +19,10 @@ def _power(exponent: int, base: int) -> tuple[int, int]:
     return base**exponent, os.getpid()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_results_in_order_with_the_shared_argument(workers):
-    results = list(map_in_processes(_power, range(7), workers, shared=3))
+def test_one_worker_runs_in_order_in_this_process_with_the_shared_argument():
+    results = list(map_in_processes(_power, range(7), 1, shared=3))
     assert [value for value, _ in results] == [0, 1, 8, 27, 64, 125, 216]
-    processes = {pid for _, pid in results}
-    assert (processes == {os.getpid()}) if workers == 1 else (os.getpid() not in processes)
+    assert {pid for _, pid in results} == {os.getpid()}
 
 
 def test_a_failed_job_raises_in_the_caller_and_bad_counts_are_refused():
@@ -31,3 +33,64 @@ def test_a_failed_job_raises_in_the_caller_and_bad_counts_are_refused():
     for bad in (0, 257, 2.0, True):
         with pytest.raises(ValueError, match="workers must"):
             map_in_processes(_power, [1], bad, shared=2)
+
+
+# Set at run time in the test process only: a spawned worker imports this module afresh and sees the default.
+_MARK = "as imported"
+
+
+def _sleep_then_report(shared: int, item: tuple[int, float]) -> tuple[int, str, int, int]:
+    time.sleep(item[1])
+    return item[0] ** shared, _MARK, torch.get_num_threads(), os.getpid()
+
+
+def _record(folder: str, item: int) -> int:
+    if item < 0:
+        raise ValueError(f"job {item} failed")
+    time.sleep(0.1)
+    (Path(folder) / f"{item}.done").touch()
+    return item
+
+
+def test_results_follow_the_input_order_from_fresh_single_threaded_workers(monkeypatch):
+    """The first items take longest: they finish last but still come first. Each worker is spawned (a forked one
+    would copy the value set here in the parent) and runs one torch thread."""
+    monkeypatch.setattr(sys.modules[__name__], "_MARK", "set in the parent")
+    items = [(i, 0.6 - 0.1 * i) for i in range(6)]
+    results = list(map_in_processes(_sleep_then_report, items, 3, shared=3))
+    assert [result[:3] for result in results] == [(i**3, "as imported", 1) for i in range(6)]
+    assert os.getpid() not in {result[3] for result in results}
+
+
+def test_the_largest_worker_count_is_accepted():
+    assert list(map_in_processes(_power, [], MAX_WORKERS, shared=2)) == []
+
+
+def test_one_worker_is_lazy_too():
+    calls = []
+
+    def job(shared, item):
+        calls.append(item)
+        return _power(shared, item)
+
+    results = map_in_processes(job, [2, -1, 3], 1, shared=2)
+    assert calls == []  # nothing runs before the first result is asked for
+    assert next(results)[0] == 4
+    with pytest.raises(ValueError, match="negative base -1"):
+        next(results)
+    assert calls == [2, -1]
+
+
+@pytest.mark.parametrize("stop", ["failure", "caller"])
+def test_pending_jobs_are_cancelled_when_a_job_fails_or_the_caller_stops(tmp_path, stop):
+    """After a failed job (or the caller closing the iterator) the jobs not yet started are dropped: 60 jobs of 0.1 s
+    on 2 workers would take 3 s and leave 60 files."""
+    items = [-1, *range(60)] if stop == "failure" else list(range(60))
+    results = map_in_processes(_record, items, 2, shared=str(tmp_path))
+    if stop == "failure":
+        with pytest.raises(ValueError, match="job -1 failed"):
+            next(results)
+    else:
+        assert next(results) == 0
+        results.close()
+    assert len(list(tmp_path.glob("*.done"))) < 20

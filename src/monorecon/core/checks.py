@@ -149,7 +149,11 @@ def warn_if_slow_bfloat16(device: str | torch.device, what: str) -> None:
 def check_image_size(height: int, width: int, *, max_side: int = 16384) -> tuple[int, int]:
     """Check an image size (pixels) is positive and not absurd; return it as ints."""
     for label, v in (("height", height), ("width", width)):
-        if int(v) != v or v < 1:
+        try:
+            whole = int(v) == v
+        except (TypeError, ValueError, OverflowError):  # None, a word, NaN, an infinity
+            whole = False
+        if not whole or v < 1:
             raise ValueError(f"image {label} must be a positive integer, got {v}")
         if v > max_side:
             raise ValueError(f"image {label} {v} is larger than the maximum {max_side}")
