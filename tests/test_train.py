@@ -1188,3 +1188,267 @@ def test_depth_is_scored_only_where_the_patch_pixels_are_foreground(tiny_dataset
     left[:, : size // 2] = True
     assert torch.equal(batch["depth_valid"], left.expand_as(batch["depth_valid"]))
     torch.testing.assert_close(batch["target_depth"][batch["depth_valid"]], torch.full((2 * 2 * 16 * 8,), 1.5))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# utils: checkpoints, CSV log, curves, divergence (mutation-testing gaps)
+# --------------------------------------------------------------------------------------------------------------------
+def test_checkpointer_picks_the_highest_step_and_ignores_other_files(tmp_path):
+    """``latest`` is the checkpoint of the highest step, whatever order the files were written in; temporary and
+    foreign files in the folder are not checkpoints; ``keep`` below 1 is refused."""
+    model = torch.nn.Linear(2, 1)
+    checkpointer = Checkpointer(tmp_path, keep=5)
+    for step in (10, 2, 7):
+        checkpointer.save(step, model)
+    for name in ("step_00000099.pt.tmp", ".step_00000050.pt.x1y2z3w4.tmp", "step_99.pt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"junk")
+    assert [p.name for p in checkpointer.checkpoints()] == ["step_00000002.pt", "step_00000007.pt", "step_00000010.pt"]
+    assert checkpointer.latest() == tmp_path / "step_00000010.pt"
+    assert checkpointer.load_latest(model)["step"] == 10
+    with pytest.raises(ValueError, match="keep must be >= 1, got 0"):
+        Checkpointer(tmp_path, keep=0)
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    """A crash while a checkpoint is written (here the disk fills half-way through) leaves no partial file that a
+    resume would pick up: the folder still holds exactly the previous, loadable checkpoint."""
+    import builtins
+    import io as io_module
+
+    model = torch.nn.Linear(64, 64)
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, model)
+    real_open = builtins.open
+
+    class HalfWriter:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.file.close()
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return HalfWriter(handle) if "w" in mode and str(tmp_path) in str(file) else handle
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(io_module, "open", failing_open)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointer.save(2, model)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_00000001.pt"]
+    assert checkpointer.load_latest(torch.nn.Linear(64, 64))["step"] == 1
+
+
+def test_checkpoint_load_refuses_foreign_files_and_other_models_and_can_leave_the_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(tmp_path)
+    path = checkpointer.save(4, model)
+    with pytest.raises(ValueError, match="does not match the model"):
+        checkpointer.load(path, torch.nn.Linear(3, 3))
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="is not a monorecon training checkpoint"):
+        checkpointer.load(foreign, model)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checkpointer.load(path, model, restore_rng=False)
+    torch.testing.assert_close(torch.rand(3), expected)  # the stream is the one seeded here, not the saved one
+
+
+def test_resumed_schedule_uses_the_config_learning_rate_at_the_restored_step(tmp_path):
+    """A run resumed at step 6 with a halved base learning rate continues at half the rate the schedule gives at step
+    6, and the warning names ``lr`` as changed."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=2, total_steps=10, min_lr_ratio=0.0)
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(6, model, optimizer, scheduler)
+    resumed = torch.optim.SGD(model.parameters(), lr=0.5)
+    resumed_scheduler = cosine_with_warmup(resumed, warmup_steps=2, total_steps=10, min_lr_ratio=0.0)
+    with pytest.warns(UserWarning, match=r"settings \(lr changed"):
+        checkpointer.load_latest(model, resumed, resumed_scheduler)
+    expected = 0.5 * 0.5 * (1 + math.cos(math.pi * (6 - 2) / (10 - 2)))
+    assert resumed.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+    resumed.step()
+    resumed_scheduler.step()
+    expected = 0.5 * 0.5 * (1 + math.cos(math.pi * (7 - 2) / (10 - 2)))
+    assert resumed.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_csv_logger_appends_after_reopening_and_writes_each_value_under_its_header(tmp_path):
+    import csv
+
+    path = tmp_path / "run" / "log.csv"
+    CSVLogger(path).log({"step": 1, "loss": 0.5})
+    reopened = CSVLogger(path)  # a resumed run: the header is read back, earlier rows kept
+    reopened.log({"loss": 0.123456789, "step": 1234567})  # keys in another order
+    reopened.log({"step": 3, "loss": torch.tensor(2.5)})
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["step", "loss"], ["1", "0.5"], ["1234567", "0.123457"], ["3", "2.5"]]
+    with pytest.raises(ValueError, match="differ from the header"):
+        reopened.log({"step": 4})
+
+
+def test_csv_truncation_is_atomic_and_unknown_cells_read_as_nan(tmp_path, monkeypatch):
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss\n1,0.5\n2,\n3,abc\n")
+    rows = CSVLogger(path).rows()
+    assert rows[0] == {"step": 1.0, "loss": 0.5} and all(math.isnan(r["loss"]) for r in rows[1:])
+    CSVLogger(path).truncate_after(2)
+    assert path.read_text().splitlines() == ["step,loss", "1,0.5", "2,"]
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        CSVLogger(path).truncate_after(1)
+    monkeypatch.undo()
+    assert path.read_text().splitlines() == ["step,loss", "1,0.5", "2,"]  # untouched by the failed rewrite
+
+
+def _curve_mask(csv_path, png_path, colour=(30, 90, 200), **kwargs):
+    image = np.asarray(Image.open(plot_curves(csv_path, png_path, **kwargs)).convert("RGB"))
+    return image, (image == colour).all(-1)
+
+
+def _log(path, columns: dict[str, list[float]]):
+    logger = CSVLogger(path)
+    for step in range(len(next(iter(columns.values())))):
+        logger.log({"step": step + 1, **{name: values[step] for name, values in columns.items()}})
+    return path
+
+
+def test_curves_have_one_panel_per_column_three_to_a_row(tmp_path):
+    path = _log(tmp_path / "a.csv", {"loss": [1.0, 2.0], "lr": [0.1, 0.2]})
+    image, _ = _curve_mask(path, tmp_path / "a.png")
+    assert image.shape[:2] == (220, 2 * 360)  # step is the x axis, not a panel
+    path = _log(tmp_path / "b.csv", {name: [1.0, 2.0] for name in "abcd"})
+    image, _ = _curve_mask(path, tmp_path / "b.png", panel_size=(200, 150))
+    assert image.shape[:2] == (2 * 150, 3 * 200)
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['nope'\]"):
+        plot_curves(path, tmp_path / "c.png", columns=["nope"])
+    (tmp_path / "empty.csv").write_text("step,loss\n")
+    with pytest.raises(ValueError, match="holds no rows"):
+        plot_curves(tmp_path / "empty.csv", tmp_path / "d.png")
+
+
+def test_a_rising_curve_goes_from_bottom_left_to_top_right(tmp_path):
+    _, mask = _curve_mask(_log(tmp_path / "a.csv", {"loss": [1.0, 2.0, 3.0, 4.0]}), tmp_path / "a.png")
+    rows, cols = np.nonzero(mask)
+    assert rows[cols == cols.min()].mean() > rows[cols == cols.max()].mean() + 100  # image rows grow downwards
+    # The panel's plot area spans x from 50 to 350 and y from 20 to 195: the curve reaches its four sides.
+    assert abs(cols.min() - 50) <= 2 and abs(cols.max() - 350) <= 2
+    assert abs(rows.min() - 20) <= 2 and abs(rows.max() - 195) <= 2
+
+
+def test_curves_stay_linear_below_a_factor_20_or_with_non_positive_values(tmp_path):
+    """On a linear axis an affine change of the values draws the same pixels: [1, 4, 7, 10] (a factor 10),
+    [0, 1, 10, 100, 1000] and [-1, 0.5, 30] (not strictly positive) are drawn as [1, 2, 3, 4],
+    [1000, 1002, 1020, 1200, 3000] and [8, 11, 70]."""
+    for name, values, reference in (
+        ("factor10", [1.0, 4.0, 7.0, 10.0], [1.0, 2.0, 3.0, 4.0]),
+        ("zero", [0.0, 1.0, 10.0, 100.0, 1000.0], [1000.0, 1002.0, 1020.0, 1200.0, 3000.0]),
+        ("negative", [-1.0, 0.5, 30.0], [8.0, 11.0, 70.0]),
+    ):
+        _, got = _curve_mask(_log(tmp_path / f"{name}.csv", {"v": values}), tmp_path / f"{name}.png")
+        _, want = _curve_mask(_log(tmp_path / f"{name}_ref.csv", {"v": reference}), tmp_path / f"{name}_ref.png")
+        assert want.sum() > 100 and (got ^ want).sum() < 0.05 * want.sum(), name
+
+
+def test_curves_skip_non_finite_values_and_mark_a_single_point(tmp_path):
+    values = [1.0, 2.0, float("nan"), 3.0, float("inf"), 4.0]
+    _, gaps = _curve_mask(_log(tmp_path / "gaps.csv", {"v": values}), tmp_path / "gaps.png")
+    (tmp_path / "clean.csv").write_text("step,v\n1,1\n2,2\n4,3\n6,4\n")  # the same rows without the gaps
+    _, clean = _curve_mask(tmp_path / "clean.csv", tmp_path / "clean.png")
+    assert clean.sum() > 100 and (gaps ^ clean).sum() < 0.05 * clean.sum()
+    fifty = [1.0 + (i % 2) for i in range(50)]  # up to 50 points: the raw curve only, no running mean
+    _, plain = _curve_mask(_log(tmp_path / "fifty.csv", {"v": fifty}), tmp_path / "fifty.png")
+    _, trend = _curve_mask(tmp_path / "fifty.csv", tmp_path / "fifty.png", colour=(20, 60, 160))
+    assert plain.sum() > 1000 and not trend.any()
+    _, single = _curve_mask(_log(tmp_path / "one.csv", {"v": [2.0]}), tmp_path / "one.png")
+    assert 4 <= single.sum() <= 40
+    _, empty = _curve_mask(_log(tmp_path / "nan.csv", {"v": [float("nan")] * 3}), tmp_path / "nan.png")
+    assert not empty.any()
+
+
+def test_the_trend_of_an_alternating_loss_is_flat_in_the_middle(tmp_path):
+    """200 values alternating 0.5 / 1.5: the raw curve zigzags over the whole panel, the running mean over 200 // 25
+    = 8 points (an even window) is the constant 1.0, a horizontal line half-way between the extremes."""
+    path = _log(tmp_path / "a.csv", {"loss": [0.5, 1.5] * 100})
+    _, trend = _curve_mask(path, tmp_path / "a.png", colour=(20, 60, 160))
+    rows, _ = np.nonzero(trend)
+    assert trend.sum() > 100 and rows.max() - rows.min() <= 2
+    assert abs(rows.mean() - (20 + 195) / 2) <= 2
+
+
+def test_finite_checks_catch_nan_and_infinities_anywhere_and_name_the_newest_checkpoint(tmp_path):
+    from monorecon.core.checks import NonFiniteError
+    from monorecon.train.utils import check_finite_loss, check_finite_parameters, diverges_on_non_finite
+
+    checkpointer = Checkpointer(tmp_path, keep=3)
+    check_finite_loss(torch.tensor([1.0, 2.0]), 1, checkpointer)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        check_finite_loss(torch.tensor(float("inf")), 1, checkpointer)
+    for step in (3, 9, 6):
+        checkpointer.save(step, torch.nn.Linear(1, 1))
+    newest = tmp_path / "step_00000009.pt"
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        loss = torch.tensor([0.5, 0.25, bad])
+        with pytest.raises(TrainingDiverged) as raised:
+            check_finite_loss(loss, 12, checkpointer)
+        assert str(raised.value).startswith(f"training diverged: loss is {bad} at step 12; ")
+        assert f"the last good checkpoint is kept at {newest}." in str(raised.value)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        check_finite_loss(torch.tensor(float("nan")), 1, tmp_path / "step_00000001.pt")  # a file never written
+    good, broken = torch.ones(3), torch.tensor([1.0, float("-inf")])
+    check_finite_parameters([good, good], 5)
+    for parameters in ([good, broken], [broken, good]):
+        with pytest.raises(TrainingDiverged, match="the update made a weight NaN or infinite at step 5"):
+            check_finite_parameters(parameters, 5, newest)
+    with pytest.raises(TrainingDiverged, match=f"x contains NaN or infinite values at step 7; .*kept at {newest}"):
+        with diverges_on_non_finite(7, checkpointer):
+            raise NonFiniteError("x contains NaN or infinite values")
+    with pytest.raises(ValueError, match="bad input") as raised:  # other errors are not a divergence
+        with diverges_on_non_finite(7, checkpointer):
+            raise ValueError("bad input")
+    assert not isinstance(raised.value, TrainingDiverged)
+
+
+def test_seeds_must_be_non_negative_integers_and_step_streams_differ_per_step_and_rank():
+    for bad in (-1, 1.0, "3"):
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            seed_everything(bad)
+    draws = {(seed, step, rank): tuple(torch.rand(2, generator=step_generator(seed, step, rank)).tolist())
+             for seed in (0, 1) for step in (0, 1, 2) for rank in (0, 1)}  # fmt: skip
+    assert len(set(draws.values())) == len(draws)
+
+
+def test_a_fresh_run_among_earlier_checkpoints_is_refused_before_anything_is_written(tiny_dataset, tmp_path):
+    """``resume: false`` where an earlier run left step_00000010.pt: the new run's step-2 and step-4 checkpoints
+    would be the oldest by step and deleted as written (keep 1), and a later resume would load the earlier run."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step_00000010.pt").write_bytes(b"an earlier run's checkpoint")
+    message = r"run/checkpoints holds checkpoints of an earlier run \(newest step_00000010.pt\) and resume is off"
+    with pytest.raises(ValueError, match=message):
+        train(_config(tiny_dataset, out, resume=False, keep_checkpoints=1))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "checkpoints", "checkpoints/step_00000010.pt",
+    ]  # fmt: skip
+    (out / "checkpoints" / "step_00000010.pt").unlink()  # removed by the user: the run starts over
+    train(_config(tiny_dataset, out, resume=False, keep_checkpoints=1))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000004.pt"]

@@ -823,8 +823,11 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     main = is_main_process()
     if cfg.precision == "bfloat16" and main:
         warn_if_slow_bfloat16(device, "training")
-    bank = _load_views(cfg, show_progress=main and not cfg.quiet)  # before anything is written: data errors
     out_dir = Path(cfg.out_dir)
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    if not cfg.resume:
+        checkpointer.check_fresh()
+    bank = _load_views(cfg, show_progress=main and not cfg.quiet)  # before anything is written: data errors
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for folder in (out_dir, out_dir / "checkpoints"):  # what a killed run was writing
@@ -846,7 +849,6 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
     scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
-    checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
     logger = CSVLogger(out_dir / "train_log.csv") if main else None
 
     start_step = 0

@@ -174,6 +174,21 @@ class Checkpointer:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def check_fresh(self) -> None:
+        """Refuse a run that starts over (no resume) where checkpoints already are: its own would be numbered below
+        theirs, so keeping the newest ``keep`` by step would delete each new one as it is written, and a later
+        resume would load the earlier run.
+
+        Raises:
+            ValueError: the folder holds checkpoints (named, with the way out).
+        """
+        latest = self.latest()
+        if latest is not None:
+            raise ValueError(
+                f"{self.directory} holds checkpoints of an earlier run (newest {latest.name}) and resume is off: "
+                "choose another out_dir, or delete them to start over"
+            )
+
     def save(
         self,
         step: int,

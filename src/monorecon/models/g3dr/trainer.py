@@ -319,19 +319,21 @@ def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDVi
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     out_dir = Path(config.out_dir)
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=config.keep_checkpoints)
+    if not config.resume:
+        checkpointer.check_fresh()
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "train_config.yaml", "w") as f:
         yaml.safe_dump(dataclass_to_dict(config), f, sort_keys=False)
     views = views if views is not None else load_views(config)
     trainer = G3DRTrainer(config, views)
-    checkpointer = Checkpointer(out_dir / "checkpoints", keep=config.keep_checkpoints)
     logger = CSVLogger(out_dir / "train_log.csv")
     start = 0
     if config.resume:
         restored = checkpointer.load_latest(trainer.model, trainer.optimizer, trainer.scheduler)
         if restored is not None:
             start = restored["step"]
-            logger.truncate_after(start)
+    logger.truncate_after(start)  # rows of steps after it (or of a run stopped before its first checkpoint)
     started = time.perf_counter()
     progress = tqdm(range(start + 1, config.steps + 1), initial=start, total=config.steps, disable=config.quiet,
                     desc="g3dr")  # fmt: skip
