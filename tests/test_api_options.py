@@ -90,3 +90,35 @@ def test_prepare_input_turns_a_pil_photo_upright_as_its_file(tmp_path):
     assert np.ptp(rows) > 2 * np.ptp(cols)  # upright: taller than wide
     np.testing.assert_array_equal(from_pil.alpha, from_file.alpha)
     np.testing.assert_array_equal(from_pil.rgb, from_file.rgb)
+
+
+def test_reconstruction_records_the_options_that_ran_and_the_input_camera():
+    """Options left None take the model's settings (the tiny model's config names none: TripoSR's 25, no fill,
+    framing 0.85); the given ones are kept; unplaced, the camera is TripoSR's input camera (1.9 on +Z, fov 40) and
+    the photo camera covers the photo, its focal length scaled by the square's side over the prepared size."""
+    from pathlib import Path
+
+    import torch
+
+    from monorecon.api import load_model, reconstruct_full
+
+    tiny = Path(__file__).parent / "data" / "triposr_ref"
+    model = load_model(tiny / "model.safetensors", tiny / "config.yaml")
+    photo = np.ones((40, 60, 3), np.float32)
+    photo[10:30, 20:36] = 0.1  # 20 rows x 16 columns: the square's side is round(20 / 0.85) = 24
+    result = reconstruct_full(photo, model, ReconstructOptions(mc_resolution=16, seed=4))
+    ran = result.options
+    assert (ran.threshold, ran.fill, ran.preprocess.foreground_ratio) == (25.0, False, 0.85)
+    assert (ran.mc_resolution, ran.seed, ran.carve) == (16, 4, True)
+    size = result.prepared.alpha.shape[0]
+    torch.testing.assert_close(result.camera.c2w[0, :3, 3], torch.tensor([0.0, 0.0, 1.9]))
+    assert float(result.camera.fov_y_deg.reshape(-1)[0]) == pytest.approx(40.0)
+    focal = size / 2 / np.tan(np.radians(20.0))
+    torch.testing.assert_close(result.photo_camera.focal[0], torch.tensor([focal * 24 / size] * 2, dtype=torch.float32))
+    # The square starts (24 - 16) // 2 = 4 columns and (24 - 20) // 2 = 2 rows before the object: its centre is
+    # (20 - 4 + 12, 10 - 2 + 12).
+    torch.testing.assert_close(result.photo_camera.principal[0], torch.tensor([28.0, 20.0]))
+    assert (result.photo_camera.width, result.photo_camera.height) == (60, 40)
+    summary = result.summary()
+    assert summary["options"]["threshold"] == 25.0 and "progress" not in summary["options"]
+    assert summary["mesh"]["faces"] == result.mesh.num_faces and summary["timings"] == result.timings
