@@ -120,6 +120,22 @@ def test_class_valid_deterministic_upright(class_name):
     base = verts[verts[:, 1] < verts[:, 1].min() + 0.01][:, [0, 2]]
     assert Delaunay(base).find_simplex(com[[0, 2]]) >= 0
     assert com[1] > verts[:, 1].min() + 0.05
+    # One object: every closed piece touches another, directly or through others (no floating seat, hat or door).
+    assert _pieces_are_connected(merged_verts, merged_faces)
+
+
+def _pieces_are_connected(verts: np.ndarray, faces: np.ndarray, tol: float = 1e-3) -> bool:
+    """Whether the bounding boxes of the mesh's connected pieces (closed parts) overlap into one group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(verts), len(verts)))
+    n_pieces, labels = connected_components(graph, directed=False)
+    low = np.array([verts[labels == i].min(0) for i in range(n_pieces)])
+    high = np.array([verts[labels == i].max(0) for i in range(n_pieces)])
+    overlap = np.all((low[:, None] <= high[None] + tol) & (low[None] <= high[:, None] + tol), axis=-1)
+    return connected_components(overlap, directed=False)[0] == 1
 
 
 def test_tube_is_a_closed_outward_prism_with_conical_ends():
@@ -183,6 +199,9 @@ def test_stretched_objects_keep_their_seeds_and_scale_x_and_z(tmp_path):
         ratio = stretched / original
         assert ratio[0] / ratio[1] == pytest.approx(fx, rel=1e-4) and ratio[2] / ratio[1] == pytest.approx(fz, rel=1e-4)
         assert np.linalg.norm(load_mesh(root / entry["path"] / "mesh.ply").verts.numpy(), axis=1).max() <= 0.5 + 1e-5
+        colors = trimesh.load(root / entry["path"] / "mesh.ply", process=False).visual.vertex_colors[:, :3] / 255
+        expected = make_object(entry["class"], entry["seed"]).vertex_colors.numpy()
+        np.testing.assert_allclose(colors, expected, atol=0.5 / 255 + 1e-6)  # stretching keeps the colours
     for bad in (1.0, 0.5, float("nan")):
         with pytest.raises(ValueError, match="stretch must be"):
             synthesize_dataset(tmp_path / "bad", **args, stretch=bad)
@@ -211,7 +230,7 @@ def test_elevation_range_is_drawn_recorded_and_checked_on_resume(tmp_path):
     # The default range is not recorded, so datasets made before the option existed still resume.
     synthesize_dataset(tmp_path / "default", **{**args, "n_objects": 1})
     assert "elevation_range_deg" not in json.loads((tmp_path / "default" / "000000_mug" / "meta.json").read_text())
-    default_as_list = ViewSampling.at_distance(1.9, elevation_range_deg=[-10, 40])
+    default_as_list = ViewSampling(elevation_range_deg=[-10, 40])
     synthesize_dataset(tmp_path / "default", **{**args, "n_objects": 1}, sampling=default_as_list)  # resumes
 
 
@@ -385,6 +404,27 @@ def test_synthesis_deterministic_and_resumable(tiny_dataset, tmp_path):
             synthesize_dataset(again, **{"n_objects": 1, "n_views": 2, "size": 32, "seed": 3, **change}, progress=False)
     other = synthesize_dataset(tmp_path / "other", n_objects=1, n_views=2, size=32, seed=4, progress=False)
     assert (other / "000000_mug" / "cameras.json").read_bytes() != (again / "000000_mug" / "cameras.json").read_bytes()
+
+
+def test_resume_refuses_other_cameras(tmp_path):
+    """Objects drawn at another camera distance or fov are another dataset: resuming with them is refused, not mixed
+    in (the CLI's --camera-distance)."""
+    from monorecon.cli import main
+
+    out = tmp_path / "d"
+    argv = ["data", "synth", "--views", "1", "--size", "8", "-o", str(out), "--quiet"]
+    assert main([*argv, "--n", "1"]) == 0
+    assert main([*argv, "--n", "2", "--camera-distance", "3"]) == 2
+    assert not (out / "000001_chair").exists()
+    args = {"n_objects": 2, "n_views": 1, "size": 8, "seed": 0, "progress": False}
+    with pytest.raises(ValueError, match="not made with these arguments"):
+        synthesize_dataset(out, **args, sampling=ViewSampling.at_distance(1.9, fov_y_deg=45.0))
+    synthesize_dataset(out, **args, sampling=ViewSampling.at_distance(1.9))  # the same cameras resume
+    distances = [
+        json.loads((out / o / "cameras.json").read_text())["views"][0]["distance"]
+        for o in ("000000_mug", "000001_chair")
+    ]
+    assert distances == pytest.approx([1.9, 1.9])
 
 
 @pytest.mark.parametrize(("fractions", "split"), [((1, 0, 0), "train"), ((0, 1, 0), "val"), ((0, 0, 1), "test")])
@@ -642,3 +682,301 @@ def test_workers_write_the_same_dataset_as_one_process(tmp_path):
             synthesize_dataset(tmp_path / "bad", **args, workers=bad)
     assert main(["data", "synth", "--n", "1", "--workers", "0", "-o", str(tmp_path / "cli"), "--quiet"]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The documented format's details against closed forms and counts
+# --------------------------------------------------------------------------------------------------------------------
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def test_cameras_json_fields_describe_the_pose(tiny_dataset):
+    """Each view's azimuth, elevation, distance and fov are those of its c2w: the camera at
+    d (cos e sin a, sin e, cos e cos a) (azimuth 0 at +Z, 90 at +X), looking at the origin with +Y up, columns
+    [right, up, back, position]; d from the documented fill formula (fov 40, fill 0.85: 1.69)."""
+    distance = 0.5 / math.sin(math.atan(0.85 * math.tan(math.radians(20.0))))
+    assert distance == pytest.approx(1.69, abs=0.005)
+    for folder in ("000000_mug", "000001_chair"):
+        cameras = json.loads((tiny_dataset / folder / "cameras.json").read_text())
+        assert cameras["image_size"] == [32, 32] and cameras["znear"] == 0.05 and cameras["zfar"] == 100.0
+        sampling = cameras["sampling"]
+        assert sampling["fov_y_deg"] == 40.0 and sampling["fill"] == 0.85
+        assert sampling["elevation_range_deg"] == [-10.0, 40.0]
+        assert len(cameras["views"]) == 2
+        for view in cameras["views"]:
+            assert 0.0 <= view["azimuth_deg"] < 360.0 and -10.0 <= view["elevation_deg"] <= 40.0
+            assert view["fov_y_deg"] == 40.0 and view["distance"] == pytest.approx(distance, rel=1e-9)
+            az, el = math.radians(view["azimuth_deg"]), math.radians(view["elevation_deg"])
+            back = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+            right = _unit(np.cross([0.0, 1.0, 0.0], back))
+            want = np.eye(4)
+            want[:3, :4] = np.stack([right, np.cross(back, right), back, distance * back], axis=1)
+            np.testing.assert_allclose(np.array(view["c2w"]), want, atol=1e-5)
+
+
+def test_light_is_in_the_upper_hemisphere_and_slightly_tinted_white(tiny_dataset):
+    """ViewSampling's defaults: light elevation in [15, 75] deg, ambient max in [0.3, 0.5], diffuse max in [0.5, 0.7],
+    specular 0.15, one tint (white with saturation at most 0.2) for all three."""
+    for folder in ("000000_mug", "000001_chair"):
+        light = json.loads((tiny_dataset / folder / "cameras.json").read_text())["light"]
+        direction = np.array(light["direction"])
+        assert np.linalg.norm(direction) == pytest.approx(1.0)
+        assert math.sin(math.radians(15.0)) - 1e-9 <= direction[1] <= math.sin(math.radians(75.0)) + 1e-9
+        ambient, diffuse, specular = (np.array(light[k]) for k in ("ambient_color", "diffuse_color", "specular_color"))
+        assert 0.3 <= ambient.max() <= 0.5 and 0.5 <= diffuse.max() <= 0.7
+        assert specular.max() == pytest.approx(0.15)
+        tint = specular / specular.max()
+        assert tint.min() >= 0.8 - 1e-9
+        np.testing.assert_allclose(ambient / ambient.max(), tint, atol=1e-9)
+        np.testing.assert_allclose(diffuse / diffuse.max(), tint, atol=1e-9)
+
+
+def test_a_sphere_renders_to_its_closed_form_depth_normals_and_shading(tmp_path):
+    """write_object on a fine sphere of radius 0.5: depth is the ray-sphere distance along the optical axis, the
+    normal PNG holds (n + 1) / 2 with n = hit / 0.5 and black outside, alpha is hard, colour 0 outside, and the side
+    facing the stored light direction is lit (the shading used that light)."""
+    from monorecon.core.mesh import Mesh
+    from monorecon.data.synth import write_object
+
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+    colors = torch.full((len(sphere.vertices), 3), 0.6)
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces), vertex_colors=colors)
+    folder = write_object(mesh, tmp_path / "sphere", n_views=3, size=32, seed=0)
+    cameras = json.loads((folder / "cameras.json").read_text())
+    light = cameras["light"]
+    facings, brightness = [], []
+    for k, view in enumerate(cameras["views"]):
+        origins, dirs = _pixel_rays(np.array(view["c2w"]), view["fov_y_deg"], 32)  # unit view depth
+        a, b = (dirs * dirs).sum(-1), 2.0 * (origins * dirs).sum(-1)
+        discriminant = {r: b * b - 4.0 * a * ((origins * origins).sum(-1) - r * r) for r in (0.5, 0.49)}
+        outside, inside = discriminant[0.5] < 0, discriminant[0.49] > 0  # the inscribed polyhedron lies in between
+        t = (-b - np.sqrt(np.maximum(discriminant[0.5], 0.0))) / (2.0 * a)
+        rgba = np.asarray(Image.open(folder / "rgba" / f"{k:03d}.png"), dtype=np.float64).reshape(-1, 4) / 255
+        normals_png = np.asarray(Image.open(folder / "normals" / f"{k:03d}.png"), dtype=np.float64).reshape(-1, 3)
+        with np.load(folder / "depth" / f"{k:03d}.npz") as data:
+            depth = data["depth"].reshape(-1)
+        assert inside.sum() > 100 and outside.sum() > 100
+        assert (rgba[inside, 3] == 1.0).all() and (rgba[outside] == 0.0).all()
+        assert (depth[outside] == 0.0).all() and (normals_png[outside] == 0.0).all()
+        np.testing.assert_allclose(depth[inside], t[inside], atol=2e-3)
+        normal = (origins + t[:, None] * dirs)[inside] / 0.5
+        np.testing.assert_allclose(normals_png[inside] / 255 * 2.0 - 1.0, normal, atol=0.03)
+        facings.append(normal @ np.array(light["direction"]))
+        brightness.append(rgba[inside, :3].mean(-1) / 0.6)
+    # Lambert: brightness = ambient + diffuse max(0, n . l) (+ a specular highlight), so it rises with n . l at a
+    # slope near the diffuse intensity; against a wrong light direction it would not.
+    facing, brightness = np.concatenate(facings), np.concatenate(brightness)
+    slope = np.polyfit(np.maximum(facing, 0.0), brightness, 1)[0]
+    assert slope > 0.8 * np.mean(light["diffuse_color"])
+
+
+def test_meta_index_and_manifest_agree_with_the_files(tiny_dataset):
+    """meta.json's counts are the PLY's, the PLY is make_object(class, seed), the index lists the sorted class set,
+    the manifest repeats the index's objects, and object folders are readable by everyone like any folder."""
+    import csv
+
+    index = json.loads((tiny_dataset / "index.json").read_text())
+    assert {k: index[k] for k in ("format", "version", "seed", "n_views", "image_size")} == {
+        "format": "monorecon-multiview", "version": 1, "seed": 3, "n_views": 2, "image_size": [32, 32]
+    }  # fmt: skip
+    assert index["classes"] == sorted(SHAPE_CLASSES)
+    with open(tiny_dataset / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{k: str(v) for k, v in entry.items()} for entry in index["objects"]]
+    for entry in index["objects"]:
+        folder = tiny_dataset / entry["path"]
+        meta = json.loads((folder / "meta.json").read_text())
+        tm = trimesh.load(folder / "mesh.ply", process=False, force="mesh")
+        assert meta["num_verts"] == len(tm.vertices) and meta["num_faces"] == len(tm.faces)
+        np.testing.assert_allclose(tm.vertices, make_object(entry["class"], entry["seed"]).verts.numpy(), atol=1e-6)
+        expected = {"format": "monorecon-multiview", "version": 1, "id": entry["id"], "class": entry["class"],
+                    "split": entry["split"], "seed": entry["seed"], "n_views": 2, "image_size": [32, 32],
+                    "source": "procedural"}  # fmt: skip
+        assert {k: meta.get(k) for k in expected} == expected and isinstance(meta["view_seed"], int)
+        assert sorted(p.name for p in (folder / "rgba").iterdir()) == ["000.png", "001.png"]
+        assert folder.stat().st_mode & 0o755 == 0o755
+
+
+def test_write_object_refuses_an_existing_folder(tmp_path):
+    from monorecon.data.synth import write_object
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "taken", tmp_path / "empty"):
+        with pytest.raises(ValueError, match="already exists"):
+            write_object(make_object("donut", 0), folder, n_views=1, size=8, seed=0)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert written == ["empty", "taken", "taken/notes.txt"]  # nothing replaced, nothing left behind
+
+
+def test_a_failed_object_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A crash while an object is written leaves neither a partial object nor its temporary folder."""
+    import monorecon.data.synth as synth
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synth, "save_mesh", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        synthesize_dataset(tmp_path / "d", 1, 1, 8, seed=0, progress=False)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_progress_bar_counts_objects_and_is_off_when_asked(tmp_path, capsys):
+    synthesize_dataset(tmp_path / "quiet", 2, 1, 8, seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+    synthesize_dataset(tmp_path / "shown", 2, 1, 8, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "synthesising objects" in err and "2/2" in err
+
+
+def _index_entries_without_rendering(root: Path, monkeypatch, **kwargs) -> list[dict]:
+    """synthesize_dataset's index entries, with every object's building and writing skipped."""
+    import monorecon.data.synth as synth
+    from monorecon.core.mesh import Mesh
+
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    cube = Mesh(torch.tensor(box.vertices, dtype=torch.float32), torch.tensor(box.faces))
+    monkeypatch.setattr(synth, "make_object", lambda class_name, seed: cube)
+    monkeypatch.setattr(synth, "write_object", lambda mesh, folder, **kw: None)
+    synthesize_dataset(root, **kwargs, progress=False)
+    return json.loads((root / "index.json").read_text())["objects"]
+
+
+def test_master_seeds_give_unrelated_objects(tmp_path, monkeypatch):
+    """Object i draws from default_rng([seed, i]): the objects of seed 1 are not those of seed 0 shifted by one."""
+    zero, one = (
+        _index_entries_without_rendering(tmp_path / str(seed), monkeypatch, n_objects=30, n_views=1, size=8, seed=seed)
+        for seed in (0, 1)
+    )
+    assert not {entry["seed"] for entry in zero} & {entry["seed"] for entry in one}
+    assert len({entry["seed"] for entry in zero}) == 30
+
+
+def test_default_splits_and_stretch_factors_follow_their_distributions(tmp_path, monkeypatch):
+    """Splits 0.8 / 0.1 / 0.1 by default; stretch factors log-uniform in [1/S, S] (their logs uniform): checked on
+    1,000 objects whose building and rendering are skipped."""
+    from scipy.stats import kstest
+
+    import monorecon.data.synth as synth
+    from monorecon.core.mesh import Mesh
+
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    cube = Mesh(torch.tensor(box.vertices, dtype=torch.float32), torch.tensor(box.faces))
+    metas = []
+    monkeypatch.setattr(synth, "make_object", lambda class_name, seed: cube)
+    monkeypatch.setattr(synth, "write_object", lambda mesh, folder, **kwargs: metas.append(kwargs["meta"]))
+    synthesize_dataset(tmp_path / "d", 1000, 1, 8, seed=0, progress=False, stretch=4.0)
+    counts = {split: sum(m["split"] == split for m in metas) for split in ("train", "val", "test")}
+    assert 750 <= counts["train"] <= 850 and 65 <= counts["val"] <= 135 and 65 <= counts["test"] <= 135
+    logs = np.log(np.array([m["stretch_xz"] for m in metas])).reshape(-1) / math.log(4.0)
+    assert -1.0 <= logs.min() and logs.max() <= 1.0
+    assert kstest(logs, "uniform", args=(-1.0, 2.0)).pvalue > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shapes: documented placements, colours and patterns
+# --------------------------------------------------------------------------------------------------------------------
+def test_mug_handle_is_on_its_right_and_critter_heads_face_front():
+    for seed in range(4):
+        # The bounding box is centred, so a handle at +X puts the body's axis (its flat bottom's centre) at -X.
+        mug = make_object("mug", seed).verts.numpy()
+        assert mug[mug[:, 1] < mug[:, 1].min() + 1e-4][:, 0].mean() < -0.02
+        # A critter's head (with its ears) is its highest part, towards +Z.
+        critter = make_object("critter", seed).verts.numpy()
+        assert critter[critter[:, 1].argmax(), 2] > 0.0
+
+
+def test_house_door_is_at_the_front_and_donut_icing_on_top():
+    for seed in range(3):
+        house = make_object("house", seed)
+        verts = house.verts.numpy()
+        door = np.all(np.isclose(house.vertex_colors.numpy(), [0.35, 0.2, 0.1], atol=1e-3), axis=1)
+        assert door.any() and verts[door, 2].min() > 0.1 and verts[door, 1].min() == pytest.approx(verts[:, 1].min())
+        donut = make_object("donut", seed)
+        y, colors = donut.verts.numpy()[:, 1], donut.vertex_colors.numpy()
+        dough = np.all(np.isclose(colors / colors[:, :1], [1.0, 0.6 / 0.8, 0.35 / 0.8], atol=1e-4), axis=1)
+        assert dough[y < y.min() + 0.02].all() and not dough[y > y.max() - 0.02].any()
+
+
+def test_bottle_label_is_around_the_middle_of_its_body():
+    for seed in range(3):
+        bottle = make_object("bottle", seed)
+        y, colors = bottle.verts.numpy()[:, 1], bottle.vertex_colors.numpy()
+        height = (y - y.min()) / np.ptp(y)
+        glass = colors[np.argmin(y)]
+        # Not glass and below the cap: the label, from 0.3 to 0.7 of the body's height (the body is 47-80 % of the
+        # bottle's height without its cap).
+        label = (np.abs(colors - glass).max(1) > 1e-3) & (height < 0.85)
+        assert label.any() and 0.1 < height[label].min() and height[label].max() < 0.6
+
+
+def test_random_and_contrast_colours_keep_their_ranges():
+    """Default colours have saturation in [0.35, 0.9] and value in [0.45, 0.95]; a contrast colour's hue is at least
+    90 degrees away."""
+    import colorsys
+
+    from monorecon.data.shapes import _contrast_color, _random_color
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        color = _random_color(rng)
+        hue, saturation, value = colorsys.rgb_to_hsv(*color)
+        assert 0.35 - 1e-9 <= saturation <= 0.9 + 1e-9 and 0.45 - 1e-9 <= value <= 0.95 + 1e-9
+        distance = abs(colorsys.rgb_to_hsv(*_contrast_color(color, rng))[0] - hue)
+        assert min(distance, 1.0 - distance) >= 0.25 - 1e-9
+
+
+def test_patterns_are_solid_stripes_or_checks():
+    """Painted on a cylinder: solid, horizontal stripes 0.08-0.2 high, 8-16 vertical stripes around Y, or their
+    checks; all four kinds occur."""
+    from monorecon.data.shapes import _pattern
+
+    base = np.array([0.8, 0.2, 0.2])
+    heights = np.linspace(0.0013, 0.9987, 400)
+    angles = np.linspace(-math.pi, math.pi, 721)[:-1] + 0.0021
+    y, a = np.meshgrid(heights, angles, indexing="ij")
+    points = np.stack([0.3 * np.sin(a), y, 0.3 * np.cos(a)], -1).reshape(-1, 3)
+    kinds = set()
+    for seed in range(40):
+        accent = (_pattern(np.random.default_rng(seed), base)(points) != base).any(-1).reshape(y.shape)
+        rows, columns = accent[:, 0], accent[0]
+        assert np.array_equal(accent, rows[:, None] ^ columns[None] ^ accent[0, 0])  # a product of bands and sectors
+        bands, sectors = np.count_nonzero(np.diff(rows)), np.count_nonzero(columns != np.roll(columns, 1))
+        if bands:
+            assert 1 / 0.2 - 1 <= bands <= 1 / 0.08 + 1
+        if sectors:
+            assert 8 <= sectors <= 16 and sectors % 2 == 0
+            runs = np.diff(np.flatnonzero(columns != np.roll(columns, 1)), append=len(columns) + np.argmax(
+                columns != np.roll(columns, 1)))  # fmt: skip
+            assert runs.max() - runs.min() <= 2  # equal stripes all around, none doubled at the seam
+        kinds.add({(False, False): "solid", (True, False): "hstripes", (False, True): "vstripes"}.get(
+            (bands > 0, sectors > 0), "checks"))  # fmt: skip
+    assert kinds == {"solid", "hstripes", "vstripes", "checks"}
+
+
+def test_organic_objects_are_plain_grey_in_40_percent_of_cases():
+    from monorecon.data.shapes import _organic_paint
+
+    grey = 0
+    for seed in range(1000):
+        paint = _organic_paint(np.random.default_rng(seed))
+        grey += isinstance(paint, np.ndarray) and bool(np.ptp(paint) == 0)
+    assert 0.35 <= grey / 1000 <= 0.45
+
+
+def test_sharp_edges_and_only_they_have_split_vertices():
+    """Man-made classes: two faces meeting at an edge share its vertices exactly when their dihedral angle is at most
+    40 deg (smooth shading rounds such an edge; a sharper one stays hard)."""
+    sharp = 0
+    for name in CLASSIC_CLASSES:
+        mesh = make_object(name, 0)
+        faces = mesh.faces.numpy()
+        welded = trimesh.Trimesh(*_merged(mesh.verts.double().numpy(), faces), process=False)
+        angles = np.degrees(welded.face_adjacency_angles)
+        shared = np.array([len(set(faces[a]) & set(faces[b])) for a, b in welded.face_adjacency])
+        assert (shared[angles > 40.5] < 2).all() and (shared[angles < 39.5] == 2).all(), name
+        sharp += int((angles > 40.5).sum())
+    assert sharp > 100

@@ -387,7 +387,7 @@ def _synthesize_object(
         meta["elevation_range_deg"] = [float(e) for e in sampling.elevation_range_deg]
     folder = out_dir / object_id
     if folder.exists():
-        _check_existing(folder, meta, class_name, view_seed, n_views, size)
+        _check_existing(folder, meta, class_name, view_seed, n_views, size, sampling)
     else:
         mesh = make_object(class_name, shape_seed)
         if stretch is not None:
@@ -406,11 +406,22 @@ def _stretch_xz(mesh: Mesh, factors: list[float]) -> Mesh:
     return Mesh(torch.from_numpy(verts).float(), mesh.faces, vertex_colors=mesh.vertex_colors)
 
 
-def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_seed: int, n_views: int, size: int):
-    """An object folder from an earlier run is kept only if it was made with the same arguments."""
+def _check_existing(
+    folder: Path, meta: dict[str, Any], class_name: str, view_seed: int, n_views: int, size: int, sampling: ViewSampling
+):
+    """An object folder from an earlier run is kept only if it was made with the same arguments (its ``meta.json``
+    and the camera and light sampling in its ``cameras.json``: another camera distance or fov is another dataset)."""
     try:
         found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        found = {}
+    try:
+        stored = json.loads((folder / "cameras.json").read_text(encoding="utf-8"))["sampling"]
+    except (OSError, ValueError, KeyError, TypeError):
+        stored = None
+    wanted = json.loads(json.dumps(asdict(sampling)))  # tuples as lists, as stored
+    # A parameter a dataset of an older version did not record is not held against it.
+    if not isinstance(stored, dict) or not all(_same_value(stored.get(k, v), v) for k, v in wanted.items()):
         found = {}
     expected = {
         "stretch_xz": None,  # an unstretched object must not match a stretched one, nor the reverse
@@ -423,3 +434,13 @@ def _check_existing(folder: Path, meta: dict[str, Any], class_name: str, view_se
     }
     if any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """JSON values equal, numbers up to rounding (a fill computed by another machine's libm)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
