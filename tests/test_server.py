@@ -22,7 +22,7 @@ from PIL import Image
 from monorecon.core.carving import SilhouetteFill, SilhouetteHull
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh
-from monorecon.server import MeshForm, ReconstructionService, ServerSettings, create_app, run_server
+from monorecon.server import MeshForm, ReconstructionService, ServerSettings, create_app, mesh_file, run_server
 
 TINY_WEIGHTS = Path(__file__).parent / "data" / "triposr_ref" / "model.safetensors"
 STUB_COLOR = (0.2, 0.6, 0.8)
@@ -419,6 +419,9 @@ def test_unusable_images_get_422(client):
         ({"origin": "top"}, "origin"),
         ({"format": "ply", "bake_texture": "true"}, "PLY"),
         ({"format": "stl", "bake_texture": "true"}, "STL"),
+        ({"format": "obj", "unlit": "true"}, "OBJ files have no unlit material"),
+        ({"format": "ply", "unlit": "true"}, "PLY files have no unlit material"),
+        ({"format": "stl", "unlit": "true"}, "STL files have no unlit material"),
     ],
 )
 def test_bad_options_get_422_naming_the_field(client, stub, data, field):
@@ -566,3 +569,204 @@ def test_real_tiny_model_matches_the_python_api(tmp_path):
         np.sort(np.asarray(smoothed.vertices), axis=0), np.sort(direct_smoothed.verts.numpy(), axis=0), atol=1e-6
     )
     assert np.abs(np.sort(np.asarray(smoothed.vertices), axis=0) - np.sort(direct.verts.numpy(), axis=0)).max() > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Documented defaults, headers, limits and start-up
+# --------------------------------------------------------------------------------------------------------------------
+def test_default_settings_are_the_documented_limits():
+    """docs/server.md's table: 20 MiB, 4096 px, mc 256, texture 2048, 600 s, 12 frames of 160 px."""
+    settings = ServerSettings()
+    assert settings.max_upload_bytes == 20 * 2**20 and settings.max_image_side == 4096
+    assert settings.max_mc_resolution == 256 and settings.max_texture_resolution == 2048
+    assert settings.queue_timeout_s == 600 and (settings.preview_frames, settings.preview_size) == (12, 160)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"max_image_side": 8}, "max_image_side"),
+        ({"max_image_side": 20000}, "max_image_side"),
+        ({"max_texture_resolution": 32}, "max_texture_resolution"),
+        ({"max_texture_resolution": 100000}, "max_texture_resolution"),
+        ({"preview_size": 8}, "preview_size"),
+        ({"preview_size": 4096}, "preview_size"),
+        ({"preview_frames": 500}, "preview_frames"),
+    ],
+)
+def test_more_bad_settings_raise(options, name):
+    with pytest.raises(ValueError, match=name):
+        ServerSettings(**options)
+
+
+def test_texture_resolution_default_and_cap_follow_the_settings(stub):
+    """Default 1024 (docs), lowered to a smaller server cap; a request over the cap is refused before model work."""
+    schema_default = multipart_schema(TestClient(create_app(stub, settings=SMALL_SETTINGS, ui=False)))
+    assert schema_default["texture_resolution"]["default"] == 1024
+    assert schema_default["texture_resolution"]["minimum"] == 64
+    capped = ServerSettings(max_mc_resolution=64, max_texture_resolution=128)
+    client = TestClient(create_app(stub, settings=capped, ui=False))
+    properties = multipart_schema(client)
+    assert properties["texture_resolution"]["default"] == 128 and properties["texture_resolution"]["maximum"] == 128
+    data = {"bake_texture": "true", "texture_resolution": "256"}
+    assert "texture_resolution" in assert_one_line_error(post(client, data), 422)
+    assert stub.extract_calls == []
+
+
+def multipart_schema(client: TestClient) -> dict:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/reconstruct"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    return schema["components"]["schemas"][body["$ref"].split("/")[-1]]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("filename", "stem"),
+    [
+        ("a" * 100 + ".png", "a" * 64),  # long names are cut to 64 characters
+        ("b" * 60 + ".jpeg", "b" * 60),
+        (".hidden.png", "hidden"),  # no hidden (dot) files
+        ("..png", "mesh"),
+        ("", "mesh"),
+        ("x y+z.tar.png", "x_y_z.tar"),
+    ],
+)
+def test_download_stem_rules(filename, stem):
+    assert MeshForm(b"", filename, "glb", 8, None, False, 64, None, True, True, 0).stem == stem
+
+
+class SeedRecordingStub(StubModel):
+    """The stub with its mesh moved off the origin; ``encode`` records three draws of torch's global generator."""
+
+    OFFSET = (0.1, 0.3, -0.2)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mesh = Mesh(self.mesh.verts + torch.tensor(self.OFFSET), self.mesh.faces, self.mesh.vertex_colors)
+        self.draws: list[torch.Tensor] = []
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.draws.append(torch.rand(3))
+        return super().encode(images)
+
+
+def test_seed_and_origin_defaults_reach_the_model():
+    """``seed`` seeds torch before the model runs (default 0); ``origin`` defaults to the model's frame and
+    ``object_height`` to the model's scale: the mesh comes back where the model put it."""
+    model = SeedRecordingStub()
+    client = TestClient(create_app(model, settings=SMALL_SETTINGS, ui=False))
+    plain = {"mc_resolution": "8", "format": "ply", "carve": "false", "project_input": "false"}
+    response = post(client, plain)
+    assert response.status_code == 200, response.text
+    served = np.asarray(trimesh.load(io.BytesIO(response.content), file_type="ply", process=False).vertices)
+    np.testing.assert_allclose(np.sort(served, axis=0), np.sort(model.mesh.verts.numpy(), axis=0), atol=1e-6)
+    assert post(client, {**plain, "seed": "1234"}).status_code == 200
+    expected = [torch.Generator().manual_seed(seed) for seed in (0, 1234)]
+    for draw, generator in zip(model.draws, expected, strict=True):
+        torch.testing.assert_close(draw, torch.rand(3, generator=generator), atol=0, rtol=0)
+
+
+def test_health_describes_a_torch_model():
+    """Parameter count, device, compute dtype and scene-code shape of an ``nn.Module`` model (docs: /health)."""
+
+    class ModuleStub(torch.nn.Module):
+        autocast_dtype = torch.bfloat16
+        scene_code_shape = (3, 40, 64, 64)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 4, device="meta")  # 3 * 4 weights + 4 biases
+
+    summary = TestClient(create_app(ModuleStub(), settings=SMALL_SETTINGS, ui=False)).get("/health").json()["model"]
+    assert summary["class"] == "ModuleStub" and summary["parameters"] == 16 and summary["device"] == "meta"
+    assert summary["compute_dtype"] == "bfloat16" and summary["scene_code_shape"] == [3, 40, 64, 64]
+    plain = TestClient(create_app(StubModel(), settings=SMALL_SETTINGS, ui=False)).get("/health").json()["model"]
+    assert plain["compute_dtype"] == "float32" and "parameters" not in plain
+
+
+def test_pipeline_value_error_is_a_one_line_422():
+    """A ValueError of the pipeline (e.g. no surface) is the client's 422, cut to its first line."""
+
+    class NoSurface(StubModel):
+        def extract_mesh(self, *args, **kwargs) -> Mesh:
+            raise ValueError("no surface at threshold 25\n  try a lower threshold")
+
+    client = TestClient(create_app(NoSurface(), settings=SMALL_SETTINGS, ui=False))
+    assert assert_one_line_error(post(client, {"mc_resolution": "8"}), 422) == "no surface at threshold 25"
+
+
+def test_mesh_size_and_server_timing_headers():
+    """X-Mesh-Vertices/-Faces of the stub's icosphere (10 * 4 + 2 vertices, 20 * 4 faces); Server-Timing in
+    milliseconds (an encode that sleeps 0.3 s lasts >= 300 ms), its stages in the documented order."""
+    client = TestClient(create_app(StubModel(encode_delay=0.3), settings=SMALL_SETTINGS, ui=False))
+    response = post(client, {"mc_resolution": "8", "format": "ply"})
+    assert response.status_code == 200, response.text
+    assert (response.headers["x-mesh-vertices"], response.headers["x-mesh-faces"]) == ("42", "80")
+    entries = [entry.split(";dur=") for entry in response.headers["server-timing"].split(", ")]
+    names = [name for name, _ in entries]
+    documented = ["preprocess", "encode", "carve", "extract", "cleanup", "colour", "bake", "write"]
+    assert names == [name for name in documented if name in names] and names[-1] == "write"
+    milliseconds = dict((name, float(value)) for name, value in entries)
+    assert 300 <= milliseconds["encode"] < 30_000
+
+
+def multipart_body(pad: int) -> tuple[bytes, str]:
+    """A hand-built multipart body: the image part and a ``pad`` text field of ``pad`` bytes (ignored by the API)."""
+    boundary = "monorecon-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + object_png()
+        + b"\r\n",
+        *(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+            for name, value in (("mc_resolution", 8), ("format", "ply"), ("carve", "false"), ("project_input", "false"))
+        ),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="pad"\r\n\r\n'.encode() + b"x" * pad + b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def test_body_of_exactly_the_limit_is_accepted(client):
+    """The limit is the largest accepted body: max_upload_bytes passes, one byte more is 413 (declared or chunked)."""
+    limit = SMALL_SETTINGS.max_upload_bytes
+    bare = len(multipart_body(0)[0])
+    body, content_type = multipart_body(limit - bare)
+    assert len(body) == limit
+    headers = {"content-type": content_type}
+    assert client.post("/reconstruct", content=body, headers=headers).status_code == 200
+    assert client.post("/reconstruct", content=iter([body[:1000], body[1000:]]), headers=headers).status_code == 200
+    over, _ = multipart_body(limit - bare + 1)
+    assert "256 KiB" in assert_one_line_error(client.post("/reconstruct", content=over, headers=headers), 413)
+    chunked = client.post("/reconstruct", content=iter([over[:1000], over[1000:]]), headers=headers)
+    assert_one_line_error(chunked, 413)
+
+
+def test_run_server_passes_its_options_and_warns_off_loopback(monkeypatch, caplog):
+    import uvicorn
+
+    from monorecon import server
+
+    created, served = [], []
+    monkeypatch.setattr(server, "create_app", lambda **kwargs: created.append(kwargs) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append((app, kwargs)))
+    with caplog.at_level("WARNING", logger="monorecon.server"):
+        run_server("0.0.0.0", 8123, "w.safetensors", device="cpu", settings=SMALL_SETTINGS, ui=False, log_level="debug")
+    assert "no authentication" in caplog.text
+    options = {"config": None, "device": "cpu", "dtype": torch.float32, "settings": SMALL_SETTINGS, "ui": False}
+    assert created == [{"weights": "w.safetensors", **options}]
+    assert served == [("app", {"host": "0.0.0.0", "port": 8123, "log_level": "debug"})]
+    for host in ("127.0.0.1", "::1", "localhost"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="monorecon.server"):
+            run_server(host, 8000)
+        assert "no authentication" not in caplog.text, host
+    for port in (True, -1, 65536, 80.0):
+        with pytest.raises(ValueError, match="port"):
+            run_server(port=port)
+    assert len(created) == 4  # the bad ports were refused before loading anything
+
+
+def test_mesh_file_refuses_an_unknown_format():
+    with pytest.raises(ValueError, match="unknown mesh format 'fbx'; expected one of glb, obj, ply, stl, usdz"):
+        mesh_file(StubModel().mesh, "fbx", "x")

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -155,14 +156,15 @@ def test_page_script_parses(client, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("mesh_format", "colours", "bake_enabled", "size_enabled"),
-    [("glb", "false", True, False), ("glb", "true", True, True), ("usdz", "false", True, True),
-     ("ply", "true", False, False), ("stl", "true", False, False)],
+    ("mesh_format", "colours", "bake_enabled", "size_enabled", "material_enabled"),
+    [("glb", "false", True, False, True), ("glb", "true", True, True, True), ("usdz", "false", True, True, True),
+     ("obj", "true", True, True, False), ("ply", "true", False, False, False), ("stl", "true", False, False, False)],
 )  # fmt: skip
 def test_texture_controls_follow_the_format(
-    chromium, client, tmp_path, mesh_format, colours, bake_enabled, size_enabled
+    chromium, client, tmp_path, mesh_format, colours, bake_enabled, size_enabled, material_enabled
 ):
-    """In headless Chromium: the page's script enables the colours select and the texture size as the format allows."""
+    """In headless Chromium: the page's script enables the colours select, the texture size and the material (lit /
+    unlit: GLB and USDZ only) as the format allows."""
     choose = f"""<script>
 for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_format}"]]) {{
   const select = document.getElementById(id);
@@ -178,6 +180,7 @@ for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_form
     (form,) = parser.forms
     assert ("disabled" not in form["controls"]["bake_texture"]) == bake_enabled
     assert ("disabled" not in form["controls"]["texture_resolution"]) == size_enabled
+    assert ("disabled" not in form["controls"]["unlit"]) == material_enabled
 
 
 def test_page_needs_nothing_from_outside(form, client):
@@ -290,3 +293,86 @@ def test_gif_and_png_encoders_round_trip():
     np.testing.assert_array_equal(decoded, np.round(levels * 255).astype(np.uint8))
     with pytest.raises(ValueError, match="no frames"):
         gif_bytes([])
+
+
+def test_form_ranges_and_defaults_are_the_schemas(client, form):
+    """Each number field's min/max/default and each select's first option (what an untouched form sends) match the
+    OpenAPI schema of /reconstruct, and the documented ranges (docs/server.md)."""
+    properties = multipart_properties(client, "/reconstruct")
+    controls = form["controls"]
+    for name, control in controls.items():
+        (schema,) = [part for part in properties[name].get("anyOf", [properties[name]]) if part["type"] != "null"]
+        schema = {**schema, "default": properties[name].get("default")}
+        if control["tag"] == "select":
+            if schema.get("default") is not None:
+                assert control["options"][0] == str(schema["default"]).lower(), name
+            continue
+        if control.get("type") == "file":
+            continue
+        assert float(control["min"]) == schema.get("minimum") if "min" in control else "minimum" not in schema, name
+        assert float(control["max"]) == schema.get("maximum") if "max" in control else "maximum" not in schema, name
+        if schema.get("default") is not None:
+            assert float(control["value"]) == schema["default"], name
+    documented = {"mc_resolution": (8, 64), "texture_resolution": (64, 2048), "foreground_ratio": (0.05, 1),
+                  "smooth": (0, 10000), "object_height": (0, 1000), "seed": (0, 2**31 - 1)}  # fmt: skip
+    for name, (low, high) in documented.items():
+        assert (float(controls[name]["min"]), float(controls[name]["max"])) == (low, high), name
+    assert "min" not in controls["threshold"] and "max" not in controls["threshold"]  # any level > 0
+    firsts = {name: controls[name]["options"][0] for name in ("format", "remove_background", "carve", "bake_texture",
+                                                               "project_input", "unlit", "origin")}  # fmt: skip
+    assert firsts == {"format": "glb", "remove_background": "true", "carve": "true", "bake_texture": "false",
+                      "project_input": "true", "unlit": "false", "origin": "model"}  # fmt: skip
+
+
+def test_page_names_the_model_and_the_limits():
+    from monorecon.server import ServerSettings
+    from monorecon.webui import render_page
+
+    summary = {"class": "<Tiny>", "source": "bundled default model", "parameters": 2_500_000}
+    page = render_page(ServerSettings(), summary)
+    assert "Model: &lt;Tiny&gt; (bundled default model, 2.5 M parameters)</p>" in page
+    assert "(20 MiB, at most 4096 pixels a side)" in page
+    small = render_page(SMALL_SETTINGS, {"class": "X", "source": "injected"})
+    assert "Model: X (injected)</p>" in small
+    assert "(256 KiB, at most 512 pixels a side)" in small  # not "0 MiB"
+
+
+def test_preview_of_a_textured_obj(client, form):
+    """The preview answers the asked format (OBJ: a zip named after the upload) and says the mesh is textured."""
+    data = {**browser_submission(form), "mc_resolution": "8", "format": "obj", "bake_texture": "true",
+            "texture_resolution": "64"}  # fmt: skip
+    response = client.post(form["data-preview"], data=data, files={"image": ("duck.png", object_png(), "image/png")})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert (payload["filename"], payload["media_type"], payload["textured"]) == ("duck.zip", "application/zip", True)
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(payload["mesh_base64"]))) as archive:
+        assert sorted(archive.namelist()) == ["duck.mtl", "duck.obj", "duck.png"]
+        assert Image.open(io.BytesIO(archive.read("duck.png"))).size == (64, 64)
+
+
+def test_preview_turntable_is_rendered_holding_the_model(app, client, form, monkeypatch):
+    """The turntable is CPU work too: it runs under the model lock, like the reconstruction."""
+    from monorecon import video
+
+    real, held = video.turntable_from_mesh, []
+
+    def recording(*args, **kwargs):
+        held.append(app.state.service._lock._is_owned())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "turntable_from_mesh", recording)
+    data = {**browser_submission(form), "mc_resolution": "8", "format": "ply"}
+    response = client.post(form["data-preview"], data=data, files={"image": ("duck.png", object_png(), "image/png")})
+    assert response.status_code == 200, response.text
+    assert held == [True]
+
+
+def test_launch_ui_serves_the_page_with_the_given_options(monkeypatch):
+    from monorecon import webui
+
+    calls = []
+    monkeypatch.setattr(webui, "run_server", lambda *args, **kwargs: calls.append((args, kwargs)))
+    webui.launch_ui(port=7861, weights="w.safetensors", device="cpu", settings=SMALL_SETTINGS)
+    assert calls == [
+        (("127.0.0.1", 7861, "w.safetensors", None), {"ui": True, "device": "cpu", "settings": SMALL_SETTINGS})
+    ]

@@ -60,7 +60,7 @@ from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import load_image
-from .io.mesh_io import gets_baked_texture, save_mesh
+from .io.mesh_io import check_unlit, gets_baked_texture, save_mesh
 from .preprocess import PreprocessConfig
 
 __all__ = [
@@ -174,8 +174,10 @@ class MeshForm:
         """The :class:`ReconstructOptions` of this request.
 
         Raises:
-            ValueError: options that the API refuses, or a texture asked for PLY.
+            ValueError: options that the API refuses, a texture asked for PLY or STL, or ``unlit`` for a format
+                without an unlit material.
         """
+        check_unlit(self.mesh_format, self.unlit)
         return ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=self.remove_background, foreground_ratio=self.foreground_ratio
@@ -567,7 +569,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
-        limit = f"{self.max_bytes / 2**20:.0f} MiB" if self.max_bytes >= 2**20 else f"{self.max_bytes} bytes"
+        limit = size_text(self.max_bytes)
         response = JSONResponse({"detail": f"request body larger than the {limit} limit"}, status_code=413)
         await response(scope, receive, send)
 
@@ -587,6 +589,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+def size_text(size: int) -> str:
+    """A byte count for people: ``"20 MiB"``, ``"256 KiB"``, ``"1.5 MiB"``, ``"1000 bytes"`` (at most 1 decimal)."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{round(size / scale, 1):g} {unit}"
+    return f"{size} bytes"
 
 
 def _one_line(text: str) -> str:

@@ -29,7 +29,15 @@ from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT
 from .io.images import png_bytes
 from .preprocess import DEFAULT_FOREGROUND_RATIO
-from .server import MeshForm, ReconstructionService, ServerSettings, mesh_file, mesh_form_dependency, run_server
+from .server import (
+    MeshForm,
+    ReconstructionService,
+    ServerSettings,
+    mesh_file,
+    mesh_form_dependency,
+    run_server,
+    size_text,
+)
 from .viewer import VIEWER_SCRIPT, viewer_payload
 
 __all__ = ["build_ui", "gif_bytes", "launch_ui", "render_page"]
@@ -164,11 +172,12 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
         + (f", {parameters / 1e6:.1f} M parameters" if isinstance(parameters, int) else "")
         + ")"
     )
-    limit_mib = settings.max_upload_bytes / 2**20
     return (
         _PAGE.replace("__FIELDS__", "\n".join(fields))
         .replace("__MODEL__", model_line)
-        .replace("__LIMIT__", f"{limit_mib:.0f} MiB, at most {settings.max_image_side} pixels a side")
+        .replace(
+            "__LIMIT__", f"{size_text(settings.max_upload_bytes)}, at most {settings.max_image_side} pixels a side"
+        )
         .replace("__VIEWER_SCRIPT__", VIEWER_SCRIPT)
     )
 
@@ -306,11 +315,14 @@ let meshUrl = null;
 let chosenUrl = null;
 
 const meshFormat = document.getElementById("format");
+const material = document.getElementById("unlit");
 // USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says;
 // PLY and STL carry none, so a baked texture cannot be asked for (a disabled select is not sent: vertex colours).
+// Only GLB and USDZ have an unlit material (disabled: not sent, lit).
 function syncTexture() {
   bake.disabled = meshFormat.value === "ply" || meshFormat.value === "stl";
   textureSize.disabled = (bake.disabled || bake.value !== "true") && meshFormat.value !== "usdz";
+  material.disabled = meshFormat.value !== "glb" && meshFormat.value !== "usdz";
 }
 bake.addEventListener("change", syncTexture);
 meshFormat.addEventListener("change", syncTexture);
