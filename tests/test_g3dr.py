@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+import types
 
 import numpy as np
 import pytest
@@ -749,3 +751,343 @@ def test_depth_regularization_reaches_only_the_masked_rays():
         plain = gradient(select, None)
         assert plain.abs().sum() > 0
         torch.testing.assert_close(gradient(select, far), factor * plain, rtol=1e-4, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Diffusion closed forms (DDPM / DDIM), against independent numpy computations
+# --------------------------------------------------------------------------------------------------------------------
+def test_cosine_schedule_clips_the_last_beta_at_0_999():
+    """Nichol & Dhariwal: beta_t = 1 - f(t) / f(t - 1) clipped at 0.999; the last step (f(T) = 0) is clipped."""
+    abar = diffusion_schedule(50, "cosine").numpy()
+    f = np.cos((np.arange(51) / 50 + 0.008) / 1.008 * np.pi / 2) ** 2
+    betas = np.minimum(1 - f[1:] / f[:-1], 0.999)
+    assert betas[-1] == 0.999 and betas[-2] < 0.999
+    np.testing.assert_allclose(abar, np.cumprod(1 - betas), rtol=1e-9, atol=0)
+    assert abar[-1] / abar[-2] == pytest.approx(1 - 0.999, rel=1e-6)
+
+
+def test_ddim_steps_follow_the_ddim_update_with_clipped_x0():
+    """Deterministic DDIM (eta 0) with a fixed noise prediction: the network sees t = round(linspace(T - 1, 0, n))
+    and the states x_{t'} = sqrt(abar') x0_hat + sqrt(1 - abar') eps_hat, x0_hat clipped to [-1, 1] and eps_hat
+    recomputed from the clipped x0_hat (as diffusers' DDIM with clip_sample), recomputed here in numpy."""
+    alpha_bar = diffusion_schedule(50, "cosine")
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) * 1.5
+    eps_const = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    seen_x, seen_t = [], []
+
+    def eps_fn(x, t):
+        seen_x.append(x.clone())
+        seen_t.append(t.clone())
+        return eps_const
+
+    out = ddim_sample(eps_fn, alpha_bar, tuple(x_T.shape), 4, 0.0, x_T=x_T)
+    ts = np.round(np.linspace(49, 0, 4)).astype(int)
+    assert [t.tolist() for t in seen_t] == [[int(t)] * 2 for t in ts]
+    a = alpha_bar.numpy()
+    x, e = x_T.numpy(), eps_const.numpy()
+    for k, t in enumerate(ts):
+        np.testing.assert_allclose(seen_x[k].numpy(), x, atol=1e-10)
+        x0 = np.clip((x - np.sqrt(1 - a[t]) * e) / np.sqrt(a[t]), -1, 1)
+        eps = (x - np.sqrt(a[t]) * x0) / np.sqrt(1 - a[t])
+        a_prev = a[ts[k + 1]] if k + 1 < len(ts) else 1.0
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+    np.testing.assert_allclose(out.numpy(), np.clip(x, -1, 1), atol=1e-10)
+    assert float((seen_x[1] - x_T).abs().max()) > 0.1  # the clipping mattered: x0_hat of step one was out of range
+
+
+def test_ddim_eta_one_adds_the_ddpm_posterior_variance():
+    """eta = 1 over consecutive steps is DDPM: given x_t = 0 and x0 = 0, x_{t-1} ~ N(0, beta_tilde_t) with the
+    posterior variance beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t (Ho et al. eq. 7)."""
+    alpha_bar = diffusion_schedule(10, "linear")
+    seen = []
+
+    def oracle(x, t):  # noise of x for x0 = 0
+        seen.append(x.clone())
+        return x / (1 - alpha_bar[t].float()[:, None, None, None]).sqrt()
+
+    shape = (64, 4, 16, 16)
+    ddim_sample(oracle, alpha_bar, shape, 10, 1.0, torch.Generator().manual_seed(0), x_T=torch.zeros(shape))
+    a = alpha_bar.numpy()
+    beta = 1 - a[9] / a[8]
+    beta_tilde = (1 - a[8]) / (1 - a[9]) * beta
+    assert float(seen[1].var()) == pytest.approx(beta_tilde, rel=0.03)
+    assert float(seen[1].mean()) == pytest.approx(0.0, abs=3e-3)
+
+
+def test_diffusion_loss_uses_the_forward_process_and_class_dropout(monkeypatch):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with t in [0, T - 1]; the loss is mean (eps - eps_hat)^2; labels
+    are replaced by the null class (len(class_names)) with probability class_dropout."""
+    model = RGBDDiffusion(DiffusionConfig(["a", "b"], image_size=4, base_channels=4, channel_mults=(1,),
+                                          embed_dim=8, timesteps=10, class_dropout=0.0))  # fmt: skip
+    seen = {}
+
+    def fake_predict(x_t, t, labels):
+        seen.update(x_t=x_t.detach().clone(), t=t.clone(), labels=labels.clone())
+        return torch.zeros_like(x_t)
+
+    monkeypatch.setattr(model, "predict_noise", fake_predict)
+    labels = torch.tensor([0, 1] * 200)
+    loss0 = model.loss(torch.zeros(400, 4, 4, 4), labels, torch.Generator().manual_seed(1))
+    x_zero, t = seen["x_t"], seen["t"]
+    assert int(t.min()) == 0 and int(t.max()) == 9
+    assert torch.equal(seen["labels"], labels)
+    abar = diffusion_schedule(10, "cosine").float()[t][:, None, None, None]
+    noise = x_zero / (1 - abar).sqrt()
+    assert float(loss0) == pytest.approx(float(noise.square().mean()), rel=1e-5)  # eps_hat = 0
+    model.loss(torch.full((400, 4, 4, 4), 0.5), labels, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(seen["x_t"] - x_zero, 0.5 * abar.sqrt().expand_as(x_zero), atol=1e-5, rtol=0)
+    model.config.class_dropout = 1.0
+    model.loss(torch.zeros(400, 4, 4, 4), labels, torch.Generator().manual_seed(1))
+    assert torch.equal(seen["labels"], torch.full_like(labels, 2))
+
+
+def test_time_embedding_is_sinusoidal():
+    """Before the MLP: [sin(t w_k), cos(t w_k)], w_k = 10000^(-k / half) (Transformer / DDPM embedding)."""
+    model = RGBDDiffusion(DiffusionConfig(["a"], image_size=4, base_channels=4, channel_mults=(1,), embed_dim=8))
+    model.time_mlp = torch.nn.Identity()
+    t = torch.tensor([0, 7, 500])
+    w = 10_000.0 ** (-np.arange(4) / 4)
+    angles = t.numpy()[:, None] * w[None]
+    expected = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    np.testing.assert_allclose(model.time_embedding(t).numpy(), expected, atol=1e-5)
+
+
+def test_model_space_maps_the_depth_range_onto_minus_one_one():
+    """rgb 0 / 1 -> -1 / 1; depth 4 / 5 / 6 -> -1 / 0 / 1 (module docstring: depth - 5)."""
+    rgb = torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
+    depth = torch.tensor([[[4.0, 5.0, 6.0]]])
+    x = RGBDDiffusion.to_model_space(rgb, depth)
+    torch.testing.assert_close(x[0, :3, 0, 0], torch.tensor([-1.0, 1.0, 0.0]))
+    torch.testing.assert_close(x[0, 3, 0], torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_sampling_uses_classifier_free_guidance(monkeypatch):
+    """eps = eps_null + w (eps_class - eps_null); w = 1 is the conditional prediction alone."""
+    import monorecon.models.g3dr.diffusion as diffusion_module
+
+    model = RGBDDiffusion(DiffusionConfig(["a", "b"], image_size=4, base_channels=4, channel_mults=(1,), embed_dim=8))
+    monkeypatch.setattr(model, "predict_noise", lambda x, t, labels: torch.ones_like(x) * labels[:, None, None, None])
+    results = {}
+
+    def fake_ddim(eps_fn, alpha_bar, shape, n_steps, eta, generator):
+        results["eps"] = eps_fn(torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long))
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(diffusion_module, "ddim_sample", fake_ddim)
+    model.sample("b", 2, guidance_scale=1.5)  # class 1, null 2: 2 + 1.5 (1 - 2)
+    torch.testing.assert_close(results["eps"], torch.full((2, 4, 4, 4), 0.5))
+    model.sample("a", 2, guidance_scale=1.0)
+    torch.testing.assert_close(results["eps"], torch.zeros(2, 4, 4, 4))
+    model.sample("a", 2, guidance_scale=3.0)  # 2 + 3 (0 - 2)
+    torch.testing.assert_close(results["eps"], torch.full((2, 4, 4, 4), -4.0))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# RGB-D pairs: masks, resizing, bad files, folders (hand-built inputs)
+# --------------------------------------------------------------------------------------------------------------------
+def _write_pair(folder, name, rgba_u8, depth_u16):
+    Image.fromarray(rgba_u8).save(folder / f"{name}.png")
+    Image.fromarray(depth_u16).save(folder / f"{name}_depth.png")
+
+
+def test_rgbd_pair_mask_is_alpha_above_one_half_and_the_written_depth_code(tmp_path):
+    """Mask = alpha > 0.5 (module docstring); the depth PNG that save_rgbd_pair writes holds
+    round((d - 4) / 2 * 65536) as 16-bit values (read back with PIL directly)."""
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = [[64, 191], [0, 255]]  # alpha 0.25, 0.75, 0, 1
+    _write_pair(tmp_path, "obj", rgba, np.full((2, 2), 16384, dtype=np.uint16))
+    _, depth, mask = load_rgbd_pair(tmp_path / "obj.png")
+    assert mask.tolist() == [[False, True], [False, True]]
+    torch.testing.assert_close(depth, torch.full((2, 2), 4.5))
+    save_rgbd_pair(np.ones((2, 3, 3)), np.array([[4.0, 4.25 + 1.75 / 32768, 5.0], [5.5, 5.999, 7.0]]), tmp_path / "w")
+    with Image.open(tmp_path / "w_depth.png") as img:
+        assert img.mode.startswith("I") and img.format == "PNG"
+        values = np.asarray(img).astype(np.int64)
+    assert values.tolist() == [[0, 8194, 32768], [49152, 65503, 65535]]  # rounded to the nearest code
+
+
+def test_resizing_a_pair_averages_depth_over_the_foreground(tmp_path):
+    """Area resize 4 -> 2: the depth of a block is the mean over its foreground pixels (the far depth 6 for a block
+    without foreground), the mask is the resized alpha > 0.5."""
+    rgba = np.full((4, 4, 4), 255, dtype=np.uint8)
+    alpha = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]], dtype=np.uint8) * 255
+    rgba[..., 3] = alpha
+    code = lambda d: round((d - 4) / 2 * 65536)  # noqa: E731
+    depth = np.full((4, 4), code(5.5), dtype=np.uint16)
+    depth[:2, :2] = [[code(4.5), code(4.5)], [code(4.5), code(5.5)]]  # block 0: 3 foreground pixels at 4.5
+    depth[2:, :2] = [[code(4.0), code(5.0)], [code(4.0), code(5.0)]]  # block 2: all foreground, mean 4.5
+    depth[2:, 2:] = [[code(4.25), code(5.75)], [code(5.75), code(4.75)]]  # block 3: 2 foreground, mean 4.5
+    _write_pair(tmp_path, "obj", rgba, depth)
+    _, d, mask = load_rgbd_pair(tmp_path / "obj.png", size=2)
+    torch.testing.assert_close(d, torch.tensor([[4.5, 6.0], [4.5, 4.5]]), atol=1e-4, rtol=0)
+    assert mask.tolist() == [[True, False], [True, False]]  # block 3: weight 0.5 is not > 0.5
+
+
+def test_bad_depth_files_are_named(tmp_path):
+    rgba = np.full((4, 4, 4), 255, dtype=np.uint8)
+    _write_pair(tmp_path, "obj", rgba, np.zeros((4, 3), dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"obj_depth.png has size \(4, 3\), the image \(4, 4\)"):
+        load_rgbd_pair(tmp_path / "obj.png")
+    (tmp_path / "obj_depth.png").write_bytes((tmp_path / "obj.png").read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cannot read depth image .*obj_depth\.png"):
+        load_rgbd_pair(tmp_path / "obj.png")
+    (tmp_path / "obj_depth.png").unlink()
+    with pytest.raises(ValueError, match=r"depth image not found: .*obj_depth\.png"):
+        load_rgbd_pair(tmp_path / "obj.png")
+    # a 32-bit integer image (TIFF content under the PNG name) out of the 16-bit range stays in [4, 6]
+    Image.fromarray(np.array([[70000, -5]], dtype=np.int32), mode="I").save(tmp_path / "big.tif")
+    (tmp_path / "big.tif").rename(tmp_path / "x_depth.png")
+    Image.fromarray(np.full((1, 2, 3), 255, dtype=np.uint8)).save(tmp_path / "x.png")
+    _, depth, _ = load_rgbd_pair(tmp_path / "x.png")
+    torch.testing.assert_close(depth, torch.tensor([[4.0 + 65535 / 32768, 4.0]]))
+
+
+def test_views_from_folder_takes_sorted_complete_pairs(tmp_path):
+    rgb = np.full((4, 4, 3), 255, dtype=np.uint8)
+    names = ("m", "b", "x", "a", "k", "c", "q", "e")
+    for i, name in enumerate(names):
+        d = 4.0 + 0.25 * i
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png")
+        if name != "c":  # c has no depth: not a pair
+            Image.fromarray(np.full((4, 4), int((d - 4) / 2 * 65536), dtype=np.uint16)).save(
+                tmp_path / f"{name}_depth.png"
+            )
+    views = views_from_folder(tmp_path, 2)
+    pairs = sorted(n for n in names if n != "c")
+    assert views.object_ids == pairs and views.mask is None
+    expected = [4.0 + 0.25 * names.index(n) for n in pairs]
+    torch.testing.assert_close(views.depth[:, 0, 0], torch.tensor(expected))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics: edge cases against closed forms
+# --------------------------------------------------------------------------------------------------------------------
+def test_non_flatness_skips_images_without_foreground_and_bins_by_floor():
+    """An image without foreground is skipped (not scored 0); a value at a bin's start belongs to that bin."""
+    depth = torch.full((2, 2, 2), 5.0)
+    depth[0, 0] = 4.5
+    mask = torch.ones(2, 2, 2, dtype=torch.bool)
+    mask[1] = False
+    assert non_flatness_score(depth, mask) == pytest.approx(math.log(2))  # image 0: two halves
+    # bins of width 1/32 over [4, 6]: 4 + 0.99 / 32 and 4 + 0.01 / 32 share bin 0; 4 + 1 / 32 is bin 1
+    same = torch.tensor([[[4 + 0.99 / 32, 4 + 0.01 / 32]]], dtype=torch.float64)
+    assert non_flatness_score(same) == 0.0
+    two = torch.tensor([[[4 + 0.99 / 32, 4 + 1.0 / 32]]], dtype=torch.float64)
+    assert non_flatness_score(two) == pytest.approx(math.log(2))
+
+
+def test_frechet_distance_is_never_negative():
+    """A distance: tr(S + S - 2 (S S)^(1/2)) of a set with itself is 0, rounding must not make it negative
+    (a rank-deficient, large-scale covariance, where sqrtm loses precision)."""
+    a = np.random.default_rng(0).normal(size=(10, 64)) * 1e3
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # two points each in 3-D: Gaussians on parallel lines -> |mu_a - mu_b|^2 + (sqrt(tr Sa) - sqrt(tr Sb))^2 form
+    x, y = np.array([[0, 0, 0], [1, 1, 1.0]]), np.array([[0, 0, 0], [2, 2, 2.0]])
+    # Sa = 0.5 J, Sb = 2 J (J = ones): tr Sa = 1.5, tr Sb = 6, (Sa Sb)^(1/2) = J, tr = 3; means differ by 0.5 each
+    assert frechet_distance(x, y) == pytest.approx(3 * 0.25 + 1.5 + 6 - 2 * 3, rel=1e-9)
+
+
+def test_image_features_of_tiny_images_and_batched_distance():
+    """Images smaller than VGG's three poolings still give 896-d features; the distance does not depend on the
+    batch size used to extract them."""
+    extractor = ImageFeatures()
+    tiny = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    feats = extractor(tiny)
+    assert feats.shape == (3, 896) and bool(torch.isfinite(feats).all())
+    a = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    b = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.5
+    whole = feature_distance(a, b, extractor, batch_size=64)
+    assert feature_distance(a, b, extractor, batch_size=2) == pytest.approx(whole, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inference: iso level, compositing, colours, turntable path (analytic fields)
+# --------------------------------------------------------------------------------------------------------------------
+def test_reconstruct_defaults_to_the_model_iso_level_and_composites_rgba_on_white(monkeypatch):
+    """Density 0.5 - |p| at the model's mesh_threshold 0.2 is the sphere of radius 0.3; an RGBA input reaches the
+    encoder composited on white; field colours outside [0, 1] are clamped."""
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config(mesh_threshold=0.2)).eval()
+    monkeypatch.setattr(model, "density_fn", lambda planes: lambda points: 0.5 - points.norm(dim=-1))
+    seen = []
+    original_encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda rgb, depth: seen.append(rgb.clone()) or original_encode(rgb, depth))
+    monkeypatch.setattr(model, "query", lambda pyramid, points: {"rgb": points * 10})
+    rgba = torch.zeros(16, 16, 4)
+    rgba[..., 0] = 1.0
+    rgba[..., 3] = 0.5
+    rgba[8:, :, 3] = 1.0
+    mesh, _ = g3dr_reconstruct(model, rgba, torch.full((16, 16), 4.9), resolution=24, project_input=False)
+    torch.testing.assert_close(mesh.verts.norm(dim=-1), torch.full((mesh.num_verts,), 0.3), atol=5e-3, rtol=0)
+    torch.testing.assert_close(seen[0][0, :, 3, 3], torch.tensor([1.0, 0.5, 0.5]))
+    assert float(mesh.vertex_colors.min()) == 0.0 and float(mesh.vertex_colors.max()) == 1.0
+
+
+def test_turntable_swings_between_minus_and_plus_max_yaw(monkeypatch):
+    scene = types.SimpleNamespace(render=None)
+    seen = {}
+
+    def render(yaw, pitch, size):
+        seen["yaw"] = torch.as_tensor(yaw).clone()
+        return {"rgb": torch.zeros(len(seen["yaw"]), size, size, 3)}
+
+    scene.render = render
+    turntable(scene, n_frames=8, size=4, max_yaw_deg=30.0)
+    torch.testing.assert_close(seen["yaw"][[0, 2, 4, 6]], torch.tensor([-30.0, 0.0, 30.0, 0.0]), atol=1e-5, rtol=0)
+    assert float(seen["yaw"].min()) == pytest.approx(-30.0) and float(seen["yaw"].max()) == pytest.approx(30.0)
+    turntable(scene, n_frames=4, size=4, max_yaw_deg=180.0)  # a full turn, no repeated frame
+    torch.testing.assert_close(seen["yaw"], torch.tensor([-180.0, -90.0, 0.0, 90.0]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation: calibration over views, ties, canonical frame
+# --------------------------------------------------------------------------------------------------------------------
+def _sphere_truth(radius: float) -> Mesh:
+    return extract_isosurface(lambda p: radius - p.norm(dim=-1), 32, 0.0, 1.0)
+
+
+def test_calibration_averages_views_and_breaks_ties_towards_the_lower_level(tmp_path, monkeypatch):
+    """Density 0.5 - |p|: level L gives the sphere of radius 0.5 - L. Truths of radius 0.25 and 0.4: level 0.25
+    matches view 0 only, level 0.1 view 1 only (F-score@0.1: 1 and 0), both average 0.5 -> the tie goes to 0.1; with
+    ``max_views=1`` only view 0 counts (0.25 wins)."""
+    monkeypatch.setattr(G3DRGenerator, "density_fn", lambda self, planes: lambda points: 0.5 - points.norm(dim=-1))
+    torch.manual_seed(0)
+    model = G3DRGenerator(tiny_model_config()).eval()
+    views = views_with_meshes(tmp_path, [_sphere_truth(0.25), _sphere_truth(0.4)])
+    best, scores = calibrate_mesh_threshold(model, views, levels=(0.25, 0.1), resolution=32, n_points=500)
+    assert scores == {0.25: 0.5, 0.1: 0.5} and best == 0.1
+    best, scores = calibrate_mesh_threshold(model, views, levels=(0.25, 0.1), max_views=1, resolution=32, n_points=500)
+    assert scores == {0.25: 1.0, 0.1: 0.0} and best == 0.25
+
+
+def test_canonical_mesh_applies_the_similarity():
+    """p -> s R p + t for a hand-built similarity (90 deg about +Y, scale 2, shift (1, 0, -1))."""
+    from monorecon.models.g3dr.evaluate import canonical_mesh
+
+    sim = torch.eye(4)
+    sim[:3, :3] = 2 * torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # R_y(90): x -> -z
+    sim[:3, 3] = torch.tensor([1.0, 0.0, -1.0])
+    mesh = Mesh(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([[0, 1, 2]]))
+    moved = canonical_mesh(mesh, sim)
+    torch.testing.assert_close(moved.verts, torch.tensor([[1.0, 0.0, -3.0], [1.0, 2.0, -1.0], [3.0, 0.0, -1.0]]))
+
+
+def test_a_run_that_starts_over_among_earlier_checkpoints_is_refused_and_a_fresh_log_starts_clean(tmp_path):
+    """``resume=False`` where an earlier run's checkpoints are: refused before anything is written (its own would be
+    deleted by the keep-newest rotation). Without checkpoints, a run that does not resume replaces the old log's rows
+    instead of adding to them."""
+    views = random_views()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000040.pt").write_bytes(b"an earlier run's checkpoint")
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(newest step_00000040.pt\)"):
+        train_g3dr(tiny_train_config(tmp_path, resume=False), views)
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "step_00000040.pt"]
+    shutil.rmtree(run / "checkpoints")
+    train_g3dr(tiny_train_config(tmp_path, steps=2, checkpoint_every=2), views)
+    shutil.rmtree(run / "checkpoints")
+    train_g3dr(tiny_train_config(tmp_path, steps=2, checkpoint_every=2, resume=False), views)
+    steps = [row.split(",")[0] for row in (run / "train_log.csv").read_text().strip().splitlines()[1:]]
+    assert steps == ["1", "2"]

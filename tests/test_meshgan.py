@@ -562,3 +562,146 @@ def test_best_of_n_initialisation_keeps_the_lowest_score(monkeypatch):
     best = int(torch.argmin(scores))
     assert torch.equal(result.z[0], codes[best])
     assert best % 8 != 0  # not the first of its batch: the argmin within a batch matters here
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Template: positions, UV conventions, orientation (module docstring of template.py), against geometry
+# --------------------------------------------------------------------------------------------------------------------
+def test_template_vertices_lie_at_their_angles():
+    """p = (sin theta sin phi, cos theta, sin theta cos phi); rings at theta = i pi / 16, segments at
+    phi = 2 pi j / 32."""
+    verts = TEMPLATE.verts.double()
+    theta = torch.acos(verts[:, 1].clamp(-1, 1))
+    phi = torch.remainder(torch.atan2(verts[:, 0], verts[:, 2]), 2 * math.pi)
+    torch.testing.assert_close(theta, TEMPLATE.theta.double(), atol=1e-5, rtol=0)
+    ring = theta[1:-1] / (math.pi / 16)
+    seg = phi[1:-1] / (2 * math.pi / 32)
+    assert torch.allclose(ring, ring.round(), atol=1e-4) and torch.allclose(seg, seg.round(), atol=1e-4)
+    assert sorted(set(ring.round().int().tolist())) == list(range(1, 16))
+    assert sorted(set(seg.round().int().tolist())) == list(range(32))
+    assert verts[0].tolist() == pytest.approx([0, 1, 0]) and verts[-1].tolist() == pytest.approx([0, -1, 0], abs=1e-7)
+    # +Z front is phi = 0, +X is phi = pi / 2
+    assert torch.allclose(verts[1], torch.tensor([0.0, math.cos(math.pi / 16), math.sin(math.pi / 16)]).double())
+
+
+def test_render_uvs_match_the_vertex_angles_and_no_face_crosses_the_seam():
+    """u = phi / (2 pi) (the seam duplicated at u = 0 and 1), v = 1 - theta / pi; every render face spans one
+    segment in u; a pole's copy sits at its face's u centre; faces are counter-clockwise seen from outside."""
+    pos = TEMPLATE.verts[TEMPLATE.render_to_vertex].double()
+    uv = TEMPLATE.render_uvs.double()
+    theta = torch.acos(pos[:, 1].clamp(-1, 1))
+    torch.testing.assert_close(uv[:, 1], 1 - theta / math.pi, atol=1e-5, rtol=0)
+    phi = torch.remainder(torch.atan2(pos[:, 0], pos[:, 2]), 2 * math.pi)
+    ring = pos[:, 1].abs() < 1 - 1e-6
+    u_from_phi = phi / (2 * math.pi)
+    on_seam = ring & (u_from_phi.abs() < 1e-6)
+    assert torch.allclose(uv[ring & ~on_seam, 0], u_from_phi[ring & ~on_seam], atol=1e-5)
+    assert sorted(uv[on_seam, 0].round().tolist()) == [0.0] * 15 + [1.0] * 15
+    face_u = uv[TEMPLATE.render_faces, 0]  # (F, 3)
+    assert float((face_u.max(1).values - face_u.min(1).values).max()) == pytest.approx(1 / 32, abs=1e-6)
+    for f, corners in zip(TEMPLATE.render_faces.tolist(), face_u.tolist(), strict=True):
+        poles = [k for k in range(3) if not ring[f[k]]]
+        if poles:
+            others = [corners[k] for k in range(3) if k != poles[0]]
+            assert corners[poles[0]] == pytest.approx(sum(others) / 2, abs=1e-6)
+    v0, v1, v2 = pos[TEMPLATE.render_faces].unbind(1)
+    assert bool(((torch.linalg.cross(v1 - v0, v2 - v0, dim=-1) * (v0 + v1 + v2)).sum(-1) > 0).all())
+
+
+def test_uv_sampling_reads_rows_from_north_to_south_and_maps_of_directions_give_the_sphere():
+    """Row 0 is the north pole, the last row the south pole; a UV map holding each texel centre's direction
+    (``directions``) sampled at the vertices gives back the unit-sphere vertices (bilinear error only)."""
+    rows = torch.linspace(0, 1, 16).view(1, 1, 16, 1).expand(1, 1, 16, 32).clone()
+    values = TEMPLATE.sample(rows)[0, :, 0]
+    assert float(values[0]) == 0.0 and float(values[-1]) == 1.0
+    # ring i (theta = i pi / 16) lies between row centres i - 1 and i: value (i - 0.5) / 15
+    ring_index = torch.arange(1, 16).repeat_interleave(32)
+    torch.testing.assert_close(values[1:-1], (ring_index - 0.5) / 15, atol=1e-6, rtol=0)
+    dirs = TEMPLATE.directions(64, 128)
+    theta_c = (torch.arange(64) + 0.5) * math.pi / 64
+    phi_c = (torch.arange(128) + 0.5) * 2 * math.pi / 128
+    torch.testing.assert_close(dirs[:, 0, 1], torch.cos(theta_c), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dirs[10, :, 0], torch.sin(theta_c[10]) * torch.sin(phi_c), atol=1e-6, rtol=0)
+    sampled = TEMPLATE.sample(dirs.permute(2, 0, 1)[None])[0]
+    assert float((sampled[1:-1] - TEMPLATE.verts[1:-1]).norm(dim=-1).max()) < 2e-3
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pseudo ground-truth UV maps (train.radial_uv_maps): farthest hit, interpolated colour, misses
+# --------------------------------------------------------------------------------------------------------------------
+def _coloured_sphere(radius: float, centre=(0.0, 0.0, 0.0), subdivisions: int = 2) -> Mesh:
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    verts = torch.tensor(sphere.vertices, dtype=torch.float32) + torch.tensor(centre)
+    return Mesh(verts, torch.tensor(sphere.faces), vertex_colors=(verts + 1) / 2)  # colour linear in position
+
+
+def test_radial_maps_take_the_farthest_hit_and_its_interpolated_colour():
+    """Two nested spheres: every ray from the centre leaves through the outer one (radius 0.9, facets inscribed).
+    Colours linear in position are interpolated exactly by barycentrics: texture = 2 * colour(hit) - 1 = hit point
+    = radius * direction of the texel centre."""
+    inner, outer = _coloured_sphere(0.5), _coloured_sphere(0.9)
+    both = Mesh(torch.cat([inner.verts, outer.verts]), torch.cat([inner.faces, outer.faces + len(inner.verts)]),
+                vertex_colors=torch.cat([inner.vertex_colors, outer.vertex_colors]))  # fmt: skip
+    texture, deformation = radial_uv_maps(both, TEMPLATE, 8, 8)
+    radius = 1 + deformation[0]
+    assert float(radius.max()) <= 0.9 + 1e-5 and float(radius.min()) > 0.9 * 0.9
+    expected = radius[..., None] * TEMPLATE.directions(8, 8)  # (8, 8, 3) hit points
+    torch.testing.assert_close(texture.permute(1, 2, 0), expected, atol=1e-5, rtol=0)
+
+
+def test_radial_maps_of_rays_that_miss():
+    """A sphere beside the centre: texels whose ray misses get radius 0.1 (module docstring) and the mean colour."""
+    mesh = _coloured_sphere(0.4, centre=(0.0, 0.0, 0.6))
+    texture, deformation = radial_uv_maps(mesh, TEMPLATE, 8, 8)
+    dirs = TEMPLATE.directions(8, 8)
+    miss = dirs[..., 2] < math.cos(math.radians(45))  # outside the sphere's cone, half-angle asin(0.4 / 0.6) = 41.8
+    hit = dirs[..., 2] > math.cos(math.radians(38))
+    assert bool(miss.any()) and bool(hit.any())
+    torch.testing.assert_close(deformation[0][miss], torch.full((int(miss.sum()),), 0.1 - 1.0))
+    mean = mesh.vertex_colors.mean(0) * 2 - 1
+    torch.testing.assert_close(texture.permute(1, 2, 0)[miss], mean.expand(int(miss.sum()), 3), atol=1e-6, rtol=0)
+    # far intersection along a ray at angle a from +Z: 0.6 cos a + sqrt(0.4^2 - 0.6^2 sin^2 a) (facets inscribed)
+    cos_a = dirs[..., 2][hit].double()
+    far = 0.6 * cos_a + (0.16 - 0.36 * (1 - cos_a**2)).sqrt()
+    assert bool(((deformation[0][hit] + 1).double() - far).abs().max() < 0.03)
+
+
+def test_moving_average_generator_keeps_batch_norm_statistics_and_a_fresh_run_starts_a_fresh_log(tmp_path):
+    """The saved generator (eval mode uses BatchNorm running statistics) carries the trained generator's running
+    statistics, not the initial mean 0 / variance 1; ``resume=False`` in a used folder starts the log anew."""
+    from safetensors.torch import load_file
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(TINY | {"steps": 2}))
+    out = tmp_path / "run"
+    train_meshgan(config_path, out, progress=False)
+    checkpoint = load_file(str(out / "checkpoint.safetensors"))
+    ema = load_file(str(out / "generator.safetensors"))
+    running = [name for name in ema if "running_" in name or "num_batches" in name]
+    assert running
+    for name in running:
+        assert torch.equal(ema[name], checkpoint[f"generator.{name}"]), name
+    assert int(ema["trunk.0.norm.num_batches_tracked"]) == 2
+    assert not torch.equal(ema["trunk.0.norm.running_mean"], torch.zeros_like(ema["trunk.0.norm.running_mean"]))
+    train_meshgan(config_path, out, resume=False, progress=False)
+    steps = [line.split(",")[0] for line in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ["0", "1"]
+
+
+def test_training_set_cache_follows_the_settings_that_shape_the_data(tmp_path, monkeypatch):
+    """The cached set is reused when only a training setting changes (learning rate) and rebuilt when a data setting
+    changes (image size: the cached renders must have the new size)."""
+    from safetensors.torch import load_file
+
+    from monorecon.models.meshgan import train as meshgan_train
+
+    builds = []
+    original = meshgan_train._build_training_set
+    monkeypatch.setattr(meshgan_train, "_build_training_set", lambda *a: builds.append(1) or original(*a))
+    config_path = tmp_path / "tiny.yaml"
+    out = tmp_path / "run"
+    for settings, n_builds in (({}, 1), ({"lr_g": 5e-4}, 1), ({"image_size": 16}, 2)):
+        config_path.write_text(yaml.safe_dump(TINY | {"steps": 1} | settings))
+        train_meshgan(config_path, out, resume=False, progress=False)
+        assert len(builds) == n_builds
+    assert load_file(str(out / "training_set.safetensors"))["views"].shape[-2:] == (16, 16)

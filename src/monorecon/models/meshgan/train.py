@@ -51,7 +51,7 @@ from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.io.weights import read_safetensors_metadata, read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
-from monorecon.train.utils import check_finite_loss, check_finite_parameters
+from monorecon.train.utils import CSVLogger, check_finite_loss, check_finite_parameters
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from .template import UVSphereTemplate
@@ -398,6 +398,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         _load_optimizer("opt_g", opt_g, tensors)
         _load_optimizer("opt_d", opt_d, tensors)
         start_step = int(tensors["step"])
+    CSVLogger(out_dir / "log.csv").truncate_after(start_step - 1)  # drop the rows of steps to be run (again)
 
     def save(step: int) -> None:
         tensors = {"step": torch.tensor(step)}
