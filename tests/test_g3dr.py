@@ -1091,3 +1091,39 @@ def test_a_run_that_starts_over_among_earlier_checkpoints_is_refused_and_a_fresh
     train_g3dr(tiny_train_config(tmp_path, steps=2, checkpoint_every=2, resume=False), views)
     steps = [row.split(",")[0] for row in (run / "train_log.csv").read_text().strip().splitlines()[1:]]
     assert steps == ["1", "2"]
+
+
+def test_evaluate_reconstructions_scores_depth_over_the_far_plane(tmp_path, monkeypatch):
+    """The per-view rows from known renders (the renderers and the mesh score stubbed): the predicted depth is taken
+    over the far depth 6 where the opacity is below 1, so a pixel the model leaves empty costs |6 - true depth|; the
+    mask IoU binarises the opacity at 0.5; the mesh is scored at the model's own iso level."""
+    import trimesh
+
+    import monorecon.models.g3dr.evaluate as evaluate_module
+
+    opacity = torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])
+    predicted = {"rgb": torch.full((1, 2, 2, 3), 0.5), "depth": torch.tensor([[[4.5, 5.0], [5.0, 5.5]]]),
+                 "opacity": opacity}  # fmt: skip
+    truth = {"rgb": torch.zeros(1, 2, 2, 3), "depth": torch.tensor([[[4.5, 5.0], [5.0, 0.0]]]),
+             "mask": torch.tensor([[[True, True], [True, False]]])}  # fmt: skip
+    levels = []
+
+    def mesh_score(model, planes, mesh, threshold, *args):
+        levels.append(threshold)
+        return {"fscore@0.1": 0.75, "chamfer": 0.02}
+
+    monkeypatch.setattr(evaluate_module, "render_views", lambda *args: predicted)
+    monkeypatch.setattr(evaluate_module, "render_ground_truth", lambda *args: truth)
+    monkeypatch.setattr(evaluate_module, "_mesh_fscore", mesh_score)
+    model = types.SimpleNamespace(eval=lambda: None, encode=lambda rgb, depth: None,
+                                  config=types.SimpleNamespace(mesh_threshold=7.0))  # fmt: skip
+    sphere = save_mesh(Mesh.from_trimesh(trimesh.creation.icosphere(1, 0.3)), tmp_path / "gt.ply")
+    views = RGBDViews(torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), 5.0), class_names=["ball"], object_ids=["b0"],
+                      to_canonical=torch.eye(4)[None], mesh_paths=[str(sphere)])  # fmt: skip
+    (row,), renders = evaluate_module.evaluate_reconstructions(model, views, yaws_deg=(0.0,), size=2)
+    # Taken over the far depth: [[4.5, 0.5 * 5 + 0.5 * 6], [6, 5.5]]; errors on the true foreground 0, 0.5, 1.
+    torch.testing.assert_close(renders["pred_depth"][0], torch.tensor([[[4.5, 5.5], [6.0, 5.5]]]))
+    assert row["depth_mae"] == pytest.approx(0.5)
+    assert row["mask_iou"] == pytest.approx(1 / 4)  # opacity > 0.5 on 2 pixels, the truth on 3, 1 in common
+    assert (row["object_id"], row["class_name"], row["fscore@0.1"], row["chamfer"]) == ("b0", "ball", 0.75, 0.02)
+    assert levels == [7.0]
