@@ -232,3 +232,49 @@ def test_baked_glb_is_valid_and_loads_with_its_texture(tmp_path):
     colours = sample_texture(texture, np.asarray(loaded.visual.uv))
     expected = wavy_field(torch.from_numpy(np.asarray(loaded.vertices, dtype=np.float32))).numpy()
     assert np.abs(colours - expected).max() < 0.08
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Atlas padding, vertex-colour clamping, chunked colour queries
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_charts_are_separated_by_the_padding_plus_one_texel(resolution):
+    """``unwrap_uv`` keeps ``padding`` (default 4) empty texels around every chart plus one for bilinear filtering: at
+    the atlas's own resolution, texel centres of two different charts (connected components of the unwrapped faces,
+    which share vertices only within a chart) lie at least padding + 2 texels apart."""
+    from scipy import ndimage, sparse
+
+    from monorecon.core.bake import rasterize_uv_attributes
+
+    unwrapped = unwrap_uv(sphere(2), resolution)
+    faces = unwrapped.faces.numpy()
+    n_verts = unwrapped.verts.shape[0]
+    incidence = sparse.coo_matrix(
+        (np.ones(faces.size), (np.repeat(np.arange(len(faces)), 3), faces.ravel())), shape=(len(faces), n_verts)
+    ).tocsr()
+    n_charts, chart = sparse.csgraph.connected_components(incidence.T @ incidence)
+    assert n_charts > 1
+    values, covered = rasterize_uv_attributes(
+        unwrapped, torch.from_numpy(chart.astype(np.float32))[:, None], resolution
+    )
+    ids = np.where(covered.numpy(), np.rint(values[..., 0].numpy()).astype(int), -1)
+    for c in range(n_charts):
+        mine = ids == c
+        others = (ids >= 0) & ~mine
+        if mine.any() and others.any():
+            assert ndimage.distance_transform_edt(~mine)[others].min() >= 4 + 2, c
+
+
+def test_bake_in_small_chunks_colours_every_covered_texel():
+    """``chunk_size`` only splits the ``colour_fn`` calls: with chunks of 1000 points every covered texel still holds
+    the field at its own surface point, and the calls see each texel exactly once."""
+    calls = []
+
+    def counted(points: torch.Tensor) -> torch.Tensor:
+        calls.append(len(points))
+        return linear_field(points)
+
+    baked = bake_texture(sphere(2), counted, resolution=64, chunk_size=1000)
+    positions, covered = rasterize_uv_positions(baked, 64)
+    assert sum(calls) == int(covered.sum()) and max(calls) == 1000 and len(calls) > 2
+    torch.testing.assert_close(baked.texture[covered], linear_field(positions[covered]), atol=1e-5, rtol=0)

@@ -365,3 +365,77 @@ def test_depth_hull_tolerance_and_bad_arguments():
         depth_hull_occupancy(cameras, torch.full_like(depth, float("nan")), just_in_front)
     with pytest.raises(ValueError, match="points contains NaN"):
         depth_hull_occupancy(cameras, depth, torch.tensor([[float("nan"), 0.0, 0.0]]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fill gain map: size, silhouette pixels, default sampling; depth hull on a non-square, asymmetric view
+# --------------------------------------------------------------------------------------------------------------------
+def test_fill_gain_map_has_at_most_resolution_pixels_on_the_longer_side():
+    """The gain map keeps the mask's aspect with the longer side at ``resolution`` (128 by default): a 30 x 100 mask
+    at resolution 32 gives 32 * 30 / 100 = 9.6 -> 10 rows (a 100 x 30 mask 10 columns), a 256-pixel mask 128 x 128,
+    a smaller mask its own size."""
+    density = lambda points: torch.ones(len(points))  # noqa: E731  (every ray reaches the level: gains 1)
+    wide = PerspectiveCameras(orbit_c2w(0.0, 0.0, 1.9), 30, 100, fov_y_deg=40.0)
+    gain = SilhouetteHull(wide, torch.ones(30, 100)).filled(density, 0.5, 0.87, resolution=32).gain
+    assert gain.shape[-2:] == (10, 32)
+    tall = PerspectiveCameras(orbit_c2w(0.0, 0.0, 1.9), 100, 30, fov_y_deg=40.0)
+    gain = SilhouetteHull(tall, torch.ones(100, 30)).filled(density, 0.5, 0.87, resolution=32).gain
+    assert gain.shape[-2:] == (32, 10)
+    big = SilhouetteHull(input_camera(256), disk_mask(256, (128.0, 128.0), 60.0))
+    assert big.filled(density, 0.5, 0.87, n_samples=8).gain.shape[-2:] == (128, 128)
+    small = SilhouetteHull(input_camera(40), disk_mask(40, (20.0, 20.0), 10.0))
+    assert small.filled(density, 0.5, 0.87, n_samples=8).gain.shape[-2:] == (40, 40)
+
+
+def test_fill_raises_only_pixels_mostly_inside_the_silhouette():
+    """An 8 x 8 mask filled at 4 x 4: a gain pixel covers 2 x 2 mask pixels and is a silhouette ray when most of
+    them are the object. The upper-left 4 x 4 block is 2 x 2 gain pixels whose rays see a hull of 1 and the density
+    0.1, so gain 1.1 * 1 / 0.1 = 11 by hand; a lone object pixel (6, 6) covers a quarter of gain pixel (3, 3),
+    which is not a silhouette ray and keeps gain 1 (not the capped 1.1 / 0.025 of its faint ray)."""
+    mask = torch.zeros(8, 8)
+    mask[:4, :4] = 1.0
+    mask[6, 6] = 1.0
+    hull = SilhouetteHull(input_camera(8), mask)
+    fill = hull.filled(lambda points: torch.full((len(points),), 0.1), level=1.0, box_radius=0.87, resolution=4)
+    expected = torch.ones(4, 4)
+    expected[:2, :2] = 11.0
+    torch.testing.assert_close(fill.gain[0, 0], expected, atol=1e-4, rtol=0)
+
+
+def test_fill_default_sampling_is_160_samples_per_ray():
+    """The default ``n_samples`` (160) decides which thin shells a ray finds: the default fill equals a brute-force
+    peak over 160 uniform samples in the box on every silhouette ray (64-pixel mask: one ray per mask pixel)."""
+    from monorecon.core.volume import ray_aabb, uniform_samples
+
+    hull, level = _ball_hull(), 7.0
+
+    def shell(points: torch.Tensor) -> torch.Tensor:
+        return 10.0 * torch.exp(-(((points.norm(dim=-1) - 0.3) / 0.01) ** 2))
+
+    fill = hull.filled(shell, level=level, box_radius=0.87)
+    inside = hull.mask[0, 0] > 0.5
+    origins, directions = (rays[0][inside] for rays in hull.camera.get_rays(normalize=True))
+    t_near, t_far, _ = ray_aabb(origins, directions, [-0.87] * 3, [0.87] * 3)
+    _, t = uniform_samples(t_near, t_far, 160)
+    points = (origins[:, None] + directions[:, None] * t[..., None]).reshape(-1, 3)
+    peak = (shell(points) * hull(points)).reshape(t.shape).amax(dim=1)
+    torch.testing.assert_close(fill.gain[0, 0][inside], (1.1 * level / peak.clamp_min(1e-12)).clamp(1.0, 20.0))
+
+
+def test_depth_hull_on_a_non_square_view_of_a_corner_block():
+    """One 24 x 40 view whose depth map holds the plane z = 0 (depth 1.9) only on its upper-left 8 x 12 pixels: a
+    point projecting (hand pinhole) into that block is inside at or behind the plane, outside in front of it; a point
+    projecting elsewhere is outside at any depth."""
+    height, width = 24, 40
+    camera = PerspectiveCameras(orbit_c2w(0.0, 0.0, 1.9), height, width, fov_y_deg=40.0)
+    depth = torch.zeros(1, height, width)
+    depth[0, :8, :12] = 1.9
+    focal = 0.5 * height / math.tan(math.radians(20.0))
+    pixels = torch.tensor([[2, 3], [7, 11], [5, 0], [0, 9], [8, 3], [2, 12], [12, 20], [20, 35], [3, 30]])  # row, col
+    in_block = (pixels[:, 0] < 8) & (pixels[:, 1] < 12)
+    for z, behind in ((-0.2, True), (0.0, True), (0.1, False)):
+        scale = (1.9 - z) / focal  # pixel centre (col + 0.5, row + 0.5) back-projected to the plane z
+        x = (pixels[:, 1] + 0.5 - width / 2) * scale
+        y = -(pixels[:, 0] + 0.5 - height / 2) * scale
+        points = torch.stack([x, y, torch.full_like(x, z)], dim=-1)
+        assert torch.equal(depth_hull_occupancy(camera, depth, points), in_block & behind), z

@@ -245,3 +245,156 @@ def test_bad_inputs_are_refused():
     nan_colours[3, 1] = float("nan")
     with pytest.raises(ValueError, match="source"):
         fit_colour_transfer(nan_colours, colours, torch.ones(10))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Visibility, camera size, colour transfer: closed forms and an independent least-squares solution
+# --------------------------------------------------------------------------------------------------------------------
+def test_depth_tolerance_decides_how_far_behind_the_surface_a_point_is_still_seen():
+    """The plane z = 0 seen from z = 2: its rendered view depth is 2 on every pixel, and a point at z = -d lies d
+    behind it (view depth 2 + d), so it is seen (weight 1, facing the camera) for d below the tolerance (0.02 by
+    default) and hidden beyond it."""
+    mesh = square(0.5, 0.0)
+    points = torch.tensor([[0.1, -0.1, -0.015], [-0.1, 0.05, -0.025], [0.0, 0.2, -0.04], [0.05, 0.1, -0.06]])
+    weight, _ = ImageProjection(mesh, camera(), gradient_image()).sample(points)
+    torch.testing.assert_close(weight, torch.tensor([1.0, 0.0, 0.0, 0.0]), atol=1e-3, rtol=0)
+    weight, _ = ImageProjection(mesh, camera(), gradient_image(), depth_tolerance=0.05).sample(points)
+    torch.testing.assert_close(weight, torch.tensor([1.0, 1.0, 1.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_points_behind_a_parallel_camera_are_not_seen():
+    """A parallel projection maps a point behind the camera (z > 2) onto the same pixel as the surface in front of
+    it, facing the camera's axis: it still is not in the photo."""
+    from monorecon.core.cameras import OrthographicCameras
+
+    ortho = OrthographicCameras(orbit_c2w(0.0, 0.0, DISTANCE), SIZE, SIZE, scale=0.8)
+    projection = ImageProjection(square(0.5, 0.0), ortho, gradient_image())
+    weight, _ = projection.sample(torch.tensor([[0.1, 0.1, 0.0], [0.1, 0.1, 2.5], [-0.2, 0.1, 4.0]]))
+    assert weight.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_camera_of_another_image_size_is_resized_to_the_image():
+    """A camera built for 2 * SIZE pixels and a SIZE-pixel photo: the camera is resized (same rays), so a point takes
+    the photo's colour at its pinhole projection in the photo's own pixels."""
+    big = PerspectiveCameras(orbit_c2w(0.0, 0.0, DISTANCE), 2 * SIZE, 2 * SIZE, fov_y_deg=FOV)
+    mesh = square(0.5, 0.0)
+    points = square(0.4, 0.0, n=5).verts
+    weight, colours = ImageProjection(mesh, big, gradient_image()).sample(points)
+    uv = pinhole(points)
+    torch.testing.assert_close(weight, torch.ones_like(weight))
+    torch.testing.assert_close(colours[:, :2], uv / SIZE, atol=1e-5, rtol=0)
+
+
+def _ridge_reference(source, target, weight, ridge):
+    """min sum_i w_i |[s_i, 1] X - t_i|^2 + ridge * sum(w) * |X - [I; 0]|^2, as one stacked least-squares problem."""
+    source, target, weight = (np.asarray(a, dtype=np.float64) for a in (source, target, weight))
+    design = np.concatenate([source, np.ones((len(source), 1))], axis=1)
+    penalty = math.sqrt(ridge * weight.sum())
+    rows = np.concatenate([np.sqrt(weight)[:, None] * design, penalty * np.eye(4)])
+    rhs = np.concatenate([np.sqrt(weight)[:, None] * target, penalty * np.vstack([np.eye(3), np.zeros((1, 3))])])
+    solution = np.linalg.lstsq(rows, rhs, rcond=None)[0]
+    return lambda colours: np.clip(np.asarray(colours, dtype=np.float64) @ solution[:3] + solution[3], 0.0, 1.0)
+
+
+def test_colour_transfer_is_the_weighted_ridge_solution():
+    """The fit solves the documented objective (weights, and a ridge ``ridge * sum(weight)`` towards the identity,
+    0.05 by default), checked against a stacked least-squares solution; a total weight of exactly ``min_weight`` is
+    not below it and is fitted."""
+    generator = torch.Generator().manual_seed(1)
+    source = torch.rand(60, 3, generator=generator)
+    target = (source.flip(-1) * 0.5 + 0.2 + 0.1 * torch.rand(60, 3, generator=generator)).clamp(0, 1)
+    weight = 0.5 + torch.rand(60, generator=generator)  # total about 60: above min_weight
+    probe = torch.rand(40, 3, generator=generator)
+    for kwargs in ({}, {"ridge": 0.3}, {"ridge": 0.01}):
+        got = fit_colour_transfer(source, target, weight, **kwargs)(probe)
+        expected = _ridge_reference(source, target, weight, kwargs.get("ridge", 0.05))(probe)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    exact = torch.full((60,), 0.5)
+    exact[:4] = 1.0  # total weight exactly 32 = min_weight
+    got = fit_colour_transfer(source, target, exact)(probe)
+    np.testing.assert_allclose(got.numpy(), _ridge_reference(source, target, exact, 0.05)(probe), atol=1e-5)
+    assert not torch.allclose(got, probe, atol=0.05)
+
+
+def test_colour_transfer_is_fitted_on_the_seen_part_only():
+    """Model colours that already equal the photo wherever the photo sees them: the best map is the identity, so the
+    hidden vertices (behind the front square, with a model colour unlike the photo's there) keep their colours; so
+    does every other vertex, and ``recolour`` of the vertices gives the same colours, transfer included."""
+    front, back = square(0.2, 0.3, n=5), square(0.6, -0.3, n=13)
+    mesh = merged(front, back)
+    image = gradient_image()
+    uv = pinhole(mesh.verts)
+    colours = torch.cat([uv / SIZE, torch.full((len(uv), 1), 0.3)], dim=-1)  # the photo at each vertex's pixel
+    scale = (DISTANCE - 0.3) / (DISTANCE + 0.3)
+    hidden = torch.cat([torch.zeros(25, dtype=torch.bool), (back.verts[:, :2].abs() * scale < 0.2 - 0.01).all(-1)])
+    colours[hidden] = torch.tensor([0.9, 0.1, 0.6])
+    mesh = Mesh(mesh.verts, mesh.faces, vertex_colors=colours)
+    coloured, recolour = project_image_colours(mesh, camera(), image)
+    torch.testing.assert_close(coloured.vertex_colors, colours, atol=1e-4, rtol=0)
+    # a model darker than the photo: the transfer brightens the hidden vertices, and recolour does the same
+    dark = Mesh(mesh.verts, mesh.faces, vertex_colors=colours * 0.5)
+    coloured, recolour = project_image_colours(dark, camera(), image)
+    assert float((coloured.vertex_colors[hidden] - dark.vertex_colors[hidden]).min()) > 0.05
+    torch.testing.assert_close(recolour(dark.verts, dark.vertex_colors), coloured.vertex_colors, atol=1e-5, rtol=0)
+
+
+def test_weight_is_proportional_to_a_partial_alpha():
+    """The weight is multiplied by the alpha itself (documented), not by a thresholded mask: a constant alpha a gives
+    weight a on a surface squarely facing the camera, and 0 for a = 0."""
+    mesh = square(0.5, 0.0)
+    points = square(0.4, 0.0, n=4).verts
+    for level in (0.0, 0.3, 0.7, 1.0):
+        alpha = torch.full((SIZE, SIZE), level)
+        weight, _ = ImageProjection(mesh, camera(), gradient_image(), alpha).sample(points)
+        torch.testing.assert_close(weight, torch.full_like(weight, level), atol=1e-6, rtol=0)
+
+
+def test_identity_transfer_on_little_data_still_clamps_to_the_unit_range():
+    """Below ``min_weight`` the map is the identity, but still clamped to [0, 1] like every fitted map."""
+    colours = torch.tensor([[-0.2, 0.5, 1.3], [0.1, 1.5, 0.9]])
+    few = fit_colour_transfer(torch.rand(10, 3), torch.rand(10, 3), torch.ones(10))
+    torch.testing.assert_close(few(colours), torch.tensor([[0.0, 0.5, 1.0], [0.1, 1.0, 0.9]]))
+
+
+def test_facing_cosine_uses_the_direction_from_each_point_to_the_camera():
+    """A plane through the origin tilted 75 degrees about y (normal n = (sin t, 0, cos t)): at a point p on it the
+    cosine between n and the direction to the camera c = (0, 0, 2) is n . c / |c - p| = 2 cos t / |c - p| (n . p = 0),
+    which differs along the tilted direction e = (cos t, 0, -sin t) from the cosine at the centre, cos t."""
+    tilt = math.radians(75.0)
+    rotation = torch.tensor(
+        [[math.cos(tilt), 0.0, math.sin(tilt)], [0.0, 1.0, 0.0], [-math.sin(tilt), 0.0, math.cos(tilt)]]
+    )
+    plain = square(0.6, 0.0, n=3)
+    mesh = Mesh(plain.verts @ rotation.T, plain.faces, vertex_colors=plain.vertex_colors)
+    along = torch.tensor([math.cos(tilt), 0.0, -math.sin(tilt)])
+    points = torch.stack([s * along for s in (-0.3, 0.0, 0.3)])
+    cosine = 2.0 * math.cos(tilt) / (torch.tensor([0.0, 0.0, DISTANCE]) - points).norm(dim=-1)
+    # on so steep a plane the depth changes by about 0.1 across a pixel: a tolerance above that (the point's pixel
+    # is compared with the depth at its centre) keeps every point seen, so the weight is the facing ramp alone
+    projection = ImageProjection(mesh, camera(), gradient_image(), depth_tolerance=0.3)
+    weight, _ = projection.sample(points)
+    torch.testing.assert_close(weight, ((cosine - 0.1) / 0.3).clamp(0, 1), atol=0.01, rtol=0)
+    assert float(weight[0] - weight[2]) > 0.2  # 0.67 nearer the camera, 0.42 farther
+
+
+def test_non_square_image_is_sampled_over_its_whole_height_and_width():
+    """A 64-row, 40-column photo and its camera (vertical field of view 40 degrees): points over the whole plane in
+    view, near the bottom and right edges too, take the photo's colour at their hand pinhole projection."""
+    height, width = 64, 40
+    tall = PerspectiveCameras(orbit_c2w(0.0, 0.0, DISTANCE), height, width, fov_y_deg=FOV)
+    v, u = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    image = torch.stack([u / width, v / height, torch.full_like(u, 0.3)], dim=-1)
+    focal = height / 2 / math.tan(math.radians(FOV / 2))
+    pixels = torch.tensor([[3.5, 60.2], [37.1, 55.0], [20.0, 32.0], [2.2, 4.7], [36.6, 8.3]])  # (u, v) in the photo
+    points = torch.stack(
+        [
+            (pixels[:, 0] - width / 2) * DISTANCE / focal,
+            -(pixels[:, 1] - height / 2) * DISTANCE / focal,
+            torch.zeros(5),
+        ],
+        dim=-1,
+    )
+    weight, colours = ImageProjection(square(1.0, 0.0), tall, image).sample(points)
+    torch.testing.assert_close(weight, torch.ones(5))
+    torch.testing.assert_close(colours[:, 0], pixels[:, 0] / width, atol=1e-5, rtol=0)
+    torch.testing.assert_close(colours[:, 1], pixels[:, 1] / height, atol=1e-5, rtol=0)
