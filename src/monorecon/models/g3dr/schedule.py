@@ -4,10 +4,13 @@ With ``T`` total steps and ``s`` the current step (1-based in the official loop;
 
 * a step renders a **novel view** with probability ``P(novel) = min(0.4, 2 s / T)``, else the canonical view;
 * the novel camera's yaw offset is ``U(-1, 1) * pi / d`` with ``d`` going linearly from 24 to 6 over the first third
-  of training (``d = max(6, 24 - 18 s / (T / 3))``), so the yaw range grows from +-7.5 deg to +-30 deg; the pitch
+  of training (``d = max(6, 24 - 18 s / (T // 3))``), so the yaw range grows from +-7.5 deg to +-30 deg; the pitch
   offset is ``U(-1, 1) * 10`` deg;
-* the opacity term ``mean(1 - sum w)`` has weight ``min(1, s / (T / 2))`` (0 -> 1 over the first half);
-* the canonical perceptual (and semantic) terms are on only in the second half (``s > T / 2``).
+* the opacity term ``mean(1 - sum w)`` has weight ``min(1, s / (T // 2))`` (0 -> 1 over the first half);
+* the canonical perceptual (and semantic) terms are on only in the second half (``s > T // 2``).
+
+The thirds and halves are the official code's integer divisions (``T // 3``, ``T // 2``: a ramp ends up to a step
+earlier than ``T / 3`` would say), floored at one step so that runs shorter than 3 steps have a ramp too.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def use_novel_view(step: float, total: int, generator: torch.Generator | None = 
 
 
 def yaw_divisor(step: float, total: int, start: float = 24.0, end: float = 6.0) -> float:
-    """``d`` of the yaw range ``pi / d``: linear from ``start`` to ``end`` over the first third, then ``end``."""
+    """``d`` of the yaw range ``pi / d``: linear from ``start`` to ``end`` over the first ``total // 3`` steps, then
+    ``end``."""
     _check(step, total)
     ramp_steps = max(total // 3, 1)
     return max(end, start - (start - end) * step / ramp_steps)
@@ -64,12 +68,12 @@ def sample_novel_angles(
 
 
 def opacity_weight(step: float, total: int) -> float:
-    """Weight of the opacity term: ``min(1, step / (total / 2))``."""
+    """Weight of the opacity term: ``min(1, step / (total // 2))``."""
     _check(step, total)
     return min(1.0, step / max(total // 2, 1))
 
 
 def canonical_extras_active(step: float, total: int) -> bool:
-    """Whether the canonical view's perceptual and semantic terms are on (second half of training)."""
+    """Whether the canonical view's perceptual and semantic terms are on (second half: ``step > total // 2``)."""
     _check(step, total)
     return step > total // 2
