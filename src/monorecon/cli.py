@@ -159,8 +159,11 @@ def _workers(args: argparse.Namespace, device) -> int:
 
 
 _doc_reconstruct = (
-    "Reconstruct a 3D mesh from each image. Meshes are +Y up with the input view's front facing +Z (glTF frame). "
-    "A bad file in a folder is reported and skipped; the exit code is 2 if any input failed."
+    "Reconstruct a 3D mesh from each image into OUTPUT/<image stem>/: mesh.<format>, input.png (the prepared input) "
+    "and result.json (the model, the options that ran, the timings, and the input camera in the mesh's frame for "
+    "input.png and for the whole photo). Meshes are +Y up with the input view's front facing +Z (glTF frame). "
+    "A bad file in a folder is reported and skipped; the exit code is 2 if any input failed. Several inputs also "
+    "write OUTPUT/batch.csv (one row per input: status, mesh, faces, seconds, error)."
 )
 
 
