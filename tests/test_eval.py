@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from monorecon.core.cameras import orbit_c2w
+from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.checks import SkippedInputWarning
 from monorecon.core.mesh import Mesh
 from monorecon.data import ViewSampling, synthesize_dataset
@@ -746,3 +746,121 @@ def test_workers_write_the_same_report_and_forward_warnings(eval_dataset, tmp_pa
     for bad in (0, 257, 1.5, True):
         with pytest.raises(ValueError, match="workers must"):
             evaluate("sphere", eval_dataset, tmp_path / "bad", workers=bad)
+
+
+def _pixel_square(size: int, half: int) -> torch.Tensor:
+    """Mask of the pixels at most ``half`` rows and columns from the centre pixel of an odd-sized image."""
+    index = (torch.arange(size) - size // 2).abs() <= half
+    return (index[:, None] & index[None, :]).float()
+
+
+def _on_grid(values: torch.Tensor, bounds: float, resolution: int) -> torch.Tensor:
+    step = 2 * bounds / (resolution - 1)
+    offset = (values + bounds) / step
+    return (offset - offset.round()).abs() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("distance", "fov", "scale", "profile"),
+    [(1.9, 40.0, 1.0, "cone"), (2.5, 30.0, 0.6, "round"), (2.5, 30.0, 1.3, "cone")],
+)
+def test_inflation_half_thickness_on_the_axis_is_the_distance_to_the_mask_edge(distance, fov, scale, profile):
+    """A 33-pixel image, a square of pixels within 8 rows and columns of the centre pixel: from that pixel's centre
+    the nearest mask edge is 8.5 px away, so both profiles (round: sqrt(8.5 (2 * 8.5 - 8.5)) = 8.5) give the
+    half-thickness scale * 8.5 * D / f on the view axis, f = (33 / 2) / tan(fov / 2), whatever the camera."""
+    camera = input_camera(33, distance=distance, fov_deg=fov)
+    torch.testing.assert_close(camera.position[0], torch.tensor([0.0, 0.0, distance]))  # the axis is world z
+    focal = 16.5 / math.tan(math.radians(fov / 2))
+    expected = scale * 8.5 * distance / focal
+    bounds, resolution = 0.6, 61
+    verts = inflation_baseline(
+        _pixel_square(33, 8), camera, resolution, thickness_scale=scale, bounds=bounds, profile=profile
+    ).verts
+    axis = verts[(verts[:, 0].abs() < 1e-5) & (verts[:, 1].abs() < 1e-5)]
+    assert len(axis) >= 2
+    assert axis[:, 2].max().item() == pytest.approx(expected, abs=1e-3)
+    assert axis[:, 2].min().item() == pytest.approx(-expected, abs=1e-3)
+    # Marching cubes samples `resolution` points per axis over [-bounds, bounds]: a vertex lies on grid lines in at
+    # least two of its coordinates.
+    assert bool((_on_grid(verts, bounds, resolution).sum(dim=1) >= 2).all())
+
+
+def test_inflation_reaches_the_mask_edge_and_stays_in_its_bounds():
+    """On the plane through the origin (depth D), the cone's slab vanishes at the silhouette's edge: the row through
+    the square's centre spans +-8.5 px * D / f, within a quarter pixel; a smaller ``bounds`` clips the mesh."""
+    camera = input_camera(33)
+    focal = 16.5 / math.tan(math.radians(20.0))
+    pixel = 1.9 / focal  # world size of one pixel at the origin's depth
+    mask = _pixel_square(33, 8)
+    verts = inflation_baseline(mask, camera, resolution=121, bounds=0.6).verts
+    row = verts[(verts[:, 1].abs() < 1e-5) & (verts[:, 2].abs() < 1e-5)]
+    assert row[:, 0].max().item() == pytest.approx(8.5 * pixel, abs=0.25 * pixel)
+    assert row[:, 0].min().item() == pytest.approx(-8.5 * pixel, abs=0.25 * pixel)
+    clipped = inflation_baseline(mask, camera, resolution=31, bounds=0.2).verts
+    assert clipped.abs().max().item() <= 0.2 + 1e-5 and clipped[:, 2].max().item() > 0.19
+
+
+def test_sphere_baseline_follows_the_docstring_for_any_camera():
+    """An off-axis sphere seen by a camera at distance 2.5, fov 30: the fitted sphere (642 vertices) has the radius
+    of the docstring's formula from the silhouette's area, computed here by hand, and its centre on the ray through
+    the silhouette's centroid (of pixel centres) at the origin's depth."""
+    size, distance, fov = 96, 2.5, 30.0
+    camera = input_camera(size, distance=distance, fov_deg=fov)
+    true_centre, true_radius = torch.tensor([0.3, -0.2, 0.0]), 0.3
+    origins, directions = camera.get_rays()
+    oc = origins[0] - true_centre
+    b = (oc * directions[0]).sum(-1)
+    mask = (b * b - ((oc * oc).sum(-1) - true_radius**2) > 0).float()
+    mesh = sphere_baseline(mask, camera)
+    assert mesh.verts.shape == (642, 3)
+    focal = (size / 2) / math.tan(math.radians(fov / 2))
+    ratio = math.sqrt(float(mask.sum()) / math.pi) / focal
+    radius = distance * ratio / math.sqrt(1 + ratio**2)
+    rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
+    u, v = cols.double().mean().item() + 0.5, rows.double().mean().item() + 0.5
+    # Camera at (0, 0, D) looking down -z with +y up: pixel (u, v) at depth D is this world point.
+    centre = torch.tensor([(u - size / 2) / focal * distance, -(v - size / 2) / focal * distance, 0.0])
+    torch.testing.assert_close(centre, true_centre, atol=0.01, rtol=0)  # the formula's premise holds
+    fitted = mesh.verts.double().mean(0)
+    torch.testing.assert_close(fitted, centre.double(), atol=2e-4, rtol=0)
+    distances = (mesh.verts.double() - fitted).norm(dim=-1)
+    assert distances.min().item() == pytest.approx(radius, rel=2e-4)
+    assert distances.max().item() == pytest.approx(radius, rel=2e-4)
+    assert radius == pytest.approx(true_radius, rel=0.03)
+
+
+def test_baselines_refuse_a_camera_that_does_not_image_the_silhouette():
+    """A 64x48 silhouette: the default input camera is square, so it would put a centred disc 0.17 world units off
+    the view axis; a camera of another size would misplace it too. Both are errors, and a camera of the mask's
+    size (same pixel focal length) centres the disc."""
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(48), indexing="ij")
+    mask = (((rows - 31.5) ** 2 + (cols - 23.5) ** 2) <= 12.0**2).float()
+    for baseline in (sphere_baseline, inflation_baseline):
+        with pytest.raises(ValueError, match=r"default input camera is square.*64x48"):
+            baseline(mask)
+        with pytest.raises(ValueError, match="64x48 pixels but the camera's image is 64x64"):
+            baseline(mask, input_camera(64))
+    camera = PerspectiveCameras(orbit_c2w(0.0, 0.0, 1.9), 64, 48, fov_y_deg=40.0)
+    torch.testing.assert_close(sphere_baseline(mask, camera).verts.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+
+
+def test_inflation_of_a_silhouette_cut_by_the_image_border_stays_in_the_viewing_frustum():
+    """The docstring's solid is a part of the viewing frustum: a silhouette touching the image's left border is cut
+    by the frustum's side (its mesh reaches u = 0 and goes no further), not stretched out to the meshing cube."""
+    camera = input_camera(33)
+    mask = torch.zeros(33, 33)
+    mask[12:21, 0:10] = 1.0
+    verts = inflation_baseline(mask, camera, resolution=61).verts
+    u = camera.transform_points_screen(verts)[0][:, 0]
+    assert u.min().item() == pytest.approx(0.0, abs=1e-3)
+    assert verts[:, 0].min().item() > -0.87 + 0.05  # the cube's side (bounds 0.87) is not reached
+
+
+def test_baselines_count_only_alpha_above_one_half_as_silhouette():
+    """Foreground is alpha > 0.5: a fringe of pixels at exactly 0.5 changes nothing, and a mask of only 0.5 is empty."""
+    square = _pixel_square(33, 6)
+    fringe = torch.where((_pixel_square(33, 8) > 0) & (square == 0), 0.5, square)
+    torch.testing.assert_close(sphere_baseline(fringe).verts, sphere_baseline(square).verts)
+    for baseline in (sphere_baseline, inflation_baseline):
+        with pytest.raises(ValueError, match="silhouette is empty"):
+            baseline(torch.full((33, 33), 0.5))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -94,3 +97,68 @@ def test_safetensors_without_metadata_give_an_empty_dict(tmp_path):
     """``read_safetensors_metadata`` promises a dict, empty when the header has none (not None)."""
     save_file(_state(), str(tmp_path / "bare.safetensors"))
     assert read_safetensors_metadata(tmp_path / "bare.safetensors") == {}
+
+
+def test_dtypes_and_values_survive_both_formats(tmp_path):
+    """Half, bfloat16, integer and boolean tensors come back with their own dtype and values (as the safetensors
+    library itself reads them), from ``.safetensors`` and from a pickle alike."""
+    from safetensors import safe_open
+
+    state = {
+        "half": torch.tensor([0.5, -2.0], dtype=torch.float16),
+        "bf16": torch.tensor([1.5, 3.0], dtype=torch.bfloat16),
+        "count": torch.tensor([[7, -8]], dtype=torch.int32),
+        "flag": torch.tensor([True, False]),
+        "double": torch.tensor([1 / 3], dtype=torch.float64),
+    }
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        reference = {k: f.get_tensor(k) for k in f.keys()}
+    for name in ("w.safetensors", "w.pth"):
+        read = read_state_dict(tmp_path / name)
+        assert sorted(read) == sorted(state)
+        for key, tensor in state.items():
+            assert read[key].dtype == tensor.dtype == reference[key].dtype, (name, key)
+            assert read[key].device.type == "cpu" and torch.equal(read[key], reference[key]), (name, key)
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    """Pickles are read with ``weights_only=True``: a foreign checkpoint whose unpickling would call a function (here
+    one that creates a file) is a one-line error and the function never runs."""
+    marker = tmp_path / "ran"
+
+    class _Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"layer.weight": torch.zeros(2), "extra": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=re.escape(f"cannot read weights {tmp_path / 'evil.pt'}: the file is trunc")):
+        read_state_dict(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_errors_give_the_whole_path_and_tell_missing_from_corrupt(tmp_path):
+    save_file(_state(), str(tmp_path / "good.safetensors"))
+    torch.save(_state(), tmp_path / "good.pt")
+    whole = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.safetensors").write_text("not weights\n")
+    for name in ("cut.pt", "text.safetensors"):
+        with pytest.raises(ValueError, match=re.escape(f"cannot read weights {tmp_path / name}: the file is trunc")):
+            read_state_dict(tmp_path / name)
+    with pytest.raises(ValueError, match=re.escape(f"cannot read weights {tmp_path / 'good.pt'}: the file is trunc")):
+        read_safetensors_metadata(tmp_path / "good.pt")  # a pickle is not safetensors
+    for reader in (read_state_dict, read_safetensors_metadata):
+        with pytest.raises(ValueError, match=re.escape(f"weights file not found: {tmp_path / 'gone.safetensors'}")):
+            reader(tmp_path / "gone.safetensors")
+        with pytest.raises(ValueError, match="weights file not found"):
+            reader(tmp_path)  # a folder is no weights file
+
+
+def test_only_a_mapping_under_state_dict_is_unwrapped(tmp_path):
+    """A tensor that happens to be named ``state_dict`` is a weight like any other, not a Lightning wrapper."""
+    state = {"state_dict": torch.ones(3), "other": torch.zeros(1)}
+    save_file(state, str(tmp_path / "odd.safetensors"))
+    read = read_state_dict(tmp_path / "odd.safetensors")
+    assert sorted(read) == ["other", "state_dict"] and torch.equal(read["state_dict"], torch.ones(3))

@@ -42,6 +42,20 @@ def _mask(alpha: torch.Tensor | np.ndarray) -> torch.Tensor:
     return mask
 
 
+def _camera_for(mask: torch.Tensor, camera: PerspectiveCameras | None) -> PerspectiveCameras:
+    """The given camera, or the default square input camera, checked to image exactly ``mask``'s pixels."""
+    height, width = mask.shape
+    if camera is None:
+        if height != width:
+            raise ValueError(f"the default input camera is square: pass the camera of this {height}x{width} silhouette")
+        camera = input_camera(height)
+    if (camera.height, camera.width) != (height, width):
+        raise ValueError(
+            f"the silhouette is {height}x{width} pixels but the camera's image is {camera.height}x{camera.width}"
+        )
+    return camera
+
+
 def _focal_and_distance(camera: PerspectiveCameras) -> tuple[float, float]:
     focal = float(camera.K[0, 1, 1])
     distance = float(camera.position[0].norm())
@@ -53,13 +67,17 @@ def sphere_baseline(alpha: torch.Tensor | np.ndarray, camera: PerspectiveCameras
 
     Args:
         alpha: (H, W) input mask in [0, 1].
-        camera: the input camera (default :func:`monorecon.models.triposr.model.input_camera` of the image size).
+        camera: the input camera, of the mask's size (default :func:`monorecon.models.triposr.model.input_camera` of
+            the image size, for a square mask).
 
     Returns:
         An icosphere mesh (642 vertices) in the camera's world frame.
+
+    Raises:
+        ValueError: an empty silhouette, or a camera whose image size is not the mask's.
     """
     mask = _mask(alpha)
-    camera = camera if camera is not None else input_camera(mask.shape[0])
+    camera = _camera_for(mask, camera)
     focal, distance = _focal_and_distance(camera)
     rows, cols = torch.nonzero(mask, as_tuple=True)
     uv = torch.stack([cols.float().mean() + 0.5, rows.float().mean() + 0.5])
@@ -86,7 +104,8 @@ def inflation_baseline(
 
     Args:
         alpha: (H, W) input mask in [0, 1].
-        camera: the input camera (default :func:`monorecon.models.triposr.model.input_camera` of the image size).
+        camera: the input camera, of the mask's size (default :func:`monorecon.models.triposr.model.input_camera` of
+            the image size, for a square mask).
         resolution: marching-cubes grid samples per axis over ``[-bounds, bounds]^3``.
         thickness_scale: half-thickness per unit of distance-transform (world units at the origin's depth).
         bounds: half side of the meshed cube.
@@ -94,6 +113,9 @@ def inflation_baseline(
 
     Returns:
         The inflated mesh in the camera's world frame.
+
+    Raises:
+        ValueError: an empty silhouette, a camera whose image size is not the mask's, or a bad setting.
     """
     if not (math.isfinite(thickness_scale) and thickness_scale > 0):
         raise ValueError(f"thickness_scale must be a positive number, got {thickness_scale}")
@@ -101,7 +123,7 @@ def inflation_baseline(
         raise ValueError(f"profile must be 'cone' or 'round', got {profile!r}")
     mask = _mask(alpha)
     height, width = mask.shape
-    camera = camera if camera is not None else input_camera(height)
+    camera = _camera_for(mask, camera)
     focal, distance = _focal_and_distance(camera)
     # Distance to the nearest background pixel, from pixel centres; 0.5 px shift puts the zero on the mask edge.
     dt = distance_transform_edt(mask.numpy()) - 0.5
@@ -115,7 +137,11 @@ def inflation_baseline(
         h = F.grid_sample(
             half_thickness[None, None], grid[None, None], mode="bilinear", padding_mode="border", align_corners=False
         )[0, 0, 0]
-        # Signed: positive inside the slab |depth - D| < h of a foreground pixel.
-        return h - (screen[:, 2] - distance).abs()
+        # Signed: positive inside the slab |depth - D| < h of a foreground pixel, and inside the viewing frustum (a
+        # silhouette cut by the image's border must not spill out of it): the distance to the image's border in
+        # pixels, times depth / f, is linear in the point, zero on the frustum's sides.
+        u, v, depth = screen.unbind(-1)
+        border = torch.minimum(torch.minimum(u, width - u), torch.minimum(v, height - v)) * (depth / focal)
+        return torch.minimum(h - (depth - distance).abs(), border)
 
     return extract_isosurface(occupancy, resolution, 0.0, bounds)

@@ -51,7 +51,7 @@ def load_yaml(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     try:
-        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # whatever the locale
     except UnicodeDecodeError as error:
         raise ValueError(f"cannot parse YAML {path}: not UTF-8 text ({error.reason})") from error
     except yaml.YAMLError as error:
