@@ -46,7 +46,7 @@ def main() -> None:
 
         seconds = seconds_with_workers(run, args.workers)
         largest = 0.0
-        for folder in sorted((Path(tmp) / "w1").iterdir()):
+        for folder in sorted(p for p in (Path(tmp) / "w1").iterdir() if p.is_dir()):  # not batch.csv
             one, many = (load_mesh(Path(tmp) / w / folder.name / "mesh.ply") for w in ("w1", f"w{args.workers}"))
             if one.num_faces != many.num_faces:
                 raise SystemExit(f"{folder.name}: {one.num_faces} vs {many.num_faces} faces")
