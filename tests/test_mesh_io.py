@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -654,6 +655,23 @@ def test_json_is_written_strict_with_undefined_numbers_as_null(tmp_path):
     with pytest.raises(TypeError):  # not JSON at all: refused, nothing written
         atomic.atomic_write_json(tmp_path / "bad.json", {"x": object()})
     assert not list(tmp_path.glob("*bad*"))
+
+
+def test_csv_tables_quote_what_needs_it_and_a_failed_row_leaves_the_old_file(tmp_path):
+    path = tmp_path / "table.csv"
+    rows = [["a.png", "ok", 3, ""], ["b, c.png", "failed", "", 'said "no"\nthen stopped']]
+    atomic.atomic_write_csv(path, ["input", "status", "faces", "error"], rows)
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [["input", "status", "faces", "error"], *[[str(c) for c in r] for r in rows]]
+    before = path.read_bytes()
+
+    def rows_that_fail():
+        yield ["d.png", "ok", 1, ""]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic.atomic_write_csv(path, ["input", "status", "faces", "error"], rows_that_fail())
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["table.csv"]
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):

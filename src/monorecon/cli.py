@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .io.atomic import check_output_folder, check_writable
+from .io.atomic import atomic_write_csv, check_output_folder, check_writable
 from .io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
 
 if TYPE_CHECKING:
@@ -364,22 +364,6 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     return _Written(mesh_path, result.mesh.num_faces, timings)
 
 
-def _write_batch_table(path: Path, rows: list[list[Any]]) -> None:
-    """``batch.csv`` of a ``reconstruct`` run over several inputs: one row per input, in input order (input, status
-    ``ok`` / ``failed``, the mesh file under the output folder, faces, seconds, the error)."""
-    import csv
-    import io
-
-    from .io.atomic import atomic_write
-
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["input", "status", "mesh", "faces", "seconds", "error"])
-    writer.writerows(rows)
-    with atomic_write(path, "w") as f:
-        f.write(table.getvalue())
-
-
 def _format_timings(timings: dict[str, float]) -> str:
     """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
@@ -430,8 +414,8 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             bar.write(f"{image_path} -> {outcome.mesh_path} ({outcome.faces} faces)")
             if args.timings:
                 bar.write(f"  time: {_format_timings(outcome.timings)}")
-    if len(images) > 1:
-        _write_batch_table(args.output / "batch.csv", rows)
+    if len(images) > 1:  # one row per input, in input order
+        atomic_write_csv(args.output / "batch.csv", ["input", "status", "mesh", "faces", "seconds", "error"], rows)
     if failures:
         if len(images) > 1:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)

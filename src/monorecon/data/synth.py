@@ -15,9 +15,7 @@ starts with the same objects. Each object folder is written to a temporary folde
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import math
 import operator
@@ -38,7 +36,7 @@ from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.core.shading import DirectionalLights, vertex_normals
-from monorecon.io.atomic import atomic_write, atomic_write_json, check_writable
+from monorecon.io.atomic import atomic_write, atomic_write_csv, atomic_write_json, check_writable
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.parallel import MAX_WORKERS, map_in_processes
@@ -353,12 +351,8 @@ def write_index(
         "objects": entries,
     }
     atomic_write_json(out_dir / "index.json", index)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=["id", "class", "split", "seed", "path"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(entries)
-    with atomic_write(out_dir / "manifest.csv", "w") as f:
-        f.write(table.getvalue())
+    fields = ["id", "class", "split", "seed", "path"]
+    atomic_write_csv(out_dir / "manifest.csv", fields, ([entry[k] for k in fields] for entry in entries))
 
 
 def _synthesize_object(

@@ -42,7 +42,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import io
@@ -66,7 +65,7 @@ from ..core.checks import SEED_RANGE, SkippedInputWarning, check_int, check_posi
 from ..core.mesh import Mesh
 from ..core.projection import project_image_colours
 from ..core.raster import rasterize
-from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_json
+from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from ..parallel import MAX_WORKERS, map_in_processes
@@ -680,13 +679,8 @@ def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = ["object_id", "class", *_metric_keys(rows)]
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    with atomic_write(path, "w") as f:
-        f.write(table.getvalue())
+    cells = ([f"{v:.6g}" if isinstance(v := row.get(k, ""), float) else v for k in fields] for row in rows)
+    atomic_write_csv(path, fields, cells)
 
 
 def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:

@@ -7,16 +7,18 @@ atomic rename); on any error the temporary file is removed and the destination i
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json"]
 
 # The process umask, read once: mkstemp creates files 0600, but written outputs should get the usual permissions.
 _UMASK = os.umask(0)
@@ -50,6 +52,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def atomic_write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV table (``header``, then one line per row, ``\\n`` line ends) to ``path`` atomically."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    with atomic_write(path, "w") as f:
+        f.write(table.getvalue())
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int = 1) -> None:
