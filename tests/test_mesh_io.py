@@ -110,11 +110,18 @@ def test_placement_and_bounding_sphere_of_the_arrow():
         ({"height": 1e4}, "height must lie"),
         ({"origin": "top"}, "origin must be one of"),
     ):
-        with pytest.raises(ValueError, match=message):
-            mesh.placed(**kwargs)
+        for method in (mesh.placed, mesh.placement):  # the motion alone is checked as the placed copy is
+            with pytest.raises(ValueError, match=message):
+                method(**kwargs)
     flat = Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 0, 1]]), torch.tensor([[0, 1, 2]]))
-    with pytest.raises(ValueError, match="no height"):
-        flat.placed(1.0)
+    for method in (flat.placed, flat.placement):
+        with pytest.raises(ValueError, match="no height"):
+            method(1.0)
+    # The motion placed() applies: x -> (x - anchor) * scale (the base's centre, x2).
+    anchor, scale = mesh.placement(4.0, "bottom")
+    torch.testing.assert_close(anchor, torch.tensor([0.5, -0.5, 0.0]))
+    assert scale == pytest.approx(2.0)
+    torch.testing.assert_close((mesh.verts - anchor) * scale, standing.verts)
 
 
 def test_vertex_normals_sphere_and_seams():

@@ -287,12 +287,12 @@ def input_view_cameras(
     """
     from .models.triposr.model import input_camera
 
-    camera = input_camera(prepared.alpha.shape[0])
-    c2w = camera.c2w.clone()
+    size = prepared.alpha.shape[0]
+    canonical = input_camera(size)
+    c2w = canonical.c2w.clone()
     if anchor is not None:
         c2w[:, :3, 3] = (c2w[:, :3, 3] - anchor.to(c2w)) * scale
-    size = prepared.alpha.shape[0]
-    camera = PerspectiveCameras(c2w, size, size, focal=camera.focal, principal=camera.principal)
+    camera = PerspectiveCameras(c2w, size, size, focal=canonical.focal, principal=canonical.principal)
     if prepared.source_box is None or prepared.source_size is None:
         return camera, None
     left, top, side = prepared.source_box
