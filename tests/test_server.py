@@ -5,6 +5,7 @@ independent readers (trimesh, zipfile, PIL); one test runs the reduced random-we
 """
 
 import io
+import json
 import threading
 import time
 import zipfile
@@ -19,6 +20,7 @@ import trimesh
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from monorecon.api import ReconstructOptions, reconstruct_full
 from monorecon.core.carving import SilhouetteFill, SilhouetteHull
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh
@@ -266,6 +268,86 @@ def test_obj_with_baked_texture_comes_zipped(client, tmp_path):
         assert archive.namelist() == ["mug.obj"]
 
 
+@pytest.mark.parametrize("placement", [{}, {"object_height": "0.3", "origin": "bottom"}])
+def test_bundle_zips_what_the_reconstruct_command_writes(client, tmp_path, placement):
+    """``bundle``: the mesh (with its companions), input.png and result.json in one zip. The stub's mesh is a sphere
+    of radius 0.5 about the origin; result.json's input camera, applied by the documented pinhole formulas (numpy),
+    must put its centre at the middle of input.png and its outline at the analytic radius f r / sqrt(D^2 - r^2),
+    also after ``object_height`` / ``origin`` moved and scaled it (the camera moves with the mesh)."""
+    data = {"format": "obj", "bake_texture": "true", "texture_resolution": "64", "bundle": "true", **placement}
+    response = post(client, data, name="my mug.jpg")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert response.headers["content-disposition"] == 'attachment; filename="my_mug.zip"'
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png", "result.json"]
+        archive.extractall(tmp_path)
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["input"] == "my mug.jpg" and record["model"] == {"weights": "injected", "config": None}
+    assert record["mesh_file"] == "mesh.obj" and record["unlit"] is False
+    assert record["options"]["bake_texture"] is True and record["options"]["texture_resolution"] == 64
+    assert record["options"]["origin"] == placement.get("origin", "model")
+    assert record["mesh"]["faces"] == int(response.headers["x-mesh-faces"]) and record["mesh"]["textured"] is True
+    assert list(record["timings"])[:2] == ["preprocess", "encode"] and "bake" in record["timings"]
+    loaded = trimesh.load(tmp_path / "mesh.obj", force="mesh", process=False)
+    assert np.asarray(loaded.visual.material.image).shape[:2] == (64, 64)
+
+    scale = float(placement.get("object_height", 1.0))
+    centre = np.zeros(3) if not placement else np.array([0.0, 0.5 * scale, 0.0])  # standing on y = 0
+    verts = np.asarray(loaded.vertices, dtype=np.float64)
+    np.testing.assert_allclose((verts.min(0) + verts.max(0)) / 2, centre, atol=1e-5)
+    camera = record["camera"]
+    alpha = np.asarray(Image.open(tmp_path / "input.png"))[..., 3]
+    assert (camera["width"], camera["height"]) == alpha.shape[::-1] == (512, 512)
+    w2c = np.linalg.inv(np.asarray(camera["c2w"]))
+    k = np.asarray(camera["K"])
+
+    def project(points: np.ndarray) -> np.ndarray:
+        local = points @ w2c[:3, :3].T + w2c[:3, 3]
+        depth = -local[:, 2]
+        return np.stack([k[0, 2] + k[0, 0] * local[:, 0] / depth, k[1, 2] - k[1, 1] * local[:, 1] / depth], -1)
+
+    np.testing.assert_allclose(project(centre[None])[0], [256, 256], atol=1e-3)
+    distance = np.linalg.norm(np.asarray(camera["c2w"])[:3, 3] - centre)
+    assert distance == pytest.approx(1.9 * scale, rel=1e-5)
+    rim = k[0, 0] * 0.5 * scale / np.sqrt(distance**2 - (0.5 * scale) ** 2)
+    radii = np.linalg.norm(project(verts) - 256, axis=1)
+    assert radii.max() <= rim * (1 + 1e-4) and radii.max() > 0.9 * rim
+
+
+def test_bundle_for_a_format_that_cannot_hold_the_mesh_gets_422(client):
+    response = post(client, {"format": "ply", "bake_texture": "true", "bundle": "true"})
+    assert "PLY" in assert_one_line_error(response, 422)
+
+
+def test_reconstruction_save_leaves_nothing_behind_when_a_file_fails(stub, tmp_path, monkeypatch):
+    """``Reconstruction.save`` (the CLI's folder, the server's bundle): a mesh the format cannot hold, or a failure
+    after input.png and the mesh were written, leaves the folder empty and raises."""
+    from monorecon.io import atomic
+
+    image = np.asarray(Image.open(io.BytesIO(object_png())), dtype=np.float32) / 255
+    result = reconstruct_full(image, stub, ReconstructOptions(bake_texture=True, texture_resolution=64))
+    with pytest.raises(ValueError, match="PLY"):
+        result.save(tmp_path / "ply", "ply")  # a textured mesh, after input.png was written
+    assert list((tmp_path / "ply").iterdir()) == []
+    with pytest.raises(ValueError, match="unlit"):
+        result.save(tmp_path / "stl", "stl", unlit=True)
+    assert not (tmp_path / "stl").exists()
+
+    def failing_json(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic, "atomic_write_json", failing_json)
+    with pytest.raises(OSError, match="disk full"):
+        result.save(tmp_path / "obj", "obj")
+    assert list((tmp_path / "obj").iterdir()) == []
+    monkeypatch.undo()
+    written = result.save(tmp_path / "obj", "obj", record={"input": "x.png"})
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "obj").iterdir())
+    assert sorted(p.name for p in written) == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png", "result.json"]
+    assert list(json.loads((tmp_path / "obj" / "result.json").read_text()))[:3] == ["input", "mesh_file", "unlit"]
+
+
 def test_usdz_download_always_carries_a_baked_texture(client, tmp_path):
     """AR viewers show no vertex colours: a USDZ request gets a texture without asking for one."""
     response = post(client, {"format": "usdz", "texture_resolution": "64"}, name="mug.jpg")
@@ -368,6 +450,7 @@ def test_openapi_documents_the_form_and_its_caps(client):
     assert set(properties) == {
         "image", "format", "mc_resolution", "threshold", "bake_texture", "texture_resolution", "foreground_ratio",
         "remove_background", "carve", "fill", "project_input", "unlit", "smooth", "object_height", "origin", "seed",
+            "bundle",
     }  # fmt: skip
     assert properties["mc_resolution"]["maximum"] == 64 and properties["mc_resolution"]["default"] == 64
     assert properties["format"]["enum"] == ["glb", "obj", "ply", "stl", "usdz"]

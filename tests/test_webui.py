@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import shutil
 import subprocess
 import threading
@@ -348,6 +349,22 @@ def test_preview_of_a_textured_obj(client, form):
     with zipfile.ZipFile(io.BytesIO(base64.b64decode(payload["mesh_base64"]))) as archive:
         assert sorted(archive.namelist()) == ["duck.mtl", "duck.obj", "duck.png"]
         assert Image.open(io.BytesIO(archive.read("duck.png"))).size == (64, 64)
+
+
+def test_preview_download_can_be_the_bundle(client, form):
+    """The page's Download select asks for the zip ``POST /reconstruct`` gives with ``bundle``: the preview's
+    download is then that zip (mesh, input.png, result.json) and the rest of the answer is unchanged."""
+    data = {**browser_submission(form), "mc_resolution": "8", "bundle": "true"}
+    assert form["controls"]["bundle"]["options"] == ["false", "true"]  # the mesh file alone unless asked
+    response = client.post(form["data-preview"], data=data, files={"image": ("duck.png", object_png(), "image/png")})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert (payload["filename"], payload["media_type"]) == ("duck.zip", "application/zip")
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(payload["mesh_base64"]))) as archive:
+        assert sorted(archive.namelist()) == ["input.png", "mesh.glb", "result.json"]
+        record = json.loads(archive.read("result.json"))
+    assert record["input"] == "duck.png" and record["mesh"]["faces"] == payload["faces"] == 80
+    assert payload["viewer"] is not None and payload["input_png_base64"]
 
 
 def test_preview_turntable_is_rendered_holding_the_model(app, client, form, monkeypatch):

@@ -198,6 +198,51 @@ class Reconstruction:
             "timings": dict(self.timings),
         }
 
+    def save(
+        self, folder: str | os.PathLike, mesh_format: str = "glb", *, unlit: bool = False, record: dict | None = None
+    ) -> list[Path]:
+        """Write the result as ``monorecon reconstruct`` writes ``OUTPUT/<stem>/``: ``mesh.<mesh_format>`` (with its
+        ``.mtl`` and ``.png`` for a textured OBJ), ``input.png`` (the prepared input, RGBA) and ``result.json``
+        (``record``'s keys, e.g. ``input`` and ``model``, then ``mesh_file``, ``unlit`` and :meth:`summary`).
+
+        Each file is written atomically; if one fails, those already written are removed before the error is raised.
+
+        Args:
+            folder: made if missing.
+            mesh_format: ``glb``, ``obj``, ``ply``, ``stl`` or ``usdz`` (:func:`monorecon.io.save_mesh`).
+            unlit: GLB, USDZ: show the colours without lighting.
+            record: JSON-ready entries put first in ``result.json``.
+
+        Returns:
+            The paths written.
+
+        Raises:
+            ValueError: a format that cannot hold the mesh (a texture for PLY, ``unlit`` for OBJ / PLY / STL ...).
+            OSError: the folder cannot be written.
+        """
+        from .io.atomic import atomic_write_json
+        from .io.images import save_image
+        from .io.mesh_io import check_unlit, save_mesh
+
+        check_unlit(mesh_format, unlit)
+        folder = Path(folder)
+        mesh_path = folder / f"mesh.{mesh_format}"
+        written: list[Path] = []
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            written.append(save_image(self.prepared.rgba(), folder / "input.png"))
+            if self.mesh.texture is not None and mesh_format == "obj":  # companions: removed too if the OBJ fails
+                written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
+            written.append(save_mesh(self.mesh, mesh_path, unlit=unlit))
+            result = {**(record or {}), "mesh_file": mesh_path.name, "unlit": unlit, **self.summary()}
+            written.append(folder / "result.json")
+            atomic_write_json(written[-1], result, indent=2)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
 
 def camera_record(camera: PerspectiveCameras) -> dict:
     """One camera as JSON: ``width``, ``height`` (pixels), ``fov_y_deg``, ``K`` (3 x 3 ``[[fx, 0, cx], [0, fy, cy],

@@ -325,9 +325,6 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
     (one bad input must not leave half its outputs behind nor stop the others)."""
     from .api import reconstruct_full, timed
-    from .io.atomic import atomic_write_json
-    from .io.images import save_image
-    from .io.mesh_io import save_mesh
 
     out_dir = job.output / image_path.stem
     created_folder = not out_dir.exists()
@@ -335,17 +332,10 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     try:
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
-        mesh_path = out_dir / f"mesh.{job.mesh_format}"
         with timed(timings, "write"):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            written.append(save_image(result.prepared.rgba(), out_dir / "input.png"))
-            if result.mesh.texture is not None and job.mesh_format == "obj":  # companions of a textured OBJ
-                written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
-            written.append(save_mesh(result.mesh, mesh_path, unlit=job.unlit))
-            record = {"input": str(image_path), "model": job.model_source, "mesh_file": mesh_path.name}
-            record |= {"unlit": job.unlit, **result.summary()}
-            atomic_write_json(out_dir / "result.json", record, indent=2)
-            written.append(out_dir / "result.json")
+            record = {"input": str(image_path), "model": job.model_source}
+            written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record=record)
+        mesh_path = out_dir / f"mesh.{job.mesh_format}"
         if job.render:
             from .video import save_turntable, turntable_from_mesh
 

@@ -144,6 +144,8 @@ class MeshForm:
         filename: the uploaded file's name (may be empty).
         mesh_format: ``"glb"``, ``"obj"``, ``"ply"``, ``"stl"`` or ``"usdz"`` (which always gets a baked texture).
         unlit: GLB, USDZ: show the colours without lighting (see :func:`monorecon.io.mesh_io.save_mesh`).
+        bundle: answer a zip of what ``monorecon reconstruct`` writes (mesh, ``input.png``, ``result.json``) rather
+            than the mesh file alone.
     """
 
     image: bytes
@@ -163,6 +165,7 @@ class MeshForm:
     smooth: int = 0
     object_height: float = 0.0
     origin: str = "model"
+    bundle: bool = False
 
     @property
     def stem(self) -> str:
@@ -265,6 +268,13 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             Form(description="the mesh's origin: the model's frame, the bounding box's center, or its bottom (y = 0)"),
         ] = "model",
         seed: Annotated[int, Form(ge=SEED_RANGE[0], le=SEED_RANGE[1])] = 0,
+        bundle: Annotated[
+            bool,
+            Form(
+                description="answer a zip of mesh.<format>, input.png (the prepared input) and result.json (options, "
+                "timings, the input camera in the mesh's frame), as monorecon reconstruct writes its folder"
+            ),
+        ] = False,
     ) -> MeshForm:
         return MeshForm(
             image=await image.read(),
@@ -284,6 +294,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             smooth=smooth,
             object_height=object_height,
             origin=origin,
+            bundle=bundle,
         )
 
     return mesh_form
@@ -295,10 +306,13 @@ class ReconstructionService:
     Errors come out as :class:`fastapi.HTTPException` with a one-line ``detail``.
     """
 
-    def __init__(self, model: Any, settings: ServerSettings, model_source: str = "injected") -> None:
+    def __init__(
+        self, model: Any, settings: ServerSettings, model_source: str = "injected", config_source: str | None = None
+    ) -> None:
         self.model = model
         self.settings = settings
         self.model_source = model_source
+        self.config_source = config_source
         self._lock = threading.RLock()  # re-entrant: the web page's preview holds it around reconstruct()
 
     @contextmanager
@@ -310,6 +324,16 @@ class ReconstructionService:
             yield
         finally:
             self._lock.release()
+
+    def answer_file(self, result: Reconstruction, form: MeshForm) -> tuple[bytes, str, str]:
+        """The file a request asked for: the mesh (:func:`mesh_file`), or with ``bundle`` the zip of what
+        ``monorecon reconstruct`` writes (:func:`result_bundle`; ``result.json`` names the upload and the model's
+        weights and config). Returns (bytes, media type, download name)."""
+        if not form.bundle:
+            return mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
+        model = {"weights": self.model_source, "config": self.config_source}
+        record = {"input": form.filename or "upload", "model": model}
+        return result_bundle(result, form.mesh_format, form.stem, unlit=form.unlit, record=record)
 
     def model_summary(self) -> dict[str, Any]:
         """What /health reports about the model: class, source, size, device, and its key config values."""
@@ -391,15 +415,35 @@ def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -
         raise ValueError(f"unknown mesh format {mesh_format!r}; expected one of {', '.join(MESH_MEDIA_TYPES)}")
     with tempfile.TemporaryDirectory(prefix="monorecon-mesh-") as folder:
         path = save_mesh(mesh, Path(folder) / f"{stem}.{mesh_format}", unlit=unlit)
-        if mesh_format == "obj":
-            buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-                for member in sorted(Path(folder).iterdir()):
-                    archive.write(member, member.name)
-            data = buffer.getvalue()
-        else:
-            data = path.read_bytes()
+        data = zip_folder(Path(folder)) if mesh_format == "obj" else path.read_bytes()
     return data, MESH_MEDIA_TYPES[mesh_format], stem + _DOWNLOAD_SUFFIX[mesh_format]
+
+
+def result_bundle(
+    result: Reconstruction, mesh_format: str, stem: str, *, unlit: bool = False, record: dict | None = None
+) -> tuple[bytes, str, str]:
+    """Zip the files ``monorecon reconstruct`` writes for one input (:meth:`Reconstruction.save`: ``mesh.<format>``
+    with its companions, ``input.png``, ``result.json`` holding ``record``'s entries first).
+
+    Returns:
+        (zip bytes, ``"application/zip"``, ``"<stem>.zip"``).
+
+    Raises:
+        ValueError: a format that cannot hold the mesh (see :meth:`Reconstruction.save`).
+    """
+    with tempfile.TemporaryDirectory(prefix="monorecon-result-") as folder:
+        result.save(folder, mesh_format, unlit=unlit, record=record)
+        data = zip_folder(Path(folder))
+    return data, "application/zip", f"{stem}.zip"
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The files of ``folder`` (not its sub-folders) as a deflated zip, in name order, each under its own name."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in sorted(folder.iterdir()):
+            archive.write(member, member.name)
+    return buffer.getvalue()
 
 
 def server_timing(timings: dict[str, float]) -> str:
@@ -442,7 +486,7 @@ def create_app(
         source = str(weights) if weights is not None else "bundled default model"
     else:
         source = "injected"
-    service = ReconstructionService(model, settings, source)
+    service = ReconstructionService(model, settings, source, None if config is None else str(config))
 
     app = FastAPIOffline(
         title="monorecon",
@@ -478,7 +522,7 @@ def create_app(
         result = service.reconstruct(form)
         timings = dict(result.timings)
         with timed(timings, "write"):
-            data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
+            data, media_type, filename = service.answer_file(result, form)
         headers = {
             "Content-Disposition": _content_disposition(filename),
             "X-Mesh-Vertices": str(result.mesh.num_verts),

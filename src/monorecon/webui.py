@@ -33,7 +33,6 @@ from .server import (
     MeshForm,
     ReconstructionService,
     ServerSettings,
-    mesh_file,
     mesh_form_dependency,
     run_server,
     size_text,
@@ -89,7 +88,7 @@ def build_ui(service: ReconstructionService) -> APIRouter:
                     result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
                 )
         with timed(timings, "write"):
-            data, media_type, filename = mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
+            data, media_type, filename = service.answer_file(result, form)
         return {
             "filename": filename,
             "media_type": media_type,
@@ -165,6 +164,8 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                                      ("bottom", "bottom (stands on y = 0)")],
                 "where the mesh's origin lies (AR viewers and game engines expect the bottom)"),
         _number("seed", "Seed", 0, *SEED_RANGE, 1, None),
+        _select("bundle", "Download", [("false", "the mesh file"), ("true", "zip: mesh, input.png, result.json")],
+                "result.json: the options, the timings and the input camera in the mesh's frame"),
     ]  # fmt: skip
     parameters = model_summary.get("parameters")
     model_line = html.escape(
