@@ -259,6 +259,40 @@ def camera_record(camera: PerspectiveCameras) -> dict:
     }
 
 
+def camera_from_record(record: dict) -> PerspectiveCameras:
+    """The camera a :func:`camera_record` describes (e.g. ``result.json``'s ``camera`` or ``photo_camera``).
+
+    Raises:
+        ValueError: not such a record: a missing key, another convention, a size, ``K`` or ``c2w`` of the wrong shape,
+            not finite, or not a camera (a skewed ``K``, a ``c2w`` whose rotation is not orthonormal).
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"a camera record must be a JSON object, got {type(record).__name__}")
+    missing = [key for key in ("convention", "width", "height", "K", "c2w") if key not in record]
+    if missing:
+        raise ValueError(f"the camera record lacks {', '.join(missing)}")
+    if record["convention"] != CAMERA_CONVENTION:
+        raise ValueError(f"the camera record's convention is {record['convention']!r}, not {CAMERA_CONVENTION!r}")
+    try:
+        k = np.asarray(record["K"], dtype=np.float64)
+        c2w = np.asarray(record["c2w"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("the camera record's K and c2w must be 3 x 3 and 4 x 4 arrays of numbers") from None
+    if k.shape != (3, 3) or c2w.shape != (4, 4) or not (np.isfinite(k).all() and np.isfinite(c2w).all()):
+        raise ValueError("the camera record's K and c2w must be finite 3 x 3 and 4 x 4 arrays")
+    if k[0, 1] != 0 or k[1, 0] != 0 or k.tolist()[2] != [0, 0, 1]:
+        raise ValueError(f"the camera record's K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()}")
+    if not np.allclose(c2w[3], [0, 0, 0, 1]):
+        raise ValueError(f"the camera record's c2w must end with the row [0, 0, 0, 1], got {c2w[3].tolist()}")
+    return PerspectiveCameras(
+        torch.from_numpy(c2w).float()[None],
+        record["height"],
+        record["width"],
+        focal=(float(k[0, 0]), float(k[1, 1])),
+        principal=(float(k[0, 2]), float(k[1, 2])),
+    )
+
+
 #: The stages of :func:`reconstruct_full` that :attr:`Reconstruction.timings` names, in order: load and prepare the
 #: image; the model's scene code; the input silhouette's cone (and its fill: model queries); marching cubes;
 #: floater removal, decimation and smoothing; the photo's colours; texture baking (UV unwrap and model queries).

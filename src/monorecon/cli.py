@@ -484,6 +484,90 @@ def _run_render(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# overlay
+# --------------------------------------------------------------------------------------------------------------------
+def _add_overlay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "overlay",
+        help="draw a reconstructed mesh over its photo, seen by the camera result.json records",
+        description="Draw the mesh of a reconstruct output folder over the photo it came from (or over input.png with "
+        "--view input), seen by the input camera that the folder's result.json records in the mesh's frame: the "
+        "mesh shaded and blended over the image, with its outline. Shows how the reconstruction lines up with the "
+        "photo, also after --object-height / --origin moved it.",
+    )  # fmt: skip
+    p.add_argument("result", type=Path, help="a folder written by monorecon reconstruct (result.json, mesh.*)")
+    p.add_argument("-o", "--output", type=Path, help="PNG to write (default: RESULT/overlay.png, or overlay_input.png)")
+    p.add_argument(
+        "--view",
+        choices=("photo", "input"),
+        default="photo",
+        help="photo: the whole source photo (result.json's photo_camera, the default); input: input.png, the "
+        "prepared square the model saw (camera)",
+    )
+    p.add_argument(
+        "--image",
+        type=Path,
+        help="the image to draw on (default: the photo result.json names as input, or RESULT/input.png with "
+        "--view input); it must have the camera's size",
+    )
+    p.add_argument("--opacity", type=float, default=0.6, help="share of the shaded mesh in the blend, 0..1 (0.6)")
+    p.add_argument("--no-outline", action="store_true", help="leave out the mesh's outline")
+    p.add_argument(
+        "--max-side", type=int, default=1024, help="the overlay's longer side at most this many pixels (1024)"
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_overlay)
+
+
+def _run_overlay(args: argparse.Namespace) -> int:
+    import json
+
+    from .api import camera_from_record
+    from .io.images import load_image, save_image
+    from .io.mesh_io import load_mesh
+    from .overlay import MAX_OVERLAY_SIDE, overlay_mesh
+
+    record_path = args.result / "result.json"
+    if not record_path.is_file():
+        raise CommandError(f"no result.json in {args.result} (a folder written by monorecon reconstruct)")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CommandError(f"cannot read {record_path}: {err}") from None
+    key = "photo_camera" if args.view == "photo" else "camera"
+    if not isinstance(record, dict) or not isinstance(record.get(key), dict):
+        raise CommandError(f"{record_path} records no {key} (written by monorecon reconstruct)")
+    camera = camera_from_record(record[key])
+    if not isinstance(record.get("mesh_file"), str):
+        raise CommandError(f"{record_path} names no mesh_file")
+    image_path = args.image
+    if image_path is None and args.view == "input":
+        image_path = args.result / "input.png"
+    elif image_path is None:
+        image_path = Path(str(record.get("input", "")))
+        if not image_path.is_file():
+            raise CommandError(f"the photo {record.get('input')!r} that {record_path} names is not found: pass --image")
+    if not 0 <= args.opacity <= 1:
+        raise CommandError(f"--opacity must lie in [0, 1], got {args.opacity}")
+    if not 16 <= args.max_side <= MAX_OVERLAY_SIDE:
+        raise CommandError(f"--max-side must lie in [16, {MAX_OVERLAY_SIDE}], got {args.max_side}")
+    output = args.output or args.result / ("overlay.png" if args.view == "photo" else "overlay_input.png")
+    check_writable(output)
+    image = load_image(image_path)
+    mesh = load_mesh(args.result / record["mesh_file"])
+    try:
+        drawn = overlay_mesh(
+            mesh, image, camera, opacity=args.opacity, outline=not args.no_outline, max_side=args.max_side
+        )
+    except ValueError as err:
+        raise CommandError(f"{image_path}: {err}") from None
+    save_image(drawn / 255.0, output)
+    if not args.quiet:
+        print(f"{args.result} -> {output}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # convert
 # --------------------------------------------------------------------------------------------------------------------
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -1082,6 +1166,7 @@ def _run_webui(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_reconstruct,
     _add_render,
+    _add_overlay,
     _add_convert,
     _add_data,
     _add_train,

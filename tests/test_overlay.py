@@ -1,0 +1,274 @@
+"""``monorecon overlay`` and :func:`monorecon.overlay.overlay_mesh`: a mesh drawn over its image by a recorded camera.
+
+The references are analytic: a sphere on a camera's optical axis projects to a disc centred on the principal point,
+of radius ``f r / sqrt(D^2 - r^2)``; and end to end, a mesh reconstructed from a disc photo must cover that disc.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from monorecon import cli
+from monorecon.api import camera_from_record, camera_record
+from monorecon.core.cameras import CAMERA_CONVENTION, PerspectiveCameras, look_at
+from monorecon.core.mesh import Mesh
+from monorecon.io.images import save_image
+from monorecon.overlay import OUTLINE_COLOUR, overlay_mesh
+from test_reconstruct_cli import MODEL_ARGS, assert_one_line_error, files_under, run
+
+# A 160 x 120 camera with an off-centre principal point and a pose that is not axis-aligned.
+WIDTH, HEIGHT, FOCAL, PRINCIPAL = 160, 120, 150.0, (70.0, 52.0)
+EYE, TARGET, RADIUS = np.array([1.2, 0.9, 2.6]), np.array([0.1, 0.2, -0.3]), 0.45
+
+
+def record(**changes) -> dict:
+    """A camera record written by hand (not by :func:`camera_record`) for the pose above."""
+    c2w = look_at(torch.tensor(EYE, dtype=torch.float32)[None], torch.tensor(TARGET, dtype=torch.float32)[None])[0]
+    k = [[FOCAL, 0.0, PRINCIPAL[0]], [0.0, FOCAL, PRINCIPAL[1]], [0.0, 0.0, 1.0]]
+    return {"convention": CAMERA_CONVENTION, "width": WIDTH, "height": HEIGHT, "K": k, "c2w": c2w.tolist()} | changes
+
+
+def sphere(colour=(1.0, 1.0, 1.0)) -> Mesh:
+    """A fine icosphere of radius RADIUS around TARGET (on the camera's optical axis), one colour."""
+    ico = trimesh.creation.icosphere(subdivisions=5, radius=RADIUS)
+    verts = torch.tensor(ico.vertices + TARGET, dtype=torch.float32)
+    return Mesh(verts, torch.tensor(ico.faces), vertex_colors=torch.tensor(colour).expand(len(verts), 3).clone())
+
+
+def disc_radius() -> float:
+    distance = float(np.linalg.norm(EYE - TARGET))
+    return FOCAL * RADIUS / math.sqrt(distance**2 - RADIUS**2)
+
+
+def coverage(drawn: np.ndarray, image_value: float = 0.0) -> np.ndarray:
+    return np.abs(drawn.astype(np.float32) / 255 - image_value).max(-1) > 0.02
+
+
+def test_camera_record_round_trip_and_the_documented_projection():
+    """A hand-written record gives the camera whose projection is the record's documented formula (numpy)."""
+    camera = camera_from_record(record())
+    assert (camera.width, camera.height) == (WIDTH, HEIGHT)
+    points = np.random.default_rng(0).normal(TARGET, 0.3, (20, 3))
+    w2c = np.linalg.inv(np.asarray(record()["c2w"]))
+    local = points @ w2c[:3, :3].T + w2c[:3, 3]
+    depth = -local[:, 2]
+    expected = np.stack([PRINCIPAL[0] + FOCAL * local[:, 0] / depth, PRINCIPAL[1] - FOCAL * local[:, 1] / depth], -1)
+    screen = camera.transform_points_screen(torch.tensor(points, dtype=torch.float32)[None])[0, :, :2].numpy()
+    np.testing.assert_allclose(screen, expected, atol=1e-3)
+    again = camera_record(camera)
+    np.testing.assert_allclose(again["K"], record()["K"], atol=1e-4)
+    np.testing.assert_allclose(again["c2w"], record()["c2w"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"convention": "opencv"}, "convention"),
+        ({"K": [[FOCAL, 1.0, 70.0], [0.0, FOCAL, 52.0], [0.0, 0.0, 1.0]]}, "K must be"),
+        ({"K": [[FOCAL, 0.0, 70.0], [0.0, FOCAL, 52.0]]}, "3 x 3"),
+        ({"K": [[math.nan, 0.0, 70.0], [0.0, FOCAL, 52.0], [0.0, 0.0, 1.0]]}, "finite"),
+        ({"K": [[-FOCAL, 0.0, 70.0], [0.0, FOCAL, 52.0], [0.0, 0.0, 1.0]]}, "positive"),
+        ({"K": "wide"}, "arrays"),
+        ({"c2w": np.eye(4)[:3].tolist()}, "4 x 4"),
+        ({"c2w": (2 * np.eye(4)).tolist()}, "row"),
+        ({"c2w": np.diag([2.0, 1.0, 1.0, 1.0]).tolist()}, "orthonormal"),
+        ({"width": 0}, "width"),
+        ({"height": "tall"}, "height"),
+    ],
+)
+def test_bad_camera_records_are_refused(changes, needle):
+    with pytest.raises(ValueError, match=needle):
+        camera_from_record(record(**changes))
+    incomplete = record()
+    del incomplete["K"]
+    with pytest.raises(ValueError, match="lacks K"):
+        camera_from_record(incomplete)
+    with pytest.raises(ValueError, match="JSON object"):
+        camera_from_record([1, 2])
+
+
+def test_sphere_on_the_optical_axis_covers_the_analytic_disc():
+    """Black image, white sphere, opacity 1, no outline: the drawn pixels are the disc of radius f r / sqrt(D^2 -
+    r^2) about the principal point; at its centre the surface faces the eye, so the blend is the documented one."""
+    image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    camera = camera_from_record(record())
+    drawn = overlay_mesh(sphere(), image, camera, opacity=1.0, outline=False)
+    assert drawn.shape == (HEIGHT, WIDTH, 3) and drawn.dtype == np.uint8
+    mask = coverage(drawn)
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_allclose([cols.mean() + 0.5, rows.mean() + 0.5], PRINCIPAL, atol=0.3)
+    assert mask.sum() == pytest.approx(math.pi * disc_radius() ** 2, rel=0.03)
+
+    grey = np.full((HEIGHT, WIDTH, 3), 0.2, np.float32)
+    half = overlay_mesh(sphere(), grey, camera, opacity=0.6, outline=False)
+    centre = half[int(PRINCIPAL[1]), int(PRINCIPAL[0])] / 255
+    np.testing.assert_allclose(centre, 0.2 * 0.4 + 1.0 * 0.6, atol=0.01)  # lit head-on: ambient + diffuse = 1
+    np.testing.assert_array_equal(half[0, 0], [51, 51, 51])  # the image where the mesh is not
+
+
+def test_outline_is_a_ring_at_the_disc_edge_and_max_side_scales_everything():
+    image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    drawn = overlay_mesh(sphere((0.5, 0.5, 0.5)), image, camera_from_record(record()), opacity=1.0)
+    ring = np.all(drawn == np.round(np.asarray(OUTLINE_COLOUR) * 255).astype(np.uint8), axis=-1)
+    rows, cols = np.nonzero(ring)
+    distance = np.hypot(cols + 0.5 - PRINCIPAL[0], rows + 0.5 - PRINCIPAL[1])
+    # An 8-connected ring of a disc of radius R has about 4 sqrt(2) R pixels.
+    assert len(distance) > 5 * disc_radius() and np.abs(distance - disc_radius()).max() < 1.6
+
+    big = record(width=2 * WIDTH, height=2 * HEIGHT)
+    big["K"] = [[2 * FOCAL, 0, 2 * PRINCIPAL[0]], [0, 2 * FOCAL, 2 * PRINCIPAL[1]], [0, 0, 1]]
+    small = overlay_mesh(
+        sphere((0.5, 0.5, 0.5)), np.zeros((2 * HEIGHT, 2 * WIDTH, 4), np.float32), camera_from_record(big), opacity=1.0,
+        outline=False, max_side=WIDTH,
+    )  # fmt: skip
+    assert small.shape == (HEIGHT, WIDTH, 3)
+    mask = np.abs(small.astype(np.float32) / 255 - 1.0).max(-1) > 0.02  # a transparent image is drawn on white...
+    shade = small[mask].astype(np.float32).mean(-1) / 255  # ... and the grey sphere is lit by the headlight:
+    assert 0.5 * 0.45 - 0.01 <= shade.min() and shade.max() <= 0.5 + 0.01  # from ambient 0.45 to head-on 1
+    rows, cols = np.nonzero(mask)
+    np.testing.assert_allclose([cols.mean() + 0.5, rows.mean() + 0.5], PRINCIPAL, atol=0.5)
+    assert mask.sum() == pytest.approx(math.pi * disc_radius() ** 2, rel=0.05)
+
+
+def test_a_tiny_mesh_is_not_clipped():
+    """A mesh placed 1 mm tall in metres is seen from closer than the cameras' default near plane (0.01): still drawn
+    whole (the clipping depths come from the mesh)."""
+    scale = 1e-3
+    far = record()
+    c2w = np.asarray(far["c2w"])
+    c2w[:3, 3] *= scale
+    far["c2w"] = c2w.tolist()
+    mesh = sphere()
+    mesh = Mesh(mesh.verts * scale, mesh.faces, vertex_colors=mesh.vertex_colors)
+    drawn = overlay_mesh(mesh, np.zeros((HEIGHT, WIDTH, 3), np.float32), camera_from_record(far), outline=False)
+    assert coverage(drawn).sum() == pytest.approx(math.pi * disc_radius() ** 2, rel=0.03)
+
+
+BEHIND = torch.tensor(EYE - TARGET, dtype=torch.float32) * 3  # moves the sphere behind the eye
+
+
+def test_bad_overlay_inputs_are_refused():
+    camera = camera_from_record(record())
+    image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+    cases = [
+        (dict(image=np.zeros((HEIGHT, WIDTH + 1, 3), np.float32)), "not the camera's image"),
+        (dict(image=np.zeros((HEIGHT, WIDTH), np.float32)), r"\(H, W, 3\|4\)"),
+        (dict(image=np.full((HEIGHT, WIDTH, 3), np.nan, np.float32)), "finite"),
+        (dict(image=np.full((HEIGHT, WIDTH, 3), 2.0, np.float32)), r"\[0, 1\]"),
+        (dict(opacity=1.5), "opacity"),
+        (dict(max_side=8), "max_side"),
+        (dict(mesh=Mesh(sphere().verts + BEHIND, sphere().faces)), "behind"),
+        (dict(camera=PerspectiveCameras(torch.eye(4).repeat(2, 1, 1), HEIGHT, WIDTH, fov_y_deg=40.0)), "one camera"),
+    ]  # fmt: skip
+    for changes, needle in cases:
+        arguments = {"mesh": sphere(), "image": image, "camera": camera} | changes
+        mesh, picture, view = arguments.pop("mesh"), arguments.pop("image"), arguments.pop("camera")
+        with pytest.raises(ValueError, match=needle):
+            overlay_mesh(mesh, picture, view, **arguments)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command, on a reconstruction by the tiny model
+# --------------------------------------------------------------------------------------------------------------------
+PHOTO_HEIGHT, PHOTO_WIDTH, DISC_CENTRE, DISC_RADIUS = 160, 240, np.array([170.0, 70.0]), 30.0
+
+
+@pytest.fixture(scope="module")
+def reconstructions(tmp_path_factory) -> dict:
+    """A dark disc off-centre in a wide white photo, reconstructed as it is and placed (30 cm, standing on y = 0)."""
+    folder = tmp_path_factory.mktemp("overlay")
+    rows, cols = np.mgrid[:PHOTO_HEIGHT, :PHOTO_WIDTH] + 0.5
+    disc = np.hypot(cols - DISC_CENTRE[0], rows - DISC_CENTRE[1]) < DISC_RADIUS
+    photo = save_image(np.where(disc[..., None], 0.2, 1.0) * np.ones(3, np.float32), folder / "disc.png")
+    outputs = {}
+    for name, placement in (("plain", []), ("placed", ["--object-height", "0.3", "--origin", "bottom"])):
+        argv = ["reconstruct", str(photo), "-o", str(folder / name), *MODEL_ARGS, "--mc-resolution", "48",
+                "--threshold", "1", "--quiet", *placement]  # fmt: skip
+        assert cli.main(argv) == 0
+        outputs[name] = folder / name / "disc"
+    return {"photo": photo, "disc": disc, **outputs}
+
+
+@pytest.mark.parametrize("name", ["plain", "placed"])
+def test_overlay_command_draws_the_mesh_on_its_disc(reconstructions, name, tmp_path, capsys):
+    """The carved mesh covers the photo's disc and nothing beyond its outline (plus a grid cell), whether or not
+    --object-height / --origin moved it: the recorded camera moved with it."""
+    result = reconstructions[name]
+    output = tmp_path / "overlay.png"
+    code, out, err = run(["overlay", str(result), "-o", str(output), "--opacity", "1", "--no-outline"], capsys)
+    assert code == 0, err
+    assert out.strip() == f"{result} -> {output}"
+    drawn = np.asarray(Image.open(output).convert("RGB"))
+    photo = np.asarray(Image.open(reconstructions["photo"]).convert("RGB"))
+    assert drawn.shape == photo.shape
+    changed = np.abs(drawn.astype(int) - photo.astype(int)).max(-1) > 8
+    rows, cols = np.mgrid[:PHOTO_HEIGHT, :PHOTO_WIDTH] + 0.5
+    offset = np.hypot(cols - DISC_CENTRE[0], rows - DISC_CENTRE[1])
+    cell = 1.74 / 48 * json.loads((result / "result.json").read_text())["photo_camera"]["K"][0][0] / 1.9
+    assert not changed[offset > DISC_RADIUS + 2 * cell].any()
+    # Inside the disc the mesh's colours are the photo's own dark grey (projected), so compare coverage instead.
+    code, _, err = run(["overlay", str(result), "-o", str(output), "--opacity", "1", "--no-outline", "--image",
+                        str(white_photo(tmp_path))], capsys)  # fmt: skip
+    assert code == 0, err
+    covered = np.asarray(Image.open(output).convert("RGB")).astype(int).min(-1) < 247
+    assert covered[offset < DISC_RADIUS - 2 * cell].mean() > 0.97
+    assert not covered[offset > DISC_RADIUS + 2 * cell].any()
+
+
+def white_photo(folder) -> str:
+    return str(save_image(np.ones((PHOTO_HEIGHT, PHOTO_WIDTH, 3), np.float32), folder / "white.png"))
+
+
+def test_overlay_command_on_the_prepared_input(reconstructions, capsys):
+    result = reconstructions["placed"]
+    code, _, err = run(["overlay", str(result), "--view", "input", "--quiet"], capsys)
+    assert code == 0, err
+    drawn = np.asarray(Image.open(result / "overlay_input.png").convert("RGB"))
+    alpha = np.asarray(Image.open(result / "input.png"))[..., 3] > 127
+    assert drawn.shape[:2] == alpha.shape
+    outline = np.all(drawn == np.round(np.asarray(OUTLINE_COLOUR) * 255).astype(np.uint8), axis=-1)
+    rows, cols = np.nonzero(alpha)
+    centre, radius = np.array([cols.mean(), rows.mean()]) + 0.5, math.sqrt(alpha.sum() / math.pi)
+    rows, cols = np.nonzero(outline)
+    distance = np.hypot(cols + 0.5 - centre[0], rows + 0.5 - centre[1])
+    cell = 1.74 / 48 * json.loads((result / "result.json").read_text())["camera"]["K"][0][0] / 1.9
+    # The outline runs along input.png's disc (the tiny random model's mesh has holes inside, outlined too) and
+    # nowhere beyond it (plus the grid's cells: marching cubes blurs the carved cone's edge).
+    assert distance.max() < radius + 2 * cell and abs(np.median(distance) - radius) < 2 * cell
+
+
+def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
+    result = tmp_path / "copy"
+    shutil.copytree(reconstructions["plain"], result)
+    before = files_under(tmp_path)
+
+    def refused(*argv: str, needle: str) -> None:
+        code, _, err = run(["overlay", *argv], capsys)
+        assert_one_line_error(code, err, needle)
+        assert files_under(tmp_path) == before
+
+    refused(str(tmp_path), needle="no result.json")
+    wrong_size = str(save_image(np.ones((10, 12, 3), np.float32), tmp_path / "small.png"))
+    before = files_under(tmp_path)
+    refused(str(result), "--image", wrong_size, needle="not the camera's image")
+    refused(str(result), "--opacity", "1.5", needle="--opacity")
+    refused(str(result), "--max-side", "8", needle="--max-side")
+    refused(str(result), "-o", str(tmp_path / "missing" / "o.png"), needle="does not exist")
+    record = json.loads((result / "result.json").read_text())
+    (result / "result.json").write_text(json.dumps(record | {"input": str(tmp_path / "gone.png")}))
+    before = files_under(tmp_path)
+    refused(str(result), needle="pass --image")
+    (result / "result.json").write_text(json.dumps(record | {"photo_camera": None}))
+    before = files_under(tmp_path)
+    refused(str(result), needle="records no photo_camera")
+    (result / "result.json").write_text("{not json")
+    before = files_under(tmp_path)
+    refused(str(result), needle="cannot read")
