@@ -255,7 +255,9 @@ def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
         assert_one_line_error(code, err, needle)
         assert files_under(tmp_path) == before
 
-    refused(str(tmp_path), needle="no result.json")
+    (tmp_path / "empty").mkdir()
+    before = files_under(tmp_path)
+    refused(str(tmp_path / "empty"), needle="no result.json")
     wrong_size = str(save_image(np.ones((10, 12, 3), np.float32), tmp_path / "small.png"))
     before = files_under(tmp_path)
     refused(str(result), "--image", wrong_size, needle="not the camera's image")
@@ -272,3 +274,27 @@ def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
     (result / "result.json").write_text("{not json")
     before = files_under(tmp_path)
     refused(str(result), needle="cannot read")
+
+
+def test_overlay_command_on_a_batch_folder_draws_each_result_and_names_the_bad_one(reconstructions, tmp_path, capsys):
+    batch = tmp_path / "batch"
+    for name, source in (("a", "plain"), ("b", "placed"), ("c", "plain")):
+        shutil.copytree(reconstructions[source], batch / name)
+    (batch / "notes").mkdir()  # not a result folder: ignored
+    (batch / "c" / "result.json").write_text("{not json")
+    code, out, err = run(["overlay", str(batch)], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("monorecon")]  # not the progress bar's
+    assert lines[0].startswith(f"monorecon: {batch / 'c'}: cannot read")
+    assert lines[-1] == "monorecon: 1 of 3 result folders failed" and len(lines) == 2
+    assert (batch / "a" / "overlay.png").is_file() and (batch / "b" / "overlay.png").is_file()
+    assert not (batch / "c" / "overlay.png").exists()
+    assert f"{batch / 'a'} -> {batch / 'a' / 'overlay.png'}" in out
+    shutil.rmtree(batch / "c")
+    code, out, err = run(["overlay", str(batch), "--view", "input", "--quiet"], capsys)
+    assert (code, out, err) == (0, "", "")
+    assert (batch / "a" / "overlay_input.png").is_file() and (batch / "b" / "overlay_input.png").is_file()
+    code, _, err = run(["overlay", str(batch), "-o", str(tmp_path / "one.png")], capsys)
+    assert_one_line_error(code, err, "holds 2")
+    code, _, err = run(["overlay", str(batch / "notes")], capsys)
+    assert_one_line_error(code, err, "no result.json")

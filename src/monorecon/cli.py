@@ -495,7 +495,12 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
         "mesh shaded and blended over the image, with its outline. Shows how the reconstruction lines up with the "
         "photo, also after --object-height / --origin moved it.",
     )  # fmt: skip
-    p.add_argument("result", type=Path, help="a folder written by monorecon reconstruct (result.json, mesh.*)")
+    p.add_argument(
+        "result",
+        type=Path,
+        help="a folder written by monorecon reconstruct (result.json, mesh.*), or the output folder of a batch: "
+        "each of its folders with a result.json is drawn (a failed one is named and skipped; exit code 2 then)",
+    )
     p.add_argument("-o", "--output", type=Path, help="PNG to write (default: RESULT/overlay.png, or overlay_input.png)")
     p.add_argument(
         "--view",
@@ -520,16 +525,55 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_overlay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .overlay import MAX_OVERLAY_SIDE
+
+    if not 0 <= args.opacity <= 1:
+        raise CommandError(f"--opacity must lie in [0, 1], got {args.opacity}")
+    if not 16 <= args.max_side <= MAX_OVERLAY_SIDE:
+        raise CommandError(f"--max-side must lie in [16, {MAX_OVERLAY_SIDE}], got {args.max_side}")
+    folders = [args.result]
+    if not (args.result / "result.json").is_file() and args.result.is_dir():  # a batch: OUTPUT/<stem>/result.json
+        folders = sorted(p for p in args.result.iterdir() if (p / "result.json").is_file())
+        if not folders:
+            raise CommandError(f"no result.json in {args.result} nor in its folders (written by monorecon reconstruct)")
+        if args.output or args.image:
+            raise CommandError(f"-o and --image are for one result folder; {args.result} holds {len(folders)}")
+    if len(folders) == 1:
+        output = _overlay_result_folder(folders[0], args)
+        if not args.quiet:
+            print(f"{folders[0]} -> {output}")
+        return 0
+    failures = 0
+    bar = tqdm(folders, desc="overlay", unit="result", disable=args.quiet)
+    for folder in bar:
+        try:
+            output = _overlay_result_folder(folder, args)
+        except (ValueError, OSError) as err:  # one bad folder does not stop the others
+            failures += 1
+            bar.write(f"monorecon: {folder}: {_one_line(err)}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            bar.write(f"{folder} -> {output}")
+    if failures:
+        print(f"monorecon: {failures} of {len(folders)} result folders failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
+    """Draw one ``reconstruct`` output folder's mesh over its image (``overlay`` options); returns the PNG written."""
     import json
 
     from .api import camera_from_record
     from .io.images import load_image, save_image
     from .io.mesh_io import load_mesh
-    from .overlay import MAX_OVERLAY_SIDE, overlay_mesh
+    from .overlay import overlay_mesh
 
-    record_path = args.result / "result.json"
+    record_path = folder / "result.json"
     if not record_path.is_file():
-        raise CommandError(f"no result.json in {args.result} (a folder written by monorecon reconstruct)")
+        raise CommandError(f"no result.json in {folder} (a folder written by monorecon reconstruct)")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -542,19 +586,15 @@ def _run_overlay(args: argparse.Namespace) -> int:
         raise CommandError(f"{record_path} names no mesh_file")
     image_path = args.image
     if image_path is None and args.view == "input":
-        image_path = args.result / "input.png"
+        image_path = folder / "input.png"
     elif image_path is None:
         image_path = Path(str(record.get("input", "")))
         if not image_path.is_file():
             raise CommandError(f"the photo {record.get('input')!r} that {record_path} names is not found: pass --image")
-    if not 0 <= args.opacity <= 1:
-        raise CommandError(f"--opacity must lie in [0, 1], got {args.opacity}")
-    if not 16 <= args.max_side <= MAX_OVERLAY_SIDE:
-        raise CommandError(f"--max-side must lie in [16, {MAX_OVERLAY_SIDE}], got {args.max_side}")
-    output = args.output or args.result / ("overlay.png" if args.view == "photo" else "overlay_input.png")
+    output = args.output or folder / ("overlay.png" if args.view == "photo" else "overlay_input.png")
     check_writable(output)
     image = load_image(image_path)
-    mesh = load_mesh(args.result / record["mesh_file"])
+    mesh = load_mesh(folder / record["mesh_file"])
     try:
         drawn = overlay_mesh(
             mesh, image, camera, opacity=args.opacity, outline=not args.no_outline, max_side=args.max_side
@@ -562,9 +602,7 @@ def _run_overlay(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(f"{image_path}: {err}") from None
     save_image(drawn / 255.0, output)
-    if not args.quiet:
-        print(f"{args.result} -> {output}")
-    return 0
+    return output
 
 
 # --------------------------------------------------------------------------------------------------------------------
