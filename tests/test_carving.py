@@ -298,7 +298,7 @@ def test_reconstruct_fill_follows_the_model_and_the_option():
     model = load_triposr(REF_WEIGHTS).eval()
     assert not model_silhouette_fill(model)  # TripoSR weights: no fill unless asked
     assert model_silhouette_fill(load_model())  # the bundled model was validated with it
-    code = torch.randn(model.scene_code_shape, generator=torch.Generator().manual_seed(0))
+    code = torch.randn(1, *model.scene_code_shape, generator=torch.Generator().manual_seed(0))
     alpha = disk_mask(32, (13.0, 18.0), 8.0).numpy()
     assert isinstance(input_view_weight(model, code, alpha, 5.0), SilhouetteHull)
     assert isinstance(input_view_weight(model, code, alpha, 5.0, fill=True), SilhouetteFill)

@@ -344,8 +344,9 @@ def test_tiny_dataset_reads_back(tiny_dataset):
     assert item["class_name"] == "chair" and item["has_depth"] and Path(item["mesh_path"]).is_file()
     np.testing.assert_allclose(item["fov_y_deg"].numpy(), 40.0)
     c2w = item["c2w"].double()
-    distance = camera_distance(40.0)
+    distance = 1.9  # the default: TripoSR's input camera, which training and evaluation expect
     np.testing.assert_allclose(c2w[:, :3, 3].norm(dim=-1).numpy(), distance, rtol=1e-5)
+    assert camera_distance(40.0, fill=ViewSampling().fill) == pytest.approx(distance)
     # Cameras look at the origin: the "back" axis points from the origin to the camera.
     np.testing.assert_allclose(c2w[:, :3, 2].numpy(), (c2w[:, :3, 3] / distance).numpy(), atol=1e-5)
     # Straight alpha with colour 0 on the background; alpha is hard coverage.
@@ -694,14 +695,15 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 def test_cameras_json_fields_describe_the_pose(tiny_dataset):
     """Each view's azimuth, elevation, distance and fov are those of its c2w: the camera at
     d (cos e sin a, sin e, cos e cos a) (azimuth 0 at +Z, 90 at +X), looking at the origin with +Y up, columns
-    [right, up, back, position]; d from the documented fill formula (fov 40, fill 0.85: 1.69)."""
-    distance = 0.5 / math.sin(math.atan(0.85 * math.tan(math.radians(20.0))))
-    assert distance == pytest.approx(1.69, abs=0.005)
+    [right, up, back, position]; d = 1.9 by default, the fill recorded the one the documented formula turns into it:
+    0.5 / sin(atan(fill tan(20 deg)))."""
+    distance = 1.9
     for folder in ("000000_mug", "000001_chair"):
         cameras = json.loads((tiny_dataset / folder / "cameras.json").read_text())
         assert cameras["image_size"] == [32, 32] and cameras["znear"] == 0.05 and cameras["zfar"] == 100.0
         sampling = cameras["sampling"]
-        assert sampling["fov_y_deg"] == 40.0 and sampling["fill"] == 0.85
+        assert sampling["fov_y_deg"] == 40.0
+        assert 0.5 / math.sin(math.atan(sampling["fill"] * math.tan(math.radians(20.0)))) == pytest.approx(distance)
         assert sampling["elevation_range_deg"] == [-10.0, 40.0]
         assert len(cameras["views"]) == 2
         for view in cameras["views"]:

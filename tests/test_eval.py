@@ -202,9 +202,17 @@ def test_cases_whose_input_camera_is_not_at_the_models_distance_are_skipped(eval
     c2w[:3, 3] *= 2.5 / np.linalg.norm(c2w[:3, 3])
     cameras["views"][0]["c2w"] = c2w.tolist()
     cameras_path.write_text(json.dumps(cameras))
-    with pytest.warns(SkippedInputWarning, match=f"skipping object {object_id}: input camera not at distance 1.9"):
+    message = f"skipping object {object_id}: input camera at distance 2.5, not 1.9"
+    with pytest.warns(SkippedInputWarning, match=message):
         cases = load_cases(root)
     assert object_id not in [c.object_id for c in cases] and len(cases) == 1
+
+    # With no object left, evaluate's error refers to the warnings above it: they are shown, not swallowed.
+    other = sorted(p.name for p in root.iterdir() if p.is_dir())[1]
+    (root / other / "cameras.json").write_text(json.dumps(cameras))
+    with pytest.warns(SkippedInputWarning) as shown, pytest.raises(ValueError, match="the warnings above name"):
+        evaluate("sphere", root, tmp_path / "report", n_points=500, progress=False)
+    assert [str(w.message).split(":")[0] for w in shown] == [f"skipping object {object_id}", f"skipping object {other}"]
 
 
 def test_evaluate_baselines_writes_the_report(eval_dataset, tmp_path):

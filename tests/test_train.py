@@ -883,7 +883,9 @@ def test_view_bank_reads_a_list_of_roots_in_order(tiny_dataset, tmp_path):
 
 def test_dataset_with_wrong_camera_distance_is_rejected(tmp_path):
     root = tmp_path / "far"
-    synthesize_dataset(root, 1, 2, 32, seed=0, progress=False, split_fractions=(1.0, 0.0, 0.0))  # default distance
+    synthesize_dataset(
+        root, 1, 2, 32, seed=0, progress=False, split_fractions=(1.0, 0.0, 0.0), sampling=ViewSampling(fill=0.85)
+    )  # cameras at distance 1.69
     with pytest.raises(ValueError, match=r"input_distance=1\.9"):
         train(_config(root, tmp_path / "out", steps=1))
 

@@ -10,9 +10,10 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -85,6 +86,44 @@ def model_foreground_ratio(model) -> float:
 
 #: What :func:`reconstruct` takes as its image.
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+@runtime_checkable
+class ReconstructionModel(Protocol):
+    """What :func:`reconstruct_full` (and so ``reconstruct``, the REST API and the web page) needs of a model; the
+    bundled :class:`~monorecon.models.triposr.TripoSRModel` is one, and any object with these methods can stand in
+    for it (``docs/extending.md`` builds one from the core's parts).
+
+    Optional: a ``config`` attribute with ``foreground_ratio`` (the input framing, default 0.85),
+    ``renderer.mesh_threshold`` (the surface's density level, default 25), ``renderer.silhouette_fill`` (default
+    False) and ``renderer.radius`` (the half-side of the box the field lives in, needed by the fill):
+    :func:`model_foreground_ratio`, :func:`model_mesh_threshold`, :func:`model_silhouette_fill`.
+    """
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3) images in [0, 1] (the prepared input: the object framed and put on grey) -> (B, ...) scene
+        codes, one per image, on the model's device."""
+        ...
+
+    def query(self, scene_code: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density and colour at world points: a batch of codes with (B, N, 3) points gives (B, N, 1) densities
+        (>= 0) and (B, N, 3) colours in [0, 1]; one code (the batch axis dropped) with (N, 3) points gives (N, 1) and
+        (N, 3)."""
+        ...
+
+    def extract_mesh(
+        self,
+        scene_code: torch.Tensor,
+        resolution: int,
+        threshold: float,
+        method: str = "dense",
+        carve: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Mesh:
+        """The surface ``density == threshold`` of one scene (a batch of one code), with vertex colours: marching
+        cubes on ``resolution`` points per axis (``method``: ``"dense"`` or ``"coarse_to_fine"``, see
+        :func:`monorecon.core.extract.extract_isosurface`), the density first multiplied by ``carve(points)`` ((N, 3)
+        world points -> (N,) weights in [0, 1]) when given. ValueError when there is no surface."""
+        ...
 
 
 @dataclass
@@ -340,19 +379,25 @@ def input_silhouette_hull(
 
 
 def input_view_weight(
-    model, scene_code: torch.Tensor, alpha: np.ndarray | torch.Tensor, threshold: float, fill: bool | None = None
+    model: ReconstructionModel,
+    scene_code: torch.Tensor,
+    alpha: np.ndarray | torch.Tensor,
+    threshold: float,
+    fill: bool | None = None,
 ) -> SilhouetteHull | SilhouetteFill | None:
     """The density weight that makes one scene's field agree with its (S, S) input alpha.
 
     The input silhouette's hull (:func:`input_silhouette_hull`), filled at ``threshold`` when ``fill`` is true (None:
-    :func:`model_silhouette_fill`) from the scene's own density; None when there is nothing to carve. It lives on the
-    scene code's device.
+    :func:`model_silhouette_fill`) from the scene's own density (``scene_code``: a batch of one code, as
+    :meth:`ReconstructionModel.encode` gives it); None when there is nothing to carve. It lives on the scene code's
+    device.
     """
     hull = input_silhouette_hull(alpha, scene_code.device)
     if hull is None or not (model_silhouette_fill(model) if fill is None else fill):
         return hull
-    code = scene_code[0] if scene_code.dim() == 5 else scene_code
-    return hull.filled(lambda points: model.query(code, points)[0][:, 0], threshold, model.config.renderer.radius)
+    return hull.filled(
+        lambda points: model.query(scene_code, points[None])[0][0, :, 0], threshold, model.config.renderer.radius
+    )
 
 
 def input_view_cameras(
@@ -381,7 +426,9 @@ def input_view_cameras(
     return camera, PerspectiveCameras(c2w, height, width, focal=camera.focal * zoom, principal=principal)
 
 
-def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions | None = None) -> Reconstruction:
+def reconstruct_full(
+    image: ImageInput, model: ReconstructionModel | None = None, options: ReconstructOptions | None = None
+) -> Reconstruction:
     """Image -> preprocessed input -> scene code -> mesh (optionally texture-baked). See :func:`reconstruct`."""
     from .core.bake import bake_texture
     from .core.extract import cleanup_mesh
@@ -455,7 +502,7 @@ def reconstruct_full(image: ImageInput, model=None, options: ReconstructOptions 
     return Reconstruction(mesh, prepared, scene_code, timings, ran, camera, photo_camera)
 
 
-def reconstruct(image: ImageInput, model=None, **options) -> Mesh:
+def reconstruct(image: ImageInput, model: ReconstructionModel | None = None, **options) -> Mesh:
     """Reconstruct a textured mesh from one image.
 
     Args:

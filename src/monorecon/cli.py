@@ -684,7 +684,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--camera-distance",
         type=float,
-        default=1.9,
+        default=1.9,  # data.synth.DEFAULT_CAMERA_DISTANCE (not imported: the parser is built before any command)
         help="distance of every camera from the object's centre, fov 40 deg (default 1.9: the TripoSR input "
         "camera, which `monorecon train` expects)",
     )

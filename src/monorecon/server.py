@@ -48,6 +48,7 @@ from fastapi_offline import FastAPIOffline
 
 from .api import (
     Reconstruction,
+    ReconstructionModel,
     ReconstructOptions,
     load_model,
     model_foreground_ratio,
@@ -458,7 +459,7 @@ def _content_disposition(filename: str) -> str:
 
 
 def create_app(
-    model: Any = None,
+    model: ReconstructionModel | None = None,
     *,
     weights: str | os.PathLike | None = None,
     config: str | os.PathLike | None = None,
@@ -470,8 +471,8 @@ def create_app(
     """Build the FastAPI app (the model is loaded here, once).
 
     Args:
-        model: a loaded model (:func:`monorecon.api.load_model`), or any object with the same ``encode`` / ``query`` /
-            ``extract_mesh`` / ``render`` interface; None loads ``weights``.
+        model: a loaded model (:func:`monorecon.api.load_model`), or any :class:`monorecon.api.ReconstructionModel`
+            (``encode`` / ``query`` / ``extract_mesh``); None loads ``weights``.
         weights, config, device, dtype: passed to :func:`monorecon.api.load_model` when ``model`` is None (None
             weights: the bundled default model).
         settings: limits (default :class:`ServerSettings`).

@@ -62,6 +62,16 @@ def camera_distance(fov_y_deg: float, object_radius: float = DEFAULT_RADIUS, fil
     return object_radius / math.sin(math.atan(fill * math.tan(math.radians(fov_y_deg) / 2)))
 
 
+def fill_at_distance(distance: float, fov_y_deg: float = 40.0, object_radius: float = DEFAULT_RADIUS) -> float:
+    """The ``fill`` of :func:`camera_distance` that puts the cameras at ``distance`` (its inverse)."""
+    return math.tan(math.asin(object_radius / distance)) / math.tan(math.radians(fov_y_deg) / 2)
+
+
+#: Distance of the cameras from the object's centre by default: TripoSR's input camera (fov 40 deg), which
+#: ``monorecon train`` and ``monorecon eval`` expect of a dataset's views.
+DEFAULT_CAMERA_DISTANCE = 1.9
+
+
 @dataclass(frozen=True)
 class ViewSampling:
     """How cameras and lights are drawn for each object.
@@ -69,7 +79,8 @@ class ViewSampling:
     Attributes:
         fov_y_deg: vertical field of view of every camera (square images).
         elevation_range_deg: (low, high) uniform elevation range; positive is above the object.
-        fill: radius of the object's bounding sphere on the image, as a fraction of half the image side.
+        fill: radius of the object's bounding sphere on the image, as a fraction of half the image side (default: the
+            fill of cameras at :data:`DEFAULT_CAMERA_DISTANCE` with the default fov, about 0.75).
         light_elevation_range_deg: (low, high) uniform elevation of the light direction (azimuth uniform).
         ambient_range, diffuse_range: uniform ranges of the light's ambient / diffuse intensity.
         specular: specular intensity of the light.
@@ -78,7 +89,7 @@ class ViewSampling:
 
     fov_y_deg: float = 40.0
     elevation_range_deg: tuple[float, float] = DEFAULT_ELEVATION_RANGE_DEG
-    fill: float = 0.85
+    fill: float = fill_at_distance(DEFAULT_CAMERA_DISTANCE)
     light_elevation_range_deg: tuple[float, float] = (15.0, 75.0)
     ambient_range: tuple[float, float] = (0.3, 0.5)
     diffuse_range: tuple[float, float] = (0.5, 0.7)
@@ -98,8 +109,7 @@ class ViewSampling:
                 f"camera distance must lie in [{nearest:.3f}, {_ZFAR - DEFAULT_RADIUS:g}] at fov {fov_y_deg:g} deg "
                 f"(the object inside the frame, before the far plane), got {distance}"
             )
-        fill = math.tan(math.asin(DEFAULT_RADIUS / distance)) / math.tan(math.radians(fov_y_deg) / 2)
-        return cls(fov_y_deg=fov_y_deg, fill=fill, **kwargs)
+        return cls(fov_y_deg=fov_y_deg, fill=fill_at_distance(distance, fov_y_deg), **kwargs)
 
     def __post_init__(self) -> None:
         camera_distance(self.fov_y_deg, DEFAULT_RADIUS, self.fill)  # validates fov and fill

@@ -133,7 +133,11 @@ def _synthetic_cases(data_dir: Path, split: str, max_objects: int | None, input_
             continue
         c2w = item["c2w"][input_view]
         if not math.isclose(float(c2w[:3, 3].norm()), INPUT_DISTANCE, abs_tol=1e-3):
-            message = f"skipping object {item['object_id']}: input camera not at distance {INPUT_DISTANCE}"
+            distance = float(c2w[:3, 3].norm())
+            message = (
+                f"skipping object {item['object_id']}: input camera at distance {distance:.4g}, not "
+                f"{INPUT_DISTANCE} (the dataset was made with other cameras)"
+            )
             warnings.warn(message, SkippedInputWarning, stacklevel=2)
             continue
         others = [i for i in range(len(item["c2w"])) if i != input_view]
@@ -489,13 +493,16 @@ def evaluate(
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
         raise ValueError("workers above 1 run copies of the model on the CPU; with a GPU use workers=1")
-    with warnings.catch_warnings(record=True) as caught:  # counted in the summary, then shown
-        warnings.simplefilter("always")
-        cases = load_cases(
-            data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths, mesh_elevation=mesh_elevation
-        )
-    for warning in caught:
-        warnings.warn(warning.message, warning.category, stacklevel=2)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # counted in the summary, then shown
+            warnings.simplefilter("always")
+            cases = load_cases(
+                data_dir, split=split, max_objects=max_objects, mesh_azimuths=mesh_azimuths,
+                mesh_elevation=mesh_elevation,
+            )  # fmt: skip
+    finally:  # also when no object is left: the error refers to these warnings
+        for warning in caught:
+            warnings.warn(warning.message, warning.category, stacklevel=2)
     n_skipped = sum(issubclass(warning.category, SkippedInputWarning) for warning in caught)
     if prepare:
         if not isinstance(method, _ModelMethod):
