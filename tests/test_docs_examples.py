@@ -34,7 +34,7 @@ def page_run(tmp_path_factory) -> tuple[dict, str, Path]:
 
 
 def test_the_page_has_its_examples():
-    assert len(python_blocks(PAGE)) == 7
+    assert len(python_blocks(PAGE)) == 8
 
 
 def test_the_methods_are_scored_and_compared(page_run):
@@ -80,3 +80,14 @@ def test_the_own_model_runs_through_reconstruct_and_the_server(page_run):
     with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
         assert sorted(archive.namelist()) == ["input.png", "mesh.glb", "result.json"]
     assert f"200 {answer.headers['content-disposition']}" in printed
+
+
+def test_the_own_model_is_scored_like_the_bundled_one(page_run):
+    """The ball model goes through the harness's model path (carved to the silhouette's cone: its meshes follow
+    the inputs' outlines, mesh mask IoU near 1) and, having no renderer, gets no volume-render scores."""
+    namespace, printed, _ = page_run
+    ball = namespace["ball"]
+    assert ball["n_objects"] == 4 and ball["n_failed"] == 0
+    assert ball["mean"]["mesh_mask_iou"] > 0.8 and 0.3 < ball["mean"]["fscore@0.1"] <= 1
+    assert "psnr" not in ball["mean"] and "mask_iou" not in ball["mean"]
+    assert f"F@0.1: ball {ball['mean']['fscore@0.1']:.3f}" in printed

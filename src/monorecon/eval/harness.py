@@ -12,13 +12,14 @@
   camera is at distance 1.9 with a 40 deg fov looking at the origin, and the ground truth is moved into the frame
   where that camera is the canonical one (:func:`monorecon.train.triposr_trainer.relative_cameras`), i.e. the frame
   the model reconstructs in.
-* **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`), the
-  baselines ``"sphere"`` and ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable
-  ``(rgba (H, W, 4) float) -> Mesh``. The model gets the RGBA input composited on grey 0.5 as in training, framed
-  as rendered (the object's bounding sphere centred at a fixed size) or, with ``prepare``, as ``reconstruct`` frames
-  a photo (bounding box centred at the model's ``foreground_ratio``; the ground truth moved to match). Other
-  methods run elsewhere: :func:`export_inputs` writes the cases' input images, :class:`PredictionFolder` scores the
-  meshes made from them (frame-free metrics only).
+* **Methods.** A TripoSR model (or a weights path / folder given to :func:`monorecon.api.load_model`) or any other
+  :class:`monorecon.api.ReconstructionModel` (``docs/extending.md``), the baselines ``"sphere"`` and
+  ``"inflation"`` (:mod:`monorecon.eval.baselines`), or any callable ``(rgba (H, W, 4) float) -> Mesh``. The
+  model gets the RGBA input composited on grey 0.5 as in training, framed as rendered (the object's bounding
+  sphere centred at a fixed size) or, with ``prepare``, as ``reconstruct`` frames a photo (bounding box centred at
+  the model's ``foreground_ratio``; the ground truth moved to match). Other methods run elsewhere:
+  :func:`export_inputs` writes the cases' input images, :class:`PredictionFolder` scores the meshes made from them
+  (frame-free metrics only).
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
   (:mod:`monorecon.eval.metrics`); the volume IoU of the two solids as they lie in the world (``volume_iou``, a 64^3
@@ -59,7 +60,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..api import input_view_weight, model_foreground_ratio, model_mesh_threshold
+from ..api import ReconstructionModel, input_view_weight, model_foreground_ratio, model_mesh_threshold
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.checks import SEED_RANGE, SkippedInputWarning, check_int, check_positive
 from ..core.mesh import Mesh
@@ -274,7 +275,8 @@ class _ModelSettings:
 
 
 class _ModelMethod:
-    """A TripoSR model: mesh by marching cubes, plus an input-view volume render for mask IoU / PSNR.
+    """A model (:class:`monorecon.api.ReconstructionModel`): mesh by marching cubes, plus, for one with a ``render``
+    method (TripoSR's volume render), the input view rendered for mask IoU / PSNR / SSIM.
 
     With ``carve`` the field is cut to the input silhouette's hull (:class:`monorecon.core.carving.SilhouetteHull`)
     for both, and filled where ``fill`` says (None: the model's setting), as :func:`monorecon.api.reconstruct` does
@@ -299,15 +301,7 @@ class _ModelMethod:
             if settings.carve
             else None
         )
-        size = settings.render_size
-        render = {key: value.cpu() for key, value in self.model.render(code, input_camera(size), carve=hull).items()}
-        target = _resize(rgba, size)
-        target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
-        extras = {
-            "mask_iou": mask_iou(render["opacity"][0, ..., 0], target[..., 3]),
-            "psnr": psnr(render["rgb"][0].clamp(0, 1), target_rgb),
-            "ssim": ssim(render["rgb"][0].clamp(0, 1), target_rgb),
-        }
+        extras = {} if not hasattr(self.model, "render") else self._input_view_scores(code, rgba, hull)
         try:
             mesh = self.model.extract_mesh(
                 code, settings.mc_resolution, settings.threshold, method="coarse_to_fine", carve=hull
@@ -317,6 +311,18 @@ class _ModelMethod:
         if mesh is not None and settings.project_input:
             mesh, _ = project_image_colours(mesh, input_camera(rgb.shape[0]), rgb, rgba[..., 3])
         return mesh, extras
+
+    def _input_view_scores(self, code: torch.Tensor, rgba: torch.Tensor, hull) -> dict[str, float]:
+        """Mask IoU, PSNR and SSIM of the model's volume render of the input view against the (S, S, 4) input."""
+        size = self.settings.render_size
+        render = {key: value.cpu() for key, value in self.model.render(code, input_camera(size), carve=hull).items()}
+        target = _resize(rgba, size)
+        target_rgb = target[..., :3] * target[..., 3:] + (1.0 - target[..., 3:])  # white, as the renderer
+        return {
+            "mask_iou": mask_iou(render["opacity"][0, ..., 0], target[..., 3]),
+            "psnr": psnr(render["rgb"][0].clamp(0, 1), target_rgb),
+            "ssim": ssim(render["rgb"][0].clamp(0, 1), target_rgb),
+        }
 
 
 class _Baseline:
@@ -395,6 +401,8 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
         return _Baseline(inflate, f"inflation ({' '.join(variant)})" if variant else "inflation")
     if isinstance(method, TripoSRModel):
         return _ModelMethod(method.eval(), settings)
+    if isinstance(method, ReconstructionModel):
+        return _ModelMethod(method, settings)
     if isinstance(method, str | os.PathLike):
         from ..api import load_model
 
@@ -407,7 +415,8 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
         run.name = getattr(method, "__name__", "callable")
         return run
     raise ValueError(
-        f"cannot evaluate {method!r}: give a TripoSR model, a weights path, 'sphere', 'inflation' or a PredictionFolder"
+        f"cannot evaluate {method!r}: give a model (encode, query, extract_mesh), a weights path, 'sphere', "
+        "'inflation', a function rgba -> Mesh or a PredictionFolder"
     )
 
 
@@ -442,8 +451,8 @@ def evaluate(
     """Evaluate a model or baseline on a folder of objects and write the report (see the module docstring).
 
     Args:
-        model_or_method: TripoSR model, weights path/folder, ``"sphere"``, ``"inflation"``, a callable
-            ``rgba -> Mesh`` or a :class:`PredictionFolder`.
+        model_or_method: TripoSR model, weights path/folder, another :class:`~monorecon.api.ReconstructionModel`,
+            ``"sphere"``, ``"inflation"``, a callable ``rgba -> Mesh`` or a :class:`PredictionFolder`.
         data_dir: synthetic dataset folder or folder of meshes.
         out_dir: report folder (created once every case is scored).
         n_points: surface points per shape for Chamfer / F-score.
@@ -491,7 +500,7 @@ def evaluate(
     check_volume_iou_resolution(volume_iou_resolution)
     settings = _ModelSettings(mc_resolution, threshold, render_size, carve, fill, project_input)
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
-    if workers > 1 and isinstance(method, _ModelMethod) and method.model.device.type != "cpu":
+    if workers > 1 and isinstance(method, _ModelMethod) and str(getattr(method.model, "device", "cpu")) != "cpu":
         raise ValueError("workers above 1 run copies of the model on the CPU; with a GPU use workers=1")
     try:
         with warnings.catch_warnings(record=True) as caught:  # counted in the summary, then shown
