@@ -111,6 +111,32 @@ def test_blurred_raster_matches_brute_force_on_non_square_image():
     np.testing.assert_allclose(fr.dist.numpy(), ref_dist, atol=1e-9)
 
 
+@pytest.mark.parametrize("blur", [0.0, 0.004])
+def test_subpixel_triangles_match_brute_force(blur):
+    """Triangles smaller than a pixel (a dense mesh in a small image): most cover no pixel centre and are skipped
+    before any pixel is tested; those that do cover one, or come within the blur radius of one, must all be kept."""
+    g = torch.Generator().manual_seed(5)
+    n, height, width = 400, 12, 10
+    centres = torch.rand(n, 1, 2, generator=g, dtype=torch.float64) * 2.2 - 1.1
+    sizes = 0.02 + torch.rand(n, 1, 1, generator=g, dtype=torch.float64) * 0.18  # 0.1 to 1 px
+    xy = centres + (torch.rand(n, 3, 2, generator=g, dtype=torch.float64) - 0.5) * sizes
+    z = 1.0 + torch.rand(n, 3, 1, generator=g, dtype=torch.float64)
+    verts, faces = torch.cat([xy, z], -1).reshape(1, n * 3, 3), torch.arange(n * 3).reshape(n, 3)
+    fr = rasterize(verts, faces, height, width, faces_per_pixel=2, blur_radius=blur)
+    ref_face, _, _, ref_dist = reference_rasterize(verts, faces, height, width, 2, True, blur)
+    assert (ref_face >= 0).sum() >= 5  # some pixel centres are covered (or, blurred, reached)
+    np.testing.assert_array_equal(fr.face_index.numpy(), ref_face)
+    np.testing.assert_allclose(fr.dist.numpy(), ref_dist, atol=1e-9)
+
+    # A tiny triangle with a vertex exactly on a pixel centre covers that pixel (no rounding at its box's edge).
+    i, j = 4, 7  # pixel centre in NDC: ((2 j + 1) / W - 1, 1 - (2 i + 1) / H)
+    corner = torch.tensor([(2 * j + 1) / width - 1, 1 - (2 * i + 1) / height], dtype=torch.float64)
+    tri = torch.stack([corner, corner + torch.tensor([0.03, 0.0]), corner + torch.tensor([0.0, 0.03])])
+    exact = torch.cat([tri, torch.full((3, 1), 2.0, dtype=torch.float64)], -1)[None]
+    hit = rasterize(exact, torch.tensor([[0, 1, 2]]), height, width).face_index[0, ..., 0]
+    assert hit[i, j] == 0 and int((hit >= 0).sum()) == 1
+
+
 @pytest.mark.parametrize("bin_size", [None, 2, 0])
 def test_wide_blur_reaches_every_pixel_within_the_radius_of_a_small_triangle(bin_size):
     """A face counts for every pixel whose squared distance to it is below ``blur_radius``, however far that reaches

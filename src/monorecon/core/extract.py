@@ -142,6 +142,11 @@ def extract_isosurface(
         keys = np.arange(len(verts))
         keys[at_sample] = at_sample[first][position_id.reshape(-1)]
         verts, welded_faces = _weld(keys, verts, welded_faces)
+    if len(welded_faces) == 0:  # every face collapsed onto a sample the field crosses within rounding
+        raise ValueError(
+            f"no surface at threshold {threshold}: the field crosses it only at isolated samples, where the surface "
+            "collapses to points"
+        )
     return Mesh(verts=torch.from_numpy(verts), faces=torch.from_numpy(welded_faces))
 
 

@@ -6,6 +6,7 @@ steps) and an RGB colour in [0, 1] (up to G3DR's slightly widened sigmoid).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -94,8 +95,8 @@ class TriplaneDecoder(nn.Module):
     ) -> None:
         super().__init__()
         for label, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("n_hidden_layers", n_hidden_layers)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value!r}")
         make_activation = _HIDDEN_ACTIVATIONS[_choice(activation, _HIDDEN_ACTIVATIONS, "activation")]
         self.density_activation = _choice(density_activation, _DENSITY_ACTIVATIONS, "density_activation")
         self.color_activation = _choice(color_activation, _COLOR_ACTIVATIONS, "color_activation")

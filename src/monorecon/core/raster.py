@@ -259,14 +259,17 @@ def _select_faces(
     if cull_backfaces:
         drawable &= double_area > 0
 
-    # Bounding boxes in continuous pixel indices (pixel centre (i, j) sits at integer (row, col) = (i, j)).
-    pad = math.sqrt(blur_radius) * short / 2
+    # The pixel centres each face's bounding box holds (pixel centre (i, j) sits at integer (row, col) = (i, j)),
+    # widened by the blur radius and a hair for rounding: a face whose box holds none (most faces of a dense mesh in
+    # a small image) cannot cover, or come near, any pixel centre.
+    pad = math.sqrt(blur_radius) * short / 2 + 1e-3
     col = (tri_xy[..., 0] * short + width - 1) / 2
     row = (height - 1 - tri_xy[..., 1] * short) / 2
-    col_lo = (col.amin(-1) - pad).clamp(-2, width + 1).floor().long()
-    col_hi = (col.amax(-1) + pad).clamp(-2, width + 1).ceil().long()
-    row_lo = (row.amin(-1) - pad).clamp(-2, height + 1).floor().long()
-    row_hi = (row.amax(-1) + pad).clamp(-2, height + 1).ceil().long()
+    col_lo = (col.amin(-1) - pad).clamp(-2, width + 1).ceil().long()
+    col_hi = (col.amax(-1) + pad).clamp(-2, width + 1).floor().long()
+    row_lo = (row.amin(-1) - pad).clamp(-2, height + 1).ceil().long()
+    row_hi = (row.amax(-1) + pad).clamp(-2, height + 1).floor().long()
+    drawable &= (col_lo <= col_hi) & (row_lo <= row_hi)
     drawable &= (col_hi >= 0) & (col_lo <= width - 1) & (row_hi >= 0) & (row_lo <= height - 1)
 
     # (tile, face) pairs: every drawable face in every tile its box overlaps.
