@@ -872,3 +872,75 @@ def test_baselines_count_only_alpha_above_one_half_as_silhouette():
     for baseline in (sphere_baseline, inflation_baseline):
         with pytest.raises(ValueError, match="silhouette is empty"):
             baseline(torch.full((33, 33), 0.5))
+
+
+METHODS_MODULE = '''
+import torch
+import trimesh
+
+from monorecon.core.extract import extract_isosurface
+from monorecon.core.mesh import Mesh
+
+
+def ball(rgba):
+    """A sphere of radius 0.4 whatever the input."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    return Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+
+
+class BallModel:
+    """A model of the ReconstructionModel kind whose field is a ball of radius 0.4; records the levels it meshes at."""
+
+    levels = []
+
+    def encode(self, images):
+        return torch.zeros(images.shape[0], 3)
+
+    def query(self, scene_code, points):
+        density = torch.sigmoid((0.4 - points.norm(dim=-1, keepdim=True)) * 40)
+        return density, torch.full((*points.shape[:-1], 3), 0.5)
+
+    def extract_mesh(self, scene_code, resolution, threshold, method="dense", carve=None):
+        BallModel.levels.append(threshold)
+        mesh = extract_isosurface(lambda p: self.query(None, p)[0][:, 0], resolution, threshold, bounds=0.87)
+        return Mesh(mesh.verts, mesh.faces, vertex_colors=torch.full_like(mesh.verts, 0.5))
+'''
+
+
+def test_eval_command_scores_a_method_named_module_colon_function(eval_dataset, tmp_path, monkeypatch, capsys):
+    """``--model module:name`` imports a method from the current folder: a function is scored as the Python API
+    scores it (the same report), a model class is instantiated and takes model options; a name that does not
+    resolve is one line and exit code 2."""
+    from monorecon import cli
+
+    (tmp_path / "mymethods.py").write_text(METHODS_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # removed again after the test (the command adds the folder too)
+    import mymethods
+
+    args = ["eval", "--data", str(eval_dataset), "--points", "500", "--volume-iou", "0", "--quiet"]
+    assert cli.main([*args, "--model", "mymethods:ball", "-o", "cli"]) == 0
+    evaluate(mymethods.ball, eval_dataset, "api", 500, volume_iou_resolution=0, progress=False)
+
+    def scores(report: str) -> list[dict]:
+        rows = list(csv.DictReader(open(tmp_path / report / "per_object.csv")))
+        return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+    assert scores("cli") == scores("api") and len(scores("cli")) == 2
+
+    assert cli.main([*args, "--model", "mymethods:BallModel", "--threshold", "0.25", "--mc-resolution", "16",
+                     "-o", "model"]) == 0  # fmt: skip
+    assert mymethods.BallModel.levels == [0.25, 0.25]  # one mesh per object, at the level asked
+    assert len(scores("model")) == 2 and all(float(row["fscore@0.5"]) > 0 for row in scores("model"))
+    capsys.readouterr()
+
+    for model, needle in [
+        ("mymethods:ball --threshold 5", "--threshold applies only to models"),
+        ("nosuchmodule:ball", "cannot import nosuchmodule"),
+        ("mymethods:nothing", "mymethods has no nothing"),
+    ]:
+        name, *extra = model.split()
+        assert cli.main([*args, "--model", name, *extra, "-o", "bad"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "bad").exists()

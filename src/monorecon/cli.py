@@ -763,7 +763,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model or baseline: Chamfer, F-score, IoU, PSNR/SSIM, mask IoU")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", help="weights file/folder, 'default', 'sphere' or 'inflation'")
+    what.add_argument(
+        "--model",
+        help="weights file/folder, 'default', 'sphere', 'inflation', or a method of your own as module:name (a "
+        "function rgba -> Mesh, or a model with encode / query / extract_mesh, or a class making one; the current "
+        "folder is importable; docs/extending.md)",
+    )
     what.add_argument(
         "--predictions", type=Path,
         help="score another method's meshes: DIR/ID.glb (or .obj, .ply, .usdz...) or DIR/ID/mesh.glb for each case ID "
@@ -818,12 +823,17 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
-def _check_eval_options(args: argparse.Namespace) -> None:
+def _check_eval_options(args: argparse.Namespace, imported: Any = None) -> None:
     """Refuse options that do not apply to this evaluation: ignored, they would leave a report that is not what the
-    command line says (e.g. ``--azimuths`` on a dataset, ``--threshold`` for a baseline)."""
+    command line says (e.g. ``--azimuths`` on a dataset, ``--threshold`` for a baseline). ``imported``: the object a
+    ``--model module:name`` names."""
+    from .api import ReconstructionModel
+
     is_model = not (args.export_inputs or args.predictions) and args.model not in ("sphere", "inflation")
+    if imported is not None:
+        is_model = isinstance(imported, ReconstructionModel)
     rules = [
-        (not is_model, "models (not the baselines, --predictions or --export-inputs)", {
+        (not is_model, "models (not the baselines, functions rgba -> Mesh, --predictions or --export-inputs)", {
             "--threshold": args.threshold is not None, "--no-carve": args.no_carve, "--no-fill": args.no_fill,
             "--no-project-input": args.no_project_input, "--prepare": args.prepare,
         }),
@@ -845,10 +855,38 @@ def _check_eval_options(args: argparse.Namespace) -> None:
             raise CommandError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to {scope}")
 
 
+def _names_python_object(model: str | None) -> bool:
+    """Whether ``--model`` is ``module:name`` (not a weights path that happens to hold a colon)."""
+    return model is not None and bool(_PYTHON_REFERENCE.fullmatch(model)) and not Path(model).exists()
+
+
+_PYTHON_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _import_method(reference: str) -> Any:
+    """``package.module:name`` -> the object it names; a class is instantiated with no arguments. The current folder
+    comes first on the import path, as for ``python -m`` (a console script does not put it there)."""
+    import importlib
+
+    module_name, _, attribute = reference.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CommandError(f"--model {reference}: cannot import {module_name} ({err})") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise CommandError(f"--model {reference}: {module_name} has no {attribute}")
+        target = getattr(target, part)
+    return target() if isinstance(target, type) else target
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from .eval.harness import PredictionFolder, check_points, check_volume_iou_resolution, evaluate, export_inputs
 
-    _check_eval_options(args)
+    imported = _import_method(args.model) if _names_python_object(args.model) else None
+    _check_eval_options(args, imported)
     given = {  # the options given; those left out take the harness's defaults
         "split": args.split,
         "mesh_azimuths": None if args.azimuths is None else _float_list(args.azimuths, "--azimuths"),
@@ -860,6 +898,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     check_points(args.points, "--points")  # before a model is loaded
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
+    loads_model = loads_model and imported is None
     device = _device(args) if loads_model else None
     workers = _workers(args, device)  # before a model is loaded
     if args.export_inputs:
@@ -867,7 +906,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{len(paths)} input images written to {args.output}")
         return 0
-    model = PredictionFolder(args.predictions) if args.predictions else args.model
+    model = PredictionFolder(args.predictions) if args.predictions else args.model if imported is None else imported
     if loads_model:
         from .api import load_model
 
