@@ -131,7 +131,8 @@ def _split_input(image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarr
     else:
         if isinstance(mask, np.ndarray):
             mask = torch.from_numpy(np.ascontiguousarray(mask))
-        mask = check_tensor(mask, "mask", (None, None)).float()
+        # in [0, 1] like the image: a 0 / 255 mask would silently weigh the silhouette term 65,025 times
+        mask = check_tensor(check_tensor(mask, "mask", (None, None)).float(), "mask", unit_range=True)
         if tuple(mask.shape) != (height, width):
             raise ValueError(f"mask size {tuple(mask.shape)} does not match the image {height}x{width}")
     if int((mask > _TARGET_MASK_THRESHOLD).sum()) == 0:
