@@ -320,6 +320,15 @@ def test_bundle_for_a_format_that_cannot_hold_the_mesh_gets_422(client):
     assert "PLY" in assert_one_line_error(response, 422)
 
 
+def test_a_model_whose_meshes_have_no_colours_is_named_in_a_one_line_422():
+    class Colourless(StubModel):
+        def extract_mesh(self, *args, **kwargs) -> Mesh:
+            return Mesh(self.mesh.verts, self.mesh.faces)
+
+    client = TestClient(create_app(Colourless(), settings=SMALL_SETTINGS, ui=False))
+    assert "Colourless.extract_mesh gave a mesh without vertex colours" in assert_one_line_error(post(client), 422)
+
+
 def test_reconstruction_save_leaves_nothing_behind_when_a_file_fails(stub, tmp_path, monkeypatch):
     """``Reconstruction.save`` (the CLI's folder, the server's bundle): a mesh the format cannot hold, or a failure
     after input.png and the mesh were written, leaves the folder empty and raises."""

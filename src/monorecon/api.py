@@ -478,6 +478,11 @@ def reconstruct_full(
                     method=options.extraction,
                     carve=weight,
                 )
+            if mesh.vertex_colors is None:  # a model of one's own may forget them; the colour stages need them
+                raise ValueError(
+                    f"{type(model).__name__}.extract_mesh gave a mesh without vertex colours "
+                    "(a ReconstructionModel's meshes carry the field's colours)"
+                )
             if cleans_up:
                 min_fraction = 0.01 if options.remove_floaters else 0.0
                 with stage("cleanup"):
