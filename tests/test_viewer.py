@@ -175,9 +175,17 @@ def test_viewer_draws_the_front_view_as_the_rasteriser_does(chromium, tmp_path):
 
 
 def test_notebook_view_draws_the_same_in_its_iframe(chromium, tmp_path):
+    """Up to three screenshots: on a loaded machine headless Chromium sometimes shoots before the iframe's canvas has
+    its final size (1 shot in ~20 with the test suite and other jobs running); a wrong drawing fails all three."""
     mesh = side_coloured_sphere(center=(0.3, 0.2, -0.1))
     reference, covered = reference_render(mesh, viewer.viewer_payload(mesh))
-    compare(draw_in_browser(chromium, mesh, tmp_path, notebook=True), reference, covered)
+    for attempt in range(3):
+        try:
+            compare(draw_in_browser(chromium, mesh, tmp_path, notebook=True), reference, covered)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
 
 
 def test_notebook_view_embeds_the_standalone_page():
