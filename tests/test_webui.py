@@ -21,6 +21,7 @@ from PIL import Image
 
 from monorecon.core.carving import SilhouetteFill
 from monorecon.io.images import png_bytes
+from monorecon.overlay import OUTLINE_COLOUR
 from monorecon.server import create_app
 from monorecon.webui import PREVIEW_FPS, gif_bytes
 from test_server import SMALL_SETTINGS, ConfiguredStub, StubModel, assert_one_line_error, object_png, object_share
@@ -256,6 +257,16 @@ def test_preview_returns_processed_input_turntable_and_mesh(client, form):
     assert processed.shape == (512, 512, 3)
     np.testing.assert_array_equal(processed[0, 0], [128, 128, 128])  # grey composite background
     np.testing.assert_array_equal(processed[256, 256], [255, 0, 0])  # the red object
+
+    # The mesh over the processed input by the input camera: the stub's sphere (radius 0.5 at the origin, seen from
+    # 1.9 with a 40 deg fov) has its outline, in green, on the circle of radius f r / sqrt(D^2 - r^2) about the centre
+    # (its 80 faces make a polygon inside that circle).
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(payload["overlay_png_base64"]))))
+    assert overlay.shape == (256, 256, 3) and "overlay" in payload["timings"]
+    rows, cols = np.nonzero(np.all(overlay == np.round(np.asarray(OUTLINE_COLOUR) * 255), axis=-1))
+    radius = np.hypot(cols + 0.5 - 128, rows + 0.5 - 128)
+    rim = 128 / np.tan(np.radians(20)) * 0.5 / np.sqrt(1.9**2 - 0.5**2)
+    assert len(radius) > 4 * rim and radius.max() < rim + 1 and radius.min() > 0.85 * rim
 
     gif = Image.open(io.BytesIO(base64.b64decode(payload["turntable_gif_base64"])))
     assert gif.format == "GIF" and gif.size == (48, 48)

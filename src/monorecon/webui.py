@@ -3,7 +3,8 @@
 One self-contained HTML page (no external scripts, styles or fonts, so it works offline) served at ``GET /`` by the
 app of :mod:`monorecon.server`. Its form posts the same multipart fields as ``POST /reconstruct``:
 
-* with JavaScript, to ``POST /preview``, which answers JSON with the mesh file, the processed input (PNG), a
+* with JavaScript, to ``POST /preview``, which answers JSON with the mesh file, the processed input (PNG), the
+  mesh drawn over it by the input camera (PNG, :func:`monorecon.overlay.overlay_mesh`: how it lines up), a
   turntable of the mesh (GIF, :func:`monorecon.video.turntable_from_mesh`) and the mesh's arrays for the page's
   WebGL viewer (:func:`monorecon.viewer.viewer_payload`: drag to turn it, wheel to zoom), shown with a download
   link;
@@ -43,6 +44,9 @@ __all__ = ["build_ui", "gif_bytes", "launch_ui", "render_page"]
 
 log = logging.getLogger("monorecon.webui")
 
+#: Longer side in pixels of the preview's overlay of the mesh on the processed input (the page shows 240 px).
+PREVIEW_OVERLAY_SIDE = 256
+
 #: Frame rate of the turntable GIF (GIF stores frame times in whole centiseconds).
 PREVIEW_FPS = 10
 
@@ -77,12 +81,16 @@ def build_ui(service: ReconstructionService) -> APIRouter:
         "/preview", summary="image -> mesh file, processed input, turntable and viewer arrays (JSON, for the web page)"
     )
     def preview(form: Annotated[MeshForm, Depends(mesh_form)]) -> dict[str, Any]:
+        from .overlay import overlay_mesh
         from .video import turntable_from_mesh
 
         start = time.perf_counter()
         with service.exclusive():  # the turntable render is CPU work too
             result = service.reconstruct(form)
             timings = dict(result.timings)
+            with timed(timings, "overlay"):
+                side = PREVIEW_OVERLAY_SIDE
+                overlay = overlay_mesh(result.mesh, result.prepared.rgba(), result.camera, max_side=side)
             with timed(timings, "turntable"):
                 frames = turntable_from_mesh(
                     result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
@@ -94,6 +102,7 @@ def build_ui(service: ReconstructionService) -> APIRouter:
             "media_type": media_type,
             "mesh_base64": base64.b64encode(data).decode("ascii"),
             "input_png_base64": base64.b64encode(png_bytes(result.prepared.rgb)).decode("ascii"),
+            "overlay_png_base64": base64.b64encode(png_bytes(overlay)).decode("ascii"),
             "turntable_gif_base64": base64.b64encode(gif_bytes(frames)).decode("ascii"),
             "viewer": viewer_payload(result.mesh),
             "vertices": result.mesh.num_verts,
@@ -275,6 +284,8 @@ __FIELDS__
       <div class="views">
         <figure><img id="processed" alt="processed input"><figcaption>processed input (what the model sees)
           </figcaption></figure>
+        <figure><img id="overlay" alt="the mesh over the processed input"><figcaption>the mesh over it (outline
+          in green)</figcaption></figure>
         <figure id="viewer-figure"><canvas id="viewer" width="240" height="240"></canvas>
           <figcaption id="viewer-caption">3-D view: drag to turn, wheel to zoom, double-click to reset</figcaption>
         </figure>
@@ -353,6 +364,7 @@ form.addEventListener("submit", async (event) => {
     const payload = await response.json().catch(() => ({ detail: response.status + " " + response.statusText }));
     if (!response.ok) throw new Error(payload.detail || ("HTTP " + response.status));
     document.getElementById("processed").src = "data:image/png;base64," + payload.input_png_base64;
+    document.getElementById("overlay").src = "data:image/png;base64," + payload.overlay_png_base64;
     document.getElementById("turntable").src = "data:image/gif;base64," + payload.turntable_gif_base64;
     if (meshUrl) URL.revokeObjectURL(meshUrl);
     meshUrl = URL.createObjectURL(new Blob([bytesOf(payload.mesh_base64)], { type: payload.media_type }));
