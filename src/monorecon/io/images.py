@@ -99,6 +99,9 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image format for {path}")
+    pixels = to_uint8(image)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:  # (H, W, 1) grey; only that axis: an image may be 1 pixel wide
+        pixels = pixels[..., 0]
     with atomic_write(path) as f:
-        Image.fromarray(to_uint8(image).squeeze()).save(f, format=fmt)
+        Image.fromarray(pixels).save(f, format=fmt)
     return path

@@ -164,7 +164,12 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
         raise ValueError(f"could not read mesh {path}: no triangles found")
     try:
         if len(parts) > 1 and any(part.visual.kind == "texture" for _, part in parts):
-            # Several textured parts: trimesh packs their images into one atlas.
+            # Several textured parts: trimesh packs their images into one atlas. The texture is the colour, as for a
+            # single part: a baseColorFactor, which many exporters write as [1, 1, 1, 1], would be applied on the
+            # 0..255 scale in the packing (colours / 255: black).
+            for _, part in parts:
+                if hasattr(part.visual, "material") and hasattr(part.visual.material, "baseColorFactor"):
+                    part.visual.material.baseColorFactor = None
             return Mesh.from_trimesh(trimesh.util.concatenate(scene.dump()))
         return _concatenate([_transformed(Mesh.from_trimesh(part), transform) for transform, part in parts])
     except ValueError as exc:
