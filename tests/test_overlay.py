@@ -80,7 +80,10 @@ def test_camera_record_round_trip_and_the_documented_projection():
         ({"c2w": np.eye(4)[:3].tolist()}, "4 x 4"),
         ({"c2w": (2 * np.eye(4)).tolist()}, "row"),
         ({"c2w": np.diag([2.0, 1.0, 1.0, 1.0]).tolist()}, "orthonormal"),
+        ({"c2w": np.diag([-1.0, 1.0, 1.0, 1.0]).tolist()}, "mirrors"),
         ({"width": 0}, "width"),
+        ({"width": True}, "width"),
+        ({"width": 160.0}, "width"),
         ({"height": "tall"}, "height"),
     ],
 )
@@ -271,6 +274,11 @@ def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
     (result / "result.json").write_text(json.dumps(record | {"photo_camera": None}))
     before = files_under(tmp_path)
     refused(str(result), needle="records no photo_camera")
+    white = white_photo(tmp_path)
+    for elsewhere in ("../disc/mesh.glb", str(result / "mesh.glb"), ".."):
+        (result / "result.json").write_text(json.dumps(record | {"mesh_file": elsewhere}))
+        before = files_under(tmp_path)
+        refused(str(result), "--image", white, needle="names no mesh_file of its own folder")
     (result / "result.json").write_text("{not json")
     before = files_under(tmp_path)
     refused(str(result), needle="cannot read")

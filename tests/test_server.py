@@ -330,15 +330,15 @@ def test_a_model_whose_meshes_have_no_colours_is_named_in_a_one_line_422():
 
 
 def test_reconstruction_save_leaves_nothing_behind_when_a_file_fails(stub, tmp_path, monkeypatch):
-    """``Reconstruction.save`` (the CLI's folder, the server's bundle): a mesh the format cannot hold, or a failure
-    after input.png and the mesh were written, leaves the folder empty and raises."""
+    """``Reconstruction.save`` (the CLI's folder, the server's bundle): a mesh the format cannot hold is refused before
+    anything is written; a failure after input.png and the mesh were written leaves the folder empty; both raise."""
     from monorecon.io import atomic
 
     image = np.asarray(Image.open(io.BytesIO(object_png())), dtype=np.float32) / 255
     result = reconstruct_full(image, stub, ReconstructOptions(bake_texture=True, texture_resolution=64))
     with pytest.raises(ValueError, match="PLY"):
-        result.save(tmp_path / "ply", "ply")  # a textured mesh, after input.png was written
-    assert list((tmp_path / "ply").iterdir()) == []
+        result.save(tmp_path / "ply", "ply")  # a textured mesh: refused before anything is written
+    assert not (tmp_path / "ply").exists()
     with pytest.raises(ValueError, match="unlit"):
         result.save(tmp_path / "stl", "stl", unlit=True)
     assert not (tmp_path / "stl").exists()

@@ -244,7 +244,8 @@ class Reconstruction:
         ``.mtl`` and ``.png`` for a textured OBJ), ``input.png`` (the prepared input, RGBA) and ``result.json``
         (``record``'s keys, e.g. ``input`` and ``model``, then ``mesh_file``, ``unlit`` and :meth:`summary`).
 
-        Each file is written atomically; if one fails, those already written are removed before the error is raised.
+        Each file is written atomically; a format that cannot hold the mesh is refused before anything is written,
+        and if a file fails, those already written are removed before the error is raised.
 
         Args:
             folder: made if missing.
@@ -261,9 +262,10 @@ class Reconstruction:
         """
         from .io.atomic import atomic_write_json
         from .io.images import save_image
-        from .io.mesh_io import check_unlit, save_mesh
+        from .io.mesh_io import check_savable, check_unlit, save_mesh
 
         check_unlit(mesh_format, unlit)
+        check_savable(self.mesh, mesh_format)  # before input.png, which may replace an earlier result's
         folder = Path(folder)
         mesh_path = folder / f"mesh.{mesh_format}"
         written: list[Path] = []
@@ -302,8 +304,9 @@ def camera_from_record(record: dict) -> PerspectiveCameras:
     """The camera a :func:`camera_record` describes (e.g. ``result.json``'s ``camera`` or ``photo_camera``).
 
     Raises:
-        ValueError: not such a record: a missing key, another convention, a size, ``K`` or ``c2w`` of the wrong shape,
-            not finite, or not a camera (a skewed ``K``, a ``c2w`` whose rotation is not orthonormal).
+        ValueError: not such a record: a missing key, another convention, a size that is not a positive integer,
+            ``K`` or ``c2w`` of the wrong shape, not finite, or not a camera (a skewed ``K``, a ``c2w`` whose rotation
+            is not orthonormal or mirrors).
     """
     if not isinstance(record, dict):
         raise ValueError(f"a camera record must be a JSON object, got {type(record).__name__}")
@@ -323,10 +326,12 @@ def camera_from_record(record: dict) -> PerspectiveCameras:
         raise ValueError(f"the camera record's K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()}")
     if not np.allclose(c2w[3], [0, 0, 0, 1]):
         raise ValueError(f"the camera record's c2w must end with the row [0, 0, 0, 1], got {c2w[3].tolist()}")
+    if not np.linalg.det(c2w[:3, :3]) > 0:
+        raise ValueError("the camera record's c2w is not a rotation (it mirrors or collapses the view)")
     return PerspectiveCameras(
         torch.from_numpy(c2w).float()[None],
-        record["height"],
-        record["width"],
+        check_int(record["height"], "the camera record's height", 1, 1 << 16),
+        check_int(record["width"], "the camera record's width", 1, 1 << 16),
         focal=(float(k[0, 0]), float(k[1, 1])),
         principal=(float(k[0, 2]), float(k[1, 2])),
     )

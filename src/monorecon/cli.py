@@ -333,7 +333,8 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
         with timed(timings, "write"):
-            record = {"input": str(image_path), "model": job.model_source}
+            # absolute: `overlay` finds the photo from any working folder
+            record = {"input": str(image_path.absolute()), "model": job.model_source}
             written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record=record)
         mesh_path = out_dir / f"mesh.{job.mesh_format}"
         if job.render:
@@ -384,7 +385,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
         progress=not args.quiet and workers == 1,
         model_source={
-            "weights": "bundled default" if args.weights is None else str(args.weights),
+            "weights": "bundled default model" if args.weights is None else str(args.weights),
             "config": None if args.config is None else str(args.config),
         },
     )  # fmt: skip
@@ -533,13 +534,16 @@ def _run_overlay(args: argparse.Namespace) -> int:
         raise CommandError(f"--opacity must lie in [0, 1], got {args.opacity}")
     if not 16 <= args.max_side <= MAX_OVERLAY_SIDE:
         raise CommandError(f"--max-side must lie in [16, {MAX_OVERLAY_SIDE}], got {args.max_side}")
-    folders = [args.result]
-    if not (args.result / "result.json").is_file() and args.result.is_dir():  # a batch: OUTPUT/<stem>/result.json
-        folders = sorted(p for p in args.result.iterdir() if (p / "result.json").is_file())
+    result = args.result
+    if result.is_file() and (result.name == "result.json" or result.stem == "mesh"):  # a file of a result folder
+        result = result.parent
+    folders = [result]
+    if not (result / "result.json").is_file() and result.is_dir():  # a batch: OUTPUT/<stem>/result.json
+        folders = sorted(p for p in result.iterdir() if (p / "result.json").is_file())
         if not folders:
-            raise CommandError(f"no result.json in {args.result} nor in its folders (written by monorecon reconstruct)")
-        if args.output or args.image:
-            raise CommandError(f"-o and --image are for one result folder; {args.result} holds {len(folders)}")
+            raise CommandError(f"no result.json in {result} nor in its folders (written by monorecon reconstruct)")
+        if len(folders) > 1 and (args.output or args.image):
+            raise CommandError(f"-o and --image are for one result; {result} holds {len(folders)}")
     if len(folders) == 1:
         output = _overlay_result_folder(folders[0], args)
         if not args.quiet:
@@ -576,14 +580,15 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
         raise CommandError(f"no result.json in {folder} (a folder written by monorecon reconstruct)")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CommandError(f"cannot read {record_path}: {err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CommandError(f"cannot read {record_path}: {type(err).__name__}: {err}") from None
     key = "photo_camera" if args.view == "photo" else "camera"
     if not isinstance(record, dict) or not isinstance(record.get(key), dict):
         raise CommandError(f"{record_path} records no {key} (written by monorecon reconstruct)")
     camera = camera_from_record(record[key])
-    if not isinstance(record.get("mesh_file"), str):
-        raise CommandError(f"{record_path} names no mesh_file")
+    mesh_file = record.get("mesh_file")
+    if not isinstance(mesh_file, str) or Path(mesh_file).name != mesh_file or mesh_file in ("", ".", ".."):
+        raise CommandError(f"{record_path} names no mesh_file of its own folder (got {mesh_file!r})")
     image_path = args.image
     if image_path is None and args.view == "input":
         image_path = folder / "input.png"
@@ -594,7 +599,7 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
     output = args.output or folder / ("overlay.png" if args.view == "photo" else "overlay_input.png")
     check_writable(output)
     image = load_image(image_path)
-    mesh = load_mesh(folder / record["mesh_file"])
+    mesh = load_mesh(folder / mesh_file)
     try:
         drawn = overlay_mesh(
             mesh, image, camera, opacity=args.opacity, outline=not args.no_outline, max_side=args.max_side

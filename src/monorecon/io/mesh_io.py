@@ -81,6 +81,18 @@ def gets_baked_texture(mesh_format: str, bake_texture: bool) -> bool:
     return bake_texture or mesh_format in BAKED_FORMATS
 
 
+def check_savable(mesh: Mesh, mesh_format: str) -> None:
+    """Refuse what :func:`save_mesh` cannot write, before anything is written: not a Mesh, or a texture for PLY.
+
+    Raises:
+        ValueError: as above.
+    """
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"save_mesh expects a Mesh, got {type(mesh).__name__}")
+    if mesh.texture is not None and mesh_format == "ply":
+        raise ValueError("PLY files carry no texture: save a textured mesh as .glb, .obj or .usdz")
+
+
 def check_unlit(mesh_format: str, unlit: bool) -> None:
     """Refuse an unlit material asked for a format that has none (checked by commands before their slow work).
 
@@ -111,10 +123,9 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     Raises:
         ValueError: unknown format, missing folder, or a texture for PLY.
     """
-    if not isinstance(mesh, Mesh):
-        raise ValueError(f"save_mesh expects a Mesh, got {type(mesh).__name__}")
     path = Path(path)
     fmt = _format_of(path, format, MESH_FORMATS)
+    check_savable(mesh, fmt)
     if fmt == "glb":
         atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit))
     elif fmt == "ply":
@@ -315,8 +326,6 @@ class _GlbBuilder:
 # PLY
 # --------------------------------------------------------------------------------------------------------------------
 def _ply_bytes(mesh: Mesh) -> bytes:
-    if mesh.texture is not None:
-        raise ValueError("PLY files carry no texture: save a textured mesh as .glb, .obj or .usdz")
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if mesh.vertex_colors is not None:
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
