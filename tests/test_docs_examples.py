@@ -87,7 +87,7 @@ def test_the_own_model_is_scored_like_the_bundled_one(page_run):
     the inputs' outlines, mesh mask IoU near 1) and, having no renderer, gets no volume-render scores."""
     namespace, printed, _ = page_run
     ball = namespace["ball"]
-    assert ball["n_objects"] == 4 and ball["n_failed"] == 0
+    assert ball["n_objects"] == 4 and ball["n_failed"] == 0 and ball["method"] == "BallModel"
     assert ball["mean"]["mesh_mask_iou"] > 0.8 and 0.3 < ball["mean"]["fscore@0.1"] <= 1
     assert "psnr" not in ball["mean"] and "mask_iou" not in ball["mean"]
     assert f"F@0.1: ball {ball['mean']['fscore@0.1']:.3f}" in printed

@@ -723,13 +723,18 @@ def _rows(report: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+def silhouette_sphere(rgba: np.ndarray) -> Mesh:
+    """A method of one's own (rgba -> Mesh), at module level so that worker processes can receive it."""
+    return sphere_baseline(rgba[..., 3])
+
+
 def test_workers_write_the_same_report_and_forward_warnings(eval_dataset, tmp_path):
     from monorecon.api import load_model
     from monorecon.eval.harness import PredictionFolder
 
     tiny = load_model(Path(__file__).parent / "data" / "triposr_ref")
     common = {"n_points": 1000, "mc_resolution": 24, "threshold": 1.0, "progress": False, "n_grid_cases": 1}
-    for name, method in (("inflation", "inflation"), ("model", tiny)):
+    for name, method in (("inflation", "inflation"), ("model", tiny), ("function", silhouette_sphere)):
         for workers in (1, 2):
             evaluate(method, eval_dataset, tmp_path / f"{name}{workers}", **common, workers=workers)
         one, two = _rows(tmp_path / f"{name}1"), _rows(tmp_path / f"{name}2")
@@ -919,7 +924,7 @@ def test_eval_command_scores_a_method_named_module_colon_function(eval_dataset, 
     import mymethods
 
     args = ["eval", "--data", str(eval_dataset), "--points", "500", "--volume-iou", "0", "--quiet"]
-    assert cli.main([*args, "--model", "mymethods:ball", "-o", "cli"]) == 0
+    assert cli.main([*args, "--model", "mymethods:ball", "-o", "cli", "--workers", "2"]) == 0  # workers import it
     evaluate(mymethods.ball, eval_dataset, "api", 500, volume_iou_resolution=0, progress=False)
 
     def scores(report: str) -> list[dict]:

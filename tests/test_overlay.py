@@ -110,7 +110,7 @@ def test_sphere_on_the_optical_axis_covers_the_analytic_disc():
     np.testing.assert_allclose([cols.mean() + 0.5, rows.mean() + 0.5], PRINCIPAL, atol=0.3)
     assert mask.sum() == pytest.approx(math.pi * disc_radius() ** 2, rel=0.03)
 
-    grey = np.full((HEIGHT, WIDTH, 3), 0.2, np.float32)
+    grey = np.full((HEIGHT, WIDTH, 3), 51, np.uint8)  # uint8 as PIL gives it: 0.2
     half = overlay_mesh(sphere(), grey, camera, opacity=0.6, outline=False)
     centre = half[int(PRINCIPAL[1]), int(PRINCIPAL[0])] / 255
     np.testing.assert_allclose(centre, 0.2 * 0.4 + 1.0 * 0.6, atol=0.01)  # lit head-on: ambient + diffuse = 1
@@ -306,3 +306,25 @@ def test_overlay_command_on_a_batch_folder_draws_each_result_and_names_the_bad_o
     assert_one_line_error(code, err, "holds 2")
     code, _, err = run(["overlay", str(batch / "notes")], capsys)
     assert_one_line_error(code, err, "no result.json")
+
+
+def test_a_result_saved_by_the_api_names_its_photo_for_overlay(tmp_path, capsys):
+    """``Reconstruction.save`` records the image file it was made from (absolute path), so ``overlay`` finds it; a
+    reconstruction from an array names none, and ``overlay`` asks for ``--image`` in one line."""
+    from monorecon.api import reconstruct_full
+    from test_server import StubModel, object_png
+
+    (tmp_path / "photo.png").write_bytes(object_png(side=80))
+    from_file = reconstruct_full(tmp_path / "photo.png", StubModel())
+    from_file.save(tmp_path / "file")
+    assert json.loads((tmp_path / "file" / "result.json").read_text())["input"] == str(tmp_path / "photo.png")
+    code, _, err = run(["overlay", str(tmp_path / "file"), "--quiet"], capsys)
+    assert code == 0 and (tmp_path / "file" / "overlay.png").is_file(), err
+
+    pixels = np.asarray(Image.open(tmp_path / "photo.png"), dtype=np.float32) / 255
+    reconstruct_full(pixels, StubModel()).save(tmp_path / "array")
+    assert json.loads((tmp_path / "array" / "result.json").read_text())["input"] is None
+    code, _, err = run(["overlay", str(tmp_path / "array")], capsys)
+    assert_one_line_error(code, err, "names no photo", "--image")
+    code, _, err = run(["overlay", str(tmp_path / "array"), "--image", str(tmp_path / "photo.png"), "--quiet"], capsys)
+    assert code == 0, err

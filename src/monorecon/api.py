@@ -201,6 +201,7 @@ class Reconstruction:
         photo_camera: the same camera for the whole source photo (upright, its own size): focal length and principal
             point of the prepared square's place in the photo (:attr:`PreparedImage.source_box`), to overlay the
             mesh on the photo; None when the source is unknown.
+        source: the image file reconstructed (absolute path), None for an image given as an array.
     """
 
     mesh: Mesh
@@ -210,10 +211,12 @@ class Reconstruction:
     options: ReconstructOptions | None = None
     camera: PerspectiveCameras | None = None
     photo_camera: PerspectiveCameras | None = None
+    source: Path | None = None
 
     def summary(self) -> dict:
-        """JSON-ready record of the result: monorecon's version, the options that ran, the mesh's size and bounds,
-        the cameras (:func:`camera_record`) and the timings (what ``reconstruct`` writes to ``result.json``)."""
+        """JSON-ready record of the result: the image file (``input``, None for an array), monorecon's version, the
+        options that ran, the mesh's size and bounds, the cameras (:func:`camera_record`) and the timings (what
+        ``reconstruct`` writes to ``result.json``)."""
         from . import __version__
 
         low, high = self.mesh.bounds.tolist() if self.mesh.num_faces else ([], [])
@@ -224,6 +227,7 @@ class Reconstruction:
             matting = options["preprocess"]["matting_model"]
             options["preprocess"]["matting_model"] = None if matting is None else str(matting)
         return {
+            "input": None if self.source is None else str(self.source),
             "monorecon": __version__,
             "options": options,
             "mesh": {
@@ -242,7 +246,8 @@ class Reconstruction:
     ) -> list[Path]:
         """Write the result as ``monorecon reconstruct`` writes ``OUTPUT/<stem>/``: ``mesh.<mesh_format>`` (with its
         ``.mtl`` and ``.png`` for a textured OBJ), ``input.png`` (the prepared input, RGBA) and ``result.json``
-        (``record``'s keys, e.g. ``input`` and ``model``, then ``mesh_file``, ``unlit`` and :meth:`summary`).
+        (:meth:`summary` with ``record``'s entries first, e.g. ``model``, or an ``input`` naming the image when it was
+        not a file, and ``mesh_file``, ``unlit``).
 
         Each file is written atomically; a format that cannot hold the mesh is refused before anything is written,
         and if a file fails, those already written are removed before the error is raised.
@@ -275,7 +280,9 @@ class Reconstruction:
             if self.mesh.texture is not None and mesh_format == "obj":  # companions: removed too if the OBJ fails
                 written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
             written.append(save_mesh(self.mesh, mesh_path, unlit=unlit))
-            result = {**(record or {}), "mesh_file": mesh_path.name, "unlit": unlit, **self.summary()}
+            summary = self.summary()
+            result = {"input": summary.pop("input"), **(record or {}), "mesh_file": mesh_path.name, "unlit": unlit}
+            result |= summary
             written.append(folder / "result.json")
             atomic_write_json(written[-1], result, indent=2)
         except BaseException:
@@ -509,7 +516,8 @@ def reconstruct_full(
     anchor, scale = mesh.placement(options.object_height, options.origin)
     camera, photo_camera = input_view_cameras(prepared, anchor, scale)
     mesh = mesh.placed(options.object_height, options.origin)
-    return Reconstruction(mesh, prepared, scene_code, timings, ran, camera, photo_camera)
+    source = Path(image).absolute() if isinstance(image, str | os.PathLike) else None
+    return Reconstruction(mesh, prepared, scene_code, timings, ran, camera, photo_camera, source)
 
 
 def reconstruct(image: ImageInput, model: ReconstructionModel | None = None, **options) -> Mesh:

@@ -333,9 +333,8 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
         with timed(timings, "write"):
-            # absolute: `overlay` finds the photo from any working folder
-            record = {"input": str(image_path.absolute()), "model": job.model_source}
-            written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record=record)
+            # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
+            written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record={"model": job.model_source})
         mesh_path = out_dir / f"mesh.{job.mesh_format}"
         if job.render:
             from .video import save_turntable, turntable_from_mesh
@@ -593,9 +592,11 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
     if image_path is None and args.view == "input":
         image_path = folder / "input.png"
     elif image_path is None:
-        image_path = Path(str(record.get("input", "")))
+        if not isinstance(record.get("input"), str):
+            raise CommandError(f"{record_path} names no photo (it was reconstructed from an array): pass --image")
+        image_path = Path(record["input"])
         if not image_path.is_file():
-            raise CommandError(f"the photo {record.get('input')!r} that {record_path} names is not found: pass --image")
+            raise CommandError(f"the photo {record['input']!r} that {record_path} names is not found: pass --image")
     output = args.output or folder / ("overlay.png" if args.view == "photo" else "overlay_input.png")
     check_writable(output)
     image = load_image(image_path)

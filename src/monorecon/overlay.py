@@ -37,8 +37,9 @@ def overlay_mesh(
 
     Args:
         mesh: the mesh, in the frame of ``camera`` (vertex colours or a texture; white without either).
-        image: (H, W, 3|4) float image in [0, 1], the camera's image (``H, W`` = ``camera.height, camera.width``);
-            an RGBA image is first put on white.
+        image: (H, W, 3|4) image, float in [0, 1] or uint8, the camera's image (``H, W`` = ``camera.height,
+            camera.width``; for ``result.json``'s ``photo_camera``, the photo upright as
+            :func:`monorecon.io.images.load_image` reads it); an RGBA image is first put on white.
         camera: one perspective camera.
         opacity: share of the shaded mesh in the blend, in [0, 1] (1: the mesh hides the image).
         outline: also draw the mesh's outline (one pixel, :data:`OUTLINE_COLOUR`, opaque).
@@ -55,7 +56,8 @@ def overlay_mesh(
     from .core.checks import check_int
     from .core.mesh_renderer import headlight, render_mesh
 
-    image = np.asarray(image, dtype=np.float32)
+    image = np.asarray(image)
+    image = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"the image must be (H, W, 3|4), got shape {image.shape}")
     if not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):

@@ -285,10 +285,13 @@ class _ModelMethod:
     """
 
     def __init__(self, model, settings: _ModelSettings) -> None:
+        from ..models.triposr import TripoSRModel
+
         if settings.threshold is None:
             settings = dataclasses.replace(settings, threshold=model_mesh_threshold(model))
         self.model, self.settings = model, settings
-        self.name = "model" if settings.carve else "model (no carving)"
+        name = "model" if isinstance(model, TripoSRModel) else type(model).__name__
+        self.name = name if settings.carve else f"{name} (no carving)"
 
     @torch.no_grad()
     def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
@@ -325,14 +328,15 @@ class _ModelMethod:
         }
 
 
-class _Baseline:
-    """A single-view baseline ``(H, W) alpha -> Mesh`` as a method (a class, so that workers can receive it)."""
+class _FunctionMethod:
+    """A function ``input view -> Mesh`` as a method (a class, so that workers can receive it): a single-view
+    baseline takes the (H, W) alpha (``alpha_only``), a method of one's own the (H, W, 4) RGBA."""
 
-    def __init__(self, function: Callable[[np.ndarray], Mesh], name: str) -> None:
-        self.function, self.name = function, name
+    def __init__(self, function: Callable[[np.ndarray], Mesh], name: str, alpha_only: bool = False) -> None:
+        self.function, self.name, self.alpha_only = function, name, alpha_only
 
     def __call__(self, case: EvalCase) -> tuple[Mesh, dict[str, float]]:
-        return self.function(case.rgba[..., 3]), {}
+        return self.function(case.rgba[..., 3] if self.alpha_only else case.rgba), {}
 
 
 class PredictionFolder:
@@ -388,7 +392,7 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
     if isinstance(method, PredictionFolder):
         return method
     if isinstance(method, str) and method == "sphere":
-        return _Baseline(sphere_baseline, method)
+        return _FunctionMethod(sphere_baseline, method, alpha_only=True)
     if isinstance(method, str) and method == "inflation":
         thickness, profile = inflation
         if not (math.isfinite(thickness) and thickness > 0):
@@ -398,7 +402,8 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
         inflate = functools.partial(inflation_baseline, thickness_scale=thickness, profile=profile)
         variant = [] if profile == "cone" else [profile]
         variant += [] if thickness == 1.0 else [f"{thickness:g}"]
-        return _Baseline(inflate, f"inflation ({' '.join(variant)})" if variant else "inflation")
+        name = f"inflation ({' '.join(variant)})" if variant else "inflation"
+        return _FunctionMethod(inflate, name, alpha_only=True)
     if isinstance(method, TripoSRModel):
         return _ModelMethod(method.eval(), settings)
     if isinstance(method, ReconstructionModel):
@@ -408,12 +413,7 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
 
         return _ModelMethod(load_model(method), settings)
     if callable(method):
-
-        def run(case: EvalCase) -> tuple[Mesh, dict[str, float]]:
-            return method(case.rgba), {}
-
-        run.name = getattr(method, "__name__", "callable")
-        return run
+        return _FunctionMethod(method, getattr(method, "__name__", "callable"))
     raise ValueError(
         f"cannot evaluate {method!r}: give a model (encode, query, extract_mesh), a weights path, 'sphere', "
         "'inflation', a function rgba -> Mesh or a PredictionFolder"
