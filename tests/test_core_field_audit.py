@@ -18,21 +18,11 @@ from monorecon.core.extract import cleanup_mesh, extract_isosurface
 from monorecon.core.fields import TriplaneDecoder, trunc_exp
 from monorecon.core.mesh import Mesh
 from monorecon.core.triplane import sample_triplane, triplane_pyramid
+from test_triplane import numpy_mlp
 
 
 def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
-
-
-def _numpy_mlp(decoder, features, hidden):
-    state = {k: v.detach().double().numpy() for k, v in decoder.state_dict().items()}
-    n_linear = len(state) // 2
-    h = features
-    for i in range(n_linear):
-        h = h @ state[f"layers.{2 * i}.weight"].T + state[f"layers.{2 * i}.bias"]
-        if i < n_linear - 1:
-            h = hidden(h)
-    return h
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -44,7 +34,7 @@ def test_decoder_defaults_are_the_triposr_decoder():
     decoder = TriplaneDecoder().double()
     assert [type(m).__name__ for m in decoder.layers] == ["Linear", "SiLU"] * 9 + ["Linear"]
     features = np.random.default_rng(0).normal(size=(6, 120))
-    raw = _numpy_mlp(decoder, features, lambda x: x * _sigmoid(x))
+    raw = numpy_mlp(decoder, features, lambda x: x * _sigmoid(x))
     out = decoder(torch.from_numpy(features))
     np.testing.assert_allclose(out["density"].detach().numpy(), np.exp(raw[:, :1] - 1.0), rtol=1e-10)
     np.testing.assert_allclose(out["rgb"].detach().numpy(), _sigmoid(raw[:, 1:]), rtol=1e-10)
@@ -93,7 +83,7 @@ def test_decoder_under_autocast_keeps_the_feature_precision():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = decoder(features)
     assert out["density"].dtype == torch.float32 and out["rgb"].dtype == torch.float32
-    raw = _numpy_mlp(decoder, features.double().numpy(), lambda x: x * _sigmoid(x))
+    raw = numpy_mlp(decoder, features.double().numpy(), lambda x: x * _sigmoid(x))
     np.testing.assert_allclose(out["density"].detach().numpy(), np.exp(raw[:, :1] - 1.0), rtol=0.1, atol=0.02)
     np.testing.assert_allclose(out["rgb"].detach().numpy(), _sigmoid(raw[:, 1:]), atol=0.02)
 
