@@ -696,3 +696,69 @@ def test_result_json_cameras_put_the_mesh_on_the_input_and_on_the_photo(tmp_path
     assert record["options"]["threshold"] == 1.0 and record["options"]["fill"] is False
     assert record["options"]["preprocess"]["foreground_ratio"] == pytest.approx(0.85)
     assert record["model"]["weights"] == str(TINY / "model.safetensors") and record["input"] == str(path)
+
+
+OWN_MODELS = '''
+import torch
+
+from monorecon.core.extract import extract_isosurface
+from monorecon.core.mesh import Mesh
+
+
+class BallModel:
+    """A ReconstructionModel whose field is a grey ball of radius 0.4."""
+
+    def encode(self, images):
+        return torch.zeros(images.shape[0], 3)
+
+    def query(self, scene_code, points):
+        density = torch.sigmoid((0.4 - points.norm(dim=-1, keepdim=True)) * 40)
+        return density, torch.full((*points.shape[:-1], 3), 0.5)
+
+    def extract_mesh(self, scene_code, resolution, threshold, method="dense", carve=None):
+        def density(points):
+            values = self.query(None, points)[0][:, 0]
+            return values if carve is None else values * carve(points)
+
+        mesh = extract_isosurface(density, resolution, threshold, bounds=0.87)
+        return Mesh(mesh.verts, mesh.faces, vertex_colors=torch.full_like(mesh.verts, 0.5))
+
+
+def not_a_model(rgba):
+    return None
+'''
+
+
+def test_reconstruct_and_serve_run_a_model_named_module_colon_name(image_path, tmp_path, monkeypatch, capsys):
+    """``--model module:name`` runs a model of one's own (imported from the current folder) through ``reconstruct``:
+    its ball (radius 0.4, level 0.5) carved to the input's cone; the weights options are refused beside it."""
+    (tmp_path / "mymodels.py").write_text(OWN_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bar = np.zeros((64, 64, 4), np.float32)
+    bar[10:54, 29:35] = (0.8, 0.3, 0.2, 1.0)  # a narrow upright bar: its cone cuts the ball to a thin slab in x
+    save_image(bar, tmp_path / "thing.png")
+    argv = ["reconstruct", str(tmp_path / "thing.png"), "-o", "out", "--model", "mymodels:BallModel",
+            "--mc-resolution", "32", "--threshold", "0.5", "--quiet"]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "thing" / "result.json").read_text())
+    assert record["model"] == {"weights": None, "config": None, "module": "mymodels:BallModel"}
+    verts = np.asarray(trimesh.load(tmp_path / "out" / "thing" / "mesh.glb", force="mesh").vertices)
+    assert np.linalg.norm(verts, axis=1).max() < 0.4 + 1.74 / 31  # inside the ball (plus a grid cell)
+    assert np.ptp(verts[:, 0]) < 0.3 and np.ptp(verts[:, 1]) > 0.7  # carved to the bar's cone: thin in x only
+    for extra, needle in [
+        (["--model", "mymodels:BallModel", *MODEL_ARGS], "--weights, --config: for weights, not for --model"),
+        (["--model", "mymodels:not_a_model"], "is not a model"),
+        (["--model", "mymodels"], "module:name"),
+    ]:
+        code, _, err = run(["reconstruct", str(image_path), "-o", "bad", *extra], capsys)
+        assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "bad").exists()
+
+    from monorecon import server
+
+    served = {}
+    monkeypatch.setattr(server, "run_server", lambda **kwargs: served.update(kwargs))
+    assert run(["serve", "--model", "mymodels:BallModel"], capsys)[0] == 0
+    assert type(served["model"]).__name__ == "BallModel" and served["weights"] is None

@@ -66,6 +66,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per image)")
     p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
+    _add_own_model_option(p)
     p.add_argument(
         "--format", choices=MESH_FORMATS, default="glb",
         help="mesh file format (default glb); usdz (AR Quick Look, RealityKit) always gets a baked texture; stl (3-D "
@@ -379,14 +380,16 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     device = _device(args)
     workers = min(_workers(args, device), len(images))
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model(args.weights, args.config, device=device, dtype=dtype)
+    if args.model is not None:
+        model = _own_model(args)
+        model_source = {"weights": None, "config": None, "module": args.model}
+    else:
+        model = load_model(args.weights, args.config, device=device, dtype=dtype)
+        weights = "bundled default model" if args.weights is None else str(args.weights)
+        model_source = {"weights": weights, "config": None if args.config is None else str(args.config)}
     job = _BatchJob(
         model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
-        progress=not args.quiet and workers == 1,
-        model_source={
-            "weights": "bundled default model" if args.weights is None else str(args.weights),
-            "config": None if args.config is None else str(args.config),
-        },
+        progress=not args.quiet and workers == 1, model_source=model_source,
     )  # fmt: skip
     outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
     bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
@@ -861,6 +864,32 @@ def _check_eval_options(args: argparse.Namespace, imported: Any = None) -> None:
             raise CommandError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to {scope}")
 
 
+def _add_own_model_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="MODULE:NAME",
+        help="a model of your own instead of weights: a ReconstructionModel (encode, query, extract_mesh) or a class "
+        "making one, in an importable module (the current folder is importable; docs/extending.md)",
+    )
+
+
+def _own_model(args: argparse.Namespace) -> Any:
+    """The model ``--model module:name`` names (``reconstruct``, ``serve``, ``webui``); the weights options, which
+    load TripoSR-architecture models, are refused beside it."""
+    from .api import ReconstructionModel
+
+    given = [name for name, value in (("--weights", args.weights), ("--config", args.config)) if value is not None]
+    given += ["--dtype bfloat16"] if args.dtype == "bfloat16" else []
+    if given:
+        raise CommandError(f"{', '.join(given)}: for weights, not for --model")
+    if not _names_python_object(args.model):
+        raise CommandError(f"--model must name a Python object as module:name, got {args.model!r}")
+    model = _import_method(args.model)
+    if not isinstance(model, ReconstructionModel):
+        raise CommandError(f"--model {args.model} is not a model (it lacks encode, query or extract_mesh)")
+    return model
+
+
 def _names_python_object(model: str | None) -> bool:
     """Whether ``--model`` is ``module:name`` (not a weights path that happens to hold a colon)."""
     return model is not None and bool(_PYTHON_REFERENCE.fullmatch(model)) and not Path(model).exists()
@@ -1198,6 +1227,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
 def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--weights", help="model weights (default: the bundled model)")
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
+    _add_own_model_option(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: no authentication)")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -1225,7 +1255,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     return {
         "host": args.host, "port": args.port, "weights": args.weights, "config": args.config,
-        "device": _device(args), "dtype": dtype,
+        "device": _device(args), "dtype": dtype, "model": None if args.model is None else _own_model(args),
     }  # fmt: skip
 
 

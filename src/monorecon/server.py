@@ -550,10 +550,12 @@ def run_server(
     settings: ServerSettings | None = None,
     ui: bool = True,
     log_level: str = "info",
+    model: ReconstructionModel | None = None,
 ) -> None:
     """Load the model and serve the API (and web page) with uvicorn until interrupted.
 
     The server has no authentication: keep the default loopback ``host`` unless a proxy in front controls access.
+    ``model``: a model already loaded, or of one's own (:func:`create_app`), instead of ``weights``.
 
     Raises:
         ValueError: a bad port, or a model that cannot be loaded.
@@ -564,7 +566,7 @@ def run_server(
         raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
     if not _is_loopback(host):
         log.warning("serving on %s: the API has no authentication; anyone who can reach it can use it", host)
-    app = create_app(weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
+    app = create_app(model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

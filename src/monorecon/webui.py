@@ -127,7 +127,8 @@ def launch_ui(
     Args:
         host, port: where to listen (loopback by default: the server has no authentication).
         weights, config: the model (None: the bundled default), as for :func:`monorecon.api.load_model`.
-        **server_options: ``device``, ``dtype``, ``settings``, ``log_level`` of :func:`monorecon.server.run_server`.
+        **server_options: ``device``, ``dtype``, ``settings``, ``log_level``, ``model`` of
+            :func:`monorecon.server.run_server`.
     """
     log.info("monorecon web UI: open http://%s:%d/ in a browser once the model is loaded", host, port)
     run_server(host, port, weights, config, ui=True, **server_options)
