@@ -501,8 +501,9 @@ def _add_overlay(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "result",
         type=Path,
-        help="a folder written by monorecon reconstruct (result.json, mesh.*), or the output folder of a batch: "
-        "each of its folders with a result.json is drawn (a failed one is named and skipped; exit code 2 then)",
+        help="a folder written by monorecon reconstruct (result.json, mesh.*) or its result.json, or the output "
+        "folder of a batch: each of its folders with a result.json is drawn (one that cannot be drawn is named and "
+        "skipped; exit code 2 then)",
     )
     p.add_argument("-o", "--output", type=Path, help="PNG to write (default: RESULT/overlay.png, or overlay_input.png)")
     p.add_argument(
