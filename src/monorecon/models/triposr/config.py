@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "monorecon-triposr"
+
+
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool (which Python counts as an int) nor a string."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _positive_ints(obj: object, *names: str) -> None:
@@ -68,8 +74,8 @@ class ImageEncoderConfig:
             raise ValueError(f"image encoder hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
         if self.pretrained_image_size % self.patch_size:
             raise ValueError("image encoder pretrained_image_size must be a multiple of patch_size")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"image encoder layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if not (_is_number(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise ValueError(f"image encoder layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
 
 
 @dataclass(frozen=True)
@@ -147,10 +153,12 @@ class RendererConfig:
         _positive_ints(self, "n_samples")
         if not isinstance(self.silhouette_fill, bool):
             raise ValueError(f"renderer silhouette_fill must be true or false, got {self.silhouette_fill!r}")
-        if not (isinstance(self.mesh_threshold, int | float) and 0 < self.mesh_threshold < float("inf")):
-            raise ValueError(f"renderer mesh_threshold must be positive and finite, got {self.mesh_threshold!r}")
-        if not (isinstance(self.radius, int | float) and 0 < self.radius < float("inf")):
-            raise ValueError(f"renderer radius must be positive and finite, got {self.radius!r}")
+        for name in ("mesh_threshold", "radius"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < float("inf")):
+                raise ValueError(f"renderer {name} must be positive and finite, got {value!r}")
+        if not (_is_number(self.density_bias) and math.isfinite(self.density_bias)):
+            raise ValueError(f"renderer density_bias must be a finite number, got {self.density_bias!r}")
         if self.feature_reduction not in ("concat", "mean"):
             raise ValueError(f"renderer feature_reduction must be 'concat' or 'mean', got {self.feature_reduction!r}")
         if self.density_activation not in ("exp", "trunc_exp", "softplus"):
@@ -415,6 +423,8 @@ def _official_vit(name: str, base_dir: str | os.PathLike | None) -> ImageEncoder
         vit = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"image encoder config {path} is not valid JSON: {err}") from err
+    if not isinstance(vit, dict):
+        raise ValueError(f"image encoder config {path} is not a JSON object")
     if vit.get("model_type", "vit") != "vit" or vit.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"image encoder config {path} is not a GELU ViT")
     return ImageEncoderConfig(

@@ -237,7 +237,7 @@ class TripoSRModel(nn.Module):
         self,
         scene_code: torch.Tensor,
         resolution: int = 256,
-        threshold: float = 25.0,
+        threshold: float | None = None,
         method: str = "dense",
         chunk_size: int = _QUERY_CHUNK,
         progress: bool = False,
@@ -248,7 +248,8 @@ class TripoSRModel(nn.Module):
         Args:
             scene_code: (1, 3, C, H, W) or (3, C, H, W): one scene.
             resolution: grid points per axis.
-            threshold: density iso-level (TripoSR 25); density above it is inside.
+            threshold: density iso-level, density above it is inside; None: the config's ``renderer.mesh_threshold``
+                (TripoSR's 25, the bundled model's 10).
             method: "dense" or "coarse_to_fine" (see :func:`monorecon.core.extract.extract_isosurface`).
             chunk_size: points per field query.
             progress: show a progress bar.
@@ -271,6 +272,7 @@ class TripoSRModel(nn.Module):
             return self.query(code, points.to(code), chunk_size, carve)[0][:, 0]
 
         radius = self.config.renderer.radius
+        threshold = self.config.renderer.mesh_threshold if threshold is None else threshold
         mesh = extract_isosurface(
             density_at, resolution, threshold, bounds=radius, method=method, chunk_size=chunk_size,
             device=code.device, progress=progress,
