@@ -879,46 +879,14 @@ def test_baselines_count_only_alpha_above_one_half_as_silhouette():
             baseline(torch.full((33, 33), 0.5))
 
 
-METHODS_MODULE = '''
-import torch
-import trimesh
-
-from monorecon.core.extract import extract_isosurface
-from monorecon.core.mesh import Mesh
-
-
-def ball(rgba):
-    """A sphere of radius 0.4 whatever the input."""
-    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
-    return Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
-
-
-class BallModel:
-    """A model of the ReconstructionModel kind whose field is a ball of radius 0.4; records the levels it meshes at."""
-
-    levels = []
-
-    def encode(self, images):
-        return torch.zeros(images.shape[0], 3)
-
-    def query(self, scene_code, points):
-        density = torch.sigmoid((0.4 - points.norm(dim=-1, keepdim=True)) * 40)
-        return density, torch.full((*points.shape[:-1], 3), 0.5)
-
-    def extract_mesh(self, scene_code, resolution, threshold, method="dense", carve=None):
-        BallModel.levels.append(threshold)
-        mesh = extract_isosurface(lambda p: self.query(None, p)[0][:, 0], resolution, threshold, bounds=0.87)
-        return Mesh(mesh.verts, mesh.faces, vertex_colors=torch.full_like(mesh.verts, 0.5))
-'''
-
-
 def test_eval_command_scores_a_method_named_module_colon_function(eval_dataset, tmp_path, monkeypatch, capsys):
     """``--model module:name`` imports a method from the current folder: a function is scored as the Python API
     scores it (the same report), a model class is instantiated and takes model options; a name that does not
     resolve is one line and exit code 2."""
     from monorecon import cli
+    from test_reconstruct_cli import OWN_MODELS
 
-    (tmp_path / "mymethods.py").write_text(METHODS_MODULE)
+    (tmp_path / "mymethods.py").write_text(OWN_MODELS)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # removed again after the test (the command adds the folder too)
     import mymethods

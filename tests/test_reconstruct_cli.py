@@ -700,13 +700,16 @@ def test_result_json_cameras_put_the_mesh_on_the_input_and_on_the_photo(tmp_path
 
 OWN_MODELS = '''
 import torch
+import trimesh
 
 from monorecon.core.extract import extract_isosurface
 from monorecon.core.mesh import Mesh
 
 
 class BallModel:
-    """A ReconstructionModel whose field is a grey ball of radius 0.4."""
+    """A ReconstructionModel whose field is a grey ball of radius 0.4; records the levels it meshes at."""
+
+    levels = []
 
     def encode(self, images):
         return torch.zeros(images.shape[0], 3)
@@ -716,12 +719,20 @@ class BallModel:
         return density, torch.full((*points.shape[:-1], 3), 0.5)
 
     def extract_mesh(self, scene_code, resolution, threshold, method="dense", carve=None):
+        BallModel.levels.append(threshold)
+
         def density(points):
             values = self.query(None, points)[0][:, 0]
             return values if carve is None else values * carve(points)
 
         mesh = extract_isosurface(density, resolution, threshold, bounds=0.87)
         return Mesh(mesh.verts, mesh.faces, vertex_colors=torch.full_like(mesh.verts, 0.5))
+
+
+def ball(rgba):
+    """A method rgba -> Mesh: a sphere of radius 0.4 whatever the input."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    return Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
 
 
 def not_a_model(rgba):

@@ -26,18 +26,10 @@ from monorecon.models.triposr import (
     TripoSRConfig,
     load_triposr,
 )
+from test_triposr_config import CLASSES  # the official class names
 
 REF = Path(__file__).parent / "data" / "triposr_ref"
 WEIGHTS = REF / "model.safetensors"
-
-CLASSES = {
-    "image_tokenizer_cls": "tsr.models.tokenizers.image.DINOSingleImageTokenizer",
-    "tokenizer_cls": "tsr.models.tokenizers.triplane.Triplane1DTokenizer",
-    "backbone_cls": "tsr.models.transformer.transformer_1d.Transformer1D",
-    "post_processor_cls": "tsr.models.network_utils.TriplaneUpsampleNetwork",
-    "decoder_cls": "tsr.models.network_utils.NeRFMLP",
-    "renderer_cls": "tsr.models.nerf_renderer.TriplaneNeRFRenderer",
-}
 
 
 def official(**sections) -> dict:
