@@ -836,7 +836,7 @@ def test_run_server_passes_its_options_and_warns_off_loopback(monkeypatch, caplo
         run_server("0.0.0.0", 8123, "w.safetensors", device="cpu", settings=SMALL_SETTINGS, ui=False, log_level="debug")
     assert "no authentication" in caplog.text
     options = {"config": None, "device": "cpu", "dtype": torch.float32, "settings": SMALL_SETTINGS, "ui": False}
-    assert created == [{"weights": "w.safetensors", **options}]
+    assert created == [{"model": None, "weights": "w.safetensors", **options}]
     assert served == [("app", {"host": "0.0.0.0", "port": 8123, "log_level": "debug"})]
     for host in ("127.0.0.1", "::1", "localhost"):
         caplog.clear()

@@ -566,7 +566,7 @@ def run_server(
         raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
     if not _is_loopback(host):
         log.warning("serving on %s: the API has no authentication; anyone who can reach it can use it", host)
-    app = create_app(model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
+    app = create_app(model=model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
