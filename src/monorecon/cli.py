@@ -571,22 +571,18 @@ def _run_overlay(args: argparse.Namespace) -> int:
 
 def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
     """Draw one ``reconstruct`` output folder's mesh over its image (``overlay`` options); returns the PNG written."""
-    import json
-
     from .api import camera_from_record
     from .io.images import load_image, save_image
+    from .io.json_file import read_json_object
     from .io.mesh_io import load_mesh
     from .overlay import overlay_mesh
 
     record_path = folder / "result.json"
     if not record_path.is_file():
         raise CommandError(f"no result.json in {folder} (a folder written by monorecon reconstruct)")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CommandError(f"cannot read {record_path}: {type(err).__name__}: {err}") from None
+    record = read_json_object(record_path)
     key = "photo_camera" if args.view == "photo" else "camera"
-    if not isinstance(record, dict) or not isinstance(record.get(key), dict):
+    if not isinstance(record.get(key), dict):
         raise CommandError(f"{record_path} records no {key} (written by monorecon reconstruct)")
     camera = camera_from_record(record[key])
     mesh_file = record.get("mesh_file")

@@ -22,7 +22,6 @@ Every object is checked when the dataset is built; an object with a missing or c
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 import zipfile
@@ -36,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from monorecon.core.checks import SkippedInputWarning
 from monorecon.io.images import load_image
+from monorecon.io.json_file import read_json_object
 from monorecon.io.mesh_io import load_mesh
 
 __all__ = [
@@ -191,7 +191,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     # -- discovery -------------------------------------------------------------------------------------------------
     def _monorecon_candidates(self, index_path: Path) -> list[tuple[str, str, Path]]:
-        index = _read_json(index_path)
+        index = read_json_object(index_path)
         if index.get("format") != DATASET_FORMAT or not isinstance(index.get("objects"), list):
             raise ValueError(f"{index_path} is not a {DATASET_FORMAT} index (missing 'format' or 'objects')")
         if index.get("version") != DATASET_VERSION:
@@ -221,7 +221,7 @@ class MultiViewDataset(torch.utils.data.Dataset):
         return self.max_views
 
     def _read_monorecon_object(self, object_id: str, class_name: str, folder: Path) -> _ObjectRecord:
-        cameras = _read_json(folder / "cameras.json")
+        cameras = read_json_object(folder / "cameras.json")
         try:
             views = cameras["views"]
             c2w = np.asarray([v["c2w"] for v in views], dtype=np.float64).reshape(len(views), 4, 4)
@@ -327,18 +327,6 @@ class MultiViewDataset(torch.utils.data.Dataset):
 def _is_rotation(matrix: np.ndarray) -> bool:
     """Whether a (3, 3) matrix is orthonormal (a rotation or a reflection; 1e-3 tolerance, as stored floats allow)."""
     return bool(np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"missing file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
 
 
 def _load_rgba(path: Path) -> np.ndarray:
