@@ -141,6 +141,21 @@ def test_outline_is_a_ring_at_the_disc_edge_and_max_side_scales_everything():
     assert mask.sum() == pytest.approx(math.pi * disc_radius() ** 2, rel=0.05)
 
 
+@pytest.mark.parametrize("shape", [(HEIGHT // 2, WIDTH // 2), (HEIGHT * 3 // 2, WIDTH * 3 // 2), (71, 95)])
+def test_a_resized_copy_of_the_image_is_drawn_with_the_camera_resized(shape):
+    """A photo resized after reconstruction (here 60 x 80, 180 x 240, and 71 x 95 where the rounding makes the
+    aspect 0.6 % off): the disc scales with the image, about the principal point scaled likewise."""
+    height, width = shape
+    drawn = overlay_mesh(
+        sphere(), np.zeros((height, width, 3), np.float32), camera_from_record(record()), opacity=1.0, outline=False
+    )
+    assert drawn.shape == (height, width, 3)
+    sx, sy = width / WIDTH, height / HEIGHT
+    rows, cols = np.nonzero(coverage(drawn))
+    np.testing.assert_allclose([cols.mean() + 0.5, rows.mean() + 0.5], [PRINCIPAL[0] * sx, PRINCIPAL[1] * sy], atol=0.5)
+    assert len(rows) == pytest.approx(math.pi * disc_radius() ** 2 * sx * sy, rel=0.05)
+
+
 def test_a_tiny_mesh_is_not_clipped():
     """A mesh placed 1 mm tall in metres is seen from closer than the cameras' default near plane (0.01): still drawn
     whole (the clipping depths come from the mesh)."""
@@ -162,7 +177,8 @@ def test_bad_overlay_inputs_are_refused():
     camera = camera_from_record(record())
     image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
     cases = [
-        (dict(image=np.zeros((HEIGHT, WIDTH + 1, 3), np.float32)), "not the camera's image"),
+        (dict(image=np.zeros((HEIGHT, WIDTH + WIDTH // 3, 3), np.float32)), "another aspect ratio"),
+        (dict(image=np.zeros((HEIGHT // 2, WIDTH // 2 + 3, 3), np.float32)), "another aspect ratio"),
         (dict(image=np.zeros((HEIGHT, WIDTH), np.float32)), r"\(H, W, 3\|4\)"),
         (dict(image=np.full((HEIGHT, WIDTH, 3), np.nan, np.float32)), "finite"),
         (dict(image=np.full((HEIGHT, WIDTH, 3), 2.0, np.float32)), r"\[0, 1\]"),
@@ -261,9 +277,9 @@ def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     before = files_under(tmp_path)
     refused(str(tmp_path / "empty"), needle="no result.json")
-    wrong_size = str(save_image(np.ones((10, 12, 3), np.float32), tmp_path / "small.png"))
+    wrong_size = str(save_image(np.ones((10, 40, 3), np.float32), tmp_path / "small.png"))
     before = files_under(tmp_path)
-    refused(str(result), "--image", wrong_size, needle="not the camera's image")
+    refused(str(result), "--image", wrong_size, needle="another aspect ratio")
     refused(str(result), "--opacity", "1.5", needle="--opacity")
     refused(str(result), "--max-side", "8", needle="--max-side")
     refused(str(result), "-o", str(tmp_path / "missing" / "o.png"), needle="does not exist")

@@ -37,9 +37,9 @@ def overlay_mesh(
 
     Args:
         mesh: the mesh, in the frame of ``camera`` (vertex colours or a texture; white without either).
-        image: (H, W, 3|4) image, float in [0, 1] or uint8, the camera's image (``H, W`` = ``camera.height,
-            camera.width``; for ``result.json``'s ``photo_camera``, the photo upright as
-            :func:`monorecon.io.images.load_image` reads it); an RGBA image is first put on white.
+        image: (H, W, 3|4) image, float in [0, 1] or uint8, the camera's image or a resized copy of it (the
+            camera's aspect ratio: the camera is resized with it); for ``result.json``'s ``photo_camera``, the photo
+            upright as :func:`monorecon.io.images.load_image` reads it; an RGBA image is first put on white.
         camera: one perspective camera.
         opacity: share of the shaded mesh in the blend, in [0, 1] (1: the mesh hides the image).
         outline: also draw the mesh's outline (one pixel, :data:`OUTLINE_COLOUR`, opaque).
@@ -50,8 +50,8 @@ def overlay_mesh(
         (h, w, 3) uint8 overlay, ``(h, w)`` the image's size scaled to ``max_side`` (unchanged when smaller).
 
     Raises:
-        ValueError: an image not of the camera's size, not finite or outside [0, 1]; a batch of cameras; a bad
-            ``opacity`` or ``max_side``; a mesh entirely behind the camera.
+        ValueError: an image of another aspect ratio than the camera's, not finite or outside [0, 1]; a batch of
+            cameras; a bad ``opacity`` or ``max_side``; a mesh entirely behind the camera.
     """
     from .core.checks import check_int
     from .core.mesh_renderer import headlight, render_mesh
@@ -64,11 +64,15 @@ def overlay_mesh(
         raise ValueError("the image's values must be finite and lie in [0, 1]")
     if camera.batch_size != 1:
         raise ValueError(f"overlay_mesh draws one camera's view, got {camera.batch_size}")
-    if image.shape[:2] != (camera.height, camera.width):
-        raise ValueError(
-            f"the image is {image.shape[1]} x {image.shape[0]} pixels but the camera's is {camera.width} x "
-            f"{camera.height}: not the camera's image"
-        )
+    if image.shape[:2] != (camera.height, camera.width):  # a resized copy of the camera's image: resize the camera
+        try:
+            camera.check_same_aspect(*image.shape[:2])
+        except ValueError:
+            raise ValueError(
+                f"the image is {image.shape[1]} x {image.shape[0]} pixels but the camera's is {camera.width} x "
+                f"{camera.height}: not the camera's image nor a resized copy of it (another aspect ratio)"
+            ) from None
+        camera = camera.resized(*image.shape[:2])
     if not 0 <= opacity <= 1:
         raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
     check_int(max_side, "max_side", 16, MAX_OVERLAY_SIDE)

@@ -294,10 +294,12 @@ class Cameras:
         scale them (:meth:`PerspectiveCameras.resized`). Changing the aspect ratio is refused: no resampling of one
         image gives the other's view.
         """
-        self._check_same_aspect(height, width)
+        self.check_same_aspect(height, width)
         return dataclasses.replace(self, height=height, width=width)
 
-    def _check_same_aspect(self, height: int, width: int) -> None:
+    def check_same_aspect(self, height: int, width: int) -> None:
+        """Refuse (``ValueError``) an image size of another aspect ratio than the cameras' (beyond the rounding of a
+        resampling): no resampling of one image gives the other's view."""
         height, width = check_image_size(height, width)
         if abs(height * self.width - width * self.height) > max(self.width, self.height):  # beyond rounding
             raise ValueError(f"resizing {self.height} x {self.width} to {height} x {width} changes the aspect ratio")
@@ -487,7 +489,7 @@ class WeakPerspectiveCameras(OrthographicCameras):
         return torch.stack([x, y, (self.depth_offset - v[..., 2]) / self.weak_scale[:, None]], dim=-1)
 
     def resized(self, height: int, width: int) -> WeakPerspectiveCameras:
-        self._check_same_aspect(height, width)
+        self.check_same_aspect(height, width)
         return WeakPerspectiveCameras(
             self.weak_scale, self.translation, self.quaternion, height, width, self.depth_offset
         )
