@@ -278,7 +278,7 @@ def test_bundle_zips_what_the_reconstruct_command_writes(client, tmp_path, place
     response = post(client, data, name="my mug.jpg")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
-    assert response.headers["content-disposition"] == 'attachment; filename="my_mug.zip"'
+    assert response.headers["content-disposition"] == 'attachment; filename="my_mug_result.zip"'
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         assert sorted(archive.namelist()) == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png", "result.json"]
         archive.extractall(tmp_path)

@@ -370,7 +370,7 @@ def test_preview_download_can_be_the_bundle(client, form):
     response = client.post(form["data-preview"], data=data, files={"image": ("duck.png", object_png(), "image/png")})
     assert response.status_code == 200, response.text
     payload = response.json()
-    assert (payload["filename"], payload["media_type"]) == ("duck.zip", "application/zip")
+    assert (payload["filename"], payload["media_type"]) == ("duck_result.zip", "application/zip")
     with zipfile.ZipFile(io.BytesIO(base64.b64decode(payload["mesh_base64"]))) as archive:
         assert sorted(archive.namelist()) == ["input.png", "mesh.glb", "result.json"]
         record = json.loads(archive.read("result.json"))

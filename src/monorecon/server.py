@@ -427,7 +427,8 @@ def result_bundle(
     with its companions, ``input.png``, ``result.json`` holding ``record``'s entries first).
 
     Returns:
-        (zip bytes, ``"application/zip"``, ``"<stem>.zip"``).
+        (zip bytes, ``"application/zip"``, ``"<stem>_result.zip"``: not the ``<stem>.zip`` of an OBJ download, so
+        the two can be saved side by side).
 
     Raises:
         ValueError: a format that cannot hold the mesh (see :meth:`Reconstruction.save`).
@@ -435,7 +436,7 @@ def result_bundle(
     with tempfile.TemporaryDirectory(prefix="monorecon-result-") as folder:
         result.save(folder, mesh_format, unlit=unlit, record=record)
         data = zip_folder(Path(folder))
-    return data, "application/zip", f"{stem}.zip"
+    return data, "application/zip", f"{stem}_result.zip"
 
 
 def zip_folder(folder: Path) -> bytes:
