@@ -2,8 +2,9 @@
 
 Used by the web page (:mod:`monorecon.webui`), written as a standalone HTML file by ``monorecon reconstruct
 --html`` and ``monorecon render --html`` (:func:`save_viewer_html`), and shown inline in Jupyter notebooks
-(:class:`MeshView`): drag to turn the mesh, the wheel to zoom,
-double-click to return to the start view. The start view and the light are the turntables' (:mod:`monorecon.video`):
+(:class:`MeshView`): drag to turn the mesh (half a degree per pixel; the elevation stays within +-89 degrees), the
+wheel to zoom (the distance times ``exp(deltaY / 1000)``, from 0.3 to 4 times the start's), double-click to return to
+the start view. The start view and the light are the turntables' (:mod:`monorecon.video`):
 in front (+Z), 15 degrees up, +Y up, a light at the eye under which a surface facing the viewer shows its colour.
 """
 
