@@ -166,3 +166,17 @@ def test_version_is_the_installed_package_version(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"monorecon {monorecon.__version__} (torch {version('torch')}, Python 3.")
     assert version("monorecon") == monorecon.__version__  # pyproject reads it from the package: one source
+
+
+@pytest.mark.parametrize("module", ["monorecon", "monorecon.cli"])
+def test_python_dash_m_runs_the_command(module, capsys):
+    import subprocess
+    import sys
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    expected = capsys.readouterr().out
+    run = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == expected, run.stderr
+    run = subprocess.run([sys.executable, "-m", module, "render"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.startswith("monorecon: error: ") and run.stderr.count("\n") == 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monorecon.cli import _collect_images
+from monorecon.cli.reconstruct import collect_images
 from monorecon.io.images import load_image, pil_to_array
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -19,7 +19,7 @@ def test_folder_listing_ignores_suffix_case(tmp_path):
     for name in [*names, "notes.TXT", "model.obj"]:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "folder.PNG").mkdir()
-    assert _collect_images([tmp_path]) == sorted(tmp_path / name for name in names)
+    assert collect_images([tmp_path]) == sorted(tmp_path / name for name in names)
 
 
 def _quadrants():

@@ -1,0 +1,148 @@
+"""Fitting by differentiable rendering and the other methods: ``fit-pose``, ``invert``, ``g3dr``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..io.atomic import check_output_folder
+from .common import CommandError, CommandParser, add_placement_options, placement_keywords
+
+
+def add_fit_pose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-pose", help="recover the camera that sees MESH as in IMAGE (differentiable rendering)")
+    p.add_argument("mesh", type=Path)
+    p.add_argument("image", type=Path, help="reference image (object on a white background, or RGBA)")
+    p.add_argument("-o", "--output", type=Path, default=Path("pose_fit"))
+    p.add_argument("--fov", type=float, default=60.0, help="vertical field of view in degrees")
+    p.add_argument("--restarts", type=int, default=8)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--loss", choices=["silhouette", "silhouette+shading"], default="silhouette")
+    p.add_argument("--parameterisation", choices=["position", "full"], default="position")
+    p.add_argument("--video", action="store_true", help="also save the optimisation as MP4 + GIF")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_fit_pose)
+
+
+def _run_fit_pose(args: argparse.Namespace) -> int:
+    from ..fit.pose import fit_pose, save_pose_result
+    from ..io.images import load_image
+    from ..io.mesh_io import load_mesh
+
+    check_output_folder(args.output)
+    result = fit_pose(
+        load_mesh(args.mesh), load_image(args.image), fov_deg=args.fov, restarts=args.restarts, steps=args.steps,
+        lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,
+    )  # fmt: skip
+    paths = save_pose_result(result, args.output, video=args.video)
+    if not args.quiet:
+        print(f"loss {result.loss:.4g}; camera -> {paths['camera']}")
+    return 0
+
+
+def add_invert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("invert", help="MeshInversion: fit a trained mesh generator's latent and camera to an image")
+    p.add_argument("image", type=Path, help="RGBA image (or RGB on a plain background)")
+    p.add_argument("--generator", type=Path, required=True, help="generator.safetensors or its training folder")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--n-init", type=int, default=500, help="random latents tried for the initialisation")
+    p.add_argument("--feature-weights", type=Path, help="local VGG19 weights for the feature Chamfer loss")
+    p.add_argument("--size", type=int, default=128, help="side of the prepared input in pixels")
+    p.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="keep the generated texture (default: the image's colours where it sees the surface; not in the paper)",
+    )
+    add_placement_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_invert)
+
+
+def _run_invert(args: argparse.Namespace) -> int:
+    from ..fit.invert import invert, save_inversion_result, with_input_colours
+    from ..io.images import load_image
+    from ..models.meshgan.train import load_generator
+    from ..preprocess import PreprocessConfig, preprocess_image
+
+    placement = placement_keywords(args)
+    check_output_folder(args.output)
+    generator = load_generator(args.generator)
+    prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))
+    result = invert(
+        prepared.rgba(), generator, n_init=args.n_init, feature_weights_path=args.feature_weights, seed=args.seed,
+        progress=not args.quiet,
+    )  # fmt: skip
+    if not args.no_project_input:
+        result = with_input_colours(result, prepared.rgba())
+    paths = save_inversion_result(result, args.output, **placement)
+    if not args.quiet:
+        print(f"mesh -> {paths['mesh']}")
+    return 0
+
+
+_G3DR_USAGE = "monorecon g3dr IMAGE.png --depth DEPTH.png --model DIR -o OUT | g3dr sample --class NAME -n N ..."
+
+
+def add_g3dr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "g3dr",
+        help="G3DR: lift an RGB-D image to a mesh + turntable, or `g3dr sample` RGB-D images and lift them",
+        usage=_G3DR_USAGE,
+    )
+    p.add_argument("words", nargs=argparse.REMAINDER, help="IMAGE.png [options] or `sample` [options]")
+    p.set_defaults(func=_run_g3dr)
+
+
+def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    lift = CommandParser(prog="monorecon g3dr", description="RGB-D image -> mesh.glb + turntable")
+    lift.add_argument("image", type=Path, help="RGB or RGBA image")
+    lift.add_argument("--depth", type=Path, help="16-bit depth PNG (default: IMAGE_depth.png beside the image)")
+    lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
+    lift.add_argument("-o", "--output", type=Path, required=True)
+    lift.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution")
+    lift.add_argument("--threshold", type=float, help="density iso level (default: the model's calibrated level)")
+    lift.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="colour the whole mesh with the field's colours (default: the image's where it sees the surface)",
+    )
+    lift.add_argument("--unlit", action="store_true", help="mark the GLB material unlit (as reconstruct --unlit)")
+    add_placement_options(lift)
+    sample = CommandParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
+    sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
+    sample.add_argument("-n", type=int, default=8)
+    sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
+    sample.add_argument("--model", type=Path, required=True, help="trained G3DR folder")
+    sample.add_argument("-o", "--output", type=Path, required=True)
+    sample.add_argument("--seed", type=int, default=0)
+    return lift, sample
+
+
+def _run_g3dr(args: argparse.Namespace) -> int:
+    lift, sample = _g3dr_parsers()
+    if not args.words:
+        raise CommandError(f"usage: {_G3DR_USAGE}")
+    if args.words[0] == "sample":
+        opts = sample.parse_args(args.words[1:])
+        if not 1 <= opts.n <= 256:
+            raise CommandError(f"-n must lie in [1, 256], got {opts.n}")
+        from ..models.g3dr.diffusion import sample_to_folder
+
+        sample_to_folder(opts.diffusion, opts.model, opts.class_name, opts.n, opts.output, seed=opts.seed)
+        print(f"{opts.n} samples of {opts.class_name} -> {opts.output}")
+        return 0
+    opts = lift.parse_args(args.words)
+    from ..models.g3dr.inference import reconstruct_to_folder
+
+    depth = opts.depth or opts.image.with_name(opts.image.stem + "_depth.png")
+    if opts.threshold is not None and not opts.threshold > 0:
+        raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
+    check_output_folder(opts.output)
+    paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
+                                  threshold=opts.threshold, project_input=not opts.no_project_input,
+                                  unlit=opts.unlit, **placement_keywords(opts))  # fmt: skip
+    print(", ".join(str(p) for p in paths.values()))
+    return 0

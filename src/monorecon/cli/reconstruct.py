@@ -1,0 +1,314 @@
+"""``monorecon reconstruct``: image(s) -> mesh folders, one per image, side by side in worker processes."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..io.atomic import atomic_write_csv, check_output_folder
+from ..io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
+from .common import (
+    EXIT_BAD_INPUT,
+    CommandError,
+    add_device_option,
+    add_own_model_option,
+    add_placement_options,
+    checked_device,
+    checked_workers,
+    one_line,
+    own_model,
+)
+
+if TYPE_CHECKING:
+    from ..api import ReconstructOptions
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="image(s) -> textured 3D mesh(es)", description=_doc_reconstruct)
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per image)")
+    p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
+    p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
+    add_own_model_option(p)
+    p.add_argument(
+        "--format", choices=MESH_FORMATS, default="glb",
+        help="mesh file format (default glb); usdz (AR Quick Look, RealityKit) always gets a baked texture; stl (3-D "
+        "printing) is geometry only, +Z up, in --object-height's units (slicers read millimetres)",
+    )  # fmt: skip
+    p.add_argument(
+        "--unlit", action="store_true",
+        help="GLB, USDZ: show the colours without lighting them (GLB: an unlit material; USDZ: emissive colours); "
+        "refused for OBJ, PLY and STL",
+    )  # fmt: skip
+    p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
+    p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
+    p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
+    p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
+    p.add_argument("--texture-resolution", type=int, default=1024)
+    p.add_argument(
+        "--foreground-ratio",
+        type=float,
+        help="share of the frame taken by the object (default: the model's; 0.7 bundled, 0.85 TripoSR)",
+    )
+    p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
+    p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
+    p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
+    p.add_argument(
+        "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see the README)"
+    )
+    p.add_argument(
+        "--no-fill", action="store_true", help="do not fill parts of the input silhouette the model left empty"
+    )
+    p.add_argument(
+        "--no-project-input",
+        action="store_true",
+        help="colour the whole mesh with the model's colours (default: the input image's where it sees the surface)",
+    )
+    p.add_argument("--target-faces", type=int, metavar="N", help="decimate the mesh to about N faces")
+    p.add_argument(
+        "--smooth",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N iterations of volume-keeping (Taubin) smoothing, e.g. 150 at --mc-resolution 256 (default 0: off)",
+    )
+    add_placement_options(p)
+    p.add_argument(
+        "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
+    )
+    p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
+    p.add_argument(
+        "--html", action="store_true", help="also save viewer.html: the mesh in an interactive 3-D view (one file)"
+    )
+    p.add_argument(
+        "--timings", action="store_true", help="print the seconds each stage took for each input (where time goes)"
+    )
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_device_option(p)
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="CPU processes reconstructing the inputs side by side (default 1; one torch thread each)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.set_defaults(func=_run_reconstruct)
+
+
+_doc_reconstruct = (
+    "Reconstruct a 3D mesh from each image into OUTPUT/<image stem>/: mesh.<format>, input.png (the prepared input) "
+    "and result.json (the model, the options that ran, the timings, and the input camera in the mesh's frame for "
+    "input.png and for the whole photo). Meshes are +Y up with the input view's front facing +Z (glTF frame). "
+    "A bad file in a folder is reported and skipped; the exit code is 2 if any input failed. Several inputs also "
+    "write OUTPUT/batch.csv (one row per input: status, mesh, faces, seconds, error)."
+)
+
+
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    images: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            # not is_file(): a broken link named *.png is an input that fails (reported), not one silently left out
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            if not found:
+                raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+            images.extend(found)
+        elif path.exists():
+            images.append(path)
+        else:
+            raise CommandError(f"input not found: {path}")
+    seen: dict[str, Path] = {}
+    for image in images:  # each image writes OUTPUT/<stem>/: two with one stem would overwrite each other
+        if image.stem in seen:
+            raise CommandError(f"inputs {seen[image.stem]} and {image} would both write to the folder {image.stem!r}")
+        seen[image.stem] = image
+    return images
+
+
+#: API fields of :class:`monorecon.api.ReconstructOptions` -> the ``reconstruct`` flags that set them (error messages).
+_RECONSTRUCT_FLAGS = {
+    "mc_resolution": "--mc-resolution",
+    "threshold": "--threshold",
+    "texture_resolution": "--texture-resolution",
+    "target_faces": "--target-faces",
+    "smooth_iterations": "--smooth",
+    "object_height": "--object-height",
+    "foreground_ratio": "--foreground-ratio",
+    "seed": "--seed",
+}
+
+
+def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
+    """The :class:`monorecon.api.ReconstructOptions` of the ``reconstruct`` flags.
+
+    Raises:
+        CommandError: a refused value, named by its flag.
+    """
+    from ..api import ReconstructOptions
+    from ..preprocess import PreprocessConfig, matting_session
+
+    try:
+        options = ReconstructOptions(
+            preprocess=PreprocessConfig(
+                remove_background=not args.no_remove_bg,
+                foreground_ratio=args.foreground_ratio,
+                matting_model=args.matting_model,
+            ),
+            mc_resolution=args.mc_resolution,
+            threshold=args.threshold,
+            extraction=args.extraction,
+            bake_texture=gets_baked_texture(args.format, args.bake_texture),
+            texture_resolution=args.texture_resolution,
+            remove_floaters=not args.keep_floaters,
+            carve=not args.no_carve,
+            fill=False if args.no_fill else None,
+            project_input=not args.no_project_input,
+            target_faces=args.target_faces,
+            smooth_iterations=args.smooth,
+            object_height=args.object_height,
+            origin=args.origin,
+            seed=args.seed,
+        )
+        check_unlit(args.format, args.unlit)
+        if args.matting_model is not None:  # a bad file fails now, not at the first photo that needs it
+            matting_session(args.matting_model)
+        return options
+    except ValueError as err:
+        message = str(err)
+        for field_name, flag in _RECONSTRUCT_FLAGS.items():
+            message = re.sub(rf"\b{field_name}\b", flag, message)
+        raise CommandError(message) from err
+
+
+@dataclass(frozen=True)
+class _BatchJob:
+    """What every input of one ``reconstruct`` run shares: the model, the options and what to write."""
+
+    model: Any
+    options: ReconstructOptions
+    output: Path
+    mesh_format: str
+    unlit: bool
+    render: int
+    render_size: int
+    html: bool
+    progress: bool  # per-image progress bars (turntables): one process, not --quiet
+    model_source: dict[str, str | None]  # the --weights / --config given, for result.json
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One input's outputs: its mesh file, the mesh's face count, and the seconds each stage took."""
+
+    mesh_path: Path
+    faces: int
+    timings: dict[str, float]
+
+
+def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> None:
+    """Remove the files written for a failed input (and its folder if this run created it and it is now empty)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if created_folder and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str:
+    """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
+    (one bad input must not leave half its outputs behind nor stop the others)."""
+    from ..api import reconstruct_full, timed
+
+    out_dir = job.output / image_path.stem
+    created_folder = not out_dir.exists()
+    written: list[Path] = []
+    try:
+        result = reconstruct_full(image_path, job.model, job.options)
+        timings = dict(result.timings)
+        with timed(timings, "write"):
+            # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
+            written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record={"model": job.model_source})
+        mesh_path = out_dir / f"mesh.{job.mesh_format}"
+        if job.render:
+            from ..video import save_turntable, turntable_from_mesh
+
+            with timed(timings, "turntable"):
+                frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
+                written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
+                save_turntable(frames, out_dir / "turntable")
+        if job.html:
+            from ..viewer import save_viewer_html
+
+            with timed(timings, "html"):
+                written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
+    except (ValueError, OSError) as err:
+        _remove_outputs(written, out_dir, created_folder)
+        return one_line(err)
+    return _Written(mesh_path, result.mesh.num_faces, timings)
+
+
+def _format_timings(timings: dict[str, float]) -> str:
+    """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
+    stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
+    return f"{stages} (total {sum(timings.values()):.2f} s)"
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..api import load_model
+    from ..parallel import map_in_processes
+
+    images = collect_images(args.inputs)
+    # one image: a bar of its stages (a folder gets a bar of its images)
+    options = replace(_reconstruct_options(args), progress=not args.quiet and len(images) == 1)
+    # Checked before the (slow) model loading and reconstruction.
+    if args.render < 0 or args.render > 3600:
+        raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
+    if not 16 <= args.render_size <= 2048:
+        raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
+    check_output_folder(args.output)
+    device = checked_device(args)
+    workers = min(checked_workers(args, device), len(images))
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    if args.model is not None:
+        model = own_model(args)
+        model_source = {"weights": None, "config": None, "module": args.model}
+    else:
+        model = load_model(args.weights, args.config, device=device, dtype=dtype)
+        weights = "bundled default model" if args.weights is None else str(args.weights)
+        model_source = {"weights": weights, "config": None if args.config is None else str(args.config)}
+    job = _BatchJob(
+        model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
+        progress=not args.quiet and workers == 1, model_source=model_source,
+    )  # fmt: skip
+    outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
+    bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
+    failures = 0
+    rows = []
+    for image_path, outcome in zip(images, bar, strict=True):
+        if isinstance(outcome, str):
+            failures += 1
+            bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
+            rows.append([image_path, "failed", "", "", "", outcome])
+            continue
+        seconds = sum(outcome.timings.values())
+        rows.append([image_path, "ok", outcome.mesh_path.relative_to(args.output), outcome.faces, f"{seconds:.2f}", ""])
+        if not args.quiet or args.timings:  # --timings asks for output, also with --quiet
+            bar.write(f"{image_path} -> {outcome.mesh_path} ({outcome.faces} faces)")
+            if args.timings:
+                bar.write(f"  time: {_format_timings(outcome.timings)}")
+    if len(images) > 1:  # one row per input, in input order
+        atomic_write_csv(args.output / "batch.csv", ["input", "status", "mesh", "faces", "seconds", "error"], rows)
+    if failures:
+        if len(images) > 1:
+            print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
