@@ -107,7 +107,7 @@ def add_overlay(sub: argparse._SubParsersAction) -> None:
         "--image",
         type=Path,
         help="the image to draw on (default: the photo result.json names as input, or RESULT/input.png with "
-        "--view input); it must have the camera's size",
+        "--view input): the camera's image, or a resized copy of it (the same aspect ratio)",
     )
     p.add_argument("--opacity", type=float, default=0.6, help="share of the shaded mesh in the blend, 0..1 (0.6)")
     p.add_argument("--no-outline", action="store_true", help="leave out the mesh's outline")
