@@ -186,6 +186,10 @@ def render_generated(
 # --------------------------------------------------------------------------------------------------------------------
 # Pseudo ground-truth UV maps
 # --------------------------------------------------------------------------------------------------------------------
+#: Barycentric slack of the ray-triangle test (a hit on a shared edge is not lost to rounding).
+_EDGE_TOLERANCE = 1e-6
+
+
 def _farthest_hits(verts: torch.Tensor, faces: torch.Tensor, directions: torch.Tensor, chunk: int = 256):
     """Rays from the origin along (N, 3) unit directions: farthest hit distance (N,) (-1 if none), face (N,) and
     barycentrics (N, 2) of vertices 1 and 2 (Moeller-Trumbore)."""
@@ -205,7 +209,8 @@ def _farthest_hits(verts: torch.Tensor, faces: torch.Tensor, directions: torch.T
         q = torch.linalg.cross(s.expand_as(p), e1[None].expand_as(p), dim=-1)
         v = (d * q).sum(-1) * inv
         t = (e2[None] * q).sum(-1) * inv
-        hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-9)
+        # A ray through an edge shared by two triangles must hit one: float32 rounding puts it just outside both.
+        hit = ok & (u >= -_EDGE_TOLERANCE) & (v >= -_EDGE_TOLERANCE) & (u + v <= 1 + _EDGE_TOLERANCE) & (t > 1e-9)
         t = torch.where(hit, t, torch.full_like(t, -1.0))
         t_max, f = t.max(dim=1)
         rows = torch.arange(t.shape[0])
