@@ -5,7 +5,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ChromiumRunner = Callable[[list[str], Path], str]
 
@@ -33,3 +35,19 @@ def chromium() -> ChromiumRunner:
             return attempt(2)
 
     return run
+
+
+def screenshot(chromium: ChromiumRunner, page: Path, width: int, height: int, folder: Path) -> np.ndarray:
+    """(height, width, 3) float RGB in [0, 1] of ``page`` drawn by headless Chromium in a ``width`` x ``height``
+    window (software WebGL, one device pixel per CSS pixel)."""
+    shot = folder / "shot.png"
+    chromium(
+        [
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--force-device-scale-factor=1",
+            f"--window-size={width},{height}", "--virtual-time-budget=5000",
+            # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
+            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page.as_uri(),
+        ],
+        folder,
+    )  # fmt: skip
+    return np.asarray(Image.open(shot).convert("RGB"))[:height, :width].astype(np.float32) / 255

@@ -19,7 +19,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from conftest import ChromiumRunner
+from conftest import ChromiumRunner, screenshot
 from monorecon import viewer
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.core.mesh import Mesh
@@ -124,17 +124,7 @@ def draw_in_browser(chromium: ChromiumRunner, mesh: Mesh, tmp_path, notebook: bo
     else:
         viewer.save_viewer_html(mesh, page)
         page.write_text(page.read_text().replace('<div id="caption">', '<div id="caption" hidden>'))
-    shot = tmp_path / "shot.png"
-    chromium(
-        [
-            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--force-device-scale-factor=1",
-            f"--window-size={SIZE},{SIZE}", "--virtual-time-budget=5000",
-            # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
-            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page.as_uri(),
-        ],
-        tmp_path,
-    )  # fmt: skip
-    return np.asarray(Image.open(shot).convert("RGB"))[:SIZE, :SIZE].astype(np.float32) / 255
+    return screenshot(chromium, page, SIZE, SIZE, tmp_path)
 
 
 def reference_render(mesh: Mesh, payload: dict) -> tuple[np.ndarray, np.ndarray]:

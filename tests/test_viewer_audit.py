@@ -12,9 +12,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import ChromiumRunner
+from conftest import ChromiumRunner, screenshot
 from monorecon import viewer
 from monorecon.core.mesh import Mesh
 
@@ -171,7 +170,7 @@ RESET = DRAG_AND_ZOOM + 'canvas.dispatchEvent(new MouseEvent("dblclick", { bubbl
 START = {"azimuth": 0.0, "elevation": 15.0, "zoom": 1.0}
 
 
-def screenshot(chromium: ChromiumRunner, mesh: Mesh, folder, width: int, height: int, before="", after="") -> dict:
+def shoot_viewer(chromium: ChromiumRunner, mesh: Mesh, folder, width: int, height: int, before="", after="") -> dict:
     """Screenshot of the standalone page of ``mesh`` (caption hidden) with ``before`` inserted ahead of its script
     and ``after`` behind it, plus the payload's framing as the test reads it (box centre and half diagonal)."""
     folder.mkdir()
@@ -180,19 +179,10 @@ def screenshot(chromium: ChromiumRunner, mesh: Mesh, folder, width: int, height:
     text = page.read_text().replace('<div id="caption">', '<div id="caption" hidden>')
     text = text.replace("<script>", before + "<script>", 1).replace("</body>", after + "</body>")
     page.write_text(text)
-    shot = folder / "shot.png"
-    chromium(
-        [
-            "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--force-device-scale-factor=1",
-            f"--window-size={width},{height}", "--virtual-time-budget=5000",
-            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page.as_uri(),
-        ],
-        folder,
-    )  # fmt: skip
     verts = mesh.verts.numpy().astype(np.float64)
     low, high = verts.min(axis=0), verts.max(axis=0)
     return {
-        "image": np.asarray(Image.open(shot).convert("RGB"))[:height, :width].astype(np.float32) / 255,
+        "image": screenshot(chromium, page, width, height, folder),
         "frame": {
             "center": (low + high) / 2,
             "radius": np.linalg.norm(high - low) / 2,
@@ -222,9 +212,9 @@ def shots(chromium, tmp_path_factory) -> dict:
     flap = [[(1.1, 1, 0.5), (1.9, 1, 0.5), (1.9, 1, -0.5), (1.1, 1, -0.5)]]
     flapped = quads(list(faces.values()) + flap)
     return {
-        "start": screenshot(chromium, coloured_box, folder / "start", 300, 200),
-        "textured": screenshot(chromium, textured, folder / "textured", 200, 160, WEBGL1_ONLY, EVENTS % RESET),
-        "dragged": screenshot(chromium, flapped, folder / "dragged", 160, 160, after=EVENTS % DRAG_AND_ZOOM),
+        "start": shoot_viewer(chromium, coloured_box, folder / "start", 300, 200),
+        "textured": shoot_viewer(chromium, textured, folder / "textured", 200, 160, WEBGL1_ONLY, EVENTS % RESET),
+        "dragged": shoot_viewer(chromium, flapped, folder / "dragged", 160, 160, after=EVENTS % DRAG_AND_ZOOM),
     }
 
 
