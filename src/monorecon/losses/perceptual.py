@@ -43,6 +43,7 @@ __all__ = [
     "VGGFeatures",
     "chamfer_feature_extractor",
     "check_images",
+    "check_perceptual_size",
     "ms_ssim",
     "perceptual_min_size",
     "ssim",
@@ -363,6 +364,16 @@ def perceptual_min_size(uses_vgg: bool, layers: Sequence[str] = LPIPS_LAYERS) ->
         return SSIM_WINDOW
     pools = [int(name[4:].split("_")[0]) - (not name.startswith("pool")) for name in layers]  # relu5_3: 4 before
     return 2 ** max(pools)
+
+
+def check_perceptual_size(side: int, uses_vgg: bool, name: str, weights_option: str) -> None:
+    """Refuse (``ValueError`` naming ``name`` and the loss) images of ``side`` pixels too small for
+    :class:`PerceptualLoss` (:func:`perceptual_min_size`): a training config checks it before any work, not at the
+    first step that scores one. ``weights_option``: the config key of the VGG weights, for the message."""
+    smallest = perceptual_min_size(uses_vgg)
+    if side < smallest:
+        kind = f"VGG ({weights_option})" if uses_vgg else f"MS-SSIM (no {weights_option})"
+        raise ValueError(f"{name} must be at least {smallest} for the perceptual loss by {kind}, got {side}")
 
 
 class PerceptualLoss(nn.Module):

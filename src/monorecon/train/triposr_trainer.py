@@ -67,7 +67,7 @@ from ..core.checks import SkippedInputWarning, check_device, check_int, check_no
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.weights import read_state_dict
-from ..losses.perceptual import perceptual_min_size
+from ..losses.perceptual import check_perceptual_size
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict
 from ..preprocess import DEFAULT_FOREGROUND_RATIO, reframe_views
@@ -329,12 +329,7 @@ class TripoSRTrainConfig:
             weights = self.loss.perceptual_weights
             if weights is not None and not Path(weights).is_file():
                 raise ValueError(f"loss.perceptual_weights file not found: {weights}")
-            smallest = perceptual_min_size(weights is not None)
-            if self.patch_size < smallest:
-                kind = "VGG (perceptual_weights)" if weights is not None else "MS-SSIM (no perceptual_weights)"
-                raise ValueError(
-                    f"patch_size must be at least {smallest} for the perceptual loss by {kind}, got {self.patch_size}"
-                )
+            check_perceptual_size(self.patch_size, weights is not None, "patch_size", "perceptual_weights")
         if self.data.reframe and (self.loss.lambda_depth > 0 or self.loss.lambda_occupancy > 0):
             raise ValueError("data.reframe leaves the depth maps as they are: not with lambda_depth / lambda_occupancy")
         if self.precision not in ("float32", "bfloat16"):

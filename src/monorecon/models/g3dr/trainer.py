@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from monorecon.core.checks import check_int, check_non_negative
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
-from monorecon.losses.perceptual import PerceptualLoss
+from monorecon.losses.perceptual import PerceptualLoss, check_perceptual_size
 from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
@@ -171,6 +171,8 @@ class G3DRTrainConfig:
             check_non_negative(weight, f"loss.{name}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if self.loss.perceptual > 0:  # checked now, not at the first canonical step of the run's second half
+            check_perceptual_size(self.render_size, self.vgg_path is not None, "render_size", "vgg_path")
         if self.data.source not in ("synthetic", "folder"):
             raise ValueError(f"data.source must be 'synthetic' or 'folder', got {self.data.source!r}")
 
@@ -252,7 +254,8 @@ class G3DRTrainer:
             parts["rgb"] = w.rgb * masked_l1(pred, target_rgb)
             parts["depth"] = w.depth * masked_l1(out["depth"], target_depth, target_mask if self.masked else None)
             if canonical_extras_active(step, total_steps):
-                parts["perceptual"] = w.perceptual / 2 * self.perceptual(pred, target_rgb).mean()
+                if w.perceptual > 0:  # a zero weight skips the loss, and with it the loss's smallest image size
+                    parts["perceptual"] = w.perceptual / 2 * self.perceptual(pred, target_rgb).mean()
                 parts["semantic"] = w.semantic / 2 * embedding_l1(self.semantic(pred), self.semantic(target_rgb))
             opacity_target = target_mask.to(pred.dtype) if self.masked else torch.ones_like(out["opacity"])
         else:
