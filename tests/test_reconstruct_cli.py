@@ -386,6 +386,33 @@ def test_failure_after_writing_removes_that_inputs_outputs(image_path, tmp_path,
     assert not (tmp_path / "out" / "thing").exists()
 
 
+@pytest.mark.parametrize("blocked", ["turntable.gif", "turntable.mp4", "result.json"])
+def test_an_output_blocked_by_a_folder_fails_that_input_before_work_and_not_the_batch(
+    blocked, image_path, tmp_path, capsys
+):
+    """A folder where one of an input's files goes (or a file where its folder goes) fails that input alone, before
+    its reconstruction, with what would be overwritten named; the other input is written; batch.csv says both."""
+    other = save_image(object_image(seed=3), tmp_path / "other.png")
+    out = tmp_path / "out"
+    (out / "thing" / blocked).mkdir(parents=True)
+    (out / "other").parent.mkdir(exist_ok=True)
+    code, _, err = reconstruct([image_path, other], out, "--render", "2", "--render-size", "16", capsys=capsys)
+    assert code == 2 and f"thing.png: cannot write {out / 'thing' / blocked}: it is a folder" in err, err
+    assert "Errno" not in err and "Traceback" not in err
+    assert files_under(out / "thing") == [] and (out / "thing" / blocked).is_dir()
+    assert {p.name for p in files_under(out / "other")} == {
+        "input.png", "mesh.glb", "result.json", "turntable.mp4", "turntable.gif"
+    }  # fmt: skip
+    rows = (out / "batch.csv").read_text().splitlines()
+    assert rows[1].split(",")[1] == "failed" and rows[2].split(",")[1] == "ok"
+
+    (out / "thing" / blocked).rmdir()
+    (out / "thing").rmdir()
+    (out / "thing").write_text("not a folder")
+    code, _, err = reconstruct([image_path], out, capsys=capsys)
+    assert_one_line_error(code, err, "thing.png", f"output {out / 'thing'} exists and is not a folder")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Bad input: one line, exit code 2, nothing written
 # --------------------------------------------------------------------------------------------------------------------

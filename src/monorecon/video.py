@@ -89,7 +89,8 @@ def turntable_from_mesh(
 
 
 def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int = 24) -> tuple[Path, Path]:
-    """Write ``stem.mp4`` (H.264 via imageio-ffmpeg) and ``stem.gif`` atomically; returns both paths."""
+    """Write ``stem.mp4`` (H.264 via imageio-ffmpeg) and ``stem.gif`` atomically, both or neither (a GIF that
+    fails removes the MP4 just written); returns both paths."""
     import imageio.v2 as imageio
 
     if not frames:
@@ -105,6 +106,10 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
         imageio.mimwrite(tmp, even, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG")
         if not Path(tmp).stat().st_size:  # ffmpeg reports its failures on stderr only
             raise ValueError(f"ffmpeg wrote no video for {mp4.name}")
-    with atomic_path(gif) as tmp:
-        imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0, format="GIF")
+    try:
+        with atomic_path(gif) as tmp:
+            imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0, format="GIF")
+    except BaseException:
+        mp4.unlink(missing_ok=True)
+        raise
     return mp4, gif

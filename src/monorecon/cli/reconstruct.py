@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.atomic import atomic_write_csv, check_output_folder
+from ..io.atomic import atomic_write_csv, check_output_folder, check_writable
 from ..io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import (
     EXIT_BAD_INPUT,
@@ -220,6 +220,16 @@ def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> No
         folder.rmdir()
 
 
+def _check_result_folder(job: _BatchJob, out_dir: Path) -> None:
+    """Refuse an input's output folder that is a file, or that holds a folder where one of its files goes."""
+    check_output_folder(out_dir)
+    names = [f"mesh.{job.mesh_format}", "input.png", "result.json"]
+    names += ["turntable.mp4", "turntable.gif"] if job.render else []
+    names += ["viewer.html"] if job.html else []
+    for name in names if out_dir.is_dir() else []:
+        check_writable(out_dir / name)
+
+
 def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str:
     """Reconstruct one input into ``OUTPUT/<stem>/``, or return its one-line error with what it had written removed
     (one bad input must not leave half its outputs behind nor stop the others)."""
@@ -229,6 +239,7 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     created_folder = not out_dir.exists()
     written: list[Path] = []
     try:
+        _check_result_folder(job, out_dir)  # before the (slow) reconstruction
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
         with timed(timings, "write"):
@@ -240,8 +251,7 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
 
             with timed(timings, "turntable"):
                 frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
-                written += [out_dir / "turntable.mp4", out_dir / "turntable.gif"]
-                save_turntable(frames, out_dir / "turntable")
+                written += save_turntable(frames, out_dir / "turntable")
         if job.html:
             from ..viewer import save_viewer_html
 
