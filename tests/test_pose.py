@@ -119,6 +119,39 @@ def test_save_pose_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "pose").iterdir()) == ["camera.json", "fit.gif", "fit.mp4", "overlay.png"]
 
 
+@pytest.mark.parametrize("blocked", ["overlay.png", "fit.gif"])
+def test_a_failed_pose_result_write_leaves_nothing_and_the_command_refuses_it_before_fitting(
+    blocked, tmp_path, monkeypatch, capsys
+):
+    """A folder where a later file goes: save_pose_result removes what it wrote (camera.json, the MP4) and keeps an
+    earlier run's file it had not yet replaced; ``fit-pose`` refuses such an output before the (slow) fit."""
+    from monorecon.cli import main
+
+    frames = [np.full((16, 16, 3), 40 * i, np.uint8) for i in range(3)]
+    result = PoseFitResult(
+        c2w=orbit_c2w(10.0, 20.0, 3.0)[0], fov_deg=60.0, loss=1.5, history=[1.5], frames=frames,
+        reference=torch.zeros(16, 16), znear=1.0, zfar=100.0, run_losses=[1.5],
+    )  # fmt: skip
+    out = tmp_path / "pose"
+    (out / blocked).mkdir(parents=True)
+    (out / "fit.mp4").write_bytes(b"an earlier run's video")
+    with pytest.raises(ValueError, match="it is a folder"):
+        save_pose_result(result, out, video=True)
+    if blocked == "overlay.png":  # the video was not reached
+        assert sorted(p.name for p in out.iterdir()) == ["fit.mp4", "overlay.png"]
+        assert (out / "fit.mp4").read_bytes() == b"an earlier run's video"
+    else:  # the new MP4 went with the GIF that failed
+        assert [p.name for p in out.iterdir()] == ["fit.gif"]
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before checking the output")
+
+    monkeypatch.setattr("monorecon.fit.pose.fit_pose", no_fit)
+    code = main(["fit-pose", str(TEAPOT), str(tmp_path / "any.png"), "-o", str(out), "--video", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"monorecon: error: cannot write {out / blocked}: it is a folder", err
+
+
 def test_bad_input():
     mesh = load_normalized_mesh(TEAPOT, radius=1.0)
     with pytest.raises(ValueError, match="empty silhouette"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.atomic import check_output_folder
+from ..io.atomic import check_output_files, check_output_folder
 from .common import CommandError, CommandParser, add_placement_options, placement_keywords
 
 
@@ -27,11 +27,11 @@ def add_fit_pose(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit_pose(args: argparse.Namespace) -> int:
-    from ..fit.pose import fit_pose, save_pose_result
+    from ..fit.pose import fit_pose, pose_result_files, save_pose_result
     from ..io.images import load_image
     from ..io.mesh_io import load_mesh
 
-    check_output_folder(args.output)
+    check_output_files(args.output, pose_result_files(args.video))  # before the (slow) fit
     result = fit_pose(
         load_mesh(args.mesh), load_image(args.image), fov_deg=args.fov, restarts=args.restarts, steps=args.steps,
         lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.atomic import atomic_write_csv, check_output_folder, check_writable
+from ..io.atomic import atomic_write_csv, check_output_files, check_output_folder
 from ..io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import (
     EXIT_BAD_INPUT,
@@ -222,12 +222,9 @@ def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> No
 
 def _check_result_folder(job: _BatchJob, out_dir: Path) -> None:
     """Refuse an input's output folder that is a file, or that holds a folder where one of its files goes."""
-    check_output_folder(out_dir)
     names = [f"mesh.{job.mesh_format}", "input.png", "result.json"]
     names += ["turntable.mp4", "turntable.gif"] if job.render else []
-    names += ["viewer.html"] if job.html else []
-    for name in names if out_dir.is_dir() else []:
-        check_writable(out_dir / name)
+    check_output_files(out_dir, names + (["viewer.html"] if job.html else []))
 
 
 def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str:

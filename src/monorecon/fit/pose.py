@@ -617,9 +617,15 @@ def fit_pose(
     )  # fmt: skip
 
 
+def pose_result_files(video: bool) -> list[str]:
+    """The names of the files :func:`save_pose_result` writes."""
+    return ["camera.json", "overlay.png", *(["fit.mp4", "fit.gif"] if video else [])]
+
+
 def save_pose_result(result: PoseFitResult, out_dir: str | Path, video: bool = False, fps: int = 10) -> dict[str, Path]:
     """Write ``camera.json`` (c2w, fov, clipping, image size, loss, history), ``overlay.png`` (final overlay) and,
-    with ``video``, ``fit.mp4`` / ``fit.gif`` of the recorded frames, all atomically. Returns the written paths."""
+    with ``video``, ``fit.mp4`` / ``fit.gif`` of the recorded frames (:func:`pose_result_files`), each atomically, all
+    or none (a failing file removes those written before it). Returns the written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     height, width = result.reference.shape
@@ -637,10 +643,17 @@ def save_pose_result(result: PoseFitResult, out_dir: str | Path, video: bool = F
         "history": result.history,
     }
     paths = {"camera": out_dir / "camera.json", "overlay": out_dir / "overlay.png"}
-    atomic_write_json(paths["camera"], camera, indent=2)
-    save_image(result.frames[-1].astype(np.float32) / 255.0, paths["overlay"])
-    if video:
-        from monorecon.video import save_turntable  # frames -> MP4 + GIF writer (atomic)
+    written: list[Path] = []
+    try:
+        atomic_write_json(paths["camera"], camera, indent=2)
+        written.append(paths["camera"])
+        written.append(save_image(result.frames[-1].astype(np.float32) / 255.0, paths["overlay"]))
+        if video:
+            from monorecon.video import save_turntable  # frames -> MP4 + GIF writer (atomic, both or neither)
 
-        paths["mp4"], paths["gif"] = save_turntable(result.frames, out_dir / "fit", fps=fps)
+            paths["mp4"], paths["gif"] = save_turntable(result.frames, out_dir / "fit", fps=fps)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return paths

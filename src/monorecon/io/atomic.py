@@ -144,3 +144,12 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise ValueError(f"cannot write into {path}: {err.strerror or err}") from None
     return path
+
+
+def check_output_files(folder: str | os.PathLike[str], names: Iterable[str]) -> Path:
+    """:func:`check_output_folder` of ``folder``, and, where it exists, :func:`check_writable` of each file ``names``
+    will be written to in it (a folder of that name): before slow work, a run refused rather than half-written."""
+    folder = check_output_folder(folder)
+    for name in names if folder.is_dir() else []:
+        check_writable(folder / name)
+    return folder
