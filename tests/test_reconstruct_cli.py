@@ -503,12 +503,18 @@ def _torch_pickle_garbage(folder: Path) -> Path:
     return folder / "model.ckpt"
 
 
+def _a_mesh_file(folder: Path) -> Path:
+    (folder / "mesh.glb").write_bytes(b"glTF")  # a reconstruct output given as --weights: named, not read
+    return folder / "mesh.glb"
+
+
 BAD_CHECKPOINTS = {
     "other-architecture": (_other_architecture, "is not a TripoSR checkpoint"),
     "truncated": (_truncated_checkpoint, "truncated or corrupt"),
     "wrong-shapes": (_wrong_shapes, "wrong shape"),
     "corrupt-ckpt": (_torch_pickle_garbage, "truncated or corrupt"),
     "missing": (lambda folder: folder / "absent.safetensors", "not found"),
+    "a-mesh": (_a_mesh_file, "mesh.glb is not a weights file (a .ckpt, .safetensors"),
 }
 
 

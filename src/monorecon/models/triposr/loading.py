@@ -57,6 +57,10 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
         raise ValueError(f"{source} does not match the TripoSR architecture: " + "; ".join(problems))
 
 
+#: Suffixes of weight files (the official ``model.ckpt``, safetensors, other torch pickles).
+_WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
 def _hub_download(repo_id: str, filename: str) -> Path:
     import huggingface_hub
 
@@ -78,12 +82,14 @@ def _resolve_paths(weights_path: str | os.PathLike, config_path: str | os.PathLi
             raise ValueError(f"no {' or '.join(_WEIGHT_NAMES)} in the folder {location}")
         weights = candidates[0]
     elif location.is_file():
+        if location.suffix.lower() not in _WEIGHT_SUFFIXES:  # e.g. a mesh or an image given by mistake
+            raise ValueError(f"{location} is not a weights file (a {', '.join(_WEIGHT_SUFFIXES)} file or its folder)")
         weights = location
     elif (
         isinstance(weights_path, str)
         and _REPO_ID.match(weights_path)
         and not weights_path.startswith(".")
-        and location.suffix.lower() not in (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+        and location.suffix.lower() not in _WEIGHT_SUFFIXES
     ):
         weights = _hub_download(weights_path, "model.ckpt")
         if config_path is None:
