@@ -107,3 +107,16 @@ def test_unlit_flag_reaches_the_written_material(tmp_path, unlit):
     texture = UsdShade.Shader(surface.GetInput(shown).GetConnectedSources()[0][0].source.GetPrim())
     assert texture.GetIdAttr().Get() == "UsdUVTexture"
     assert (tuple(surface.GetInput(other).Get()) == (0.0, 0.0, 0.0)) if unlit else not surface.GetInput(other)
+
+
+@pytest.mark.parametrize("target, flags", [("plain.glb", ["--bake-texture"]), ("plain.usdz", [])])
+def test_a_mesh_without_colours_is_written_plain_and_the_missing_bake_is_said(target, flags, tmp_path, capsys):
+    blob = _coloured_blob()
+    source = save_mesh(Mesh(blob.verts, blob.faces), tmp_path / "plain.ply")
+    assert main(["convert", str(source), str(tmp_path / target), *flags]) == 0
+    out, err = capsys.readouterr()
+    warning = f"{source} has no colours to bake: {tmp_path / target} is written without a texture"
+    assert err == f"monorecon: warning: {warning}\n"
+    assert out.strip().endswith(f"({blob.num_verts:,} vertices, {blob.num_faces:,} faces, no colours)")
+    written = load_mesh(tmp_path / target)
+    assert written.texture is None and written.vertex_colors is None and written.num_faces == blob.num_faces

@@ -37,9 +37,10 @@ def test_paired_statistics_match_direct_formulas(tmp_path):
     # Equal cases per object: the clustered SE is the plain SE of the four objects' mean differences.
     per_mesh = diff.reshape(4, 3).mean(1)
     assert result["se_clustered"] == pytest.approx(per_mesh.std(ddof=1) / 2)
-    z = scipy.stats.norm.ppf(0.975)  # the normal 95 % interval, by case and by object
-    for interval, se in ((result["ci95"], result["se"]), (result["ci95_clustered"], result["se_clustered"])):
-        assert interval == pytest.approx((result["difference"] - z * se, result["difference"] + z * se), rel=1e-6)
+    # Student-t 95 % intervals: 12 cases (df 11) by case, 4 objects (df 3) by object
+    for interval, se, df in ((result["ci95"], result["se"], 11), (result["ci95_clustered"], result["se_clustered"], 3)):
+        t = scipy.stats.t.ppf(0.975, df)
+        assert interval == pytest.approx((result["difference"] - t * se, result["difference"] + t * se), rel=1e-6)
     assert result["b_higher"] + result["a_higher"] + result["ties"] == 12
     assert result["per_object"]["duck"]["difference"] == pytest.approx(per_mesh[1])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from ..io.atomic import check_writable
@@ -240,7 +241,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     placement = placement_keywords(args)
     mesh = load_mesh(args.input)
-    if wants_texture and mesh.texture is None and mesh.vertex_colors is not None:
+    if wants_texture and mesh.texture is None and mesh.vertex_colors is None:  # said, not silently left out
+        warnings.warn(f"{args.input} has no colours to bake: {args.output} is written without a texture", stacklevel=1)
+    elif wants_texture and mesh.texture is None:
         if not args.quiet:
             print(f"baking the vertex colours of {mesh.num_faces:,} faces into a {args.texture_resolution}² texture")
         mesh = bake_texture(mesh, resolution=args.texture_resolution)
@@ -252,7 +255,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         elif mesh.texture is not None:
             colours = ["texture"]
         else:
-            colours = ["vertex colours"] if mesh.vertex_colors is not None else []
+            colours = ["vertex colours" if mesh.vertex_colors is not None else "no colours"]
         sizes = ", ".join([f"{mesh.num_verts:,} vertices", f"{mesh.num_faces:,} faces", *colours])
         print(f"{args.input} -> {args.output} ({sizes})")
     return 0
@@ -276,7 +279,7 @@ def add_metrics(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="also the volume IoU of the two solids, normalised and aligned as the points are, on an N^3 grid (e.g. "
-        "64; both meshes should be closed)",
+        "64); n/a unless both meshes are closed (an open surface bounds no solid)",
     )
     p.add_argument("--same-frame", action="store_true", help="no rotation search: ICP from the meshes' own frames")
     p.add_argument("--seed", type=int, default=0, help="sampling and alignment seed")
@@ -286,11 +289,13 @@ def add_metrics(sub: argparse._SubParsersAction) -> None:
 
 def _run_metrics(args: argparse.Namespace) -> int:
     from ..eval.harness import THRESHOLDS, check_points, check_volume_iou_resolution, shape_scores
-    from ..io.atomic import atomic_write_json
+    from ..io.atomic import atomic_write_json, check_writable
     from ..io.mesh_io import load_mesh
 
     check_points(args.points, "--points")
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
+    if args.json is not None:
+        check_writable(args.json)  # before the scoring, whose result would otherwise be lost
     mesh, reference = load_mesh(args.mesh), load_mesh(args.reference)
     scores = shape_scores(
         mesh, reference, n_points=args.points, seed=args.seed, search=not args.same_frame,
@@ -301,8 +306,12 @@ def _run_metrics(args: argparse.Namespace) -> int:
         print(f"fscore@{t:g} {scores[f'fscore@{t:g}']:.4f} (precision {scores[f'precision@{t:g}']:.4f}, "
               f"recall {scores[f'recall@{t:g}']:.4f})")  # fmt: skip
     if "volume_iou" in scores:
-        closed = math.isfinite(scores["volume_iou"])
-        print(f"volume_iou {scores['volume_iou']:.4f}" if closed else "volume_iou n/a (the reference is not closed)")
+        if math.isfinite(scores["volume_iou"]):
+            print(f"volume_iou {scores['volume_iou']:.4f}")
+        else:  # NaN: an open surface bounds no solid
+            meshes = (("mesh", mesh), ("reference", reference))
+            why = [f"the {name} is not closed" for name, m in meshes if not m.is_closed]
+            print(f"volume_iou n/a ({'; '.join(why) or 'not defined'})")
     if args.json is not None:
         atomic_write_json(args.json, {"mesh": str(args.mesh), "reference": str(args.reference), **scores})
     return 0

@@ -1,10 +1,14 @@
 """Paired comparison of two evaluation reports (``monorecon eval-compare REPORT_A REPORT_B``).
 
 Two reports of the same cases (the ``per_object.csv`` that :func:`monorecon.eval.harness.evaluate` writes) are
-compared case by case: the mean of ``B - A``, its standard error, an approximate 95 % interval, and the cases won and
-lost. Several cases of one object (views ``<name>@<azimuth>`` of a real mesh) are not independent, so the standard
-error is also given **clustered by object**: the per-object mean differences are treated as the samples. With a
-handful of meshes that is the honest one; a difference inside about two of them is not a finding.
+compared case by case: the mean of ``B - A``, its standard error, a 95 % interval, and the cases won and lost. Several
+cases of one object (views ``<name>@<azimuth>`` of a real mesh) are not independent, so the standard error is also
+given **clustered by object**: the per-object mean differences are treated as the samples. With a handful of meshes
+that is the honest one.
+
+The 95 % intervals are mean ± t · SE with Student-t quantiles, not the normal 1.96: ``t(0.975, n - 1)`` for the SE
+by case (n cases) and ``t(0.975, G - 1)`` for the SE by object (G objects), e.g. 12.71 with two objects, 4.30 with
+three, 2.78 with five. With fewer than two cases (or objects) there is no spread to estimate: no SE and no interval.
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
-__all__ = ["compare_reports", "format_comparison", "read_report"]
+__all__ = ["compare_reports", "format_comparison", "read_report", "t95"]
 
-_Z95 = 1.959964  # two-sided 95 % normal quantile
+
+def t95(df: int) -> float:
+    """Two-sided 95 % Student-t quantile ``t(0.975, df)`` (NaN below one degree of freedom)."""
+    return float(scipy.stats.t.ppf(0.975, df)) if df >= 1 else math.nan
+
+
+def _interval(mean: float, se: float, df: int) -> tuple[float, float]:
+    half = t95(df) * se
+    return (mean - half, mean + half)
 
 
 def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
@@ -78,10 +91,11 @@ def compare_reports(
 
     Returns:
         dict with ``metric``, ``n_cases``, ``n_objects``, ``mean_a``, ``mean_b``, ``difference`` (mean of B - A),
-        ``se`` / ``ci95`` (over cases), ``se_clustered`` / ``ci95_clustered`` (over objects' mean differences; NaN
-        with one object), ``b_higher`` / ``a_higher`` / ``ties`` (case counts), ``only_a`` / ``only_b`` (cases in one
-        report only, left out), ``unscored`` (shared cases left out because the metric is NaN in either report), and
-        ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
+        ``se`` / ``ci95`` (over cases; the interval mean ± t(0.975, ``df``) · SE, ``df`` = cases - 1; NaN with one
+        case), ``se_clustered`` / ``ci95_clustered`` (over objects' mean differences, ``df_clustered`` = objects - 1;
+        NaN with one object), ``b_higher`` / ``a_higher`` / ``ties`` (case counts), ``only_a`` / ``only_b`` (cases in
+        one report only, left out), ``unscored`` (shared cases left out because the metric is NaN in either report),
+        and ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
 
     Raises:
         ValueError: unreadable reports (:func:`read_report`) or no case in common where both have the metric.
@@ -128,9 +142,11 @@ def compare_reports(
         "mean_b": float(value_b.mean()),
         "difference": mean,
         "se": se,
-        "ci95": (mean - _Z95 * se, mean + _Z95 * se),
+        "df": len(shared) - 1,
+        "ci95": _interval(mean, se, len(shared) - 1),
         "se_clustered": se_clustered,
-        "ci95_clustered": (mean - _Z95 * se_clustered, mean + _Z95 * se_clustered),
+        "df_clustered": len(objects) - 1,
+        "ci95_clustered": _interval(mean, se_clustered, len(objects) - 1),
         "b_higher": int((difference > 0).sum()),
         "a_higher": int((difference < 0).sum()),
         "ties": int((difference == 0).sum()),
@@ -142,13 +158,25 @@ def compare_reports(
 
 
 def format_comparison(result: dict[str, Any], name_a: str = "A", name_b: str = "B", per_object: bool = True) -> str:
-    """The comparison as Markdown: one summary line, then (optionally) a per-object table."""
+    """The comparison as Markdown: one summary line, then (optionally) a per-object table.
+
+    Intervals are printed as ``95 % (t, df N) lo .. hi`` (Student-t, see the module docstring); with one case or one
+    object the line says that there is no SE (nor interval) instead of printing NaNs.
+    """
     r = result
+    if r["n_cases"] < 2:
+        spread = "only 1 shared case: no SE or 95 % interval (needs 2 or more)"
+    else:
+        spread = f"SE {r['se']:.4f} by case, 95 % (t, df {r['df']}) {r['ci95'][0]:+.4f} .. {r['ci95'][1]:+.4f}; "
+        if r["n_objects"] < 2:
+            spread += "only 1 object: no SE by object (needs 2 or more)"
+        else:
+            low, high = r["ci95_clustered"]
+            df = r["df_clustered"]
+            spread += f"SE {r['se_clustered']:.4f} by object, 95 % (t, df {df}) {low:+.4f} .. {high:+.4f}"
     lines = [
         f"{r['metric']}: {name_a} {r['mean_a']:.4f}, {name_b} {r['mean_b']:.4f} over {r['n_cases']} cases "
-        f"({r['n_objects']} objects); {name_b} - {name_a} = {r['difference']:+.4f} "
-        f"(SE {r['se']:.4f} by case, 95 % {r['ci95'][0]:+.4f} .. {r['ci95'][1]:+.4f}; "
-        f"SE {r['se_clustered']:.4f} by object, 95 % {r['ci95_clustered'][0]:+.4f} .. {r['ci95_clustered'][1]:+.4f}); "
+        f"({r['n_objects']} objects); {name_b} - {name_a} = {r['difference']:+.4f} ({spread}); "
         f"{name_b} higher in {r['b_higher']}, {name_a} higher in {r['a_higher']}, ties {r['ties']}"
     ]
     if r["only_a"] or r["only_b"]:

@@ -23,8 +23,9 @@
 * **Metrics** (SPEC §5): both surfaces sampled with ``n_points`` points, normalised to the unit box and aligned by
   rotation search + ICP (:mod:`monorecon.eval.align`), then Chamfer distance and F-score at 0.1 / 0.2 / 0.5
   (:mod:`monorecon.eval.metrics`); the volume IoU of the two solids as they lie in the world (``volume_iou``, a 64^3
-  grid; a shape too shallow loses there, not in the F-score; NaN, not scored, where the ground truth is not a closed
-  surface (:attr:`~monorecon.core.mesh.Mesh.is_closed`): an open one bounds no solid); for every method the input-view
+  grid; a shape too shallow loses there, not in the F-score; NaN, not scored, where the ground truth or the
+  prediction is not a closed surface (:attr:`~monorecon.core.mesh.Mesh.is_closed`): an open one bounds no solid, and
+  its "volume" would be whatever the ray votes make of its holes); for every method the input-view
   mask IoU of the mesh's silhouette (``mesh_mask_iou``) and the depth bias along the view (``depth_ratio``, 1 = right;
   the mean is geometric); for models also the input-view mask IoU, PSNR and SSIM of the volume render (``mask_iou``,
   ``psnr``, ``ssim``); for meshes with colours the PSNR / SSIM of the mesh rendered unlit over white against the input
@@ -561,7 +562,7 @@ def shape_scores(
 
     Returns:
         ``{"chamfer", "fscore@t", "precision@t", "recall@t"}`` for each threshold ``t`` of :data:`THRESHOLDS`, and
-        ``"volume_iou"`` when asked for (NaN when ``gt`` is not a closed surface: it bounds no solid).
+        ``"volume_iou"`` when asked for (NaN when ``pred`` or ``gt`` is not a closed surface: it bounds no solid).
 
     Raises:
         ValueError: points outside [:data:`MIN_POINTS`, :data:`MAX_POINTS`], a seed outside
@@ -584,11 +585,14 @@ def shape_scores(
 
 
 def _scored_volume_iou(pred: Mesh | None, gt: Mesh, resolution: int) -> float:
-    """The volume IoU as reports give it: NaN (not scored) when ``gt`` is not closed, as an open surface bounds no
-    solid; 0 for a failed case (``pred`` None)."""
+    """The volume IoU as reports give it: NaN (not scored) when ``gt`` or ``pred`` is not closed, as an open surface
+    bounds no solid (its occupancy would be whatever the ray votes make of the holes, and change with the alignment's
+    seed); 0 for a failed case (``pred`` None)."""
     if not gt.is_closed:
         return math.nan
-    return 0.0 if pred is None else volume_iou(pred, gt, resolution)
+    if pred is None:
+        return 0.0
+    return volume_iou(pred, gt, resolution) if pred.is_closed else math.nan
 
 
 def check_points(n_points: int, name: str = "n_points") -> None:
@@ -720,7 +724,10 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
         lines += ["", f"{summary['n_skipped']} objects of the data were left out (the run's warnings say why)."]
     partial = [f"{k} {n} of {summary['n_objects']}" for k, n in summary["n_scored"].items() if n < summary["n_objects"]]
     if partial:
-        undefined = "the Chamfer distance of a failed case, the volume IoU where the ground truth is not closed"
+        undefined = (
+            "the Chamfer distance of a failed case, the volume IoU where the ground truth or the prediction is not "
+            "closed"
+        )
         lines += ["", f"Means over the cases scored: {', '.join(partial)} (not defined for the rest: {undefined})."]
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
