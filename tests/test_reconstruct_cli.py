@@ -169,7 +169,7 @@ def test_unlit_for_a_format_without_an_unlit_material_is_refused_before_work(
     assert code == 2
     assert err.strip() == (
         f"monorecon: error: {mesh_format.upper()} files have no unlit material: "
-        "ask for a glb or usdz file, or leave out --unlit"
+        "unlit colours apply only to glb and usdz"
     )
     assert not (tmp_path / "out").exists()
 

@@ -230,7 +230,7 @@ def test_load_usd_left_handed_faces_come_out_counter_clockwise(tmp_path):
     "content, message",
     [
         (b"PK\x03\x04 not really a zip", "could not read USD file"),
-        (b"", "could not read USD file .*: Failed to open layer"),
+        (b"", "mesh file is empty: .*mesh.usda"),
         (b'#usda 1.0\n\ndef Xform "Empty"\n{\n}\n', "no triangles found"),
         (
             b'#usda 1.0\n\ndef Mesh "Bad"\n{\n    int[] faceVertexCounts = [3]\n'

@@ -23,13 +23,16 @@ USDZ (the AR format of Quick Look and RealityKit) and the other USD files are wr
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pygltflib
 import torch
 import trimesh
+from PIL import Image
 
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
@@ -101,7 +104,7 @@ def check_unlit(mesh_format: str, unlit: bool) -> None:
     """
     if unlit and mesh_format not in UNLIT_FORMATS:
         raise ValueError(
-            f"{mesh_format.upper()} files have no unlit material: ask for a glb or usdz file, or leave out --unlit"
+            f"{mesh_format.upper()} files have no unlit material: unlit colours apply only to glb and usdz"
         )
 
 
@@ -146,16 +149,30 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     """Read a mesh from OBJ, PLY, GLB, glTF or STL with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
 
     Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
-    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). STL is read as
-    Z-up and turned +Y up, its corners merged into shared vertices.
+    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). A flat material colour
+    (a glTF ``baseColorFactor`` or an OBJ ``Kd``, on a part with no image and no vertex colours) is kept too: as
+    vertex colours, or, in a scene with textured parts, as a solid patch of the merged texture; white, the default of
+    both formats, is no colour unless another part has colours. The factor is taken as
+    a display value, as ``COLOR_0`` is (no linear to sRGB conversion). The colours of merged parts:
+
+    * no textured part: vertex colours (own or flat), kept if every part has some; else dropped, with a warning;
+    * textured parts and parts with flat colours (or none): one texture, the parts' images packed into an atlas
+      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part);
+    * textured and vertex-coloured parts: vertex colours, the textures sampled at the vertices, with a warning
+      (texture detail is lost).
+
+    An OBJ whose material library or ``map_Kd`` texture is missing loads without it, with a warning naming it. STL is
+    read as Z-up and turned +Y up, its corners merged into shared vertices.
 
     Raises:
-        ValueError: unknown extension, missing file, or a file that cannot be read as a non-empty mesh.
+        ValueError: unknown extension, missing or empty file, or a file that cannot be read as a non-empty mesh.
     """
     path = Path(path)
     fmt = _format_of(path, None, LOADABLE_FORMATS)
     if not path.is_file():
         raise ValueError(f"mesh file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"mesh file is empty: {path}")
     if fmt in _USD_FORMATS:
         from .usd_io import load_usd
 
@@ -173,18 +190,149 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
         raise ValueError(f"could not read mesh {path}: {type(exc).__name__}: {exc}") from exc
     if not parts:
         raise ValueError(f"could not read mesh {path}: no triangles found")
+    if fmt == "obj":
+        _warn_missing_obj_files(path)
     try:
-        if len(parts) > 1 and any(part.visual.kind == "texture" for _, part in parts):
-            # Several textured parts: trimesh packs their images into one atlas. The texture is the colour, as for a
-            # single part: a baseColorFactor, which many exporters write as [1, 1, 1, 1], would be applied on the
-            # 0..255 scale in the packing (colours / 255: black).
-            for _, part in parts:
-                if hasattr(part.visual, "material") and hasattr(part.visual.material, "baseColorFactor"):
-                    part.visual.material.baseColorFactor = None
-            return Mesh.from_trimesh(trimesh.util.concatenate(scene.dump()))
-        return _concatenate([_transformed(Mesh.from_trimesh(part), transform) for transform, part in parts])
+        return _merged(scene, parts, path)
     except ValueError as exc:
         raise ValueError(f"invalid mesh in {path}: {exc}") from exc
+
+
+def _merged(scene: trimesh.Scene, parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh:
+    """One mesh from a scene's parts (world transforms applied), their colours kept as :func:`load_mesh` says."""
+    meshes = [Mesh.from_trimesh(part) for _, part in parts]
+    flats = [
+        _flat_color(part) if mesh.texture is None and mesh.vertex_colors is None else None
+        for (_, part), mesh in zip(parts, meshes, strict=True)
+    ]
+    if not any(mesh.texture is not None or mesh.vertex_colors is not None for mesh in meshes) and all(
+        flat is None or bool((flat == 1).all()) for flat in flats
+    ):
+        # White is the default of glTF (our own files write it) and of our OBJ files: on its own it is no colour.
+        flats = [None] * len(flats)
+    textured = [mesh.texture is not None for mesh in meshes]
+    if len(parts) > 1 and any(textured):
+        if not any(mesh.texture is None and mesh.vertex_colors is not None for mesh in meshes):
+            atlas = _atlas(scene, parts, flats)
+            if atlas.texture is not None:
+                return atlas
+            reason = "their textures could not be packed into one"
+        else:
+            reason = "vertex-coloured parts have no texture to share"
+        warnings.warn(
+            f"{path.name}: textured parts merged as vertex colours ({reason}): the textures were sampled at the "
+            "vertices (texture detail dropped)",
+            stacklevel=3,
+        )
+        meshes = [
+            dataclasses.replace(mesh, vertex_colors=_sampled_texture(mesh), uvs=None, texture=None)
+            if mesh.texture is not None
+            else mesh
+            for mesh in meshes
+        ]
+    meshes = [
+        mesh if flat is None else dataclasses.replace(mesh, vertex_colors=flat.expand(mesh.num_verts, 3).clone())
+        for mesh, flat in zip(meshes, flats, strict=True)
+    ]
+    colored = sum(mesh.vertex_colors is not None for mesh in meshes)
+    if 0 < colored < len(meshes):
+        warnings.warn(
+            f"{path.name}: colours of {colored} of {len(meshes)} parts dropped (the other parts have no colour)",
+            stacklevel=3,
+        )
+    return _concatenate([_transformed(mesh, transform) for (transform, _), mesh in zip(parts, meshes, strict=True)])
+
+
+def _atlas(
+    scene: trimesh.Scene, parts: list[tuple[np.ndarray, trimesh.Trimesh]], flats: list[torch.Tensor | None]
+) -> Mesh:
+    """One mesh from textured, flat-coloured and uncoloured parts: trimesh packs their images into one atlas.
+
+    The texture is the colour, as for a single part: a baseColorFactor, which many exporters write as [1, 1, 1, 1],
+    would be applied on the 0..255 scale in the packing (colours / 255: black). A flat-coloured part gets a solid
+    image of its colour (its UVs at the image's centre) to be packed with the others. The result has no texture where
+    trimesh could not pack the images (it then drops them silently).
+    """
+    pbr = any(
+        isinstance(getattr(part.visual, "material", None), trimesh.visual.material.PBRMaterial) for _, part in parts
+    )
+    for (_, part), flat in zip(parts, flats, strict=True):
+        if flat is not None:
+            part.visual = _solid_texture_visuals(len(part.vertices), flat, pbr=pbr)
+        elif hasattr(part.visual, "material") and hasattr(part.visual.material, "baseColorFactor"):
+            part.visual.material.baseColorFactor = None
+    return Mesh.from_trimesh(trimesh.util.concatenate(scene.dump()))
+
+
+def _flat_color(part: trimesh.Trimesh) -> torch.Tensor | None:
+    """(3,) the flat colour of a part's material in [0, 1]: a glTF ``baseColorFactor`` or an OBJ ``Kd`` given in the
+    file (trimesh's default diffuse is no colour), alpha dropped; None for none."""
+    material = getattr(part.visual, "material", None)
+    if isinstance(material, trimesh.visual.material.PBRMaterial):
+        rgba = material.baseColorFactor
+    elif isinstance(material, trimesh.visual.material.SimpleMaterial):
+        given = getattr(material, "kwargs", None) or {}
+        rgba = material.diffuse if "kd" in given or "diffuse" in given else None
+    else:
+        return None
+    if rgba is None or np.shape(rgba)[-1:] not in ((3,), (4,)):
+        return None
+    rgb = trimesh.visual.color.to_float(np.asarray(rgba).reshape(-1))[:3]
+    return torch.from_numpy(np.clip(rgb, 0.0, 1.0).astype(np.float32))
+
+
+def _solid_texture_visuals(num_verts: int, color: torch.Tensor, *, pbr: bool) -> trimesh.visual.TextureVisuals:
+    """Visuals of a flat colour as a texture: an 8 x 8 image of the colour, every vertex at its centre; a glTF
+    material if ``pbr`` else an OBJ one (trimesh packs no mix of them with images)."""
+    image = Image.new("RGB", (8, 8), tuple(int(c) for c in colors_to_uint8(color)))
+    if pbr:
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=image)
+    else:
+        material = trimesh.visual.material.SimpleMaterial(image=image)
+    return trimesh.visual.TextureVisuals(uv=np.full((num_verts, 2), 0.5), material=material)
+
+
+def _sampled_texture(mesh: Mesh) -> torch.Tensor:
+    """(V, 3) the texture bilinearly sampled at each vertex's UV (UVs outside [0, 1] wrap, as they repeat)."""
+    from ..core.shading import sample_texture
+
+    uvs = mesh.uvs.detach().float()
+    uvs = torch.where((uvs < 0) | (uvs > 1), torch.remainder(uvs, 1.0), uvs)
+    return sample_texture(mesh.texture.detach().float(), uvs[None])[0].clamp(0.0, 1.0).to(mesh.texture.dtype)
+
+
+def _warn_missing_obj_files(path: Path) -> None:
+    """Warn (one line) when the OBJ's material library or a ``map_Kd`` texture it names cannot be read: trimesh loads
+    the OBJ without it, silently. Names are looked up as trimesh does (first ``mtllib``, relative to the OBJ)."""
+    with open(path, "rb") as file:
+        text = file.read().decode("utf-8", errors="replace")
+    start = text.find("mtllib")
+    if start < 0:
+        return
+    end = text.find("\n", start)
+    library = text[start + 6 : end if end >= 0 else len(text)].strip()
+    resolver = trimesh.resolvers.FilePathResolver(path)
+    try:
+        mtl = resolver.get(library).decode("utf-8", errors="replace")
+    except Exception:  # a missing file, or a name outside the OBJ's folder
+        warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=3)
+        return
+    missing = []
+    for line in mtl.splitlines():
+        split = line.strip().split()
+        if len(split) > 1 and split[0].lower() == "map_kd":
+            name = line[line.lower().index("map_kd") + 6 :].strip()
+            try:
+                with Image.open(io.BytesIO(resolver.get(name))) as image:
+                    image.verify()
+            except Exception:  # missing or unreadable, as trimesh skips it
+                missing.append(name)
+    if missing:
+        warnings.warn(
+            f"{path.name}: texture {', '.join(dict.fromkeys(missing))} (map_Kd of {library}) not found or unreadable: "
+            "loaded without it",
+            stacklevel=3,
+        )
 
 
 def _transformed(mesh: Mesh, transform: np.ndarray) -> Mesh:

@@ -1,0 +1,285 @@
+"""``load_mesh`` keeps flat material colours (glTF ``baseColorFactor``, OBJ ``Kd``) and the colours of mixed scenes,
+warns about what it cannot keep (missing OBJ textures, colours of partly coloured scenes) and refuses empty files.
+
+The input files are written here by hand; the expected colours are the numbers written into them."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from monorecon.cli import main
+from monorecon.io import load_mesh
+from monorecon.io.mesh_io import check_unlit
+
+STEEL = (0.2, 0.4, 0.6)  # exact in 8 bits: 51, 102, 153
+RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+TOLERANCE = 0.5 / 255 + 1e-6
+
+
+def _factor_glb(path, factor) -> None:
+    """A GLB written with pygltflib: one triangle whose material has only ``baseColorFactor`` (no texture)."""
+    positions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    indices = np.array([0, 1, 2], dtype=np.uint32)
+    blob = positions.tobytes() + indices.tobytes()
+    gltf = pygltflib.GLTF2(
+        asset=pygltflib.Asset(version="2.0"),
+        scene=0,
+        scenes=[pygltflib.Scene(nodes=[0])],
+        nodes=[pygltflib.Node(mesh=0)],
+        meshes=[
+            pygltflib.Mesh(
+                primitives=[pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0), indices=1, material=0)]
+            )
+        ],
+        materials=[
+            pygltflib.Material(pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorFactor=[*factor, 1.0]))
+        ],
+        accessors=[
+            pygltflib.Accessor(
+                bufferView=0, componentType=5126, count=3, type="VEC3", min=[0.0, 0.0, 0.0], max=[1.0, 1.0, 0.0]
+            ),
+            pygltflib.Accessor(bufferView=1, componentType=5125, count=3, type="SCALAR"),
+        ],
+        bufferViews=[
+            pygltflib.BufferView(buffer=0, byteOffset=0, byteLength=36, target=34962),
+            pygltflib.BufferView(buffer=0, byteOffset=36, byteLength=12, target=34963),
+        ],
+        buffers=[pygltflib.Buffer(byteLength=len(blob))],
+    )
+    gltf.set_binary_blob(blob)
+    gltf.save_binary(str(path))
+
+
+def _box(offset: float) -> trimesh.Trimesh:
+    box = trimesh.creation.box()
+    box.apply_translation([offset, 0.0, 0.0])
+    return box
+
+
+def _textured_box(offset: float, color) -> trimesh.Trimesh:
+    """A box at x = offset whose texture is a solid image of ``color`` (so every UV samples it)."""
+    box = _box(offset)
+    image = Image.new("RGB", (8, 8), tuple(round(c * 255) for c in color))
+    uv = np.random.default_rng(0).random((len(box.vertices), 2))
+    box.visual = trimesh.visual.TextureVisuals(
+        uv=uv, material=trimesh.visual.material.PBRMaterial(baseColorTexture=image)
+    )
+    return box
+
+
+def _flat_box(offset: float, color) -> trimesh.Trimesh:
+    box = _box(offset)
+    factor = [round(c * 255) for c in color] + [255]
+    box.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=factor))
+    return box
+
+
+def _vertex_colored_box(offset: float, color) -> trimesh.Trimesh:
+    box = _box(offset)
+    rgba = np.tile([round(c * 255) for c in color] + [255], (len(box.vertices), 1)).astype(np.uint8)
+    box.visual = trimesh.visual.ColorVisuals(box, vertex_colors=rgba)
+    return box
+
+
+def _nearest_texels(mesh) -> torch.Tensor:
+    """(V, 3) the texel under each vertex's UV (v up from the bottom row)."""
+    height, width = mesh.texture.shape[:2]
+    cols = (mesh.uvs[:, 0] * width).long().clamp(0, width - 1)
+    rows = ((1 - mesh.uvs[:, 1]) * height).long().clamp(0, height - 1)
+    return mesh.texture[rows, cols]
+
+
+def _assert_colors(colors: torch.Tensor, expected) -> None:
+    assert torch.allclose(colors, torch.tensor(expected, dtype=colors.dtype).expand_as(colors), atol=TOLERANCE)
+
+
+def _obj(folder, name: str, body: str, mtl: str | None = None):
+    path = folder / f"{name}.obj"
+    head = f"mtllib {name}.mtl\n" if mtl is not None else ""
+    path.write_text(head + body)
+    if mtl is not None:
+        (folder / f"{name}.mtl").write_text(mtl)
+    return path
+
+
+_TRIANGLES = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 5 0 0\nv 6 0 0\nv 5 1 0\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Flat material colours
+# --------------------------------------------------------------------------------------------------------------------
+def test_glb_base_color_factor_without_texture_becomes_vertex_colours(tmp_path):
+    _factor_glb(tmp_path / "steel.glb", STEEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(tmp_path / "steel.glb")
+    assert mesh.texture is None and mesh.num_verts == 3
+    _assert_colors(mesh.vertex_colors, STEEL)
+
+
+def test_obj_kd_without_texture_becomes_vertex_colours(tmp_path):
+    path = _obj(
+        tmp_path, "flat", "usemtl steel\n" + _TRIANGLES + "f 1 2 3\nf 4 5 6\n", "newmtl steel\nKd 0.2 0.4 0.6\n"
+    )
+    mesh = load_mesh(path)
+    assert mesh.texture is None
+    _assert_colors(mesh.vertex_colors, STEEL)
+
+
+def test_obj_with_two_kd_materials_keeps_each_parts_colour(tmp_path):
+    body = "usemtl red\n" + _TRIANGLES + "f 1 2 3\nusemtl green\nf 4 5 6\n"
+    path = _obj(tmp_path, "two", body, "newmtl red\nKd 1 0 0\nnewmtl green\nKd 0 1 0\n")
+    mesh = load_mesh(path)
+    left = mesh.verts[:, 0] < 2.5
+    assert mesh.num_faces == 2 and int(left.sum()) == 3
+    _assert_colors(mesh.vertex_colors[left], RED)
+    _assert_colors(mesh.vertex_colors[~left], GREEN)
+
+
+def test_an_obj_material_without_kd_is_no_colour_and_mixed_with_kd_warns(tmp_path):
+    body = "usemtl red\n" + _TRIANGLES + "f 1 2 3\nusemtl plain\nf 4 5 6\n"
+    path = _obj(tmp_path, "partly", body, "newmtl red\nKd 1 0 0\nnewmtl plain\nNs 10\n")
+    with pytest.warns(UserWarning, match=r"partly\.obj: colours of 1 of 2 parts dropped"):
+        mesh = load_mesh(path)
+    assert mesh.vertex_colors is None and mesh.num_faces == 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mixed scenes
+# --------------------------------------------------------------------------------------------------------------------
+def test_textured_and_flat_parts_share_one_atlas_with_both_colours(tmp_path):
+    trimesh.Scene([_textured_box(3.0, BLUE), _flat_box(0.0, RED)]).export(tmp_path / "mixed.glb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(tmp_path / "mixed.glb")
+    assert mesh.texture is not None and mesh.num_faces == 24
+    textured = mesh.verts[:, 0] > 1.5
+    colors = _nearest_texels(mesh)
+    _assert_colors(colors[textured], BLUE)
+    _assert_colors(colors[~textured], RED)  # it was trimesh's grey (0.39)
+
+
+def test_obj_textured_and_kd_materials_share_one_atlas(tmp_path):
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "blue.png")
+    body = _TRIANGLES + "vt 0 0\nvt 1 0\nvt 0 1\nusemtl tex\nf 1/1 2/2 3/3\nusemtl red\nf 4 5 6\n"
+    path = _obj(tmp_path, "mix", body, "newmtl tex\nKd 1 1 1\nmap_Kd blue.png\nnewmtl red\nKd 1 0 0\n")
+    mesh = load_mesh(path)
+    assert mesh.texture is not None and mesh.num_faces == 2
+    left = mesh.verts[:, 0] < 2.5
+    colors = _nearest_texels(mesh)
+    _assert_colors(colors[left], BLUE)
+    _assert_colors(colors[~left], RED)
+
+
+def test_textured_and_vertex_coloured_parts_become_vertex_colours_with_a_warning(tmp_path):
+    trimesh.Scene([_textured_box(3.0, BLUE), _vertex_colored_box(0.0, GREEN)]).export(tmp_path / "mixed.glb")
+    with pytest.warns(UserWarning, match=r"mixed\.glb: .*sampled.*texture detail dropped"):
+        mesh = load_mesh(tmp_path / "mixed.glb")
+    assert mesh.texture is None and mesh.uvs is None and mesh.num_faces == 24
+    textured = mesh.verts[:, 0] > 1.5
+    _assert_colors(mesh.vertex_colors[textured], BLUE)
+    _assert_colors(mesh.vertex_colors[~textured], GREEN)
+
+
+def test_flat_and_vertex_coloured_parts_keep_both_as_vertex_colours(tmp_path):
+    trimesh.Scene([_flat_box(3.0, RED), _vertex_colored_box(0.0, GREEN)]).export(tmp_path / "mixed.glb")
+    mesh = load_mesh(tmp_path / "mixed.glb")
+    assert mesh.texture is None
+    right = mesh.verts[:, 0] > 1.5
+    _assert_colors(mesh.vertex_colors[right], RED)
+    _assert_colors(mesh.vertex_colors[~right], GREEN)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Missing OBJ companions, empty files, the unlit message
+# --------------------------------------------------------------------------------------------------------------------
+_TEXTURED_BODY = "usemtl tex\n" + _TRIANGLES[:24] + "vt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
+
+
+def test_obj_with_its_texture_loads_it_without_warning(tmp_path):
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "blue.png")
+    path = _obj(tmp_path, "tex", _TEXTURED_BODY, "newmtl tex\nKd 1 1 1\nmap_Kd blue.png\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(path)
+    assert mesh.texture is not None
+    _assert_colors(mesh.texture.reshape(-1, 3), BLUE)
+
+
+def test_obj_whose_map_kd_texture_is_missing_warns_naming_it(tmp_path):
+    path = _obj(tmp_path, "tex", _TEXTURED_BODY, "newmtl tex\nKd 1 1 1\nmap_Kd gone.png\n")
+    with pytest.warns(UserWarning, match=r"tex\.obj: texture gone\.png \(map_Kd of tex\.mtl\) not found") as record:
+        mesh = load_mesh(path)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert mesh.texture is None
+
+
+def test_obj_whose_material_library_is_missing_warns_naming_it(tmp_path):
+    path = tmp_path / "lost.obj"
+    path.write_text("mtllib lost.mtl\nusemtl red\n" + _TRIANGLES[:24] + "f 1 2 3\n")
+    with pytest.warns(UserWarning, match=r"lost\.obj: material library lost\.mtl not found"):
+        load_mesh(path)
+
+
+def test_convert_prints_the_missing_texture_as_one_warning_line(tmp_path, capsys):
+    path = _obj(tmp_path, "tex", _TEXTURED_BODY, "newmtl tex\nKd 1 1 1\nmap_Kd gone.png\n")
+    assert main(["convert", str(path), str(tmp_path / "out.ply")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "gone.png" in line]
+    assert len(lines) == 1 and lines[0].startswith("monorecon: warning: tex.obj: texture gone.png")
+
+
+@pytest.mark.parametrize("suffix", ["glb", "gltf", "obj", "ply", "stl", "usdz"])
+def test_empty_mesh_files_are_refused_in_one_clear_line(tmp_path, suffix):
+    path = tmp_path / f"empty.{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^mesh file is empty: .*empty\." + suffix + "$"):
+        load_mesh(path)
+
+
+def test_convert_refuses_an_empty_glb(tmp_path, capsys):
+    (tmp_path / "empty.glb").write_bytes(b"")
+    assert main(["convert", str(tmp_path / "empty.glb"), str(tmp_path / "out.ply")]) == 2
+    err = capsys.readouterr().err
+    assert "mesh file is empty" in err and "IndexError" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mesh_format", ["obj", "ply", "stl"])
+def test_unlit_refusal_names_no_cli_flag(mesh_format):
+    with pytest.raises(ValueError) as info:
+        check_unlit(mesh_format, True)
+    assert (
+        str(info.value)
+        == f"{mesh_format.upper()} files have no unlit material: unlit colours apply only to glb and usdz"
+    )
+    check_unlit("glb", True)
+    check_unlit(mesh_format, False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", ["glb", "ply"])
+def test_convert_keeps_a_base_color_factor(tmp_path, capsys, suffix):
+    _factor_glb(tmp_path / "red.glb", RED)
+    out = tmp_path / f"out.{suffix}"
+    assert main(["convert", str(tmp_path / "red.glb"), str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    mesh = load_mesh(out)
+    _assert_colors(mesh.vertex_colors, RED)  # it was written white (GLB) or without colours
+
+
+def test_white_factor_alone_is_no_colour_but_kept_beside_other_colours(tmp_path):
+    _factor_glb(tmp_path / "white.glb", (1.0, 1.0, 1.0))  # glTF's default, as our own plain GLBs write it
+    assert load_mesh(tmp_path / "white.glb").vertex_colors is None
+    trimesh.Scene([_flat_box(3.0, (1.0, 1.0, 1.0)), _flat_box(0.0, RED)]).export(tmp_path / "two.glb")
+    mesh = load_mesh(tmp_path / "two.glb")
+    right = mesh.verts[:, 0] > 1.5
+    _assert_colors(mesh.vertex_colors[right], (1.0, 1.0, 1.0))
+    _assert_colors(mesh.vertex_colors[~right], RED)
