@@ -117,8 +117,57 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
     sample.add_argument("--model", type=Path, required=True, help="trained G3DR folder")
     sample.add_argument("-o", "--output", type=Path, required=True)
+    sample.add_argument(
+        "--steps",
+        type=int,
+        help="DDIM sampling steps, 1 to the diffusion model's training timesteps (default: min(50, timesteps))",
+    )
     sample.add_argument("--seed", type=int, default=0)
     return lift, sample
+
+
+_MODEL_KINDS = {"g3dr": "a G3DR model", "diffusion": "an RGB-D diffusion model"}
+
+
+def _check_model_kind(path: Path, flag: str, expected: str) -> None:
+    """Refuse a run folder that holds the other kind of model (``--model`` and ``--diffusion`` swapped)."""
+    from ..models.g3dr.inference import model_folder_kind
+
+    kind = model_folder_kind(path)
+    if kind is not None and kind != expected:
+        raise CommandError(f"{flag} {path}: this folder holds {_MODEL_KINDS[kind]}, not {_MODEL_KINDS[expected]}")
+
+
+def _run_g3dr_sample(opts: argparse.Namespace) -> int:
+    """Every input (models, class, -n, --steps, the output folder) is checked before the output folder is made;
+    exit code 2 (after writing the rest) when some samples got no mesh."""
+    import sys
+
+    if not 1 <= opts.n <= 256:
+        raise CommandError(f"-n must lie in [1, 256], got {opts.n}")
+    if opts.steps is not None and opts.steps < 1:
+        raise CommandError(f"--steps must be >= 1, got {opts.steps}")
+    check_output_folder(opts.output)
+    _check_model_kind(opts.diffusion, "--diffusion", "diffusion")
+    _check_model_kind(opts.model, "--model", "g3dr")
+    from ..models.g3dr.diffusion import DEFAULT_SAMPLE_STEPS, load_rgbd_diffusion, sample_to_folder
+    from ..models.g3dr.inference import load_g3dr
+
+    diffusion, generator = load_rgbd_diffusion(opts.diffusion), load_g3dr(opts.model)
+    if opts.class_name not in diffusion.class_names:
+        raise CommandError(f"--class {opts.class_name!r}: unknown; this model knows {', '.join(diffusion.class_names)}")
+    timesteps = diffusion.config.timesteps
+    steps = min(DEFAULT_SAMPLE_STEPS, timesteps) if opts.steps is None else opts.steps
+    if steps > timesteps:
+        raise CommandError(f"--steps must lie in [1, {timesteps}] (the diffusion model's timesteps), got {steps}")
+    folders = sample_to_folder(diffusion, generator, opts.class_name, opts.n, opts.output, seed=opts.seed,
+                               n_steps=steps)  # fmt: skip
+    print(f"{opts.n} samples of {opts.class_name} ({len(folders)} with a mesh) -> {opts.output}")
+    if len(folders) < opts.n:
+        print(f"monorecon: {opts.n - len(folders)} of {opts.n} samples got no mesh (the warnings above say why)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
 
 
 def _run_g3dr(args: argparse.Namespace) -> int:
@@ -126,14 +175,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     if not args.words:
         raise CommandError(f"usage: {_G3DR_USAGE}")
     if args.words[0] == "sample":
-        opts = sample.parse_args(args.words[1:])
-        if not 1 <= opts.n <= 256:
-            raise CommandError(f"-n must lie in [1, 256], got {opts.n}")
-        from ..models.g3dr.diffusion import sample_to_folder
-
-        sample_to_folder(opts.diffusion, opts.model, opts.class_name, opts.n, opts.output, seed=opts.seed)
-        print(f"{opts.n} samples of {opts.class_name} -> {opts.output}")
-        return 0
+        return _run_g3dr_sample(sample.parse_args(args.words[1:]))
     opts = lift.parse_args(args.words)
     from ..models.g3dr.inference import reconstruct_to_folder
 
@@ -141,6 +183,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     if opts.threshold is not None and not opts.threshold > 0:
         raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
     check_output_folder(opts.output)
+    _check_model_kind(opts.model, "--model", "g3dr")
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
                                   threshold=opts.threshold, project_input=not opts.no_project_input,
                                   unlit=opts.unlit, **placement_keywords(opts))  # fmt: skip

@@ -16,7 +16,7 @@ from .fitting import add_fit_pose, add_g3dr, add_invert
 from .meshes import add_convert, add_metrics, add_overlay, add_render
 from .reconstruct import add_reconstruct
 from .serving import add_serve, add_webui
-from .training import add_data, add_train, add_train_g3dr, add_train_meshgan
+from .training import add_data, add_train, add_train_g3dr, add_train_g3dr_diffusion, add_train_meshgan
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_reconstruct,
@@ -32,6 +32,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_meshgan,
     add_invert,
     add_train_g3dr,
+    add_train_g3dr_diffusion,
     add_g3dr,
     add_serve,
     add_webui,

@@ -142,3 +142,21 @@ def _run_train_g3dr(args: argparse.Namespace) -> int:
         path = train_g3dr(args.config)
     print(f"G3DR model written to {path}")
     return 0
+
+
+def add_train_g3dr_diffusion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-g3dr-diffusion",
+        help="train the class-conditional RGB-D diffusion model that `g3dr sample` draws from (resumes)",
+    )
+    p.add_argument("config", type=Path, help="config YAML (see configs/g3dr_diffusion_small.yaml)")
+    p.set_defaults(func=_run_train_g3dr_diffusion)
+
+
+def _run_train_g3dr_diffusion(args: argparse.Namespace) -> int:
+    from ..models.g3dr.diffusion import train_rgbd_diffusion
+
+    with _training_run():
+        path = train_rgbd_diffusion(args.config)
+    print(f"RGB-D diffusion model written to {path}")
+    return 0

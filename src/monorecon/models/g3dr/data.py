@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image
 
 from monorecon.core.checks import check_tensor
 from monorecon.io.atomic import atomic_write
@@ -68,7 +68,35 @@ def decode_depth_png(values: np.ndarray) -> np.ndarray:
     return (np.asarray(values, dtype=np.float64) / 65536.0 * 2.0 + NEAR_DEPTH).astype(np.float32)
 
 
-def _read_depth_png(path: Path) -> np.ndarray:
+#: EXIF orientation -> the transposition that shows the stored pixels upright (as ``PIL.ImageOps.exif_transpose``).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an open image (1, upright, when absent or not a valid code)."""
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in _EXIF_TRANSPOSE else 1
+
+
+def _image_orientation(path: Path) -> int:
+    """The EXIF orientation of the colour image at ``path`` (already read successfully by ``load_image``)."""
+    try:
+        with Image.open(path) as img:
+            return _exif_orientation(img)
+    except (OSError, SyntaxError):
+        return 1
+
+
+def _read_depth_png(path: Path, orientation: int = 1) -> np.ndarray:
+    """Decoded depth of a 16-bit PNG, transposed by the EXIF ``orientation`` of its colour image."""
     if not path.is_file():
         raise ValueError(f"depth image not found: {path}")
     try:
@@ -77,6 +105,14 @@ def _read_depth_png(path: Path) -> np.ndarray:
             # 16-bit only: an 8-bit map has 256 depth levels in the 2-unit window, a colour or float one is no code
             if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
                 raise ValueError(f"{path} is not a 16-bit greyscale depth PNG (mode {img.mode}; see encode_depth_png)")
+            own = _exif_orientation(img)
+            if own != 1 and own != orientation:
+                raise ValueError(
+                    f"{path} has EXIF orientation {own}, its colour image {orientation}: "
+                    "the depth must be stored in the colour image's pixel grid"
+                )
+            if orientation != 1:
+                img = img.transpose(_EXIF_TRANSPOSE[orientation])
             values = np.asarray(img, dtype=np.float64)
     except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot read depth image {path}: {err}") from None
@@ -98,6 +134,11 @@ def load_rgbd_pair(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Read an RGB(A) image and its depth PNG (default ``NAME_depth.png`` beside it).
 
+    The image is shown upright by its EXIF orientation tag (a phone JPEG's rotation, as ``load_image`` does), and the
+    depth map gets the *same* transposition: a depth map is stored in the sensor's pixel grid, like the colour
+    image's raw pixels, so both stay aligned pixel for pixel. A depth PNG that carries an orientation tag of its own
+    must agree with the image's (it is then applied once); a different one is refused.
+
     Returns:
         rgb (3, S, S) in [0, 1] (RGBA composited on white), depth (S, S) in [4, 6], mask (S, S) bool or None
         (RGB input). Resized to ``size`` (area filter; depth averaged over the foreground) when given.
@@ -105,9 +146,11 @@ def load_rgbd_pair(
     image_path = Path(image_path)
     depth_path = Path(depth_path) if depth_path is not None else image_path.with_name(image_path.stem + "_depth.png")
     image = torch.from_numpy(load_image(image_path)).permute(2, 0, 1)
-    depth = torch.from_numpy(_read_depth_png(depth_path))
+    orientation = _image_orientation(image_path)
+    depth = torch.from_numpy(_read_depth_png(depth_path, orientation))
     if tuple(depth.shape) != tuple(image.shape[1:]):
-        raise ValueError(f"{depth_path} has size {tuple(depth.shape)}, the image {tuple(image.shape[1:])}")
+        rotated = " (both as the image's EXIF orientation shows them)" if orientation != 1 else ""
+        raise ValueError(f"{depth_path} has size {tuple(depth.shape)}, the image {tuple(image.shape[1:])}{rotated}")
     alpha = image[3] if image.shape[0] == 4 else None
     rgb = image[:3] if alpha is None else image[:3] * alpha + (1.0 - alpha)
     if size is not None:

@@ -50,7 +50,7 @@ from monorecon.train.utils import (
 
 from .data import NEAR_DEPTH, RGBDViews
 from .generator import G3DRGenerator, G3DRModelConfig
-from .trainer import G3DRDataConfig, G3DRTrainConfig, load_views
+from .trainer import G3DRDataConfig, G3DRTrainConfig, check_run_settings, load_views
 from .unet import UNet
 
 __all__ = [
@@ -255,6 +255,11 @@ class DiffusionTrainConfig:
     quiet: bool = False
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        check_run_settings(self)
+        if isinstance(self.warmup_steps, bool) or int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+
 
 def _model_dict(config: DiffusionConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
@@ -349,6 +354,10 @@ def train_rgbd_diffusion(
     return out_dir
 
 
+#: Default number of DDIM steps of :func:`sample_to_folder` (fewer when the model was trained with fewer timesteps).
+DEFAULT_SAMPLE_STEPS = 50
+
+
 def sample_to_folder(
     diffusion: RGBDDiffusion | str | os.PathLike,
     generator_model: G3DRGenerator | str | os.PathLike,
@@ -357,7 +366,7 @@ def sample_to_folder(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
-    n_steps: int = 50,
+    n_steps: int | None = None,
     guidance_scale: float = 1.5,
     mesh_resolution: int = 96,
     threshold: float | None = None,
@@ -367,27 +376,42 @@ def sample_to_folder(
 
     Writes per sample ``OUT/sample_XX.png`` + ``sample_XX_depth.png`` (the pair format of :mod:`.data`) and
     ``OUT/sample_XX/`` (``mesh.glb``, ``turntable.gif``, ``turntable.png``), plus ``OUT/samples.png`` (all sampled
-    RGB images). Samples whose field has no surface at ``threshold`` (None: the generator's ``mesh_threshold``) get
-    no mesh (a warning names them).
-    Returns the per-sample folders.
+    RGB images). ``n_steps`` DDIM steps (None: ``min(50, timesteps)`` of the diffusion model; at most its
+    ``timesteps``). Samples whose field has no surface at ``threshold`` (None: the generator's ``mesh_threshold``)
+    get no mesh folder (a warning names them); the others are still written.
+
+    Everything is checked (the models, the class name, ``n``, ``n_steps``) before ``OUT`` is created.
+
+    Returns:
+        The per-sample folders of the samples that got a mesh (fewer than ``n`` when some got none).
     """
     import warnings
 
+    from monorecon.io.atomic import check_output_folder
     from monorecon.io.images import save_image
 
     from .data import save_rgbd_pair
     from .inference import g3dr_reconstruct, image_grid, load_g3dr, save_reconstruction, turntable
 
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    out_dir = check_output_folder(out_dir)
     if not isinstance(diffusion, RGBDDiffusion):
         diffusion = load_rgbd_diffusion(diffusion)
     if not isinstance(generator_model, G3DRGenerator):
         generator_model = load_g3dr(generator_model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    diffusion.class_index(class_name)  # an unknown class is refused before anything is written
+    timesteps = diffusion.config.timesteps
+    if n_steps is None:
+        n_steps = min(DEFAULT_SAMPLE_STEPS, timesteps)
+    if int(n_steps) != n_steps or not 1 <= n_steps <= timesteps:
+        raise ValueError(f"n_steps must be an integer in [1, {timesteps}] (the diffusion model's timesteps), "
+                         f"got {n_steps}")  # fmt: skip
     rgb, depth = diffusion.sample(
-        class_name, n, n_steps=n_steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
-        size=generator_model.config.image_size,
+        class_name, n, n_steps=int(n_steps), guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed), size=generator_model.config.image_size,
     )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
     folders = []
     for k in range(n):
         name = f"sample_{k:02d}"

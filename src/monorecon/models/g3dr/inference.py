@@ -38,6 +38,7 @@ __all__ = [
     "g3dr_reconstruct",
     "image_grid",
     "load_g3dr",
+    "model_folder_kind",
     "reconstruct_to_folder",
     "render_views",
     "save_reconstruction",
@@ -57,6 +58,30 @@ class G3DRScene:
         return render_views(self.model, self.planes, yaw_deg, pitch_deg, size)
 
 
+def model_folder_kind(path: str | os.PathLike) -> str | None:
+    """Which trained model a run folder's ``config.yaml`` describes, from the keys of its ``model`` section:
+    ``"g3dr"`` (a :class:`G3DRModelConfig`), ``"diffusion"`` (an RGB-D :class:`~.diffusion.DiffusionConfig`), or
+    None when the file is missing or unreadable, or the keys fit both or neither (the loaders then say why)."""
+    from dataclasses import fields
+
+    from .diffusion import DiffusionConfig
+
+    config_path = Path(path) / "config.yaml"
+    try:
+        settings = load_yaml(config_path) if config_path.is_file() else None
+    except (ValueError, OSError):
+        return None
+    section = settings.get("model") if isinstance(settings, dict) else None
+    if not isinstance(section, dict):
+        return None
+    keys = set(section)
+    is_g3dr = keys <= {f.name for f in fields(G3DRModelConfig)}
+    is_diffusion = keys <= {f.name for f in fields(DiffusionConfig)} and "class_names" in keys
+    if is_g3dr == is_diffusion:
+        return None
+    return "g3dr" if is_g3dr else "diffusion"
+
+
 def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
     """A generator from a run folder (``model.safetensors`` + ``config.yaml`` written by ``train_g3dr``), in eval mode.
 
@@ -71,7 +96,12 @@ def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
     settings = load_yaml(config_path) or {}
     if not isinstance(settings, dict) or not isinstance(settings.get("model"), dict):
         raise ValueError(f"{config_path} has no 'model' section")
-    model = G3DRGenerator(load_dataclass_config(settings["model"], G3DRModelConfig))  # unknown keys named
+    try:
+        model = G3DRGenerator(load_dataclass_config(settings["model"], G3DRModelConfig))  # unknown keys named
+    except ValueError as err:
+        if model_folder_kind(path) == "diffusion":
+            raise ValueError(f"{path} holds an RGB-D diffusion model, not a G3DR model ({err})") from None
+        raise
     try:
         model.load_state_dict(read_state_dict(weights))
     except RuntimeError as err:
@@ -133,7 +163,8 @@ def g3dr_reconstruct(
         resolution: marching-cubes samples per axis over the scene box.
         threshold: density iso level (None: ``model.config.mesh_threshold``).
         alpha: (H, W) object mask for ``project_input`` (None: an RGBA image's alpha, else the pixels nearer than
-            the far depth 6, which marks the background).
+            the far depth 6, which marks the background). An alpha (given or the image's) with no value above 0.5
+            is refused: a fully transparent image has no object to lift.
         project_input: colour the surface the image sees with the image (full resolution), the rest with the
             field's colours mapped to the image's; False: the field's colours everywhere.
 
@@ -141,7 +172,7 @@ def g3dr_reconstruct(
         (mesh with vertex colours, scene with the triplanes).
 
     Raises:
-        ValueError: bad shapes, or no surface at ``threshold``.
+        ValueError: bad shapes, an empty alpha, or no surface at ``threshold``.
     """
     model.eval()
     image, image_alpha = _as_chw(rgb)
@@ -149,9 +180,13 @@ def g3dr_reconstruct(
                               "depth", (image.shape[1], image.shape[2]))  # fmt: skip
     if image.shape[1] != image.shape[2]:
         raise ValueError(f"the image must be square, got {tuple(image.shape[1:])}")
+    given_alpha = alpha is not None
     if alpha is None:
         alpha = image_alpha if image_alpha is not None else (full_depth < FAR_DEPTH - 1e-3).float()
     alpha = check_tensor(torch.as_tensor(alpha).float(), "alpha", tuple(full_depth.shape))
+    if image_alpha is not None or given_alpha:  # an object mask with no object: as reconstruct / invert refuse it
+        if not bool((alpha > 0.5).any()):
+            raise ValueError("no foreground: the alpha is empty (fully transparent image?)")
     rgb, depth, _ = resize_view(image, full_depth, None, model.config.image_size)
     planes = model.encode(rgb[None], depth[None])
     scene = G3DRScene(planes, model)
@@ -234,14 +269,16 @@ def reconstruct_to_folder(
     """``monorecon g3dr IMAGE --depth DEPTH -o OUT``: read the pair (depth PNG format of :mod:`.data`), reconstruct,
     write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder.
 
-    ``object_height`` / ``origin`` place the saved mesh (:meth:`~monorecon.core.mesh.Mesh.placed`); the turntable,
+    The image's EXIF orientation applies to the depth too (:func:`.data.load_rgbd_pair`); an RGBA image with an
+    empty alpha (no pixel above 0.5) is refused, as ``monorecon reconstruct`` refuses it. ``object_height`` /
+    ``origin`` place the saved mesh (:meth:`~monorecon.core.mesh.Mesh.placed`); the turntable,
     rendered from the field, stays in the model's frame.
     """
     check_placement(object_height, origin, "object_height")
     if not isinstance(model, G3DRGenerator):
         model = load_g3dr(model)
     rgb, depth, mask = load_rgbd_pair(image_path, depth_path)
-    alpha = None if mask is None else mask.float()
+    alpha = None if mask is None else mask.float()  # an empty one is refused by g3dr_reconstruct
     mesh, scene = g3dr_reconstruct(
         model, rgb, depth, resolution=resolution, threshold=threshold, alpha=alpha, project_input=project_input
     )

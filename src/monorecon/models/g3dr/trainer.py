@@ -31,6 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,23 @@ __all__ = [
     "save_g3dr_model",
     "train_g3dr",
 ]
+
+
+def check_run_settings(config: Any, more_counts: tuple[str, ...] = ()) -> None:
+    """The optimisation settings of a training config (:class:`G3DRTrainConfig`, the RGB-D diffusion's): positive
+    ``steps``, ``checkpoint_every``, ``log_every`` (and ``more_counts``), ``batch_size``, ``lr`` in (0, 1],
+    ``grad_clip`` >= 0 (0: none), a known ``data.source``; checked before any work (``ValueError`` naming the key)."""
+    for name in ("steps", "checkpoint_every", "log_every", *more_counts):
+        value = getattr(config, name)
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(config.batch_size, "batch_size", 1, 4096)
+    if not 0 < config.lr <= 1:  # Adam moves each weight by about lr per step: above 1 a run diverges at once
+        raise ValueError(f"lr must lie in (0, 1], got {config.lr}")
+    if not (config.grad_clip >= 0 and not math.isnan(config.grad_clip)):
+        raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {config.grad_clip}")
+    if config.data.source not in ("synthetic", "folder"):
+        raise ValueError(f"data.source must be 'synthetic' or 'folder', got {config.data.source!r}")
 
 
 @dataclass
@@ -157,24 +175,14 @@ class G3DRTrainConfig:
             or self.calibrate_views < 0
         ):
             raise ValueError(f"calibrate_views must be a non-negative integer, got {self.calibrate_views!r}")
-        for name in ("steps", "checkpoint_every", "log_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        check_int(self.batch_size, "batch_size", 1, 4096)
+        check_run_settings(self, ("keep_checkpoints",))
         check_int(self.render_size, "render_size", 1, 1024)
-        if not 0 < self.lr <= 1:  # Adam moves each weight by about lr per step: above 1 a run diverges at once
-            raise ValueError(f"lr must lie in (0, 1], got {self.lr}")
-        if not (self.grad_clip >= 0 and not math.isnan(self.grad_clip)):
-            raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         for name, weight in dataclasses.asdict(self.loss).items():
             check_non_negative(weight, f"loss.{name}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.loss.perceptual > 0:  # checked now, not at the first canonical step of the run's second half
             check_perceptual_size(self.render_size, self.vgg_path is not None, "render_size", "vgg_path")
-        if self.data.source not in ("synthetic", "folder"):
-            raise ValueError(f"data.source must be 'synthetic' or 'folder', got {self.data.source!r}")
 
 
 def load_views(config: G3DRTrainConfig) -> RGBDViews:
