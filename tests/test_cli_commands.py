@@ -98,6 +98,7 @@ from monorecon.cli import main
             "--object-height must lie in [1e-06, 1000]",
         ),
         (["train-g3dr", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["train-g3dr-diffusion", "{tmp}/missing.yaml"], "missing.yaml"),
         (["g3dr"], "usage"),
         (["g3dr", "sample", "--class", "mug", "-n", "0", "--diffusion", "x", "--model", "y", "-o", "z"], "-n"),
         (["g3dr", "{tmp}/corrupt.png", "--model", "{tmp}/missing", "-o", "{tmp}/o"], "missing"),
