@@ -76,7 +76,8 @@ def test_the_own_model_runs_through_reconstruct_and_the_server(page_run):
     assert mesh.verts.norm(dim=-1).max() < 0.5 + 1.74 / 63
     assert mesh.verts[:, 0].max() - mesh.verts[:, 0].min() > 0.7  # as wide as the ball: the mug spans the frame
     answer = namespace["answer"]
-    assert answer.status_code == 200 and answer.headers["content-disposition"] == 'attachment; filename="mug.zip"'
+    assert answer.status_code == 200
+    assert answer.headers["content-disposition"] == 'attachment; filename="mug_result.zip"'
     with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
         assert sorted(archive.namelist()) == ["input.png", "mesh.glb", "result.json"]
     assert f"200 {answer.headers['content-disposition']}" in printed
