@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +16,7 @@ from monorecon.cli import main
 from monorecon.core.mesh import Mesh
 from monorecon.eval import harness
 from monorecon.eval.compare import compare_reports, format_comparison, t95
-
-
-def _report(folder: Path, values: dict[str, float], metric: str = "fscore@0.1") -> Path:
-    folder.mkdir(parents=True)
-    with open(folder / "per_object.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["object_id", "class", "failed", "chamfer", metric])
-        for object_id, value in values.items():
-            writer.writerow([object_id, "real", 0, 0.05, value])
-    return folder
+from test_eval_compare import _report
 
 
 def _mesh(tm: trimesh.Trimesh) -> Mesh:
