@@ -110,13 +110,15 @@ def _box_at(x: float, colour: list[int] | None = None) -> tuple[trimesh.Trimesh,
 
 
 def test_scene_with_a_coloured_and_a_plain_part_loads_without_colours(tmp_path):
-    """Vertex colours are kept only if every part has them: a red box and an uncoloured box give geometry only."""
+    """Vertex colours are kept only if every part has them: a red box and an uncoloured box give geometry only, and
+    a warning says so."""
     scene = trimesh.Scene()
     for name, x, colour in (("red", -2.0, [255, 0, 0, 255]), ("plain", 2.0, None)):
         box, transform = _box_at(x, colour)
         scene.add_geometry(box, node_name=name, transform=transform)
     (tmp_path / "mixed.glb").write_bytes(scene.export(file_type="glb"))
-    mesh = load_mesh(tmp_path / "mixed.glb")
+    with pytest.warns(UserWarning, match=r"mixed.glb: colours of 1 of 2 parts dropped"):
+        mesh = load_mesh(tmp_path / "mixed.glb")
     assert mesh.vertex_colors is None and mesh.num_verts == 16 and mesh.num_faces == 24
     torch.testing.assert_close(mesh.bounds, torch.tensor([[-2.5, -0.5, -0.5], [2.5, 0.5, 0.5]]))
 
