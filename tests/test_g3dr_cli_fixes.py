@@ -237,3 +237,21 @@ def test_train_g3dr_diffusion_command_trains_the_model_g3dr_sample_loads(tmp_pat
     assert cli.main(["train-g3dr-diffusion", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("monorecon: error: ") and err.count("\n") == 1 and "lr" in err
+
+
+def test_sample_takes_the_mesh_options_of_the_image_command(tmp_path, runs, sphere, monkeypatch, capsys):
+    """`g3dr sample --resolution / --threshold` reach every sample's lift; bad values are refused before sampling."""
+    real = inference.g3dr_reconstruct
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["resolution"], kwargs["threshold"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "g3dr_reconstruct", spy)
+    assert cli.main(_sample_args(runs, tmp_path / "out", "--steps", "2", "--resolution", "24", "--threshold", "3")) == 0
+    assert seen == [(24, 3.0), (24, 3.0)]
+    capsys.readouterr()
+    for flags, message in ((["--resolution", "1"], "--resolution"), (["--threshold", "0"], "--threshold must be > 0")):
+        assert cli.main(_sample_args(runs, tmp_path / "bad", *flags)) == 2
+        assert message in _one_error_line(capsys) and not (tmp_path / "bad").exists()

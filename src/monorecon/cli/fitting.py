@@ -102,8 +102,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     lift.add_argument("--depth", type=Path, help="16-bit depth PNG (default: IMAGE_depth.png beside the image)")
     lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
     lift.add_argument("-o", "--output", type=Path, required=True)
-    lift.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution")
-    lift.add_argument("--threshold", type=float, help="density iso level (default: the model's calibrated level)")
+    _add_g3dr_mesh_options(lift)
     lift.add_argument(
         "--no-project-input",
         action="store_true",
@@ -122,8 +121,24 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         type=int,
         help="DDIM sampling steps, 1 to the diffusion model's training timesteps (default: min(50, timesteps))",
     )
+    _add_g3dr_mesh_options(sample)
     sample.add_argument("--seed", type=int, default=0)
     return lift, sample
+
+
+def _add_g3dr_mesh_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=int, default=96, help="marching-cubes grid resolution (default 96)")
+    p.add_argument("--threshold", type=float, help="density iso level (default: the model's calibrated level)")
+
+
+def _check_g3dr_mesh_options(opts: argparse.Namespace) -> None:
+    """``--resolution`` / ``--threshold`` checked before any (slow) sampling or lifting."""
+    from ..core.checks import check_int
+    from ..core.extract import MAX_RESOLUTION
+
+    check_int(opts.resolution, "--resolution", 2, MAX_RESOLUTION)
+    if opts.threshold is not None and not opts.threshold > 0:
+        raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
 
 
 _MODEL_KINDS = {"g3dr": "a G3DR model", "diffusion": "an RGB-D diffusion model"}
@@ -147,6 +162,7 @@ def _run_g3dr_sample(opts: argparse.Namespace) -> int:
         raise CommandError(f"-n must lie in [1, 256], got {opts.n}")
     if opts.steps is not None and opts.steps < 1:
         raise CommandError(f"--steps must be >= 1, got {opts.steps}")
+    _check_g3dr_mesh_options(opts)
     check_output_folder(opts.output)
     _check_model_kind(opts.diffusion, "--diffusion", "diffusion")
     _check_model_kind(opts.model, "--model", "g3dr")
@@ -161,7 +177,7 @@ def _run_g3dr_sample(opts: argparse.Namespace) -> int:
     if steps > timesteps:
         raise CommandError(f"--steps must lie in [1, {timesteps}] (the diffusion model's timesteps), got {steps}")
     folders = sample_to_folder(diffusion, generator, opts.class_name, opts.n, opts.output, seed=opts.seed,
-                               n_steps=steps)  # fmt: skip
+                               n_steps=steps, mesh_resolution=opts.resolution, threshold=opts.threshold)  # fmt: skip
     print(f"{opts.n} samples of {opts.class_name} ({len(folders)} with a mesh) -> {opts.output}")
     if len(folders) < opts.n:
         print(f"monorecon: {opts.n - len(folders)} of {opts.n} samples got no mesh (the warnings above say why)",
@@ -180,8 +196,7 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     from ..models.g3dr.inference import reconstruct_to_folder
 
     depth = opts.depth or opts.image.with_name(opts.image.stem + "_depth.png")
-    if opts.threshold is not None and not opts.threshold > 0:
-        raise CommandError(f"--threshold must be > 0, got {opts.threshold}")
+    _check_g3dr_mesh_options(opts)
     check_output_folder(opts.output)
     _check_model_kind(opts.model, "--model", "g3dr")
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
