@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import test_g3dr
 from monorecon.models.g3dr import schedule
 from monorecon.models.g3dr import trainer as trainer_module
 from monorecon.models.g3dr.data import RGBDViews
@@ -26,11 +27,12 @@ from monorecon.models.g3dr.trainer import (
 
 
 def tiny_model_config(**overrides) -> G3DRModelConfig:
+    """test_g3dr's tiny model at half its sizes (8 px renders keep these tests fast)."""
     settings = dict(
-        image_size=8, plane_resolution=8, plane_channels=4, positional_channels=2, base_channels=4,
-        channel_mults=(1,), n_samples=4, n_importance=4, decoder_hidden=8,
+        image_size=8, plane_resolution=8, base_channels=4, channel_mults=(1,), n_samples=4, n_importance=4,
+        decoder_hidden=8,
     )  # fmt: skip
-    return G3DRModelConfig(**{**settings, **overrides})
+    return test_g3dr.tiny_model_config(**{**settings, **overrides})
 
 
 def tiny_train_config(tmp_path, **overrides) -> G3DRTrainConfig:
