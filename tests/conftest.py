@@ -51,3 +51,15 @@ def screenshot(chromium: ChromiumRunner, page: Path, width: int, height: int, fo
         folder,
     )  # fmt: skip
     return np.asarray(Image.open(shot).convert("RGB"))[:height, :width].astype(np.float32) / 255
+
+
+@pytest.fixture(autouse=True)
+def _autograd_left_on():
+    """A test that leaves autograd off (a script's ``torch.set_grad_enabled(False)``) fails itself instead of every
+    gradient test after it."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left autograd disabled (torch.set_grad_enabled(False))")

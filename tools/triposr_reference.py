@@ -294,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.output.parent.is_dir():
         raise SystemExit(f"triposr_reference: cannot write {args.output}: folder {args.output.parent} does not exist")
 
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled(False): main may run inside a process that trains next (the tests)
+        return _write_reference(args)
+
+
+def _write_reference(args: argparse.Namespace) -> int:
+    """The official model of ``args``' reduced config and weights, run on the seeded (or given) inputs, into the npz."""
     ours = yaml.safe_load((args.reference_dir / "config.yaml").read_text())
     if not isinstance(ours, dict) or "image_tokenizer_cls" in ours:
         raise SystemExit(f"{args.reference_dir / 'config.yaml'}: a config in monorecon's layout is expected")
