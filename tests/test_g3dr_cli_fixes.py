@@ -255,3 +255,13 @@ def test_sample_takes_the_mesh_options_of_the_image_command(tmp_path, runs, sphe
     for flags, message in ((["--resolution", "1"], "--resolution"), (["--threshold", "0"], "--threshold must be > 0")):
         assert cli.main(_sample_args(runs, tmp_path / "bad", *flags)) == 2
         assert message in _one_error_line(capsys) and not (tmp_path / "bad").exists()
+
+
+def test_sampling_steps_default_to_the_timesteps_and_refuse_others(runs):
+    from monorecon.models.g3dr.diffusion import load_rgbd_diffusion
+
+    diffusion = load_rgbd_diffusion(runs["diffusion"])  # trained with 10 timesteps
+    assert diffusion.sampling_steps(None) == 10 and diffusion.sampling_steps(3) == 3
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ValueError, match=r"n_steps must lie in \[1, 10\]"):
+            diffusion.sampling_steps(bad)

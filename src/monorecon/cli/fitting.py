@@ -166,16 +166,16 @@ def _run_g3dr_sample(opts: argparse.Namespace) -> int:
     check_output_folder(opts.output)
     _check_model_kind(opts.diffusion, "--diffusion", "diffusion")
     _check_model_kind(opts.model, "--model", "g3dr")
-    from ..models.g3dr.diffusion import DEFAULT_SAMPLE_STEPS, load_rgbd_diffusion, sample_to_folder
+    from ..models.g3dr.diffusion import load_rgbd_diffusion, sample_to_folder
     from ..models.g3dr.inference import load_g3dr
 
     diffusion, generator = load_rgbd_diffusion(opts.diffusion), load_g3dr(opts.model)
     if opts.class_name not in diffusion.class_names:
         raise CommandError(f"--class {opts.class_name!r}: unknown; this model knows {', '.join(diffusion.class_names)}")
-    timesteps = diffusion.config.timesteps
-    steps = min(DEFAULT_SAMPLE_STEPS, timesteps) if opts.steps is None else opts.steps
-    if steps > timesteps:
-        raise CommandError(f"--steps must lie in [1, {timesteps}] (the diffusion model's timesteps), got {steps}")
+    try:
+        steps = diffusion.sampling_steps(opts.steps)
+    except ValueError as err:
+        raise CommandError(str(err).replace("n_steps", "--steps")) from None
     folders = sample_to_folder(diffusion, generator, opts.class_name, opts.n, opts.output, seed=opts.seed,
                                n_steps=steps, mesh_resolution=opts.resolution, threshold=opts.threshold)  # fmt: skip
     print(f"{opts.n} samples of {opts.class_name} ({len(folders)} with a mesh) -> {opts.output}")

@@ -65,6 +65,11 @@ __all__ = [
 ]
 
 
+#: Default number of DDIM steps of :meth:`RGBDDiffusion.sample` (fewer when the model was trained with fewer
+#: timesteps).
+DEFAULT_SAMPLE_STEPS = 50
+
+
 def diffusion_schedule(n_steps: int, kind: str = "cosine") -> torch.Tensor:
     """(n_steps,) float64 cumulative products ``abar_t = prod_{s <= t} (1 - beta_s)`` (module docstring)."""
     if int(n_steps) != n_steps or n_steps < 2:
@@ -164,6 +169,16 @@ class RGBDDiffusion(nn.Module):
         """Inverse of :meth:`to_model_space`: (rgb (B, 3, S, S), depth (B, S, S))."""
         return (x[:, :3] + 1) / 2, x[:, 3] + NEAR_DEPTH + 1.0
 
+    def sampling_steps(self, n_steps: int | None) -> int:
+        """The DDIM steps a sample takes: ``n_steps`` checked against the training timesteps, or by default
+        ``min(DEFAULT_SAMPLE_STEPS, timesteps)`` (a model trained with 10 timesteps samples in 10)."""
+        timesteps = self.config.timesteps
+        if n_steps is None:
+            return min(DEFAULT_SAMPLE_STEPS, timesteps)
+        if isinstance(n_steps, bool) or int(n_steps) != n_steps or not 1 <= n_steps <= timesteps:
+            raise ValueError(f"n_steps must lie in [1, {timesteps}] (the diffusion model's timesteps), got {n_steps}")
+        return int(n_steps)
+
     def class_index(self, class_name: str) -> int:
         if class_name not in self.class_names:
             raise ValueError(f"unknown class {class_name!r}; this model knows {self.class_names}")
@@ -202,7 +217,7 @@ class RGBDDiffusion(nn.Module):
         class_name: str,
         n: int,
         *,
-        n_steps: int = 50,
+        n_steps: int | None = None,
         guidance_scale: float = 1.5,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
@@ -211,6 +226,7 @@ class RGBDDiffusion(nn.Module):
         """``n`` RGB-D samples of a class.
 
         Args:
+            n_steps: DDIM steps (:meth:`sampling_steps`; None: ``min(50, timesteps)``).
             guidance_scale: classifier-free guidance ``eps = eps_null + w (eps_class - eps_null)`` (1: none).
             size: resize the samples (bilinear) to this side, e.g. the generator's input size.
 
@@ -219,6 +235,7 @@ class RGBDDiffusion(nn.Module):
         """
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
+        n_steps = self.sampling_steps(n_steps)
         label = torch.full((n,), self.class_index(class_name), dtype=torch.long)
         null = torch.full((n,), len(self.class_names), dtype=torch.long)
         self.eval()
@@ -354,10 +371,6 @@ def train_rgbd_diffusion(
     return out_dir
 
 
-#: Default number of DDIM steps of :func:`sample_to_folder` (fewer when the model was trained with fewer timesteps).
-DEFAULT_SAMPLE_STEPS = 50
-
-
 def sample_to_folder(
     diffusion: RGBDDiffusion | str | os.PathLike,
     generator_model: G3DRGenerator | str | os.PathLike,
@@ -376,9 +389,9 @@ def sample_to_folder(
 
     Writes per sample ``OUT/sample_XX.png`` + ``sample_XX_depth.png`` (the pair format of :mod:`.data`) and
     ``OUT/sample_XX/`` (``mesh.glb``, ``turntable.gif``, ``turntable.png``), plus ``OUT/samples.png`` (all sampled
-    RGB images). ``n_steps`` DDIM steps (None: ``min(50, timesteps)`` of the diffusion model; at most its
-    ``timesteps``). Samples whose field has no surface at ``threshold`` (None: the generator's ``mesh_threshold``)
-    get no mesh folder (a warning names them); the others are still written.
+    RGB images). ``n_steps`` DDIM steps (:meth:`RGBDDiffusion.sampling_steps`). Samples whose field has no surface at
+    ``threshold`` (None: the generator's ``mesh_threshold``) get no mesh folder (a warning names them); the others
+    are still written.
 
     Everything is checked (the models, the class name, ``n``, ``n_steps``) before ``OUT`` is created.
 
@@ -393,23 +406,14 @@ def sample_to_folder(
     from .data import save_rgbd_pair
     from .inference import g3dr_reconstruct, image_grid, load_g3dr, save_reconstruction, turntable
 
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
     out_dir = check_output_folder(out_dir)
     if not isinstance(diffusion, RGBDDiffusion):
         diffusion = load_rgbd_diffusion(diffusion)
     if not isinstance(generator_model, G3DRGenerator):
         generator_model = load_g3dr(generator_model)
-    diffusion.class_index(class_name)  # an unknown class is refused before anything is written
-    timesteps = diffusion.config.timesteps
-    if n_steps is None:
-        n_steps = min(DEFAULT_SAMPLE_STEPS, timesteps)
-    if int(n_steps) != n_steps or not 1 <= n_steps <= timesteps:
-        raise ValueError(f"n_steps must be an integer in [1, {timesteps}] (the diffusion model's timesteps), "
-                         f"got {n_steps}")  # fmt: skip
-    rgb, depth = diffusion.sample(
-        class_name, n, n_steps=int(n_steps), guidance_scale=guidance_scale,
-        generator=torch.Generator().manual_seed(seed), size=generator_model.config.image_size,
+    rgb, depth = diffusion.sample(  # checks n, the class and n_steps: before OUT is made
+        class_name, n, n_steps=n_steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
+        size=generator_model.config.image_size,
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = []
