@@ -265,3 +265,18 @@ def test_sampling_steps_default_to_the_timesteps_and_refuse_others(runs):
     for bad in (0, 11, 2.5, True):
         with pytest.raises(ValueError, match=r"n_steps must lie in \[1, 10\]"):
             diffusion.sampling_steps(bad)
+
+
+@pytest.mark.parametrize("config_text", ["model: [unclosed", "", "model: 3\n"])
+def test_a_model_folder_with_a_corrupt_config_is_one_line_and_writes_nothing(tmp_path, runs, capsys, config_text):
+    """The kind check cannot read such a folder and leaves it to the loader, which names the file."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["model"], broken)
+    (broken / "config.yaml").write_text(config_text)
+    args = _sample_args(runs, tmp_path / "out", "--steps", "2")
+    args[args.index("--model") + 1] = str(broken)
+    assert cli.main(args) == 2
+    assert "config.yaml" in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
