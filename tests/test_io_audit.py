@@ -7,6 +7,7 @@ enumerations, or values computed by hand.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -109,17 +110,21 @@ def _box_at(x: float, colour: list[int] | None = None) -> tuple[trimesh.Trimesh,
     return box, trimesh.transformations.translation_matrix([x, 0.0, 0.0])
 
 
-def test_scene_with_a_coloured_and_a_plain_part_loads_without_colours(tmp_path):
-    """Vertex colours are kept only if every part has them: a red box and an uncoloured box give geometry only, and
-    a warning says so."""
+def test_scene_with_a_coloured_and_a_plain_part_loads_the_plain_one_white(tmp_path):
+    """A part with no colour beside a coloured one gets the glTF default material colour, white (what viewers show):
+    the red box stays red."""
     scene = trimesh.Scene()
     for name, x, colour in (("red", -2.0, [255, 0, 0, 255]), ("plain", 2.0, None)):
         box, transform = _box_at(x, colour)
         scene.add_geometry(box, node_name=name, transform=transform)
     (tmp_path / "mixed.glb").write_bytes(scene.export(file_type="glb"))
-    with pytest.warns(UserWarning, match=r"mixed.glb: colours of 1 of 2 parts dropped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         mesh = load_mesh(tmp_path / "mixed.glb")
-    assert mesh.vertex_colors is None and mesh.num_verts == 16 and mesh.num_faces == 24
+    assert mesh.num_verts == 16 and mesh.num_faces == 24
+    red = mesh.verts[:, 0] < 0
+    torch.testing.assert_close(mesh.vertex_colors[red], torch.tensor([[1.0, 0.0, 0.0]]).expand(8, 3))
+    torch.testing.assert_close(mesh.vertex_colors[~red], torch.ones(8, 3))
     torch.testing.assert_close(mesh.bounds, torch.tensor([[-2.5, -0.5, -0.5], [2.5, 0.5, 0.5]]))
 
 

@@ -143,12 +143,18 @@ def test_obj_with_two_kd_materials_keeps_each_parts_colour(tmp_path):
     _assert_colors(mesh.vertex_colors[~left], GREEN)
 
 
-def test_an_obj_material_without_kd_is_no_colour_and_mixed_with_kd_warns(tmp_path):
+def test_an_obj_material_without_kd_is_white_beside_a_coloured_one(tmp_path):
+    """A material with no Kd is shown white (the format's default) when another part has a colour: the red part
+    keeps its colour, without a warning."""
     body = "usemtl red\n" + _TRIANGLES + "f 1 2 3\nusemtl plain\nf 4 5 6\n"
     path = _obj(tmp_path, "partly", body, "newmtl red\nKd 1 0 0\nnewmtl plain\nNs 10\n")
-    with pytest.warns(UserWarning, match=r"partly\.obj: colours of 1 of 2 parts dropped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         mesh = load_mesh(path)
-    assert mesh.vertex_colors is None and mesh.num_faces == 2
+    left = mesh.verts[:, 0] < 2.5
+    assert mesh.num_faces == 2 and int(left.sum()) == 3
+    _assert_colors(mesh.vertex_colors[left], RED)
+    _assert_colors(mesh.vertex_colors[~left], [1.0, 1.0, 1.0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,6 +201,90 @@ def test_flat_and_vertex_coloured_parts_keep_both_as_vertex_colours(tmp_path):
     right = mesh.verts[:, 0] > 1.5
     _assert_colors(mesh.vertex_colors[right], RED)
     _assert_colors(mesh.vertex_colors[~right], GREEN)
+
+
+def _random_textured_box(offset: float, size: tuple[int, int], seed: int) -> trimesh.Trimesh:
+    """A box at x = offset with a random (height, width) texture and random UVs, some outside [0, 1] (repeats)."""
+    rng = np.random.default_rng(seed)
+    box = _box(offset)
+    image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    uv = rng.uniform(-0.5, 1.5, (len(box.vertices), 2))
+    box.visual = trimesh.visual.TextureVisuals(
+        uv=uv, material=trimesh.visual.material.PBRMaterial(baseColorTexture=image)
+    )
+    return box
+
+
+def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(N, 3) colours of an (H, W, 3) uint8 image at (N, 2) UVs in [0, 1] (v up), bilinear between texel centres
+    with edges clamped: written out here as the reference for the merged texture."""
+    height, width = image.shape[:2]
+    x = np.clip(uv[:, 0] * width - 0.5, 0, width - 1)
+    y = np.clip((1 - uv[:, 1]) * height - 0.5, 0, height - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    img = image.astype(np.float64) / 255
+    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+    bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@pytest.mark.parametrize("sizes", [((8, 8), (16, 16)), ((16, 16), (8, 8)), ((16, 16), (32, 32)), ((5, 40), (33, 7))])
+def test_merged_textures_show_each_part_exactly_as_its_own_image(tmp_path, sizes):
+    """Two randomly textured parts, a red and an uncoloured one: at every vertex the merged texture gives the colour
+    the part's own image gives at its own (wrapped) UV. trimesh's packing, used before, lost the 8 x 8 image packed
+    with a 16 x 16 one (its UVs pointed outside the atlas)."""
+    boxes = [_random_textured_box(3.0 * i, size, seed=i) for i, size in enumerate(sizes)]
+    plain = _box(-3.0)
+    scene = trimesh.Scene([*boxes, _flat_box(-6.0, RED), plain])
+    scene.export(tmp_path / "parts.glb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(tmp_path / "parts.glb")
+    assert mesh.num_faces == 4 * 12
+    texture = np.round(mesh.texture.numpy() * 255).astype(np.uint8)
+    merged = _bilinear(texture, mesh.uvs.numpy())
+    for box in boxes:
+        own = _bilinear(np.asarray(box.visual.material.baseColorTexture), np.mod(box.visual.uv, 1.0))
+        at = [int(torch.argmin((mesh.verts - torch.tensor(v, dtype=torch.float32)).norm(dim=1))) for v in box.vertices]
+        np.testing.assert_allclose(merged[at], own, atol=1.5 / 255)
+    centre_x = mesh.verts[:, 0]
+    _assert_colors(torch.from_numpy(merged[(centre_x < -4.5).numpy()]).float(), RED)
+    _assert_colors(torch.from_numpy(merged[((centre_x > -4.5) & (centre_x < -1.5)).numpy()]).float(), [1.0, 1.0, 1.0])
+
+
+def test_textures_too_large_for_one_atlas_are_scaled_down_together(tmp_path, monkeypatch):
+    """Past the atlas size limit every image is scaled by the same factor: the atlas fits and solid images keep
+    their colours."""
+    monkeypatch.setattr("monorecon.io.mesh_io._MAX_ATLAS_SIDE", 24)
+    scene = trimesh.Scene([_textured_box(0.0, BLUE), _textured_box(3.0, GREEN)])
+    for geometry, color in zip(scene.geometry.values(), (BLUE, GREEN), strict=True):
+        geometry.visual.material.baseColorTexture = Image.new("RGB", (40, 30), tuple(round(c * 255) for c in color))
+    scene.export(tmp_path / "big.glb")
+    mesh = load_mesh(tmp_path / "big.glb")
+    assert max(mesh.texture.shape[:2]) <= 24
+    left = mesh.verts[:, 0] < 1.5
+    colors = _nearest_texels(mesh)
+    _assert_colors(colors[left], BLUE)
+    _assert_colors(colors[~left], GREEN)
+
+
+def test_face_colours_of_a_ply_become_vertex_colours_split_where_colours_meet(tmp_path):
+    """A box whose 12 faces alternate red and blue: every face's corners carry its colour, each of the 8 corners is
+    split into a red and a blue copy at the same position (16 vertices), and the box stays closed."""
+    box = trimesh.creation.box()
+    colors = np.tile([[255, 0, 0, 255], [0, 0, 255, 255]], (6, 1)).astype(np.uint8)
+    box.visual.face_colors = colors
+    box.export(tmp_path / "faces.ply")
+    mesh = load_mesh(tmp_path / "faces.ply")
+    assert mesh.num_faces == 12 and mesh.num_verts == 16 and mesh.is_closed
+    corner_colors = mesh.vertex_colors[mesh.faces]  # (F, 3 corners, 3)
+    expected = torch.from_numpy(colors[:, :3] / 255.0).float()[:, None].expand(12, 3, 3)
+    torch.testing.assert_close(corner_colors, expected)
+    torch.testing.assert_close(
+        torch.unique(mesh.verts, dim=0), torch.unique(torch.from_numpy(box.vertices).float(), dim=0)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

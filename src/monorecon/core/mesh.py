@@ -228,7 +228,9 @@ class Mesh:
     def from_trimesh(cls, tm: trimesh.Trimesh) -> Mesh:
         """Mesh from a ``trimesh.Trimesh``: vertex colours (alpha dropped) or UVs with the material's image.
 
-        Face colours are ignored. trimesh stores UVs with ``v`` up, as this module does. A file with UVs and no image
+        Face colours become vertex colours: a vertex where faces of different colours meet is split into one copy
+        per colour (at the same position, so :attr:`is_closed` is unchanged), unused vertices are white. trimesh
+        stores UVs with ``v`` up, as this module does. A file with UVs and no image
         gets trimesh's grey placeholder material: no texture here. trimesh drops the vertex colours of a PLY file that
         also has UVs; they are read back from its PLY data.
         """
@@ -240,6 +242,8 @@ class Mesh:
         visual = tm.visual
         if isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "vertex":
             vertex_colors = _colors_to_float(visual.vertex_colors)
+        elif isinstance(visual, trimesh.visual.ColorVisuals) and visual.kind == "face":
+            verts, faces, vertex_colors = _split_at_face_colors(verts, faces, visual.face_colors)
         elif isinstance(visual, trimesh.visual.TextureVisuals):
             if visual.uv is not None and len(visual.uv) > 0:
                 uvs = torch.from_numpy(np.asarray(visual.uv, dtype=np.float32)[:, :2].copy())
@@ -273,6 +277,27 @@ def _colors_to_float(colors: np.ndarray) -> torch.Tensor:
     rgb = np.asarray(colors)[:, :3]
     scale = 255.0 if rgb.dtype == np.uint8 else 1.0
     return torch.from_numpy(rgb.astype(np.float32) / scale)
+
+
+def _split_at_face_colors(
+    verts: torch.Tensor, faces: torch.Tensor, face_colors: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-face colours as vertex colours: (V, 3) verts, (F, 3) faces and (F, 3 or 4) uint8 colours -> (V', 3)
+    verts, (F, 3) faces, (V', 3) colours in [0, 1]. Each vertex keeps its index with the first of its faces' colours
+    (by colour value); each further colour at it gets a copy appended."""
+    rgb = torch.from_numpy(np.asarray(face_colors)[:, :3].astype(np.int64))
+    code = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]  # (F,) one integer per colour
+    keys, corner_key = torch.unique(faces.reshape(-1) << 24 | code.repeat_interleave(3), return_inverse=True)
+    key_vertex, key_code = keys >> 24, keys & 0xFFFFFF  # sorted by vertex, then colour
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = key_vertex[1:] != key_vertex[:-1]
+    copies = key_vertex[~first]
+    key_index = key_vertex.clone()
+    key_index[~first] = len(verts) + torch.arange(len(copies))
+    key_color = torch.stack([key_code >> 16, (key_code >> 8) & 255, key_code & 255], dim=1).float() / 255.0
+    colors = torch.ones(len(verts) + len(copies), 3)
+    colors[key_index] = key_color
+    return torch.cat([verts, verts[copies]]), key_index[corner_key].reshape(-1, 3), colors
 
 
 def _material_image(material: object) -> Image.Image | None:

@@ -151,11 +151,12 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
     image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). A flat material colour
     (a glTF ``baseColorFactor`` or an OBJ ``Kd``, on a part with no image and no vertex colours) is kept too: as
-    vertex colours, or, in a scene with textured parts, as a solid patch of the merged texture; white, the default of
-    both formats, is no colour unless another part has colours. The factor is taken as
-    a display value, as ``COLOR_0`` is (no linear to sRGB conversion). The colours of merged parts:
+    vertex colours, or, in a scene with textured parts, as a solid patch of the merged texture. White, the default of
+    both formats, is no colour unless another part has colours; then it is also the colour of parts that have none
+    (what viewers show). The factor is taken as a display value, as ``COLOR_0`` is (no linear to sRGB conversion).
+    The colours of merged parts:
 
-    * no textured part: vertex colours (own or flat), kept if every part has some; else dropped, with a warning;
+    * no textured part: vertex colours (own, flat or white);
     * textured parts and parts with flat colours (or none): one texture, the parts' images packed into an atlas
       (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part);
     * textured and vertex-coloured parts: vertex colours, the textures sampled at the vertices, with a warning
@@ -193,35 +194,26 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     if fmt == "obj":
         _warn_missing_obj_files(path)
     try:
-        return _merged(scene, parts, path)
+        return _merged(parts, path)
     except ValueError as exc:
         raise ValueError(f"invalid mesh in {path}: {exc}") from exc
 
 
-def _merged(scene: trimesh.Scene, parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh:
+def _merged(parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh:
     """One mesh from a scene's parts (world transforms applied), their colours kept as :func:`load_mesh` says."""
     meshes = [Mesh.from_trimesh(part) for _, part in parts]
-    flats = [
-        _flat_color(part) if mesh.texture is None and mesh.vertex_colors is None else None
-        for (_, part), mesh in zip(parts, meshes, strict=True)
-    ]
-    if not any(mesh.texture is not None or mesh.vertex_colors is not None for mesh in meshes) and all(
-        flat is None or bool((flat == 1).all()) for flat in flats
-    ):
+    own = [mesh.texture is not None or mesh.vertex_colors is not None for mesh in meshes]
+    flats = [None if has else _flat_color(part) for has, (_, part) in zip(own, parts, strict=True)]
+    if not any(own) and all(flat is None or bool((flat == 1).all()) for flat in flats):
         # White is the default of glTF (our own files write it) and of our OBJ files: on its own it is no colour.
         flats = [None] * len(flats)
-    textured = [mesh.texture is not None for mesh in meshes]
-    if len(parts) > 1 and any(textured):
-        if not any(mesh.texture is None and mesh.vertex_colors is not None for mesh in meshes):
-            atlas = _atlas(scene, parts, flats)
-            if atlas.texture is not None:
-                return atlas
-            reason = "their textures could not be packed into one"
-        else:
-            reason = "vertex-coloured parts have no texture to share"
+    else:  # a part with no colour is shown in its format's default material colour, white
+        flats = [torch.ones(3) if flat is None and not has else flat for flat, has in zip(flats, own, strict=True)]
+    textured = any(mesh.texture is not None for mesh in meshes)
+    if textured and any(mesh.texture is None and mesh.vertex_colors is not None for mesh in meshes):
         warnings.warn(
-            f"{path.name}: textured parts merged as vertex colours ({reason}): the textures were sampled at the "
-            "vertices (texture detail dropped)",
+            f"{path.name}: textured parts merged as vertex colours (vertex-coloured parts have no texture to share): "
+            "the textures were sampled at the vertices (texture detail dropped)",
             stacklevel=3,
         )
         meshes = [
@@ -230,38 +222,70 @@ def _merged(scene: trimesh.Scene, parts: list[tuple[np.ndarray, trimesh.Trimesh]
             else mesh
             for mesh in meshes
         ]
+        textured = False
     meshes = [
-        mesh if flat is None else dataclasses.replace(mesh, vertex_colors=flat.expand(mesh.num_verts, 3).clone())
+        mesh if flat is None else _flat_colored(mesh, flat, as_texture=textured)
         for mesh, flat in zip(meshes, flats, strict=True)
     ]
-    colored = sum(mesh.vertex_colors is not None for mesh in meshes)
-    if 0 < colored < len(meshes):
-        warnings.warn(
-            f"{path.name}: colours of {colored} of {len(meshes)} parts dropped (the other parts have no colour)",
-            stacklevel=3,
-        )
-    return _concatenate([_transformed(mesh, transform) for (transform, _), mesh in zip(parts, meshes, strict=True)])
+    meshes = [_transformed(mesh, transform) for (transform, _), mesh in zip(parts, meshes, strict=True)]
+    return _atlas(meshes) if textured and len(meshes) > 1 else _concatenate(meshes)
 
 
-def _atlas(
-    scene: trimesh.Scene, parts: list[tuple[np.ndarray, trimesh.Trimesh]], flats: list[torch.Tensor | None]
-) -> Mesh:
-    """One mesh from textured, flat-coloured and uncoloured parts: trimesh packs their images into one atlas.
+def _flat_colored(mesh: Mesh, color: torch.Tensor, *, as_texture: bool) -> Mesh:
+    """The part in one (3,) colour: as vertex colours, or (``as_texture``) as a 1 x 1 texture every UV points at."""
+    if as_texture:
+        return dataclasses.replace(mesh, uvs=torch.full((mesh.num_verts, 2), 0.5), texture=color.reshape(1, 1, 3))
+    return dataclasses.replace(mesh, vertex_colors=color.expand(mesh.num_verts, 3).clone())
 
-    The texture is the colour, as for a single part: a baseColorFactor, which many exporters write as [1, 1, 1, 1],
-    would be applied on the 0..255 scale in the packing (colours / 255: black). A flat-coloured part gets a solid
-    image of its colour (its UVs at the image's centre) to be packed with the others. The result has no texture where
-    trimesh could not pack the images (it then drops them silently).
-    """
-    pbr = any(
-        isinstance(getattr(part.visual, "material", None), trimesh.visual.material.PBRMaterial) for _, part in parts
-    )
-    for (_, part), flat in zip(parts, flats, strict=True):
-        if flat is not None:
-            part.visual = _solid_texture_visuals(len(part.vertices), flat, pbr=pbr)
-        elif hasattr(part.visual, "material") and hasattr(part.visual.material, "baseColorFactor"):
-            part.visual.material.baseColorFactor = None
-    return Mesh.from_trimesh(trimesh.util.concatenate(scene.dump()))
+
+_ATLAS_PADDING = 2
+"""Texels of border copies around each image in an atlas, so that bilinear lookups and mipmaps do not bleed."""
+_MAX_ATLAS_SIDE = 8192
+"""The images of an atlas that would be larger are scaled down together."""
+
+
+def _atlas(meshes: list[Mesh]) -> Mesh:
+    """One mesh from textured parts: their images packed into one texture, side by side in rows (tallest first),
+    each framed by :data:`_ATLAS_PADDING` copies of its border texels, and the UVs moved onto them. UVs outside
+    [0, 1] are wrapped first (a repeating texture cannot be packed; faces across a repeat's edge are lost)."""
+    sizes = [mesh.texture.shape[:2] for mesh in meshes]
+    scale = 1.0
+    while True:
+        scaled = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in sizes]
+        corners, (height, width) = _shelf_layout([(h + 2 * _ATLAS_PADDING, w + 2 * _ATLAS_PADDING) for h, w in scaled])
+        if max(height, width) <= _MAX_ATLAS_SIDE:
+            break
+        scale *= 0.95 * _MAX_ATLAS_SIDE / max(height, width)
+    atlas = torch.zeros(height, width, 3)
+    uvs = []
+    for mesh, (h, w), (top, left) in zip(meshes, scaled, corners, strict=True):
+        image = mesh.texture.detach().float().permute(2, 0, 1)[None]
+        if (h, w) != tuple(image.shape[-2:]):
+            image = torch.nn.functional.interpolate(image, size=(h, w), mode="area")
+        framed = torch.nn.functional.pad(image, (_ATLAS_PADDING,) * 4, mode="replicate")[0].permute(1, 2, 0)
+        atlas[top : top + framed.shape[0], left : left + framed.shape[1]] = framed
+        uv = mesh.uvs.detach().float()
+        uv = torch.where((uv < 0) | (uv > 1), torch.remainder(uv, 1.0), uv)
+        column = left + _ATLAS_PADDING + uv[:, 0] * w
+        row = top + _ATLAS_PADDING + (1.0 - uv[:, 1]) * h
+        uvs.append(torch.stack([column / width, 1.0 - row / height], dim=1))
+    merged = _concatenate([dataclasses.replace(mesh, uvs=None, texture=None) for mesh in meshes])
+    return dataclasses.replace(merged, uvs=torch.cat(uvs), texture=atlas)
+
+
+def _shelf_layout(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Place rectangles of (height, width) in rows, tallest first, in a square-ish area: each one's (top, left) in the
+    input order, and the (height, width) of the whole."""
+    width = max(max(w for _, w in sizes), int(np.ceil(np.sqrt(sum(h * w for h, w in sizes)))))
+    corners: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    top = left = row_height = 0
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i][0]):
+        h, w = sizes[index]
+        if left + w > width:
+            top, left, row_height = top + row_height, 0, 0
+        corners[index] = (top, left)
+        left, row_height = left + w, max(row_height, h)
+    return corners, (top + row_height, width)
 
 
 def _flat_color(part: trimesh.Trimesh) -> torch.Tensor | None:
@@ -279,17 +303,6 @@ def _flat_color(part: trimesh.Trimesh) -> torch.Tensor | None:
         return None
     rgb = trimesh.visual.color.to_float(np.asarray(rgba).reshape(-1))[:3]
     return torch.from_numpy(np.clip(rgb, 0.0, 1.0).astype(np.float32))
-
-
-def _solid_texture_visuals(num_verts: int, color: torch.Tensor, *, pbr: bool) -> trimesh.visual.TextureVisuals:
-    """Visuals of a flat colour as a texture: an 8 x 8 image of the colour, every vertex at its centre; a glTF
-    material if ``pbr`` else an OBJ one (trimesh packs no mix of them with images)."""
-    image = Image.new("RGB", (8, 8), tuple(int(c) for c in colors_to_uint8(color)))
-    if pbr:
-        material = trimesh.visual.material.PBRMaterial(baseColorTexture=image)
-    else:
-        material = trimesh.visual.material.SimpleMaterial(image=image)
-    return trimesh.visual.TextureVisuals(uv=np.full((num_verts, 2), 0.5), material=material)
 
 
 def _sampled_texture(mesh: Mesh) -> torch.Tensor:
