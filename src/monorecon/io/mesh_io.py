@@ -148,8 +148,8 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
 def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     """Read a mesh from OBJ, PLY, GLB, glTF or STL with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
 
-    Scenes are flattened into one mesh with their node transforms applied. Vertex colours, UVs and the base-colour
-    image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). A flat material colour
+    Scenes are flattened into one mesh with their node transforms applied. Vertex colours, face colours (as vertex
+    colours), UVs and the base-colour image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). A flat material colour
     (a glTF ``baseColorFactor`` or an OBJ ``Kd``, on a part with no image and no vertex colours) is kept too: as
     vertex colours, or, in a scene with textured parts, as a solid patch of the merged texture. White, the default of
     both formats, is no colour unless another part has colours; then it is also the colour of parts that have none
@@ -158,7 +158,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
 
     * no textured part: vertex colours (own, flat or white);
     * textured parts and parts with flat colours (or none): one texture, the parts' images packed into an atlas
-      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part);
+      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part; UVs
+      outside [0, 1] are wrapped, as a repeating texture cannot be packed);
     * textured and vertex-coloured parts: vertex colours, the textures sampled at the vertices, with a warning
       (texture detail is lost).
 
