@@ -7,6 +7,7 @@ Every bad input must give exactly one line on stderr (no traceback), exit code 2
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import shutil
@@ -770,6 +771,18 @@ def ball(rgba):
 
 def not_a_model(rgba):
     return None
+
+
+class FlakyModel(BallModel):
+    """The ball, but its first encoding fails as a model's own bug would."""
+
+    calls = 0
+
+    def encode(self, images):
+        FlakyModel.calls += 1
+        if FlakyModel.calls == 1:
+            raise RuntimeError("the first image broke the model")
+        return super().encode(images)
 '''
 
 
@@ -806,3 +819,24 @@ def test_reconstruct_and_serve_run_a_model_named_module_colon_name(image_path, t
     monkeypatch.setattr(server, "run_server", lambda **kwargs: served.update(kwargs))
     assert run(["serve", "--model", "mymodels:BallModel"], capsys)[0] == 0
     assert type(served["model"]).__name__ == "BallModel" and served["weights"] is None
+
+
+def test_a_models_own_failure_on_one_input_does_not_stop_the_folder(tmp_path, monkeypatch, capsys):
+    """A RuntimeError from a ``--model`` class on the first of two images: that input fails in one line (the error's
+    type named), the second is reconstructed, batch.csv is written and the exit code is 2."""
+    (tmp_path / "mymodels.py").write_text(OWN_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bar = np.zeros((64, 64, 4), np.float32)
+    bar[10:54, 20:44] = (0.8, 0.3, 0.2, 1.0)
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        save_image(bar, tmp_path / "in" / f"{name}.png")
+    argv = ["reconstruct", "in", "-o", "out", "--model", "mymodels:FlakyModel", "--mc-resolution", "24",
+            "--threshold", "0.5", "--quiet"]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "a.png: RuntimeError: the first image broke the model" in err
+    assert not (tmp_path / "out" / "a").exists() and (tmp_path / "out" / "b" / "mesh.glb").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "batch.csv")))
+    assert [row["input"].endswith(name) for row, name in zip(rows, ("a.png", "b.png"), strict=True)] == [True, True]

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -183,6 +184,26 @@ for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_form
     assert ("disabled" not in form["controls"]["bake_texture"]) == bake_enabled
     assert ("disabled" not in form["controls"]["texture_resolution"]) == size_enabled
     assert ("disabled" not in form["controls"]["unlit"]) == material_enabled
+    assert ("disabled" not in form["controls"]["project_input"]) == (mesh_format != "stl")  # STL has no colours
+
+
+def test_a_new_run_hides_the_previous_result_and_carving_off_disables_the_fill(chromium, client, tmp_path):
+    """In headless Chromium: with a result on show, a submission that fails (from a file:// page the request cannot
+    be sent) shows its error alone; carving off disables the fill select."""
+    act = """<script>
+document.getElementById("result").hidden = false;
+const carving = document.getElementById("carve");
+carving.value = "false";
+carving.dispatchEvent(new Event("change"));
+document.getElementById("reconstruct-form").dispatchEvent(new Event("submit", { cancelable: true }));
+</script></body>"""
+    (tmp_path / "page.html").write_text(client.get("/").text.replace("</body>", act))
+    dom = chromium(["--virtual-time-budget=10000", "--dump-dom", (tmp_path / "page.html").as_uri()], tmp_path)
+    assert re.search(r'<div id="result" hidden', dom), "the old result is still shown"
+    assert re.search(r'<div id="error" role="alert">[^<]+</div>', dom), "no error shown"
+    parser = FormParser()
+    parser.feed(dom)
+    assert "disabled" in parser.forms[0]["controls"]["fill"]
 
 
 def test_page_needs_nothing_from_outside(form, client):
@@ -385,7 +406,7 @@ def test_preview_turntable_is_rendered_holding_the_model(app, client, form, monk
     real, held = video.turntable_from_mesh, []
 
     def recording(*args, **kwargs):
-        held.append(app.state.service._lock._is_owned())
+        held.append(app.state.service._lock.locked())
         return real(*args, **kwargs)
 
     monkeypatch.setattr(video, "turntable_from_mesh", recording)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
@@ -162,3 +163,19 @@ def test_only_a_mapping_under_state_dict_is_unwrapped(tmp_path):
     save_file(state, str(tmp_path / "odd.safetensors"))
     read = read_state_dict(tmp_path / "odd.safetensors")
     assert sorted(read) == ["other", "state_dict"] and torch.equal(read["state_dict"], torch.ones(3))
+
+
+def test_a_refused_pickle_is_named_without_torchs_advice_to_load_it_unsafely(tmp_path):
+    """Random bytes and a pickle holding a date: the one-line error gives the unpickler's fact, not torch's paragraph
+    about ``weights_only=False`` (which would run the file's code)."""
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 8)
+    torch.save({"when": datetime.date(2020, 1, 1)}, tmp_path / "date.ckpt")
+    for name, fact in (
+        ("noise.ckpt", "Unsupported operand"),
+        ("date.ckpt", "Unsupported global: GLOBAL datetime.date"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            read_state_dict(tmp_path / name)
+        message = str(caught.value)
+        assert "\n" not in message and "weights_only" not in message and fact in message
+        assert message.startswith(f"cannot read weights {tmp_path / name}: the file is truncated or corrupt (")

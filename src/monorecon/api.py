@@ -195,7 +195,7 @@ class Reconstruction:
         scene_code: (1, 3, C, H, W) triplane of the model.
         timings: wall-clock seconds of each stage that ran, in pipeline order (:data:`RECONSTRUCT_STAGES`).
         options: the options that ran, the model's own settings in place of None (``threshold``, ``fill``,
-            ``preprocess.foreground_ratio``).
+            ``preprocess.foreground_ratio``; ``fill`` is False without ``carve``, which it is part of).
         camera: the camera that sees ``mesh`` as the prepared input shows the object (the model's input camera,
             moved with the mesh's placement): ``prepared`` is its image.
         photo_camera: the same camera for the whole source photo (upright, its own size): focal length and principal
@@ -473,7 +473,7 @@ def reconstruct_full(
         with stage("preprocess"):
             prepared = prepare_input(image, preprocess)
         threshold = options.threshold if options.threshold is not None else model_mesh_threshold(model)
-        fill = options.fill if options.fill is not None else model_silhouette_fill(model)
+        fill = options.carve and (options.fill if options.fill is not None else model_silhouette_fill(model))
         ran = dataclasses.replace(options, preprocess=preprocess, threshold=threshold, fill=fill)
         with torch.inference_mode():
             with stage("encode"):

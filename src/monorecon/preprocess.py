@@ -115,7 +115,10 @@ def border_alpha(rgb: np.ndarray, tolerance: float = 0.1, min_plain_border: floa
     close = np.linalg.norm(rgb - background, axis=-1) <= tolerance
     border_close = np.concatenate([close[0], close[-1], close[1:-1, 0], close[1:-1, -1]])
     if border_close.mean() < min_plain_border:
-        raise ValueError("background is not plain (use an RGBA image, --matting-model FILE.onnx, or --no-remove-bg)")
+        raise ValueError(
+            "background is not plain: give an RGBA image (alpha = the object), a matting model, or turn background "
+            "removal off (command line: --matting-model FILE.onnx or --no-remove-bg)"
+        )
     labels, _ = ndimage.label(close)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     is_background = np.isin(labels, edge_labels[edge_labels > 0])

@@ -15,26 +15,33 @@ Endpoints:
   scripts are served by the app itself (``fastapi-offline``), so they work with no internet.
 
 Errors are JSON ``{"detail": "<one line>"}``: 400 for an upload that is not a readable image (empty, corrupt, too
-large a side), 422 for bad options and for images the pipeline cannot use (empty alpha, background not plain, no
-surface at the threshold), 413 for a request body over the size limit, 503 when the queue wait times out, and 500
-(no traceback; logged on the server) for anything unexpected.
+large a side), 422 for bad options (unknown or repeated form fields too) and for images the pipeline cannot use
+(empty alpha, background not plain, no surface at the threshold), 413 for a request body over the size limit, 503
+(with ``Retry-After``) when the queue is full or its wait times out, and 500 (no traceback; logged on the server) for
+anything unexpected. Options and the image's header are checked before a request joins the queue.
 
-One model is loaded when the app is created; reconstructions run one at a time (a lock), since each one already uses
-every CPU core.
+One model is loaded when the app is created; reconstructions run one at a time, first come first served, since each
+one already uses every CPU core. A request whose client disconnects while it waits leaves the queue without running.
 """
 
+import asyncio
+import collections
 import dataclasses
+import inspect
 import io
 import ipaddress
 import logging
+import math
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 import zipfile
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +52,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 
 from .api import (
     Reconstruction,
@@ -59,8 +67,8 @@ from .api import (
 )
 from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
-from .core.mesh import MAX_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
-from .io.images import load_image
+from .core.mesh import MAX_PLACED_HEIGHT, MIN_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
+from .io.images import check_image_header, load_image
 from .io.mesh_io import check_unlit, gets_baked_texture, save_mesh
 from .preprocess import PreprocessConfig
 
@@ -70,6 +78,7 @@ __all__ = [
     "MeshForm",
     "ReconstructionService",
     "ServerSettings",
+    "check_listen_address",
     "create_app",
     "mesh_file",
     "mesh_form_dependency",
@@ -98,7 +107,9 @@ class ServerSettings:
         max_image_side: largest accepted image side in pixels (HTTP 400 above).
         max_mc_resolution: cap on ``mc_resolution`` so that one request cannot take minutes.
         max_texture_resolution: cap on ``texture_resolution``.
-        queue_timeout_s: how long a request waits for the running reconstruction before HTTP 503.
+        queue_timeout_s: how long a request waits for its turn before HTTP 503.
+        max_queued: requests that may wait beside the running one; more get HTTP 503 at once (each waiting request
+            holds its upload).
         preview_frames: frames of the web page's turntable GIF.
         preview_size: side in pixels of the turntable frames.
     """
@@ -108,6 +119,7 @@ class ServerSettings:
     max_mc_resolution: int = 256
     max_texture_resolution: int = 2048
     queue_timeout_s: float = 600.0
+    max_queued: int = 16
     preview_frames: int = 12
     preview_size: int = 160
 
@@ -121,6 +133,7 @@ class ServerSettings:
         check_int(self.max_texture_resolution, "max_texture_resolution", *TEXTURE_RESOLUTION_RANGE)
         if not self.queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be positive, got {self.queue_timeout_s}")
+        check_int(self.max_queued, "max_queued", 0, 1000)
         if not 1 <= self.preview_frames <= 120:
             raise ValueError(f"preview_frames must lie in [1, 120], got {self.preview_frames}")
         if not 32 <= self.preview_size <= 1024:
@@ -170,9 +183,14 @@ class MeshForm:
 
     @property
     def stem(self) -> str:
-        """A safe download name: the upload's stem reduced to ``[A-Za-z0-9._-]``, or ``"mesh"``."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.filename or "").stem).strip("._")[:64]
-        return stem or "mesh"
+        """A safe file name: the upload's stem (percent escapes such as a browser's ``%22`` decoded) reduced to
+        ``[A-Za-z0-9._-]``, or ``"mesh"``."""
+        return _safe_stem(self.filename, r"[^A-Za-z0-9._-]+")
+
+    @property
+    def unicode_stem(self) -> str:
+        """:attr:`stem` keeping letters and digits of any script (the ``filename*`` of the download header)."""
+        return _safe_stem(self.filename, r"[^\w.-]+")
 
     def to_options(self) -> ReconstructOptions:
         """The :class:`ReconstructOptions` of this request.
@@ -182,6 +200,11 @@ class MeshForm:
                 without an unlit material.
         """
         check_unlit(self.mesh_format, self.unlit)
+        if 0 < self.object_height < MIN_PLACED_HEIGHT:
+            raise ValueError(
+                f"object_height must be 0 (the model's scale) or lie in [{MIN_PLACED_HEIGHT:g}, "
+                f"{MAX_PLACED_HEIGHT:g}], got {self.object_height:g}"
+            )
         return ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=self.remove_background, foreground_ratio=self.foreground_ratio
@@ -207,6 +230,7 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
     """
 
     async def mesh_form(
+        request: Request,
         image: Annotated[UploadFile, File(description="the input image; an RGBA image's alpha is the object mask")],
         mesh_format: Annotated[
             Literal["glb", "obj", "ply", "stl", "usdz"],
@@ -234,7 +258,12 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         ] = settings.default_texture_resolution,
         foreground_ratio: Annotated[
             float | None,
-            Form(ge=0.05, le=1.0, description="share of the padded square taken by the object (default: the model's)"),
+            Form(
+                ge=0.05,
+                le=1.0,
+                allow_inf_nan=False,
+                description="share of the padded square taken by the object (default: the model's)",
+            ),
         ] = None,
         remove_background: Annotated[
             bool, Form(description="mask the object (RGBA alpha, else a plain-background fill)")
@@ -277,6 +306,13 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             ),
         ] = False,
     ) -> MeshForm:
+        fields = await request.form()  # parsed once: FastAPI keeps it
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise HTTPException(422, f"unknown form field {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        repeated = sorted(name for name in set(fields) if len(fields.getlist(name)) > 1)
+        if repeated:
+            raise HTTPException(422, f"form field {', '.join(repeated)} given more than once")
         return MeshForm(
             image=await image.read(),
             filename=image.filename or "",
@@ -298,13 +334,31 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
             bundle=bundle,
         )
 
+    known = _form_field_names(mesh_form)
     return mesh_form
 
 
-class ReconstructionService:
-    """The loaded model, the lock that serialises its use, and the server limits.
+def _form_field_names(dependency: Callable) -> frozenset[str]:
+    """The form field names of a dependency's ``Form`` / ``File`` parameters (their aliases where given)."""
+    names = set()
+    for name, parameter in inspect.signature(dependency).parameters.items():
+        infos = [m for m in getattr(parameter.annotation, "__metadata__", ()) if hasattr(m, "alias")]
+        if infos:
+            names.add(infos[0].alias or name)
+    return frozenset(names)
 
-    Errors come out as :class:`fastapi.HTTPException` with a one-line ``detail``.
+
+def _safe_stem(filename: str, unsafe: str) -> str:
+    stem = Path(urllib.parse.unquote(filename or "")).stem
+    return re.sub(unsafe, "_", stem).strip("._")[:64] or "mesh"
+
+
+class ReconstructionService:
+    """The loaded model, the queue of requests for it, and the server limits.
+
+    The model is used by one request at a time: :meth:`turn` (async, for request handlers) queues first come first
+    served; :meth:`exclusive` (blocking) holds the model from other code. Errors come out as
+    :class:`fastapi.HTTPException` with a one-line ``detail``.
     """
 
     def __init__(
@@ -314,17 +368,55 @@ class ReconstructionService:
         self.settings = settings
         self.model_source = model_source
         self.config_source = config_source
-        self._lock = threading.RLock()  # re-entrant: the web page's preview holds it around reconstruct()
+        # A plain lock, not re-entrant: a handler takes it in the event loop, its work runs in a worker thread.
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[object] = collections.deque()  # tickets of queued requests, in order
+        self._last_seconds = 10.0  # of the last reconstruction: the Retry-After estimate
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the model for the duration of the block (waits up to ``queue_timeout_s``, then HTTP 503)."""
         if not self._lock.acquire(timeout=self.settings.queue_timeout_s):
-            raise HTTPException(503, "server busy: another reconstruction is running; retry later")
+            raise self._busy("server busy: another reconstruction is running; retry later")
         try:
             yield
         finally:
             self._lock.release()
+
+    @asynccontextmanager
+    async def turn(self, request: Request) -> AsyncIterator[None]:
+        """Wait for this request's turn with the model, first come first served, and hold it for the block.
+
+        Raises:
+            HTTPException: 503 when ``max_queued`` requests already wait or after ``queue_timeout_s``; 499 (which
+                nobody receives) when the client disconnects while waiting: its request never runs.
+        """
+        if len(self._waiting) >= self.settings.max_queued and self._lock.locked():
+            raise self._busy(f"server busy: {len(self._waiting)} requests are waiting already; retry later")
+        ticket = object()
+        self._waiting.append(ticket)
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        try:
+            while True:
+                if await request.is_disconnected():
+                    log.info("%s: the client left before its turn", request.url.path)
+                    raise HTTPException(499, "the client closed the request before its turn")
+                if self._waiting[0] is ticket and self._lock.acquire(blocking=False):
+                    break
+                if time.monotonic() > deadline:
+                    raise self._busy("server busy: another reconstruction is running; retry later")
+                await asyncio.sleep(_QUEUE_POLL_S)
+        finally:
+            self._waiting.remove(ticket)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _busy(self, message: str) -> HTTPException:
+        """HTTP 503 with a ``Retry-After`` of the last reconstruction's time for each request ahead."""
+        wait = max(1, math.ceil(self._last_seconds * (len(self._waiting) + 1)))
+        return HTTPException(503, message, headers={"Retry-After": str(wait)})
 
     def answer_file(self, result: Reconstruction, form: MeshForm) -> tuple[bytes, str, str]:
         """The file a request asked for: the mesh (:func:`mesh_file`), or with ``bundle`` the zip of what
@@ -357,6 +449,24 @@ class ReconstructionService:
         summary["silhouette_fill"] = model_silhouette_fill(model)
         return summary
 
+    def checked_options(self, form: MeshForm) -> ReconstructOptions:
+        """The request's options, and its image's header: what can be refused before the request waits for the model.
+
+        Raises:
+            HTTPException: 422 refused options, 400 an upload that is empty, not an image, or too large a side.
+        """
+        try:
+            options = form.to_options()
+        except ValueError as err:
+            raise HTTPException(422, _one_line(str(err))) from None
+        try:
+            check_image_header(
+                form.image, f"the uploaded image {form.filename or 'upload'}", max_side=self.settings.max_image_side
+            )
+        except ValueError as err:
+            raise HTTPException(400, _one_line(str(err))) from None
+        return options
+
     def decode_image(self, data: bytes, filename: str) -> np.ndarray:
         """Upload bytes -> (H, W, 3|4) float32 image in [0, 1]; HTTP 400 if it is not a readable image."""
         name = filename or "upload"
@@ -370,30 +480,28 @@ class ReconstructionService:
             except ValueError as err:
                 raise HTTPException(400, _one_line(str(err).replace(str(path), name))) from None
 
-    def reconstruct(self, form: MeshForm) -> Reconstruction:
-        """Decode, check the options, and reconstruct (holding the model).
+    def reconstruct(self, form: MeshForm, options: ReconstructOptions) -> Reconstruction:
+        """Decode and reconstruct; call it holding the model (:meth:`turn`, :meth:`exclusive`): decoding too, as a
+        4096 x 4096 image takes ~0.3 GB, which waiting requests would each hold.
 
         Raises:
-            HTTPException: 400 unreadable image, 422 refused options or an image the pipeline cannot use, 503 busy.
+            HTTPException: 400 unreadable image, 422 an image the pipeline cannot use.
         """
+        image = self.decode_image(form.image, form.filename)
+        start = time.perf_counter()
         try:
-            options = form.to_options()
+            result = reconstruct_full(image, self.model, options)
         except ValueError as err:
             raise HTTPException(422, _one_line(str(err))) from None
-        with self.exclusive():  # decoding too: a 4096 x 4096 image takes ~0.7 GB, which waiting requests would hold
-            image = self.decode_image(form.image, form.filename)
-            start = time.perf_counter()
-            try:
-                result = reconstruct_full(image, self.model, options)
-            except ValueError as err:
-                raise HTTPException(422, _one_line(str(err))) from None
-            log.info(
-                "reconstructed %s: %d faces in %.1f s",
-                form.filename or "upload",
-                result.mesh.num_faces,
-                time.perf_counter() - start,
-            )
+        self._last_seconds = time.perf_counter() - start
+        log.info(
+            "reconstructed %s: %d faces in %.1f s", form.filename or "upload", result.mesh.num_faces, self._last_seconds
+        )
         return result
+
+
+_QUEUE_POLL_S = 0.05
+"""How often a queued request looks whether it is its turn, and whether its client is still there."""
 
 
 def mesh_file(mesh: Mesh, mesh_format: str, stem: str, *, unlit: bool = False) -> tuple[bytes, str, str]:
@@ -454,9 +562,18 @@ def server_timing(timings: dict[str, float]) -> str:
     return ", ".join(f"{stage};dur={seconds * 1e3:.1f}" for stage, seconds in timings.items())
 
 
-def _content_disposition(filename: str) -> str:
-    """``attachment`` header value for an ASCII file name (as made by :attr:`MeshForm.stem`)."""
-    return f'attachment; filename="{filename}"'
+def _content_disposition(filename: str, unicode_filename: str | None = None) -> str:
+    """``attachment`` header value for an ASCII file name (as made by :attr:`MeshForm.stem`), with the name in any
+    script as ``filename*`` (RFC 6266) when one is given and differs."""
+    value = f'attachment; filename="{filename}"'
+    if unicode_filename and unicode_filename != filename:
+        value += f"; filename*=UTF-8''{urllib.parse.quote(unicode_filename)}"
+    return value
+
+
+def download_names(form: MeshForm, filename: str) -> tuple[str, str]:
+    """(ASCII, any-script) download names of an answer file named ``filename`` from ``form.stem``."""
+    return filename, form.unicode_stem + filename[len(form.stem) :]
 
 
 def create_app(
@@ -502,7 +619,7 @@ def create_app(
 
     @app.head("/health", include_in_schema=False)
     @app.get("/health", summary="liveness and model summary")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: answered by the event loop, whatever the worker threads do
         return {"status": "ok", "model": service.model_summary(), "limits": dataclasses.asdict(settings)}
 
     @app.post(
@@ -520,13 +637,15 @@ def create_app(
             503: {"description": "busy"},
         },
     )
-    def reconstruct(form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
-        result = service.reconstruct(form)
+    async def reconstruct(request: Request, form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
+        options = service.checked_options(form)
+        async with service.turn(request):
+            result = await run_in_threadpool(service.reconstruct, form, options)
         timings = dict(result.timings)
         with timed(timings, "write"):
-            data, media_type, filename = service.answer_file(result, form)
+            data, media_type, filename = await run_in_threadpool(service.answer_file, result, form)
         headers = {
-            "Content-Disposition": _content_disposition(filename),
+            "Content-Disposition": _content_disposition(*download_names(form, filename)),
             "X-Mesh-Vertices": str(result.mesh.num_verts),
             "X-Mesh-Faces": str(result.mesh.num_faces),
             "Server-Timing": server_timing(timings),
@@ -559,12 +678,13 @@ def run_server(
     ``model``: a model already loaded, or of one's own (:func:`create_app`), instead of ``weights``.
 
     Raises:
-        ValueError: a bad port, or a model that cannot be loaded.
+        ValueError: a bad port, a host or port that cannot be listened on, or a model that cannot be loaded.
     """
     import uvicorn
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in [0, 65535], got {port!r}")
+    check_listen_address(host, port)  # before the model loads: uvicorn would only log it, after
     if not _is_loopback(host):
         log.warning("serving on %s: the API has no authentication; anyone who can reach it can use it", host)
     app = create_app(model=model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
@@ -650,6 +770,23 @@ def size_text(size: int) -> str:
 def _one_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0] if lines else "error"
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise ValueError (one line) unless ``host`` resolves and ``port`` can be bound there now (a trial socket with
+    ``SO_REUSEADDR``, as uvicorn opens its own)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(
+            f"cannot listen on {host}:{port}: unknown host ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def _is_loopback(host: str) -> bool:

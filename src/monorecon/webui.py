@@ -20,11 +20,12 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
-from .api import timed
+from .api import Reconstruction, timed
 from .core.checks import SEED_RANGE
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT
@@ -34,6 +35,7 @@ from .server import (
     MeshForm,
     ReconstructionService,
     ServerSettings,
+    download_names,
     mesh_form_dependency,
     run_server,
     size_text,
@@ -80,13 +82,15 @@ def build_ui(service: ReconstructionService) -> APIRouter:
     @router.post(
         "/preview", summary="image -> mesh file, processed input, turntable and viewer arrays (JSON, for the web page)"
     )
-    def preview(form: Annotated[MeshForm, Depends(mesh_form)]) -> dict[str, Any]:
+    async def preview(request: Request, form: Annotated[MeshForm, Depends(mesh_form)]) -> dict[str, Any]:
         from .overlay import overlay_mesh
         from .video import turntable_from_mesh
 
         start = time.perf_counter()
-        with service.exclusive():  # the turntable render is CPU work too
-            result = service.reconstruct(form)
+        options = service.checked_options(form)
+
+        def reconstruct_and_render() -> tuple[Reconstruction, np.ndarray, list[np.ndarray], dict[str, float]]:
+            result = service.reconstruct(form, options)
             timings = dict(result.timings)
             with timed(timings, "overlay"):
                 side = PREVIEW_OVERLAY_SIDE
@@ -95,10 +99,14 @@ def build_ui(service: ReconstructionService) -> APIRouter:
                 frames = turntable_from_mesh(
                     result.mesh, settings.preview_frames, size=settings.preview_size, progress=False
                 )
+            return result, overlay, frames, timings
+
+        async with service.turn(request):  # the turntable render is CPU work too
+            result, overlay, frames, timings = await run_in_threadpool(reconstruct_and_render)
         with timed(timings, "write"):
-            data, media_type, filename = service.answer_file(result, form)
+            data, media_type, filename = await run_in_threadpool(service.answer_file, result, form)
         return {
-            "filename": filename,
+            "filename": download_names(form, filename)[1],
             "media_type": media_type,
             "mesh_base64": base64.b64encode(data).decode("ascii"),
             "input_png_base64": base64.b64encode(png_bytes(result.prepared.rgb)).decode("ascii"),
@@ -329,17 +337,22 @@ let chosenUrl = null;
 
 const meshFormat = document.getElementById("format");
 const material = document.getElementById("unlit");
+const photoColours = document.getElementById("project_input");
+const carve = document.getElementById("carve");
+const fill = document.getElementById("fill");
 // USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says;
 // PLY and STL carry none, so a baked texture cannot be asked for (a disabled select is not sent: vertex colours).
-// Only GLB and USDZ have an unlit material (disabled: not sent, lit).
-function syncTexture() {
+// Only GLB and USDZ have an unlit material (disabled: not sent, lit). STL has no colours at all; the fill is part
+// of carving.
+function syncControls() {
   bake.disabled = meshFormat.value === "ply" || meshFormat.value === "stl";
   textureSize.disabled = (bake.disabled || bake.value !== "true") && meshFormat.value !== "usdz";
   material.disabled = meshFormat.value !== "glb" && meshFormat.value !== "usdz";
+  photoColours.disabled = meshFormat.value === "stl";
+  fill.disabled = carve.value !== "true";
 }
-bake.addEventListener("change", syncTexture);
-meshFormat.addEventListener("change", syncTexture);
-syncTexture();
+for (const control of [bake, meshFormat, carve]) control.addEventListener("change", syncControls);
+syncControls();
 
 document.getElementById("image").addEventListener("change", (event) => {
   const file = event.target.files[0];
@@ -350,9 +363,15 @@ document.getElementById("image").addEventListener("change", (event) => {
   if (file) chosen.src = chosenUrl;
 });
 
+function colourNote(payload) {
+  if (payload.media_type === "model/stl") return ", no colours (STL holds geometry only)";
+  return payload.textured ? ", baked texture" : ", vertex colours";
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   errorBox.hidden = true;
+  document.getElementById("result").hidden = true;  // a new run, or its error, must not sit beside the old result
   submitButton.disabled = true;
   const started = performance.now();
   const tick = () => {
@@ -374,7 +393,7 @@ form.addEventListener("submit", async (event) => {
     link.download = payload.filename;
     link.textContent = "Download " + payload.filename;
     document.getElementById("stats").textContent = payload.vertices.toLocaleString() + " vertices, " +
-      payload.faces.toLocaleString() + " faces" + (payload.textured ? ", baked texture" : ", vertex colours") +
+      payload.faces.toLocaleString() + " faces" + colourNote(payload) +
       "; " + payload.seconds + " s on the server (" +
       Object.entries(payload.timings).map(([stage, seconds]) => stage + " " + seconds.toFixed(1) + " s").join(", ") +
       ").";

@@ -254,9 +254,9 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
 
             with timed(timings, "html"):
                 written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
-    except (ValueError, OSError) as err:
+    except Exception as err:  # bad input (ValueError, OSError), or a model's own failure: the others still run
         _remove_outputs(written, out_dir, created_folder)
-        return one_line(err)
+        return one_line(err) if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {one_line(err)}"
     return _Written(mesh_path, result.mesh.num_faces, timings)
 
 

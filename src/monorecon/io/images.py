@@ -43,15 +43,37 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np
             # PIL warns above 89 M pixels, which max_side allows; beyond twice that it refuses (caught below)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if max(img.size) > max_side:
-                    raise ValueError(
-                        f"image {path} is {img.width}x{img.height}, larger than the maximum side {max_side}"
-                    )
+                _check_side(img, path, max_side)
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 return pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+def check_image_header(data: bytes, name: str, *, max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
+    """(width, height) of image file bytes, read from the header alone (no pixels decoded): a quick first check of
+    an upload before the slower decoding by :func:`load_image`, which can still find the pixel data corrupt.
+
+    Raises:
+        ValueError: empty data, a format that cannot be read, or a side longer than ``max_side`` (``name`` in the
+            message).
+    """
+    if not data:
+        raise ValueError(f"image file is empty: {name}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                _check_side(img, name, max_side)
+                return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {name}: {err}") from None
+
+
+def _check_side(img: Image.Image, name: object, max_side: int) -> None:
+    if max(img.size) > max_side:
+        raise ValueError(f"image {name} is {img.width}x{img.height}, larger than the maximum side {max_side}")
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:

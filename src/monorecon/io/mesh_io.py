@@ -149,9 +149,10 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     """Read a mesh from OBJ, PLY, GLB, glTF or STL with trimesh (unprocessed: vertex order kept), or from USD / USDZ.
 
     Scenes are flattened into one mesh with their node transforms applied. Vertex colours, face colours (as vertex
-    colours), UVs and the base-colour image are kept (see :meth:`Mesh.from_trimesh`; USD: :func:`monorecon.io.usd_io.load_usd`). A flat material colour
-    (a glTF ``baseColorFactor`` or an OBJ ``Kd``, on a part with no image and no vertex colours) is kept too: as
-    vertex colours, or, in a scene with textured parts, as a solid patch of the merged texture. White, the default of
+    colours), UVs and the base-colour image are kept (see :meth:`Mesh.from_trimesh`; USD:
+    :func:`monorecon.io.usd_io.load_usd`). A flat material colour (a glTF ``baseColorFactor`` or an OBJ ``Kd``, on a
+    part with no image and no vertex colours) is kept too: as vertex colours, or, in a scene with textured parts, as
+    a solid patch of the merged texture. White, the default of
     both formats, is no colour unless another part has colours; then it is also the colour of parts that have none
     (what viewers show). The factor is taken as a display value, as ``COLOR_0`` is (no linear to sRGB conversion).
     The colours of merged parts:

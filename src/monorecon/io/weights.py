@@ -35,7 +35,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # every reader failure means the same thing to the caller
-        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err
+        raise ValueError(
+            f"cannot read weights {path}: the file is truncated or corrupt ({_reader_error(err)})"
+        ) from err
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(
@@ -61,3 +63,14 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as err:  # a foreign or truncated file: the reader's own error types vary
         raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({err})") from err
+
+
+def _reader_error(err: Exception) -> str:
+    """What a reader's error says about the file, in one line: torch's refusal of a pickle (``weights_only``) is
+    mostly advice to load it unsafely, which does not apply; its ``WeightsUnpickler error`` is the fact."""
+    text = str(err)
+    _, found, fact = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (fact if found else text).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0].split(". Please use")[0] if found else lines[0]
