@@ -508,7 +508,10 @@ def _negative_depth(path: Path) -> None:
     ("damage", "message"),
     [
         (lambda obj: (obj / "normals" / "001.png").unlink(), "missing or empty file {obj}/normals/001.png"),
-        (lambda obj: _negative_depth(obj / "depth" / "000.npz"), "depth file {obj}/depth/000.npz must hold a finite"),
+        (
+            lambda obj: _negative_depth(obj / "depth" / "000.npz"),
+            "depth file {obj}/depth/000.npz must hold finite non-negative depths: 1 pixels are NaN, infinite or < 0",
+        ),
     ],
 )
 def test_damaged_normals_and_depth_skip_their_object(tiny_dataset, tmp_path, damage, message):

@@ -392,3 +392,17 @@ def test_cleanup_rejects_bad_input():
         with pytest.raises(ValueError, match="smooth_iterations"):  # refused before any model work
             ReconstructOptions(smooth_iterations=iterations)
     assert cleanup_mesh(mesh, min_component_fraction=0.0, smooth_iterations=np.int64(1)).num_faces == mesh.num_faces
+
+
+def test_no_surface_message_names_the_grid_spacing_that_can_miss_a_thin_part():
+    """A slab 0.1 thick falls between the samples of a 5-per-axis grid over [-1, 1] (spacing 0.5): the error names
+    the resolution and the spacing; 41 samples per axis (spacing 0.05) find the slab."""
+
+    def slab(points: torch.Tensor) -> torch.Tensor:
+        return ((points[:, 1] - 0.2).abs() < 0.05).float()
+
+    with pytest.raises(ValueError, match=r"no surface at threshold 0\.5: .* at 5 samples per axis \(parts thinner than "
+                       r"the spacing, 0\.5, can fall between samples"):  # fmt: skip
+        extract_isosurface(slab, 5, 0.5, bounds=1.0)
+    mesh = extract_isosurface(slab, 41, 0.5, bounds=1.0)
+    assert abs(float(mesh.verts[:, 1].mean()) - 0.2) < 0.03

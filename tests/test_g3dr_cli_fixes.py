@@ -280,3 +280,15 @@ def test_a_model_folder_with_a_corrupt_config_is_one_line_and_writes_nothing(tmp
     assert cli.main(args) == 2
     assert "config.yaml" in _one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_g3dr_help_lists_the_options_of_both_forms(capsys):
+    """``monorecon g3dr --help`` showed only its usage line: the options of ``g3dr IMAGE`` and ``g3dr sample`` are
+    listed in full."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["g3dr", "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    for option in ("--depth", "--no-project-input", "--unlit", "--object-height", "--origin", "--resolution",
+                   "--diffusion", "--steps", "--class", "--seed"):  # fmt: skip
+        assert option in out, option

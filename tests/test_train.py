@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
@@ -672,16 +673,18 @@ def test_nan_loss_stops_with_last_good_checkpoint(tiny_dataset, tmp_path, monkey
     def poisoned(self, batch, generator):
         terms = original(self, batch, generator)
         calls["n"] += 1
-        if calls["n"] >= 4:  # the 4th step (step index 3) produces NaN
+        if calls["n"] >= 4:  # the 4th step produces NaN (the log's steps 1-3 are finite; 4 as in the CSV's numbering)
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
     monkeypatch.setattr(triposr_trainer._TrainStep, "forward", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(
-        TrainingDiverged, match=r"loss is nan at step 3; the last good checkpoint is kept at .*step_00000002"
+        TrainingDiverged, match=r"loss is nan at step 4; the last good checkpoint is kept at .*step_00000002"
     ):
-        train(_config(tiny_dataset, out, steps=6))
+        train(_config(tiny_dataset, out, steps=6, log_every=1))
+    logged = [int(row["step"]) for row in csv.DictReader(open(out / "train_log.csv"))]
+    assert logged == [1, 2, 3]  # the message's step is the first one the log does not have
     kept = Checkpointer(out / "checkpoints")
     assert [p.name for p in kept.checkpoints()] == ["step_00000002.pt"]
     assert kept.load_latest(triposr_trainer._build_model(TINY_MODEL))["step"] == 2
@@ -701,7 +704,7 @@ def test_an_update_that_breaks_the_weights_stops_before_they_are_checkpointed(ti
 
     monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
     out = tmp_path / "broken"
-    message = r"the update made a weight NaN or infinite at step 3; the last good checkpoint is kept at .*step_00000003"
+    message = r"the update made a weight NaN or infinite at step 4; the last good checkpoint is kept at .*step_00000003"
     with pytest.raises(TrainingDiverged, match=message):
         train(_config(tiny_dataset, out, steps=6, checkpoint_every_steps=1))
     kept = Checkpointer(out / "checkpoints")
@@ -725,7 +728,7 @@ def test_non_finite_activations_in_a_training_step_are_a_divergence(tiny_dataset
     def overflowing(self, images):
         calls["n"] += 1
         code = original(self, images)
-        return code * float("inf") if calls["n"] == 4 else code  # the 4th step, step index 3
+        return code * float("inf") if calls["n"] == 4 else code  # the 4th step
 
     monkeypatch.setattr(TripoSRModel, "encode", overflowing)
     config = tmp_path / "train.yaml"
@@ -733,7 +736,7 @@ def test_non_finite_activations_in_a_training_step_are_a_divergence(tiny_dataset
     assert cli.main(["train", str(config), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("monorecon: error: training diverged: scene_code contains NaN")
-    assert re.search(r"at step 3; the last good checkpoint is kept at .*step_00000002\.pt", err), err
+    assert re.search(r"at step 4; the last good checkpoint is kept at .*step_00000002\.pt", err), err
 
 
 def test_resume_takes_the_optimiser_settings_from_the_config(tiny_dataset, tmp_path):
@@ -768,7 +771,7 @@ def test_nan_loss_is_one_line_and_exit_1_from_the_cli(tiny_dataset, tmp_path, mo
     assert cli.main(["train", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("monorecon: error: training diverged: loss is inf at step 0; no checkpoint had been written")
+    assert err.startswith("monorecon: error: training diverged: loss is inf at step 1; no checkpoint had been written")
 
 
 def test_errors_under_torchrun_name_the_process(tmp_path, monkeypatch, capsys):

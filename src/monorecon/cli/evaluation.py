@@ -37,8 +37,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder or folder of meshes")
     p.add_argument("-o", "--output", type=Path, required=True, help="report folder (with --export-inputs: images)")
     p.add_argument("--split", help="synthetic datasets: train, val, test or all (default all)")
-    p.add_argument("--max-objects", type=int)
-    p.add_argument("--mc-resolution", type=int, default=128)
+    p.add_argument("--max-objects", type=int, help="score the first N objects only")
+    p.add_argument(
+        "--mc-resolution", type=int, default=128, help="models: marching-cubes grid resolution (default 128)"
+    )
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--no-fill", action="store_true", help="models: do not fill the input silhouette (see reconstruct)")

@@ -87,10 +87,13 @@ _G3DR_USAGE = "monorecon g3dr IMAGE.png --depth DEPTH.png --model DIR -o OUT | g
 
 
 def add_g3dr(sub: argparse._SubParsersAction) -> None:
+    lift, sample = _g3dr_parsers()
     p = sub.add_parser(
         "g3dr",
         help="G3DR: lift an RGB-D image to a mesh + turntable, or `g3dr sample` RGB-D images and lift them",
         usage=_G3DR_USAGE,
+        epilog=f"{lift.format_help()}\n{sample.format_help()}",  # the two forms' own options, in full
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("words", nargs=argparse.REMAINDER, help="IMAGE.png [options] or `sample` [options]")
     p.set_defaults(func=_run_g3dr)

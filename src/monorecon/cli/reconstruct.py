@@ -50,9 +50,15 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--mc-resolution", type=int, default=256, help="marching-cubes grid resolution (default 256)")
     p.add_argument("--threshold", type=float, help="density iso level (default: the model's, 25 for TripoSR)")
-    p.add_argument("--extraction", choices=["coarse_to_fine", "dense"], default="coarse_to_fine")
+    p.add_argument(
+        "--extraction",
+        choices=["coarse_to_fine", "dense"],
+        default="coarse_to_fine",
+        help="query the field on a coarse grid first and refine only near the surface (default; the dense surface "
+        "except parts thinner than 4 grid steps), or at every grid point",
+    )
     p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
-    p.add_argument("--texture-resolution", type=int, default=1024)
+    p.add_argument("--texture-resolution", type=int, default=1024, help="baked texture side in pixels (default 1024)")
     p.add_argument(
         "--foreground-ratio",
         type=float,

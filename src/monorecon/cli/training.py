@@ -26,9 +26,9 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     s = data_sub.add_parser("synth", help="render procedural objects into a multi-view dataset")
     s.add_argument("--n", type=int, required=True, help="number of objects")
-    s.add_argument("--views", type=int, default=8)
-    s.add_argument("--size", type=int, default=128, help="image side in pixels")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--views", type=int, default=8, help="views per object (default 8)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="master seed: the same seed gives the same dataset")
     s.add_argument(
         "--classes",
         help="comma-separated class names, repeats weight a class; 'classic' stands for the 11 man-made classes "

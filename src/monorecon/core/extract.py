@@ -125,13 +125,15 @@ def extract_isosurface(
         grid_verts.append(block_verts + start)
         faces.append(block_faces.astype(np.int64) + num_verts)
         num_verts += len(block_verts)
+    step = (high - low) / (resolution - 1)
     if not faces:
         raise ValueError(
             f"no surface at threshold {threshold}: the queried densities lie in "
-            f"[{field.min_value:.6g}, {field.max_value:.6g}] within the box {low.tolist()}..{high.tolist()}"
+            f"[{field.min_value:.6g}, {field.max_value:.6g}] within the box {low.tolist()}..{high.tolist()} at "
+            f"{resolution} samples per axis (parts thinner than the spacing, {float(step.max()):.3g}, can fall between "
+            "samples: a higher resolution finds them)"
         )
     welded_verts, welded_faces = _weld(np.concatenate(edge_keys), np.concatenate(grid_verts), np.concatenate(faces))
-    step = (high - low) / (resolution - 1)
     verts = (low + welded_verts * step).astype(np.float32)
     # Vertices of different edges can only meet at a sample: those within float32 rounding of one (a threshold a hair
     # from its value) land on its float32 point. They are welded too, keyed by their first occurrence (the order

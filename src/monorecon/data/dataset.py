@@ -344,6 +344,11 @@ def _load_depth(path: Path) -> np.ndarray:
             depth = np.asarray(data["depth"], dtype=np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"cannot read depth file {path}: {err!r}") from None
-    if depth.ndim != 2 or not np.isfinite(depth).all() or (depth < 0).any():
-        raise ValueError(f"depth file {path} must hold a finite non-negative (H, W) array, got shape {depth.shape}")
+    if depth.ndim != 2:
+        raise ValueError(f"depth file {path} must hold an (H, W) array, got shape {depth.shape}")
+    bad = int((~np.isfinite(depth) | (depth < 0)).sum())
+    if bad:
+        raise ValueError(
+            f"depth file {path} must hold finite non-negative depths: {bad} pixels are NaN, infinite or < 0"
+        )
     return depth

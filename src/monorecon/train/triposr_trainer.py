@@ -860,20 +860,20 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         total=cfg.steps, initial=start_step, desc="train", disable=not main or cfg.quiet, dynamic_ncols=True
     )
     for step in range(start_step, cfg.steps):
+        done = step + 1  # steps are counted from 1 in messages, logs and checkpoint names: `done` after this one
         generator = step_generator(cfg.seed, step, rank)
         batch = {key: value.to(device, non_blocking=True) for key, value in _make_batch(bank, cfg, generator).items()}
-        with diverges_on_non_finite(step, checkpointer):
+        with diverges_on_non_finite(done, checkpointer):
             terms = ddp_module(batch, generator)
-        check_finite_loss(terms["loss"], step, checkpointer)
+        check_finite_loss(terms["loss"], done, checkpointer)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-        check_finite_loss(grad_norm, step, checkpointer)
+        check_finite_loss(grad_norm, done, checkpointer)
         lr = optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         optimizer.step()
-        check_finite_parameters(trainable, step, checkpointer)
+        check_finite_parameters(trainable, done, checkpointer)
         scheduler.step()
-        done = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{terms['loss'].item():.4f}")
         out_of_time = cfg.max_minutes is not None and _rank0_decides(
