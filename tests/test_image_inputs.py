@@ -1,5 +1,6 @@
 """Reading image files: folder listing, EXIF orientation, bit depths and transparency, against hand-built files."""
 
+import io
 import struct
 import zlib
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from monorecon.cli.reconstruct import collect_images
-from monorecon.io.images import load_image, pil_to_array
+from monorecon.io.images import check_image_header, load_image, pil_to_array
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -135,3 +136,20 @@ def test_pil_palette_alpha_image():
     image = Image.new("PA", (3, 2), (1, 77))
     image.putpalette([*BLUE, *RED] + [0] * 762)
     np.testing.assert_array_equal(pil_to_array(image)[0, 0], np.float32([255, 0, 0, 77]) / 255)
+
+
+def test_image_header_check_reads_size_and_refuses_what_the_header_shows(tmp_path):
+    """``check_image_header`` gives the size from the header alone: a PNG cut after its header passes it (the
+    decoding by ``load_image`` then refuses it); empty data, text and a side over the limit are refused at once."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    assert check_image_header(data, "full.png") == (40, 30)
+    cut = data[: len(data) // 2]
+    assert check_image_header(cut, "cut.png") == (40, 30)
+    (tmp_path / "cut.png").write_bytes(cut)
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "cut.png")
+    for bad, message in ((b"", "image x is empty"), (b"hello", "cannot read image x"), (data, "larger than the max")):
+        with pytest.raises(ValueError, match=message):
+            check_image_header(bad, "x", max_side=32)

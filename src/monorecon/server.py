@@ -460,9 +460,7 @@ class ReconstructionService:
         except ValueError as err:
             raise HTTPException(422, _one_line(str(err))) from None
         try:
-            check_image_header(
-                form.image, f"the uploaded image {form.filename or 'upload'}", max_side=self.settings.max_image_side
-            )
+            check_image_header(form.image, form.filename or "upload", max_side=self.settings.max_image_side)
         except ValueError as err:
             raise HTTPException(400, _one_line(str(err))) from None
         return options

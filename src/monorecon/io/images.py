@@ -60,7 +60,7 @@ def check_image_header(data: bytes, name: str, *, max_side: int = MAX_IMAGE_SIDE
             message).
     """
     if not data:
-        raise ValueError(f"image file is empty: {name}")
+        raise ValueError(f"image {name} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
