@@ -15,7 +15,8 @@ import trimesh
 from PIL import Image
 
 from monorecon.cli import main
-from monorecon.io import load_mesh
+from monorecon.core.mesh import Mesh
+from monorecon.io import load_mesh, save_mesh
 from monorecon.io.mesh_io import check_unlit
 
 STEEL = (0.2, 0.4, 0.6)  # exact in 8 bits: 51, 102, 153
@@ -204,11 +205,14 @@ def test_flat_and_vertex_coloured_parts_keep_both_as_vertex_colours(tmp_path):
 
 
 def _random_textured_box(offset: float, size: tuple[int, int], seed: int) -> trimesh.Trimesh:
-    """A box at x = offset with a random (height, width) texture and random UVs, some outside [0, 1] (repeats)."""
+    """A box at x = offset with a random (height, width) texture and random UVs, two of them a float32 step outside
+    [0, 1] (an exporter's rounding of the texture's edge)."""
     rng = np.random.default_rng(seed)
     box = _box(offset)
     image = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
-    uv = rng.uniform(-0.5, 1.5, (len(box.vertices), 2))
+    uv = rng.uniform(0.0, 1.0, (len(box.vertices), 2))
+    uv[0, 0] = np.nextafter(np.float32(1), np.float32(2))
+    uv[1, 1] = -np.float32(1e-7)
     box.visual = trimesh.visual.TextureVisuals(
         uv=uv, material=trimesh.visual.material.PBRMaterial(baseColorTexture=image)
     )
@@ -233,8 +237,8 @@ def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("sizes", [((8, 8), (16, 16)), ((16, 16), (8, 8)), ((16, 16), (32, 32)), ((5, 40), (33, 7))])
 def test_merged_textures_show_each_part_exactly_as_its_own_image(tmp_path, sizes):
     """Two randomly textured parts, a red and an uncoloured one: at every vertex the merged texture gives the colour
-    the part's own image gives at its own (wrapped) UV. trimesh's packing, used before, lost the 8 x 8 image packed
-    with a 16 x 16 one (its UVs pointed outside the atlas)."""
+    the part's own image gives at its own UV (clamped onto its edges). trimesh's packing, used before, lost the 8 x 8
+    image packed with a 16 x 16 one (its UVs pointed outside the atlas)."""
     boxes = [_random_textured_box(3.0 * i, size, seed=i) for i, size in enumerate(sizes)]
     plain = _box(-3.0)
     scene = trimesh.Scene([*boxes, _flat_box(-6.0, RED), plain])
@@ -246,12 +250,35 @@ def test_merged_textures_show_each_part_exactly_as_its_own_image(tmp_path, sizes
     texture = np.round(mesh.texture.numpy() * 255).astype(np.uint8)
     merged = _bilinear(texture, mesh.uvs.numpy())
     for box in boxes:
-        own = _bilinear(np.asarray(box.visual.material.baseColorTexture), np.mod(box.visual.uv, 1.0))
+        own = _bilinear(np.asarray(box.visual.material.baseColorTexture), np.clip(box.visual.uv, 0.0, 1.0))
         at = [int(torch.argmin((mesh.verts - torch.tensor(v, dtype=torch.float32)).norm(dim=1))) for v in box.vertices]
         np.testing.assert_allclose(merged[at], own, atol=1.5 / 255)
     centre_x = mesh.verts[:, 0]
     _assert_colors(torch.from_numpy(merged[(centre_x < -4.5).numpy()]).float(), RED)
     _assert_colors(torch.from_numpy(merged[((centre_x > -4.5) & (centre_x < -1.5)).numpy()]).float(), [1.0, 1.0, 1.0])
+
+
+def test_a_tiling_texture_keeps_its_repeats_in_the_merged_texture(tmp_path):
+    """A quad whose UVs run 0..4 over a 2 x 2 checker (8 cells across), beside a red box: the merged texture holds
+    the repeats: the centre of each cell of the first row has the checker's colour there (UVs wrapped per vertex,
+    as before, put the whole quad on one texel)."""
+    checker = np.zeros((2, 2, 3), np.uint8)
+    checker[0, 0] = checker[1, 1] = (255, 255, 255)
+    checker[0, 1] = checker[1, 0] = (0, 0, 255)
+    quad = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
+    quad.visual = trimesh.visual.TextureVisuals(
+        uv=np.array([[0, 0], [4, 0], [4, 4], [0, 4]], float),
+        material=trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(checker)),
+    )
+    trimesh.Scene([quad, _flat_box(3.0, RED)]).export(tmp_path / "tiles.glb")
+    mesh = load_mesh(tmp_path / "tiles.glb")
+    corner = {tuple(v): uv.numpy() for v, uv in zip(mesh.verts.tolist(), mesh.uvs, strict=True)}
+    origin, along_u, along_v = corner[(0.0, 0.0, 0.0)], corner[(1.0, 0.0, 0.0)], corner[(0.0, 1.0, 0.0)]
+    texture = np.round(mesh.texture.numpy() * 255).astype(np.uint8)
+    for cell in range(8):  # the first row of cells, u = 0..4: alternately the checker's bottom-left and -right
+        u, v = (cell + 0.5) / 2, 0.25
+        uv = origin + u / 4 * (along_u - origin) + v / 4 * (along_v - origin)
+        np.testing.assert_allclose(_bilinear(texture, uv[None])[0], checker[1, cell % 2] / 255.0, atol=1.5 / 255)
 
 
 def test_textures_too_large_for_one_atlas_are_scaled_down_together(tmp_path, monkeypatch):
@@ -373,3 +400,41 @@ def test_white_factor_alone_is_no_colour_but_kept_beside_other_colours(tmp_path)
     right = mesh.verts[:, 0] > 1.5
     _assert_colors(mesh.vertex_colors[right], (1.0, 1.0, 1.0))
     _assert_colors(mesh.vertex_colors[~right], RED)
+
+
+@pytest.mark.parametrize(("top", "wrap"), [(1.0, 33071), (1.0 + 1e-6, 33071), (3.0, 10497)])
+def test_glb_sampler_repeats_only_for_uvs_past_the_texture(tmp_path, top, wrap):
+    """UVs within [0, 1] (up to rounding) get CLAMP_TO_EDGE (a baked atlas must not bleed across its edges); UVs that
+    step into other repeats get REPEAT, glTF's default, which they need."""
+    uvs = torch.tensor([[0.0, 0.0], [top, 0.0], [0.0, top]])
+    mesh = Mesh(torch.eye(3), torch.tensor([[0, 1, 2]]), uvs=uvs, texture=torch.rand(4, 4, 3))
+    save_mesh(mesh, tmp_path / "t.glb")
+    sampler = pygltflib.GLTF2().load(str(tmp_path / "t.glb")).samplers[0]
+    assert (sampler.wrapS, sampler.wrapT) == (wrap, wrap)
+
+
+def test_a_16_bit_grey_texture_keeps_its_values(tmp_path):
+    """A 16-bit greyscale PNG (PIL mode I;16) as map_Kd: texels 60 and 200 (of 255, written as 16-bit 15420 and
+    51400) load as 60 / 255 and 200 / 255; the conversion used before saturated them to white."""
+    grey = np.full((4, 4), 15420, np.uint16)
+    grey[:, 2:] = 51400
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    body = _TRIANGLES[:24] + "vt 0 0\nvt 1 0\nvt 0 1\nusemtl tex\nf 1/1 2/2 3/3\n"
+    mesh = load_mesh(_obj(tmp_path, "grey", body, "newmtl tex\nmap_Kd grey16.png\n"))
+    expected = torch.tensor([60.0, 60.0, 200.0, 200.0]) / 255
+    torch.testing.assert_close(mesh.texture[0, :, 0], expected, atol=1e-4, rtol=0)
+    assert torch.equal(mesh.texture[..., 0], mesh.texture[..., 2])
+
+
+@pytest.mark.parametrize("uv_names", ["s t", "u v"])
+def test_an_ascii_ply_with_uvs_keeps_its_vertex_colours(tmp_path, uv_names):
+    """trimesh drops the vertex colours of a PLY with UVs; they are read back from its data, which for an ASCII file
+    is a dict of columns (a binary file's is a structured array, the only form read before)."""
+    s, t = uv_names.split()
+    header = ["ply", "format ascii 1.0", "element vertex 3"] + [f"property float {n}" for n in ("x", "y", "z")]
+    header += [f"property uchar {n}" for n in ("red", "green", "blue")] + [f"property float {s}", f"property float {t}"]
+    header += ["element face 1", "property list uchar int vertex_indices", "end_header"]
+    rows = ["0 0 0 255 0 0 0 0", "1 0 0 0 255 0 1 0", "0 1 0 0 0 255 0 1", "3 0 1 2"]
+    (tmp_path / "c.ply").write_text("\n".join(header + rows) + "\n")
+    mesh = load_mesh(tmp_path / "c.ply")
+    torch.testing.assert_close(mesh.vertex_colors, torch.eye(3))

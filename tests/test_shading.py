@@ -21,8 +21,10 @@ from monorecon.core.shading import (
     interpolate_vertex_attributes,
     lambert_shading,
     phong_shading,
+    repeat_uvs,
     sample_texture,
     softmax_rgb_blend,
+    uvs_repeat,
     vertex_normals,
 )
 
@@ -156,6 +158,23 @@ def test_textured_square_renders_its_texels():
     torch.testing.assert_close(out["rgb"][0], texture)
     mesh = Mesh(verts=verts, faces=faces, uvs=uvs, texture=texture)
     torch.testing.assert_close(render(mesh, front_camera(), shading="unlit")["rgb"][0], texture)
+
+
+def test_a_tiling_texture_repeats_across_the_square():
+    """UVs 0..2 over a 4 x 4 texture on a square filling an 8 x 8 view: the texture shows twice across (glTF's
+    repeating wrap), so pixel (i, j) shows texel (i mod 4, j mod 4); it was clamped to the last row and column."""
+    verts, faces = square()
+    uvs = torch.tensor([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]], dtype=DT)
+    texture = torch.rand(4, 4, 3, generator=torch.Generator().manual_seed(1), dtype=DT)
+    out = render_mesh(verts, faces, front_camera(), uvs=uvs, texture=texture, shading="unlit")
+    torch.testing.assert_close(out["rgb"][0], texture.repeat(2, 2, 1))
+
+
+def test_repeat_uvs_wraps_beyond_rounding_and_clamps_within_it():
+    uv = torch.tensor([[1.0 + 1e-6, -1e-6], [1.25, -0.25], [2.0, 3.5], [0.5, 1.0]])
+    expected = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.0, 0.5], [0.5, 1.0]])
+    torch.testing.assert_close(repeat_uvs(uv), expected)
+    assert uvs_repeat(uv) and not uvs_repeat(uv[[0, 3]])
 
 
 def test_interpolate_face_attributes_known_weights():

@@ -92,8 +92,12 @@ function createMeshViewer(canvas) {
     precision mediump float;
     uniform bool textured; uniform sampler2D albedoTexture;
     varying vec3 viewNormal; varying vec3 vertexColor; varying vec2 textureCoord;
+    vec2 repeated(vec2 t) {  // a tiling texture repeats (WebGL 1 repeats only power-of-two images: done here)
+      vec2 outside = min(step(1.001, t) + step(t, vec2(-0.001)), 1.0);  // beyond mediump rounding of the edges
+      return mix(clamp(t, 0.0, 1.0), fract(t), outside);
+    }
     void main() {
-      vec3 albedo = textured ? texture2D(albedoTexture, textureCoord).rgb : vertexColor;
+      vec3 albedo = textured ? texture2D(albedoTexture, repeated(textureCoord)).rgb : vertexColor;
       float length_ = length(viewNormal);
       float facing = length_ > 0.0 ? abs(viewNormal.z) / length_ : 1.0;  // the light sits at the eye
       gl_FragColor = vec4(albedo * (0.45 + 0.55 * facing), 1.0);

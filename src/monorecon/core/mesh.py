@@ -249,7 +249,9 @@ class Mesh:
                 uvs = torch.from_numpy(np.asarray(visual.uv, dtype=np.float32)[:, :2].copy())
                 image = _material_image(visual.material)
                 if image is not None:
-                    texture = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+                    from ..io.images import pil_to_array  # lazily: monorecon.io imports this module
+
+                    texture = torch.from_numpy(np.ascontiguousarray(pil_to_array(image)[..., :3]))  # 16-bit too
             if "color" in visual.vertex_attributes:  # trimesh keeps glTF COLOR_0 here when there is a material
                 vertex_colors = _colors_to_float(visual.vertex_attributes["color"])
             else:
@@ -318,7 +320,9 @@ def _ply_vertex_colors(tm: trimesh.Trimesh) -> torch.Tensor | None:
     """(V, 3) colours of a PLY file's ``red`` / ``green`` / ``blue`` vertex properties (trimesh keeps the file's data
     in ``metadata["_ply_raw"]``), or None."""
     data = tm.metadata.get("_ply_raw", {}).get("vertex", {}).get("data")
-    names = getattr(getattr(data, "dtype", None), "names", None) or ()
-    if not {"red", "green", "blue"} <= set(names) or len(data) != len(tm.vertices):
+    # binary files: a structured array; ASCII ones: a dict of columns
+    names = data.keys() if isinstance(data, dict) else getattr(getattr(data, "dtype", None), "names", None) or ()
+    if not {"red", "green", "blue"} <= set(names):
         return None
-    return _colors_to_float(np.stack([data["red"], data["green"], data["blue"]], axis=1))
+    rgb = np.stack([np.asarray(data[name]).reshape(-1) for name in ("red", "green", "blue")], axis=1)
+    return _colors_to_float(rgb) if len(rgb) == len(tm.vertices) else None

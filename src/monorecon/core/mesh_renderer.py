@@ -26,6 +26,7 @@ from .shading import (
     interpolate_face_attributes,
     lambert_shading,
     phong_shading,
+    repeat_uvs,
     sample_texture,
     softmax_rgb_blend,
     vertex_normals,
@@ -255,7 +256,7 @@ def _albedo(
             if int(face_uvs.min()) < 0 or int(face_uvs.max()) >= uvs.shape[0]:
                 raise ValueError(f"face_uvs index out of range for {uvs.shape[0]} uvs")
         uv = interpolate_face_attributes(face_index, bary, uvs[face_uvs.to(uvs.device)])
-        return sample_texture(texture, uv)
+        return sample_texture(texture, repeat_uvs(uv))  # per pixel: a tiling texture repeats across a face
     if vertex_colors is not None:
         vertex_colors = _batched(vertex_colors, "vertex_colors", verts.shape[0], 3)
         if vertex_colors.shape[1] != verts.shape[1]:

@@ -28,6 +28,7 @@ from .checks import check_tensor
 from .raster import Fragments, soft_silhouette
 
 __all__ = [
+    "UV_TOLERANCE",
     "DirectionalLights",
     "Materials",
     "PointLights",
@@ -37,8 +38,10 @@ __all__ = [
     "interpolate_vertex_attributes",
     "lambert_shading",
     "phong_shading",
+    "repeat_uvs",
     "sample_texture",
     "softmax_rgb_blend",
+    "uvs_repeat",
     "vertex_normals",
 ]
 
@@ -92,6 +95,23 @@ def interpolate_vertex_attributes(
         raise ValueError(f"vertex_attributes must be (V, D) or (B, V, D), got {tuple(vertex_attributes.shape)}")
     faces = check_tensor(faces, "faces", (None, 3), floating=False)
     return interpolate_face_attributes(fragments.face_index, fragments.bary, vertex_attributes[..., faces, :])
+
+
+UV_TOLERANCE = 1e-4
+"""UVs this close outside [0, 1] are an exporter's rounding of the texture's edge, not a step into the next repeat."""
+
+
+def repeat_uvs(uv: torch.Tensor) -> torch.Tensor:
+    """(..., 2) UVs of a repeating texture (glTF's default wrap) brought into [0, 1]: coordinates further than
+    :data:`UV_TOLERANCE` outside it are wrapped (``u mod 1``), the others clamped onto its edges."""
+    outside = (uv < -UV_TOLERANCE) | (uv > 1 + UV_TOLERANCE)
+    return torch.where(outside, torch.remainder(uv, 1.0), uv.clamp(0.0, 1.0))
+
+
+def uvs_repeat(uv: torch.Tensor) -> bool:
+    """Whether (..., 2) UVs step into another repeat of the texture (beyond :data:`UV_TOLERANCE`): an exported
+    file then needs a repeating sampler, not a clamped one."""
+    return bool(((uv < -UV_TOLERANCE) | (uv > 1 + UV_TOLERANCE)).any())
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:

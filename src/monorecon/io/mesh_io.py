@@ -36,7 +36,7 @@ from PIL import Image
 
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
-from ..core.shading import face_normals
+from ..core.shading import UV_TOLERANCE, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes
 from .images import png_bytes
 
@@ -66,7 +66,7 @@ LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", "stl", *_USD_FORMATS)
 # glTF enumerations
 _FLOAT, _UNSIGNED_BYTE, _UNSIGNED_INT = 5126, 5121, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-_LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
+_LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE, _REPEAT = 9729, 9987, 33071, 10497
 _UNLIT = "KHR_materials_unlit"
 
 
@@ -159,8 +159,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
 
     * no textured part: vertex colours (own, flat or white);
     * textured parts and parts with flat colours (or none): one texture, the parts' images packed into an atlas
-      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part; UVs
-      outside [0, 1] are wrapped, as a repeating texture cannot be packed);
+      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part; a
+      tiling texture is copied as many times as the part's UVs repeat it, up to 8 per axis);
     * textured and vertex-coloured parts: vertex colours, the textures sampled at the vertices, with a warning
       (texture detail is lost).
 
@@ -246,11 +246,20 @@ _MAX_ATLAS_SIDE = 8192
 """The images of an atlas that would be larger are scaled down together."""
 
 
+_MAX_TILES = 8
+"""Repeats of a tiling texture per axis copied into an atlas; a part whose UVs span more get them wrapped per vertex."""
+
+
 def _atlas(meshes: list[Mesh]) -> Mesh:
     """One mesh from textured parts: their images packed into one texture, side by side in rows (tallest first),
-    each framed by :data:`_ATLAS_PADDING` copies of its border texels, and the UVs moved onto them. UVs outside
-    [0, 1] are wrapped first (a repeating texture cannot be packed; faces across a repeat's edge are lost)."""
-    sizes = [mesh.texture.shape[:2] for mesh in meshes]
+    each framed by :data:`_ATLAS_PADDING` copies of its border texels, and the UVs moved onto them. A part whose UVs
+    span several repeats of its (tiling) image gets that many copies of it, up to :data:`_MAX_TILES` per axis; beyond
+    that its UVs are wrapped per vertex (faces across a repeat's edge then lose their texture)."""
+    tiled = [_tiled(mesh.uvs.detach().float()) for mesh in meshes]
+    sizes = [
+        (mesh.texture.shape[0] * nv, mesh.texture.shape[1] * nu)
+        for mesh, (_, (nu, nv)) in zip(meshes, tiled, strict=True)
+    ]
     scale = 1.0
     while True:
         scaled = [(max(1, round(h * scale)), max(1, round(w * scale))) for h, w in sizes]
@@ -260,19 +269,28 @@ def _atlas(meshes: list[Mesh]) -> Mesh:
         scale *= 0.95 * _MAX_ATLAS_SIDE / max(height, width)
     atlas = torch.zeros(height, width, 3)
     uvs = []
-    for mesh, (h, w), (top, left) in zip(meshes, scaled, corners, strict=True):
-        image = mesh.texture.detach().float().permute(2, 0, 1)[None]
+    for mesh, (uv, (nu, nv)), (h, w), (top, left) in zip(meshes, tiled, scaled, corners, strict=True):
+        image = mesh.texture.detach().float().permute(2, 0, 1)[None].repeat(1, 1, nv, nu)
         if (h, w) != tuple(image.shape[-2:]):
             image = torch.nn.functional.interpolate(image, size=(h, w), mode="area")
         framed = torch.nn.functional.pad(image, (_ATLAS_PADDING,) * 4, mode="replicate")[0].permute(1, 2, 0)
         atlas[top : top + framed.shape[0], left : left + framed.shape[1]] = framed
-        uv = mesh.uvs.detach().float()
-        uv = torch.where((uv < 0) | (uv > 1), torch.remainder(uv, 1.0), uv)
         column = left + _ATLAS_PADDING + uv[:, 0] * w
         row = top + _ATLAS_PADDING + (1.0 - uv[:, 1]) * h
         uvs.append(torch.stack([column / width, 1.0 - row / height], dim=1))
     merged = _concatenate([dataclasses.replace(mesh, uvs=None, texture=None) for mesh in meshes])
     return dataclasses.replace(merged, uvs=torch.cat(uvs), texture=atlas)
+
+
+def _tiled(uv: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(V, 2) UVs of a part -> the same places in a block of (nu, nv) repeats of its image, as UVs in [0, 1] of the
+    block, and (nu, nv): the whole repeats its UVs span (an edge within :data:`UV_TOLERANCE` of a whole number is
+    that number). Past :data:`_MAX_TILES` repeats: the UVs wrapped per vertex, one repeat."""
+    low = torch.floor(uv.min(dim=0).values + UV_TOLERANCE)
+    count = (torch.ceil(uv.max(dim=0).values - UV_TOLERANCE) - low).clamp(min=1)
+    if bool((count > _MAX_TILES).any()):
+        return repeat_uvs(uv), (1, 1)
+    return ((uv - low) / count).clamp(0.0, 1.0), (int(count[0]), int(count[1]))
 
 
 def _shelf_layout(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
@@ -308,11 +326,8 @@ def _flat_color(part: trimesh.Trimesh) -> torch.Tensor | None:
 
 
 def _sampled_texture(mesh: Mesh) -> torch.Tensor:
-    """(V, 3) the texture bilinearly sampled at each vertex's UV (UVs outside [0, 1] wrap, as they repeat)."""
-    from ..core.shading import sample_texture
-
-    uvs = mesh.uvs.detach().float()
-    uvs = torch.where((uvs < 0) | (uvs > 1), torch.remainder(uvs, 1.0), uvs)
+    """(V, 3) the texture bilinearly sampled at each vertex's UV (:func:`~monorecon.core.shading.repeat_uvs`)."""
+    uvs = repeat_uvs(mesh.uvs.detach().float())
     return sample_texture(mesh.texture.detach().float(), uvs[None])[0].clamp(0.0, 1.0).to(mesh.texture.dtype)
 
 
@@ -406,10 +421,9 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
         if mesh.texture is not None:
             image_view = builder.buffer_view(png_bytes(colors_to_uint8(mesh.texture)), target=None)
             gltf.images = [pygltflib.Image(bufferView=image_view, mimeType="image/png")]
+            wrap = _REPEAT if uvs_repeat(mesh.uvs) else _CLAMP_TO_EDGE  # clamped: a baked atlas' edges do not bleed
             gltf.samplers = [
-                pygltflib.Sampler(
-                    magFilter=_LINEAR, minFilter=_LINEAR_MIPMAP_LINEAR, wrapS=_CLAMP_TO_EDGE, wrapT=_CLAMP_TO_EDGE
-                )
+                pygltflib.Sampler(magFilter=_LINEAR, minFilter=_LINEAR_MIPMAP_LINEAR, wrapS=wrap, wrapT=wrap)
             ]
             gltf.textures = [pygltflib.Texture(sampler=0, source=0)]
             pbr.baseColorTexture = pygltflib.TextureInfo(index=0)

@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..core.cameras import Z_UP_TO_WORLD
 from ..core.mesh import Mesh, colors_to_uint8
+from ..core.shading import uvs_repeat
 from .images import pil_to_array, png_bytes
 from .mesh_io import unit_vertex_normals
 
@@ -106,8 +107,9 @@ def _material(stage: object, geometry: object, mesh: Mesh, folder: str, unlit: b
         texture.CreateIdAttr("UsdUVTexture")
         texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(_TEXTURE_FILE)
         texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")
-        texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("clamp")
-        texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("clamp")
+        wrap = "repeat" if uvs_repeat(mesh.uvs) else "clamp"
+        texture.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set(wrap)
+        texture.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set(wrap)
         texture.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(
             st_reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
         )
