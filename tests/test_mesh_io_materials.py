@@ -438,3 +438,26 @@ def test_an_ascii_ply_with_uvs_keeps_its_vertex_colours(tmp_path, uv_names):
     (tmp_path / "c.ply").write_text("\n".join(header + rows) + "\n")
     mesh = load_mesh(tmp_path / "c.ply")
     torch.testing.assert_close(mesh.vertex_colors, torch.eye(3))
+
+
+def test_convert_refuses_to_replace_a_texture_its_input_uses(tmp_path, capsys):
+    """``convert in.obj other.obj`` writes other.png: when in.obj's material names other.png, that would replace the
+    input's texture (and break the input); refused in one line, every file as it was. Converting onto the input
+    itself is asked for and allowed."""
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "other.png")
+    path = _obj(tmp_path, "in", _TEXTURED_BODY, "newmtl tex\nmap_Kd other.png\n")
+    before = (tmp_path / "other.png").read_bytes()
+    assert main(["convert", str(path), str(tmp_path / "other.obj")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"would replace {tmp_path / 'other.png'}, which {path} uses: choose another output name")
+    assert (tmp_path / "other.png").read_bytes() == before and not (tmp_path / "other.obj").exists()
+    assert main(["convert", str(path), str(tmp_path / "in.obj")]) == 0
+
+
+def test_a_textured_obj_whose_texture_cannot_be_written_leaves_no_file(tmp_path):
+    """The PNG's path is a folder: refused before the MTL is written (it was left behind)."""
+    mesh = Mesh(torch.eye(3), torch.tensor([[0, 1, 2]]), uvs=torch.rand(3, 2), texture=torch.rand(4, 4, 3))
+    (tmp_path / "m.png").mkdir()
+    with pytest.raises(ValueError, match=r"cannot write .*m\.png: it is a folder"):
+        save_mesh(mesh, tmp_path / "m.obj")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]

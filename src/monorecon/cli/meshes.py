@@ -227,7 +227,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     from ..core.bake import bake_texture
     from ..core.checks import TEXTURE_RESOLUTION_RANGE, check_int
-    from ..io.mesh_io import load_mesh, save_mesh
+    from ..io.mesh_io import load_mesh, mesh_files, save_mesh, source_files
 
     fmt = args.output.suffix.lstrip(".").lower()
     if fmt not in MESH_FORMATS:
@@ -248,6 +248,14 @@ def _run_convert(args: argparse.Namespace) -> int:
             print(f"baking the vertex colours of {mesh.num_faces:,} faces into a {args.texture_resolution}² texture")
         mesh = bake_texture(mesh, resolution=args.texture_resolution)
     mesh = mesh.placed(placement["object_height"], placement["origin"])
+    if args.output.resolve() != args.input.resolve():  # replacing the input itself is asked for; its files are not
+        read = {path.resolve(): path for path in source_files(args.input)}
+        replaced = [read[path.resolve()] for path in mesh_files(mesh, args.output) if path.resolve() in read]
+        if replaced:
+            raise CommandError(
+                f"writing {args.output} would replace {', '.join(map(str, replaced))}, which {args.input} uses: "
+                "choose another output name"
+            )
     save_mesh(mesh, args.output, unlit=args.unlit)
     if not args.quiet:
         if fmt == "stl":

@@ -37,7 +37,7 @@ from PIL import Image
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
 from ..core.shading import UV_TOLERANCE, face_normals, repeat_uvs, sample_texture, uvs_repeat
-from .atomic import atomic_path, atomic_write_bytes
+from .atomic import atomic_path, atomic_write_bytes, check_writable
 from .images import png_bytes
 
 __all__ = [
@@ -48,7 +48,9 @@ __all__ = [
     "check_unlit",
     "gets_baked_texture",
     "load_mesh",
+    "mesh_files",
     "save_mesh",
+    "source_files",
     "unit_vertex_normals",
 ]
 
@@ -333,36 +335,70 @@ def _sampled_texture(mesh: Mesh) -> torch.Tensor:
 
 def _warn_missing_obj_files(path: Path) -> None:
     """Warn (one line) when the OBJ's material library or a ``map_Kd`` texture it names cannot be read: trimesh loads
-    the OBJ without it, silently. Names are looked up as trimesh does (first ``mtllib``, relative to the OBJ)."""
-    with open(path, "rb") as file:
-        text = file.read().decode("utf-8", errors="replace")
-    start = text.find("mtllib")
-    if start < 0:
+    the OBJ without it, silently."""
+    library, textures = _obj_material_names(path)
+    if library is None:
         return
-    end = text.find("\n", start)
-    library = text[start + 6 : end if end >= 0 else len(text)].strip()
     resolver = trimesh.resolvers.FilePathResolver(path)
-    try:
-        mtl = resolver.get(library).decode("utf-8", errors="replace")
-    except Exception:  # a missing file, or a name outside the OBJ's folder
+    if textures is None:
         warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=3)
         return
     missing = []
-    for line in mtl.splitlines():
-        split = line.strip().split()
-        if len(split) > 1 and split[0].lower() == "map_kd":
-            name = line[line.lower().index("map_kd") + 6 :].strip()
-            try:
-                with Image.open(io.BytesIO(resolver.get(name))) as image:
-                    image.verify()
-            except Exception:  # missing or unreadable, as trimesh skips it
-                missing.append(name)
+    for name in textures:
+        try:
+            with Image.open(io.BytesIO(resolver.get(name))) as image:
+                image.verify()
+        except Exception:  # missing or unreadable, as trimesh skips it
+            missing.append(name)
     if missing:
         warnings.warn(
             f"{path.name}: texture {', '.join(dict.fromkeys(missing))} (map_Kd of {library}) not found or unreadable: "
             "loaded without it",
             stacklevel=3,
         )
+
+
+def _obj_material_names(path: Path) -> tuple[str | None, list[str] | None]:
+    """An OBJ's material library name (the first ``mtllib``, as trimesh reads it; None for none) and the ``map_Kd``
+    names in it (None when the library cannot be read), looked up as trimesh does, relative to the OBJ."""
+    with open(path, "rb") as file:
+        text = file.read().decode("utf-8", errors="replace")
+    start = text.find("mtllib")
+    if start < 0:
+        return None, None
+    end = text.find("\n", start)
+    library = text[start + 6 : end if end >= 0 else len(text)].strip()
+    try:
+        mtl = trimesh.resolvers.FilePathResolver(path).get(library).decode("utf-8", errors="replace")
+    except Exception:  # a missing file, or a name outside the OBJ's folder
+        return library, None
+    textures = []
+    for line in mtl.splitlines():
+        split = line.strip().split()
+        if len(split) > 1 and split[0].lower() == "map_kd":
+            textures.append(line[line.lower().index("map_kd") + 6 :].strip())
+    return library, textures
+
+
+def source_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files :func:`load_mesh` reads for ``path``: the file, and for an OBJ the material library and textures it
+    names that exist beside it."""
+    path = Path(path)
+    files = [path]
+    if path.suffix.lower() == ".obj" and path.is_file():
+        library, textures = _obj_material_names(path)
+        names = ([library] if library else []) + (textures or [])
+        files += [path.parent / name for name in names if (path.parent / name).is_file()]
+    return files
+
+
+def mesh_files(mesh: Mesh, path: str | os.PathLike[str]) -> list[Path]:
+    """The files :func:`save_mesh` writes for ``mesh`` at ``path``: the mesh file, and for a textured OBJ its MTL and
+    PNG beside it (same stem)."""
+    path = Path(path)
+    if path.suffix.lower() == ".obj" and mesh.texture is not None:
+        return [path, path.with_suffix(".mtl"), path.with_suffix(".png")]
+    return [path]
 
 
 def _transformed(mesh: Mesh, transform: np.ndarray) -> Mesh:
@@ -568,11 +604,11 @@ def _load_stl(path: Path) -> Mesh:
 # OBJ
 # --------------------------------------------------------------------------------------------------------------------
 def _write_obj(mesh: Mesh, path: Path) -> None:
-    # Every file's content is made before any is written, so a failure leaves no file behind.
+    # Every file's content is made and every path checked before any is written, so a failure leaves no file behind.
     lines = ["# monorecon"]
     companions: list[tuple[Path, bytes]] = []
     if mesh.texture is not None:
-        mtl_path, png_path = path.with_suffix(".mtl"), path.with_suffix(".png")
+        _, mtl_path, png_path = mesh_files(mesh, path)
         mtl = f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png_path.name}\n"
         companions = [(mtl_path, mtl.encode()), (png_path, png_bytes(colors_to_uint8(mesh.texture)))]
         lines += [f"mtllib {mtl_path.name}", "usemtl material0"]
@@ -589,9 +625,18 @@ def _write_obj(mesh: Mesh, path: Path) -> None:
     else:
         lines += ["f {} {} {}".format(*face) for face in faces.tolist()]
     obj = ("\n".join(lines) + "\n").encode()
-    for companion, data in companions:  # first, so the OBJ never references a missing file
-        atomic_write_bytes(companion, data)
-    atomic_write_bytes(path, obj)
+    for companion, _ in companions:
+        check_writable(companion)
+    written = []
+    try:
+        for companion, data in companions:  # first, so the OBJ never references a missing file
+            atomic_write_bytes(companion, data)
+            written.append(companion)
+        atomic_write_bytes(path, obj)
+    except BaseException:
+        for companion in written:
+            companion.unlink(missing_ok=True)
+        raise
 
 
 def _format_rows(tag: str, rows: np.ndarray) -> list[str]:
