@@ -461,3 +461,21 @@ def test_a_textured_obj_whose_texture_cannot_be_written_leaves_no_file(tmp_path)
     with pytest.raises(ValueError, match=r"cannot write .*m\.png: it is a folder"):
         save_mesh(mesh, tmp_path / "m.obj")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]
+
+
+def test_a_mesh_of_zero_area_triangles_is_refused(tmp_path):
+    """Only collinear triangles: no surface (``render`` and ``metrics`` refused it, ``convert`` wrote it)."""
+    path = _obj(tmp_path, "flat", "v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n")
+    with pytest.raises(ValueError, match=r"flat\.obj: every triangle has zero area \(no surface\)$"):
+        load_mesh(path)
+
+
+def test_a_reader_error_without_a_message_still_says_what_happened(tmp_path, monkeypatch):
+    (tmp_path / "m.glb").write_bytes(b"glTF....")
+
+    def failing(*args, **kwargs):
+        raise AssertionError()
+
+    monkeypatch.setattr(trimesh, "load_scene", failing)
+    with pytest.raises(ValueError, match=r"could not read mesh .*m\.glb: malformed file \(AssertionError\)$"):
+        load_mesh(tmp_path / "m.glb")

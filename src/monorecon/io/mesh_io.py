@@ -170,7 +170,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     read as Z-up and turned +Y up, its corners merged into shared vertices.
 
     Raises:
-        ValueError: unknown extension, missing or empty file, or a file that cannot be read as a non-empty mesh.
+        ValueError: unknown extension, missing or empty file, a file that cannot be read as a non-empty mesh, or one
+            whose triangles all have zero area.
     """
     path = Path(path)
     fmt = _format_of(path, None, LOADABLE_FORMATS)
@@ -181,9 +182,17 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     if fmt in _USD_FORMATS:
         from .usd_io import load_usd
 
-        return load_usd(path)
-    if fmt == "stl":
-        return _load_stl(path)
+        mesh = load_usd(path)
+    elif fmt == "stl":
+        mesh = _load_stl(path)
+    else:
+        mesh = _load_with_trimesh(path, fmt)
+    if not float(mesh.face_areas.sum()) > 0:
+        raise ValueError(f"invalid mesh in {path}: every triangle has zero area (no surface)")
+    return mesh
+
+
+def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
     try:
         scene = trimesh.load_scene(path, process=False)
         parts = [
@@ -192,7 +201,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
             if isinstance(scene.geometry[name], trimesh.Trimesh) and len(scene.geometry[name].faces) > 0
         ]
     except Exception as exc:  # trimesh raises many types on bad data
-        raise ValueError(f"could not read mesh {path}: {type(exc).__name__}: {exc}") from exc
+        detail = f"{type(exc).__name__}: {exc}" if str(exc).strip() else f"malformed file ({type(exc).__name__})"
+        raise ValueError(f"could not read mesh {path}: {detail}") from exc
     if not parts:
         raise ValueError(f"could not read mesh {path}: no triangles found")
     if fmt == "obj":
