@@ -10,7 +10,7 @@ from monorecon.cli import main
     [
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
-        (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "no surface to render"),
+        (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "every triangle has zero area (no surface)"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/missing/t"], "folder {tmp}/missing does not exist"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t", "--fps", "0"], "--fps must lie in [1, 240]"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/corrupt.ply/t"], "folder {tmp}/corrupt.ply is a file"),

@@ -479,3 +479,58 @@ def test_a_reader_error_without_a_message_still_says_what_happened(tmp_path, mon
     monkeypatch.setattr(trimesh, "load_scene", failing)
     with pytest.raises(ValueError, match=r"could not read mesh .*m\.glb: malformed file \(AssertionError\)$"):
         load_mesh(tmp_path / "m.glb")
+
+
+def _external_image_gltf(folder, uri: str) -> None:
+    """A .gltf (JSON + .bin) of one textured triangle whose image is the file named by ``uri``."""
+    positions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    uvs = np.array([[0.5, 0.5]] * 3, np.float32)
+    blob = positions.tobytes() + uvs.tobytes()
+    (folder / "m.bin").write_bytes(blob)
+    gltf = pygltflib.GLTF2(
+        asset=pygltflib.Asset(version="2.0"),
+        scene=0,
+        scenes=[pygltflib.Scene(nodes=[0])],
+        nodes=[pygltflib.Node(mesh=0)],
+        meshes=[
+            pygltflib.Mesh(
+                primitives=[pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0, TEXCOORD_0=1), material=0)]
+            )
+        ],
+        materials=[
+            pygltflib.Material(
+                pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorTexture=pygltflib.TextureInfo(index=0))
+            )
+        ],
+        textures=[pygltflib.Texture(source=0)],
+        images=[pygltflib.Image(uri=uri)],
+        accessors=[
+            pygltflib.Accessor(bufferView=0, componentType=5126, count=3, type="VEC3", min=[0, 0, 0], max=[1, 1, 0]),
+            pygltflib.Accessor(bufferView=1, componentType=5126, count=3, type="VEC2"),
+        ],
+        bufferViews=[
+            pygltflib.BufferView(buffer=0, byteOffset=0, byteLength=36),
+            pygltflib.BufferView(buffer=0, byteOffset=36, byteLength=24),
+        ],
+        buffers=[pygltflib.Buffer(uri="m.bin", byteLength=len(blob))],
+    )
+    gltf.save_json(str(folder / "m.gltf"))
+
+
+def test_a_gltf_image_uri_is_percent_decoded(tmp_path):
+    """glTF URIs are percent-encoded (Blender writes ``my%20textures/``): the image in "my textures" is read."""
+    (tmp_path / "my textures").mkdir()
+    Image.new("RGB", (2, 2), (0, 0, 255)).save(tmp_path / "my textures" / "blue.png")
+    _external_image_gltf(tmp_path, "my%20textures/blue.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(tmp_path / "m.gltf")
+    assert mesh.texture is not None
+    _assert_colors(_nearest_texels(mesh), BLUE)
+
+
+def test_a_gltf_whose_image_is_missing_warns_naming_it(tmp_path):
+    _external_image_gltf(tmp_path, "tex/gone%20away.png")
+    with pytest.warns(UserWarning, match=r"^m\.gltf: image tex/gone away\.png not found: loaded without it$"):
+        mesh = load_mesh(tmp_path / "m.gltf")
+    assert mesh.texture is None

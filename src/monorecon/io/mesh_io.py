@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -194,7 +196,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
 
 def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
     try:
-        scene = trimesh.load_scene(path, process=False)
+        resolver = _PercentDecodingResolver(path) if fmt == "gltf" else None
+        scene = trimesh.load_scene(path, process=False, resolver=resolver)
         parts = [
             (transform, scene.geometry[name])
             for transform, name in (scene.graph[node] for node in scene.graph.nodes_geometry)
@@ -207,6 +210,8 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
         raise ValueError(f"could not read mesh {path}: no triangles found")
     if fmt == "obj":
         _warn_missing_obj_files(path)
+    elif fmt == "gltf":
+        _warn_missing_gltf_images(path)
     try:
         return _merged(parts, path)
     except ValueError as exc:
@@ -228,7 +233,7 @@ def _merged(parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh
         warnings.warn(
             f"{path.name}: textured parts merged as vertex colours (vertex-coloured parts have no texture to share): "
             "the textures were sampled at the vertices (texture detail dropped)",
-            stacklevel=3,
+            stacklevel=4,
         )
         meshes = [
             dataclasses.replace(mesh, vertex_colors=_sampled_texture(mesh), uvs=None, texture=None)
@@ -351,7 +356,7 @@ def _warn_missing_obj_files(path: Path) -> None:
         return
     resolver = trimesh.resolvers.FilePathResolver(path)
     if textures is None:
-        warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=3)
+        warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=4)
         return
     missing = []
     for name in textures:
@@ -364,8 +369,37 @@ def _warn_missing_obj_files(path: Path) -> None:
         warnings.warn(
             f"{path.name}: texture {', '.join(dict.fromkeys(missing))} (map_Kd of {library}) not found or unreadable: "
             "loaded without it",
-            stacklevel=3,
+            stacklevel=4,
         )
+
+
+class _PercentDecodingResolver(trimesh.resolvers.FilePathResolver):
+    """Reads a glTF's external files: its URIs are percent-encoded (Blender writes ``my%20textures/a.png`` for
+    ``my textures/a.png``), which trimesh's resolver looks up as written."""
+
+    def get(self, name: str) -> bytes:
+        try:
+            return super().get(name)
+        except Exception:  # not found as written: the decoded name (a failure here is trimesh's to report)
+            return super().get(urllib.parse.unquote(name))
+
+
+def _warn_missing_gltf_images(path: Path) -> None:
+    """Warn (one line) when images a ``.gltf`` names by URI cannot be read: trimesh loads it without them, silently."""
+    try:
+        images = json.loads(path.read_text(encoding="utf-8")).get("images") or []
+    except (OSError, ValueError, AttributeError):  # trimesh read it: nothing more to say here
+        return
+    resolver = _PercentDecodingResolver(path)
+    missing = []
+    for uri in (image.get("uri") for image in images if isinstance(image, dict)):
+        if isinstance(uri, str) and not uri.startswith("data:"):
+            try:
+                resolver.get(uri)
+            except Exception:  # missing, or outside the file's folder
+                missing.append(urllib.parse.unquote(uri))
+    if missing:
+        warnings.warn(f"{path.name}: image {', '.join(missing)} not found: loaded without it", stacklevel=4)
 
 
 def _obj_material_names(path: Path) -> tuple[str | None, list[str] | None]:
