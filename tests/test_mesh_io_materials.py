@@ -534,3 +534,23 @@ def test_a_gltf_whose_image_is_missing_warns_naming_it(tmp_path):
     with pytest.warns(UserWarning, match=r"^m\.gltf: image tex/gone away\.png not found: loaded without it$"):
         mesh = load_mesh(tmp_path / "m.gltf")
     assert mesh.texture is None
+
+
+def test_export_normals_keep_hard_edges_and_smooth_seams():
+    """A cube whose faces have their own vertices (24: the author's hard edges) gets each side's own normal; a
+    sphere split at every face (all its vertices copies) gets the normals of the welded sphere; a welded mesh gets
+    its area-weighted vertex normals, as before."""
+    from monorecon.io.mesh_io import unit_vertex_normals
+
+    cube = trimesh.creation.box()
+    corners = cube.faces.reshape(-1)
+    flat = Mesh(torch.tensor(cube.vertices[corners], dtype=torch.float32), torch.arange(36).reshape(12, 3))
+    expected = np.repeat(np.asarray(cube.face_normals), 3, axis=0)
+    np.testing.assert_allclose(unit_vertex_normals(flat), expected, atol=1e-6)
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    welded = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    welded_normals = unit_vertex_normals(welded)
+    np.testing.assert_allclose(welded_normals, welded.vertex_normals.numpy(), atol=1e-6)
+    corners = sphere.faces.reshape(-1)
+    split = Mesh(welded.verts[corners], torch.arange(len(corners)).reshape(-1, 3))
+    np.testing.assert_allclose(unit_vertex_normals(split), welded_normals[corners], atol=1e-6)

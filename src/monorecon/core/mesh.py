@@ -108,7 +108,7 @@ class Mesh:
         """(F,) triangle areas."""
         return face_areas(self.verts, self.faces)
 
-    def _position_ids(self) -> torch.Tensor:
+    def position_ids(self) -> torch.Tensor:
         """(V,) the same id for vertices at the same position (copies split at UV seams), ids 0..P-1."""
         return torch.unique(self.verts.detach(), dim=0, return_inverse=True)[1]
 
@@ -118,7 +118,7 @@ class Mesh:
         every edge is run along as often in one direction as in the other by the faces around it (closed and
         consistently oriented, so the winding number is defined everywhere; closed parts that touch or overlap
         count as closed). Faces that welding collapses are ignored; no face: not closed."""
-        position_id = self._position_ids()
+        position_id = self.position_ids()
         faces = position_id[self.faces]
         faces = faces[(faces != faces.roll(1, dims=1)).all(dim=1)]
         if len(faces) == 0:
@@ -137,7 +137,7 @@ class Mesh:
 
         Vertices at the same position (copies split at UV seams) share one normal, so seams are not shaded.
         """
-        position_id = self._position_ids()
+        position_id = self.position_ids()
         # First vertex at each position, gathered from verts so that gradients flow to the positions.
         index = torch.arange(self.num_verts, device=self.verts.device)
         first = torch.full_like(index[: int(position_id.max()) + 1], self.num_verts)

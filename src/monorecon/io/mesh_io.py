@@ -529,11 +529,50 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
     return b"".join(gltf.save_to_bytes())
 
 
+_HARD_EDGE_DEGREES = 60.0
+"""Copies of a vertex whose faces meet at more than this angle keep their own normals (the author's hard edge)."""
+
+
 def unit_vertex_normals(mesh: Mesh) -> np.ndarray:
-    """(V, 3) float32 unit vertex normals for export (validators require unit length); +Y where none is defined."""
-    normals = mesh.vertex_normals.detach().cpu().double().numpy()
-    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 1.0, 0.0)
+    """(V, 3) float32 unit vertex normals for export (validators require unit length); +Y where none is defined.
+
+    Area-weighted means of face normals. A vertex split into copies at one position (at a UV seam, or by the mesh's
+    author to keep an edge hard) also takes the faces of its copies that lie within :data:`_HARD_EDGE_DEGREES` of
+    its own faces' mean: a seam through a smooth surface is not shaded, a flat-shaded cube stays flat.
+    """
+    verts, faces = mesh.verts.detach().cpu().double(), mesh.faces.cpu()
+    cross = torch.linalg.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    own = torch.zeros_like(verts).index_add(0, faces.reshape(-1), cross.repeat_interleave(3, dim=0))
+    position = mesh.position_ids().cpu()
+    if int(position.max()) + 1 < len(verts):  # copies at one position: every (vertex, face with a corner there)
+        own = _with_copies_faces(own, cross, faces, position)
+    normals = own.numpy()
+    normals[np.linalg.norm(normals, axis=1) < 1e-30] = (0.0, 1.0, 0.0)
     return (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _with_copies_faces(
+    own: torch.Tensor, cross: torch.Tensor, faces: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
+    """(V, 3) summed normals ``own`` plus the faces of each vertex's copies (``position``: (V,) ids) that lie within
+    :data:`_HARD_EDGE_DEGREES` of its own faces' mean (``cross``: (F, 3) area-weighted face normals)."""
+    verts_count = len(own)
+    corner_position = position[faces.reshape(-1)]
+    corner_order = torch.argsort(corner_position, stable=True)
+    counts = torch.bincount(corner_position, minlength=int(position.max()) + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    per_vertex = counts[position]
+    pair_vertex = torch.repeat_interleave(torch.arange(verts_count), per_vertex)
+    offset = torch.arange(len(pair_vertex)) - torch.repeat_interleave(
+        torch.cumsum(per_vertex, 0) - per_vertex, per_vertex
+    )
+    pair_face = corner_order[starts[position[pair_vertex]] + offset] // 3
+    cosine = (
+        torch.nn.functional.normalize(cross, dim=1)[pair_face] * torch.nn.functional.normalize(own, dim=1)[pair_vertex]
+    ).sum(1)
+    keep = cosine >= np.cos(np.radians(_HARD_EDGE_DEGREES))
+    keep |= (faces[pair_face] == pair_vertex[:, None]).any(dim=1)  # its own faces always count
+    return torch.zeros_like(own).index_add(0, pair_vertex[keep], cross[pair_face[keep]])
 
 
 class _GlbBuilder:
