@@ -554,3 +554,20 @@ def test_export_normals_keep_hard_edges_and_smooth_seams():
     corners = sphere.faces.reshape(-1)
     split = Mesh(welded.verts[corners], torch.arange(len(corners)).reshape(-1, 3))
     np.testing.assert_allclose(unit_vertex_normals(split), welded_normals[corners], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "value", ["-s 1 1 1 -o 0 0 0 tex/blue.png", "tex\\blue.png", "-clamp on -bm 0.5 tex/blue.png", "-s 2 tex/blue.png"]
+)
+def test_map_kd_with_options_or_windows_separators_loads_its_texture(tmp_path, value):
+    """trimesh reads ``map_Kd`` as one file name: with options (``-s 1 1 1``) or ``\\`` separators (Windows
+    exporters) the texture was dropped, with a warning naming the whole value."""
+    (tmp_path / "tex").mkdir()
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "tex" / "blue.png")
+    body = _TRIANGLES[:24] + "vt 0 0\nvt 1 0\nvt 0 1\nusemtl paint\nf 1/1 2/2 3/3\n"
+    path = _obj(tmp_path, "m", body, f"newmtl paint\nKd 1 1 1\nmap_Kd {value}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = load_mesh(path)
+    assert mesh.texture is not None
+    _assert_colors(_nearest_texels(mesh), BLUE)

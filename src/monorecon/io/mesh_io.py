@@ -209,7 +209,7 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
     if not parts:
         raise ValueError(f"could not read mesh {path}: no triangles found")
     if fmt == "obj":
-        _warn_missing_obj_files(path)
+        _obj_textures(path, parts)
     elif fmt == "gltf":
         _warn_missing_gltf_images(path)
     try:
@@ -348,29 +348,67 @@ def _sampled_texture(mesh: Mesh) -> torch.Tensor:
     return sample_texture(mesh.texture.detach().float(), uvs[None])[0].clamp(0.0, 1.0).to(mesh.texture.dtype)
 
 
-def _warn_missing_obj_files(path: Path) -> None:
-    """Warn (one line) when the OBJ's material library or a ``map_Kd`` texture it names cannot be read: trimesh loads
-    the OBJ without it, silently."""
-    library, textures = _obj_material_names(path)
+def _obj_textures(path: Path, parts: list[tuple[np.ndarray, trimesh.Trimesh]]) -> None:
+    """Give the parts the ``map_Kd`` images trimesh did not read, written with options (``map_Kd -s 1 1 1 a.png``)
+    or Windows separators (``tex\\a.png``); warn (one line) about a material library or texture that cannot be read
+    (trimesh loads the OBJ without it, silently)."""
+    library, maps = _obj_material_names(path)
     if library is None:
         return
-    resolver = trimesh.resolvers.FilePathResolver(path)
-    if textures is None:
+    if maps is None:
         warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=4)
         return
-    missing = []
-    for name in textures:
+    resolver = trimesh.resolvers.FilePathResolver(path)
+    images, missing = {}, []
+    for material, value in maps.items():
+        name = _map_file_name(value)
         try:
             with Image.open(io.BytesIO(resolver.get(name))) as image:
-                image.verify()
+                image.load()
+                images[material] = image
         except Exception:  # missing or unreadable, as trimesh skips it
             missing.append(name)
+    for _, part in parts:
+        material = getattr(part.visual, "material", None)
+        uv = getattr(part.visual, "uv", None)
+        if uv is not None and isinstance(material, trimesh.visual.material.SimpleMaterial) and material.image is None:
+            material.image = images.get(material.name)
     if missing:
         warnings.warn(
             f"{path.name}: texture {', '.join(dict.fromkeys(missing))} (map_Kd of {library}) not found or unreadable: "
             "loaded without it",
             stacklevel=4,
         )
+
+
+_MAP_OPTIONS = {"-blendu": 1, "-blendv": 1, "-bm": 1, "-boost": 1, "-cc": 1, "-clamp": 1, "-imfchan": 1, "-texres": 1}
+"""Options of an MTL map statement with their argument counts; ``-mm`` takes 2 numbers, ``-o`` / ``-s`` / ``-t`` 1-3."""
+
+
+def _map_file_name(value: str) -> str:
+    """The file of an MTL ``map_Kd`` value: its options skipped, Windows separators made ``/``."""
+    tokens = value.split()
+    index = 0
+    while index < len(tokens) and tokens[index].startswith("-"):
+        option = tokens[index].lower()
+        if option in _MAP_OPTIONS:
+            index += 1 + _MAP_OPTIONS[option]
+        elif option in ("-mm", "-o", "-s", "-t"):
+            index += 1
+            for _ in range(2 if option == "-mm" else 3):
+                if index < len(tokens) - 1 and _is_number(tokens[index]):
+                    index += 1
+        else:
+            break
+    return " ".join(tokens[index:]).replace("\\", "/")
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 class _PercentDecodingResolver(trimesh.resolvers.FilePathResolver):
@@ -402,9 +440,9 @@ def _warn_missing_gltf_images(path: Path) -> None:
         warnings.warn(f"{path.name}: image {', '.join(missing)} not found: loaded without it", stacklevel=4)
 
 
-def _obj_material_names(path: Path) -> tuple[str | None, list[str] | None]:
-    """An OBJ's material library name (the first ``mtllib``, as trimesh reads it; None for none) and the ``map_Kd``
-    names in it (None when the library cannot be read), looked up as trimesh does, relative to the OBJ."""
+def _obj_material_names(path: Path) -> tuple[str | None, dict[str, str] | None]:
+    """An OBJ's material library name (the first ``mtllib``, as trimesh reads it; None for none) and its materials'
+    ``map_Kd`` values (None when the library cannot be read), looked up as trimesh does, relative to the OBJ."""
     with open(path, "rb") as file:
         text = file.read().decode("utf-8", errors="replace")
     start = text.find("mtllib")
@@ -416,12 +454,14 @@ def _obj_material_names(path: Path) -> tuple[str | None, list[str] | None]:
         mtl = trimesh.resolvers.FilePathResolver(path).get(library).decode("utf-8", errors="replace")
     except Exception:  # a missing file, or a name outside the OBJ's folder
         return library, None
-    textures = []
+    maps, material = {}, None
     for line in mtl.splitlines():
-        split = line.strip().split()
-        if len(split) > 1 and split[0].lower() == "map_kd":
-            textures.append(line[line.lower().index("map_kd") + 6 :].strip())
-    return library, textures
+        split = line.strip().split(maxsplit=1)
+        if len(split) == 2 and split[0].lower() == "newmtl":
+            material = split[1].strip()
+        elif len(split) == 2 and split[0].lower() == "map_kd" and material is not None:
+            maps[material] = split[1].strip()
+    return library, maps
 
 
 def source_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -430,8 +470,8 @@ def source_files(path: str | os.PathLike[str]) -> list[Path]:
     path = Path(path)
     files = [path]
     if path.suffix.lower() == ".obj" and path.is_file():
-        library, textures = _obj_material_names(path)
-        names = ([library] if library else []) + (textures or [])
+        library, maps = _obj_material_names(path)
+        names = ([library] if library else []) + [_map_file_name(value) for value in (maps or {}).values()]
         files += [path.parent / name for name in names if (path.parent / name).is_file()]
     return files
 
