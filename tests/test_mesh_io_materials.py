@@ -571,3 +571,13 @@ def test_map_kd_with_options_or_windows_separators_loads_its_texture(tmp_path, v
         mesh = load_mesh(path)
     assert mesh.texture is not None
     _assert_colors(_nearest_texels(mesh), BLUE)
+
+
+def test_an_ascii_ply_cut_short_is_refused(tmp_path):
+    """The header declares 2 faces, the file holds 1: refused (trimesh read the one face without a word)."""
+    header = ["ply", "format ascii 1.0", "element vertex 4", "property float x", "property float y",
+              "property float z", "element face 2", "property list uchar int vertex_indices", "end_header"]  # fmt: skip
+    rows = ["0 0 0", "1 0 0", "0 1 0", "1 1 0", "3 0 1 2"]
+    (tmp_path / "cut.ply").write_text("\n".join(header + rows) + "\n")
+    with pytest.raises(ValueError, match=r"cut\.ply: the header declares 2 faces, 1 were read$"):
+        load_mesh(tmp_path / "cut.ply")

@@ -208,6 +208,8 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
         raise ValueError(f"could not read mesh {path}: {detail}") from exc
     if not parts:
         raise ValueError(f"could not read mesh {path}: no triangles found")
+    if fmt == "ply":
+        _check_ply_counts(parts[0][1], path)
     if fmt == "obj":
         _obj_textures(path, parts)
     elif fmt == "gltf":
@@ -346,6 +348,16 @@ def _sampled_texture(mesh: Mesh) -> torch.Tensor:
     """(V, 3) the texture bilinearly sampled at each vertex's UV (:func:`~monorecon.core.shading.repeat_uvs`)."""
     uvs = repeat_uvs(mesh.uvs.detach().float())
     return sample_texture(mesh.texture.detach().float(), uvs[None])[0].clamp(0.0, 1.0).to(mesh.texture.dtype)
+
+
+def _check_ply_counts(part: trimesh.Trimesh, path: Path) -> None:
+    """Raise ValueError when a PLY holds fewer vertices or faces than its header declares (trimesh reads a cut ASCII
+    file without a word; a polygon can only add triangles)."""
+    raw = part.metadata.get("_ply_raw", {})
+    for element, plural, read in (("vertex", "vertices", len(part.vertices)), ("face", "faces", len(part.faces))):
+        declared = raw.get(element, {}).get("length")
+        if isinstance(declared, int | np.integer) and read < declared:
+            raise ValueError(f"invalid mesh in {path}: the header declares {declared} {plural}, {read} were read")
 
 
 def _obj_textures(path: Path, parts: list[tuple[np.ndarray, trimesh.Trimesh]]) -> None:
