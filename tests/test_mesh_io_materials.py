@@ -24,35 +24,43 @@ RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 TOLERANCE = 0.5 / 255 + 1e-6
 
 
+def _one_mesh_gltf(
+    primitive: pygltflib.Primitive, material: pygltflib.Material, accessors: list, views: list, buffer, **extra
+) -> pygltflib.GLTF2:
+    """A glTF of one node with one mesh of one primitive and one material."""
+    return pygltflib.GLTF2(
+        asset=pygltflib.Asset(version="2.0"),
+        scene=0,
+        scenes=[pygltflib.Scene(nodes=[0])],
+        nodes=[pygltflib.Node(mesh=0)],
+        meshes=[pygltflib.Mesh(primitives=[primitive])],
+        materials=[material],
+        accessors=accessors,
+        bufferViews=views,
+        buffers=[buffer],
+        **extra,
+    )
+
+
 def _factor_glb(path, factor) -> None:
     """A GLB written with pygltflib: one triangle whose material has only ``baseColorFactor`` (no texture)."""
     positions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
     indices = np.array([0, 1, 2], dtype=np.uint32)
     blob = positions.tobytes() + indices.tobytes()
-    gltf = pygltflib.GLTF2(
-        asset=pygltflib.Asset(version="2.0"),
-        scene=0,
-        scenes=[pygltflib.Scene(nodes=[0])],
-        nodes=[pygltflib.Node(mesh=0)],
-        meshes=[
-            pygltflib.Mesh(
-                primitives=[pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0), indices=1, material=0)]
-            )
-        ],
-        materials=[
-            pygltflib.Material(pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorFactor=[*factor, 1.0]))
-        ],
-        accessors=[
+    gltf = _one_mesh_gltf(
+        pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0), indices=1, material=0),
+        pygltflib.Material(pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorFactor=[*factor, 1.0])),
+        [
             pygltflib.Accessor(
                 bufferView=0, componentType=5126, count=3, type="VEC3", min=[0.0, 0.0, 0.0], max=[1.0, 1.0, 0.0]
             ),
             pygltflib.Accessor(bufferView=1, componentType=5125, count=3, type="SCALAR"),
         ],
-        bufferViews=[
+        [
             pygltflib.BufferView(buffer=0, byteOffset=0, byteLength=36, target=34962),
             pygltflib.BufferView(buffer=0, byteOffset=36, byteLength=12, target=34963),
         ],
-        buffers=[pygltflib.Buffer(byteLength=len(blob))],
+        pygltflib.Buffer(byteLength=len(blob)),
     )
     gltf.set_binary_blob(blob)
     gltf.save_binary(str(path))
@@ -487,32 +495,22 @@ def _external_image_gltf(folder, uri: str) -> None:
     uvs = np.array([[0.5, 0.5]] * 3, np.float32)
     blob = positions.tobytes() + uvs.tobytes()
     (folder / "m.bin").write_bytes(blob)
-    gltf = pygltflib.GLTF2(
-        asset=pygltflib.Asset(version="2.0"),
-        scene=0,
-        scenes=[pygltflib.Scene(nodes=[0])],
-        nodes=[pygltflib.Node(mesh=0)],
-        meshes=[
-            pygltflib.Mesh(
-                primitives=[pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0, TEXCOORD_0=1), material=0)]
-            )
-        ],
-        materials=[
-            pygltflib.Material(
-                pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorTexture=pygltflib.TextureInfo(index=0))
-            )
-        ],
-        textures=[pygltflib.Texture(source=0)],
-        images=[pygltflib.Image(uri=uri)],
-        accessors=[
+    gltf = _one_mesh_gltf(
+        pygltflib.Primitive(attributes=pygltflib.Attributes(POSITION=0, TEXCOORD_0=1), material=0),
+        pygltflib.Material(
+            pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(baseColorTexture=pygltflib.TextureInfo(index=0))
+        ),
+        [
             pygltflib.Accessor(bufferView=0, componentType=5126, count=3, type="VEC3", min=[0, 0, 0], max=[1, 1, 0]),
             pygltflib.Accessor(bufferView=1, componentType=5126, count=3, type="VEC2"),
         ],
-        bufferViews=[
+        [
             pygltflib.BufferView(buffer=0, byteOffset=0, byteLength=36),
             pygltflib.BufferView(buffer=0, byteOffset=36, byteLength=24),
         ],
-        buffers=[pygltflib.Buffer(uri="m.bin", byteLength=len(blob))],
+        pygltflib.Buffer(uri="m.bin", byteLength=len(blob)),
+        textures=[pygltflib.Texture(source=0)],
+        images=[pygltflib.Image(uri=uri)],
     )
     gltf.save_json(str(folder / "m.gltf"))
 
