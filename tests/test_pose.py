@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -22,6 +23,7 @@ from monorecon.fit.pose import (
     rotation_error_deg,
     save_pose_result,
 )
+from monorecon.io.images import save_image
 from paths import SHARED_MESHES
 
 TEAPOT = str(SHARED_MESHES / "teapot.ply")
@@ -258,3 +260,56 @@ def test_shading_term_is_weighted_colour_difference_over_covered_pixels():
     assert float(colour) > 0.5
     assert totals[0] == pytest.approx(float(silhouette[0]), rel=1e-6)
     assert totals[1] - totals[0] == pytest.approx(2.5 * float(colour), rel=1e-4)
+
+
+def test_absurd_restarts_and_learning_rates_are_refused_before_any_work():
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, _ = _reference(mesh, 30.0, 20.0, 3.0, 32)
+    with pytest.raises(ValueError, match=r"restarts must lie in \[0, 1000\], got 100000000"):
+        fit_pose(mesh, image, restarts=100_000_000)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
+        fit_pose(mesh, image, lr=math.inf)
+    rgb_all_foreground = torch.full((32, 32, 3), 0.5)  # grey everywhere, white expected as the background
+    with pytest.raises(ValueError, match="the reference silhouette fills the image"):
+        fit_pose(mesh, rgb_all_foreground)
+
+
+def test_silhouette_iou_of_a_fit_is_one_at_the_truth_and_zero_looking_away():
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, truth = _reference(mesh, 30.0, 20.0, 3.0, 48)
+    reference = (image[..., 3] > 0.5).float()
+    result = PoseFitResult(c2w=truth, fov_deg=60.0, loss=0.0, history=[], frames=[], reference=reference,
+                           znear=1.0, zfar=100.0)  # fmt: skip
+    assert result.silhouette_iou(mesh) > 0.97
+    away = truth.clone()
+    away[:3, 3] = -away[:3, 3]  # behind the mesh, looking away from it
+    assert dataclasses.replace(result, c2w=away).silhouette_iou(mesh) == 0.0
+
+
+def test_fit_pose_command_takes_an_rgb_references_background_from_its_border_and_warns_on_a_failed_fit(
+    tmp_path, monkeypatch, capsys
+):
+    """An RGB reference on grey: the command passes the border's grey as the background (the API's default white
+    made every pixel foreground); a fit whose silhouette IoU is below 0.5 is warned about."""
+    from monorecon.cli import main
+    from monorecon.fit import pose
+
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, truth = _reference(mesh, 30.0, 20.0, 3.0, 48)
+    rgb = image[..., :3] * image[..., 3:] + 0.5 * (1 - image[..., 3:])
+    save_image(rgb.numpy(), tmp_path / "grey.png")
+    seen = {}
+
+    def fake_fit(mesh, image, **kwargs):
+        seen.update(kwargs)
+        silhouette = reference_silhouette(torch.as_tensor(image), kwargs["background"])
+        away = truth.clone()
+        away[:3, 3] = -away[:3, 3]  # a failed fit: looking away from the mesh
+        frames = [np.zeros((48, 48, 3), np.uint8)]
+        return PoseFitResult(c2w=away, fov_deg=60.0, loss=1.0, history=[1.0], frames=frames, reference=silhouette,
+                             znear=1.0, zfar=100.0)  # fmt: skip
+
+    monkeypatch.setattr(pose, "fit_pose", fake_fit)
+    assert main(["fit-pose", TEAPOT, str(tmp_path / "grey.png"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert seen["background"] == pytest.approx((0.5, 0.5, 0.5), abs=1 / 255)
+    assert "the fitted camera does not match the reference (silhouette IoU 0." in capsys.readouterr().err

@@ -56,6 +56,7 @@ from monorecon.io.images import save_image, to_uint8
 from monorecon.losses.fitting import silhouette_loss
 
 __all__ = [
+    "MAX_RESTARTS",
     "TUTORIAL_START_POSITION",
     "PoseFitResult",
     "axis_angle_to_matrix",
@@ -102,6 +103,18 @@ class PoseFitResult:
     restart: int = 0
     run_losses: list[float] = field(default_factory=list)
 
+    def silhouette_iou(self, mesh: Mesh) -> float:
+        """IoU of the mesh's hard silhouette seen by the recovered camera with the reference silhouette: near 1 for
+        a fit that matches, near 0 for one that lost the mesh (it can leave the view or pass its near plane)."""
+        height, width = self.reference.shape
+        camera = PerspectiveCameras(
+            self.c2w[None].float(), height, width, znear=self.znear, zfar=self.zfar, fov_y_deg=self.fov_deg
+        )
+        with torch.no_grad():
+            drawn = render_silhouette(mesh.verts.float(), mesh.faces, camera, sigma=None)[0] > 0.5
+        reference = self.reference > 0.5
+        return float((drawn & reference).sum()) / max(float((drawn | reference).sum()), 1.0)
+
     @property
     def position(self) -> torch.Tensor:
         """(3,) camera centre."""
@@ -140,6 +153,10 @@ def rotation_error_deg(r1: torch.Tensor, r2: torch.Tensor) -> float:
     r1, r2 = r1[..., :3, :3].double(), r2[..., :3, :3].double()
     cos = ((r1.transpose(-1, -2) @ r2).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
     return float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))))
+
+
+MAX_RESTARTS = 1000
+"""Most extra starts of :func:`fit_pose` (each is rendered every step of the tutorial phase)."""
 
 
 def reference_silhouette(image: torch.Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -534,6 +551,10 @@ def fit_pose(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if parameterisation not in PARAMETERISATIONS:
         raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
+    if not 0 <= restarts <= MAX_RESTARTS:
+        raise ValueError(f"restarts must lie in [0, {MAX_RESTARTS}], got {restarts}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
     if steps < 1 or restarts < 0 or refine_steps < 0 or record_every < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, restarts >= 0, refine_steps >= 0, record_every >= 1, lr > 0; got {steps}, "
                          f"{restarts}, {refine_steps}, {record_every}, {lr}")  # fmt: skip
@@ -547,6 +568,11 @@ def fit_pose(
     reference = reference_silhouette(image, background)
     if float(reference.sum()) == 0:
         raise ValueError("the reference image has an empty silhouette (no foreground pixel)")
+    if float(reference.mean()) > 0.99:
+        raise ValueError(
+            "the reference silhouette fills the image: give an RGBA image, or an RGB one on a plain background of "
+            "the given background colour"
+        )
     height, width = reference.shape
     start = torch.as_tensor(start_position, dtype=torch.float32).reshape(1, 3)
     check_tensor(start, "start_position")
