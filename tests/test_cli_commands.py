@@ -97,6 +97,10 @@ from monorecon.cli import main
             ["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i", "--object-height", "0"],
             "--object-height must lie in [1e-06, 1000]",
         ),
+        (
+            ["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i", "--size", "8"],
+            "--size must lie in [16, 4096], got 8",
+        ),
         (["train-g3dr", "{tmp}/missing.yaml"], "missing.yaml"),
         (["train-g3dr-diffusion", "{tmp}/missing.yaml"], "missing.yaml"),
         (["g3dr"], "usage"),

@@ -282,6 +282,10 @@ def test_input_colours_go_to_the_texels_the_fitted_camera_sees(tmp_path):
     after_error = (render[:3][:, centre[0], centre[1]] - disc).abs().mean()
     before_error = (before[:3][:, centre[0], centre[1]] - disc).abs().mean()
     assert after_error < 0.08 and after_error < before_error / 2, (after_error, before_error)
+    # the result's input view (input_view.png) is that render: it showed the generated texture
+    torch.testing.assert_close(coloured.render[..., 3], render[3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(coloured.render[centre][..., :3], render[:3][:, centre[0], centre[1]].permute(1, 2, 0),
+                               atol=0.03, rtol=0)  # fmt: skip
 
 
 def test_invert_rejects_bad_input():

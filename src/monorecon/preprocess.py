@@ -34,8 +34,12 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from .core.checks import check_int
+
 #: Object framing when neither the caller nor a model gives one (TripoSR's).
 DEFAULT_FOREGROUND_RATIO = 0.85
+#: Sides of the prepared square image :class:`PreprocessConfig` accepts (``output_size``).
+OUTPUT_SIZE_RANGE = (16, 4096)
 #: How far outside [0, 1] a float image may stray (resampling overshoot) before it is refused; it is then clipped.
 _UNIT_TOLERANCE = 1e-3
 
@@ -71,8 +75,8 @@ class PreprocessConfig:
             raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio}")
         if not 0.0 <= self.background_gray <= 1.0:
             raise ValueError(f"background_gray must lie in [0, 1], got {self.background_gray}")
-        if self.output_size is not None and not 16 <= self.output_size <= 4096:
-            raise ValueError(f"output_size must lie in [16, 4096], got {self.output_size}")
+        if self.output_size is not None:
+            check_int(self.output_size, "output_size", *OUTPUT_SIZE_RANGE)
 
 
 @dataclass

@@ -79,9 +79,12 @@ def _run_invert(args: argparse.Namespace) -> int:
     from ..fit.invert import invert, save_inversion_result, with_input_colours
     from ..io.images import load_image
     from ..models.meshgan.train import load_generator
-    from ..preprocess import PreprocessConfig, preprocess_image
+    from ..preprocess import OUTPUT_SIZE_RANGE, PreprocessConfig, preprocess_image
 
     placement = placement_keywords(args)
+    low, high = OUTPUT_SIZE_RANGE
+    if not low <= args.size <= high:  # the preprocessing's range, named by its flag
+        raise CommandError(f"--size must lie in [{low}, {high}], got {args.size}")
     check_output_folder(args.output)
     generator = load_generator(args.generator)
     prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))

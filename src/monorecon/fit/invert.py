@@ -55,7 +55,7 @@ from tqdm import tqdm
 from monorecon.core.cameras import WeakPerspectiveCameras
 from monorecon.core.checks import check_int, check_tensor
 from monorecon.core.mesh import Mesh, check_placement
-from monorecon.core.mesh_renderer import render_silhouette
+from monorecon.core.mesh_renderer import render, render_silhouette
 from monorecon.core.projection import project_image_texture
 from monorecon.eval.metrics import mask_iou
 from monorecon.io.atomic import atomic_write_json, check_output_folder, check_writable
@@ -312,8 +312,8 @@ def with_input_colours(
     result: InversionResult, image: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray | None = None
 ) -> InversionResult:
     """``result`` with the input's own colours on the texels it sees at the fitted camera and the rest of the texture
-    mapped to the input's colours (:func:`monorecon.core.projection.project_image_texture`); ``texture`` and ``mesh``
-    change together, the geometry, camera and scores do not.
+    mapped to the input's colours (:func:`monorecon.core.projection.project_image_texture`); ``texture``, ``mesh``
+    and ``render`` (the input view, re-rendered) change together, the geometry, camera and scores do not.
 
     Args:
         result: an :func:`invert` result; image, mask: the input given to :func:`invert`.
@@ -321,7 +321,10 @@ def with_input_colours(
     rgb, mask = _split_input(image, mask)
     camera = weak_cameras(result.scale, result.translation, result.quaternion, rgb.shape[0])
     mesh = project_image_texture(result.mesh, camera, rgb.clamp(0.0, 1.0), mask.clamp(0.0, 1.0))
-    return dataclasses.replace(result, texture=mesh.texture.permute(2, 0, 1).contiguous(), mesh=mesh)
+    with torch.no_grad():  # as :func:`~monorecon.models.meshgan.train.render_generated` draws it: Lambert, headlight
+        out = render(mesh, camera, shading="lambert")
+    rgba = torch.cat([out["rgb"][0], out["alpha"][0, ..., None]], dim=-1)
+    return dataclasses.replace(result, texture=mesh.texture.permute(2, 0, 1).contiguous(), mesh=mesh, render=rgba)
 
 
 def _feature_points(feature_map: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
