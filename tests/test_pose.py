@@ -310,6 +310,8 @@ def test_fit_pose_command_takes_an_rgb_references_background_from_its_border_and
                              znear=1.0, zfar=100.0)  # fmt: skip
 
     monkeypatch.setattr(pose, "fit_pose", fake_fit)
-    assert main(["fit-pose", TEAPOT, str(tmp_path / "grey.png"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    argv = ["fit-pose", TEAPOT, str(tmp_path / "grey.png"), "-o", str(tmp_path / "out"), "--znear", "0.01", "--quiet"]
+    assert main(argv) == 0
     assert seen["background"] == pytest.approx((0.5, 0.5, 0.5), abs=1 / 255)
+    assert (seen["znear"], seen["zfar"]) == (0.01, 100.0)  # a small mesh seen close needs a nearer clipping plane
     assert "the fitted camera does not match the reference (silhouette IoU 0." in capsys.readouterr().err

@@ -13,10 +13,14 @@ from .common import CommandError, CommandParser, add_placement_options, placemen
 def add_fit_pose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-pose", help="recover the camera that sees MESH as in IMAGE (differentiable rendering)")
     p.add_argument("mesh", type=Path)
-    p.add_argument("image", type=Path, help="reference image (object on a white background, or RGBA)")
+    p.add_argument("image", type=Path, help="reference image: RGBA, or RGB on a plain background (its border's colour)")
     p.add_argument("-o", "--output", type=Path, default=Path("pose_fit"))
     p.add_argument("--fov", type=float, default=60.0, help="vertical field of view in degrees")
-    p.add_argument("--restarts", type=int, default=8)
+    p.add_argument(
+        "--znear", type=float, default=1.0, help="near clipping depth (default 1: lower it for a small mesh seen close)"
+    )
+    p.add_argument("--zfar", type=float, default=100.0, help="far clipping depth (default 100)")
+    p.add_argument("--restarts", type=int, default=8, help="extra starts spread around the mesh (0 to 1000, default 8)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--loss", choices=["silhouette", "silhouette+shading"], default="silhouette")
@@ -40,8 +44,9 @@ def _run_fit_pose(args: argparse.Namespace) -> int:
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     background = (1.0, 1.0, 1.0) if image.shape[-1] == 4 else tuple(float(c) for c in np.median(border, axis=0))
     result = fit_pose(
-        mesh, image, fov_deg=args.fov, restarts=args.restarts, steps=args.steps, lr=args.lr, loss=args.loss,
-        parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet, background=background,
+        mesh, image, fov_deg=args.fov, znear=args.znear, zfar=args.zfar, restarts=args.restarts, steps=args.steps,
+        lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,
+        background=background,
     )  # fmt: skip
     paths = save_pose_result(result, args.output, video=args.video)
     iou = result.silhouette_iou(mesh)
