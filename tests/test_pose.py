@@ -269,9 +269,9 @@ def test_absurd_restarts_and_learning_rates_are_refused_before_any_work():
         fit_pose(mesh, image, restarts=100_000_000)
     with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
         fit_pose(mesh, image, lr=math.inf)
-    rgb_all_foreground = torch.full((32, 32, 3), 0.5)  # grey everywhere, white expected as the background
+    rgb_all_foreground = torch.full((32, 32, 3), 0.5)  # grey everywhere, white given as the background
     with pytest.raises(ValueError, match="the reference silhouette fills the image"):
-        fit_pose(mesh, rgb_all_foreground)
+        fit_pose(mesh, rgb_all_foreground, background=(1.0, 1.0, 1.0))
 
 
 def test_silhouette_iou_of_a_fit_is_one_at_the_truth_and_zero_looking_away():
@@ -286,32 +286,38 @@ def test_silhouette_iou_of_a_fit_is_one_at_the_truth_and_zero_looking_away():
     assert dataclasses.replace(result, c2w=away).silhouette_iou(mesh) == 0.0
 
 
-def test_fit_pose_command_takes_an_rgb_references_background_from_its_border_and_warns_on_a_failed_fit(
-    tmp_path, monkeypatch, capsys
-):
-    """An RGB reference on grey: the command passes the border's grey as the background (the API's default white
-    made every pixel foreground); a fit whose silhouette IoU is below 0.5 is warned about."""
+def test_an_rgb_references_background_is_its_borders_colour():
+    """An RGB reference on grey: by default the background is the border's median colour, so the silhouette is the
+    object (with the tutorial's white every pixel was foreground, and a wrong pose got a near-perfect loss)."""
+    mesh = load_normalized_mesh(TEAPOT, radius=1.0)
+    image, _ = _reference(mesh, 30.0, 20.0, 3.0, 48)
+    rgb = image[..., :3] * image[..., 3:] + 0.5 * (1 - image[..., 3:])
+    result = fit_pose(mesh, rgb, steps=1, restarts=0, refine_steps=0, coarse_size=None)
+    drawn, truth = result.reference > 0.5, image[..., 3] > 0.5
+    assert float((drawn & truth).sum()) / float((drawn | truth).sum()) > 0.95  # white gave 0.09
+
+
+def test_fit_pose_command_passes_its_clipping_and_warns_on_a_failed_fit(tmp_path, monkeypatch, capsys):
+    """``--znear`` reaches the fit (a small mesh seen close needs a nearer clipping plane); a fit whose silhouette IoU
+    is below 0.5 is warned about."""
     from monorecon.cli import main
     from monorecon.fit import pose
 
     mesh = load_normalized_mesh(TEAPOT, radius=1.0)
     image, truth = _reference(mesh, 30.0, 20.0, 3.0, 48)
-    rgb = image[..., :3] * image[..., 3:] + 0.5 * (1 - image[..., 3:])
-    save_image(rgb.numpy(), tmp_path / "grey.png")
+    save_image(image.numpy(), tmp_path / "teapot.png")
     seen = {}
 
     def fake_fit(mesh, image, **kwargs):
         seen.update(kwargs)
-        silhouette = reference_silhouette(torch.as_tensor(image), kwargs["background"])
         away = truth.clone()
         away[:3, 3] = -away[:3, 3]  # a failed fit: looking away from the mesh
         frames = [np.zeros((48, 48, 3), np.uint8)]
-        return PoseFitResult(c2w=away, fov_deg=60.0, loss=1.0, history=[1.0], frames=frames, reference=silhouette,
-                             znear=1.0, zfar=100.0)  # fmt: skip
+        return PoseFitResult(c2w=away, fov_deg=60.0, loss=1.0, history=[1.0], frames=frames,
+                             reference=reference_silhouette(torch.as_tensor(image)), znear=1.0, zfar=100.0)  # fmt: skip
 
     monkeypatch.setattr(pose, "fit_pose", fake_fit)
-    argv = ["fit-pose", TEAPOT, str(tmp_path / "grey.png"), "-o", str(tmp_path / "out"), "--znear", "0.01", "--quiet"]
+    argv = ["fit-pose", TEAPOT, str(tmp_path / "teapot.png"), "-o", str(tmp_path / "out"), "--znear", "0.01", "--quiet"]
     assert main(argv) == 0
-    assert seen["background"] == pytest.approx((0.5, 0.5, 0.5), abs=1 / 255)
-    assert (seen["znear"], seen["zfar"]) == (0.01, 100.0)  # a small mesh seen close needs a nearer clipping plane
+    assert (seen["znear"], seen["zfar"]) == (0.01, 100.0)
     assert "the fitted camera does not match the reference (silhouette IoU 0." in capsys.readouterr().err

@@ -102,6 +102,11 @@ class PreparedImage:
         return np.concatenate([self.rgb, self.alpha[..., None]], axis=-1)
 
 
+def border_pixels(image: np.ndarray) -> np.ndarray:
+    """(N, ...) the pixels of an (H, W, ...) image's outer frame, each once (N = 2 (H + W) - 4)."""
+    return np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]], axis=0)
+
+
 def border_alpha(rgb: np.ndarray, tolerance: float = 0.1, min_plain_border: float = 0.6) -> np.ndarray:
     """Alpha of an object on a plain background by flood fill from the image border.
 
@@ -114,11 +119,9 @@ def border_alpha(rgb: np.ndarray, tolerance: float = 0.1, min_plain_border: floa
     Raises:
         ValueError: if the border is not plain enough, or nothing but background is found.
     """
-    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]], axis=0)
-    background = np.median(border, axis=0)
+    background = np.median(border_pixels(rgb), axis=0)
     close = np.linalg.norm(rgb - background, axis=-1) <= tolerance
-    border_close = np.concatenate([close[0], close[-1], close[1:-1, 0], close[1:-1, -1]])
-    if border_close.mean() < min_plain_border:
+    if border_pixels(close).mean() < min_plain_border:
         raise ValueError(
             "background is not plain: give an RGBA image (alpha = the object), a matting model, or turn background "
             "removal off (command line: --matting-model FILE.onnx or --no-remove-bg)"

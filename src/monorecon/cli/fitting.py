@@ -32,21 +32,16 @@ def add_fit_pose(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fit_pose(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..fit.pose import fit_pose, pose_result_files, save_pose_result
     from ..io.images import load_image
     from ..io.mesh_io import load_mesh
 
     check_output_files(args.output, pose_result_files(args.video))  # before the (slow) fit
-    mesh, image = load_mesh(args.mesh), load_image(args.image)
-    # an RGB reference: its background is the median colour of its border (the API's default is white)
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    background = (1.0, 1.0, 1.0) if image.shape[-1] == 4 else tuple(float(c) for c in np.median(border, axis=0))
+    mesh = load_mesh(args.mesh)
     result = fit_pose(
-        mesh, image, fov_deg=args.fov, znear=args.znear, zfar=args.zfar, restarts=args.restarts, steps=args.steps,
-        lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,
-        background=background,
+        mesh, load_image(args.image), fov_deg=args.fov, znear=args.znear, zfar=args.zfar, restarts=args.restarts,
+        steps=args.steps, lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed,
+        progress=not args.quiet,
     )  # fmt: skip
     paths = save_pose_result(result, args.output, video=args.video)
     iou = result.silhouette_iou(mesh)

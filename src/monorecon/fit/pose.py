@@ -3,7 +3,8 @@
 Given a mesh and a reference image of it, find the perspective camera that sees the mesh as in the image:
 
 * **Reference silhouette**: the alpha channel (> 0.5) of an RGBA image, or for RGB the pixels that differ from the
-  background colour (default white) by more than 1/255 in some channel, as the tutorial's "non-background pixels".
+  background colour (default: the median colour of the image's border) by more than 1/255 in some channel, as the
+  tutorial's "non-background pixels" (its background is white).
 * **Camera**: look-at camera (world up +Y, looking at the origin, module convention of
   :mod:`monorecon.core.cameras`) parameterised by its **position**, as the tutorial; or ``"full"``: a rotation
   (axis-angle offset applied to the initial look-at rotation), the position and the focal length (log-scale offset
@@ -54,6 +55,7 @@ from monorecon.core.mesh_renderer import render_mesh, render_silhouette
 from monorecon.io.atomic import atomic_write_json
 from monorecon.io.images import save_image, to_uint8
 from monorecon.losses.fitting import silhouette_loss
+from monorecon.preprocess import border_pixels
 
 __all__ = [
     "MAX_RESTARTS",
@@ -506,7 +508,7 @@ def fit_pose(
     search: int = 100,
     faces_per_pixel: int = 30,
     shading_weight: float = 1.0,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    background: tuple[float, float, float] | None = None,
 ) -> PoseFitResult:
     """Recover the camera that sees ``mesh`` as in ``image`` (see the module docstring for the method).
 
@@ -537,7 +539,8 @@ def fit_pose(
         search: number of camera directions scored (without optimisation) to place the restarts.
         faces_per_pixel: faces blended per pixel by the soft rasteriser.
         shading_weight: weight of the colour term of "silhouette+shading".
-        background: background colour of the reference (RGB images) and of the shaded renders.
+        background: background colour of the reference (RGB images) and of the shaded renders; None: white for an
+            RGBA reference, the median colour of its border for an RGB one.
 
     Returns:
         :class:`PoseFitResult` (``history`` of the chosen run: the tutorial phase, then the refinement).
@@ -565,6 +568,9 @@ def fit_pose(
     if coarse_max_faces is not None and coarse_max_faces < 100:
         raise ValueError(f"coarse_max_faces must be >= 100 or None, got {coarse_max_faces}")
     torch.manual_seed(seed)
+    if background is None:
+        plain = image.shape[-1] == 4
+        background = (1.0, 1.0, 1.0) if plain else tuple(np.median(border_pixels(image.numpy()), axis=0).tolist())
     reference = reference_silhouette(image, background)
     if float(reference.sum()) == 0:
         raise ValueError("the reference image has an empty silhouette (no foreground pixel)")
