@@ -104,14 +104,18 @@ UV_TOLERANCE = 1e-4
 def repeat_uvs(uv: torch.Tensor) -> torch.Tensor:
     """(..., 2) UVs of a repeating texture (glTF's default wrap) brought into [0, 1]: coordinates further than
     :data:`UV_TOLERANCE` outside it are wrapped (``u mod 1``), the others clamped onto its edges."""
-    outside = (uv < -UV_TOLERANCE) | (uv > 1 + UV_TOLERANCE)
-    return torch.where(outside, torch.remainder(uv, 1.0), uv.clamp(0.0, 1.0))
+    return torch.where(_past_texture(uv), torch.remainder(uv, 1.0), uv.clamp(0.0, 1.0))
 
 
 def uvs_repeat(uv: torch.Tensor) -> bool:
     """Whether (..., 2) UVs step into another repeat of the texture (beyond :data:`UV_TOLERANCE`): an exported
     file then needs a repeating sampler, not a clamped one."""
-    return bool(((uv < -UV_TOLERANCE) | (uv > 1 + UV_TOLERANCE)).any())
+    return bool(_past_texture(uv).any())
+
+
+def _past_texture(uv: torch.Tensor) -> torch.Tensor:
+    """Where UV coordinates lie further than :data:`UV_TOLERANCE` outside [0, 1]."""
+    return (uv < -UV_TOLERANCE) | (uv > 1 + UV_TOLERANCE)
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
-from ..core.shading import UV_TOLERANCE, face_normals, repeat_uvs, sample_texture, uvs_repeat
+from ..core.shading import UV_TOLERANCE, face_areas, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes, check_writable
 from .images import png_bytes
 
@@ -371,8 +371,15 @@ def _obj_textures(path: Path, parts: list[tuple[np.ndarray, trimesh.Trimesh]]) -
         warnings.warn(f"{path.name}: material library {library} not found: loaded without its materials", stacklevel=4)
         return
     resolver = trimesh.resolvers.FilePathResolver(path)
+    read = {
+        material.name
+        for _, part in parts
+        if getattr(material := getattr(part.visual, "material", None), "image", None) is not None
+    }
     images, missing = {}, []
     for material, value in maps.items():
+        if material in read:  # trimesh has it: not decoded twice
+            continue
         name = _map_file_name(value)
         try:
             with Image.open(io.BytesIO(resolver.get(name))) as image:
@@ -440,13 +447,10 @@ def _warn_missing_gltf_images(path: Path) -> None:
         images = json.loads(path.read_text(encoding="utf-8")).get("images") or []
     except (OSError, ValueError, AttributeError):  # trimesh read it: nothing more to say here
         return
-    resolver = _PercentDecodingResolver(path)
     missing = []
     for uri in (image.get("uri") for image in images if isinstance(image, dict)):
         if isinstance(uri, str) and not uri.startswith("data:"):
-            try:
-                resolver.get(uri)
-            except Exception:  # missing, or outside the file's folder
+            if not any((path.parent / name).is_file() for name in (uri, urllib.parse.unquote(uri))):
                 missing.append(urllib.parse.unquote(uri))
     if missing:
         warnings.warn(f"{path.name}: image {', '.join(missing)} not found: loaded without it", stacklevel=4)
@@ -593,7 +597,7 @@ def unit_vertex_normals(mesh: Mesh) -> np.ndarray:
     its own faces' mean: a seam through a smooth surface is not shaded, a flat-shaded cube stays flat.
     """
     verts, faces = mesh.verts.detach().cpu().double(), mesh.faces.cpu()
-    cross = torch.linalg.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    cross = face_normals(verts, faces) * face_areas(verts, faces)[:, None]  # area-weighted
     own = torch.zeros_like(verts).index_add(0, faces.reshape(-1), cross.repeat_interleave(3, dim=0))
     position = mesh.position_ids().cpu()
     if int(position.max()) + 1 < len(verts):  # copies at one position: every (vertex, face with a corner there)
