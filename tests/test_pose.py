@@ -269,6 +269,8 @@ def test_absurd_restarts_and_learning_rates_are_refused_before_any_work():
         fit_pose(mesh, image, restarts=100_000_000)
     with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
         fit_pose(mesh, image, lr=math.inf)
+    with pytest.raises(ValueError, match="need 0 < znear < zfar"):
+        fit_pose(mesh, image, znear=0.0)  # as `fit-pose --znear 0` passes it
     rgb_all_foreground = torch.full((32, 32, 3), 0.5)  # grey everywhere, white given as the background
     with pytest.raises(ValueError, match="the reference silhouette fills the image"):
         fit_pose(mesh, rgb_all_foreground, background=(1.0, 1.0, 1.0))
