@@ -20,6 +20,7 @@ import pytest
 import torch
 import trimesh
 
+from analytic import srgb_to_linear
 from monorecon.core.mesh import Mesh
 from monorecon.io import atomic, load_mesh, mesh_io, save_mesh
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
@@ -374,16 +375,16 @@ def test_glb_texcoords_are_v_down_and_material(tmp_path):
     assert gltf.images[0].mimeType == "image/png"
 
 
-def test_glb_vertex_colors_raw(tmp_path):
+def test_glb_vertex_colors_are_linear(tmp_path):
+    """glTF's COLOR_0 is linear: our display values go through the sRGB curve."""
     mesh = _colored_sphere()
     save_mesh(mesh, tmp_path / "c.glb")
     gltf = pygltflib.GLTF2().load(str(tmp_path / "c.glb"))
     primitive = gltf.meshes[0].primitives[0]
     accessor = gltf.accessors[primitive.attributes.COLOR_0]
-    assert accessor.normalized and accessor.type == "VEC4"
-    rgba = _gltf_accessor(gltf, primitive.attributes.COLOR_0)
-    assert np.abs(rgba[:, :3] / 255.0 - mesh.vertex_colors.numpy()).max() <= 0.5 / 255 + 1e-6
-    assert (rgba[:, 3] == 255).all()
+    assert (accessor.componentType, accessor.type) == (5126, "VEC3")
+    linear = _gltf_accessor(gltf, primitive.attributes.COLOR_0)
+    np.testing.assert_allclose(linear, srgb_to_linear(mesh.vertex_colors.numpy()), atol=1e-6)
     assert gltf.materials[0].pbrMetallicRoughness.metallicFactor == 0.0  # not the dark default metal
 
 

@@ -14,6 +14,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from analytic import srgb_to_linear
 from monorecon.cli import main
 from monorecon.core.mesh import Mesh
 from monorecon.io import load_mesh, save_mesh
@@ -125,7 +126,7 @@ _TRIANGLES = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 5 0 0\nv 6 0 0\nv 5 1 0\n"
 # Flat material colours
 # --------------------------------------------------------------------------------------------------------------------
 def test_glb_base_color_factor_without_texture_becomes_vertex_colours(tmp_path):
-    _factor_glb(tmp_path / "steel.glb", STEEL)
+    _factor_glb(tmp_path / "steel.glb", srgb_to_linear(STEEL).tolist())  # glTF's factor is linear
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mesh = load_mesh(tmp_path / "steel.glb")
@@ -479,14 +480,14 @@ def test_a_mesh_of_zero_area_triangles_is_refused(tmp_path):
 
 
 def test_a_reader_error_without_a_message_still_says_what_happened(tmp_path, monkeypatch):
-    (tmp_path / "m.glb").write_bytes(b"glTF....")
+    (tmp_path / "m.ply").write_bytes(b"ply....")
 
     def failing(*args, **kwargs):
         raise AssertionError()
 
     monkeypatch.setattr(trimesh, "load_scene", failing)
-    with pytest.raises(ValueError, match=r"could not read mesh .*m\.glb: malformed file \(AssertionError\)$"):
-        load_mesh(tmp_path / "m.glb")
+    with pytest.raises(ValueError, match=r"could not read mesh .*m\.ply: malformed file \(AssertionError\)$"):
+        load_mesh(tmp_path / "m.ply")
 
 
 def _external_image_gltf(folder, uri: str) -> None:

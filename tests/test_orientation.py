@@ -21,6 +21,7 @@ import trimesh
 from torch import nn
 
 import monorecon.models.triposr as triposr_package
+from analytic import linear_to_srgb
 from monorecon import api, cli
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w
 from monorecon.io.images import save_image
@@ -140,7 +141,7 @@ def test_cli_glb_is_y_up_front_z_right_x(monkeypatch, input_image, tmp_path):
         assert node.matrix is None and node.rotation is None and node.scale is None and node.translation is None
     primitive = gltf.meshes[0].primitives[0]
     positions = _gltf_accessor(gltf, primitive.attributes.POSITION)
-    colours = _gltf_accessor(gltf, primitive.attributes.COLOR_0)[:, :3] / 255.0
+    colours = linear_to_srgb(_gltf_accessor(gltf, primitive.attributes.COLOR_0))  # glTF colours are linear
     check_orientation(positions, colours)
 
 

@@ -20,6 +20,7 @@ import trimesh
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from analytic import linear_to_srgb
 from monorecon.api import ReconstructOptions, reconstruct_full
 from monorecon.core.carving import SilhouetteFill, SilhouetteHull
 from monorecon.core.mesh import Mesh
@@ -222,13 +223,15 @@ def test_glb_material_is_lit_unless_unlit_is_asked(client):
 
 
 def glb_vertex_colors(glb: bytes) -> np.ndarray:
-    """(V, 4) uint8 COLOR_0 of the first primitive, read with pygltflib (trimesh drops it when a material is set)."""
+    """(V, 3) COLOR_0 of the first primitive as display values in [0, 255], read with pygltflib (trimesh drops it
+    when a material is set)."""
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
     accessor = gltf.accessors[gltf.meshes[0].primitives[0].attributes.COLOR_0]
-    assert accessor.componentType == 5121 and accessor.type == "VEC4"  # normalised unsigned bytes
+    assert accessor.componentType == 5126 and accessor.type == "VEC3"  # linear floats
     view = gltf.bufferViews[accessor.bufferView]
     offset = view.byteOffset + (accessor.byteOffset or 0)
-    return np.frombuffer(gltf.binary_blob(), np.uint8, count=4 * accessor.count, offset=offset).reshape(-1, 4)
+    linear = np.frombuffer(gltf.binary_blob(), np.float32, count=3 * accessor.count, offset=offset).reshape(-1, 3)
+    return linear_to_srgb(linear) * 255.0
 
 
 def test_model_sees_the_preprocessed_object(client, stub):

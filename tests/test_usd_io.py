@@ -12,7 +12,7 @@ import torch
 from pxr import Usd, UsdGeom, UsdShade, UsdUtils, UsdValidation
 
 from monorecon.core.mesh import Mesh
-from monorecon.io import load_mesh, save_mesh, usd_io
+from monorecon.io import load_mesh, save_mesh
 from test_mesh_io import _colored_sphere, _textured_sphere
 
 COLOR_TOLERANCE = 1 / 255 + 1e-6
@@ -146,11 +146,6 @@ def test_failed_usdz_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not write the USDZ package"):
         save_mesh(_colored_sphere(), tmp_path / "mesh.usdz")
     assert os.listdir(tmp_path) == []
-
-
-def test_srgb_conversions_are_inverse():
-    values = np.linspace(0.0, 1.0, 1001)
-    np.testing.assert_allclose(usd_io.linear_to_srgb(usd_io.srgb_to_linear(values)), values, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------------------------

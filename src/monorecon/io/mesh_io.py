@@ -13,9 +13,10 @@ USDZ (the AR format of Quick Look and RealityKit) and the other USD files are wr
   is); glTF's ``TEXCOORD_0`` has ``v`` down from the top, so GLB stores ``1 - v``. Loading (through trimesh, which uses
   the OBJ convention) gives back our convention for every format. OBJ gets UVs only with its texture: trimesh reads
   an OBJ with ``vt`` lines and no texture without its vertex colours.
-* Colours: vertex colours are written as 8-bit values (GLB ``COLOR_0`` as normalised unsigned bytes, PLY ``uchar``;
-  OBJ as floats after the position, the common ``v x y z r g b`` extension), as is usual for meshes exported by
-  trimesh. Note that glTF defines ``COLOR_0`` as linear while our colours are display values: no conversion is made.
+* Colours: vertex colours are sRGB display values (what images hold), written as 8-bit values to PLY (``uchar``) and
+  OBJ (floats after the position, the common ``v x y z r g b`` extension). glTF defines ``COLOR_0`` as linear, so GLB
+  gets linear float values (three.js, Blender and other glTF viewers then show the colours given), and glTF colours
+  are read back to display values (:mod:`monorecon.io.gltf`).
   The texture is a PNG (embedded in a GLB, beside the OBJ).
 * Every file is written atomically (:mod:`monorecon.io.atomic`): an error leaves no partial file.
 """
@@ -40,6 +41,8 @@ from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
 from ..core.shading import UV_TOLERANCE, face_areas, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes, check_writable
+from .color_space import srgb_to_linear
+from .gltf import PercentDecodingResolver, srgb_glb_bytes
 from .images import png_bytes
 
 __all__ = [
@@ -68,7 +71,7 @@ LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", "stl", *_USD_FORMATS)
 """Formats :func:`load_mesh` reads."""
 
 # glTF enumerations
-_FLOAT, _UNSIGNED_BYTE, _UNSIGNED_INT = 5126, 5121, 5125
+_FLOAT, _UNSIGNED_INT = 5126, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE, _REPEAT = 9729, 9987, 33071, 10497
 _UNLIT = "KHR_materials_unlit"
@@ -158,7 +161,7 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     part with no image and no vertex colours) is kept too: as vertex colours, or, in a scene with textured parts, as
     a solid patch of the merged texture. White, the default of
     both formats, is no colour unless another part has colours; then it is also the colour of parts that have none
-    (what viewers show). The factor is taken as a display value, as ``COLOR_0`` is (no linear to sRGB conversion).
+    (what viewers show). glTF's ``COLOR_0`` and ``baseColorFactor``, linear values, are turned to display values.
     The colours of merged parts:
 
     * no textured part: vertex colours (own, flat or white);
@@ -196,8 +199,13 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
 
 def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
     try:
-        resolver = _PercentDecodingResolver(path) if fmt == "gltf" else None
-        scene = trimesh.load_scene(path, process=False, resolver=resolver)
+        srgb = srgb_glb_bytes(path) if fmt in ("glb", "gltf") else None
+        if srgb is None:
+            resolver = PercentDecodingResolver(path) if fmt == "gltf" else None
+            scene = trimesh.load_scene(path, process=False, resolver=resolver)
+        else:
+            scene = trimesh.load_scene(io.BytesIO(srgb), file_type="glb", process=False,
+                                       resolver=PercentDecodingResolver(path))  # fmt: skip
         parts = [
             (transform, scene.geometry[name])
             for transform, name in (scene.graph[node] for node in scene.graph.nodes_geometry)
@@ -430,17 +438,6 @@ def _is_number(token: str) -> bool:
     return True
 
 
-class _PercentDecodingResolver(trimesh.resolvers.FilePathResolver):
-    """Reads a glTF's external files: its URIs are percent-encoded (Blender writes ``my%20textures/a.png`` for
-    ``my textures/a.png``), which trimesh's resolver looks up as written."""
-
-    def get(self, name: str) -> bytes:
-        try:
-            return super().get(name)
-        except Exception:  # not found as written: the decoded name (a failure here is trimesh's to report)
-            return super().get(urllib.parse.unquote(name))
-
-
 def _warn_missing_gltf_images(path: Path) -> None:
     """Warn (one line) when images a ``.gltf`` names by URI cannot be read: trimesh loads it without them, silently."""
     try:
@@ -564,9 +561,8 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
             gltf.textures = [pygltflib.Texture(sampler=0, source=0)]
             pbr.baseColorTexture = pygltflib.TextureInfo(index=0)
     if mesh.vertex_colors is not None and mesh.texture is None:  # COLOR_0 would tint the texture
-        rgba = np.full((mesh.num_verts, 4), 255, dtype=np.uint8)
-        rgba[:, :3] = colors_to_uint8(mesh.vertex_colors)
-        attributes.COLOR_0 = builder.accessor(rgba, "VEC4", _UNSIGNED_BYTE, _ARRAY_BUFFER, normalized=True)
+        linear = srgb_to_linear(mesh.vertex_colors.detach().cpu().double().numpy()).astype(np.float32)
+        attributes.COLOR_0 = builder.accessor(linear, "VEC3", _FLOAT, _ARRAY_BUFFER)
 
     material = pygltflib.Material(pbrMetallicRoughness=pbr, name="material0")
     if unlit:
@@ -656,14 +652,12 @@ class _GlbBuilder:
         component_type: int,
         target: int,
         *,
-        normalized: bool = False,
         with_bounds: bool = False,
     ) -> int:
         array = np.ascontiguousarray(array)
         view = self.buffer_view(array.tobytes(), target)
-        accessor = pygltflib.Accessor(
-            bufferView=view, componentType=component_type, count=int(array.shape[0]), type=kind, normalized=normalized
-        )
+        count = int(array.shape[0])
+        accessor = pygltflib.Accessor(bufferView=view, componentType=component_type, count=count, type=kind)
         if with_bounds:  # float32 values are exact in JSON doubles, as the validator requires
             accessor.min = [float(x) for x in array.min(axis=0)]
             accessor.max = [float(x) for x in array.max(axis=0)]

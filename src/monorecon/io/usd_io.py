@@ -34,6 +34,7 @@ from PIL import Image
 from ..core.cameras import Z_UP_TO_WORLD
 from ..core.mesh import Mesh, colors_to_uint8
 from ..core.shading import uvs_repeat
+from .color_space import linear_to_srgb, srgb_to_linear
 from .images import pil_to_array, png_bytes
 from .mesh_io import unit_vertex_normals
 
@@ -265,15 +266,3 @@ def _bound_texture(geometry: object) -> np.ndarray | None:
             except Exception as exc:  # a damaged or unsupported image in the package
                 raise ValueError(f"could not read the texture {asset.path}: {type(exc).__name__}: {exc}") from exc
     return None
-
-
-def srgb_to_linear(colours: np.ndarray) -> np.ndarray:
-    """sRGB display values in [0, 1] -> linear values (IEC 61966-2-1)."""
-    colours = np.asarray(colours, dtype=np.float64)
-    return np.where(colours <= 0.04045, colours / 12.92, ((colours + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(colours: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] -> sRGB display values (IEC 61966-2-1; the inverse of :func:`srgb_to_linear`)."""
-    colours = np.clip(np.asarray(colours, dtype=np.float64), 0.0, 1.0)
-    return np.where(colours <= 0.0031308, colours * 12.92, 1.055 * colours ** (1 / 2.4) - 0.055)
