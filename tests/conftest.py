@@ -40,16 +40,18 @@ def chromium() -> ChromiumRunner:
     return run
 
 
-def screenshot(chromium: ChromiumRunner, page: Path, width: int, height: int, folder: Path) -> np.ndarray:
+def screenshot(
+    chromium: ChromiumRunner, page: Path, width: int, height: int, folder: Path, arguments: tuple[str, ...] = ()
+) -> np.ndarray:
     """(height, width, 3) float RGB in [0, 1] of ``page`` drawn by headless Chromium in a ``width`` x ``height``
-    window (software WebGL, one device pixel per CSS pixel)."""
+    window (software WebGL, one device pixel per CSS pixel; ``arguments``: more Chromium switches)."""
     shot = folder / "shot.png"
     chromium(
         [
             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--force-device-scale-factor=1",
             f"--window-size={width},{height}", "--virtual-time-budget=5000",
             # Without it a busy machine sometimes got the screenshot before the (iframe's) first frame: 4 blank of 20.
-            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", page.as_uri(),
+            "--run-all-compositor-stages-before-draw", f"--screenshot={shot}", *arguments, page.as_uri(),
         ],
         folder,
     )  # fmt: skip

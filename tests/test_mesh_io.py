@@ -27,7 +27,7 @@ from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from paths import SHARED_MESHES
 
 REPO = Path(__file__).resolve().parents[1]
-VALIDATOR_DIR = REPO / "tools" / "gltf-validator"
+NODE_TOOLS = REPO / "tools" / "gltf"
 MESH_DIR = SHARED_MESHES
 COLOR_TOLERANCE = 1 / 255 + 1e-6
 
@@ -392,9 +392,9 @@ def _validator_command() -> list[str]:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: cannot run the Khronos glTF validator")
-    if not (VALIDATOR_DIR / "node_modules" / "gltf-validator").is_dir():
-        pytest.skip("gltf-validator not installed: run `npm ci --prefix tools/gltf-validator`")
-    return [node, str(VALIDATOR_DIR / "validate.mjs")]
+    if not (NODE_TOOLS / "node_modules" / "gltf-validator").is_dir():
+        pytest.skip("gltf-validator not installed: run `npm ci --prefix tools/gltf`")
+    return [node, str(NODE_TOOLS / "validate.mjs")]
 
 
 def test_glb_normals_point_outward_and_texture_is_embedded_without_color_0(tmp_path):
@@ -691,8 +691,8 @@ def test_atomic_files_get_normal_permissions(tmp_path):
 
 
 def test_validator_package_is_pinned():
-    package = json.loads((VALIDATOR_DIR / "package.json").read_text())
+    package = json.loads((NODE_TOOLS / "package.json").read_text())
     version = package["dependencies"]["gltf-validator"]
     assert version[0].isdigit(), "pin an exact version"
-    lock = json.loads((VALIDATOR_DIR / "package-lock.json").read_text())
+    lock = json.loads((NODE_TOOLS / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/gltf-validator"]["version"] == version

@@ -1,5 +1,5 @@
-// Validate glTF/GLB files with the Khronos glTF validator (installed by `npm ci --prefix tools/gltf-validator`).
-// Usage: node tools/gltf-validator/validate.mjs FILE [FILE ...]
+// Validate glTF/GLB files with the Khronos glTF validator (installed by `npm ci --prefix tools/gltf`).
+// Usage: node tools/gltf/validate.mjs FILE [FILE ...]
 // Prints one summary line per file plus its errors and warnings; exits 1 if any file has an error, 2 on bad usage.
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
