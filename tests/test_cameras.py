@@ -254,3 +254,93 @@ def test_bad_poses():
         look_at(torch.tensor([0.0, 2.0, 0.0]))
     with pytest.raises(ValueError, match="points"):
         PerspectiveCameras(torch.eye(4), 8, 8, fov_y_deg=40.0).transform_points_ndc(torch.zeros(4, 2))
+
+
+def test_bad_poses_mirrored_or_not_affine():
+    mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))  # orthonormal, but the image's right is world -X
+    with pytest.raises(ValueError, match="mirrors"):
+        PerspectiveCameras(mirror, 8, 8, fov_y_deg=40.0)
+    junk = torch.eye(4)
+    junk[3, 0] = 0.5
+    with pytest.raises(ValueError, match="bottom row"):
+        PerspectiveCameras(junk, 8, 8, fov_y_deg=40.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda c2w: PerspectiveCameras(c2w, 8, 8, fov_y_deg=torch.tensor([40.0, 50.0, 60.0])), "fov_y_deg"),
+        (lambda c2w: PerspectiveCameras(c2w, 8, 8, focal=torch.ones(3, 2)), "focal"),
+        (lambda c2w: PerspectiveCameras(c2w, 8, 8, focal=torch.ones(3)), "focal"),
+        (lambda c2w: PerspectiveCameras(c2w, 8, 8, fov_y_deg=40.0, principal=torch.ones(3, 2)), "principal"),
+        (lambda c2w: OrthographicCameras(c2w, 8, 8, scale=torch.ones(3)), "scale"),
+    ],
+)
+def test_intrinsics_must_give_one_value_or_one_per_camera(make, message):
+    c2w = torch.eye(4).expand(2, 4, 4)
+    with pytest.raises(ValueError, match=f"{message} must give .* of 2 cameras"):
+        make(c2w)
+
+
+def test_look_at_shapes():
+    eyes = torch.tensor([[0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"eye must have shape \(3,\) or \(B, 3\)"):
+        look_at(eyes.reshape(6))  # a flat vector is not two cameras
+    with pytest.raises(ValueError, match=r"eye must have shape"):
+        look_at(torch.ones(2, 4))
+    with pytest.raises(ValueError, match="target has 3 rows for 2 cameras"):
+        look_at(eyes, torch.zeros(3, 3))
+    both = look_at(eyes, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(both[1], look_at(eyes[1], torch.tensor([0.0, 0.0, 1.0]))[0])
+
+
+def test_camera_indexing_follows_python():
+    c2w = orbit_c2w(torch.tensor([0.0, 90.0, 180.0]), 0.0, 3.0)
+    for cameras in (
+        PerspectiveCameras(c2w, 8, 8, fov_y_deg=torch.tensor([30.0, 40.0, 50.0])),
+        OrthographicCameras(c2w, 8, 8, scale=torch.tensor([1.0, 2.0, 3.0])),
+    ):
+        last = cameras[-1]
+        assert last.batch_size == 1
+        torch.testing.assert_close(last.c2w[0], c2w[2])
+        torch.testing.assert_close(cameras[-3].c2w[0], c2w[0])
+        for index in (3, -4):
+            with pytest.raises(IndexError, match="out of range for 3 cameras"):
+                cameras[index]
+    np.testing.assert_allclose(
+        PerspectiveCameras(c2w, 8, 8, fov_y_deg=torch.tensor([30.0, 40.0, 50.0]))[-1].fov_y_deg, [50.0]
+    )
+    weak = WeakPerspectiveCameras(torch.tensor([1.0, 2.0]), torch.zeros(2, 2), torch.tensor([[1.0, 0, 0, 0]] * 2), 8, 8)
+    assert float(weak[-1].weak_scale) == 2.0
+
+
+def test_orbit_keeps_float64_and_is_differentiable():
+    torch.set_default_dtype(torch.float32)  # numbers are float32: tensors given in float64 stay float64
+    azimuth = torch.tensor([20.0, 110.0], dtype=torch.float64, requires_grad=True)
+    assert spherical_to_cartesian(azimuth, 10.0, 2.0).dtype == torch.float64
+    assert orbit_c2w(azimuth, 10.0, 2.0).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda az: orbit_c2w(az, 10.0, 2.0), (azimuth,))
+
+
+def test_points_take_the_cameras_dtype():
+    cameras = PerspectiveCameras(torch.eye(4, dtype=torch.float32), 8, 8, fov_y_deg=40.0)
+    points = torch.tensor([[0.1, 0.2, -2.0]], dtype=torch.float64)
+    ndc = cameras.transform_points_ndc(points)
+    assert ndc.dtype == torch.float32
+    np.testing.assert_allclose(
+        ndc[0, 0, :2], [0.1 / 2 / math.tan(math.radians(20)), 0.2 / 2 / math.tan(math.radians(20))], rtol=1e-6
+    )
+
+
+def test_weak_perspective_far_plane_follows_the_scale():
+    """A mesh in millimetres (s = 0.002 fills the image) lies about depth_offset / s = 5000 units from the camera:
+    the soft renderer must still show it (it showed the background past a fixed far plane of 1020)."""
+    from monorecon.core.mesh_renderer import render_mesh
+
+    verts = torch.tensor([[-400.0, -400.0, 0.0], [400.0, -400.0, 0.0], [0.0, 400.0, 0.0]])
+    faces = torch.tensor([[0, 1, 2]])
+    cameras = WeakPerspectiveCameras(torch.tensor([0.002]), torch.zeros(1, 2), torch.tensor([[1.0, 0, 0, 0]]), 16, 16)
+    colors = torch.tensor([[0.0, 0.0, 1.0]]).expand(3, 3)
+    for soft in (False, True):
+        out = render_mesh(verts, faces, cameras, vertex_colors=colors, soft=soft, shading="unlit")
+        np.testing.assert_allclose(out["rgb"][0, 8, 8], [0.0, 0.0, 1.0], atol=1e-3, err_msg=f"soft={soft}")

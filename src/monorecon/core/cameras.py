@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +67,10 @@ def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up: torch.Ten
     Returns:
         (B, 4, 4) c2w with columns [right, up, back, position]; differentiable w.r.t. ``eye`` and ``target``.
     """
-    eye = check_tensor(eye, "eye", floating=True)
-    eye = eye.reshape(-1, 3)
-    target = eye.new_zeros(3) if target is None else check_tensor(target, "target", floating=True).to(eye)
-    up = eye.new_tensor([0.0, 1.0, 0.0]) if up is None else check_tensor(up, "up", floating=True).to(eye)
-    target, up = target.reshape(-1, 3).expand_as(eye), up.reshape(-1, 3).expand_as(eye)
+    eye = _points(eye, "eye")
+    target = eye.new_zeros(1, 3) if target is None else _points(target, "target", len(eye)).to(eye)
+    up = eye.new_tensor([[0.0, 1.0, 0.0]]) if up is None else _points(up, "up", len(eye)).to(eye)
+    target, up = target.expand_as(eye), up.expand_as(eye)
     back = eye - target
     if bool((back.norm(dim=-1) < 1e-9).any()):
         raise ValueError("look_at: eye and target coincide")
@@ -86,11 +86,24 @@ def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up: torch.Ten
     return c2w
 
 
+def _points(points: torch.Tensor, name: str, batch: int | None = None) -> torch.Tensor:
+    """A (3,) or (B, 3) float tensor as (B, 3); ``batch``: B must be 1 or this."""
+    points = check_tensor(points, name, floating=True)
+    if points.dim() not in (1, 2) or points.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape (3,) or (B, 3), got {tuple(points.shape)}")
+    points = points.reshape(-1, 3)
+    if batch is not None and len(points) not in (1, batch):
+        raise ValueError(f"{name} has {len(points)} rows for {batch} cameras (give 1 or {batch})")
+    return points
+
+
 def spherical_to_cartesian(
     azimuth_deg: torch.Tensor | float, elevation_deg: torch.Tensor | float, distance: torch.Tensor | float
 ) -> torch.Tensor:
-    """(…,) azimuth / elevation in degrees and distance -> (…, 3) positions (module convention)."""
-    az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.get_default_dtype()))
+    """(…,) azimuth / elevation in degrees and distance -> (…, 3) positions (module convention), in the dtype of a
+    floating tensor given (the default dtype for numbers)."""
+    given = (x.dtype for x in (azimuth_deg, elevation_deg, distance) if torch.is_tensor(x) and x.is_floating_point())
+    az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=next(given, torch.get_default_dtype())))
     el = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=az.dtype))
     d = torch.as_tensor(distance, dtype=az.dtype)
     az, el, d = torch.broadcast_tensors(az, el, d)
@@ -190,6 +203,10 @@ class Cameras:
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
         if not torch.allclose(rot.transpose(1, 2) @ rot, eye.expand_as(rot), atol=1e-3):
             raise ValueError("c2w rotation part is not orthonormal")
+        if bool((torch.linalg.det(rot) < 0).any()):
+            raise ValueError("c2w rotation part mirrors the view (determinant -1): not a camera pose")
+        if not torch.allclose(c2w[:, 3].detach(), eye.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(len(c2w), 4)):
+            raise ValueError("c2w bottom row must be (0, 0, 0, 1)")
         self.c2w = c2w
         self.height, self.width = check_image_size(self.height, self.width)
         if not (0 < self.znear < self.zfar) or not math.isfinite(self.zfar):
@@ -221,7 +238,7 @@ class Cameras:
 
     # -- transforms ------------------------------------------------------------------------------------------------
     def _batched_points(self, points: torch.Tensor) -> torch.Tensor:
-        points = check_tensor(points, "points", floating=True)
+        points = check_tensor(points, "points", floating=True).to(self.c2w.dtype)
         if points.dim() == 2:
             points = points[None].expand(self.batch_size, -1, -1)
         check_tensor(points, "points", (None, None, 3))
@@ -305,8 +322,31 @@ class Cameras:
             raise ValueError(f"resizing {self.height} x {self.width} to {height} x {width} changes the aspect ratio")
 
     def __getitem__(self, index: int | slice) -> Cameras:
-        """A sub-batch of the cameras (same intrinsics class)."""
+        """A sub-batch of the cameras (same intrinsics class); an integer gives a batch of one."""
         raise NotImplementedError
+
+    def _per_camera(self, value: torch.Tensor | float, name: str, width: int | None = None) -> torch.Tensor:
+        """``value`` (one value or one per camera; rows of ``width``) as a (B,) or (B, width) tensor of the c2w's
+        dtype and device (differentiable)."""
+        tensor = torch.as_tensor(value, dtype=self.c2w.dtype, device=self.c2w.device)
+        rows = tensor.numel() // (width or 1)
+        if rows * (width or 1) != tensor.numel() or rows not in (1, self.batch_size):
+            each = "a value" if width is None else f"{width} values"
+            raise ValueError(f"{name} must give {each} for all or for each of {self.batch_size} cameras, got shape "
+                             f"{tuple(tensor.shape)}")  # fmt: skip
+        check_tensor(tensor, name)
+        shape = (self.batch_size,) if width is None else (self.batch_size, width)
+        return tensor.reshape(rows, *shape[1:]).expand(shape)
+
+    def _as_slice(self, index: int | slice) -> slice:
+        """``index`` as a slice of the batch: an integer (negative from the end) must name a camera."""
+        if isinstance(index, slice):
+            return index
+        position = operator.index(index)
+        if not -self.batch_size <= position < self.batch_size:
+            raise IndexError(f"camera index {position} out of range for {self.batch_size} cameras")
+        position %= self.batch_size
+        return slice(position, position + 1)
 
 
 @dataclass
@@ -326,30 +366,22 @@ class PerspectiveCameras(Cameras):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        like = self.c2w
         if self.focal is None:
             if self.fov_y_deg is None:
                 raise ValueError("PerspectiveCameras needs fov_y_deg or focal")
-            fov = torch.as_tensor(self.fov_y_deg, dtype=like.dtype, device=like.device).reshape(-1)
-            check_tensor(fov, "fov_y_deg")
+            fov = self._per_camera(self.fov_y_deg, "fov_y_deg")
             if bool(((fov <= 0) | (fov >= 180)).any()):
                 raise ValueError(f"fov_y_deg must lie in (0, 180), got {fov.tolist()}")
             fy = 0.5 * self.height / torch.tan(torch.deg2rad(fov) / 2)
             focal = torch.stack([fy, fy], dim=-1)
         else:
-            focal = torch.as_tensor(self.focal, dtype=like.dtype, device=like.device).reshape(-1, 2)
-            check_tensor(focal, "focal")
+            focal = self._per_camera(self.focal, "focal", 2)
             if bool((focal <= 0).any()):
                 raise ValueError("focal lengths must be positive")
             self.fov_y_deg = torch.rad2deg(2 * torch.atan(0.5 * self.height / focal[:, 1]))
         if self.principal is None:
-            principal = like.new_tensor([self.width / 2.0, self.height / 2.0]).reshape(1, 2)
-        else:
-            principal = check_tensor(
-                torch.as_tensor(self.principal, dtype=like.dtype, device=like.device).reshape(-1, 2), "principal"
-            )
-        self.focal = focal.expand(self.batch_size, 2)
-        self.principal = principal.expand(self.batch_size, 2)
+            self.principal = self.c2w.new_tensor([self.width / 2.0, self.height / 2.0])
+        self.focal, self.principal = focal, self._per_camera(self.principal, "principal", 2)
 
     @property
     def K(self) -> torch.Tensor:
@@ -402,7 +434,7 @@ class PerspectiveCameras(Cameras):
         )
 
     def __getitem__(self, index: int | slice) -> PerspectiveCameras:
-        index = slice(index, index + 1) if isinstance(index, int) else index
+        index = self._as_slice(index)
         return PerspectiveCameras(
             self.c2w[index], self.height, self.width, self.znear, self.zfar,
             focal=self.focal[index], principal=self.principal[index],
@@ -422,11 +454,9 @@ class OrthographicCameras(Cameras):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        scale = torch.as_tensor(self.scale, dtype=self.c2w.dtype, device=self.c2w.device).reshape(-1)
-        check_tensor(scale, "scale")
-        if bool((scale <= 0).any()):
+        self.scale = self._per_camera(self.scale, "scale")
+        if bool((self.scale <= 0).any()):
             raise ValueError("orthographic scale must be positive")
-        self.scale = scale.expand(self.batch_size)
 
     def camera_to_ndc(self, points: torch.Tensor) -> torch.Tensor:
         s = self.scale[:, None]
@@ -441,7 +471,7 @@ class OrthographicCameras(Cameras):
         return origins, directions
 
     def __getitem__(self, index: int | slice) -> OrthographicCameras:
-        index = slice(index, index + 1) if isinstance(index, int) else index
+        index = self._as_slice(index)
         return OrthographicCameras(self.c2w[index], self.height, self.width, self.znear, self.zfar, self.scale[index])
 
 
@@ -475,10 +505,13 @@ class WeakPerspectiveCameras(OrthographicCameras):
         # world -> camera: p_cam = R p + (tx / s, ty / s, -depth_offset / s); c2w is its rigid inverse.
         shift = torch.cat([-translation, translation.new_full((batch, 1), depth_offset)], dim=-1) / scale[:, None]
         c2w[:, :3, 3] = (rot.transpose(1, 2) @ shift[..., None]).squeeze(-1)
+        c2w[:, 3, 3] = 1.0
         self.quaternion, self.translation, self.weak_scale = quaternion, translation, scale
         self.depth_offset = depth_offset
         self._rot = rot
-        super().__init__(c2w, height, width, znear=1e-3, zfar=2 * depth_offset + 1e3, scale=1.0 / scale)
+        # camera depths are about depth_offset / s: the far plane follows the smallest scale
+        zfar = (2 * depth_offset + 1e3) / float(scale.detach().min())
+        super().__init__(c2w, height, width, znear=1e-3, zfar=zfar, scale=1.0 / scale)
 
     def transform_points_ndc(self, points: torch.Tensor) -> torch.Tensor:
         # Direct formula (same result as the rigid path, kept exact for gradients w.r.t. s, t, q).
@@ -495,7 +528,7 @@ class WeakPerspectiveCameras(OrthographicCameras):
         )
 
     def __getitem__(self, index: int | slice) -> WeakPerspectiveCameras:
-        index = slice(index, index + 1) if isinstance(index, int) else index
+        index = self._as_slice(index)
         return WeakPerspectiveCameras(
             self.weak_scale[index], self.translation[index], self.quaternion[index],
             self.height, self.width, self.depth_offset,
