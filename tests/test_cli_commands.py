@@ -13,6 +13,9 @@ from monorecon.cli import main
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "every triangle has zero area (no surface)"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/missing/t"], "folder {tmp}/missing does not exist"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t", "--fps", "0"], "--fps must lie in [1, 240]"),
+        (["render", "{tmp}/flat.obj", "--frames", "0"], "--frames must lie in [1, 3600], got 0"),
+        (["render", "{tmp}/flat.obj", "--size", "4000"], "--size must lie in [16, 2048], got 4000"),
+        (["render", "{tmp}/flat.obj", "--frames", "3600", "--size", "2048"], "would need 42.2 GiB (at most 2)"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/corrupt.ply/t"], "folder {tmp}/corrupt.ply is a file"),
         (
             ["render", "{tmp}/flat.obj", "-o", "{tmp}/empty/t", "--html"],

@@ -101,3 +101,39 @@ def test_turntable_headlight_shades_by_the_cosine_to_the_eye():
         normal = (eye + t * ray) / 0.6
         expected = 0.8 * (0.45 + 0.55 * normal[2])
         np.testing.assert_allclose(frame[32, column], expected, atol=0.006, err_msg=f"column {column}")  # 1.5 levels
+
+
+@pytest.mark.parametrize(
+    ("fps", "step", "delay_ms"), [(24, 1, 40), (30, 1, 30), (15, 1, 70), (60, 2, 30), (240, 5, 20)]
+)
+def test_the_gif_lasts_as_long_as_the_mp4(tmp_path, fps, step, delay_ms):
+    """GIF delays are whole hundredths, and browsers play those under 2 as 10: 60 fps stored 10 ms played 6x slow."""
+    from PIL import Image
+
+    frames = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(12)]
+    _, gif = save_turntable(frames, tmp_path / "spin", fps=fps)
+    with Image.open(gif) as animation:
+        delays = []
+        for index in range(animation.n_frames):
+            animation.seek(index)
+            delays.append(animation.info["duration"])
+    assert delays == [delay_ms] * len(range(0, 12, step))
+    assert abs(sum(delays) - 12 * 1000 / fps) <= 10 * len(delays) / 2  # within half a hundredth a frame
+
+
+def test_render_output_stems_and_folders(tmp_path):
+    from monorecon.cli import main
+
+    trimesh.creation.box().export(tmp_path / "box.ply")
+    assert main(["render", str(tmp_path / "box.ply"), "-o", str(tmp_path / "take.v2"), "--frames", "2", "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("take.v2.*")) == ["take.v2.gif", "take.v2.mp4"]
+    (tmp_path / "dest").mkdir()
+    argv = ["render", str(tmp_path / "box.ply"), "-o", str(tmp_path / "dest"), "--frames", "2", "--html", "--quiet"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["turntable.gif", "turntable.mp4", "viewer.html"]
+    assert not list(tmp_path.glob("dest.*"))
+
+
+def test_turntable_frame_count_must_be_an_integer():
+    with pytest.raises(ValueError, match=r"turntable frame count must be an integer, got 2\.5"):
+        turntable_from_mesh(Mesh(torch.eye(3), torch.tensor([[0, 1, 2]])), 2.5)

@@ -30,16 +30,35 @@ FIT_RADIUS = 0.6
 #: Accepted frame rates of the saved turntables.
 TURNTABLE_FPS_RANGE = (1, 240)
 
+#: Fastest GIF frame rate: browsers show a GIF delay under 2 hundredths of a second as 10 hundredths.
+GIF_MAX_FPS = 50
+
+#: Largest turntable held in memory (frames x size^2 x 3 bytes): 2 GiB.
+MAX_TURNTABLE_BYTES = 2 * 1024**3
+
 #: Headlight of turntables and of the web page's viewer: ambient + diffuse = 1, no highlight.
 PREVIEW_LIGHTING = {"ambient": 0.45, "diffuse": 0.55, "specular": 0.0}
+
+
+def check_turntable_size(n_frames: int, size: int, names: tuple[str, str] = ("frame count", "size")) -> None:
+    """Refuse (``ValueError``, naming the options ``names``) a frame count outside [1, 3600], a side outside
+    [16, 2048] or more frames than :data:`MAX_TURNTABLE_BYTES` holds (turntables are rendered in memory)."""
+    check_int(n_frames, f"turntable {names[0]}", 1, 3600)
+    check_int(size, f"turntable {names[1]}", 16, 2048)
+    if n_frames * size * size * 3 > MAX_TURNTABLE_BYTES:
+        raise ValueError(
+            f"{n_frames} turntable frames of {size} x {size} pixels would need "
+            f"{n_frames * size * size * 3 / 2**30:.1f} GiB (at most {MAX_TURNTABLE_BYTES / 2**30:.0f}): give fewer "
+            f"frames or a smaller size"
+        )
 
 
 def turntable_cameras(
     n_frames: int, *, elevation_deg: float = 15.0, distance: float = 1.9, fov_deg: float = 40.0, size: int = 256
 ) -> PerspectiveCameras:
-    """(n_frames) cameras at evenly spaced azimuths 0 .. 360 deg (exclusive)."""
-    if not 1 <= n_frames <= 3600:
-        raise ValueError(f"turntable frame count must lie in [1, 3600], got {n_frames}")
+    """(n_frames) cameras at evenly spaced azimuths 0 .. 360 deg (exclusive), checked by
+    :func:`check_turntable_size`."""
+    check_turntable_size(n_frames, size)
     if not (math.isfinite(distance) and distance > 0):
         raise ValueError(f"turntable camera distance must be positive, got {distance}")
     if not -90 < elevation_deg < 90:
@@ -88,16 +107,30 @@ def turntable_from_mesh(
     return frames
 
 
+def turntable_paths(stem: str | os.PathLike) -> tuple[Path, Path]:
+    """The MP4 and GIF of a turntable: ``stem`` + ``.mp4`` / ``.gif`` (a stem with dots keeps them: ``take.v2``
+    gives ``take.v2.mp4``)."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ".mp4"), stem.with_name(stem.name + ".gif")
+
+
+def gif_timing(fps: int) -> tuple[int, int]:
+    """(every how many frames the GIF keeps, its delay in milliseconds): GIF delays are whole hundredths of a second
+    and browsers play those under 2 as 10, so above :data:`GIF_MAX_FPS` frames are dropped to keep the duration."""
+    step = math.ceil(fps / GIF_MAX_FPS)
+    return step, 10 * max(2, round(100 * step / fps))
+
+
 def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int = 24) -> tuple[Path, Path]:
-    """Write ``stem.mp4`` (H.264 via imageio-ffmpeg) and ``stem.gif`` atomically, both or neither (a GIF that
-    fails removes the MP4 just written); returns both paths."""
+    """Write ``stem.mp4`` (H.264 via imageio-ffmpeg, ``fps``) and ``stem.gif`` (the same duration to the hundredth
+    of a second, :func:`gif_timing`) atomically, both or neither (a GIF that fails removes the MP4 just written);
+    returns both paths (:func:`turntable_paths`)."""
     import imageio.v2 as imageio
 
     if not frames:
         raise ValueError("no frames to save")
     check_int(fps, "fps", *TURNTABLE_FPS_RANGE)
-    stem = Path(stem)
-    mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
+    mp4, gif = turntable_paths(stem)
     with atomic_path(mp4) as tmp:
         # H.264 in yuv420p needs even sides: an odd frame gets its last row / column repeated (the GIF keeps it)
         even = [
@@ -108,7 +141,8 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
             raise ValueError(f"ffmpeg wrote no video for {mp4.name}")
     try:
         with atomic_path(gif) as tmp:
-            imageio.mimwrite(tmp, frames, duration=1000 / fps, loop=0, format="GIF")
+            step, delay_ms = gif_timing(fps)
+            imageio.mimwrite(tmp, frames[::step], duration=delay_ms, loop=0, format="GIF")
     except BaseException:
         mp4.unlink(missing_ok=True)
         raise

@@ -20,7 +20,13 @@ def add_render(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="a mesh file (GLB/OBJ/PLY/STL/USD) or a folder with a mesh.* (reconstruct, g3dr, invert)",
     )
-    p.add_argument("-o", "--output", type=Path, help="output stem (default: RESULT's folder/turntable)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output stem: STEM.mp4, STEM.gif (and STEM.html with --html); an existing folder gets its turntable.* "
+        "and viewer.html (default: RESULT's folder)",
+    )
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
@@ -36,7 +42,10 @@ def add_render(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="render the mesh where it is, in its own units (the camera orbits the origin at --distance)",
     )
-    p.add_argument("--fps", type=int, default=24)
+    p.add_argument(
+        "--fps", type=int, default=24, help="frame rate of the MP4 (1-240, default 24); the GIF plays at most 50 fps "
+        "(every 2nd frame above it, and so on), in the same time",
+    )  # fmt: skip
     p.add_argument(
         "--html",
         action="store_true",
@@ -49,7 +58,7 @@ def add_render(sub: argparse._SubParsersAction) -> None:
 def _run_render(args: argparse.Namespace) -> int:
     from ..core.checks import check_int
     from ..io.mesh_io import load_mesh
-    from ..video import TURNTABLE_FPS_RANGE, save_turntable, turntable_from_mesh
+    from ..video import TURNTABLE_FPS_RANGE, check_turntable_size, save_turntable, turntable_from_mesh, turntable_paths
 
     path = args.result
     if path.is_dir():
@@ -58,11 +67,14 @@ def _run_render(args: argparse.Namespace) -> int:
         if not meshes:
             raise CommandError(f"no {'/'.join(names)} in {path}")
         path = meshes[0]
-    if not 16 <= args.size <= 2048:
-        raise CommandError(f"--size must lie in [16, 2048], got {args.size}")
-    stem = args.output or path.parent / "turntable"
-    html_path = args.output.with_suffix(".html") if args.output else path.parent / "viewer.html"
-    for output in (stem.with_suffix(".mp4"), stem.with_suffix(".gif"), *([html_path] if args.html else [])):
+    check_turntable_size(args.frames, args.size, ("--frames", "--size"))
+    folder = args.output if args.output is None or args.output.is_dir() else None
+    if args.output is None or folder is not None:
+        folder = folder or path.parent
+        stem, html_path = folder / "turntable", folder / "viewer.html"
+    else:
+        stem, html_path = args.output, args.output.with_name(args.output.name + ".html")
+    for output in (*turntable_paths(stem), *([html_path] if args.html else [])):
         check_writable(output)  # all of them before the (slow) render: none or all written
     check_int(args.fps, "--fps", *TURNTABLE_FPS_RANGE)
     mesh = load_mesh(path)
