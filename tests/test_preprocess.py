@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from monorecon.io.images import load_image
@@ -82,6 +83,15 @@ def test_bad_arrays_and_options():
         preprocess_image(eight_bit_as_float)
     with pytest.raises(ValueError, match="dtype int32"):
         preprocess_image(np.zeros((4, 4, 3), np.int32))
+    wide = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (2, 20000, 3))  # as a 20000 px wide PNG is refused
+    with pytest.raises(ValueError, match="image is 20000x2, larger than the maximum side 16384"):
+        preprocess_image(wide)
+
+
+def test_a_tensor_that_requires_grad_is_prepared_as_its_values():
+    image = torch.from_numpy(_square_on((1.0, 1.0, 1.0), colour=(1.0, 0.0, 0.0)).copy()).requires_grad_(True)
+    prepared = preprocess_image(image)
+    np.testing.assert_array_equal(prepared.rgba(), preprocess_image(image.detach().numpy()).rgba())
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

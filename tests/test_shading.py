@@ -412,6 +412,9 @@ def test_gradcheck_shading_wrt_light_and_texture():
          "face_uvs"),
         ({"uvs": torch.rand(3, 2), "texture": torch.rand(2, 2, 3)}, "uvs"),
         ({"normals": torch.rand(2, 4, 3)}, "normals"),
+        ({"normals": torch.rand(3, 3)}, "normals has 3 rows, the mesh has 4 vertices"),
+        ({"normals": torch.rand(5, 3)}, "normals has 5 rows, the mesh has 4 vertices"),
+        ({"uvs": torch.rand(4, 2), "texture": torch.rand(3, 8, 8)}, r"texture must be \(Ht, Wt, 3\)"),
     ],
 )  # fmt: skip
 def test_render_mesh_rejects_bad_input(kwargs, match):

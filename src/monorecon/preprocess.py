@@ -35,6 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .core.checks import check_int
+from .io.images import MAX_IMAGE_SIDE
 
 #: Object framing when neither the caller nor a model gives one (TripoSR's).
 DEFAULT_FOREGROUND_RATIO = 0.85
@@ -209,14 +210,17 @@ def foreground_alpha(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 
 
 def unit_float_image(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3|4) float32 in [0, 1] from a float array already in [0, 1] or a uint8 / uint16 one (scaled).
+    """(H, W, 3|4) float32 in [0, 1] from a float array (or tensor) already in [0, 1] or a uint8 / uint16 one
+    (scaled); sides up to :data:`~monorecon.io.images.MAX_IMAGE_SIDE`, as for image files.
 
     A float array outside [0, 1] (beyond a rounding tolerance, which is clipped) is refused: it is usually an 8-bit
     image converted to float without the division by 255, which would otherwise pass as a white, opaque image.
     """
-    image = np.asarray(image)
+    image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
         raise ValueError(f"image must have shape (H, W, 3|4), got {image.shape}")
+    if max(image.shape[:2]) > MAX_IMAGE_SIDE:  # as for image files
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, larger than the maximum side {MAX_IMAGE_SIDE}")
     if image.dtype in (np.uint8, np.uint16):
         return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
     if not np.issubdtype(image.dtype, np.floating):

@@ -123,7 +123,10 @@ def render_mesh(
             face_index, bary, face_normals(verts, faces)[..., None, :].expand(-1, -1, 3, -1)
         )
     else:
-        normals = vertex_normals(verts, faces) if normals is None else _batched(normals, "normals", len(verts), 3)
+        if normals is None:
+            normals = vertex_normals(verts, faces)
+        else:
+            normals = _batched(normals, "normals", len(verts), 3, rows=verts.shape[1])
         normals_frag = F.normalize(interpolate_face_attributes(face_index, bary, normals[:, faces]), dim=-1)
 
     if shading == "unlit":
@@ -196,13 +199,15 @@ def render(mesh: Any, cameras: Cameras, **kwargs: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------------
-def _batched(x: torch.Tensor, name: str, batch: int, channels: int) -> torch.Tensor:
-    """(N, C) or (1 | B, N, C) -> (B, N, C)."""
+def _batched(x: torch.Tensor, name: str, batch: int, channels: int, rows: int | None = None) -> torch.Tensor:
+    """(N, C) or (1 | B, N, C) -> (B, N, C); ``rows``: N must be this (one per vertex)."""
     x = check_tensor(x, name, floating=True)
     if x.dim() == 2:
         x = x[None]
     if x.dim() != 3 or x.shape[-1] != channels or x.shape[0] not in (1, batch):
         raise ValueError(f"{name} must be (N, {channels}) or ({batch}, N, {channels}), got {tuple(x.shape)}")
+    if rows is not None and x.shape[1] != rows:
+        raise ValueError(f"{name} has {x.shape[1]} rows, the mesh has {rows} vertices")
     return x.expand(batch, -1, -1)
 
 
@@ -246,6 +251,10 @@ def _albedo(
     if texture is not None:
         if uvs is None:
             raise ValueError("texture given without uvs")
+        texture = check_tensor(texture, "texture", floating=True)
+        batch = verts.shape[0]
+        if texture.shape[-1:] != (3,) or texture.dim() not in (3, 4) or texture.shape[:-3] not in ((), (1,), (batch,)):
+            raise ValueError(f"texture must be (Ht, Wt, 3) or ({batch}, Ht, Wt, 3), got {tuple(texture.shape)}")
         uvs = check_tensor(uvs, "uvs", (None, 2), floating=True)
         if face_uvs is None:
             if uvs.shape[0] != verts.shape[1]:
@@ -258,9 +267,7 @@ def _albedo(
         uv = interpolate_face_attributes(face_index, bary, uvs[face_uvs.to(uvs.device)])
         return sample_texture(texture, repeat_uvs(uv))  # per pixel: a tiling texture repeats across a face
     if vertex_colors is not None:
-        vertex_colors = _batched(vertex_colors, "vertex_colors", verts.shape[0], 3)
-        if vertex_colors.shape[1] != verts.shape[1]:
-            raise ValueError(f"vertex_colors has {vertex_colors.shape[1]} rows, mesh has {verts.shape[1]} vertices")
+        vertex_colors = _batched(vertex_colors, "vertex_colors", verts.shape[0], 3, rows=verts.shape[1])
         return interpolate_face_attributes(face_index, bary, vertex_colors[:, faces])
     return torch.ones(*face_index.shape, 3, dtype=verts.dtype, device=verts.device)
 
