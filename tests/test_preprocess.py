@@ -1,5 +1,7 @@
 """Input preparation: alpha sources, crop / pad geometry, and bad images."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,13 @@ def test_source_box_places_the_prepared_square_in_the_photo():
     assert abs(columns[0] - 7 * 64 / 94) < 1 and abs(columns[-1] + 1 - 87 * 64 / 94) < 1
     whole = preprocess_image(photo, PreprocessConfig(remove_background=False, output_size=64))
     assert whole.source_box == (0.0, -50.0, 300.0) and whole.source_size == (300, 200)
+
+
+def test_a_tiny_object_is_warned_about():
+    """An object of a few pixels becomes a blur when enlarged to the model's input: the user is told."""
+    tiny = _square_on((1.0, 1.0, 1.0), size=(200, 200), box=(100, 110, 100, 106))
+    with pytest.warns(UserWarning, match="the object spans only 10 pixels"):
+        preprocess_image(tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        preprocess_image(_square_on((1.0, 1.0, 1.0), size=(200, 200), box=(50, 150, 60, 100)))

@@ -595,7 +595,7 @@ def test_render_command_bad_input(tmp_path, capsys):
     box = trimesh.creation.box()
     box.export(tmp_path / "mesh.ply")
     for extra, message in (
-        (["--fps", "0"], "fps"), (["--frames", "0"], "frame count"), (["--size", "4"], "--size"),
+        (["--fps", "0"], "fps"), (["--frames", "0"], "--frames"), (["--size", "4"], "--size"),
         (["--distance", "0"], "distance must be positive"), (["--elevation", "90"], "elevation must lie"),
     ):  # fmt: skip
         code, _, err = run(["render", str(tmp_path), "--quiet", "--size", "16", *extra], capsys)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ DEFAULT_FOREGROUND_RATIO = 0.85
 OUTPUT_SIZE_RANGE = (16, 4096)
 #: How far outside [0, 1] a float image may stray (resampling overshoot) before it is refused; it is then clipped.
 _UNIT_TOLERANCE = 1e-3
+#: An object spanning fewer pixels than this is warned about: its prepared input is a blur.
+_MIN_OBJECT_PIXELS = 32
 
 
 @dataclass
@@ -260,6 +263,13 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     if rows.size == 0:
         raise ValueError("no foreground: the alpha is empty (fully transparent image?)")
     crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    if extent < _MIN_OBJECT_PIXELS:
+        warnings.warn(
+            f"the object spans only {extent} pixels of the image: the prepared input is enlarged from them and "
+            "blurred (give a larger photo of the object)",
+            stacklevel=2,
+        )
     rgb_c, alpha_c = rgb[crop], alpha[crop]
     composite = rgb_c * alpha_c[..., None] + config.background_gray * (1.0 - alpha_c[..., None])
     ratio = DEFAULT_FOREGROUND_RATIO if config.foreground_ratio is None else config.foreground_ratio

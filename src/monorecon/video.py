@@ -40,11 +40,13 @@ MAX_TURNTABLE_BYTES = 2 * 1024**3
 PREVIEW_LIGHTING = {"ambient": 0.45, "diffuse": 0.55, "specular": 0.0}
 
 
-def check_turntable_size(n_frames: int, size: int, names: tuple[str, str] = ("frame count", "size")) -> None:
+def check_turntable_size(
+    n_frames: int, size: int, names: tuple[str, str] = ("turntable frame count", "turntable size")
+) -> None:
     """Refuse (``ValueError``, naming the options ``names``) a frame count outside [1, 3600], a side outside
     [16, 2048] or more frames than :data:`MAX_TURNTABLE_BYTES` holds (turntables are rendered in memory)."""
-    check_int(n_frames, f"turntable {names[0]}", 1, 3600)
-    check_int(size, f"turntable {names[1]}", 16, 2048)
+    check_int(n_frames, names[0], 1, 3600)
+    check_int(size, names[1], 16, 2048)
     if n_frames * size * size * 3 > MAX_TURNTABLE_BYTES:
         raise ValueError(
             f"{n_frames} turntable frames of {size} x {size} pixels would need "
