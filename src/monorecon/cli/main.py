@@ -67,7 +67,11 @@ _default_show_warning = warnings.showwarning
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings (skipped files, missing predictions) as one line; other libraries' as Python prints them."""
     if str(filename).startswith(_PACKAGE_DIR):
-        print(f"monorecon: warning: {one_line(message)}", file=sys.stderr)
+        from tqdm import tqdm
+
+        # Through tqdm, which clears the progress bars first and redraws them after: printed beside an active bar (the
+        # loading of views, training), the warning would otherwise continue the bar's line.
+        tqdm.write(f"monorecon: warning: {one_line(message)}", file=sys.stderr)
     else:
         _default_show_warning(message, category, filename, lineno, file, line)
 

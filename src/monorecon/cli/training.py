@@ -96,16 +96,22 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ..train.triposr_trainer import train
-    from ..train.utils import cleanup_distributed, is_main_process
+    from ..train.triposr_trainer import load_train_config, train
+    from ..train.utils import Checkpointer, cleanup_distributed, is_main_process
 
     try:
         with _training_run():
-            run_dir = train(args.config, quiet=args.quiet or None)
+            config = load_train_config(args.config)
+            run_dir = train(config, quiet=args.quiet or None)
         report = is_main_process() and not args.quiet  # asked before the process group is left
     finally:
         cleanup_distributed()
-    if report:
+    latest = Checkpointer(run_dir / "checkpoints").latest()
+    done = Checkpointer.step_of(latest) if latest is not None else config.steps
+    if report and done < config.steps:  # max_minutes spent: final/ holds the weights of that step
+        print(f"training stopped at step {done} of {config.steps} (max_minutes spent; final/ holds its weights): "
+              f"run the same command again to resume: {run_dir}")  # fmt: skip
+    elif report:
         print(f"training finished: {run_dir}")
     return 0
 

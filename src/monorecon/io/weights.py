@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["read_safetensors_metadata", "read_state_dict"]
+__all__ = ["read_safetensors_metadata", "read_state_dict", "state_dict_mismatch"]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -45,6 +45,31 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ):
         raise ValueError(f"weights {path} do not hold a state_dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def state_dict_mismatch(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], shown: int = 5
+) -> list[str]:
+    """How ``state`` differs from the keys and shapes a model expects, one phrase per kind (empty: it matches).
+
+    The phrases count the missing keys, the unexpected keys and the keys of another shape, each naming the first
+    ``shown`` (a shape as ``name (checkpoint shape) vs model (model shape)``).
+    """
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key} {tuple(state[key].shape)} vs model {tuple(shape)}"
+        for key, shape in expected.items()
+        if key in state and tuple(state[key].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {missing[:shown]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:shown]}")
+    if shapes:
+        problems.append(f"{len(shapes)} keys of the wrong shape: {shapes[:shown]}")
+    return problems
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:

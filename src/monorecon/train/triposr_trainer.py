@@ -38,7 +38,9 @@ the uninterrupted run exactly. Under ``torchrun --nproc_per_node N`` each rank d
 are averaged with DistributedDataParallel (gloo on the CPU; nccl on CUDA, one GPU per rank). ``device`` "auto"
 trains on CUDA when there is one; the random draws stay on the CPU, so a run draws the same samples on any device
 (``tests/test_train.py`` compares a CUDA run with the CPU run where CUDA exists). Outputs in ``out_dir``:
-``checkpoints/``, ``train_log.csv``, ``curves.png``, ``config.yaml`` (the training config), and at the end
+``checkpoints/``, ``train_log.csv`` (``elapsed_s`` counted over all sessions of a resumed run), ``curves.png``,
+``config.yaml`` (the training config, written once the run starts: a refused resume leaves it), ``.train.lock`` (held
+by rank 0 while a run trains: a second run on the folder is refused), and at the end
 ``final/model.safetensors`` +
 ``final/config.yaml``, loadable by :func:`monorecon.models.triposr.load_triposr` (e.g. ``monorecon reconstruct
 --weights RUN/final``).
@@ -46,6 +48,7 @@ trains on CUDA when there is one; the random draws stay on the CPU, so a run dra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -63,7 +66,14 @@ from tqdm import tqdm
 
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.carving import depth_hull_occupancy
-from ..core.checks import SkippedInputWarning, check_device, check_int, check_non_negative, warn_if_slow_bfloat16
+from ..core.checks import (
+    SkippedInputWarning,
+    check_device,
+    check_int,
+    check_non_negative,
+    check_positive,
+    warn_if_slow_bfloat16,
+)
 from ..core.volume import VolumeRenderConfig, VolumeRenderer, distortion_loss
 from ..io.atomic import atomic_write, remove_stale_temporaries
 from ..io.weights import read_state_dict
@@ -80,6 +90,7 @@ from .utils import (
     cosine_with_warmup,
     dataclass_to_dict,
     diverges_on_non_finite,
+    hold_run_folder,
     init_distributed,
     is_main_process,
     load_dataclass_config,
@@ -150,6 +161,11 @@ class DataSection:
     def __post_init__(self) -> None:
         if len(set(self.roots)) != len(self.roots):
             raise ValueError(f"data.root lists a folder twice: {self.root!r}")
+        count = self.max_objects
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"data.max_objects must be a positive integer or null, got {count!r}")
+        if not 0.0 <= self.input_background <= 1.0:  # NaN fails too
+            raise ValueError(f"data.input_background must lie in [0, 1], got {self.input_background}")
         if not 0.0 <= self.recolor_prob <= 1.0:
             raise ValueError(f"data.recolor_prob must lie in [0, 1], got {self.recolor_prob}")
         if not isinstance(self.reframe, bool):
@@ -299,7 +315,15 @@ class TripoSRTrainConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "n_supervision_views", "patch_size", "n_samples", "log_every")
+        positive = (
+            "steps",
+            "batch_size",
+            "n_supervision_views",
+            "patch_size",
+            "n_samples",
+            "log_every",
+            "keep_checkpoints",
+        )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -313,8 +337,13 @@ class TripoSRTrainConfig:
             check_int(self.num_threads, "num_threads", 1, 1024)
         if not 0.0 <= self.foreground_patch_prob <= 1.0:
             raise ValueError(f"foreground_patch_prob must lie in [0, 1], got {self.foreground_patch_prob}")
-        if self.checkpoint_every_steps < 1 or self.checkpoint_every_minutes <= 0:
-            raise ValueError("checkpoint_every_steps must be >= 1 and checkpoint_every_minutes > 0")
+        if self.checkpoint_every_steps < 1:
+            raise ValueError(f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
+        if not self.checkpoint_every_minutes > 0:  # NaN fails too; .inf: by steps only
+            raise ValueError(f"checkpoint_every_minutes must be > 0, got {self.checkpoint_every_minutes}")
+        check_positive(self.input_distance, "input_distance")
+        if not 0.0 < self.input_fov_deg < 180.0:
+            raise ValueError(f"input_fov_deg must lie in (0, 180) degrees, got {self.input_fov_deg}")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, int | float) and self.max_minutes > 0):
             raise ValueError(f"max_minutes must be a positive number of minutes or null, got {self.max_minutes!r}")
         if self.optim.warmup_steps > self.steps:
@@ -582,7 +611,12 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
         warnings.warn(f"skipping {names}: cameras not at {camera}", SkippedInputWarning, stacklevel=2)
     bank = _ViewBank(images[:kept], c2w[:kept], fov[:kept], None if depth is None else depth[:kept])
     if bank.images.shape[1] < config.n_supervision_views:
-        raise ValueError(f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views")
+        raise ValueError(
+            f"objects have {bank.images.shape[1]} views, fewer than n_supervision_views ({config.n_supervision_views})"
+        )
+    side = config.supervision_size or min(bank.images.shape[2:4])  # supervision_size itself is checked on loading
+    if config.patch_size > side:
+        raise ValueError(f"patch_size ({config.patch_size}) exceeds the {side}-pixel side of the supervision views")
     return bank
 
 
@@ -804,7 +838,8 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         quiet: override ``config.quiet`` (no progress bar).
 
     Raises:
-        ValueError: invalid config or dataset.
+        ValueError: invalid config or dataset, a checkpoint the config cannot resume (another model, a step past
+            ``steps``), or a run folder that another run holds.
         TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept; the message names it).
     """
     run_started = time.monotonic()
@@ -819,17 +854,33 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     if cfg.precision == "bfloat16" and main:
         warn_if_slow_bfloat16(device, "training")
     out_dir = Path(cfg.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} is a file, not a folder")
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
     if not cfg.resume:
         checkpointer.check_fresh()
+    # Rank 0 holds the folder for the whole run, from before the slow loading of the views: a second run is refused
+    # at once. Under torchrun the other ranks write nothing into it.
+    with hold_run_folder(out_dir) if main else contextlib.nullcontext():
+        _train_in_folder(cfg, checkpointer, rank, world_size, device, run_started)
+    return out_dir
+
+
+def _train_in_folder(
+    cfg: TripoSRTrainConfig,
+    checkpointer: Checkpointer,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    run_started: float,
+) -> None:
+    """The body of :func:`train` once the run folder is held (by rank 0): load, restore, loop, export."""
+    main = is_main_process()
+    out_dir = Path(cfg.out_dir)
     bank = _load_views(cfg, show_progress=main and not cfg.quiet)  # before anything is written: data errors
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for folder in (out_dir, out_dir / "checkpoints"):  # what a killed run was writing
             remove_stale_temporaries(folder)
-        with atomic_write(out_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(dataclass_to_dict(cfg), f, sort_keys=False)
-    barrier()
 
     seed_everything(cfg.seed)
     model = _build_model(cfg.model)
@@ -844,18 +895,26 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
     )
     scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
-    logger = CSVLogger(out_dir / "train_log.csv") if main else None
 
-    start_step = 0
+    # Saved in every checkpoint: a resume with other values draws other samples than the uninterrupted run would.
+    settings = {"batch_size": cfg.batch_size, "seed": cfg.seed, "world_size": world_size}
+    start_step, elapsed_before = 0, 0.0
     restored = checkpointer.load_latest(model, optimizer, scheduler) if cfg.resume else None
     if restored is not None:
+        _check_resumed(restored, settings, cfg.steps, warn=main)
         start_step = restored["step"]
-    if logger is not None:  # rows of steps after the restored one (or of a run stopped before its first checkpoint)
-        logger.truncate_after(start_step)
+        elapsed_before = float(restored["extra"].get("elapsed_s", 0.0))  # checkpoints before it was saved: 0
+    logger = CSVLogger(out_dir / "train_log.csv") if main else None
+    if main:  # only now that the run starts: a refused resume leaves the run's config as it was
+        with atomic_write(out_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(dataclass_to_dict(cfg), f, sort_keys=False)
+        logger.truncate_after(start_step)  # rows after the restored step (or of a run stopped before its checkpoint)
+    barrier()
     ddp_module = wrap_ddp(step_module, find_unused_parameters=True, cuda=cfg.use_cuda)
 
     last_save = time.monotonic()
     started = time.monotonic()
+    stopped_at = None  # the step a spent max_minutes stopped the run after
     progress = tqdm(
         total=cfg.steps, initial=start_step, desc="train", disable=not main or cfg.quiet, dynamic_ncols=True
     )
@@ -882,27 +941,50 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         if logger is not None and (done % cfg.log_every == 0 or done == cfg.steps or out_of_time):
             row = {"step": done, **{k: float(v.detach()) for k, v in terms.items()}}
             row.update(grad_norm=float(grad_norm), lr=lr)
-            row["elapsed_s"] = time.monotonic() - started
+            row["elapsed_s"] = elapsed_before + time.monotonic() - started  # over all the run's sessions
             logger.log(row)
         if out_of_time or _should_checkpoint(done, cfg, last_save, device):
             if main:
-                checkpointer.save(done, model, optimizer, scheduler, extra={"world_size": world_size})
+                extra = {**settings, "elapsed_s": elapsed_before + time.monotonic() - started}
+                checkpointer.save(done, model, optimizer, scheduler, extra=extra)
                 if logger is not None and logger.fields is not None:
                     plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
             last_save = time.monotonic()
             barrier()
         if out_of_time:
-            if main and done < cfg.steps:
-                message = f"max_minutes ({cfg.max_minutes:g}) spent after step {done} of {cfg.steps}: stopped"
-                warnings.warn(f"{message}; run the same config again to resume", stacklevel=2)
+            stopped_at = done
             break
-    progress.close()
+    progress.close()  # before the warning below, which would otherwise be printed on the bar's line
+    if main and stopped_at is not None and stopped_at < cfg.steps:
+        message = f"max_minutes ({cfg.max_minutes:g}) spent after step {stopped_at} of {cfg.steps}: stopped"
+        warnings.warn(f"{message}; run the same config again to resume", stacklevel=3)
     if main:
         export_weights(model, out_dir / "final", config_name="config.yaml")
         if logger is not None and logger.fields is not None:
             plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
     barrier()
-    return out_dir
+
+
+def _check_resumed(restored: dict[str, Any], settings: dict[str, Any], steps: int, warn: bool) -> None:
+    """Refuse a restored checkpoint past ``steps``; warn (when ``warn``) of the ``settings`` that differ from those
+    it was written with (checkpoints of older versions hold only ``world_size``).
+
+    Raises:
+        ValueError: the checkpoint's step exceeds ``steps`` (its weights would be exported as this run's final).
+    """
+    path, step, saved = restored["path"], restored["step"], restored["extra"]
+    if step > steps:
+        raise ValueError(
+            f"checkpoint {path} is of step {step}, past steps ({steps}): raise steps to train on from it, "
+            "or choose another out_dir"
+        )
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in settings.items() if saved.get(key, value) != value]
+    if changed and warn:
+        warnings.warn(
+            f"resuming {path.name} with changed settings ({', '.join(changed)}): the run will not repeat the "
+            "uninterrupted one",
+            stacklevel=4,
+        )
 
 
 def _curve_columns(logger: CSVLogger) -> list[str]:

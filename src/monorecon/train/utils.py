@@ -6,7 +6,8 @@
   optimiser's settings, e.g. its learning rate, come from the run's config, not from the checkpoint),
 * :class:`CSVLogger` and :func:`plot_curves` (PIL only: matplotlib is not a dependency),
 * :class:`TrainingDiverged` / :func:`check_finite_loss` / :func:`check_finite_parameters`: stop on a NaN/inf loss
-  or weight, keeping the last good checkpoint,
+  or weight, keeping the last good checkpoint (one written from the weights that diverged is set aside),
+* :func:`hold_run_folder`: one training run at a time in a run folder,
 * DDP helpers for ``torchrun`` (gloo on CPU, nccl on CUDA),
 * :func:`load_dataclass_config`: YAML / dict -> nested dataclasses with unknown keys reported.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import math
 import os
@@ -36,6 +38,7 @@ from PIL import Image, ImageDraw
 
 from ..core.checks import NonFiniteError
 from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.weights import state_dict_mismatch
 from ..io.yaml_config import load_yaml
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "cosine_with_warmup",
     "dataclass_to_dict",
     "diverges_on_non_finite",
+    "hold_run_folder",
     "init_distributed",
     "is_main_process",
     "load_dataclass_config",
@@ -155,6 +159,8 @@ class Checkpointer:
     """
 
     PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+    #: Appended to the name of a checkpoint set aside (:meth:`set_aside`): resuming no longer picks it.
+    SET_ASIDE_SUFFIX = ".diverged"
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3) -> None:
         if keep < 1:
@@ -167,7 +173,24 @@ class Checkpointer:
         if not self.directory.is_dir():
             return []
         found = [p for p in self.directory.iterdir() if self.PATTERN.match(p.name)]
-        return sorted(found, key=lambda p: int(self.PATTERN.match(p.name).group(1)))
+        return sorted(found, key=self.step_of)
+
+    @classmethod
+    def step_of(cls, path: str | os.PathLike) -> int:
+        """The step a checkpoint file was written at (from its name ``step_{step:08d}.pt``)."""
+        match = cls.PATTERN.match(Path(path).name)
+        if match is None:
+            raise ValueError(f"{path} is not named as a training checkpoint (step_NNNNNNNN.pt)")
+        return int(match.group(1))
+
+    def set_aside(self, path: str | os.PathLike) -> Path:
+        """Rename a checkpoint to ``NAME.diverged`` (kept for inspection, no longer resumed nor counted in ``keep``);
+        return the new path. Renaming a file another process (a DDP rank) already set aside is not an error."""
+        path = Path(path)
+        target = path.with_name(path.name + self.SET_ASIDE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)
+        return target
 
     def latest(self) -> Path | None:
         """The newest checkpoint file, or None."""
@@ -233,12 +256,13 @@ class Checkpointer:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # any unpickling failure means a corrupt or foreign file
             raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-        if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
+        if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict) or "step" not in payload:
             raise ValueError(f"{path} is not a monorecon training checkpoint")
-        try:
-            unwrap_model(model).load_state_dict(payload["model"])
-        except RuntimeError as error:
-            raise ValueError(f"checkpoint {path} does not match the model: {error}") from error
+        expected = {key: value.shape for key, value in unwrap_model(model).state_dict().items()}
+        problems = state_dict_mismatch(payload["model"], expected)
+        if problems:  # named here: PyTorch's own message spans lines, of which a one-line error keeps only the first
+            raise ValueError(f"checkpoint {path} does not match the model: {'; '.join(problems)}")
+        unwrap_model(model).load_state_dict(payload["model"])
         if optimizer is not None and payload["optimizer"] is not None:
             _load_optimizer_keeping_settings(optimizer, payload["optimizer"], path)
         if scheduler is not None and payload["scheduler"] is not None:
@@ -288,17 +312,24 @@ def _load_optimizer_keeping_settings(optimizer: torch.optim.Optimizer, state: di
 
 
 def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | Path | None = None) -> None:
-    """Raise :class:`TrainingDiverged` if ``loss`` is not finite (call it before the optimiser step).
+    """Raise :class:`TrainingDiverged` if ``loss`` is not finite (call it before the optimiser step; also for the
+    gradient norm).
+
+    A non-finite loss of step ``step`` (counted from 1) condemns the weights it was computed from, those after update
+    ``step - 1``: resuming from their checkpoint would compute the same loss again, whatever the learning rate. So a
+    :class:`Checkpointer`'s newest file, when it is that step's, is set aside (:meth:`Checkpointer.set_aside`) and the
+    one before it is named.
 
     Args:
         loss: the loss (any shape; every element is checked).
         step: the step, for the message.
-        checkpoint: where the last good state is: a :class:`Checkpointer` (its newest file) or a checkpoint file
-            (named only if it exists).
+        checkpoint: where the last good state is: a :class:`Checkpointer` (its newest file that is not of step
+            ``step - 1``) or a checkpoint file (named only if it exists).
     """
     finite = torch.isfinite(loss.detach())
     if not bool(finite.all()):
-        raise _diverged(f"loss is {loss.detach()[~finite].flatten()[0].item()}", step, checkpoint)
+        what = f"loss is {loss.detach()[~finite].flatten()[0].item()}"
+        raise _diverged(what, step, checkpoint, condemned_step=step - 1)
 
 
 def check_finite_parameters(
@@ -308,31 +339,83 @@ def check_finite_parameters(
     checkpoint is written: a finite loss can still be followed by an update that breaks the weights, and a checkpoint
     of broken weights could never be resumed). Arguments as :func:`check_finite_loss`."""
     finite = torch.stack([torch.isfinite(p.detach()).all() for p in parameters])  # one sync per step, not per tensor
-    if not bool(finite.all()):
-        raise _diverged("the update made a weight NaN or infinite", step, checkpoint)
+    if not bool(finite.all()):  # the broken update was never checkpointed: the newest checkpoint stays good
+        raise _diverged("the update made a weight NaN or infinite", step, checkpoint, condemned_step=None)
 
 
 @contextlib.contextmanager
 def diverges_on_non_finite(step: int, checkpoint: Checkpointer | Path | None = None) -> Iterator[None]:
     """Around a training step's forward pass: NaN/inf activations caught by the model's own checks
     (:class:`~monorecon.core.checks.NonFiniteError`) mean the run diverged (:class:`TrainingDiverged`, the last good
-    checkpoint named as by :func:`check_finite_loss`), not that the input was bad."""
+    checkpoint named, and one of the weights that diverged set aside, as by :func:`check_finite_loss`), not that the
+    input was bad."""
     try:
         yield
     except NonFiniteError as err:
-        raise _diverged(str(err), step, checkpoint) from err
+        raise _diverged(str(err), step, checkpoint, condemned_step=step - 1) from err
 
 
-def _diverged(what: str, step: int, checkpoint: Checkpointer | Path | None) -> TrainingDiverged:
-    last = checkpoint.latest() if isinstance(checkpoint, Checkpointer) else checkpoint
+def _diverged(
+    what: str, step: int, checkpoint: Checkpointer | Path | None, condemned_step: int | None
+) -> TrainingDiverged:
+    """The error of a run that diverged at ``step``; a :class:`Checkpointer`'s newest file, when it is of
+    ``condemned_step`` (the weights that diverged), is set aside first, so the one named can be resumed."""
+    set_aside = ""
+    if isinstance(checkpoint, Checkpointer):
+        last = checkpoint.latest()
+        if last is not None and condemned_step is not None and Checkpointer.step_of(last) == condemned_step:
+            moved = checkpoint.set_aside(last)
+            set_aside = f" ({last.name} holds the weights that diverged: set aside as {moved.name})"
+            last = checkpoint.latest()
+    else:
+        last = checkpoint
     if last is not None and Path(last).is_file():
         kept = f"the last good checkpoint is kept at {last}"
+    elif set_aside:
+        kept = "no good checkpoint is left"
     else:
         kept = "no checkpoint had been written yet"
     return TrainingDiverged(
-        f"training diverged: {what} at step {step}; {kept}. "
+        f"training diverged: {what} at step {step}; {kept}{set_aside}. "
         "Lower the learning rate (or strengthen gradient clipping), then resume."
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------------------------------------------------
+#: The lock file :func:`hold_run_folder` creates in a run folder.
+RUN_LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Create ``folder`` if needed and hold an exclusive lock on it (``flock`` of ``folder/.train.lock``) while the
+    block runs: two runs in one folder would interleave their logs and checkpoints. The lock goes with the process, so
+    a killed run leaves none behind. A folder created here and left holding only the lock file (a run that failed
+    before it wrote anything) is removed again. Yields the folder.
+
+    Raises:
+        ValueError: another process holds the folder (named, with the way out).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / RUN_LOCK_NAME
+    with lock_path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{folder} is in use by another training run (it holds {lock_path}): wait for that run to end, "
+                "or choose another out_dir"
+            ) from None
+        try:
+            yield folder
+        finally:
+            if created and [p.name for p in folder.iterdir()] == [RUN_LOCK_NAME]:
+                lock_path.unlink()
+                folder.rmdir()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ...core.checks import warn_if_slow_bfloat16
-from ...io.weights import read_state_dict
+from ...io.weights import read_state_dict, state_dict_mismatch
 from .config import TripoSRConfig
 from .model import TripoSRModel
 
@@ -35,24 +35,12 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
             another architecture when it shares few keys with the model).
     """
     missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
     if len(missing) > len(expected) / 2:
         raise ValueError(
             f"{source} is not a TripoSR checkpoint of this configuration: {len(missing)} of {len(expected)} "
             f"expected keys are missing (its first keys: {list(state)[:_SHOWN]})"
         )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {missing[:_SHOWN]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:_SHOWN]}")
-    shapes = [
-        f"{key} {tuple(state[key].shape)} vs model {tuple(shape)}"
-        for key, shape in expected.items()
-        if key in state and tuple(state[key].shape) != tuple(shape)
-    ]
-    if shapes:
-        problems.append(f"{len(shapes)} keys of the wrong shape: {shapes[:_SHOWN]}")
+    problems = state_dict_mismatch(state, expected, _SHOWN)
     if problems:
         raise ValueError(f"{source} does not match the TripoSR architecture: " + "; ".join(problems))
 
