@@ -68,3 +68,12 @@ def _autograd_left_on():
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("the test left autograd disabled (torch.set_grad_enabled(False))")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic dataset of 2 objects (a mug and a chair), 2 views of 32x32 each: copy it before damaging it."""
+    from monorecon.data import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    return synthesize_dataset(root, n_objects=2, n_views=2, size=32, seed=3, progress=False)

@@ -315,12 +315,6 @@ def test_load_normalized_mesh_keeps_the_texture(tmp_path, ext):
 # --------------------------------------------------------------------------------------------------------------------
 # Synthesis and reading back
 # --------------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "tiny"
-    return synthesize_dataset(root, n_objects=2, n_views=2, size=32, seed=3, progress=False)
-
-
 def test_camera_distance_analytic():
     # fov 90: tan(a) = fill * 1 = 0.5, sin(a) = 0.5 / sqrt(1.25) -> distance = 0.5 * sqrt(1.25) / 0.5.
     assert camera_distance(90.0, 0.5, 0.5) == pytest.approx(math.sqrt(1.25))
@@ -402,7 +396,7 @@ def test_synthesis_deterministic_and_resumable(tiny_dataset, tmp_path):
     assert len(MultiViewDataset(again, "all")) == 3
     for change in ({"n_views": 3}, {"size": 16}):  # other views, or images of another size, are another dataset
         with pytest.raises(ValueError, match="not made with these arguments"):
-            synthesize_dataset(again, **{"n_objects": 1, "n_views": 2, "size": 32, "seed": 3, **change}, progress=False)
+            synthesize_dataset(again, **{"n_objects": 3, "n_views": 2, "size": 32, "seed": 3, **change}, progress=False)
     other = synthesize_dataset(tmp_path / "other", n_objects=1, n_views=2, size=32, seed=4, progress=False)
     assert (other / "000000_mug" / "cameras.json").read_bytes() != (again / "000000_mug" / "cameras.json").read_bytes()
 
@@ -475,7 +469,7 @@ def test_missing_and_corrupt_files_are_skipped(tiny_dataset, tmp_path):
     with pytest.warns(UserWarning) as caught, pytest.raises(ValueError, match="no usable object"):
         MultiViewDataset(root, split="all")
     messages = " ".join(str(w.message) for w in caught)
-    assert f"missing or empty file {missing}" in messages and f"corrupt image {truncated}" in messages
+    assert f"missing or empty file {missing}" in messages and f"cannot read image {truncated}" in messages
     # Without the up-front check, the damaged file is reported when its item is read, never used.
     with pytest.warns(UserWarning, match=re.escape(str(missing))):
         lazy = MultiViewDataset(root, split="all", verify=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,3 +96,40 @@ def test_pending_jobs_are_cancelled_when_a_job_fails_or_the_caller_stops(tmp_pat
         assert next(results) == 0
         results.close()
     assert len(list(tmp_path.glob("*.done"))) < 20
+
+
+def _record_worker(folder: str, item: int) -> int:
+    (Path(folder) / f"{os.getpid()}.pid").touch()
+    time.sleep(0.5)
+    (Path(folder) / f"{item}.done").touch()
+    return item
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (one left unreaped by init counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_sigterm_terminates_the_workers_too(tmp_path):
+    """SIGTERM (kill, a job scheduler) used to kill the parent alone: its workers, adopted by init, went on."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from test_parallel import _record_worker\n"
+        "from monorecon.parallel import map_in_processes\n"
+        "for _ in map_in_processes(_record_worker, range(40), 2, shared=sys.argv[2]): pass\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2:  # both workers busy
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM  # exited through Python's cleanup, not killed outright
+    workers = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    time.sleep(1.0)
+    assert not [pid for pid in workers if _running(pid)]
+    assert len(list(tmp_path.glob("*.done"))) < 40

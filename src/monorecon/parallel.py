@@ -1,13 +1,17 @@
 """Independent jobs on worker processes, results in input order (data synthesis, evaluation, batch reconstruction).
 
 Workers are started with ``spawn`` (a forked torch can deadlock) and run one torch thread each, so ``N`` workers use
-about ``N`` cores. With one worker the jobs run in this process, with its threads.
+about ``N`` cores. With one worker the jobs run in this process, with its threads. While the workers run, SIGTERM
+(``kill``, a job scheduler) terminates them too and raises ``SystemExit(143)`` in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -46,6 +50,7 @@ def map_in_processes(
     Raises:
         ValueError: a bad ``workers`` (at once). A job's exception is raised when its result is reached, the pending
             jobs cancelled; so are they when the iteration stops early.
+        SystemExit: SIGTERM, with the workers terminated.
     """
     check_int(workers, "workers", 1, MAX_WORKERS)
     if workers == 1:
@@ -57,12 +62,37 @@ def _map_in_pool(
     function: Callable[[Any, Any], Any], items: Iterable[Any], workers: int, shared: Any, chunksize: int
 ) -> Iterator[Any]:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,))
+    with _terminate_on_sigterm(pool), pool:  # the handler outlives the pool's wait for its running jobs
         try:
             yield from pool.map(functools.partial(_run_job, function), items, chunksize=chunksize)
-        except BaseException:  # a failed job, Ctrl-C, or the caller stopped: do not run the rest first
+        except BaseException:  # a failed job, Ctrl-C, SIGTERM, or the caller stopped: do not run the rest first
             pool.shutdown(cancel_futures=True)
             raise
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """While open, SIGTERM terminates the pool's workers and raises ``SystemExit(128 + SIGTERM)`` here.
+
+    SIGTERM's default action kills this process alone: its workers, adopted by init, would go on with their jobs (Ctrl-C
+    reaches the whole process group instead). Only the main thread can set a signal handler; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        # Python 3.14 has pool.terminate_workers(); before it the processes are only reachable here.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # In a worker process: the `shared` argument of the one `map_in_processes` call it serves.

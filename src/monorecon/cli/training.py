@@ -62,9 +62,21 @@ def add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_synth(args: argparse.Namespace) -> int:
+    from ..core.checks import check_int
     from ..data.shapes import CLASSIC_CLASSES, SHAPE_CLASSES
-    from ..data.synth import ViewSampling, synthesize_dataset
+    from ..data.synth import MAX_IMAGE_SIZE, MAX_OBJECTS, MAX_VIEWS, ViewSampling, synthesize_dataset
+    from ..parallel import MAX_WORKERS
 
+    # Checked here too, so that the messages name the flags rather than synthesize_dataset's arguments.
+    for flag, value, high in (
+        ("--n", args.n, MAX_OBJECTS), ("--views", args.views, MAX_VIEWS), ("--size", args.size, MAX_IMAGE_SIZE),
+        ("--workers", args.workers, MAX_WORKERS),
+    ):  # fmt: skip
+        check_int(value, flag, 1, high)
+    if args.seed < 0:
+        raise CommandError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.elevations is not None and not -90 < args.elevations[0] <= args.elevations[1] < 90:
+        raise CommandError(f"--elevations LOW HIGH must satisfy -90 < LOW <= HIGH < 90, got {args.elevations}")
     classes = None
     if args.classes:
         classes = []

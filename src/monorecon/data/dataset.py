@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from monorecon.core.checks import SkippedInputWarning
 from monorecon.io.images import load_image
@@ -93,8 +92,10 @@ class ObjaverseConvention:
     def to_c2w(self, matrix: np.ndarray) -> np.ndarray:
         """(3, 4) or (4, 4) stored matrix -> (4, 4) c2w in the monorecon convention (float64)."""
         matrix = np.asarray(matrix, dtype=np.float64)
-        if matrix.shape not in ((3, 4), (4, 4)) or not np.isfinite(matrix).all():
-            raise ValueError(f"camera matrix must be a finite 3x4 or 4x4 array, got shape {matrix.shape}")
+        if matrix.shape not in ((3, 4), (4, 4)):
+            raise ValueError(f"camera matrix must be a 3x4 or 4x4 array, got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise ValueError("camera matrix has NaN or infinite values")
         full = np.eye(4)
         full[:3] = matrix[:3]
         if not _is_rotation(full[:3, :3]):
@@ -122,6 +123,7 @@ class _ObjectRecord:
     c2w: np.ndarray  # (V, 4, 4) monorecon convention
     fov_y_deg: np.ndarray  # (V,)
     mesh_path: Path | None
+    alpha_required: bool  # the monorecon layout stores RGBA; Objaverse renders may be RGB (read as opaque)
 
 
 class MultiViewDataset(torch.utils.data.Dataset):
@@ -208,6 +210,9 @@ class MultiViewDataset(torch.utils.data.Dataset):
             elif object_id in seen:
                 warnings.warn(f"skipping object {object_id!r} of {index_path}: listed twice", SkippedInputWarning,
                               stacklevel=3)  # fmt: skip
+            elif split not in SPLITS:  # a typo would otherwise drop the object from every split without a word
+                warnings.warn(f"skipping object {object_id!r} of {index_path}: unknown split {split!r}, not one of "
+                              f"{SPLITS}", SkippedInputWarning, stacklevel=3)  # fmt: skip
             elif self.split in ("all", split):
                 candidates.append((object_id, class_name, self.root / object_id))
             seen.add(object_id)
@@ -243,8 +248,10 @@ class MultiViewDataset(torch.utils.data.Dataset):
         normals = tuple(folder / "normals" / f"{s}.png" for s in names)
         mesh_path = folder / "mesh.ply"
         for path in (*images, *depths, *normals, mesh_path):
-            self._check_file(path, (height, width))
-        return _ObjectRecord(object_id, class_name, folder, images, depths, normals, c2w[:n], fov[:n], mesh_path)
+            self._check_file(path, (height, width), alpha_required=path in images)
+        return _ObjectRecord(
+            object_id, class_name, folder, images, depths, normals, c2w[:n], fov[:n], mesh_path, alpha_required=True
+        )
 
     def _read_objaverse_object(self, object_id: str, class_name: str, folder: Path) -> _ObjectRecord:
         count = 0
@@ -252,6 +259,11 @@ class MultiViewDataset(torch.utils.data.Dataset):
             count += 1
         if count == 0:
             raise ValueError("no 000.png / 000.npy views")
+        later = sorted(
+            p.name for p in folder.glob("[0-9][0-9][0-9].*") if p.suffix in (".png", ".npy") and int(p.stem) > count
+        )
+        if later:  # views after a gap would be dropped without a word
+            raise ValueError(f"view {count:03d} is missing (no {count:03d}.png / .npy) but {later[0]} exists")
         n = self._views(count, folder)
         images = tuple(folder / f"{i:03d}.png" for i in range(n))
         size = None
@@ -270,10 +282,15 @@ class MultiViewDataset(torch.utils.data.Dataset):
             except ValueError as err:
                 raise ValueError(f"{pose_path}: {err}") from None
         fov = np.full(n, self.objaverse.fov_y_deg)
-        return _ObjectRecord(object_id, class_name, folder, images, None, None, np.stack(c2w), fov, None)
+        return _ObjectRecord(
+            object_id, class_name, folder, images, None, None, np.stack(c2w), fov, None, alpha_required=False
+        )
 
-    def _check_file(self, path: Path, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        """Check ``path`` exists (and with ``verify``, that it decodes with the expected (H, W)); return (H, W)."""
+    def _check_file(
+        self, path: Path, size: tuple[int, int] | None, *, alpha_required: bool = False
+    ) -> tuple[int, int] | None:
+        """Check ``path`` exists (and with ``verify``, that it decodes with the expected (H, W), with an alpha channel
+        if ``alpha_required``); return (H, W)."""
         if not path.is_file() or path.stat().st_size == 0:
             raise ValueError(f"missing or empty file {path}")
         if not self.verify:
@@ -284,12 +301,8 @@ class MultiViewDataset(torch.utils.data.Dataset):
         if path.suffix == ".npz":
             got = _load_depth(path).shape
         else:
-            try:
-                with Image.open(path) as img:
-                    img.verify()  # checks the PNG chunk CRCs without decoding: catches truncated / damaged files
-                    got = (img.height, img.width)
-            except (UnidentifiedImageError, OSError, SyntaxError) as err:
-                raise ValueError(f"corrupt image {path}: {err}") from None
+            # Decoded as an item reads it: a PNG's chunk checksums can hold while its compressed data is corrupt.
+            got = _load_rgba(path, alpha_required=True).shape[:2] if alpha_required else _load_pixels(path).shape[:2]
         if size is not None and tuple(got) != tuple(size):
             raise ValueError(f"{path} has size {tuple(got)}, expected {tuple(size)}")
         return tuple(got)
@@ -300,14 +313,14 @@ class MultiViewDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.objects[index]
-        images = np.stack([_load_rgba(p) for p in record.image_paths])
+        images = np.stack([_load_rgba(p, alpha_required=record.alpha_required) for p in record.image_paths])
         n, height, width = images.shape[:3]
         if record.depth_paths is None:
             depth = np.zeros((n, height, width), dtype=np.float32)
             normals = np.zeros((n, height, width, 3), dtype=np.float32)
         else:
             depth = np.stack([_load_depth(p) for p in record.depth_paths])
-            normals = np.stack([load_image(p)[..., :3] * 2.0 - 1.0 for p in record.normal_paths])
+            normals = np.stack([_load_pixels(p)[..., :3] * 2.0 - 1.0 for p in record.normal_paths])
             normals = np.where(images[..., 3:] > 0, normals, 0.0).astype(np.float32)
         if depth.shape != (n, height, width):
             raise ValueError(f"depth maps of {record.folder} have shape {depth.shape}, images {images.shape[:3]}")
@@ -329,10 +342,18 @@ def _is_rotation(matrix: np.ndarray) -> bool:
     return bool(np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3))
 
 
-def _load_rgba(path: Path) -> np.ndarray:
-    """(H, W, 4) float32 RGBA; an RGB file gets alpha 1 everywhere."""
-    image = load_image(path)
+def _load_pixels(path: Path) -> np.ndarray:
+    """(H, W, 3 | 4) float32 image in [0, 1] as stored: an EXIF orientation tag is ignored, since the cameras refer
+    to the stored pixels (a renderer writes them upright; a rotated view would no longer match its camera)."""
+    return load_image(path, exif_transpose=False)
+
+
+def _load_rgba(path: Path, *, alpha_required: bool) -> np.ndarray:
+    """(H, W, 4) float32 RGBA; an RGB file gets alpha 1 everywhere, or raises ValueError if ``alpha_required``."""
+    image = _load_pixels(path)
     if image.shape[-1] == 3:
+        if alpha_required:  # an opaque mask would teach a model that the background is part of the object
+            raise ValueError(f"{path} has no alpha channel (RGBA expected)")
         image = np.concatenate([image, np.ones_like(image[..., :1])], axis=-1)
     return image
 

@@ -36,7 +36,13 @@ from monorecon.core.checks import check_int
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.core.shading import DirectionalLights, vertex_normals
-from monorecon.io.atomic import atomic_write, atomic_write_csv, atomic_write_json, check_writable
+from monorecon.io.atomic import (
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+    check_writable,
+    remove_stale_temporaries,
+)
 from monorecon.io.images import save_image
 from monorecon.io.mesh_io import save_mesh
 from monorecon.parallel import MAX_WORKERS, map_in_processes
@@ -47,6 +53,8 @@ from .shapes import DEFAULT_RADIUS, SHAPE_CLASSES, make_object, normalize_vertic
 __all__ = ["ViewSampling", "camera_distance", "render_views", "synthesize_dataset", "write_index", "write_object"]
 
 _ZNEAR, _ZFAR = 0.05, 100.0
+#: (subfolder, extension) of the files each view of an object has.
+_VIEW_FILES = (("rgba", "png"), ("depth", "npz"), ("normals", "png"))
 #: Camera elevations (deg) drawn by default: a dataset made with another range records it in each ``meta.json``.
 DEFAULT_ELEVATION_RANGE_DEG = (-10.0, 40.0)
 #: Limits of a dataset's arguments, so an absurd value is refused before anything is rendered or written.
@@ -200,7 +208,8 @@ def write_object(
     :func:`~monorecon.data.shapes.load_normalized_mesh`) from ``n_views`` random views and write one object folder.
 
     The folder is assembled in a temporary sibling folder and renamed into place when complete, so a crash never
-    leaves a partial object. Views and light are drawn from ``numpy.random.default_rng(seed)``.
+    leaves a partial object. Views and light are drawn from ``numpy.random.default_rng(seed)``. No index is written:
+    :func:`write_index` makes the object folders of a root a dataset (``docs/dataset_format.md``).
 
     Args:
         folder: destination; must not exist yet (its parent must).
@@ -283,7 +292,8 @@ def synthesize_dataset(
     Object ``i`` has class ``classes[i % len(classes)]`` (default: every class of ``SHAPE_CLASSES`` in turn) and
     draws its shape seed, view seed and split (train / val / test with ``split_fractions``) from
     ``numpy.random.default_rng([seed, i])``. Objects already present from an earlier run with the same arguments are
-    kept (the run resumes); ``index.json`` and ``manifest.csv`` are (re)written atomically at the end.
+    kept (the run resumes, and may add objects with a larger ``n_objects``); ``index.json`` and ``manifest.csv`` are
+    (re)written atomically at the end. Temporary folders a killed run left are removed first.
 
     Args:
         out_dir: dataset folder (created if needed).
@@ -307,8 +317,9 @@ def synthesize_dataset(
         ``out_dir`` as a Path.
 
     Raises:
-        ValueError: bad counts, unknown class, bad split fractions, a bad ``workers``, or an existing object folder
-            that differs.
+        ValueError: bad counts, unknown class, bad split fractions, a bad ``workers``, an existing object folder that
+            differs or is damaged, or object folders this run would not list (a smaller ``n_objects``, other
+            ``classes``): all checked before anything is rendered except the damaged files, found as the run goes.
     """
     out_dir = Path(out_dir)
     check_int(n_objects, "n_objects", 1, MAX_OBJECTS)
@@ -328,6 +339,14 @@ def synthesize_dataset(
     check_int(workers, "workers", 1, MAX_WORKERS)
     sampling = sampling or ViewSampling()
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # object folders and index files a killed run was assembling
+    ids = {_object_id(i, classes) for i in range(n_objects)}
+    unlisted = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name[0] != "." and p.name not in ids)
+    if unlisted:  # they would stay on disk, missing from the rewritten index
+        raise ValueError(
+            f"{out_dir} holds {len(unlisted)} object folder(s) this run would not list, e.g. {unlisted[0]}: it was "
+            "made with another object count or class list; use another out_dir or remove them"
+        )
 
     make = functools.partial(
         _synthesize_object, out_dir=out_dir, seed=int(seed), classes=classes, cumulative_fractions=np.cumsum(fractions),
@@ -383,7 +402,7 @@ def _synthesize_object(
     class_name = classes[i % len(classes)]
     shape_seed, view_seed = (int(s) for s in rng.integers(0, 2**31, size=2))
     split = SPLITS[int(np.searchsorted(cumulative_fractions, rng.uniform(), side="right").clip(0, 2))]
-    object_id = f"{i:06d}_{class_name}"
+    object_id = _object_id(i, classes)
     meta = {"id": object_id, "split": split, "seed": shape_seed, "source": "procedural"}
     if stretch is not None:
         meta["stretch_xz"] = [float(f) for f in np.exp(rng.uniform(-math.log(stretch), math.log(stretch), 2))]
@@ -403,6 +422,11 @@ def _synthesize_object(
     return {"id": object_id, "class": class_name, "split": split, "seed": shape_seed, "path": object_id}
 
 
+def _object_id(i: int, classes: list[str]) -> str:
+    """Folder name of object ``i`` of :func:`synthesize_dataset`: its index and class."""
+    return f"{i:06d}_{classes[i % len(classes)]}"
+
+
 def _stretch_xz(mesh: Mesh, factors: list[float]) -> Mesh:
     """Scale world X and Z by ``factors`` (heights unchanged) and normalise again."""
     scale = np.array([factors[0], 1.0, factors[1]])
@@ -412,17 +436,22 @@ def _stretch_xz(mesh: Mesh, factors: list[float]) -> Mesh:
 
 def _check_existing(
     folder: Path, meta: dict[str, Any], class_name: str, view_seed: int, n_views: int, size: int, sampling: ViewSampling
-):
+) -> None:
     """An object folder from an earlier run is kept only if it was made with the same arguments (its ``meta.json``
-    and the camera and light sampling in its ``cameras.json``: another camera distance or fov is another dataset)."""
-    try:
-        found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = {}
-    try:
-        stored = json.loads((folder / "cameras.json").read_text(encoding="utf-8"))["sampling"]
-    except (OSError, ValueError, KeyError, TypeError):
-        stored = None
+    and the camera and light sampling in its ``cameras.json``: another camera distance or fov is another dataset) and
+    holds every file. A damaged one is reported, not replaced: without its ``meta.json`` it may not be ours."""
+
+    def damaged(problem: str) -> ValueError:
+        return ValueError(f"{folder} is damaged or incomplete ({problem}); remove it to have it rendered again")
+
+    files = {}
+    for name in ("meta.json", "cameras.json"):
+        try:
+            files[name] = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise damaged(f"{name} is missing or unreadable") from None
+    found, cameras = files["meta.json"], files["cameras.json"]
+    stored = cameras.get("sampling") if isinstance(cameras, dict) else None
     wanted = json.loads(json.dumps(asdict(sampling)))  # tuples as lists, as stored
     # A parameter a dataset of an older version did not record is not held against it.
     if not isinstance(stored, dict) or not all(_same_value(stored.get(k, v), v) for k, v in wanted.items()):
@@ -436,8 +465,15 @@ def _check_existing(
         "n_views": n_views,
         "image_size": [size, size],
     }
-    if any(found.get(k) != v for k, v in expected.items()):
+    if not isinstance(found, dict) or any(found.get(k) != v for k, v in expected.items()):
         raise ValueError(f"{folder} exists but was not made with these arguments; use another out_dir or remove it")
+    views = [f"{sub}/{k:03d}.{ext}" for k in range(n_views) for sub, ext in _VIEW_FILES]
+    missing = [
+        name for name in ("mesh.ply", *views) if not (folder / name).is_file() or not (folder / name).stat().st_size
+    ]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise damaged(f"no {missing[0]}{more}")
 
 
 def _same_value(a: Any, b: Any) -> bool:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -107,13 +108,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files that :func:`atomic_path` left in ``folder`` when its process was killed (a crash
-    mid-write); return them. Call it only where no other process is writing, e.g. when a training run starts."""
+    mid-write), and the temporary folders named the same way (``tempfile.mkdtemp(prefix=".NAME.", suffix=".tmp")``,
+    as :func:`monorecon.data.synth.write_object` assembles an object); return them. Call it only where no other
+    process is writing, e.g. when a training run starts."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name) and p.is_file()]
+    stale = [p for p in folder.iterdir() if _TEMPORARY_NAME.match(p.name)]
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale
 
 

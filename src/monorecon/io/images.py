@@ -22,11 +22,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
-    """Read an image file as float32 RGB or RGBA in [0, 1], EXIF orientation applied.
+def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE, exif_transpose: bool = True) -> np.ndarray:
+    """Read an image file as float32 RGB or RGBA in [0, 1], EXIF orientation applied (unless ``exif_transpose`` is
+    False: the pixels as stored, e.g. a render whose camera refers to them).
 
     Greyscale and palette images become RGB (RGBA if they carry transparency); 16-bit images are scaled to [0, 1];
-    32-bit float greyscale images (TIFF) must already lie in [0, 1].
+    32-bit float greyscale images (TIFF) must already lie in [0, 1]. Every pixel is decoded, so corrupt compressed
+    data is found here.
 
     Raises:
         ValueError: missing, empty, unreadable or corrupt file, or a side longer than ``max_side``.
@@ -44,7 +46,8 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE) -> np
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_side(img, path, max_side)
-                img = ImageOps.exif_transpose(img)
+                if exif_transpose:
+                    img = ImageOps.exif_transpose(img)
                 img.load()
                 return pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:

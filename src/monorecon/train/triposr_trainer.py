@@ -562,6 +562,7 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
 
     datasets = [MultiViewDataset(root, split=config.data.split) for root in config.data.roots]
     dataset = torch.utils.data.ConcatDataset(datasets)
+    folders = [record.folder for d in datasets for record in d.objects]  # named in messages: roots may share ids
     count = len(dataset) if config.data.max_objects is None else min(len(dataset), config.data.max_objects)
     use_depth = config.loss.lambda_depth > 0 or config.loss.lambda_occupancy > 0
     # The bank is allocated once and filled in place. Keeping each object's tensors instead (even the small camera
@@ -583,7 +584,7 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
         if item["images"].shape != images.shape[1:]:  # the bank holds one view count and size
             views, size = item["images"].shape[0], "x".join(map(str, item["images"].shape[1:3]))
             first = f"{images.shape[1]} views of {images.shape[2]}x{images.shape[3]}"
-            message = f"skipping object {item['object_id']}: {views} views of {size}, unlike the first object's {first}"
+            message = f"skipping object {folders[i]}: {views} views of {size}, unlike the first object's {first}"
             warnings.warn(message, SkippedInputWarning, stacklevel=2)
             continue
         distances = item["c2w"][:, :3, 3].norm(dim=-1)
@@ -591,13 +592,11 @@ def _load_views(config: TripoSRTrainConfig, show_progress: bool) -> _ViewBank:
             torch.allclose(distances, torch.full_like(distances, config.input_distance), atol=1e-3)
             and torch.allclose(item["fov_y_deg"], torch.full_like(item["fov_y_deg"], config.input_fov_deg), atol=1e-3)
         ):
-            off_camera.append(item["object_id"])
+            off_camera.append(str(folders[i]))
             continue
         if use_depth:
             if not item["has_depth"]:
-                raise ValueError(
-                    f"loss.lambda_depth and loss.lambda_occupancy need depth maps; {item['object_id']} has none"
-                )
+                raise ValueError(f"loss.lambda_depth and loss.lambda_occupancy need depth maps; {folders[i]} has none")
             depth[kept] = item["depth"]
         images[kept] = (item["images"] * 255.0 + 0.5).clamp(0, 255)  # copied as uint8 (truncated, as .to())
         c2w[kept], fov[kept] = item["c2w"], item["fov_y_deg"]
