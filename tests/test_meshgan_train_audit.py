@@ -261,16 +261,20 @@ def test_config_bounds():
             MeshGANConfig(**settings)
 
 
-def test_a_checkpoint_of_another_learning_rate_is_refused(tmp_path):
-    """The resume check compares every setting but ``steps`` (here ``lr_d``); it runs before anything is built."""
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
+    """The resume check compares every setting but ``steps``, ``checkpoint_every`` and the learning rates (here
+    ``ema_decay``) with the configuration stored in the checkpoint; it runs before anything is built."""
+    from safetensors.torch import save_file
+
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump(MeshGANConfig(classes=["vase"]).to_dict(), sort_keys=True))
-    (out / "checkpoint.safetensors").write_bytes(b"")
+    saved = yaml.safe_dump(MeshGANConfig(classes=["vase"]).to_dict(), sort_keys=True)
+    save_file({"step": torch.tensor(1)}, str(out / "checkpoint.safetensors"), metadata={"step": "1", "config": saved})
     config_path = tmp_path / "c.yaml"
-    config_path.write_text(yaml.safe_dump({"classes": ["vase"], "lr_d": 1e-3}))
-    with pytest.raises(ValueError, match="another configuration"):
+    config_path.write_text(yaml.safe_dump({"classes": ["vase"], "ema_decay": 0.9}))
+    with pytest.raises(ValueError, match=r"another configuration \(ema_decay changed\)"):
         mt.train_meshgan(config_path, out, progress=False)
+    assert not (out / "config.yaml").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,9 @@ def add_invert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="RGBA image (or RGB on a plain background)")
     p.add_argument("--generator", type=Path, required=True, help="generator.safetensors or its training folder")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--n-init", type=int, default=500, help="random latents tried for the initialisation")
+    p.add_argument(
+        "--n-init", type=int, default=500, help="random latents tried for the initialisation (1 to 50000, default 500)"
+    )
     p.add_argument("--feature-weights", type=Path, help="local VGG19 weights for the feature Chamfer loss")
     p.add_argument("--size", type=int, default=128, help="side of the prepared input in pixels")
     p.add_argument(
@@ -76,7 +78,8 @@ def add_invert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_invert(args: argparse.Namespace) -> int:
-    from ..fit.invert import invert, save_inversion_result, with_input_colours
+    from ..core.checks import check_int
+    from ..fit.invert import MAX_INIT_CODES, invert, save_inversion_result, with_input_colours
     from ..io.images import load_image
     from ..models.meshgan.train import load_generator
     from ..preprocess import OUTPUT_SIZE_RANGE, PreprocessConfig, preprocess_image
@@ -85,6 +88,7 @@ def _run_invert(args: argparse.Namespace) -> int:
     low, high = OUTPUT_SIZE_RANGE
     if not low <= args.size <= high:  # the preprocessing's range, named by its flag
         raise CommandError(f"--size must lie in [{low}, {high}], got {args.size}")
+    check_int(args.n_init, "--n-init", 1, MAX_INIT_CODES)  # named by its flag, before the generator is read
     check_output_folder(args.output)
     generator = load_generator(args.generator)
     prepared = preprocess_image(load_image(args.image), PreprocessConfig(output_size=args.size))
@@ -117,10 +121,17 @@ def add_g3dr(sub: argparse._SubParsersAction) -> None:
 
 
 def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    lift = CommandParser(prog="monorecon g3dr", description="RGB-D image -> mesh.glb + turntable")
-    lift.add_argument("image", type=Path, help="RGB or RGBA image")
-    lift.add_argument("--depth", type=Path, help="16-bit depth PNG (default: IMAGE_depth.png beside the image)")
-    lift.add_argument("--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config)")
+    lift = CommandParser(prog="monorecon g3dr", description="square RGB-D image -> mesh.glb + turntable")
+    lift.add_argument("image", type=Path, help="square RGB or RGBA image (a non-square one is refused: crop it)")
+    lift.add_argument(
+        "--depth",
+        type=Path,
+        help="16-bit depth PNG of the image's size, 0 the nearest depth (an all-zero map is refused as no depth; "
+        "default: IMAGE_depth.png beside the image)",
+    )
+    lift.add_argument(
+        "--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config), or a file in it"
+    )
     lift.add_argument("-o", "--output", type=Path, required=True)
     _add_g3dr_mesh_options(lift)
     lift.add_argument(
@@ -135,7 +146,9 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sample.add_argument("-n", type=int, default=8)
     sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
     sample.add_argument("--model", type=Path, required=True, help="trained G3DR folder")
-    sample.add_argument("-o", "--output", type=Path, required=True)
+    sample.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (refused if it holds an earlier sampling)"
+    )
     sample.add_argument(
         "--steps",
         type=int,

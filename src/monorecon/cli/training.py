@@ -1,4 +1,5 @@
-"""Data and training commands: ``data synth``, ``train``, ``train-meshgan``, ``train-g3dr``."""
+"""Data and training commands: ``data synth``, ``train``, ``train-meshgan``, ``train-g3dr``,
+``train-g3dr-diffusion``."""
 
 from __future__ import annotations
 
@@ -132,7 +133,12 @@ def add_train_meshgan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-meshgan", help="train the UV-space mesh generator (GAN) used by `invert`")
     p.add_argument("config", type=Path, help="config YAML (see configs/meshgan_small.yaml)")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder (resumed if it has a checkpoint)")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over: the folder's checkpoint and generator are deleted first (default: resume a checkpoint "
+        "written with the same config; steps may grow, lr_g / lr_d may change)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_train_meshgan)
 
@@ -150,15 +156,24 @@ def _run_train_meshgan(args: argparse.Namespace) -> int:
 def add_train_g3dr(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-g3dr", help="train a G3DR RGB-D -> triplane generator (resumes from its checkpoints)")
     p.add_argument("config", type=Path, help="config YAML (see configs/g3dr_small.yaml)")
+    _add_quiet_option(p)
     p.set_defaults(func=_run_train_g3dr)
 
 
-def _run_train_g3dr(args: argparse.Namespace) -> int:
-    from ..models.g3dr.trainer import train_g3dr
+def _add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar or closing line (as `quiet: true`)")
 
+
+def _run_train_g3dr(args: argparse.Namespace) -> int:
+    from ..models.g3dr.trainer import G3DRTrainConfig, train_g3dr
+    from ..train.utils import load_dataclass_config
+
+    config = load_dataclass_config(args.config, G3DRTrainConfig)
+    config.quiet = config.quiet or args.quiet
     with _training_run():
-        path = train_g3dr(args.config)
-    print(f"G3DR model written to {path}")
+        path = train_g3dr(config)
+    if not config.quiet:
+        print(f"G3DR model written to {path}")
     return 0
 
 
@@ -168,13 +183,18 @@ def add_train_g3dr_diffusion(sub: argparse._SubParsersAction) -> None:
         help="train the class-conditional RGB-D diffusion model that `g3dr sample` draws from (resumes)",
     )
     p.add_argument("config", type=Path, help="config YAML (see configs/g3dr_diffusion_small.yaml)")
+    _add_quiet_option(p)
     p.set_defaults(func=_run_train_g3dr_diffusion)
 
 
 def _run_train_g3dr_diffusion(args: argparse.Namespace) -> int:
-    from ..models.g3dr.diffusion import train_rgbd_diffusion
+    from ..models.g3dr.diffusion import DiffusionTrainConfig, train_rgbd_diffusion
+    from ..train.utils import load_dataclass_config
 
+    config = load_dataclass_config(args.config, DiffusionTrainConfig)
+    config.quiet = config.quiet or args.quiet
     with _training_run():
-        path = train_rgbd_diffusion(args.config)
-    print(f"RGB-D diffusion model written to {path}")
+        path = train_rgbd_diffusion(config)
+    if not config.quiet:
+        print(f"RGB-D diffusion model written to {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Training: shared infrastructure (:mod:`.utils`) and the TripoSR trainer (:mod:`.triposr_trainer`).
+"""Training: shared infrastructure (:mod:`.utils`, :mod:`.resume`) and the TripoSR trainer (:mod:`.triposr_trainer`).
 
 The trainer is imported lazily (it pulls in the model and ``transformers``), so ``monorecon.train.utils`` stays
 cheap to import for the other trainers.

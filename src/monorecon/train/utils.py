@@ -311,7 +311,13 @@ def _load_optimizer_keeping_settings(optimizer: torch.optim.Optimizer, state: di
                       "changed since it was written)", stacklevel=3)  # fmt: skip
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | Path | None = None) -> None:
+#: What a divergence message tells the user to do (a trainer without gradient clipping gives its own).
+DIVERGENCE_ADVICE = "Lower the learning rate (or strengthen gradient clipping), then resume."
+
+
+def check_finite_loss(
+    loss: torch.Tensor, step: int, checkpoint: Checkpointer | Path | None = None, advice: str = DIVERGENCE_ADVICE
+) -> None:
     """Raise :class:`TrainingDiverged` if ``loss`` is not finite (call it before the optimiser step; also for the
     gradient norm).
 
@@ -325,22 +331,27 @@ def check_finite_loss(loss: torch.Tensor, step: int, checkpoint: Checkpointer | 
         step: the step, for the message.
         checkpoint: where the last good state is: a :class:`Checkpointer` (its newest file that is not of step
             ``step - 1``) or a checkpoint file (named only if it exists).
+        advice: the message's last sentence, what to do.
     """
     finite = torch.isfinite(loss.detach())
     if not bool(finite.all()):
         what = f"loss is {loss.detach()[~finite].flatten()[0].item()}"
-        raise _diverged(what, step, checkpoint, condemned_step=step - 1)
+        raise _diverged(what, step, checkpoint, condemned_step=step - 1, advice=advice)
 
 
 def check_finite_parameters(
-    parameters: Iterable[torch.Tensor], step: int, checkpoint: Checkpointer | Path | None = None
+    parameters: Iterable[torch.Tensor],
+    step: int,
+    checkpoint: Checkpointer | Path | None = None,
+    advice: str = DIVERGENCE_ADVICE,
 ) -> None:
     """Raise :class:`TrainingDiverged` if a parameter holds NaN/inf (call it after the optimiser step, before a
     checkpoint is written: a finite loss can still be followed by an update that breaks the weights, and a checkpoint
     of broken weights could never be resumed). Arguments as :func:`check_finite_loss`."""
     finite = torch.stack([torch.isfinite(p.detach()).all() for p in parameters])  # one sync per step, not per tensor
     if not bool(finite.all()):  # the broken update was never checkpointed: the newest checkpoint stays good
-        raise _diverged("the update made a weight NaN or infinite", step, checkpoint, condemned_step=None)
+        what = "the update made a weight NaN or infinite"
+        raise _diverged(what, step, checkpoint, condemned_step=None, advice=advice)
 
 
 @contextlib.contextmanager
@@ -356,7 +367,11 @@ def diverges_on_non_finite(step: int, checkpoint: Checkpointer | Path | None = N
 
 
 def _diverged(
-    what: str, step: int, checkpoint: Checkpointer | Path | None, condemned_step: int | None
+    what: str,
+    step: int,
+    checkpoint: Checkpointer | Path | None,
+    condemned_step: int | None,
+    advice: str = DIVERGENCE_ADVICE,
 ) -> TrainingDiverged:
     """The error of a run that diverged at ``step``; a :class:`Checkpointer`'s newest file, when it is of
     ``condemned_step`` (the weights that diverged), is set aside first, so the one named can be resumed."""
@@ -375,10 +390,7 @@ def _diverged(
         kept = "no good checkpoint is left"
     else:
         kept = "no checkpoint had been written yet"
-    return TrainingDiverged(
-        f"training diverged: {what} at step {step}; {kept}{set_aside}. "
-        "Lower the learning rate (or strengthen gradient clipping), then resume."
-    )
+    return TrainingDiverged(f"training diverged: {what} at step {step}; {kept}{set_aside}. {advice}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

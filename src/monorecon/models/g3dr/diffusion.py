@@ -35,12 +35,14 @@ from monorecon.core.checks import check_tensor
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.io.weights import read_state_dict
 from monorecon.io.yaml_config import load_yaml
+from monorecon.train.resume import check_checkpoint_settings
 from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
     check_finite_loss,
     check_finite_parameters,
     cosine_with_warmup,
+    dataclass_to_dict,
     diverges_on_non_finite,
     load_dataclass_config,
     plot_curves,
@@ -50,7 +52,15 @@ from monorecon.train.utils import (
 
 from .data import NEAR_DEPTH, RGBDViews
 from .generator import G3DRGenerator, G3DRModelConfig
-from .trainer import G3DRDataConfig, G3DRTrainConfig, check_run_settings, load_views
+from .trainer import (
+    RESUME_FREE,
+    RESUME_WARNED,
+    G3DRDataConfig,
+    G3DRTrainConfig,
+    check_run_settings,
+    clip_gradients,
+    load_views,
+)
 from .unet import UNet
 
 __all__ = [
@@ -283,8 +293,10 @@ def _model_dict(config: DiffusionConfig) -> dict:
 
 
 def load_rgbd_diffusion(path: str | os.PathLike) -> RGBDDiffusion:
-    """A trained model from its run folder (``model.safetensors`` + ``config.yaml``), in eval mode."""
-    path = Path(path)
+    """A trained model from its run folder (``model.safetensors`` + ``config.yaml``, or a file in it), in eval mode."""
+    from .inference import model_folder
+
+    path = model_folder(path)
     for name in ("model.safetensors", "config.yaml"):
         if not (path / name).is_file():
             raise ValueError(f"diffusion model folder {path} lacks {name}")
@@ -305,19 +317,27 @@ def train_rgbd_diffusion(
     """Train the RGB-D diffusion model on labelled views (``config.data`` or ``views``); return the run folder.
 
     Views are area-resized to ``model.image_size``; the classes are those of the views unless
-    ``model.class_names`` lists them. Checkpoints / resume / CSV log / curves as ``train_g3dr``.
+    ``model.class_names`` lists them, so only class-labelled views work (``data.source: synthetic``). Checkpoints,
+    resume (the same settings policy and checks before anything is written), CSV log and curves as ``train_g3dr``.
     """
     if not isinstance(config, DiffusionTrainConfig):
         config = load_dataclass_config(config, DiffusionTrainConfig)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
+    out_dir = Path(config.out_dir)
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=2)
+    if not config.resume:  # a fresh run's checkpoints would mix with (and be deleted in favour of) the earlier run's
+        checkpointer.check_fresh()
     if views is None:
         views = load_views(G3DRTrainConfig(data=config.data, model=G3DRModelConfig(image_size=config.model.image_size)))
     if not config.model.class_names:
         config.model.class_names = sorted(set(views.class_names))
     if "" in config.model.class_names:
-        raise ValueError("training views need class names for a class-conditional model")
+        raise ValueError(
+            "training views need class names for a class-conditional model: use class-labelled data "
+            "(data.source: synthetic); a folder of RGB-D pairs has none"
+        )
     unknown = sorted(set(views.class_names) - set(config.model.class_names))
     if unknown:
         raise ValueError(f"views have classes {unknown} missing from model.class_names")
@@ -327,17 +347,21 @@ def train_rgbd_diffusion(
     data = RGBDDiffusion.to_model_space(rgb, depth)
     labels = torch.tensor([config.model.class_names.index(c) for c in views.class_names])
 
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = dataclass_to_dict(config)  # with the class names: a resumed run's come from the same views
+    if config.resume:
+        check_checkpoint_settings(checkpointer, settings, out_dir / "train_config.yaml", free=RESUME_FREE,
+                                  warned=RESUME_WARNED)  # fmt: skip
     model = RGBDDiffusion(config.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = cosine_with_warmup(optimizer, min(config.warmup_steps, config.steps), config.steps)
-    checkpointer = Checkpointer(out_dir / "checkpoints", keep=2)
-    logger = CSVLogger(out_dir / "train_log.csv")
     start = 0
     if config.resume and (restored := checkpointer.load_latest(model, optimizer, scheduler)) is not None:
         start = restored["step"]
-        logger.truncate_after(start)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "train_config.yaml", "w") as f:  # after the resume is validated, as train_g3dr
+        yaml.safe_dump(settings, f, sort_keys=False)
+    logger = CSVLogger(out_dir / "train_log.csv")
+    logger.truncate_after(start)  # rows of steps after it (or of a run stopped before its first checkpoint)
     started = time.perf_counter()
     for step in tqdm(range(start + 1, config.steps + 1), initial=start, total=config.steps, disable=config.quiet,
                      desc="rgbd diffusion"):  # fmt: skip
@@ -352,7 +376,7 @@ def train_rgbd_diffusion(
             loss = model.loss(x0, labels[index], generator)
         check_finite_loss(loss, step, checkpointer)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        clip_gradients(model.parameters(), config.grad_clip)
         lr = optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         optimizer.step()
         check_finite_parameters(model.parameters(), step, checkpointer)
@@ -361,7 +385,7 @@ def train_rgbd_diffusion(
             logger.log({"step": step, "loss": float(loss.detach()), "lr": lr,
                         "seconds": time.perf_counter() - started})  # fmt: skip
         if step % config.checkpoint_every == 0 or step == config.steps:
-            checkpointer.save(step, model, optimizer, scheduler)
+            checkpointer.save(step, model, optimizer, scheduler, {"config": settings})
     if logger.path.is_file():
         plot_curves(logger.path, out_dir / "curves.png", columns=["loss"])
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -393,7 +417,9 @@ def sample_to_folder(
     ``threshold`` (None: the generator's ``mesh_threshold``) get no mesh folder (a warning names them); the others
     are still written.
 
-    Everything is checked (the models, the class name, ``n``, ``n_steps``) before ``OUT`` is created.
+    Everything is checked (the models, the class name, ``n``, ``n_steps``) before ``OUT`` is created. An ``OUT``
+    that holds an earlier sampling (``sample_*`` or ``samples.png``) is refused: its samples beyond ``n`` and its
+    mesh folders of samples that now get none would stay beside the new ones.
 
     Returns:
         The per-sample folders of the samples that got a mesh (fewer than ``n`` when some got none).
@@ -407,6 +433,10 @@ def sample_to_folder(
     from .inference import g3dr_reconstruct, image_grid, load_g3dr, save_reconstruction, turntable
 
     out_dir = check_output_folder(out_dir)
+    earlier = sorted(p.name for p in out_dir.glob("sample*") if p.name.startswith("sample_") or p.name == "samples.png")
+    if earlier:
+        raise ValueError(f"{out_dir} holds the files of an earlier sampling (e.g. {earlier[0]}): give another output "
+                         "folder, or empty it")  # fmt: skip
     if not isinstance(diffusion, RGBDDiffusion):
         diffusion = load_rgbd_diffusion(diffusion)
     if not isinstance(generator_model, G3DRGenerator):

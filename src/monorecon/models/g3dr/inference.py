@@ -30,7 +30,7 @@ from monorecon.io.weights import read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.train.utils import load_dataclass_config
 
-from .data import FAR_DEPTH, load_rgbd_pair, resize_view
+from .data import FAR_DEPTH, NEAR_DEPTH, load_rgbd_pair, resize_view
 from .generator import G3DRGenerator, G3DRModelConfig, view_c2w
 
 __all__ = [
@@ -58,6 +58,13 @@ class G3DRScene:
         return render_views(self.model, self.planes, yaw_deg, pitch_deg, size)
 
 
+def model_folder(path: str | os.PathLike) -> Path:
+    """A trained model's run folder: ``path``, or the folder of a file in it (``RUN/model.safetensors`` given for
+    ``RUN``)."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
 def model_folder_kind(path: str | os.PathLike) -> str | None:
     """Which trained model a run folder's ``config.yaml`` describes, from the keys of its ``model`` section:
     ``"g3dr"`` (a :class:`G3DRModelConfig`), ``"diffusion"`` (an RGB-D :class:`~.diffusion.DiffusionConfig`), or
@@ -66,7 +73,7 @@ def model_folder_kind(path: str | os.PathLike) -> str | None:
 
     from .diffusion import DiffusionConfig
 
-    config_path = Path(path) / "config.yaml"
+    config_path = model_folder(path) / "config.yaml"
     try:
         settings = load_yaml(config_path) if config_path.is_file() else None
     except (ValueError, OSError):
@@ -83,12 +90,13 @@ def model_folder_kind(path: str | os.PathLike) -> str | None:
 
 
 def load_g3dr(path: str | os.PathLike) -> G3DRGenerator:
-    """A generator from a run folder (``model.safetensors`` + ``config.yaml`` written by ``train_g3dr``), in eval mode.
+    """A generator from a run folder (``model.safetensors`` + ``config.yaml`` written by ``train_g3dr``, or a file in
+    it: :func:`model_folder`), in eval mode.
 
     Raises:
         ValueError: missing files or weights that do not match the configuration.
     """
-    path = Path(path)
+    path = model_folder(path)
     weights, config_path = path / "model.safetensors", path / "config.yaml"
     for file in (weights, config_path):
         if not file.is_file():
@@ -270,7 +278,8 @@ def reconstruct_to_folder(
     write ``mesh.glb`` + turntable (see :func:`save_reconstruction`); ``model`` may be a run folder.
 
     The image's EXIF orientation applies to the depth too (:func:`.data.load_rgbd_pair`); an RGBA image with an
-    empty alpha (no pixel above 0.5) is refused, as ``monorecon reconstruct`` refuses it. ``object_height`` /
+    empty alpha (no pixel above 0.5) is refused, as ``monorecon reconstruct`` refuses it, and so is an all-zero depth
+    PNG (every pixel at the nearest depth: most depth formats write 0 for "no depth"). ``object_height`` /
     ``origin`` place the saved mesh (:meth:`~monorecon.core.mesh.Mesh.placed`); the turntable,
     rendered from the field, stays in the model's frame.
     """
@@ -278,6 +287,8 @@ def reconstruct_to_folder(
     if not isinstance(model, G3DRGenerator):
         model = load_g3dr(model)
     rgb, depth, mask = load_rgbd_pair(image_path, depth_path)
+    if bool((depth == NEAR_DEPTH).all()):  # decoded exactly: the PNG holds 0 everywhere
+        raise ValueError(f"depth {depth_path} is all zero: no depth (0 is the nearest depth; see encode_depth_png)")
     alpha = None if mask is None else mask.float()  # an empty one is refused by g3dr_reconstruct
     mesh, scene = g3dr_reconstruct(
         model, rgb, depth, resolution=resolution, threshold=threshold, alpha=alpha, project_input=project_input

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from monorecon.core.checks import check_int, check_non_negative
 from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.losses.perceptual import PerceptualLoss, check_perceptual_size
+from monorecon.train.resume import check_checkpoint_settings
 from monorecon.train.utils import (
     Checkpointer,
     CSVLogger,
@@ -67,6 +68,7 @@ __all__ = [
     "G3DRLossConfig",
     "G3DRTrainConfig",
     "G3DRTrainer",
+    "clip_gradients",
     "downsample_targets",
     "load_views",
     "save_g3dr_model",
@@ -89,6 +91,24 @@ def check_run_settings(config: Any, more_counts: tuple[str, ...] = ()) -> None:
         raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {config.grad_clip}")
     if config.data.source not in ("synthetic", "folder"):
         raise ValueError(f"data.source must be 'synthetic' or 'folder', got {config.data.source!r}")
+
+
+def clip_gradients(parameters: Any, max_norm: float) -> None:
+    """Clip the gradients' total norm to ``max_norm``; 0 means no clipping (``clip_grad_norm_`` would scale every
+    gradient to 0, and no weight would ever move)."""
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+#: Settings a resumed run (G3DR or its RGB-D diffusion) may change silently: bookkeeping, and the learning rate (the
+#: way on after a divergence; :class:`Checkpointer` warns that it changed).
+RESUME_FREE = ("out_dir", "quiet", "threads", "resume", "log_every", "checkpoint_every", "keep_checkpoints",
+               "calibrate_views", "lr")  # fmt: skip
+#: Settings a resumed run may change with a warning naming the consequence.
+RESUME_WARNED = {
+    "steps": "the schedules (learning rate; G3DR's views and loss weights) are re-timed to the new length",
+    "grad_clip": "it applies from the next step on",
+}
 
 
 @dataclass
@@ -295,8 +315,7 @@ class G3DRTrainer:
             total, logged = self.losses(step, generator)
         check_finite_loss(total, step, checkpointer)
         total.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        clip_gradients(self.model.parameters(), self.config.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]  # this update's rate (logged; the scheduler moves on below)
         self.optimizer.step()
         check_finite_parameters(self.model.parameters(), step, checkpointer)
@@ -320,9 +339,13 @@ def save_g3dr_model(model: G3DRGenerator, out_dir: str | os.PathLike, extra: dic
 def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDViews | None = None) -> Path:
     """Train G3DR as configured (YAML path, dict or :class:`G3DRTrainConfig`); return the run folder.
 
-    The run folder gets ``checkpoints/`` (resumable: a second call continues from the newest), ``train_log.csv``,
-    ``curves.png``, and at the end ``model.safetensors`` + ``config.yaml`` (load with
+    The run folder gets ``checkpoints/`` (resumable: a second call continues from the newest), ``train_config.yaml``,
+    ``train_log.csv``, ``curves.png``, and at the end ``model.safetensors`` + ``config.yaml`` (load with
     :func:`monorecon.models.g3dr.load_g3dr`). ``views`` overrides ``config.data`` (tests, benchmarks).
+
+    A resumed run keeps the settings its checkpoints were written with (:data:`RESUME_FREE` may change; ``steps``,
+    not below the checkpoint's step, and ``grad_clip`` with a warning); ``resume: false`` is refused where checkpoints
+    are. Both are checked before anything is written.
     """
     if not isinstance(config, G3DRTrainConfig):
         config = load_dataclass_config(config, G3DRTrainConfig)
@@ -331,19 +354,23 @@ def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDVi
     seed_everything(config.seed)
     out_dir = Path(config.out_dir)
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=config.keep_checkpoints)
-    if not config.resume:
+    settings = dataclass_to_dict(config)
+    if config.resume:
+        check_checkpoint_settings(checkpointer, settings, out_dir / "train_config.yaml", free=RESUME_FREE,
+                                  warned=RESUME_WARNED)  # fmt: skip
+    else:
         checkpointer.check_fresh()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_dir / "train_config.yaml", "w") as f:
-        yaml.safe_dump(dataclass_to_dict(config), f, sort_keys=False)
     views = views if views is not None else load_views(config)
     trainer = G3DRTrainer(config, views)
-    logger = CSVLogger(out_dir / "train_log.csv")
     start = 0
     if config.resume:
         restored = checkpointer.load_latest(trainer.model, trainer.optimizer, trainer.scheduler)
         if restored is not None:
             start = restored["step"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "train_config.yaml", "w") as f:  # only now: a refused resume leaves the run's own
+        yaml.safe_dump(settings, f, sort_keys=False)
+    logger = CSVLogger(out_dir / "train_log.csv")
     logger.truncate_after(start)  # rows of steps after it (or of a run stopped before its first checkpoint)
     started = time.perf_counter()
     progress = tqdm(range(start + 1, config.steps + 1), initial=start, total=config.steps, disable=config.quiet,
@@ -354,7 +381,7 @@ def train_g3dr(config: G3DRTrainConfig | str | os.PathLike | dict, views: RGBDVi
             logger.log({"step": step, **logged, "seconds": time.perf_counter() - started})
             progress.set_postfix(loss=f"{logged['loss']:.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
-            checkpointer.save(step, trainer.model, trainer.optimizer, trainer.scheduler)
+            checkpointer.save(step, trainer.model, trainer.optimizer, trainer.scheduler, {"config": settings})
     if logger.path.is_file():
         plot_curves(logger.path, out_dir / "curves.png",
                     columns=["loss", "rgb", "depth", "perceptual", "semantic", "tv", "opacity"])  # fmt: skip

@@ -22,9 +22,9 @@ code), plus ``smoothness_weight`` x the smoothness loss on generated meshes; Ada
 exponential moving average of the generator (``ema_decay``) is what inversion uses.
 
 Output folder: ``config.yaml`` (the configuration used), ``checkpoint.safetensors`` (all networks and optimiser
-states, resumable), ``generator.safetensors`` (moving-average generator weights; its configuration is in the
-safetensors metadata and in ``config.yaml``), ``training_set.safetensors`` (cached data) and ``log.csv``. Every file
-is written atomically.
+states, resumable, and the configuration they were trained with, which a resume is checked against),
+``generator.safetensors`` (moving-average generator weights; its configuration is in the safetensors metadata and in
+``config.yaml``), ``training_set.safetensors`` (cached data) and ``log.csv``. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import yaml
 from tqdm import tqdm
 
 from monorecon.core.cameras import WeakPerspectiveCameras
-from monorecon.core.checks import check_int, check_non_negative
+from monorecon.core.checks import check_bool, check_int, check_non_negative
 from monorecon.core.mesh import Mesh
 from monorecon.core.mesh_renderer import render_mesh
 from monorecon.data.shapes import SHAPE_CLASSES, make_object
@@ -51,7 +51,8 @@ from monorecon.io.atomic import atomic_write, atomic_write_bytes
 from monorecon.io.weights import read_safetensors_metadata, read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
-from monorecon.train.utils import CSVLogger, check_finite_loss, check_finite_parameters
+from monorecon.train.resume import check_resumed_settings
+from monorecon.train.utils import CSVLogger, check_finite_loss, check_finite_parameters, load_dataclass_config
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from .template import UVSphereTemplate
@@ -68,7 +69,17 @@ __all__ = [
 _MISS_RADIUS = 0.1
 #: Ranges of the config's sizes (beyond them a run only ends in an allocation failure).
 _SIZE_RANGES = {"image_size": (16, 1024), "texture_size": (1, 1024), "latent_dim": (1, 4096), "batch_size": (1, 4096),
-                "views_per_object": (1, 1024), "train_objects_per_class": (1, 100_000)}  # fmt: skip
+                "views_per_object": (1, 1024), "train_objects_per_class": (1, 100_000),
+                "generator_channels": (4, 4096), "discriminator_channels": (1, 4096), "steps": (1, 10**9),
+                "checkpoint_every": (1, 10**9), "faces_per_pixel": (1, 1024)}  # fmt: skip
+#: Settings a resumed run may change: ``steps`` (to train longer) and bookkeeping silently, the learning rates with a
+#: warning (lowering them is the way on after a divergence).
+_RESUME_FREE = ("steps", "checkpoint_every")
+_RESUME_WARNED = {"lr_g": "it applies from the next step on", "lr_d": "it applies from the next step on"}
+#: Files that mark a folder as another command's run (G3DR, its diffusion model, TripoSR training).
+_OTHER_RUN_FILES = ("model.safetensors", "train_config.yaml", "checkpoints")
+#: A divergence's advice: this trainer has no gradient clipping, and a resume accepts new learning rates.
+_DIVERGENCE_ADVICE = "Lower lr_g and lr_d in the config, then resume."
 
 
 @dataclass
@@ -104,9 +115,7 @@ class MeshGANConfig:
         unknown = [c for c in self.classes if c not in SHAPE_CLASSES]
         if not self.classes or unknown:
             raise ValueError(f"classes must be non-empty names from {sorted(SHAPE_CLASSES)}, got {self.classes}")
-        for name in ("steps", "checkpoint_every", "faces_per_pixel"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"config {name} must be >= 1, got {getattr(self, name)}")
+        check_bool(self.soft_render, "config soft_render")  # the string "no" would read as true
         for name, (low, high) in _SIZE_RANGES.items():
             check_int(getattr(self, name), f"config {name}", low, high)
         if not 0 <= self.ema_decay < 1 or self.lr_g <= 0 or self.lr_d <= 0 or self.camera_scale <= 0:
@@ -122,18 +131,9 @@ class MeshGANConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> MeshGANConfig:
-        """Read a YAML file; unknown keys -> ValueError."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        data = load_yaml(path) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        """Read a YAML file; unknown keys and values of the wrong type (``betas: 0.5``, ``steps: 2.7``,
+        ``soft_render: "no"``) -> ValueError naming the key, as the G3DR configs."""
+        return load_dataclass_config(path, cls)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -322,7 +322,8 @@ def load_generator(path: str | Path) -> MeshGenerator:
         raise ValueError(f"generator checkpoint not found: {path}")
     metadata = read_safetensors_metadata(path)
     if "generator" not in metadata:
-        raise ValueError(f"{path} has no generator configuration in its metadata (not written by train-meshgan)")
+        raise ValueError(f"{path} has no generator configuration in its metadata: give a train-meshgan run folder or "
+                         "its generator.safetensors")  # fmt: skip
     try:
         generator = MeshGenerator(**json.loads(metadata["generator"]))
         generator.load_state_dict(read_state_dict(path))
@@ -334,6 +335,41 @@ def load_generator(path: str | Path) -> MeshGenerator:
 # --------------------------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------------------------
+def _check_run_folder(out_dir: Path) -> None:
+    """Refuse a run folder that holds another command's run (its ``config.yaml`` would be overwritten)."""
+    if not out_dir.is_dir():
+        return
+    foreign = [name for name in _OTHER_RUN_FILES if (out_dir / name).exists()]
+    config_path = out_dir / "config.yaml"
+    if not foreign and config_path.is_file():
+        try:
+            settings = load_yaml(config_path)
+        except ValueError:
+            settings = None
+        names = {f.name for f in dataclasses.fields(MeshGANConfig)}
+        if not (isinstance(settings, dict) and set(settings) <= names):
+            foreign = ["config.yaml"]
+    if foreign:
+        raise ValueError(f"{out_dir} holds another kind of run ({', '.join(foreign)}), not train-meshgan's: give "
+                         "another output folder")  # fmt: skip
+
+
+def _check_resumable(checkpoint_path: Path, config: MeshGANConfig) -> None:
+    """A checkpoint resumed under ``config``: the configuration stored in it (the folder's ``config.yaml`` for
+    checkpoints written before it was stored) and its step, by :func:`check_resumed_settings`."""
+    try:
+        metadata = read_safetensors_metadata(checkpoint_path)
+    except ValueError as err:
+        raise ValueError(f"cannot resume {checkpoint_path}: {err}") from None
+    if "config" in metadata:
+        saved = yaml.safe_load(metadata["config"])
+    else:
+        saved = load_yaml(checkpoint_path.with_name("config.yaml")) or {}
+    step = int(metadata.get("step", 0))
+    check_resumed_settings(saved, config.to_dict(), step, str(checkpoint_path), free=_RESUME_FREE,
+                           warned=_RESUME_WARNED)  # fmt: skip
+
+
 def _hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
@@ -341,30 +377,33 @@ def _hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = True, progress: bool = True) -> Path:
     """Train the generator of ``config_path`` (YAML, :class:`MeshGANConfig`) into ``out_dir``.
 
-    With ``resume`` and a ``checkpoint.safetensors`` in ``out_dir`` from the same configuration (``steps`` may differ,
-    to train longer), training continues from it (random draws are seeded by step, so a resumed run matches an
-    uninterrupted one up to floating point).
+    With ``resume`` and a ``checkpoint.safetensors`` in ``out_dir``, training continues from it (random draws are
+    seeded by step, so a resumed run matches an uninterrupted one up to floating point) if it was written with the
+    same configuration (stored in the checkpoint): ``steps`` may grow, to train longer, and ``lr_g`` / ``lr_d`` may
+    change with a warning (lowered after a divergence). Without ``resume`` the folder's checkpoint and generator are
+    deleted first, so that no later run resumes them under this configuration. A folder of another command's run is
+    refused. Everything is checked before anything is written.
 
     Returns:
         Path of ``generator.safetensors`` (load with :func:`load_generator`).
 
     Raises:
+        ValueError: a bad configuration, another kind of run in ``out_dir``, or a checkpoint that cannot be resumed
+            under this configuration (one line naming the settings).
         TrainingDiverged: a loss became NaN/inf; nothing of that step is saved (the checkpoint keeps the last good
             state).
     """
     config = MeshGANConfig.from_yaml(config_path)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(out_dir)
     config_text = yaml.safe_dump(config.to_dict(), sort_keys=True)
     checkpoint_path = out_dir / "checkpoint.safetensors"
-    if (out_dir / "config.yaml").is_file() and checkpoint_path.is_file() and resume:
-        previous = load_yaml(out_dir / "config.yaml") or {}
-        if {k: v for k, v in previous.items() if k != "steps"} != {
-            k: v for k, v in config.to_dict().items() if k != "steps"
-        }:
-            raise ValueError(
-                f"{out_dir} holds a checkpoint of another configuration; use another folder or resume=False"
-            )
+    if resume and checkpoint_path.is_file():
+        _check_resumable(checkpoint_path, config)
+    elif checkpoint_path.is_file():  # starting over: the old state must not be resumed under this config later
+        for name in ("checkpoint.safetensors", "generator.safetensors"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "config.yaml", "w") as f:
         f.write(config_text)
 
@@ -415,7 +454,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         ):
             tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
         tensors.update(_optimizer_tensors("opt_g", opt_g) | _optimizer_tensors("opt_d", opt_d))
-        _save_tensors(tensors, checkpoint_path, {"step": str(step)})
+        _save_tensors(tensors, checkpoint_path, {"step": str(step), "config": config_text})
         meta = {"generator": json.dumps(config.generator_kwargs()), "step": str(step), "config": config_text}
         _save_tensors(ema.state_dict(), out_dir / "generator.safetensors", meta)
 
@@ -456,7 +495,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
                           uv_disc(texture.detach(), displacement.detach()))  # fmt: skip
         d_img = _hinge_d(image_disc(real_views), image_disc(fake_views.detach()))
         d_total = d_loss + config.image_loss_weight * d_img
-        check_finite_loss(d_total, step, checkpoint_path)
+        check_finite_loss(d_total, step, checkpoint_path, _DIVERGENCE_ADVICE)
         d_total.backward()
         opt_d.step()
 
@@ -465,11 +504,11 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         g_img = -image_disc(fake_views).mean()
         smooth = smoothness_loss(verts, template.faces, template.neighbors).mean()
         g_total = g_uv + config.image_loss_weight * g_img + config.smoothness_weight * smooth
-        check_finite_loss(g_total, step, checkpoint_path)
+        check_finite_loss(g_total, step, checkpoint_path, _DIVERGENCE_ADVICE)
         g_total.backward()
         opt_g.step()
         check_finite_parameters([*generator.parameters(), *uv_disc.parameters(), *image_disc.parameters()], step,
-                                checkpoint_path)  # fmt: skip
+                                checkpoint_path, _DIVERGENCE_ADVICE)  # fmt: skip
 
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
