@@ -61,7 +61,7 @@ from monorecon.cli import main
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--points", "5"], "--points must lie"),
         (
             ["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--mc-resolution", "1"],
-            "mc_resolution",
+            "--mc-resolution applies only to models",
         ),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--max-objects", "0"], "max_objects"),
         (

@@ -34,13 +34,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     what.add_argument(
         "--export-inputs", action="store_true", help="write each case's input image to the output folder as ID.png"
     )
+    p.add_argument(
+        "--config", type=Path, help="--model weights: the model's config.yaml (default: beside the weights)"
+    )  # fmt: skip
     p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder or folder of meshes")
     p.add_argument("-o", "--output", type=Path, required=True, help="report folder (with --export-inputs: images)")
     p.add_argument("--split", help="synthetic datasets: train, val, test or all (default all)")
     p.add_argument("--max-objects", type=int, help="score the first N objects only")
-    p.add_argument(
-        "--mc-resolution", type=int, default=128, help="models: marching-cubes grid resolution (default 128)"
-    )
+    p.add_argument("--mc-resolution", type=int, help="models: marching-cubes grid resolution (default 128)")
     p.add_argument("--threshold", type=float, help="models: density iso level (default: the model's)")
     p.add_argument("--no-carve", action="store_true", help="models: do not cut the field to the input silhouette")
     p.add_argument("--no-fill", action="store_true", help="models: do not fill the input silhouette (see reconstruct)")
@@ -54,9 +55,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--volume-iou",
         type=int,
-        default=64,
         metavar="N",
-        help="volume IoU of prediction and ground truth as they lie in the world, on an N^3 grid (default 64; 0: off)",
+        help="volume IoU of prediction and ground truth as they lie in the world, on an N^3 grid (default 64; 0: off; "
+        "not for --predictions, whose frame is unknown)",
     )
     p.add_argument(
         "--azimuths",
@@ -91,11 +92,16 @@ def _check_eval_options(args: argparse.Namespace, imported: Any = None) -> None:
     is_model = not (args.export_inputs or args.predictions) and args.model not in ("sphere", "inflation")
     if imported is not None:
         is_model = isinstance(imported, ReconstructionModel)
+    loads_weights = is_model and imported is None
     rules = [
         (not is_model, "models (not the baselines, functions rgba -> Mesh, --predictions or --export-inputs)", {
             "--threshold": args.threshold is not None, "--no-carve": args.no_carve, "--no-fill": args.no_fill,
             "--no-project-input": args.no_project_input, "--prepare": args.prepare,
+            "--mc-resolution": args.mc_resolution is not None,
         }),
+        (not loads_weights, "model weights (--model PATH or default)", {"--config": args.config is not None}),
+        (bool(args.predictions or args.export_inputs), "methods scored in the canonical frame (not --predictions "
+         "or --export-inputs)", {"--volume-iou": args.volume_iou is not None}),
         (args.model != "inflation", "--model inflation", {
             "--inflation-thickness": args.inflation_thickness is not None,
             "--inflation-profile": args.inflation_profile is not None,
@@ -133,10 +139,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         "mesh_elevation": args.elevation,
         "inflation_thickness": args.inflation_thickness,
         "inflation_profile": args.inflation_profile,
+        "mc_resolution": args.mc_resolution,
+        "volume_iou_resolution": args.volume_iou,
     }
     given = {key: value for key, value in given.items() if value is not None}
     check_points(args.points, "--points")  # before a model is loaded
-    check_volume_iou_resolution(args.volume_iou, "--volume-iou")
+    if args.volume_iou is not None:
+        check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))
     loads_model = loads_model and imported is None
     device = checked_device(args) if loads_model else None
@@ -150,12 +159,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     if loads_model:
         from ..api import load_model
 
-        model = load_model(None if model == "default" else model, device=device)
+        model = load_model(None if model == "default" else model, args.config, device=device)
+    source = str(args.predictions or args.model) + ("" if args.config is None else f" (config {args.config})")
     summary = evaluate(
         model, args.data, args.output, args.points, max_objects=args.max_objects,
-        mc_resolution=args.mc_resolution, threshold=args.threshold, carve=not args.no_carve,
-        fill=False if args.no_fill else None, project_input=not args.no_project_input, prepare=args.prepare,
-        seed=args.seed, volume_iou_resolution=args.volume_iou, workers=workers, progress=not args.quiet, **given,
+        threshold=args.threshold, carve=not args.no_carve, fill=False if args.no_fill else None,
+        project_input=not args.no_project_input, prepare=args.prepare, seed=args.seed, workers=workers,
+        progress=not args.quiet, source=source, **given,
     )  # fmt: skip
     if not args.quiet:
         total, scored = summary["n_objects"], summary["n_scored"]
@@ -169,8 +179,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"report: {args.output}")
     if summary["n_skipped"]:
         print(f"monorecon: {summary['n_skipped']} objects skipped (the warnings above say why)", file=sys.stderr)
-        return 2
-    return 0
+    if summary["errors"]:
+        print(
+            f"monorecon: {len(summary['errors'])} cases failed with an error, scored as failures (the warnings above "
+            "and the report name them)",
+            file=sys.stderr,
+        )
+    return 2 if summary["n_skipped"] or summary["errors"] else 0
 
 
 def add_eval_compare(sub: argparse._SubParsersAction) -> None:

@@ -310,12 +310,15 @@ def add_metrics(sub: argparse._SubParsersAction) -> None:
 def _run_metrics(args: argparse.Namespace) -> int:
     from ..eval.harness import THRESHOLDS, check_points, check_volume_iou_resolution, shape_scores
     from ..io.atomic import atomic_write_json, check_writable
-    from ..io.mesh_io import load_mesh
+    from ..io.mesh_io import load_mesh, source_files
 
     check_points(args.points, "--points")
     check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     if args.json is not None:
         check_writable(args.json)  # before the scoring, whose result would otherwise be lost
+        inputs = [path for mesh_path in (args.mesh, args.reference) for path in source_files(mesh_path)]
+        if args.json.exists() and any(path.exists() and path.samefile(args.json) for path in inputs):
+            raise CommandError(f"--json {args.json} is an input of the command: choose another file")
     mesh, reference = load_mesh(args.mesh), load_mesh(args.reference)
     scores = shape_scores(
         mesh, reference, n_points=args.points, seed=args.seed, search=not args.same_frame,

@@ -9,20 +9,33 @@ that is the honest one.
 The 95 % intervals are mean ± t · SE with Student-t quantiles, not the normal 1.96: ``t(0.975, n - 1)`` for the SE
 by case (n cases) and ``t(0.975, G - 1)`` for the SE by object (G objects), e.g. 12.71 with two objects, 4.30 with
 three, 2.78 with five. With fewer than two cases (or objects) there is no spread to estimate: no SE and no interval.
+
+Each report records how it was made (``protocol`` in its ``summary.json``); a warning says where the two differ in
+an entry of :data:`PROTOCOL_KEYS` (their differences then mix the methods' with the protocols'), or that a report made
+before the protocol was recorded cannot be checked.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.stats
 
-__all__ = ["compare_reports", "format_comparison", "read_report", "t95"]
+__all__ = ["PROTOCOL_KEYS", "compare_reports", "format_comparison", "read_protocol", "read_report", "t95"]
+
+PROTOCOL_KEYS = (
+    "data", "mesh_azimuths", "mesh_elevation", "n_points", "seed", "render_size", "volume_iou_resolution",
+    "thresholds",
+)  # fmt: skip
+"""The entries of a report's ``protocol`` that change the numbers of any method on a shared case. The method's own
+settings (``prepare`` included) are what two reports compare; ``split`` and ``max_objects`` only pick the cases."""
 
 
 def t95(df: int) -> float:
@@ -39,7 +52,8 @@ def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
     """``object_id -> value of metric`` from a report folder or its ``per_object.csv``.
 
     A case whose value is ``nan`` (a metric not defined there, as the harness writes the Chamfer distance of a failed
-    case or the volume IoU of an open ground truth) maps to NaN.
+    case or the volume IoU of an open ground truth) maps to NaN, as does an empty cell (older reports wrote one for a
+    metric a failed case did not have).
 
     Raises:
         ValueError: missing or unreadable file, no such metric column, a value that is neither a finite number nor
@@ -67,12 +81,49 @@ def read_report(report: str | os.PathLike, metric: str) -> dict[str, float]:
             value = float(row[metric])
         except (TypeError, ValueError):
             value = math.nan
-        if not math.isfinite(value) and row[metric] != "nan":
+        if not math.isfinite(value) and row[metric] not in ("nan", ""):
             raise ValueError(f"{path}: {metric} of {object_id} is {row[metric]!r}, not a finite number")
         if object_id in values:
             raise ValueError(f"{path}: object {object_id} appears twice")
         values[object_id] = value
     return values
+
+
+def read_protocol(report: str | os.PathLike) -> dict[str, Any] | None:
+    """The protocol a report records (``protocol`` in the ``summary.json`` beside its ``per_object.csv``), or None
+    for a report made before protocols were recorded (or without a readable ``summary.json``)."""
+    path = Path(report)
+    try:
+        summary = json.loads(((path if path.is_dir() else path.parent) / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    protocol = summary.get("protocol") if isinstance(summary, dict) else None
+    return protocol if isinstance(protocol, dict) else None
+
+
+def _check_protocols(report_a: str | os.PathLike, report_b: str | os.PathLike) -> list[str]:
+    """The entries of :data:`PROTOCOL_KEYS` where the two reports' protocols differ, each warned about in one line
+    (or a warning that a report records none, and an empty list)."""
+    protocols = {report: read_protocol(report) for report in (report_a, report_b)}
+    unrecorded = [str(report) for report, protocol in protocols.items() if protocol is None]
+    if unrecorded:
+        warnings.warn(
+            f"{' and '.join(unrecorded)} {'records' if len(unrecorded) == 1 else 'record'} no protocol (made by an "
+            "older monorecon): cannot check that the two reports were scored alike",
+            stacklevel=3,
+        )
+        return []
+    a, b = protocols[report_a], protocols[report_b]
+    differences = [
+        f"{k} {json.dumps(a.get(k))} vs {json.dumps(b.get(k))}" for k in PROTOCOL_KEYS if a.get(k) != b.get(k)
+    ]
+    if differences:
+        warnings.warn(
+            f"the reports were scored differently ({'; '.join(differences)}): their differences mix the methods' "
+            "with the protocols'",
+            stacklevel=3,
+        )
+    return differences
 
 
 def _object_of(case_id: str) -> str:
@@ -95,7 +146,9 @@ def compare_reports(
         case), ``se_clustered`` / ``ci95_clustered`` (over objects' mean differences, ``df_clustered`` = objects - 1;
         NaN with one object), ``b_higher`` / ``a_higher`` / ``ties`` (case counts), ``only_a`` / ``only_b`` (cases in
         one report only, left out), ``unscored`` (shared cases left out because the metric is NaN in either report),
-        and ``per_object`` (object -> dict(n, mean_a, mean_b, difference)).
+        ``per_object`` (object -> dict(n, mean_a, mean_b, difference)) and ``protocol_differences`` (the entries of
+        :data:`PROTOCOL_KEYS` where the reports' protocols differ, each also warned about; a report that records no
+        protocol is warned about too).
 
     Raises:
         ValueError: unreadable reports (:func:`read_report`) or no case in common where both have the metric.
@@ -109,6 +162,7 @@ def compare_reports(
         raise ValueError(
             f"{metric} is not defined (nan) in one report or the other in each of their {len(both)} shared cases"
         )
+    protocol_differences = _check_protocols(report_a, report_b)  # once the reports compare (an error stays one line)
     value_a, value_b = np.array([a[k] for k in shared]), np.array([b[k] for k in shared])
     difference = value_b - value_a
     mean = float(difference.mean())
@@ -154,6 +208,7 @@ def compare_reports(
         "only_b": len(set(b) - set(a)),
         "unscored": len(both) - len(shared),
         "per_object": per_object,
+        "protocol_differences": protocol_differences,
     }
 
 

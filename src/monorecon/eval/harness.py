@@ -36,21 +36,31 @@
   ``monorecon reconstruct`` does by default; filled too where the model's ``silhouette_fill`` says) and coloured by
   the input where it sees the surface (``project_input``); unlike ``reconstruct`` the harness keeps small disconnected
   pieces (dropping those under 1 % of the faces changed the bundled model's F@0.1 by -0.0005 on validation objects and
-  -0.003 on the real meshes, model card). A method that returns no surface scores F = 0 and is counted as a failure.
-* **Outputs** in ``out_dir``: ``per_object.csv``, ``summary.md`` (mean per class and overall), ``summary.json``, and
-  ``best_worst.png`` (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view,
-  prediction from the side, ground truth from the side).
+  -0.003 on the real meshes, model card). A method that returns no surface (no faces, or none of any area) scores
+  F = 0 and mask IoUs of 0 (an empty silhouette), its Chamfer distance, depth ratio and PSNR / SSIM not defined
+  (NaN), and is counted as a failure; so is a case whose method or scoring raises (the others are still scored; the
+  error is named in a warning and in the summary's ``errors``). Case IDs are unique: mesh files of one stem, or
+  azimuths of one view, are refused.
+* **Outputs** in ``out_dir`` (checked before any scoring; nothing is written where one of them cannot be):
+  ``per_object.csv`` (columns in a fixed order), ``summary.md`` (mean per class and overall, and the protocol),
+  ``summary.json`` (the same, the protocol under ``protocol``: how the report was made), and ``best_worst.png``
+  (rows: the best and worst cases by F-score@0.1; columns: input, prediction from the input view, prediction from the
+  side, ground truth from the side).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
+import itertools
+import json
 import math
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,19 +71,26 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ..api import ReconstructionModel, input_view_weight, model_foreground_ratio, model_mesh_threshold
+from ..api import (
+    ReconstructionModel,
+    input_view_weight,
+    model_foreground_ratio,
+    model_mesh_threshold,
+    model_silhouette_fill,
+)
 from ..core.cameras import PerspectiveCameras, orbit_c2w
 from ..core.checks import SEED_RANGE, SkippedInputWarning, check_int, check_positive
 from ..core.mesh import Mesh
 from ..core.projection import project_image_colours
 from ..core.raster import rasterize
-from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from ..io.atomic import atomic_write, atomic_write_bytes, atomic_write_csv, atomic_write_json, check_output_files
 from ..io.mesh_io import LOADABLE_FORMATS, load_mesh
 from ..models.triposr.model import INPUT_DISTANCE, INPUT_FOV_DEG, input_camera
 from ..parallel import MAX_WORKERS, map_in_processes
 from ..preprocess import reframe_views
 from .align import align_meshes, apply_transform
 from .baselines import inflation_baseline, sphere_baseline
+from .compare import PROTOCOL_KEYS
 from .metrics import chamfer_and_fscore, depth_ratio, mask_iou, psnr, ssim, volume_iou
 
 __all__ = ["EvalCase", "PredictionFolder", "evaluate", "export_inputs", "load_cases", "shape_scores"]
@@ -85,6 +102,8 @@ MIN_POINTS = 100
 """Fewest surface points per shape that Chamfer / F-scores are computed from."""
 MAX_POINTS = 1_000_000
 """Most surface points per shape (nearest neighbours of 1e6 points take ~10 s; 1e8 would run for hours)."""
+REPORT_FILES = ("per_object.csv", "summary.md", "summary.json", "best_worst.png")
+"""The files of a report folder (the grid last: not written without grid cases)."""
 VOLUME_IOU_RESOLUTION = 64
 """Default side of the voxel grid of the volume IoU (cells of 1/64 of the shapes' common box)."""
 VOLUME_IOU_RESOLUTION_RANGE = (8, 256)
@@ -158,13 +177,20 @@ def _mesh_cases(
     from ..data.synth import render_views
     from ..train.triposr_trainer import relative_cameras
 
-    if not azimuths or not all(math.isfinite(a) for a in azimuths) or len(set(azimuths)) < len(azimuths):
-        raise ValueError(f"mesh azimuths must be one or more distinct finite angles, got {list(azimuths)}")
+    if not azimuths or not all(math.isfinite(a) for a in azimuths):
+        raise ValueError(f"mesh azimuths must be one or more finite angles, got {list(azimuths)}")
+    for first, second in itertools.combinations(azimuths, 2):
+        turn = (first - second) % 360.0
+        if f"{first:g}" == f"{second:g}" or min(turn, 360.0 - turn) < 1e-6:  # cases are named <mesh>@<azimuth:g>
+            raise ValueError(f"mesh azimuths must be distinct views: {first!r} and {second!r} are the same view")
     if not -90.0 < elevation < 90.0:  # the look-at camera is undefined at the poles
         raise ValueError(f"mesh elevation must be strictly between -90 and 90 degrees, got {elevation}")
     files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in MESH_SUFFIXES)[:max_objects]
     if not files:
         raise ValueError(f"no mesh files ({', '.join(sorted(MESH_SUFFIXES))}) in {data_dir}")
+    stems = Counter(path.stem for path in files)  # a case is named by its file's stem
+    if clashes := [path.name for path in files if stems[path.stem] > 1]:
+        raise ValueError(f"{', '.join(clashes)} in {data_dir} would be cases of the same ID: keep one file per name")
     # Per case: the input view, then the 7 others at 45-degree steps (all rendered in the world frame).
     all_azimuths = torch.tensor([[a + 45.0 * k for k in range(8)] for a in azimuths], dtype=torch.float32)
     c2w = orbit_c2w(all_azimuths.reshape(-1), elevation, INPUT_DISTANCE).reshape(len(azimuths), 8, 4, 4)
@@ -206,6 +232,8 @@ def load_cases(
         ValueError: no folder, no readable object in it, or bad view settings.
     """
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"evaluation data {data_dir} is a file, not a folder (give the folder that holds the data)")
     if not data_dir.is_dir():
         raise ValueError(f"evaluation data folder not found: {data_dir}")
     if max_objects is not None:
@@ -216,6 +244,9 @@ def load_cases(
         cases = _mesh_cases(data_dir, image_size, mesh_azimuths, mesh_elevation, max_objects)
     if not cases:
         raise ValueError(f"no usable object in {data_dir} (the warnings above name the files)")
+    repeated = [case_id for case_id, count in Counter(case.object_id for case in cases).items() if count > 1]
+    if repeated:  # a report (and eval-compare) tells cases apart by their ID
+        raise ValueError(f"case ID {repeated[0]} appears more than once in {data_dir}")
     return cases
 
 
@@ -290,9 +321,19 @@ class _ModelMethod:
 
         if settings.threshold is None:
             settings = dataclasses.replace(settings, threshold=model_mesh_threshold(model))
+        if settings.fill is None:
+            settings = dataclasses.replace(settings, fill=model_silhouette_fill(model))
         self.model, self.settings = model, settings
         name = "model" if isinstance(model, TripoSRModel) else type(model).__name__
         self.name = name if settings.carve else f"{name} (no carving)"
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings that make this method's meshes, for the report (the weights by their hash: every TripoSR
+        model is named just "model", and its weights files are named alike)."""
+        record = dataclasses.asdict(self.settings)
+        if isinstance(self.model, torch.nn.Module):
+            record["weights_sha256"] = _weights_hash(self.model)
+        return record
 
     @torch.no_grad()
     def __call__(self, case: EvalCase) -> tuple[Mesh | None, dict[str, float]]:
@@ -329,12 +370,28 @@ class _ModelMethod:
         }
 
 
+def _weights_hash(model: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes and values, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class _FunctionMethod:
     """A function ``input view -> Mesh`` as a method (a class, so that workers can receive it): a single-view
     baseline takes the (H, W) alpha (``alpha_only``), a method of one's own the (H, W, 4) RGBA."""
 
-    def __init__(self, function: Callable[[np.ndarray], Mesh], name: str, alpha_only: bool = False) -> None:
+    def __init__(
+        self, function: Callable[[np.ndarray], Mesh], name: str, alpha_only: bool = False, settings: dict | None = None
+    ) -> None:
         self.function, self.name, self.alpha_only = function, name, alpha_only
+        self.settings = settings or {}
+
+    def protocol(self) -> dict[str, Any]:
+        """The function's settings, for the report (a baseline's; none for a function of one's own)."""
+        return dict(self.settings)
 
     def __call__(self, case: EvalCase) -> tuple[Mesh, dict[str, float]]:
         return self.function(case.rgba[..., 3] if self.alpha_only else case.rgba), {}
@@ -365,6 +422,10 @@ class PredictionFolder:
         if not self.folder.is_dir():
             raise ValueError(f"predictions folder not found: {self.folder}")
         self.name = f"predictions in {self.folder}"
+
+    def protocol(self) -> dict[str, Any]:
+        """The predictions' folder, for the report."""
+        return {"folder": str(self.folder.absolute())}
 
     def path_of(self, object_id: str) -> Path | None:
         """The mesh file of case ``object_id``, or None when the folder has none."""
@@ -404,7 +465,9 @@ def _resolve_method(method: Any, settings: _ModelSettings, inflation: tuple[floa
         variant = [] if profile == "cone" else [profile]
         variant += [] if thickness == 1.0 else [f"{thickness:g}"]
         name = f"inflation ({' '.join(variant)})" if variant else "inflation"
-        return _FunctionMethod(inflate, name, alpha_only=True)
+        return _FunctionMethod(
+            inflate, name, alpha_only=True, settings={"inflation_thickness": thickness, "inflation_profile": profile}
+        )
     if isinstance(method, TripoSRModel):
         return _ModelMethod(method.eval(), settings)
     if isinstance(method, ReconstructionModel):
@@ -448,6 +511,7 @@ def evaluate(
     inflation_profile: str = "cone",
     workers: int = 1,
     progress: bool = True,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model or baseline on a folder of objects and write the report (see the module docstring).
 
@@ -455,7 +519,8 @@ def evaluate(
         model_or_method: TripoSR model, weights path/folder, another :class:`~monorecon.api.ReconstructionModel`,
             ``"sphere"``, ``"inflation"``, a callable ``rgba -> Mesh`` or a :class:`PredictionFolder`.
         data_dir: synthetic dataset folder or folder of meshes.
-        out_dir: report folder (created once every case is scored).
+        out_dir: report folder (checked first, created once every case is scored; its files are refused up front
+            where a folder has their name).
         n_points: surface points per shape for Chamfer / F-score.
         split: dataset split to use (synthetic datasets).
         max_objects: evaluate only the first N objects.
@@ -486,11 +551,19 @@ def evaluate(
             the float rounding of a model's multi-threaded products (one process uses all threads). A callable method
             must then be picklable (a module-level function), and a model must be on the CPU.
         progress: tqdm progress bar.
+        source: where the method came from (e.g. the weights path the caller loaded), recorded in the protocol.
 
     Returns:
-        Summary dict: ``method``, ``n_objects``, ``n_failed``, ``mean`` (metric -> mean over objects), ``per_class``,
-        ``n_skipped`` (objects or mesh files left out as unusable, each named by a
-        :class:`~monorecon.core.checks.SkippedInputWarning`).
+        Summary dict: ``method``, ``n_objects``, ``n_failed`` (cases without a surface, or whose method or scoring
+        raised), ``mean`` (metric -> mean over objects), ``n_scored`` (metric -> cases where it is defined),
+        ``per_class``, ``n_skipped`` (objects or mesh files left out as unusable, each named by a
+        :class:`~monorecon.core.checks.SkippedInputWarning`), ``errors`` (case -> the error that failed it, each
+        also named by a warning) and ``protocol`` (how the report was made: the data, the cases' views, the scoring
+        settings of :data:`~monorecon.eval.compare.PROTOCOL_KEYS`, ``prepare``, and ``method``: its name,
+        ``source`` and settings, for a model the mesh settings and the SHA-256 of its weights).
+
+    Raises:
+        ValueError: bad arguments, unusable data, or a report folder that cannot be written (checked first).
     """
     check_points(n_points)
     check_int(mc_resolution, "mc_resolution", 8, 1024)
@@ -503,6 +576,11 @@ def evaluate(
     method = _resolve_method(model_or_method, settings, (inflation_thickness, inflation_profile))
     if workers > 1 and isinstance(method, _ModelMethod) and str(getattr(method.model, "device", "cpu")) != "cpu":
         raise ValueError("workers above 1 run copies of the model on the CPU; with a GPU use workers=1")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report folder {out_dir} is a file")
+    # Before the scoring, whose result would otherwise be lost, and before any report file is written.
+    check_output_files(out_dir, REPORT_FILES if n_grid_cases > 0 else REPORT_FILES[:-1])
     try:
         with warnings.catch_warnings(record=True) as caught:  # counted in the summary, then shown
             warnings.simplefilter("always")
@@ -524,18 +602,22 @@ def evaluate(
             f"no mesh in {method.folder} matches a case of {data_dir} "
             f"(expected e.g. {example}.glb or {example}/mesh.glb)"
         )
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"report folder {out_dir} is a file")
     scoring = _Scoring(n_points, seed, render_size, volume_iou_resolution)
+    protocol = {
+        "data": str(Path(data_dir).resolve()), "split": split, "max_objects": max_objects,
+        "mesh_azimuths": [float(a) for a in mesh_azimuths], "mesh_elevation": float(mesh_elevation),
+        **dataclasses.asdict(scoring), "thresholds": list(THRESHOLDS), "prepare": prepare,
+        "method": {"name": method.name, **({"source": str(source)} if source is not None else {}), **method.protocol()},
+    }  # fmt: skip
     bar = functools.partial(tqdm, total=len(cases), desc=f"eval {method.name}", disable=not progress)
     results = list(bar(map_in_processes(_score_recording_warnings, cases, workers, shared=(method, scoring))))
-    rows = [row for row, _, _ in results]
-    predictions = {case.object_id: mesh for case, (_, mesh, _) in zip(cases, results, strict=True)}
-    for _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
+    rows = [row for row, _, _, _ in results]
+    predictions = {case.object_id: mesh for case, (_, mesh, _, _) in zip(cases, results, strict=True)}
+    errors = {case.object_id: error for case, (_, _, error, _) in zip(cases, results, strict=True) if error}
+    for _, _, _, caught in results:  # a worker's warnings (e.g. a missing prediction), shown here in case order
         for category, message in caught:
             warnings.warn(message, category, stacklevel=2)
-    summary = {**_summarise(method.name, rows), "n_skipped": n_skipped}
+    summary = {**_summarise(method.name, rows), "n_skipped": n_skipped, "errors": errors, "protocol": protocol}
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that fails while scoring leaves no empty folder
     _write_csv(out_dir / "per_object.csv", rows)
     _write_markdown(out_dir / "summary.md", summary, str(data_dir))
@@ -617,48 +699,79 @@ class _Scoring:
     volume_iou_resolution: int
 
 
-def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[dict[str, Any], Mesh | None]:
-    """Run ``method`` on one case and score its mesh: (the report's row, the mesh)."""
+def _score_case(method: Callable, case: EvalCase, scoring: _Scoring) -> tuple[dict[str, Any], Mesh | None, str | None]:
+    """Run ``method`` on one case and score its mesh: (the report's row, the mesh, the error that made the case fail
+    or None). A method that raises, or a mesh that cannot be scored, fails this case only (a warning names it)."""
     started = time.perf_counter()
-    row: dict[str, Any] = {"object_id": case.object_id, "class": case.class_name, "failed": 0}
-    mesh, extras = method(case)
-    if mesh is None or mesh.num_faces == 0:
-        row.update({"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}})
-        if scoring.volume_iou_resolution and not getattr(method, "frame_free", False):
-            row["volume_iou"] = _scored_volume_iou(None, case.gt_mesh, scoring.volume_iou_resolution)
-    else:
-        scores = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
-        row.update({"chamfer": scores["chamfer"], **{f"fscore@{t:g}": scores[f"fscore@{t:g}"] for t in THRESHOLDS}})
-        if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
-            if scoring.volume_iou_resolution:
-                row["volume_iou"] = _scored_volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution)
-            row["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], scoring.render_size)
-            if case.views is not None:
-                row["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, scoring.render_size)
-            row["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
-            if mesh.vertex_colors is not None or mesh.texture is not None:
-                row.update(_colour_scores(mesh, case))
-    row.update(extras)
+    names = {"object_id": case.object_id, "class": case.class_name}
+    error = None
+    try:
+        mesh, extras = method(case)
+        if mesh is not None and mesh.num_faces and float(mesh.face_areas.sum()) == 0.0:
+            mesh = None  # every face degenerate: no surface, as no faces at all
+        scores = _failed_scores(method, case, scoring) if mesh is None else _mesh_scores(method, case, mesh, scoring)
+        row: dict[str, Any] = {**names, **scores, **extras}
+    except Exception as err:  # the run goes on with the other cases; the error is reported
+        error = f"{type(err).__name__}: {err}".splitlines()[0]
+        warnings.warn(f"case {case.object_id} scored as a failure: {error}", stacklevel=2)
+        mesh = None
+        row = {**names, **_failed_scores(method, case, scoring)}
     row["seconds"] = time.perf_counter() - started
-    return row, mesh
+    return row, mesh, error
+
+
+def _failed_scores(method: Callable, case: EvalCase, scoring: _Scoring) -> dict[str, float]:
+    """The scores of a case without a surface: F = 0, no Chamfer distance nor depth ratio (NaN: not defined), and
+    mask IoUs of 0 (an empty silhouette against the object's)."""
+    scores = {"failed": 1, "chamfer": math.nan, **{f"fscore@{t:g}": 0.0 for t in THRESHOLDS}}
+    if not getattr(method, "frame_free", False):
+        if scoring.volume_iou_resolution:
+            scores["volume_iou"] = _scored_volume_iou(None, case.gt_mesh, scoring.volume_iou_resolution)
+        scores["mesh_mask_iou"] = 0.0
+        if case.views is not None:
+            scores["novel_mask_iou"] = 0.0
+        scores["depth_ratio"] = math.nan
+    return scores
+
+
+def _mesh_scores(method: Callable, case: EvalCase, mesh: Mesh, scoring: _Scoring) -> dict[str, float]:
+    """The scores of a case's mesh (see the module docstring)."""
+    shape = shape_scores(mesh, case.gt_mesh, n_points=scoring.n_points, seed=scoring.seed)
+    scores = {"failed": 0, "chamfer": shape["chamfer"], **{f"fscore@{t:g}": shape[f"fscore@{t:g}"] for t in THRESHOLDS}}
+    if not getattr(method, "frame_free", False):  # these need the prediction in the canonical frame
+        if scoring.volume_iou_resolution:
+            scores["volume_iou"] = _scored_volume_iou(mesh, case.gt_mesh, scoring.volume_iou_resolution)
+        scores["mesh_mask_iou"] = _mesh_mask_iou(mesh, case.rgba[..., 3], scoring.render_size)
+        if case.views is not None:
+            scores["novel_mask_iou"] = _novel_mask_iou(mesh, case.views, scoring.render_size)
+        scores["depth_ratio"] = depth_ratio(mesh, case.gt_mesh)
+        if mesh.vertex_colors is not None or mesh.texture is not None:
+            scores.update(_colour_scores(mesh, case))
+    return scores
 
 
 def _score_recording_warnings(
     job: tuple[Callable, _Scoring], case: EvalCase
-) -> tuple[dict[str, Any], Mesh | None, list[tuple[type[Warning], str]]]:
+) -> tuple[dict[str, Any], Mesh | None, str | None, list[tuple[type[Warning], str]]]:
     """:func:`_score_case`, its warnings returned (a worker's own would bypass the CLI's one-line printer)."""
     method, scoring = job
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        row, mesh = _score_case(method, case, scoring)
-    return row, mesh, [(warning.category, str(warning.message)) for warning in caught]
+        row, mesh, error = _score_case(method, case, scoring)
+    return row, mesh, error, [(warning.category, str(warning.message)) for warning in caught]
+
+
+_COLUMNS = (
+    "failed", "chamfer", *(f"fscore@{t:g}" for t in THRESHOLDS), "volume_iou", "mesh_mask_iou", "novel_mask_iou",
+    "depth_ratio", "mask_iou", "psnr", "ssim", "mesh_psnr", "mesh_ssim", "novel_psnr", "novel_ssim", "seconds",
+)  # fmt: skip
+"""The report's columns after ``object_id`` and ``class``, in this order (those no case has are left out)."""
 
 
 def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in ("object_id", "class") and k not in keys]
-    return keys
+    """The columns the rows have, in :data:`_COLUMNS` order (a fixed order, whichever case comes first)."""
+    present = {key for row in rows for key in row} - {"object_id", "class"}
+    return [key for key in _COLUMNS if key in present] + sorted(present - set(_COLUMNS))
 
 
 # Ratios average geometrically: a prediction twice too deep and one half as deep cancel out.
@@ -699,7 +812,8 @@ def _summarise(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields = ["object_id", "class", *_metric_keys(rows)]
-    cells = ([f"{v:.6g}" if isinstance(v := row.get(k, ""), float) else v for k in fields] for row in rows)
+    # A score a case does not have (e.g. the colours of a failed case) is not defined there: nan, as in the summary.
+    cells = ([f"{v:.6g}" if isinstance(v := row.get(k, math.nan), float) else v for k in fields] for row in rows)
     atomic_write_csv(path, fields, cells)
 
 
@@ -708,7 +822,8 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
     lines = [
         f"# Evaluation of `{summary['method']}` on `{data}`",
         "",
-        f"{summary['n_objects']} objects, {summary['n_failed']} without a surface (scored F = 0); "
+        f"{summary['n_objects']} objects, {summary['n_failed']} failed (no surface, or an error: scored F = 0, mask "
+        f"IoUs 0); "
         f"{summary['mean_seconds']:.2f} s per object. Chamfer: mean unsquared nearest distance, both directions "
         "averaged, shapes normalised to a unit box and aligned (rotation search + ICP).",
         "",
@@ -722,13 +837,20 @@ def _write_markdown(path: Path, summary: dict[str, Any], data: str) -> None:
     )
     if summary["n_skipped"]:
         lines += ["", f"{summary['n_skipped']} objects of the data were left out (the run's warnings say why)."]
+    if summary["errors"]:
+        named = "; ".join(f"{case}: {error}" for case, error in summary["errors"].items())
+        lines += ["", f"{len(summary['errors'])} cases failed with an error (scored as failures): {named}."]
     partial = [f"{k} {n} of {summary['n_objects']}" for k, n in summary["n_scored"].items() if n < summary["n_objects"]]
     if partial:
         undefined = (
-            "the Chamfer distance of a failed case, the volume IoU where the ground truth or the prediction is not "
-            "closed"
+            "the Chamfer distance, depth ratio and mesh colour scores of a failed case, the colour scores of a mesh "
+            "without colours, the volume IoU where the ground truth or the prediction is not closed"
         )
         lines += ["", f"Means over the cases scored: {', '.join(partial)} (not defined for the rest: {undefined})."]
+    protocol = summary["protocol"]
+    settings = ", ".join(f"{key} {json.dumps(protocol[key])}" for key in PROTOCOL_KEYS)
+    method = ", ".join(f"{key} {json.dumps(value)}" for key, value in protocol["method"].items())
+    lines += ["", f"Protocol: {settings}, prepare {json.dumps(protocol['prepare'])}; method: {method}."]
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

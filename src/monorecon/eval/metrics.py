@@ -35,9 +35,15 @@ __all__ = [
     "sample_surface",
     "solid_occupancy",
     "ssim",
+    "surface_vertices",
     "volume_iou",
     "winding_number",
 ]
+
+
+def surface_vertices(mesh: Mesh) -> torch.Tensor:
+    """(U, 3) float64 vertices of ``mesh`` that some face uses (an unreferenced vertex is not on the surface)."""
+    return mesh.verts.detach().double()[torch.unique(mesh.faces)]
 
 
 def sample_surface(mesh: Mesh, n_points: int, seed: int = 0) -> np.ndarray:
@@ -141,15 +147,16 @@ def volume_iou(mesh_a: Mesh, mesh_b: Mesh, resolution: int = 32, bounds: tuple[f
     Args:
         mesh_a, mesh_b: closed meshes in the same frame (a small hole flips a few rays, outvoted).
         resolution: grid cells per side.
-        bounds: ``(lo, hi)`` of the cubic grid; default the union of both bounding boxes, padded by one cell.
+        bounds: ``(lo, hi)`` of the cubic grid; default the union of both surfaces' bounding boxes (their faces'
+            vertices), padded by one cell.
 
     Returns:
         |A ∩ B| / |A ∪ B| over the grid (0 when both are empty).
     """
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
-    if bounds is None:
-        both = torch.cat([mesh_a.verts.detach(), mesh_b.verts.detach()]).double()
+    if bounds is None:  # the faces' corners only: a stray unreferenced vertex would stretch the grid
+        both = torch.cat([surface_vertices(mesh_a), surface_vertices(mesh_b)])
         lo, hi = float(both.min()), float(both.max())
         pad = (hi - lo) / resolution
         lo, hi = lo - pad, hi + pad
@@ -162,11 +169,12 @@ def volume_iou(mesh_a: Mesh, mesh_b: Mesh, resolution: int = 32, bounds: tuple[f
 
 
 def solid_occupancy(mesh: Mesh, lo: float, hi: float, resolution: int) -> np.ndarray:
-    """Which cell centres of the cubic grid ``[lo, hi]^3`` lie inside a closed, outward-facing mesh.
+    """Which cell centres of the cubic grid ``[lo, hi]^3`` lie inside a closed mesh, facing outward or inward.
 
     Along each axis, a ray from every cell centre towards + infinity counts the surface crossings above it, + 1 where
     the surface faces along the ray (leaving the solid) and - 1 where it faces against it (the winding number, exact
-    for a closed mesh and for overlapping closed parts); a cell is inside when at least two of the three axes say so.
+    for a closed mesh and for overlapping closed parts); a cell is inside when at least two of the three axes give a
+    non-zero winding number (-1 inside a closed mesh whose faces all point inward: the same solid).
     Cost grows with the faces plus the grid cells, not their product (as :func:`winding_number`'s does).
 
     Returns:
@@ -184,7 +192,7 @@ def solid_occupancy(mesh: Mesh, lo: float, hi: float, resolution: int) -> np.nda
     for axis in range(3):
         u, v = (axis + 1) % 3, (axis + 2) % 3  # (u, v, axis) is right-handed: the uv area's sign is the normal's
         winding = _ray_winding(tri[..., [u, v, axis]], lo, hi, resolution)  # indexed [u, v, axis]
-        votes += np.transpose(winding > 0, np.argsort([u, v, axis]))
+        votes += np.transpose(winding != 0, np.argsort([u, v, axis]))
     return votes >= 2
 
 
@@ -229,9 +237,10 @@ def _ray_winding(tri: np.ndarray, lo: float, hi: float, resolution: int) -> np.n
 def depth_ratio(pred: Mesh, gt: Mesh, view_axis: int = 2) -> float:
     """How much deeper than the truth a reconstruction is along the input view direction (1 = right, 2 = twice).
 
-    Each mesh's *relative depth* is its bounding-box extent along ``view_axis`` over its largest extent across it; the
-    result is pred's over gt's, so it does not depend on scale. Both meshes must be in the input-view frame (the
-    camera on the ``view_axis``, looking at the origin; monorecon's input camera: +Z, axis 2), before any alignment.
+    Each mesh's *relative depth* is its surface's bounding-box extent (the box of its faces' vertices) along
+    ``view_axis`` over its largest extent across it; the result is pred's over gt's, so it does not depend on scale.
+    Both meshes must be in the input-view frame (the camera on the ``view_axis``, looking at the origin; monorecon's
+    input camera: +Z, axis 2), before any alignment.
     Single-view methods must guess this depth: the ratio shows a bias that the box-normalised F-score hides.
     """
     if view_axis not in (0, 1, 2):
@@ -239,9 +248,9 @@ def depth_ratio(pred: Mesh, gt: Mesh, view_axis: int = 2) -> float:
     across = [axis for axis in range(3) if axis != view_axis]
 
     def relative_depth(mesh: Mesh, name: str) -> float:
-        verts = mesh.verts.detach().double()
+        verts = surface_vertices(mesh)
         if verts.shape[0] == 0:
-            raise ValueError(f"{name} mesh has no vertices")
+            raise ValueError(f"{name} mesh has no faces")
         extent = verts.max(0).values - verts.min(0).values
         width = float(extent[across].max())
         if not width > 0:
