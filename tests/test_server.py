@@ -415,13 +415,13 @@ def test_options_left_out_take_the_models_own_settings():
 
 
 def test_remove_background_false_gives_the_model_the_image_as_it_is(client, stub):
-    """No mask: the transparent surround keeps its own black pixels, the square keeps its place (half the side, as
-    uploaded), and with the whole image as the silhouette there is nothing to carve."""
+    """No background removal nor framing: the square keeps its place (half the side, as uploaded); the upload's own
+    alpha still says where the object is (the transparent surround is the background grey, and carved)."""
     assert post(client, {"mc_resolution": "16", "remove_background": "false"}).status_code == 200
     (image,) = stub.images
-    torch.testing.assert_close(image[0, 0, 0], torch.zeros(3), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(image[0, 0, 0], torch.full((3,), 0.5), atol=1 / 255, rtol=0)
     assert abs(object_share(image) - 0.5) < 0.02  # (the 8x upscale blurs the square's edge)
-    assert stub.extract_calls == [{"resolution": 16, "threshold": 25.0, "method": "coarse_to_fine", "carved": False}]
+    assert stub.extract_calls == [{"resolution": 16, "threshold": 25.0, "method": "coarse_to_fine", "carved": True}]
 
 
 def test_a_baked_texture_is_unwrapped_on_at_most_bake_max_faces(stub, monkeypatch):

@@ -53,7 +53,8 @@ class PreprocessConfig:
     """Options of :func:`preprocess_image`.
 
     Attributes:
-        remove_background: if False the image is used as it is (only padded to a square with grey, no crop).
+        remove_background: if False the image is used as it is (only padded to a square with grey, no crop; an RGBA
+            image keeps its alpha, composited over the grey).
         foreground_ratio: fraction of the square's side taken by the object's larger bounding-box side; None: the
             model's own framing when :mod:`monorecon.api` reconstructs (``TripoSRConfig.foreground_ratio``), else
             :data:`DEFAULT_FOREGROUND_RATIO`.
@@ -253,8 +254,9 @@ def preprocess_image(image: np.ndarray, config: PreprocessConfig | None = None) 
     config = config or PreprocessConfig()
     image = unit_float_image(image)
     rgb = image[..., :3]
-    if not config.remove_background:
-        alpha = np.ones(image.shape[:2], dtype=np.float32)
+    if not config.remove_background:  # framed as it is; an RGBA image keeps its alpha, over the background grey
+        alpha = image[..., 3] if image.shape[-1] == 4 else np.ones(image.shape[:2], dtype=np.float32)
+        rgb = rgb * alpha[..., None] + config.background_gray * (1.0 - alpha[..., None])
         square_rgb, square_alpha, (left, top) = _pad_to_square(rgb, alpha, 1.0, config.background_gray)
         return _finish(square_rgb, square_alpha, config, (-left, -top), image.shape[1::-1])
 

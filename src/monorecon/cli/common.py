@@ -139,10 +139,15 @@ def import_python_object(reference: str) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         target = importlib.import_module(module_name)
-    except ImportError as err:
-        raise CommandError(f"--model {reference}: cannot import {module_name} ({err})") from None
+    except Exception as err:  # not found, or the module's own error (a syntax error, a failing import in it)
+        raise CommandError(f"--model {reference}: cannot import {module_name} ({type(err).__name__}: {err})") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise CommandError(f"--model {reference}: {module_name} has no {attribute}")
         target = getattr(target, part)
-    return target() if isinstance(target, type) else target
+    if not isinstance(target, type):
+        return target
+    try:
+        return target()
+    except Exception as err:  # e.g. an __init__ that needs arguments
+        raise CommandError(f"--model {reference}: {attribute}() failed ({type(err).__name__}: {err})") from None

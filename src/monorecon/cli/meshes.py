@@ -63,7 +63,8 @@ def _run_render(args: argparse.Namespace) -> int:
     path = args.result
     if path.is_dir():
         names = [f"mesh.{fmt}" for fmt in MESH_FORMATS]
-        meshes = [path / name for name in names if (path / name).is_file()]
+        recorded = _recorded_mesh_file(path)  # the result's own mesh, where several formats lie in the folder
+        meshes = [path / name for name in ([recorded] if recorded else []) + names if (path / name).is_file()]
         if not meshes:
             raise CommandError(f"no {'/'.join(names)} in {path}")
         path = meshes[0]
@@ -90,6 +91,17 @@ def _run_render(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{path} -> {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _recorded_mesh_file(folder: Path) -> str | None:
+    """The ``mesh_file`` a result folder's ``result.json`` names (a plain file name), or None."""
+    import json
+
+    try:
+        name = json.loads((folder / "result.json").read_text(encoding="utf-8")).get("mesh_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name == Path(name).name else None
 
 
 def add_overlay(sub: argparse._SubParsersAction) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,7 +67,11 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="share of the frame taken by the object (default: the model's; 0.7 bundled, 0.85 TripoSR)",
     )
-    p.add_argument("--no-remove-bg", action="store_true", help="use the image as it is (no background removal)")
+    p.add_argument(
+        "--no-remove-bg",
+        action="store_true",
+        help="use the image as it is: no background removal, no framing (an RGBA image keeps its alpha, over grey)",
+    )
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
     p.add_argument(
@@ -117,6 +124,10 @@ _doc_reconstruct = (
 )
 
 
+#: The table of a batch, in OUTPUT beside the inputs' folders.
+BATCH_CSV = "batch.csv"
+
+
 def collect_images(inputs: Iterable[Path]) -> list[Path]:
     images: list[Path] = []
     for path in inputs:
@@ -132,6 +143,8 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
             raise CommandError(f"input not found: {path}")
     seen: dict[str, Path] = {}
     for image in images:  # each image writes OUTPUT/<stem>/: two with one stem would overwrite each other
+        if image.stem in ("", ".", "..", BATCH_CSV):  # "...png": OUTPUT/../ ; "batch.csv.png": the batch's table
+            raise CommandError(f"input {image}: its name {image.stem!r} cannot name its output folder; rename it")
         if image.stem in seen:
             raise CommandError(f"inputs {seen[image.stem]} and {image} would both write to the folder {image.stem!r}")
         seen[image.stem] = image
@@ -218,12 +231,21 @@ class _Written:
     timings: dict[str, float]
 
 
-def _remove_outputs(paths: list[Path], folder: Path, created_folder: bool) -> None:
-    """Remove the files written for a failed input (and its folder if this run created it and it is now empty)."""
-    for path in paths:
-        path.unlink(missing_ok=True)
-    if created_folder and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+#: Files of a result folder that an earlier run may have left and this one may not write (another format, no
+#: turntable or 3-D view this time): removed when the new result is in place, so the folder holds one result.
+_RESULT_FILES = (*(f"mesh.{fmt}" for fmt in MESH_FORMATS), "mesh.mtl", "mesh.png", "turntable.mp4", "turntable.gif",
+                 "viewer.html")  # fmt: skip
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Move the files of a complete result from ``staging`` into ``out_dir`` (each by an atomic rename), then remove
+    the result files of an earlier run that this one did not write."""
+    out_dir.mkdir(exist_ok=True)
+    names = [path.name for path in staging.iterdir()]
+    for name in names:
+        os.replace(staging / name, out_dir / name)
+    for name in set(_RESULT_FILES) - set(names):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _check_result_folder(job: _BatchJob, out_dir: Path) -> None:
@@ -239,31 +261,34 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     from ..api import reconstruct_full, timed
 
     out_dir = job.output / image_path.stem
-    created_folder = not out_dir.exists()
-    written: list[Path] = []
     try:
         _check_result_folder(job, out_dir)  # before the (slow) reconstruction
         result = reconstruct_full(image_path, job.model, job.options)
         timings = dict(result.timings)
-        with timed(timings, "write"):
-            # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
-            written += result.save(out_dir, job.mesh_format, unlit=job.unlit, record={"model": job.model_source})
-        mesh_path = out_dir / f"mesh.{job.mesh_format}"
-        if job.render:
-            from ..video import save_turntable, turntable_from_mesh
+        # Written beside, then moved in once complete: a failure leaves an earlier result of the folder as it was.
+        job.output.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=job.output))
+        try:
+            with timed(timings, "write"):
+                # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
+                result.save(staging, job.mesh_format, unlit=job.unlit, record={"model": job.model_source})
+            if job.render:
+                from ..video import save_turntable, turntable_from_mesh
 
-            with timed(timings, "turntable"):
-                frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
-                written += save_turntable(frames, out_dir / "turntable")
-        if job.html:
-            from ..viewer import save_viewer_html
+                with timed(timings, "turntable"):
+                    frames = turntable_from_mesh(result.mesh, job.render, size=job.render_size, progress=job.progress)
+                    save_turntable(frames, staging / "turntable")
+            if job.html:
+                from ..viewer import save_viewer_html
 
-            with timed(timings, "html"):
-                written.append(save_viewer_html(result.mesh, out_dir / "viewer.html", title=image_path.stem))
+                with timed(timings, "html"):
+                    save_viewer_html(result.mesh, staging / "viewer.html", title=image_path.stem)
+            _move_into_place(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except Exception as err:  # bad input (ValueError, OSError), or a model's own failure: the others still run
-        _remove_outputs(written, out_dir, created_folder)
         return one_line(err) if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {one_line(err)}"
-    return _Written(mesh_path, result.mesh.num_faces, timings)
+    return _Written(out_dir / f"mesh.{job.mesh_format}", result.mesh.num_faces, timings)
 
 
 def _format_timings(timings: dict[str, float]) -> str:
@@ -278,15 +303,20 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
     from ..api import load_model
     from ..parallel import map_in_processes
+    from ..video import check_turntable_size
 
     images = collect_images(args.inputs)
     # one image: a bar of its stages (a folder gets a bar of its images)
     options = replace(_reconstruct_options(args), progress=not args.quiet and len(images) == 1)
     # Checked before the (slow) model loading and reconstruction.
-    if args.render < 0 or args.render > 3600:
+    if args.render < 0:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
-    if not 16 <= args.render_size <= 2048:
+    if args.render:
+        check_turntable_size(args.render, args.render_size, ("--render", "--render-size"))
+    elif not 16 <= args.render_size <= 2048:
         raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
+    if args.no_remove_bg and args.foreground_ratio is not None:
+        raise CommandError("--foreground-ratio frames the object background removal finds: not with --no-remove-bg")
     check_output_folder(args.output)
     device = checked_device(args)
     workers = min(checked_workers(args, device), len(images))
@@ -319,7 +349,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             if args.timings:
                 bar.write(f"  time: {_format_timings(outcome.timings)}")
     if len(images) > 1:  # one row per input, in input order
-        atomic_write_csv(args.output / "batch.csv", ["input", "status", "mesh", "faces", "seconds", "error"], rows)
+        atomic_write_csv(args.output / BATCH_CSV, ["input", "status", "mesh", "faces", "seconds", "error"], rows)
     if failures:
         if len(images) > 1:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)

@@ -1,0 +1,104 @@
+"""``monorecon reconstruct`` and its output folders: names that cannot be folders, a failed rerun that must leave the
+earlier result, a rerun in another format, and option checks made before any work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from monorecon.io.images import save_image
+from monorecon.preprocess import PreprocessConfig, preprocess_image
+from test_reconstruct_cli import FAST_ARGS, assert_one_line_error, object_image, reconstruct, run
+
+
+@pytest.mark.parametrize("name", ["...png", "..png", "batch.csv.png"])
+def test_inputs_whose_names_cannot_name_their_folder_are_refused(tmp_path, capsys, name):
+    """``...png`` wrote into OUTPUT/.. (over its files), ``..png`` into OUTPUT itself, ``batch.csv.png`` failed the
+    batch at its end, after all the work."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_image(object_image(), folder / name)
+    save_image(object_image(seed=1), folder / "other.png")
+    code, _, err = reconstruct([folder], tmp_path / "out" / "sub", capsys=capsys)
+    assert_one_line_error(code, err, "cannot name its output folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_rerun_leaves_the_earlier_result(tmp_path, capsys, monkeypatch):
+    image = save_image(object_image(), tmp_path / "thing.png")
+    assert reconstruct([image], tmp_path / "out", capsys=capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "thing").iterdir()}
+
+    import monorecon.viewer
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(monorecon.viewer, "save_viewer_html", failing)
+    code, _, err = reconstruct([image], tmp_path / "out", "--html", "--seed", "1", capsys=capsys)
+    assert code == 2 and "disk full" in err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out" / "thing").iterdir()}
+    assert after == before  # it was deleted: the new files had replaced it, then were removed
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["thing"]  # no staging folder left
+
+
+def test_a_rerun_in_another_format_replaces_the_result(tmp_path, capsys):
+    image = save_image(object_image(), tmp_path / "thing.png")
+    extras = ["--html", "--render", "2", "--render-size", "16"]
+    assert reconstruct([image], tmp_path / "out", *extras, capsys=capsys)[0] == 0
+    assert reconstruct([image], tmp_path / "out", "--format", "ply", capsys=capsys)[0] == 0
+    result = tmp_path / "out" / "thing"
+    assert sorted(p.name for p in result.iterdir()) == ["input.png", "mesh.ply", "result.json"]
+    assert json.loads((result / "result.json").read_text())["mesh_file"] == "mesh.ply"
+
+
+def test_render_takes_the_mesh_result_json_names(tmp_path, capsys):
+    """A folder of an older run can hold several mesh.* files: the result's own is the one result.json names."""
+    image = save_image(object_image(), tmp_path / "thing.png")
+    assert reconstruct([image], tmp_path / "out", "--format", "ply", capsys=capsys)[0] == 0
+    result = tmp_path / "out" / "thing"
+    shutil.copy(result / "mesh.ply", result / "mesh.obj")  # first in render's format order
+    (result / "mesh.obj").write_text("garbage")
+    code, out, _ = run(["render", str(result), "--frames", "1", "--size", "16"], capsys)
+    assert code == 0 and f"{result / 'mesh.ply'} ->" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--render", "3600", "--render-size", "2048"], "3600 turntable frames of 2048 x 2048 pixels would need"),
+        (["--no-remove-bg", "--foreground-ratio", "0.5"], "not with --no-remove-bg"),
+    ],
+)
+def test_options_are_checked_before_the_model_loads(tmp_path, capsys, extra, message):
+    image = save_image(object_image(), tmp_path / "thing.png")
+    argv = ["reconstruct", str(image), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "missing.ckpt")]
+    code, _, err = run([*argv, *FAST_ARGS, *extra], capsys)
+    assert_one_line_error(code, err, message)  # not the missing weights: checked first
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_modules_that_fail_are_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_module.py").write_text("def oops(:\n")
+    (tmp_path / "needs_args.py").write_text("class Model:\n    def __init__(self, size):\n        pass\n")
+    monkeypatch.chdir(tmp_path)
+    image = save_image(object_image(), tmp_path / "thing.png")
+    for reference, message in (
+        ("broken_module:Model", "cannot import broken_module (SyntaxError"),
+        ("needs_args:Model", "Model() failed (TypeError"),
+    ):
+        code, _, err = run(["reconstruct", str(image), "-o", str(tmp_path / "out"), "--model", reference], capsys)
+        assert_one_line_error(code, err, message)
+
+
+def test_no_remove_bg_keeps_an_rgba_images_alpha():
+    """--no-remove-bg on an RGBA image made its transparent background black and opaque (alpha dropped)."""
+    image = object_image(size=40)
+    prepared = preprocess_image(image, PreprocessConfig(remove_background=False, output_size=None))
+    np.testing.assert_allclose(prepared.alpha, image[..., 3])  # square already: no padding
+    background = image[..., 3] == 0
+    np.testing.assert_allclose(prepared.rgb[background], 0.5)  # the background grey
+    np.testing.assert_allclose(prepared.rgb[~background], image[~background][:, :3])
