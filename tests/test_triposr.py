@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from monorecon.core.cameras import PerspectiveCameras, orbit_c2w, triposr_to_world
-from monorecon.models.triposr import TripoSRConfig, TripoSRModel, image_encoder, load_triposr
+from monorecon.models.triposr import TripoSRConfig, TripoSRModel, image_encoder, load_triposr, loading
 from monorecon.models.triposr.image_encoder import legacy_interpolate_position_embeddings
 
 REF = Path(__file__).parent / "data" / "triposr_ref"
@@ -298,6 +298,7 @@ def test_hugging_face_repo_id_uses_hf_hub_download(monkeypatch, tmp_path, images
         calls.append((repo_id, filename))
         return str(tmp_path / filename)
 
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda: None)  # as if online: this machine has no network
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     loaded = load_triposr("stabilityai/TripoSR")
     assert sorted(calls) == [("stabilityai/TripoSR", "config.yaml"), ("stabilityai/TripoSR", "model.ckpt")]
@@ -310,6 +311,13 @@ def test_hugging_face_repo_id_uses_hf_hub_download(monkeypatch, tmp_path, images
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(ValueError, match=r"no local file or folder.*model\.ckpt.*no network"):
         load_triposr("stabilityai/TripoSR")
+    # Really offline (the host cannot be looked up): one error at once, not the hub client's retries and their logs.
+    monkeypatch.setattr(loading, "_hub_unreachable", lambda: "Name or service not known")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    calls.clear()
+    with pytest.raises(ValueError, match=r"model\.ckpt from the Hugging Face Hub failed: no network \(Name or service"):
+        load_triposr("stabilityai/TripoSR")
+    assert calls == []
 
 
 def test_bfloat16_autocast_stays_close_and_returns_float32(images, reference):

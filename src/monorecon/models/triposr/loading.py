@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,16 +50,37 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 _WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 
 
-def _hub_download(repo_id: str, filename: str) -> Path:
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub's host cannot be looked up (no network), or None when it can."""
+    import socket
+
     import huggingface_hub
 
     try:
+        socket.getaddrinfo(urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname, 443)
+    except OSError as err:
+        return str(err)
+    return None
+
+
+def _hub_download(repo_id: str, filename: str) -> Path:
+    import logging
+
+    import huggingface_hub
+
+    failed = f"{repo_id!r} is no local file or folder, and downloading its {filename} from the Hugging Face Hub failed"
+    offline = _hub_unreachable()
+    if offline:  # the hub client would retry for half a minute, logging each try
+        raise ValueError(f"{failed}: no network ({offline})")
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retries' log lines: the error below says what happened, in one line
+    try:
         return Path(huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename))
     except Exception as err:  # network, authentication, missing file: all mean "not available"
-        raise ValueError(
-            f"{repo_id!r} is no local file or folder, and downloading its {filename} from the Hugging Face Hub "
-            f"failed: {err}"
-        ) from err
+        raise ValueError(f"{failed}: {err}") from err
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _resolve_paths(weights_path: str | os.PathLike, config_path: str | os.PathLike | None) -> tuple[Path, Path]:
