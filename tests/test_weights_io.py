@@ -134,7 +134,7 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
             return (Path.touch, (marker,))
 
     torch.save({"layer.weight": torch.zeros(2), "extra": _Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=re.escape(f"cannot read weights {tmp_path / 'evil.pt'}: the file is trunc")):
+    with pytest.raises(ValueError, match=re.escape(f"cannot read weights {tmp_path / 'evil.pt'}: it holds Python obj")):
         read_state_dict(tmp_path / "evil.pt")
     assert not marker.exists()
 
@@ -170,12 +170,33 @@ def test_a_refused_pickle_is_named_without_torchs_advice_to_load_it_unsafely(tmp
     about ``weights_only=False`` (which would run the file's code)."""
     (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 8)
     torch.save({"when": datetime.date(2020, 1, 1)}, tmp_path / "date.ckpt")
-    for name, fact in (
-        ("noise.ckpt", "Unsupported operand"),
-        ("date.ckpt", "Unsupported global: GLOBAL datetime.date"),
+    for name, fact, what in (
+        ("noise.ckpt", "Unsupported operand", "the file is truncated or corrupt ("),
+        ("date.ckpt", "Unsupported global: GLOBAL datetime.date", "it holds Python objects beside its tensors ("),
     ):
         with pytest.raises(ValueError) as caught:
             read_state_dict(tmp_path / name)
         message = str(caught.value)
         assert "\n" not in message and "weights_only" not in message and fact in message
-        assert message.startswith(f"cannot read weights {tmp_path / name}: the file is truncated or corrupt (")
+        assert message.startswith(f"cannot read weights {tmp_path / name}: {what}")
+
+
+def test_the_format_is_told_by_content_and_wrappers_are_unwrapped(tmp_path):
+    """A safetensors file under another suffix (``model.SAFETENSORS``, ``model.ckpt``) was read as a pickle and called
+    corrupt; a monorecon training checkpoint (``{"step", "model", "optimizer"}``) and DDP's ``module.`` keys were not
+    taken."""
+    state = _state()
+    for name in ("model.SAFETENSORS", "renamed.ckpt"):
+        save_file(state, str(tmp_path / name))
+        assert _equal(read_state_dict(tmp_path / name), state)
+    torch.save({"step": 100, "model": state, "optimizer": {"state": {}}}, tmp_path / "step_00000100.pt")
+    assert _equal(read_state_dict(tmp_path / "step_00000100.pt"), state)
+    torch.save({f"module.{key}": value for key, value in state.items()}, tmp_path / "ddp.pt")
+    assert _equal(read_state_dict(tmp_path / "ddp.pt"), state)
+    mixed = {"module.a": torch.zeros(1), "b": torch.ones(1)}  # not every key: not DDP's prefix, kept
+    torch.save(mixed, tmp_path / "mixed.pt")
+    assert sorted(read_state_dict(tmp_path / "mixed.pt")) == ["b", "module.a"]
+
+
+def _equal(read: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> bool:
+    return read.keys() == state.keys() and all(torch.equal(read[key], state[key]) for key in state)

@@ -17,34 +17,53 @@ __all__ = ["read_safetensors_metadata", "read_state_dict", "state_dict_mismatch"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch pickle (``torch.load(weights_only=True)``), on the CPU.
+    """A state dict from ``.safetensors`` or a torch pickle (``torch.load(weights_only=True)``), on the CPU; the format
+    is told by the file's first bytes, not its suffix.
 
-    A pickle whose top level is ``{"state_dict": {...}}`` (as PyTorch Lightning saves) is unwrapped.
+    A pickle whose top level is ``{"state_dict": {...}}`` (as PyTorch Lightning saves) or ``{"model": {...}, ...}``
+    (a monorecon training checkpoint, ``RUN/checkpoints/step_N.pt``) is unwrapped, and the ``module.`` prefix that
+    DistributedDataParallel gives every key is dropped.
 
     Raises:
-        ValueError: missing file, truncated or corrupt file, or content that is not a mapping of names to tensors.
+        ValueError: missing file, truncated or corrupt file, a pickle holding Python objects beyond tensors, or
+            content that is not a mapping of names to tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # every reader failure means the same thing to the caller
-        raise ValueError(
-            f"cannot read weights {path}: the file is truncated or corrupt ({_reader_error(err)})"
-        ) from err
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
+        reason = _reader_error(err)
+        if "Unsupported global" in reason:  # a readable pickle, but of objects that unpickling could run code for
+            raise ValueError(
+                f"cannot read weights {path}: it holds Python objects beside its tensors ({reason}); save the "
+                "model's state_dict alone (torch.save(model.state_dict(), path)) or as .safetensors"
+            ) from err
+        raise ValueError(f"cannot read weights {path}: the file is truncated or corrupt ({reason})") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ValueError(f"weights {path} do not hold a state_dict (a mapping of names to tensors)")
+    if state and all(key.startswith("module.") for key in state):
+        return {key.removeprefix("module."): value for key, value in state.items()}
     return dict(state)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file starts as safetensors do: a little-endian 8-byte header length, then the JSON header."""
+    with path.open("rb") as file:
+        head = file.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def state_dict_mismatch(
