@@ -25,6 +25,7 @@ BAD_OPTIONS = {
     "seed-huge": ({"seed": 2**64}, r"seed must lie in \[0, 2147483647\]"),
     "seed-float": ({"seed": 1.5}, "seed must be an integer, got 1.5"),
     "object_height-tiny": ({"object_height": 1e-15}, r"object_height must lie in \[1e-06, 1000\], got 1e-15"),
+    "object_height-str": ({"object_height": "0.1"}, "object_height must be a number, got '0.1'"),
     "preprocess": ({"preprocess": {"foreground_ratio": 0.5}}, "preprocess must be a PreprocessConfig, got dict"),
 }
 

@@ -1,5 +1,6 @@
 """Input preparation: alpha sources, crop / pad geometry, and bad images."""
 
+import math
 import warnings
 
 import numpy as np
@@ -320,3 +321,22 @@ def test_a_tiny_object_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         preprocess_image(_square_on((1.0, 1.0, 1.0), size=(200, 200), box=(50, 150, 60, 100)))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha_threshold": math.nan}, r"alpha_threshold must lie in \[0, 1\], got nan"),
+        ({"alpha_threshold": 1.0}, "alpha_threshold must be below 1"),
+        ({"border_tolerance": -1.0}, "border_tolerance must lie in"),
+        ({"min_plain_border": 5.0}, r"min_plain_border must lie in \[0, 1\]"),
+        ({"remove_background": "no"}, "remove_background must be True or False, got 'no'"),  # "no" is truthy
+        ({"foreground_ratio": "0.8"}, "foreground_ratio must be a number, got '0.8'"),
+        ({"matting_model": 5}, "matting_model must be a path, got 5"),
+    ],
+)
+def test_preprocess_options_are_checked(options, message):
+    """alpha_threshold=nan failed later as 'no foreground: the alpha is empty'; the others passed silently or raised
+    a bare TypeError."""
+    with pytest.raises(ValueError, match=message):
+        PreprocessConfig(**options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from .core.checks import check_int
+from .core.checks import check_bool, check_int, check_real
 from .io.images import MAX_IMAGE_SIDE
 
 #: Object framing when neither the caller nor a model gives one (TripoSR's).
@@ -76,10 +77,16 @@ class PreprocessConfig:
     output_size: int | None = 512
 
     def __post_init__(self) -> None:
-        if self.foreground_ratio is not None and not 0.05 <= self.foreground_ratio <= 1.0:
-            raise ValueError(f"foreground_ratio must lie in [0.05, 1], got {self.foreground_ratio}")
-        if not 0.0 <= self.background_gray <= 1.0:
-            raise ValueError(f"background_gray must lie in [0, 1], got {self.background_gray}")
+        check_bool(self.remove_background, "remove_background")
+        if self.foreground_ratio is not None:
+            check_real(self.foreground_ratio, "foreground_ratio", 0.05, 1.0)
+        check_real(self.background_gray, "background_gray", 0.0, 1.0)
+        check_real(self.border_tolerance, "border_tolerance", 0.0, math.sqrt(3.0))  # the largest RGB distance
+        check_real(self.min_plain_border, "min_plain_border", 0.0, 1.0)
+        if not check_real(self.alpha_threshold, "alpha_threshold", 0.0, 1.0) < 1.0:
+            raise ValueError("alpha_threshold must be below 1 (no pixel's alpha is above 1)")
+        if self.matting_model is not None and not isinstance(self.matting_model, str | os.PathLike):
+            raise ValueError(f"matting_model must be a path, got {self.matting_model!r}")
         if self.output_size is not None:
             check_int(self.output_size, "output_size", *OUTPUT_SIZE_RANGE)
 

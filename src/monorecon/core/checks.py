@@ -102,6 +102,15 @@ def check_positive(value: object, name: str) -> float:
     return float(value)
 
 
+def check_real(value: object, name: str, low: float, high: float) -> float:
+    """Check a real option (not a bool, a string or NaN) lies in ``[low, high]``; return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:  # NaN fails too
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value}")
+    return float(value)
+
+
 def check_non_negative(value: object, name: str) -> float:
     """Check a real option (a loss weight, a decay; not a bool or a string) is finite and >= 0; return it as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -14,7 +14,6 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from .checks import check_tensor
+from .checks import check_real, check_tensor
 from .shading import face_areas, face_normals, vertex_normals
 
 __all__ = ["MAX_PLACED_HEIGHT", "MIN_PLACED_HEIGHT", "PLACEMENT_ORIGINS", "Mesh", "check_placement", "colors_to_uint8"]
@@ -265,8 +264,8 @@ def check_placement(height: float | None, origin: str, height_name: str = "heigh
     the height."""
     if origin not in PLACEMENT_ORIGINS:
         raise ValueError(f"origin must be one of {', '.join(PLACEMENT_ORIGINS)}, got {origin!r}")
-    if height is not None and not (math.isfinite(height) and MIN_PLACED_HEIGHT <= height <= MAX_PLACED_HEIGHT):
-        raise ValueError(f"{height_name} must lie in [{MIN_PLACED_HEIGHT:g}, {MAX_PLACED_HEIGHT:g}], got {height}")
+    if height is not None:
+        check_real(height, height_name, MIN_PLACED_HEIGHT, MAX_PLACED_HEIGHT)
 
 
 def colors_to_uint8(colors: torch.Tensor) -> np.ndarray:
