@@ -102,3 +102,31 @@ def test_no_remove_bg_keeps_an_rgba_images_alpha():
     background = image[..., 3] == 0
     np.testing.assert_allclose(prepared.rgb[background], 0.5)  # the background grey
     np.testing.assert_allclose(prepared.rgb[~background], image[~background][:, :3])
+
+
+def test_result_json_records_the_weights_absolutely_with_device_and_dtype(tmp_path, capsys, monkeypatch):
+    """Relative --weights were recorded as typed (meaningless from another folder); bfloat16 runs looked like float32
+    ones."""
+    from test_reconstruct_cli import TINY
+
+    save_image(object_image(), tmp_path / "thing.png")
+    shutil.copytree(TINY, tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "reconstruct",
+        "thing.png",
+        "-o",
+        "out",
+        "--weights",
+        "tiny/model.safetensors",
+        "--config",
+        "tiny/config.yaml",
+    ]
+    assert run([*argv, *FAST_ARGS], capsys)[0] == 0
+    model = json.loads((tmp_path / "out" / "thing" / "result.json").read_text())["model"]
+    assert model == {
+        "weights": str(tmp_path / "tiny" / "model.safetensors"), "config": str(tmp_path / "tiny" / "config.yaml"),
+        "device": "cpu", "dtype": "float32",
+    }  # fmt: skip
+    code, _, err = run(["reconstruct", "thing.png", "-o", "out2", "--config", "tiny/config.yaml", *FAST_ARGS], capsys)
+    assert_one_line_error(code, err, "--config is the config of the --weights given: give both")

@@ -219,7 +219,7 @@ class _BatchJob:
     render_size: int
     html: bool
     progress: bool  # per-image progress bars (turntables): one process, not --quiet
-    model_source: dict[str, str | None]  # the --weights / --config given, for result.json
+    model_source: dict[str, str | None]  # the --weights / --config given, device and dtype, for result.json
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,14 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     return _Written(out_dir / f"mesh.{job.mesh_format}", result.mesh.num_faces, timings)
 
 
+def _recorded_path(value: str | Path | None) -> str | None:
+    """A --weights / --config value for result.json: a local file or folder as an absolute path (the record is read
+    from anywhere, as its input's path is), anything else (a Hugging Face id) as given."""
+    if value is None:
+        return None
+    return str(Path(value).resolve()) if Path(value).exists() else str(value)
+
+
 def _format_timings(timings: dict[str, float]) -> str:
     """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
@@ -325,9 +333,13 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         model = own_model(args)
         model_source = {"weights": None, "config": None, "module": args.model}
     else:
+        if args.config is not None and args.weights is None:
+            raise CommandError("--config is the config of the --weights given: give both")
         model = load_model(args.weights, args.config, device=device, dtype=dtype)
-        weights = "bundled default model" if args.weights is None else str(args.weights)
-        model_source = {"weights": weights, "config": None if args.config is None else str(args.config)}
+        model_source = {"weights": _recorded_path(args.weights), "config": _recorded_path(args.config)}
+        if args.weights is None:
+            model_source["weights"] = "bundled default model"
+        model_source |= {"device": str(device), "dtype": args.dtype}  # bfloat16 meshes differ slightly
     job = _BatchJob(
         model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
         progress=not args.quiet and workers == 1, model_source=model_source,
