@@ -130,3 +130,34 @@ def test_result_json_records_the_weights_absolutely_with_device_and_dtype(tmp_pa
     }  # fmt: skip
     code, _, err = run(["reconstruct", "thing.png", "-o", "out2", "--config", "tiny/config.yaml", *FAST_ARGS], capsys)
     assert_one_line_error(code, err, "--config is the config of the --weights given: give both")
+
+
+def test_weights_with_nan_are_refused_when_loaded(tmp_path, capsys):
+    """They loaded, and then every image failed with 'scene_code contains NaN or infinite values'."""
+    from safetensors.torch import load_file, save_file
+
+    from test_reconstruct_cli import TINY
+
+    state = load_file(str(TINY / "model.safetensors"))
+    key = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    image = save_image(object_image(), tmp_path / "thing.png")
+    argv = ["reconstruct", str(image), "-o", str(tmp_path / "out"), "--weights", str(tmp_path / "nan.safetensors")]
+    code, _, err = run([*argv, "--config", str(TINY / "config.yaml"), *FAST_ARGS], capsys)
+    assert_one_line_error(code, err, "hold NaN or infinite values (1 tensors, e.g. " + key)
+
+
+def test_a_model_asking_for_the_fill_without_its_box_is_told(tmp_path):
+    """A model of one's own with renderer.silhouette_fill but no renderer.radius failed with an AttributeError."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from monorecon.api import input_view_weight
+
+    model = SimpleNamespace(config=SimpleNamespace(renderer=SimpleNamespace(silhouette_fill=True)))
+    alpha = np.zeros((32, 32), np.float32)
+    alpha[8:24, 8:24] = 1.0
+    with pytest.raises(ValueError, match=r"needs the model's config\.renderer\.radius"):
+        input_view_weight(model, torch.zeros(1, 4), alpha, threshold=1.0)

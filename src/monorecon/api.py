@@ -407,9 +407,10 @@ def input_view_weight(
     hull = input_silhouette_hull(alpha, scene_code.device)
     if hull is None or not (model_silhouette_fill(model) if fill is None else fill):
         return hull
-    return hull.filled(
-        lambda points: model.query(scene_code, points[None])[0][0, :, 0], threshold, model.config.renderer.radius
-    )
+    radius = getattr(getattr(getattr(model, "config", None), "renderer", None), "radius", None)
+    if radius is None:  # a model of one's own that asks for the fill (renderer.silhouette_fill) must say its box
+        raise ValueError("the silhouette fill needs the model's config.renderer.radius (the half side of its box)")
+    return hull.filled(lambda points: model.query(scene_code, points[None])[0][0, :, 0], threshold, radius)
 
 
 def input_view_cameras(

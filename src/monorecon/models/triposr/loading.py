@@ -151,6 +151,9 @@ def load_triposr(
     expected = {key: value.shape for key, value in model.state_dict().items()}
     check_state_dict(state, expected, str(weights))
     state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:  # every image would fail later, in the scene code
+        raise ValueError(f"weights {weights} hold NaN or infinite values ({len(broken)} tensors, e.g. {broken[0]})")
     model.load_state_dict(state, strict=True, assign=True)
     model.autocast_dtype = None if dtype == torch.float32 else dtype
     if dtype == torch.bfloat16:
