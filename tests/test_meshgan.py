@@ -157,33 +157,36 @@ def test_train_meshgan_tiny_resume_and_load(tmp_path):
 
 
 def test_nan_loss_stops_meshgan_training_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    """A NaN generator loss at step 2: the CLI prints one line and exits 1; the step-2 checkpoint stays as it was."""
+    """A NaN generator loss at step 2: the CLI prints one line and exits 1. The checkpoint written just before holds
+    the weights that gave the NaN (resuming it would diverge again): it is set aside and the one before it, of step
+    1, is put back; at step 1 (no checkpoint of its weights) the newest checkpoint stays."""
     from safetensors.torch import load_file
 
     from monorecon import cli
     from monorecon.models.meshgan import train as meshgan_train
 
-    calls = {"n": 0}
+    calls = {"n": 0, "poisoned": 3}
     original = meshgan_train.smoothness_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = original(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * float("nan") if calls["n"] == calls["poisoned"] else loss
 
     monkeypatch.setattr(meshgan_train, "smoothness_loss", poisoned)
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(TINY))
+    config_path.write_text(yaml.safe_dump({**TINY, "checkpoint_every": 1}))
     out = tmp_path / "run"
     assert cli.main(["train-meshgan", str(config_path), "-o", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert f"loss is nan at step 2; the last good checkpoint is kept at {out / 'checkpoint.safetensors'}" in err
+    assert f"at step 2; the last good checkpoint is kept at {out / 'checkpoint.safetensors'}" in err
+    assert "set aside as checkpoint.diverged.safetensors" in err
     assert err.rstrip().endswith("Lower lr_g and lr_d in the config, then resume.")  # it has no gradient clipping
+    assert int(load_file(str(out / "checkpoint.safetensors"))["step"]) == 1
+    assert int(load_file(str(out / "checkpoint.diverged.safetensors"))["step"]) == 2
     checkpoint = load_file(str(out / "checkpoint.safetensors"))
-    assert int(checkpoint["step"]) == 2
     assert all(torch.isfinite(value).all() for value in checkpoint.values() if value.is_floating_point())
-    assert (out / "log.csv").read_text().splitlines()[-1].startswith("1,")
 
 
 def test_a_damaged_training_set_cache_is_rebuilt(tmp_path):

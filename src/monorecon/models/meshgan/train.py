@@ -22,7 +22,8 @@ code), plus ``smoothness_weight`` x the smoothness loss on generated meshes; Ada
 exponential moving average of the generator (``ema_decay``) is what inversion uses.
 
 Output folder: ``config.yaml`` (the configuration used), ``checkpoint.safetensors`` (all networks and optimiser
-states, resumable, and the configuration they were trained with, which a resume is checked against),
+states, resumable, and the configuration they were trained with, which a resume is checked against; the one before
+it is kept as ``checkpoint.previous.safetensors``, put back when the newest turns out to hold weights that diverge),
 ``generator.safetensors`` (moving-average generator weights; its configuration is in the safetensors metadata and in
 ``config.yaml``), ``training_set.safetensors`` (cached data) and ``log.csv``. Every file is written atomically.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,7 +54,13 @@ from monorecon.io.weights import read_safetensors_metadata, read_state_dict
 from monorecon.io.yaml_config import load_yaml
 from monorecon.losses.fitting import smoothness_loss
 from monorecon.train.resume import check_resumed_settings
-from monorecon.train.utils import CSVLogger, check_finite_loss, check_finite_parameters, load_dataclass_config
+from monorecon.train.utils import (
+    CSVLogger,
+    TrainingDiverged,
+    check_finite_loss,
+    check_finite_parameters,
+    load_dataclass_config,
+)
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
 from .template import UVSphereTemplate
@@ -293,6 +301,30 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     atomic_write_bytes(path, data)
 
 
+def _keep_previous(checkpoint: Path) -> None:
+    """Before ``checkpoint`` is rewritten: keep its current content as ``checkpoint.previous.safetensors`` (a hard
+    link, swapped in atomically: at every moment a complete checkpoint lies at ``checkpoint``)."""
+    if checkpoint.is_file():
+        link = checkpoint.with_name(f".{checkpoint.name}.link.tmp")
+        link.unlink(missing_ok=True)
+        os.link(checkpoint, link)
+        os.replace(link, _previous(checkpoint))
+
+
+def _set_aside(checkpoint: Path) -> Path:
+    """Move a checkpoint of weights that diverged to ``*.diverged.safetensors`` (returned) and put the previous one
+    (if any) back in its place, so that a resume starts from weights that gave a finite loss."""
+    moved = checkpoint.with_suffix(".diverged.safetensors")
+    os.replace(checkpoint, moved)
+    if _previous(checkpoint).is_file():
+        os.replace(_previous(checkpoint), checkpoint)
+    return moved
+
+
+def _previous(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".previous.safetensors")
+
+
 def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     state = optimizer.state_dict()["state"]
     return {f"{prefix}.{i}.{k}": torch.as_tensor(v) for i, s in state.items() for k, v in s.items()}
@@ -401,7 +433,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
     if resume and checkpoint_path.is_file():
         _check_resumable(checkpoint_path, config)
     elif checkpoint_path.is_file():  # starting over: the old state must not be resumed under this config later
-        for name in ("checkpoint.safetensors", "generator.safetensors"):
+        for name in ("checkpoint.safetensors", "checkpoint.previous.safetensors", "generator.safetensors"):
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "config.yaml", "w") as f:
@@ -443,8 +475,24 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         _load_optimizer("opt_d", opt_d, tensors)
         start_step = int(tensors["step"])
     CSVLogger(out_dir / "log.csv").truncate_after(start_step - 1)  # drop the rows of steps to be run (again)
+    saved_step = start_step if checkpoint_path.is_file() else None  # the step of the weights the checkpoint holds
+
+    def check_loss(loss: torch.Tensor, step: int) -> None:
+        if saved_step == step and not bool(torch.isfinite(loss.detach()).all()):
+            # The checkpoint holds the weights this loss came from: resuming it would diverge again.
+            moved = _set_aside(checkpoint_path)
+            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.is_file() else (
+                "no good checkpoint is left")  # fmt: skip
+            raise TrainingDiverged(
+                f"training diverged: loss is not finite at step {step}; {kept} (the checkpoint of the weights that "
+                f"diverged is set aside as {moved.name}). {_DIVERGENCE_ADVICE}"
+            )
+        check_finite_loss(loss, step, checkpoint_path, _DIVERGENCE_ADVICE)
 
     def save(step: int) -> None:
+        nonlocal saved_step
+        _keep_previous(checkpoint_path)
+        saved_step = step
         tensors = {"step": torch.tensor(step)}
         for prefix, module in (
             ("generator", generator),
@@ -495,7 +543,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
                           uv_disc(texture.detach(), displacement.detach()))  # fmt: skip
         d_img = _hinge_d(image_disc(real_views), image_disc(fake_views.detach()))
         d_total = d_loss + config.image_loss_weight * d_img
-        check_finite_loss(d_total, step, checkpoint_path, _DIVERGENCE_ADVICE)
+        check_loss(d_total, step)
         d_total.backward()
         opt_d.step()
 
@@ -504,7 +552,7 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
         g_img = -image_disc(fake_views).mean()
         smooth = smoothness_loss(verts, template.faces, template.neighbors).mean()
         g_total = g_uv + config.image_loss_weight * g_img + config.smoothness_weight * smooth
-        check_finite_loss(g_total, step, checkpoint_path, _DIVERGENCE_ADVICE)
+        check_loss(g_total, step)
         g_total.backward()
         opt_g.step()
         check_finite_parameters([*generator.parameters(), *uv_disc.parameters(), *image_disc.parameters()], step,
