@@ -71,6 +71,8 @@ def test_render_takes_the_mesh_result_json_names(tmp_path, capsys):
     [
         (["--render", "3600", "--render-size", "2048"], "3600 turntable frames of 2048 x 2048 pixels would need"),
         (["--no-remove-bg", "--foreground-ratio", "0.5"], "not with --no-remove-bg"),
+        (["--texture-resolution", "512"], "--texture-resolution sizes a baked texture"),  # was ignored: vertex colours
+        (["--render-size", "128"], "--render-size sizes the turntable: give --render N"),  # was ignored: no turntable
     ],
 )
 def test_options_are_checked_before_the_model_loads(tmp_path, capsys, extra, message):

@@ -61,7 +61,9 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
         "except parts thinner than 4 grid steps), or at every grid point",
     )
     p.add_argument("--bake-texture", action="store_true", help="UV-unwrap and bake a texture instead of vertex colours")
-    p.add_argument("--texture-resolution", type=int, default=1024, help="baked texture side in pixels (default 1024)")
+    p.add_argument(
+        "--texture-resolution", type=int, help="baked texture side in pixels (default 1024; with a baked texture only)"
+    )
     p.add_argument(
         "--foreground-ratio",
         type=float,
@@ -97,7 +99,7 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--render", type=int, default=0, metavar="N", help="also save an N-frame turntable of the mesh (MP4 + GIF)"
     )
-    p.add_argument("--render-size", type=int, default=256, help="turntable frame side in pixels (default 256)")
+    p.add_argument("--render-size", type=int, help="turntable frame side in pixels (default 256; with --render only)")
     p.add_argument(
         "--html", action="store_true", help="also save viewer.html: the mesh in an interactive 3-D view (one file)"
     )
@@ -123,6 +125,9 @@ _doc_reconstruct = (
     "write OUTPUT/batch.csv (one row per input: status, mesh, faces, seconds, error)."
 )
 
+
+#: Turntable frame side of ``--render`` without ``--render-size``.
+DEFAULT_RENDER_SIZE = 256
 
 #: The table of a batch, in OUTPUT beside the inputs' folders.
 BATCH_CSV = "batch.csv"
@@ -173,6 +178,9 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
     from ..api import ReconstructOptions
     from ..preprocess import PreprocessConfig, matting_session
 
+    baked = gets_baked_texture(args.format, args.bake_texture)
+    if args.texture_resolution is not None and not baked:
+        raise CommandError("--texture-resolution sizes a baked texture: give --bake-texture (or --format usdz)")
     try:
         options = ReconstructOptions(
             preprocess=PreprocessConfig(
@@ -183,8 +191,8 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
             mc_resolution=args.mc_resolution,
             threshold=args.threshold,
             extraction=args.extraction,
-            bake_texture=gets_baked_texture(args.format, args.bake_texture),
-            texture_resolution=args.texture_resolution,
+            bake_texture=baked,
+            **({} if args.texture_resolution is None else {"texture_resolution": args.texture_resolution}),
             remove_floaters=not args.keep_floaters,
             carve=not args.no_carve,
             fill=False if args.no_fill else None,
@@ -319,10 +327,11 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     # Checked before the (slow) model loading and reconstruction.
     if args.render < 0:
         raise CommandError(f"--render must lie in [0, 3600], got {args.render}")
+    if args.render_size is not None and not args.render:
+        raise CommandError("--render-size sizes the turntable: give --render N")
+    render_size = DEFAULT_RENDER_SIZE if args.render_size is None else args.render_size
     if args.render:
-        check_turntable_size(args.render, args.render_size, ("--render", "--render-size"))
-    elif not 16 <= args.render_size <= 2048:
-        raise CommandError(f"--render-size must lie in [16, 2048], got {args.render_size}")
+        check_turntable_size(args.render, render_size, ("--render", "--render-size"))
     if args.no_remove_bg and args.foreground_ratio is not None:
         raise CommandError("--foreground-ratio frames the object background removal finds: not with --no-remove-bg")
     check_output_folder(args.output)
@@ -341,7 +350,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             model_source["weights"] = "bundled default model"
         model_source |= {"device": str(device), "dtype": args.dtype}  # bfloat16 meshes differ slightly
     job = _BatchJob(
-        model, options, args.output, args.format, args.unlit, args.render, args.render_size, args.html,
+        model, options, args.output, args.format, args.unlit, args.render, render_size, args.html,
         progress=not args.quiet and workers == 1, model_source=model_source,
     )  # fmt: skip
     outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
