@@ -64,6 +64,10 @@ from monorecon.cli import main
             "--mc-resolution applies only to models",
         ),
         (["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--max-objects", "0"], "max_objects"),
+        (  # before the (missing) weights are loaded
+            ["eval", "--model", "{tmp}/missing.ckpt", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--mc-resolution", "1"],
+            "--mc-resolution must lie in [8, 1024], got 1",
+        ),
         (
             ["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--threshold", "0"],
             "threshold must",

@@ -129,7 +129,15 @@ def _float_list(text: str, option: str) -> list[float]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from ..eval.harness import PredictionFolder, check_points, check_volume_iou_resolution, evaluate, export_inputs
+    from ..core.checks import check_int
+    from ..eval.harness import (
+        MC_RESOLUTION_RANGE,
+        PredictionFolder,
+        check_points,
+        check_volume_iou_resolution,
+        evaluate,
+        export_inputs,
+    )
 
     imported = import_python_object(args.model) if names_python_object(args.model) else None
     _check_eval_options(args, imported)
@@ -144,6 +152,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     }
     given = {key: value for key, value in given.items() if value is not None}
     check_points(args.points, "--points")  # before a model is loaded
+    if args.mc_resolution is not None:
+        check_int(args.mc_resolution, "--mc-resolution", *MC_RESOLUTION_RANGE)
     if args.volume_iou is not None:
         check_volume_iou_resolution(args.volume_iou, "--volume-iou")
     loads_model = not (args.export_inputs or args.predictions or args.model in ("sphere", "inflation"))

@@ -102,6 +102,9 @@ MIN_POINTS = 100
 """Fewest surface points per shape that Chamfer / F-scores are computed from."""
 MAX_POINTS = 1_000_000
 """Most surface points per shape (nearest neighbours of 1e6 points take ~10 s; 1e8 would run for hours)."""
+#: Marching-cubes grids a model may be scored at.
+MC_RESOLUTION_RANGE = (8, 1024)
+
 REPORT_FILES = ("per_object.csv", "summary.md", "summary.json", "best_worst.png")
 """The files of a report folder (the grid last: not written without grid cases)."""
 VOLUME_IOU_RESOLUTION = 64
@@ -566,7 +569,7 @@ def evaluate(
         ValueError: bad arguments, unusable data, or a report folder that cannot be written (checked first).
     """
     check_points(n_points)
-    check_int(mc_resolution, "mc_resolution", 8, 1024)
+    check_int(mc_resolution, "mc_resolution", *MC_RESOLUTION_RANGE)
     if threshold is not None:
         check_positive(threshold, "threshold")
     check_int(workers, "workers", 1, MAX_WORKERS)
