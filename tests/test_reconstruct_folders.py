@@ -163,3 +163,24 @@ def test_a_model_asking_for_the_fill_without_its_box_is_told(tmp_path):
     alpha[8:24, 8:24] = 1.0
     with pytest.raises(ValueError, match=r"needs the model's config\.renderer\.radius"):
         input_view_weight(model, torch.zeros(1, 4), alpha, threshold=1.0)
+
+
+def test_staging_folders_of_killed_runs_are_removed(tmp_path, capsys):
+    """A run killed while writing leaves OUTPUT/.<stem>.<pid>.<random>.tmp: the next run removes it, unless its
+    process is still running (another command writing into the same folder)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = out / f".thing.{int(finished.stdout)}.abc123.tmp"
+    alive = out / f".thing.{os.getpid()}.def456.tmp"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "mesh.glb").write_bytes(b"partial")
+    image = save_image(object_image(), tmp_path / "thing.png")
+    assert reconstruct([image], out, capsys=capsys)[0] == 0
+    assert not dead.exists() and alive.is_dir()
+    assert sorted(p.name for p in out.iterdir()) == [alive.name, "thing"]

@@ -245,6 +245,31 @@ _RESULT_FILES = (*(f"mesh.{fmt}" for fmt in MESH_FORMATS), "mesh.mtl", "mesh.png
                  "viewer.html")  # fmt: skip
 
 
+_STAGING_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+"""``.<stem>.<pid>.<random>.tmp``: the folder a result is written in before it is moved into place."""
+
+
+def _remove_dead_staging(output: Path) -> None:
+    """Remove the staging folders that killed runs left in ``output`` (their process is gone; a run still going,
+    e.g. another command into the same folder, keeps its own)."""
+    if not output.is_dir():
+        return
+    for folder in output.iterdir():
+        match = _STAGING_NAME.match(folder.name)
+        if match and folder.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _move_into_place(staging: Path, out_dir: Path) -> None:
     """Move the files of a complete result from ``staging`` into ``out_dir`` (each by an atomic rename), then remove
     the result files of an earlier run that this one did not write."""
@@ -275,7 +300,7 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
         timings = dict(result.timings)
         # Written beside, then moved in once complete: a failure leaves an earlier result of the folder as it was.
         job.output.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=job.output))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=job.output))
         try:
             with timed(timings, "write"):
                 # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
@@ -335,6 +360,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     if args.no_remove_bg and args.foreground_ratio is not None:
         raise CommandError("--foreground-ratio frames the object background removal finds: not with --no-remove-bg")
     check_output_folder(args.output)
+    _remove_dead_staging(args.output)
     device = checked_device(args)
     workers = min(checked_workers(args, device), len(images))
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
