@@ -5,9 +5,11 @@ commands take (``--device``, ``--workers``, placement, ``--model module:name``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +19,19 @@ EXIT_BAD_INPUT = 2
 
 class CommandError(ValueError):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def errors_naming_flags(flags: dict[str, str]) -> Iterator[None]:
+    """Around API calls made for a command: their ``ValueError`` becomes a :class:`CommandError` whose message names
+    the command's flags instead of the API's argument names (``flags``: argument name -> flag)."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        for name, flag in flags.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise CommandError(message) from err
 
 
 class CommandFailed(RuntimeError):

@@ -23,6 +23,7 @@ from .common import (
     add_placement_options,
     checked_device,
     checked_workers,
+    errors_naming_flags,
     one_line,
     own_model,
 )
@@ -181,7 +182,7 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
     baked = gets_baked_texture(args.format, args.bake_texture)
     if args.texture_resolution is not None and not baked:
         raise CommandError("--texture-resolution sizes a baked texture: give --bake-texture (or --format usdz)")
-    try:
+    with errors_naming_flags(_RECONSTRUCT_FLAGS):
         options = ReconstructOptions(
             preprocess=PreprocessConfig(
                 remove_background=not args.no_remove_bg,
@@ -207,11 +208,6 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
         if args.matting_model is not None:  # a bad file fails now, not at the first photo that needs it
             matting_session(args.matting_model)
         return options
-    except ValueError as err:
-        message = str(err)
-        for field_name, flag in _RECONSTRUCT_FLAGS.items():
-            message = re.sub(rf"\b{field_name}\b", flag, message)
-        raise CommandError(message) from err
 
 
 @dataclass(frozen=True)

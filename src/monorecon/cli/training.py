@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import CommandError, CommandFailed
+from .common import CommandError, CommandFailed, errors_naming_flags
 
 
 @contextmanager
@@ -62,22 +62,17 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_data_synth)
 
 
-def _run_data_synth(args: argparse.Namespace) -> int:
-    from ..core.checks import check_int
-    from ..data.shapes import CLASSIC_CLASSES, SHAPE_CLASSES
-    from ..data.synth import MAX_IMAGE_SIZE, MAX_OBJECTS, MAX_VIEWS, ViewSampling, synthesize_dataset
-    from ..parallel import MAX_WORKERS
+#: ``synthesize_dataset`` / ``ViewSampling`` arguments -> the ``data synth`` flags that set them (error messages).
+_SYNTH_FLAGS = {
+    "n_objects": "--n", "n_views": "--views", "size": "--size", "seed": "--seed", "workers": "--workers",
+    "stretch": "--stretch", "elevation_range_deg": "--elevations LOW HIGH",
+}  # fmt: skip
 
-    # Checked here too, so that the messages name the flags rather than synthesize_dataset's arguments.
-    for flag, value, high in (
-        ("--n", args.n, MAX_OBJECTS), ("--views", args.views, MAX_VIEWS), ("--size", args.size, MAX_IMAGE_SIZE),
-        ("--workers", args.workers, MAX_WORKERS),
-    ):  # fmt: skip
-        check_int(value, flag, 1, high)
-    if args.seed < 0:
-        raise CommandError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.elevations is not None and not -90 < args.elevations[0] <= args.elevations[1] < 90:
-        raise CommandError(f"--elevations LOW HIGH must satisfy -90 < LOW <= HIGH < 90, got {args.elevations}")
+
+def _run_data_synth(args: argparse.Namespace) -> int:
+    from ..data.shapes import CLASSIC_CLASSES, SHAPE_CLASSES
+    from ..data.synth import ViewSampling, synthesize_dataset
+
     classes = None
     if args.classes:
         classes = []
@@ -87,11 +82,12 @@ def _run_data_synth(args: argparse.Namespace) -> int:
         if unknown:
             raise CommandError(f"unknown classes {unknown}; known: {', '.join(sorted(SHAPE_CLASSES))}, classic")
     elevations = {} if args.elevations is None else {"elevation_range_deg": tuple(args.elevations)}
-    sampling = ViewSampling.at_distance(args.camera_distance, **elevations)
-    root = synthesize_dataset(
-        args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet,
-        sampling=sampling, stretch=args.stretch, workers=args.workers,
-    )  # fmt: skip
+    with errors_naming_flags(_SYNTH_FLAGS):
+        sampling = ViewSampling.at_distance(args.camera_distance, **elevations)
+        root = synthesize_dataset(
+            args.output, args.n, args.views, args.size, args.seed, classes=classes, progress=not args.quiet,
+            sampling=sampling, stretch=args.stretch, workers=args.workers,
+        )  # fmt: skip
     if not args.quiet:
         print(f"dataset written to {root}")
     return 0

@@ -124,7 +124,7 @@ class ViewSampling:
         for name in ("elevation_range_deg", "light_elevation_range_deg"):
             low, high = getattr(self, name)
             if not -90 < low <= high < 90:
-                raise ValueError(f"{name} must satisfy -90 < low <= high < 90, got {(low, high)}")
+                raise ValueError(f"{name} must satisfy -90 < LOW <= HIGH < 90, got {(low, high)}")
         for name in ("ambient_range", "diffuse_range"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
