@@ -51,11 +51,13 @@ __all__ = [
     "cleanup_distributed",
     "cosine_with_warmup",
     "dataclass_to_dict",
+    "divergence_error",
     "diverges_on_non_finite",
     "hold_run_folder",
     "init_distributed",
     "is_main_process",
     "load_dataclass_config",
+    "non_finite_loss",
     "plot_curves",
     "seed_everything",
     "step_generator",
@@ -333,10 +335,15 @@ def check_finite_loss(
             ``step - 1``) or a checkpoint file (named only if it exists).
         advice: the message's last sentence, what to do.
     """
-    finite = torch.isfinite(loss.detach())
-    if not bool(finite.all()):
-        what = f"loss is {loss.detach()[~finite].flatten()[0].item()}"
+    what = non_finite_loss(loss)
+    if what is not None:
         raise _diverged(what, step, checkpoint, condemned_step=step - 1, advice=advice)
+
+
+def non_finite_loss(loss: torch.Tensor) -> str | None:
+    """``"loss is nan"`` (the first non-finite value) when ``loss`` holds one, else None."""
+    finite = torch.isfinite(loss.detach())
+    return None if bool(finite.all()) else f"loss is {loss.detach()[~finite].flatten()[0].item()}"
 
 
 def check_finite_parameters(
@@ -384,6 +391,15 @@ def _diverged(
             last = checkpoint.latest()
     else:
         last = checkpoint
+    return divergence_error(what, step, last, set_aside, advice)
+
+
+def divergence_error(
+    what: str, step: int, last: Path | None, set_aside: str = "", advice: str = DIVERGENCE_ADVICE
+) -> TrainingDiverged:
+    """The one-line error of a run that diverged at ``step``: ``what`` happened, the last good checkpoint ``last``
+    (named if it exists), ``set_aside`` (a note on a checkpoint of the weights that diverged, moved away) and
+    ``advice``."""
     if last is not None and Path(last).is_file():
         kept = f"the last good checkpoint is kept at {last}"
     elif set_aside:

@@ -56,10 +56,11 @@ from monorecon.losses.fitting import smoothness_loss
 from monorecon.train.resume import check_resumed_settings
 from monorecon.train.utils import (
     CSVLogger,
-    TrainingDiverged,
     check_finite_loss,
     check_finite_parameters,
+    divergence_error,
     load_dataclass_config,
+    non_finite_loss,
 )
 
 from .networks import ImageDiscriminator, MeshGenerator, UVDiscriminator
@@ -478,15 +479,12 @@ def train_meshgan(config_path: str | Path, out_dir: str | Path, resume: bool = T
     saved_step = start_step if checkpoint_path.is_file() else None  # the step of the weights the checkpoint holds
 
     def check_loss(loss: torch.Tensor, step: int) -> None:
-        if saved_step == step and not bool(torch.isfinite(loss.detach()).all()):
+        what = non_finite_loss(loss)
+        if what is not None and saved_step == step:
             # The checkpoint holds the weights this loss came from: resuming it would diverge again.
             moved = _set_aside(checkpoint_path)
-            kept = f"the last good checkpoint is kept at {checkpoint_path}" if checkpoint_path.is_file() else (
-                "no good checkpoint is left")  # fmt: skip
-            raise TrainingDiverged(
-                f"training diverged: loss is not finite at step {step}; {kept} (the checkpoint of the weights that "
-                f"diverged is set aside as {moved.name}). {_DIVERGENCE_ADVICE}"
-            )
+            note = f" ({checkpoint_path.name} of step {step} held the weights that diverged: set aside as {moved.name})"
+            raise divergence_error(what, step, checkpoint_path, note, _DIVERGENCE_ADVICE)
         check_finite_loss(loss, step, checkpoint_path, _DIVERGENCE_ADVICE)
 
     def save(step: int) -> None:
