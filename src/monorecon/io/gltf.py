@@ -51,7 +51,9 @@ def srgb_glb_bytes(path: Path) -> bytes | None:
     factors = [
         material.pbrMetallicRoughness
         for material in gltf.materials or []
-        if material.pbrMetallicRoughness is not None and material.pbrMetallicRoughness.baseColorFactor is not None
+        if material.pbrMetallicRoughness is not None
+        # 0 and 1 are the same in both spaces: a white default (as pygltflib writes it) needs no rewrite
+        and any(float(v) not in (0.0, 1.0) for v in (material.pbrMetallicRoughness.baseColorFactor or [])[:3])
     ]
     colors = sorted(
         {
