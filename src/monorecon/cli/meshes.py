@@ -94,14 +94,19 @@ def _run_render(args: argparse.Namespace) -> int:
 
 
 def _recorded_mesh_file(folder: Path) -> str | None:
-    """The ``mesh_file`` a result folder's ``result.json`` names (a plain file name), or None."""
-    import json
+    """The ``mesh_file`` a result folder's readable ``result.json`` names, or None."""
+    from ..io.json_file import read_json_object
 
     try:
-        name = json.loads((folder / "result.json").read_text(encoding="utf-8")).get("mesh_file")
-    except (OSError, ValueError, AttributeError):
+        return _mesh_file_of(read_json_object(folder / "result.json"))
+    except ValueError:
         return None
-    return name if isinstance(name, str) and name == Path(name).name else None
+
+
+def _mesh_file_of(record: dict) -> str | None:
+    """A result record's ``mesh_file`` if it is a file of the record's own folder (a plain name), else None."""
+    name = record.get("mesh_file")
+    return name if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name else None
 
 
 def add_overlay(sub: argparse._SubParsersAction) -> None:
@@ -200,9 +205,9 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
     if not isinstance(record.get(key), dict):
         raise CommandError(f"{record_path} records no {key} (written by monorecon reconstruct)")
     camera = camera_from_record(record[key])
-    mesh_file = record.get("mesh_file")
-    if not isinstance(mesh_file, str) or Path(mesh_file).name != mesh_file or mesh_file in ("", ".", ".."):
-        raise CommandError(f"{record_path} names no mesh_file of its own folder (got {mesh_file!r})")
+    mesh_file = _mesh_file_of(record)
+    if mesh_file is None:
+        raise CommandError(f"{record_path} names no mesh_file of its own folder (got {record.get('mesh_file')!r})")
     image_path = args.image
     if image_path is None and args.view == "input":
         image_path = folder / "input.png"
