@@ -5,6 +5,7 @@ external and embedded buffers)."""
 from __future__ import annotations
 
 import base64
+import re
 
 import numpy as np
 import pygltflib
@@ -112,3 +113,24 @@ def test_srgb_curve_known_values():
     np.testing.assert_allclose(color_space.linear_to_srgb(values), linear_to_srgb(values), atol=1e-12)
     assert color_space.srgb_to_linear(0.5) == pytest.approx(0.2140411, abs=1e-7)
     assert color_space.linear_to_srgb(0.18) == pytest.approx(0.4613561, abs=1e-7)
+
+
+def test_damaged_gltf_files_are_one_line_errors(tmp_path):
+    """Junk named .glb gave 'error: unpack requires a buffer of 8 bytes'; a cut GLB, broken JSON and a COLOR_0 of a
+    type glTF does not allow are named as such."""
+    _triangle_gltf(np.zeros(12, np.uint8).tobytes(), pygltflib.UNSIGNED_BYTE, "VEC4").save(str(tmp_path / "ok.glb"))
+    whole = (tmp_path / "ok.glb").read_bytes()
+    (tmp_path / "cut.glb").write_bytes(whole[:60])
+    (tmp_path / "junk.glb").write_bytes(b"garbage, not a GLB")
+    (tmp_path / "bad.gltf").write_text('{"asset": ')
+    gltf = _triangle_gltf(np.zeros(12, np.uint32).tobytes(), pygltflib.UNSIGNED_INT, "VEC4")
+    gltf.save(str(tmp_path / "int_colours.glb"))
+    for name, message in (
+        ("junk.glb", "not a GLB file (it does not start with the glTF header)"),
+        ("cut.glb", "not a valid glTF file"),
+        ("bad.gltf", "not a valid glTF file (JSONDecodeError"),
+        ("int_colours.glb", f"COLOR_0 of component type {pygltflib.UNSIGNED_INT} and type VEC4 is not glTF"),
+    ):
+        with pytest.raises(ValueError, match=rf"could not read mesh .*{name}: .*{re.escape(message)}") as caught:
+            load_mesh(tmp_path / name)
+        assert "\n" not in str(caught.value)

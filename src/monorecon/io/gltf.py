@@ -45,9 +45,17 @@ def srgb_glb_bytes(path: Path) -> bytes | None:
     a :class:`PercentDecodingResolver` of ``path``).
 
     Raises:
-        ValueError: a ``COLOR_0`` accessor that cannot be decoded (bad component type or type, data out of range).
+        ValueError: a file that is not glTF, or a ``COLOR_0`` accessor that cannot be decoded (bad component type or
+            type, data out of range).
     """
-    gltf = pygltflib.GLTF2.load(str(path))
+    if path.suffix.lower() == ".glb":
+        with path.open("rb") as file:
+            if file.read(4) != b"glTF":
+                raise ValueError("not a GLB file (it does not start with the glTF header)")
+    try:
+        gltf = pygltflib.GLTF2.load(str(path))
+    except Exception as err:  # pygltflib's errors vary with the damage
+        raise ValueError(f"not a valid glTF file ({type(err).__name__}: {err})") from None
     factors = [
         material.pbrMetallicRoughness
         for material in gltf.materials or []
