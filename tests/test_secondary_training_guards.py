@@ -99,7 +99,7 @@ def test_g3dr_resume_keeps_the_runs_settings(tmp_path):
     assert (out / "train_config.yaml").read_text() == written  # the refused resume wrote nothing
     with pytest.raises(ValueError, match=r"steps is 1 but .* is already at step 2"):
         train_g3dr(tiny_train_config(tmp_path, steps=1, calibrate_views=0), views)
-    with pytest.warns(UserWarning, match=r"changed steps: the schedules .* are re-timed"):
+    with pytest.warns(UserWarning, match=r"changed steps \(2 -> 3\): the schedules .* are re-timed"):
         train_g3dr(tiny_train_config(tmp_path, steps=3, log_every=3, calibrate_views=0), views)
     assert yaml.safe_load((out / "config.yaml").read_text())["trained_steps"] == 3
     assert yaml.safe_load((out / "train_config.yaml").read_text())["log_every"] == 3

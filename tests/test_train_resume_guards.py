@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,16 +105,13 @@ def test_a_nan_at_the_first_step_after_the_only_checkpoint_leaves_none_named_goo
 # 2. Resume: the run's config is written once the run starts; changed settings are named
 # --------------------------------------------------------------------------------------------------------------------
 def test_a_refused_resume_leaves_the_run_config_as_it_was(tiny_dataset, tmp_path):
-    """A checkpoint of another model: the one-line error names the differing key and shapes, and config.yaml
-    still describes the run that wrote the checkpoints."""
+    """A checkpoint of another model: the one-line error names the differing setting, and config.yaml still
+    describes the run that wrote the checkpoints."""
     out = tmp_path / "run"
     _interrupted_after_step_2(tiny_dataset, out)
     written = (out / "config.yaml").read_text()
     other = {**TINY_MODEL, "decoder": {**TINY_MODEL["decoder"], "hidden_channels": 8}}
-    message = (
-        r"checkpoint .*step_00000002\.pt does not match the model: \d+ keys of the wrong shape: "
-        r"\['decoder\.layers\.0\.weight \(16, 24\) vs model \(8, 24\)"
-    )
+    message = r"step_00000002\.pt was written with another configuration \(model\.decoder\.hidden_channels changed\)"
     with pytest.raises(ValueError, match=message) as raised:
         train(_config(tiny_dataset, out, model=other))
     assert "\n" not in str(raised.value)
@@ -127,13 +125,69 @@ def test_a_checkpoint_of_a_smaller_model_names_its_missing_keys(tmp_path):
         checkpointer.load(path, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)))
 
 
+def _changed_setting_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "with a changed" in str(w.message)]
+
+
 def test_resuming_with_another_batch_size_seed_or_world_size_is_named_in_a_warning(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     cfg = _interrupted_after_step_2(tiny_dataset, out)
-    _rewrite_extra(out / "checkpoints" / "step_00000002.pt", world_size=2)  # as two torchrun processes save it
-    with pytest.warns(UserWarning, match=r"resuming step_00000002\.pt with changed settings \(batch_size 2 -> 1, "
-                                         r"seed 3 -> 4, world_size 2 -> 1\)"):  # fmt: skip
+    checkpoint = out / "checkpoints" / "step_00000002.pt"
+    saved = torch.load(checkpoint, weights_only=True)["extra"]["config"]
+    _rewrite_extra(checkpoint, config={**saved, "world_size": 2})  # as two torchrun processes save it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         train({**cfg, "batch_size": 1, "seed": 4})
+    consequence = "the run draws other samples than the uninterrupted one would"
+    assert _changed_setting_warnings(caught) == [
+        f"resuming {checkpoint} at step 2 with a changed {key} ({values}): {consequence}"
+        for key, values in (("batch_size", "2 -> 1"), ("seed", "3 -> 4"), ("world_size", "2 -> 1"))
+    ]
+
+
+def test_resuming_with_other_training_settings_is_refused_before_the_views_load(tiny_dataset, tmp_path, monkeypatch):
+    """Another loss weight, patch size or dataset would make a run that no config describes: refused, as the other
+    trainers refuse it, before the (slow) views are loaded and with the run folder untouched."""
+    out = tmp_path / "run"
+    cfg = _interrupted_after_step_2(tiny_dataset, out)
+    written = (out / "config.yaml").read_text()
+    monkeypatch.setattr(triposr_trainer, "_load_views", lambda *args, **kwargs: pytest.fail("views loaded"))
+    message = (
+        r"step_00000002\.pt was written with another configuration \(loss\.lambda_mask, patch_size changed\): resume "
+        r"with the run's settings, or train into another folder$"
+    )
+    with pytest.raises(ValueError, match=message):
+        train({**cfg, "patch_size": 4, "loss": {**cfg.get("loss", {}), "lambda_mask": 0.25}})
+    assert (out / "config.yaml").read_text() == written
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]
+
+
+def test_bookkeeping_settings_change_freely_on_resume(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    cfg = _interrupted_after_step_2(tiny_dataset, out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train({**cfg, "log_every": 3, "max_minutes": 60, "keep_checkpoints": 5, "quiet": True})
+    assert _changed_setting_warnings(caught) == []
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_checkpoint_of_an_older_version_is_checked_against_the_run_config(tiny_dataset, tmp_path):
+    """Checkpoints written before the config was saved in them hold batch_size, seed and world_size at the top of
+    ``extra``: the run's config.yaml, updated with those, is what a resume is checked against."""
+    out = tmp_path / "run"
+    cfg = _interrupted_after_step_2(tiny_dataset, out)
+    checkpoint = out / "checkpoints" / "step_00000002.pt"
+    _rewrite_extra(checkpoint, config=None, batch_size=2, seed=3, world_size=2)
+    with pytest.raises(ValueError, match=r"another configuration \(loss\.lambda_mask changed\)"):
+        train({**cfg, "loss": {**cfg.get("loss", {}), "lambda_mask": 0.25}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert _changed_setting_warnings(caught) == [
+        f"resuming {checkpoint} at step 2 with a changed world_size (2 -> 1): the run draws other samples than the "
+        "uninterrupted one would"
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -189,7 +243,7 @@ def test_a_checkpoint_past_steps_is_refused(tiny_dataset, tmp_path):
     train(cfg)
     written = (out / "config.yaml").read_text()
     weights = _final_weights(out)
-    message = r"checkpoint .*step_00000004\.pt is of step 4, past steps \(2\): raise steps"
+    message = r"steps is 2 but .*step_00000004\.pt is already at step 4: raise steps, or train into another folder"
     with pytest.raises(ValueError, match=message):
         train({**cfg, "steps": 2})
     assert (out / "config.yaml").read_text() == written
@@ -262,6 +316,6 @@ def test_elapsed_time_continues_after_a_resume(tiny_dataset, tmp_path):
 
     # A checkpoint of an older version, without the elapsed time: the resumed session counts from 0.
     cfg = _interrupted_after_step_2(tiny_dataset, tmp_path / "old")
-    _rewrite_extra(tmp_path / "old" / "checkpoints" / "step_00000002.pt", elapsed_s=None, batch_size=None, seed=None)
+    _rewrite_extra(tmp_path / "old" / "checkpoints" / "step_00000002.pt", elapsed_s=None)
     train(cfg)
     assert 0.0 < CSVLogger(tmp_path / "old" / "train_log.csv").rows()[2]["elapsed_s"] < 600.0

@@ -1,8 +1,9 @@
 """Resuming a training run: the settings a checkpoint was written with against the config it is resumed under.
 
-Shared by the G3DR trainers and the MeshGAN trainer, so that every ``train-*`` command follows one policy: ``steps``
-may grow (to train longer) but not fall below the checkpoint's step, bookkeeping settings may change freely, a few
-named settings may change with a warning (the learning rate lowered after a divergence), anything else is refused.
+Shared by every trainer (TripoSR's ``train``, G3DR's and MeshGAN's ``train-*``), so that all follow one policy:
+``steps`` may grow (to train longer) but not fall below the checkpoint's step, bookkeeping settings may change freely,
+a few named settings may change with a warning (the learning rate lowered after a divergence), anything else is
+refused.
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ def check_resumed_settings(
         )
     for key in changed:
         if key in warned:
-            warnings.warn(f"resuming {where} at step {checkpoint_step} with a changed {key}: {warned[key]}",
-                          stacklevel=3)  # fmt: skip
+            values = f"{_setting(saved, key)!r} -> {_setting(current, key)!r}"
+            warnings.warn(f"resuming {where} at step {checkpoint_step} with a changed {key} ({values}): "
+                          f"{warned[key]}", stacklevel=3)  # fmt: skip
+
+
+def _setting(settings: Mapping[str, Any], dotted_key: str) -> Any:
+    """The value of a dotted key in nested settings (None where a level is missing)."""
+    value: Any = settings
+    for part in dotted_key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return _plain(value)
 
 
 def check_checkpoint_settings(
@@ -88,8 +98,9 @@ def check_checkpoint_settings(
     warned: Mapping[str, str] | None = None,
 ) -> None:
     """Before a run resumes from the newest checkpoint of ``checkpointer`` (none: nothing to check), the settings it
-    was written with (its ``extra["config"]``; the YAML ``fallback`` for checkpoints that lack them) against
-    ``current``, as :func:`check_resumed_settings`. Checked before anything is built or written."""
+    was written with (its ``extra["config"]``; for checkpoints that lack them, the YAML ``fallback`` updated with the
+    top-level settings the checkpoint's ``extra`` holds) against ``current``, as :func:`check_resumed_settings`.
+    Checked before anything is built or written."""
     latest = checkpointer.latest()
     if latest is None:
         return
@@ -99,8 +110,11 @@ def check_checkpoint_settings(
         return
     if not isinstance(payload, dict) or "step" not in payload:
         return  # Checkpointer.load names the foreign file
-    saved = (payload.get("extra") or {}).get("config")
+    extra = payload.get("extra") if isinstance(payload.get("extra"), Mapping) else {}
+    saved = extra.get("config")
     if saved is None and fallback.is_file():
         saved = load_yaml(fallback)
+        if isinstance(saved, Mapping):  # settings saved beside the config (e.g. the number of processes)
+            saved = {**saved, **{key: value for key, value in extra.items() if key in current}}
     saved = saved if isinstance(saved, Mapping) else current  # nothing to compare with: only the steps are checked
     check_resumed_settings(saved, current, int(payload["step"]), str(latest), free=free, warned=warned)

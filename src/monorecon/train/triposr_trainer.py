@@ -81,6 +81,7 @@ from ..losses.perceptual import check_perceptual_size
 from ..models.triposr import TripoSRConfig, TripoSRModel
 from ..models.triposr.loading import check_state_dict
 from ..preprocess import DEFAULT_FOREGROUND_RATIO, reframe_views
+from .resume import check_checkpoint_settings
 from .utils import (
     Checkpointer,
     CSVLogger,
@@ -120,6 +121,23 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------------------------
+#: Settings a resumed run may change freely: bookkeeping, and the optimiser's (which the checkpoint's loading warns of).
+RESUME_FREE = ("out_dir", "quiet", "num_threads", "resume", "log_every", "checkpoint_every_steps",
+               "checkpoint_every_minutes", "keep_checkpoints", "max_minutes", "device", "init_weights", "optim.lr",
+               "optim.betas", "optim.weight_decay")  # fmt: skip
+_OTHER_SAMPLES = "the run draws other samples than the uninterrupted one would"
+#: Settings a resumed run may change with a warning naming the consequence; any other change is refused.
+RESUME_WARNED = {
+    "steps": "the learning-rate schedule is re-timed to the new length",
+    "optim.warmup_steps": "the learning-rate schedule changes from the next step on",
+    "optim.min_lr_ratio": "the learning-rate schedule changes from the next step on",
+    "optim.grad_clip": "it applies from the next step on",
+    "batch_size": _OTHER_SAMPLES,
+    "seed": _OTHER_SAMPLES,
+    "world_size": _OTHER_SAMPLES,
+    "precision": "the run computes differently from the next step on",
+}
+
 #: The largest side supervision views are resized to (1,000 objects x 4 float32 RGBA views of 2048^2 take 268 GB).
 MAX_SUPERVISION_SIZE = 2048
 
@@ -837,8 +855,9 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
         quiet: override ``config.quiet`` (no progress bar).
 
     Raises:
-        ValueError: invalid config or dataset, a checkpoint the config cannot resume (another model, a step past
-            ``steps``), or a run folder that another run holds.
+        ValueError: invalid config or dataset, a checkpoint the config cannot resume (written with other settings
+            than :data:`RESUME_FREE` and :data:`RESUME_WARNED` allow, a step past ``steps``, another model), or a run
+            folder that another run holds.
         TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept; the message names it).
     """
     run_started = time.monotonic()
@@ -856,7 +875,13 @@ def train(config: str | os.PathLike | dict[str, Any] | TripoSRTrainConfig, *, qu
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {out_dir} is a file, not a folder")
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    if not cfg.resume:
+    if cfg.resume:
+        with warnings.catch_warnings():
+            if not main:  # every rank refuses a resume, one warns
+                warnings.simplefilter("ignore")
+            check_checkpoint_settings(checkpointer, _run_settings(cfg, world_size), out_dir / "config.yaml",
+                                      free=RESUME_FREE, warned=RESUME_WARNED)  # fmt: skip
+    else:
         checkpointer.check_fresh()
     # Rank 0 holds the folder for the whole run, from before the slow loading of the views: a second run is refused
     # at once. Under torchrun the other ranks write nothing into it.
@@ -895,12 +920,10 @@ def _train_in_folder(
     )
     scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
 
-    # Saved in every checkpoint: a resume with other values draws other samples than the uninterrupted run would.
-    settings = {"batch_size": cfg.batch_size, "seed": cfg.seed, "world_size": world_size}
+    settings = _run_settings(cfg, world_size)  # saved in every checkpoint, for the next resume's check
     start_step, elapsed_before = 0, 0.0
     restored = checkpointer.load_latest(model, optimizer, scheduler) if cfg.resume else None
     if restored is not None:
-        _check_resumed(restored, settings, cfg.steps, warn=main)
         start_step = restored["step"]
         elapsed_before = float(restored["extra"].get("elapsed_s", 0.0))  # checkpoints before it was saved: 0
     logger = CSVLogger(out_dir / "train_log.csv") if main else None
@@ -944,7 +967,7 @@ def _train_in_folder(
             logger.log(row)
         if out_of_time or _should_checkpoint(done, cfg, last_save, device):
             if main:
-                extra = {**settings, "elapsed_s": elapsed_before + time.monotonic() - started}
+                extra = {"config": settings, "elapsed_s": elapsed_before + time.monotonic() - started}
                 checkpointer.save(done, model, optimizer, scheduler, extra=extra)
                 if logger is not None and logger.fields is not None:
                     plot_curves(logger.path, out_dir / "curves.png", columns=_curve_columns(logger))
@@ -964,26 +987,10 @@ def _train_in_folder(
     barrier()
 
 
-def _check_resumed(restored: dict[str, Any], settings: dict[str, Any], steps: int, warn: bool) -> None:
-    """Refuse a restored checkpoint past ``steps``; warn (when ``warn``) of the ``settings`` that differ from those
-    it was written with (checkpoints of older versions hold only ``world_size``).
-
-    Raises:
-        ValueError: the checkpoint's step exceeds ``steps`` (its weights would be exported as this run's final).
-    """
-    path, step, saved = restored["path"], restored["step"], restored["extra"]
-    if step > steps:
-        raise ValueError(
-            f"checkpoint {path} is of step {step}, past steps ({steps}): raise steps to train on from it, "
-            "or choose another out_dir"
-        )
-    changed = [f"{key} {saved[key]} -> {value}" for key, value in settings.items() if saved.get(key, value) != value]
-    if changed and warn:
-        warnings.warn(
-            f"resuming {path.name} with changed settings ({', '.join(changed)}): the run will not repeat the "
-            "uninterrupted one",
-            stacklevel=4,
-        )
+def _run_settings(cfg: TripoSRTrainConfig, world_size: int) -> dict[str, Any]:
+    """The settings a checkpoint is written with and a resume is checked against: the config and the number of
+    processes (whose samples the run draws)."""
+    return {**dataclass_to_dict(cfg), "world_size": world_size}
 
 
 def _curve_columns(logger: CSVLogger) -> list[str]:
