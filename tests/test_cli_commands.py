@@ -79,6 +79,10 @@ from monorecon.cli import main
         ),
         (["eval", "--export-inputs", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--prepare"], "--prepare applies only"),
         (
+            ["eval", "--export-inputs", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--points", "500", "--workers", "2"],
+            "--points, --workers apply only to scoring (not --export-inputs)",
+        ),
+        (
             ["eval", "--model", "sphere", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--inflation-profile", "round"],
             "--inflation-profile applies only to --model inflation",
         ),

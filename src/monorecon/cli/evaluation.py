@@ -51,7 +51,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="models: frame each input as reconstruct frames a photo (bounding box centred at the model's "
         "foreground ratio) instead of the render's own framing; the ground truth is moved to match",
     )  # fmt: skip
-    p.add_argument("--points", type=int, default=10000, help="surface points per shape (default 10,000)")
+    p.add_argument("--points", type=int, help="surface points per shape (default 10,000)")
     p.add_argument(
         "--volume-iou",
         type=int,
@@ -69,7 +69,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=1,
         help="processes scoring cases side by side (default 1; one torch thread each; the same report)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the surface samples and the alignment (default 0)")
     p.add_argument(
         "--inflation-thickness", type=float,
         help="--model inflation: scale of the half-thickness profile (default 1)",
@@ -102,6 +102,9 @@ def _check_eval_options(args: argparse.Namespace, imported: Any = None) -> None:
         (not loads_weights, "model weights (--model PATH or default)", {"--config": args.config is not None}),
         (bool(args.predictions or args.export_inputs), "methods scored in the canonical frame (not --predictions "
          "or --export-inputs)", {"--volume-iou": args.volume_iou is not None}),
+        (args.export_inputs, "scoring (not --export-inputs)", {
+            "--points": args.points is not None, "--seed": args.seed is not None, "--workers": args.workers != 1,
+        }),
         (args.model != "inflation", "--model inflation", {
             "--inflation-thickness": args.inflation_thickness is not None,
             "--inflation-profile": args.inflation_profile is not None,
@@ -149,9 +152,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         "inflation_profile": args.inflation_profile,
         "mc_resolution": args.mc_resolution,
         "volume_iou_resolution": args.volume_iou,
+        "n_points": args.points,
+        "seed": args.seed,
     }
     given = {key: value for key, value in given.items() if value is not None}
-    check_points(args.points, "--points")  # before a model is loaded
+    if args.points is not None:
+        check_points(args.points, "--points")  # before a model is loaded
     if args.mc_resolution is not None:
         check_int(args.mc_resolution, "--mc-resolution", *MC_RESOLUTION_RANGE)
     if args.volume_iou is not None:
@@ -172,9 +178,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         model = load_model(None if model == "default" else model, args.config, device=device)
     source = str(args.predictions or args.model) + ("" if args.config is None else f" (config {args.config})")
     summary = evaluate(
-        model, args.data, args.output, args.points, max_objects=args.max_objects,
+        model, args.data, args.output, max_objects=args.max_objects,
         threshold=args.threshold, carve=not args.no_carve, fill=False if args.no_fill else None,
-        project_input=not args.no_project_input, prepare=args.prepare, seed=args.seed, workers=workers,
+        project_input=not args.no_project_input, prepare=args.prepare, workers=workers,
         progress=not args.quiet, source=source, **given,
     )  # fmt: skip
     if not args.quiet:
