@@ -41,8 +41,8 @@ from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
 from ..core.shading import UV_TOLERANCE, face_areas, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes, check_writable
-from .color_space import srgb_to_linear
-from .gltf import PercentDecodingResolver, srgb_glb_bytes
+from .color_space import linear_to_srgb, srgb_to_linear
+from .gltf import PercentDecodingResolver, trimesh_glb_bytes
 from .images import png_bytes
 
 __all__ = [
@@ -162,16 +162,21 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     a solid patch of the merged texture. White, the default of
     both formats, is no colour unless another part has colours; then it is also the colour of parts that have none
     (what viewers show). glTF's ``COLOR_0`` and ``baseColorFactor``, linear values, are turned to display values.
+    A textured glTF part's colour is glTF's base colour, texture x ``COLOR_0`` x ``baseColorFactor``: the factor and a
+    uniform ``COLOR_0`` are multiplied into its texture; a varying ``COLOR_0`` is dropped with a warning, and so is
+    alpha that would show (``alphaMode`` MASK or BLEND: :class:`Mesh` is opaque). The texture reads the UV set its
+    ``texCoord`` names, with ``KHR_texture_transform`` applied (:func:`monorecon.io.gltf.trimesh_glb_bytes`).
     The colours of merged parts:
 
     * no textured part: vertex colours (own, flat or white);
     * textured parts and parts with flat colours (or none): one texture, the parts' images packed into an atlas
-      (the image is the colour: a textured part's ``baseColorFactor`` is not applied, as for a single part; a
-      tiling texture is copied as many times as the part's UVs repeat it, up to 8 per axis);
+      (a tiling texture is copied as many times as the part's UVs repeat it, up to 8 per axis);
     * textured and vertex-coloured parts: vertex colours, the textures sampled at the vertices, with a warning
       (texture detail is lost).
 
-    An OBJ whose material library or ``map_Kd`` texture is missing loads without it, with a warning naming it. STL is
+    An OBJ whose material library or ``map_Kd`` texture is missing loads without it, with a warning naming it; one
+    whose faces use index 0, an index past the file's last element or one (negative) before the first is refused,
+    naming the line; negative indices count back from their face (trimesh counts from the end of the file). STL is
     read as Z-up and turned +Y up, its corners merged into shared vertices.
 
     Raises:
@@ -198,13 +203,17 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
 
 
 def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
+    absolute_obj = _obj_absolute_indices(path) if fmt == "obj" else None
     try:
-        srgb = srgb_glb_bytes(path) if fmt in ("glb", "gltf") else None
-        if srgb is None:
+        rewritten = trimesh_glb_bytes(path) if fmt in ("glb", "gltf") else None
+        if absolute_obj is not None:
+            scene = trimesh.load_scene(io.BytesIO(absolute_obj), file_type="obj", process=False,
+                                       resolver=trimesh.resolvers.FilePathResolver(path))  # fmt: skip
+        elif rewritten is None:
             resolver = PercentDecodingResolver(path) if fmt == "gltf" else None
             scene = trimesh.load_scene(path, process=False, resolver=resolver)
         else:
-            scene = trimesh.load_scene(io.BytesIO(srgb), file_type="glb", process=False,
+            scene = trimesh.load_scene(io.BytesIO(rewritten), file_type="glb", process=False,
                                        resolver=PercentDecodingResolver(path))  # fmt: skip
         parts = [
             (transform, scene.geometry[name])
@@ -230,7 +239,7 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
 
 def _merged(parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh:
     """One mesh from a scene's parts (world transforms applied), their colours kept as :func:`load_mesh` says."""
-    meshes = [Mesh.from_trimesh(part) for _, part in parts]
+    meshes = [_pbr_base_color(Mesh.from_trimesh(part), part, path) for _, part in parts]
     own = [mesh.texture is not None or mesh.vertex_colors is not None for mesh in meshes]
     flats = [None if has else _flat_color(part) for has, (_, part) in zip(own, parts, strict=True)]
     if not any(own) and all(flat is None or bool((flat == 1).all()) for flat in flats):
@@ -258,6 +267,67 @@ def _merged(parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh
     ]
     meshes = [_transformed(mesh, transform) for (transform, _), mesh in zip(parts, meshes, strict=True)]
     return _atlas(meshes) if textured and len(meshes) > 1 else _concatenate(meshes)
+
+
+def _pbr_base_color(mesh: Mesh, part: trimesh.Trimesh, path: Path) -> Mesh:
+    """A glTF part's colours as glTF defines its base colour, texture x ``COLOR_0`` x ``baseColorFactor`` (linear
+    values): a textured part gets the factor and a uniform ``COLOR_0`` multiplied into its texture (the texture is
+    then its only colour). Warns (one line) about what a :class:`Mesh` cannot hold: a ``COLOR_0`` that varies over
+    a texture (dropped), alpha that makes the part transparent or cut out (``alphaMode`` MASK or BLEND; loaded
+    opaque). Other parts are returned as they are."""
+    material = getattr(part.visual, "material", None)
+    if not isinstance(material, trimesh.visual.material.PBRMaterial):
+        return mesh
+    _warn_dropped_alpha(part, material, path)
+    if mesh.texture is None:
+        return mesh
+    tint = np.ones(3)
+    if material.baseColorFactor is not None:
+        tint *= srgb_to_linear(trimesh.visual.color.to_float(np.asarray(material.baseColorFactor).reshape(-1))[:3])
+    if mesh.vertex_colors is not None:
+        colors = mesh.vertex_colors.detach().cpu().double()
+        if float((colors - colors[0]).abs().max()) <= 1.0 / 255.0:
+            tint *= srgb_to_linear(colors[0].numpy())
+        else:
+            warnings.warn(
+                f"{path.name}: COLOR_0 varies over a textured part (glTF multiplies them): loaded with the texture "
+                "alone (vertex colours dropped)",
+                stacklevel=5,
+            )
+    texture = mesh.texture
+    if bool((np.abs(tint - 1.0) > 0.5 / 255.0).any()):
+        linear = srgb_to_linear(texture.detach().cpu().double().numpy()) * tint
+        texture = torch.from_numpy(linear_to_srgb(linear)).to(texture.dtype)
+    return dataclasses.replace(mesh, vertex_colors=None, texture=texture)
+
+
+def _warn_dropped_alpha(part: trimesh.Trimesh, material: trimesh.visual.material.PBRMaterial, path: Path) -> None:
+    """Warn (one line) when a glTF part's alpha (``baseColorFactor`` x texture x ``COLOR_0``) makes it see-through:
+    under ``alphaMode`` BLEND any alpha below 1, under MASK the lowest alpha below ``alphaCutoff`` (default 0.5);
+    OPAQUE ignores alpha. :class:`Mesh` has no alpha: the part loads opaque."""
+    mode = str(material.alphaMode or "OPAQUE").upper()
+    if mode not in ("MASK", "BLEND"):
+        return
+    alpha = (
+        1.0 if material.baseColorFactor is None else float(trimesh.visual.color.to_float(material.baseColorFactor)[3])
+    )
+    image = material.baseColorTexture
+    if isinstance(image, Image.Image) and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
+        alpha *= float(np.asarray(image.convert("RGBA"))[..., 3].min()) / 255.0
+    colors = (
+        part.visual.vertex_attributes.get("color") if isinstance(part.visual, trimesh.visual.TextureVisuals) else None
+    )
+    if colors is None and isinstance(part.visual, trimesh.visual.ColorVisuals) and part.visual.kind == "vertex":
+        colors = part.visual.vertex_colors
+    if colors is not None and np.shape(colors)[-1] == 4:
+        alpha *= float(trimesh.visual.color.to_float(np.asarray(colors)[:, 3]).min())
+    cutoff = 0.5 if material.alphaCutoff is None else float(material.alphaCutoff)
+    if alpha < (cutoff if mode == "MASK" else 1.0 - 0.5 / 255.0):
+        cut = "cut-outs" if mode == "MASK" else "transparency"
+        warnings.warn(
+            f"{path.name}: alpha dropped (alphaMode {mode}): its {cut} load opaque, and every format is written opaque",
+            stacklevel=5,
+        )
 
 
 def _flat_colored(mesh: Mesh, color: torch.Tensor, *, as_texture: bool) -> Mesh:
@@ -366,6 +436,92 @@ def _check_ply_counts(part: trimesh.Trimesh, path: Path) -> None:
         declared = raw.get(element, {}).get("length")
         if isinstance(declared, int | np.integer) and read < declared:
             raise ValueError(f"invalid mesh in {path}: the header declares {declared} {plural}, {read} were read")
+
+
+_OBJ_ELEMENTS = (b"v", b"vt", b"vn")
+"""The elements an OBJ face corner ``v/vt/vn`` refers to, in that order."""
+
+
+def _obj_absolute_indices(path: Path) -> bytes | None:
+    """Check an OBJ's face indices; return the file with its negative (relative) indices made absolute, which
+    trimesh reads wrongly (counted back from the end of the file), or None when it has none.
+
+    OBJ indices count from 1; a negative one counts back from the last element defined before its face.
+
+    Raises:
+        ValueError: naming the line: an index that is 0, not an integer, or refers to no element (trimesh reads 0
+            as the last vertex, and fails on the others with a bare IndexError).
+    """
+    text = path.read_bytes()
+    if _obj_indices_plain(text):
+        return None
+    counts = dict.fromkeys(_OBJ_ELEMENTS, 0)
+    highest = dict.fromkeys(_OBJ_ELEMENTS, (0, 0))  # per element: the largest index, its line
+    lines = text.split(b"\n")
+    relative = False
+    for number, line in enumerate(lines, start=1):
+        fields = line.split(b"#", 1)[0].split()  # a comment may end a line
+        if fields and fields[0] in counts:
+            counts[fields[0]] += 1
+        elif fields and fields[0] == b"f":
+            corners = [_obj_corner(corner, counts, path, number) for corner in fields[1:]]
+            for corner in corners:
+                for element, index in zip(_OBJ_ELEMENTS, corner, strict=True):
+                    if index is not None and index > highest[element][0]:
+                        highest[element] = (index, number)
+            if any(b"-" in field for field in fields):
+                relative = True
+                lines[number - 1] = b" ".join(
+                    [b"f", *(b"/".join(b"" if i is None else b"%d" % i for i in corner) for corner in corners)]
+                )
+    for element, (index, number) in highest.items():
+        if index > counts[element]:
+            raise ValueError(
+                f"invalid OBJ {path}, line {number}: face index {index} is past the last {element.decode()} "
+                f"({counts[element]} in the file)"
+            )
+    return b"\n".join(lines) if relative else None
+
+
+def _obj_indices_plain(text: bytes) -> bool:
+    """Whether an OBJ's faces surely use positive indices within the elements of the file only (a vectorised check,
+    fast on large files); if not, :func:`_obj_absolute_indices` looks at them line by line."""
+    faces = b" ".join([line[2:] for line in text.split(b"\n") if line[:2] in (b"f ", b"f\t")])
+    if b"-" in faces:
+        return False
+    with warnings.catch_warnings():  # numpy's text parsing warns before it raises on junk
+        warnings.simplefilter("ignore")
+        try:
+            indices = np.fromstring(faces.replace(b"/", b" "), dtype=np.int64, sep=" ")
+        except ValueError:  # not integers (or a comment): the line-by-line check names the problem
+            return False
+    # elements on lines starting "v ", "vt "... (the usual spelling; enough for a bound)
+    most = max(text.count(b"\n" + element + b" ") + text.startswith(element + b" ") for element in _OBJ_ELEMENTS)
+    return indices.size == 0 or (int(indices.min()) >= 1 and int(indices.max()) <= most)
+
+
+def _obj_corner(corner: bytes, counts: dict[bytes, int], path: Path, number: int) -> tuple[int | None, ...]:
+    """The absolute (1-based) ``v``, ``vt``, ``vn`` indices of a face corner ``v/vt/vn`` on line ``number`` (None
+    where absent), ``counts`` the elements defined before it; ValueError for 0, a non-integer, or one before the
+    first element."""
+    indices: list[int | None] = [None, None, None]
+    for position, (element, token) in enumerate(zip(_OBJ_ELEMENTS, corner.split(b"/"), strict=False)):
+        if not token:
+            continue
+        text = token.decode(errors="replace")
+        try:
+            index = int(text)
+        except ValueError:
+            raise ValueError(f"invalid OBJ {path}, line {number}: face index {text!r} is not an integer") from None
+        if index == 0:
+            raise ValueError(f"invalid OBJ {path}, line {number}: face index 0 (OBJ indices start at 1)")
+        if index < 0 and -index > counts[element]:
+            raise ValueError(
+                f"invalid OBJ {path}, line {number}: face index {index} points before the first {element.decode()} "
+                f"({counts[element]} defined before it)"
+            )
+        indices[position] = index if index > 0 else counts[element] + 1 + index
+    return tuple(indices)
 
 
 def _obj_textures(path: Path, parts: list[tuple[np.ndarray, trimesh.Trimesh]]) -> None:
