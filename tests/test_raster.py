@@ -268,6 +268,17 @@ def test_sharp_silhouette_on_hand_built_triangles():
         sharp_silhouette(fr, 0.0)
 
 
+def test_sharp_silhouette_is_one_on_interior_edges_through_pixel_centres():
+    """A square of four triangles whose shared edges x = -0.25 and y = 0.25 run through pixel centres of a 4 x 4
+    image: the pixel centres on them are covered (closed triangles, as the hard coverage says), so 1."""
+    corners = [[-1.0, -1.0], [-0.25, -1.0], [1.0, -1.0], [1.0, 0.25], [1.0, 1.0], [-0.25, 1.0], [-1.0, 1.0]]
+    verts = torch.tensor([[*xy, 1.0] for xy in [*corners, [-0.25, 0.25]]], dtype=torch.float64)[None]
+    faces = torch.tensor([[0, 1, 7], [1, 2, 3], [1, 3, 7], [7, 3, 4], [7, 4, 5], [0, 7, 6], [7, 5, 6]])
+    fragments = rasterize(verts, faces, 4, 4, faces_per_pixel=4, blur_radius=blur_radius_for_sigma(1e-4))
+    assert bool(fragments.covers.any(-1).all())
+    torch.testing.assert_close(sharp_silhouette(fragments, 1e-4), torch.ones(1, 4, 4, dtype=torch.float64))
+
+
 def test_blur_radius_for_sigma():
     assert blur_radius_for_sigma(1e-4) == pytest.approx(math.log(9999.0) * 1e-4)
     with pytest.raises(ValueError, match="sigma"):

@@ -354,6 +354,24 @@ def test_perspective_batch_and_soft_render_consistency():
     difference = (soft["rgb"][solid] - hard64["rgb"][solid]).abs()
     assert difference.mean() < 5e-3 and difference.max() < 0.05
 
+    # The nearest face, its depth and normal are those of a face covering the pixel: a soft render also finds faces
+    # within the blur radius outside the outline (nearer than the covering one near the rim), which must not leak.
+    found = soft["fragments"].face_index[..., 0] >= 0
+    assert int(found.sum()) > int(hard64["face_index"].ge(0).sum()) + 20
+    for key in ("face_index", "depth", "normals"):
+        torch.testing.assert_close(soft[key], hard64[key], rtol=0, atol=1e-12)
+
+
+def test_phong_shininess_per_camera():
+    """A (B,) shininess is one exponent per camera: the same images as each camera rendered with its own."""
+    verts, faces = uv_sphere(0.6, rings=8, segments=16)
+    eyes = torch.tensor([[0.0, 0.0, 3.0], [0.0, 3.0, 0.1]], dtype=DT)
+    cams = PerspectiveCameras(look_at(eyes), 12, 12, fov_y_deg=40.0)
+    both = render_mesh(verts, faces, cams, materials=Materials(shininess=torch.tensor([4.0, 200.0], dtype=DT)))
+    for i, exponent in enumerate((4.0, 200.0)):
+        alone = render_mesh(verts, faces, cams[i], materials=Materials(shininess=exponent))
+        torch.testing.assert_close(both["rgb"][i], alone["rgb"][0])
+
 
 def test_weak_perspective_square_coverage():
     # v' = s v + (tx, ty): the unit square [-1, 1]^2 lands on [tx - s, tx + s] x [ty - s, ty + s] in NDC.

@@ -130,7 +130,8 @@ def bake_texture(
         A mesh with per-vertex ``uvs`` and a (R, R, 3) ``texture``; vertex colours are kept.
 
     Raises:
-        ValueError: a resolution outside [16, 8192], or no ``colour_fn`` for a mesh without vertex colours.
+        ValueError: a resolution outside ``TEXTURE_RESOLUTION_RANGE`` ([64, 8192]), or no ``colour_fn`` for a mesh
+            without vertex colours.
     """
     check_int(resolution, "texture resolution", *TEXTURE_RESOLUTION_RANGE)
     if colour_fn is None and mesh.vertex_colors is None:

@@ -42,7 +42,6 @@ __all__ = [
     "quaternion_to_matrix",
     "spherical_to_cartesian",
     "triposr_to_world",
-    "world_to_gltf",
     "world_to_triposr",
     "world_to_z_up",
     "z_up_to_world",
@@ -183,7 +182,9 @@ class Cameras:
     Attributes:
         c2w: (B, 4, 4) camera-to-world matrices (module convention).
         height, width: image size in pixels.
-        znear, zfar: clipping depths (positive, in front of the camera).
+        znear, zfar: near and far depths (positive, in front of the camera) of the projection matrix. The mesh
+            renderers skip faces with a vertex nearer than ``znear`` and do not clip at ``zfar``, which scales the
+            soft blend's depths (:func:`monorecon.core.shading.softmax_rgb_blend`): keep the scene nearer.
     """
 
     c2w: torch.Tensor
@@ -479,8 +480,9 @@ class WeakPerspectiveCameras(OrthographicCameras):
     """MeshInversion / CMR weak-perspective camera: ``v' = R(q) (s v) + (tx, ty, 0)``, then orthographic.
 
     The projected NDC point is ``(v'_x, v'_y)`` (the image spans [-1, 1] on both axes for a square image); depth is
-    ``depth_offset - v'_z`` so that points nearer the viewer (+Z) are in front. Differentiable w.r.t. ``scale``
-    (B,), ``translation`` (B, 2) and ``quaternion`` (B, 4) ``(w, x, y, z)``.
+    ``(depth_offset - v'_z) / s``, the depth of the rigid camera the projection equals (``v`` seen from
+    ``depth_offset / s`` away at orthographic scale ``s``), so that points nearer the viewer (+Z) are in front.
+    Differentiable w.r.t. ``scale`` (B,), ``translation`` (B, 2) and ``quaternion`` (B, 4) ``(w, x, y, z)``.
     """
 
     def __init__(
@@ -566,8 +568,3 @@ def z_up_to_world(points: torch.Tensor) -> torch.Tensor:
 def world_to_z_up(points: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`z_up_to_world`: what Blender's glTF importer does to a glTF scene."""
     return points @ Z_UP_TO_WORLD.to(points)
-
-
-def world_to_gltf(points: torch.Tensor) -> torch.Tensor:
-    """monorecon world -> glTF (+Y up, +Z front, metres): the identity, kept as a named step for clarity."""
-    return points

@@ -76,7 +76,7 @@ def render_mesh(
     Args:
         verts: (V, 3) world positions (shared by the cameras) or (B, V, 3) one set per camera.
         faces: (F, 3) long vertex indices, counter-clockwise seen from outside.
-        cameras: B cameras; their image size, projection and clipping depths are used.
+        cameras: B cameras; their image size, projection and ``znear`` are used (and ``zfar`` by the soft blend).
         vertex_colors: (V, 3) or (B, V, 3) albedo per vertex.
         uvs: (V, 2) texture coordinates indexed by ``faces`` (``v`` up from the bottom row, see
             :mod:`monorecon.core.shading`), or (T, 2) indexed by ``face_uvs`` (F, 3) when UVs have their own index.
@@ -93,8 +93,8 @@ def render_mesh(
 
     Returns:
         dict with ``rgb`` (B, H, W, 3) shaded colours (not clamped), ``alpha`` (B, H, W), ``depth`` (B, H, W) view
-        depth of the nearest face (0 where empty), ``normals`` (B, H, W, 3) unit world normals of the nearest face as
-        used for shading (zero where empty), ``face_index`` (B, H, W) nearest face (-1 where empty) and
+        depth of the nearest face covering the pixel centre (0 where none), ``normals`` (B, H, W, 3) its unit world
+        normals as used for shading (zero where none), ``face_index`` (B, H, W) that face (-1 where none) and
         ``fragments`` (the full :class:`~monorecon.core.raster.Fragments`).
     """
     if shading not in SHADING_MODES:
@@ -143,13 +143,17 @@ def render_mesh(
         rgba = softmax_rgb_blend(unpack(colors), fragments, sigma, gamma, cameras.znear, cameras.zfar, background)
     else:
         rgba = hard_rgb_blend(unpack(colors), fragments, background)
-    covered = fragments.face_index[..., 0] >= 0
+    # The nearest face covering each pixel: slot 0 of a hard render; a soft one also finds faces near the pixel.
+    covers = fragments.covers
+    covered = covers.any(dim=-1)
+    nearest = covers.int().argmax(dim=-1, keepdim=True)  # the first covering slot (0 where none)
+    normals_nearest = unpack(normals_frag).gather(-2, nearest[..., None].expand(*nearest.shape, 3))[..., 0, :]
     return {
         "rgb": rgba[..., :3],
         "alpha": rgba[..., 3],
-        "depth": torch.where(covered, fragments.depth[..., 0], 0.0),
-        "normals": unpack(normals_frag)[..., 0, :],
-        "face_index": fragments.face_index[..., 0],
+        "depth": torch.where(covered, fragments.depth.gather(-1, nearest)[..., 0], 0.0),
+        "normals": torch.where(covered[..., None], normals_nearest, 0.0),
+        "face_index": torch.where(covered, fragments.face_index.gather(-1, nearest)[..., 0], -1),
         "fragments": fragments,
     }
 

@@ -70,6 +70,12 @@ class Fragments:
         """(B, H, W, K) bool, True where a face was found."""
         return self.face_index >= 0
 
+    @property
+    def covers(self) -> torch.Tensor:
+        """(B, H, W, K) bool, True where the face covers the pixel centre (a closed triangle: on an edge counts);
+        with a blur radius, faces near a pixel are found without covering it."""
+        return (self.dist <= 0) & self.mask
+
 
 def blur_radius_for_sigma(sigma: float, min_probability: float = 1e-4) -> float:
     """Squared-distance radius beyond which a face's soft coverage ``sigmoid(-dist / sigma)`` drops below
@@ -106,7 +112,8 @@ def rasterize(
         cull_backfaces: skip faces that are clockwise on screen (facing away from the camera).
         bin_size: tile side in pixels; None picks one from the image size; 0 disables binning (one tile holds the
             whole image, every pixel is tested against every face: slow, a reference).
-        znear: faces with any vertex at depth <= znear are skipped (no clipping against the near plane).
+        znear: faces with any vertex at depth <= znear are skipped (no clipping against the near plane; nothing is
+            skipped for its distance: a camera's ``zfar`` only scales the soft blend's depths).
 
     Returns:
         :class:`Fragments` with (B, H, W, K) fields; bary, depth and dist are differentiable w.r.t. ``verts_ndc``.
@@ -174,7 +181,7 @@ def sharp_silhouette(fragments: Fragments, sigma: float = 1e-4) -> torch.Tensor:
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     probability = (torch.sigmoid(-fragments.dist / sigma) * fragments.mask).amax(dim=-1)
-    covered = ((fragments.dist < 0) & fragments.mask).any(dim=-1)
+    covered = fragments.covers.any(dim=-1)
     return torch.where(covered, probability + (1 - probability).detach(), probability)
 
 

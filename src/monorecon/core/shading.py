@@ -229,7 +229,8 @@ Lights = DirectionalLights | PointLights
 
 @dataclass
 class Materials:
-    """Surface reflectance: colours (3,) or (B, 3) multiply the light colours; ``shininess`` is the Phong exponent."""
+    """Surface reflectance: colours (3,) or (B, 3) multiply the light colours; ``shininess`` is the Phong exponent
+    (a number, or (B,) one per camera)."""
 
     ambient_color: Color = (1.0, 1.0, 1.0)
     diffuse_color: Color = (1.0, 1.0, 1.0)
@@ -283,7 +284,8 @@ def phong_shading(
     cos = _dot(normals, to_light)
     reflected = 2 * cos * normals - to_light
     cos_view = _dot(reflected, F.normalize(view_directions, dim=-1)).clamp_min(0.0)
-    shininess = _parameter(materials.shininess, "shininess", points)
+    shininess = torch.as_tensor(materials.shininess)
+    shininess = _parameter(shininess.reshape(-1, 1) if shininess.dim() == 1 else shininess, "shininess", points)
     highlight = torch.where(cos > 0, cos_view**shininess, 0.0)
     specular = _parameter(materials.specular_color, "specular_color", points) * _parameter(
         lights.specular_color, "light specular_color", points
