@@ -9,14 +9,19 @@ USDZ (the AR format of Quick Look and RealityKit) and the other USD files are wr
   STL has no units; slicers read millimetres (``Mesh.placed(height=80)`` prints 8 cm tall).
 * STL holds geometry only: colours and textures are not written; loading merges its per-face corners into shared
   vertices.
+* OBJ: one ``v`` per distinct position (with its colour), so that copies of a vertex split at a UV seam or a hard
+  edge stay one point in Blender; ``vt`` and ``vn`` (:func:`unit_vertex_normals`, as in GLB) per vertex, faces
+  ``p/t/n`` (``p//n`` without a texture) in a smooth group. Loading gives the same corners (trimesh orders the
+  vertices by their ``v``).
 * UVs: :class:`Mesh` stores ``v`` up from the texture's bottom row. OBJ uses the same convention (``vt`` written as
   is); glTF's ``TEXCOORD_0`` has ``v`` down from the top, so GLB stores ``1 - v``. Loading (through trimesh, which uses
   the OBJ convention) gives back our convention for every format. OBJ gets UVs only with its texture: trimesh reads
   an OBJ with ``vt`` lines and no texture without its vertex colours.
 * Colours: vertex colours are sRGB display values (what images hold), written as 8-bit values to PLY (``uchar``) and
-  OBJ (floats after the position, the common ``v x y z r g b`` extension). glTF defines ``COLOR_0`` as linear, so GLB
-  gets linear float values (three.js, Blender and other glTF viewers then show the colours given), and glTF colours
-  are read back to display values (:mod:`monorecon.io.gltf`).
+  OBJ (floats after the position, the common ``v x y z r g b`` extension; not beside a texture, which they would
+  tint, as in GLB). glTF defines ``COLOR_0`` as linear, so GLB gets linear float values (three.js, Blender and other
+  glTF viewers then show the colours given), and glTF colours are read back to display values
+  (:mod:`monorecon.io.gltf`).
   The texture is a PNG (embedded in a GLB, beside the OBJ).
 * Every file is written atomically (:mod:`monorecon.io.atomic`): an error leaves no partial file.
 """
@@ -32,7 +37,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import plyfile
 import pygltflib
+import scipy.sparse
+import scipy.sparse.csgraph
 import torch
 import trimesh
 from PIL import Image
@@ -137,7 +145,7 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     fmt = _format_of(path, format, MESH_FORMATS)
     check_savable(mesh, fmt)
     if fmt == "glb":
-        atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit))
+        atomic_write_bytes(path, _glb_bytes(mesh, unlit=unlit, name=path.stem))
     elif fmt == "ply":
         atomic_write_bytes(path, _ply_bytes(mesh))
     elif fmt == "stl":
@@ -209,6 +217,8 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
         if absolute_obj is not None:
             scene = trimesh.load_scene(io.BytesIO(absolute_obj), file_type="obj", process=False,
                                        resolver=trimesh.resolvers.FilePathResolver(path))  # fmt: skip
+        elif fmt == "ply":
+            scene = _load_ply_scene(path)
         elif rewritten is None:
             resolver = PercentDecodingResolver(path) if fmt == "gltf" else None
             scene = trimesh.load_scene(path, process=False, resolver=resolver)
@@ -235,6 +245,23 @@ def _load_with_trimesh(path: Path, fmt: str) -> Mesh:
         return _merged(parts, path)
     except ValueError as exc:
         raise ValueError(f"invalid mesh in {path}: {exc}") from exc
+
+
+def _load_ply_scene(path: Path) -> trimesh.Scene:
+    """trimesh's reading of a PLY. A binary PLY whose faces have different sizes (Blender's export of triangles and
+    quads), which trimesh's binary reader refuses, is read through its ASCII twin (same values: floats written with 18
+    digits), so its polygons, colours and UVs come out as trimesh reads them from ASCII."""
+    try:
+        return trimesh.load_scene(path, process=False)
+    except ValueError as exc:
+        if str(exc) != "PLY is unexpected length!":
+            raise
+    ply = plyfile.PlyData.read(path)  # raises its own, more precise error on a cut file
+    ply.text = True
+    text = io.BytesIO()
+    ply.write(text)
+    return trimesh.load_scene(io.BytesIO(text.getvalue()), file_type="ply", process=False,
+                              resolver=trimesh.resolvers.FilePathResolver(path))  # fmt: skip
 
 
 def _merged(parts: list[tuple[np.ndarray, trimesh.Trimesh]], path: Path) -> Mesh:
@@ -688,8 +715,9 @@ def _format_of(path: Path, format: str | None, allowed: tuple[str, ...]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 # GLB
 # --------------------------------------------------------------------------------------------------------------------
-def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
-    """The mesh as a binary glTF 2.0 file (one node, one primitive, no transform); see the module notes."""
+def _glb_bytes(mesh: Mesh, *, unlit: bool = False, name: str | None = None) -> bytes:
+    """The mesh as a binary glTF 2.0 file (one node, one primitive, no transform); see the module notes. ``name``
+    (the file's stem) names the node, the mesh and the image, as importers (Blender) show them."""
     verts = mesh.verts.detach().cpu().float().numpy()
     normals = unit_vertex_normals(mesh)
 
@@ -709,7 +737,7 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
         attributes.TEXCOORD_0 = builder.accessor(uvs, "VEC2", _FLOAT, _ARRAY_BUFFER)
         if mesh.texture is not None:
             image_view = builder.buffer_view(png_bytes(colors_to_uint8(mesh.texture)), target=None)
-            gltf.images = [pygltflib.Image(bufferView=image_view, mimeType="image/png")]
+            gltf.images = [pygltflib.Image(bufferView=image_view, mimeType="image/png", name=name)]
             wrap = _REPEAT if uvs_repeat(mesh.uvs) else _CLAMP_TO_EDGE  # clamped: a baked atlas' edges do not bleed
             gltf.samplers = [
                 pygltflib.Sampler(magFilter=_LINEAR, minFilter=_LINEAR_MIPMAP_LINEAR, wrapS=wrap, wrapT=wrap)
@@ -725,8 +753,9 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
         material.extensions = {_UNLIT: {}}
         gltf.extensionsUsed = [_UNLIT]
     gltf.materials = [material]
-    gltf.meshes = [pygltflib.Mesh(primitives=[pygltflib.Primitive(attributes=attributes, indices=indices, material=0)])]
-    gltf.nodes = [pygltflib.Node(mesh=0)]
+    primitive = pygltflib.Primitive(attributes=attributes, indices=indices, material=0)
+    gltf.meshes = [pygltflib.Mesh(primitives=[primitive], name=name)]
+    gltf.nodes = [pygltflib.Node(mesh=0, name=name)]
     gltf.scenes = [pygltflib.Scene(nodes=[0])]
     gltf.scene = 0
     gltf.accessors = builder.accessors
@@ -738,49 +767,79 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False) -> bytes:
 
 
 _HARD_EDGE_DEGREES = 60.0
-"""Copies of a vertex whose faces meet at more than this angle keep their own normals (the author's hard edge)."""
+"""Split edges sharper than this are hard edges; there, copies of a vertex with no face within this angle of another
+copy's faces keep their own normals."""
 
 
 def unit_vertex_normals(mesh: Mesh) -> np.ndarray:
     """(V, 3) float32 unit vertex normals for export (validators require unit length); +Y where none is defined.
 
-    Area-weighted means of face normals. A vertex split into copies at one position (at a UV seam, or by the mesh's
-    author to keep an edge hard) also takes the faces of its copies that lie within :data:`_HARD_EDGE_DEGREES` of
-    its own faces' mean: a seam through a smooth surface is not shaded, a flat-shaded cube stays flat.
+    Area-weighted means of face normals. Copies of a vertex at one position are split at UV seams or by the mesh's
+    author to keep edges hard. When most edges where copies meet (not counting flat ones) are sharper than
+    :data:`_HARD_EDGE_DEGREES`, they are hard edges: copies with a face of one within that angle of a face of the
+    other (directly or through other copies) share the faces of them all, so a flat-shaded cube stays flat and a seam
+    across its smooth parts is not shaded. Otherwise they are UV seams, as in reconstructions (whose rough surfaces
+    are shaded smooth across creases): every copy gets the welded mesh's normal, so no seam is shaded.
     """
     verts, faces = mesh.verts.detach().cpu().double(), mesh.faces.cpu()
     cross = face_normals(verts, faces) * face_areas(verts, faces)[:, None]  # area-weighted
     own = torch.zeros_like(verts).index_add(0, faces.reshape(-1), cross.repeat_interleave(3, dim=0))
     position = mesh.position_ids().cpu()
-    if int(position.max()) + 1 < len(verts):  # copies at one position: every (vertex, face with a corner there)
-        own = _with_copies_faces(own, cross, faces, position)
+    if int(position.max()) + 1 < len(verts):  # copies at one position
+        if _splits_are_hard_edges(cross, faces, position):
+            own = _with_copies_faces(own, cross, faces, position)
+        else:
+            own = torch.zeros_like(own).index_add(0, position, own)[position]
     normals = own.numpy()
     normals[np.linalg.norm(normals, axis=1) < 1e-30] = (0.0, 1.0, 0.0)
     return (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
 
 
+_FLAT_DEGREES = 1.0
+"""Faces meeting at less than this angle are flat: a split between them is neither a hard edge nor a smooth seam."""
+
+
+def _splits_are_hard_edges(cross: torch.Tensor, faces: torch.Tensor, position: torch.Tensor) -> bool:
+    """Whether most split edges (edges of the welded mesh whose two faces use different vertices there; ``position``:
+    (V,) ids) that are not flat are sharper than :data:`_HARD_EDGE_DEGREES` (``cross``: (F, 3) area-weighted face
+    normals)."""
+    ends = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)  # (3F, 2) edges, face by face
+    points = position[ends].sort(dim=1).values
+    key = points[:, 0] * (int(position.max()) + 1) + points[:, 1]
+    order = torch.argsort(key, stable=True)
+    key, vertices, face = key[order], ends[order].sort(dim=1).values, order // 3
+    pair = torch.nonzero(key[1:] == key[:-1]).squeeze(1)  # neighbouring faces along an edge of the welded mesh
+    split = (vertices[pair] != vertices[pair + 1]).any(dim=1)
+    unit = torch.nn.functional.normalize(cross, dim=1)
+    cosine = (unit[face[pair]] * unit[face[pair + 1]]).sum(1)[split]
+    bent = int((cosine < np.cos(np.radians(_FLAT_DEGREES))).sum())
+    return bent > 0 and int((cosine < np.cos(np.radians(_HARD_EDGE_DEGREES))).sum()) * 2 > bent
+
+
 def _with_copies_faces(
     own: torch.Tensor, cross: torch.Tensor, faces: torch.Tensor, position: torch.Tensor
 ) -> torch.Tensor:
-    """(V, 3) summed normals ``own`` plus the faces of each vertex's copies (``position``: (V,) ids) that lie within
-    :data:`_HARD_EDGE_DEGREES` of its own faces' mean (``cross``: (F, 3) area-weighted face normals)."""
-    verts_count = len(own)
+    """(V, 3) the summed face normals ``own`` of each vertex plus those of the copies (``position``: (V,) ids) joined
+    to it: two copies are joined when a face of one lies within :data:`_HARD_EDGE_DEGREES` of a face of the other
+    (``cross``: (F, 3) area-weighted face normals), and a chain of joined copies is one group."""
     corner_position = position[faces.reshape(-1)]
-    corner_order = torch.argsort(corner_position, stable=True)
-    counts = torch.bincount(corner_position, minlength=int(position.max()) + 1)
+    order = torch.argsort(corner_position, stable=True)  # the corners at each position, side by side
+    counts = torch.bincount(corner_position, minlength=len(position))
     starts = torch.cumsum(counts, 0) - counts
-    per_vertex = counts[position]
-    pair_vertex = torch.repeat_interleave(torch.arange(verts_count), per_vertex)
-    offset = torch.arange(len(pair_vertex)) - torch.repeat_interleave(
-        torch.cumsum(per_vertex, 0) - per_vertex, per_vertex
+    per_corner = counts[corner_position]
+    first = torch.repeat_interleave(torch.arange(len(corner_position)), per_corner)  # every pair of corners at a point
+    offset = torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(per_corner, 0) - per_corner, per_corner)
+    second = order[starts[corner_position[first]] + offset]
+    unit = torch.nn.functional.normalize(cross, dim=1)
+    joined = (unit[first // 3] * unit[second // 3]).sum(1) >= np.cos(np.radians(_HARD_EDGE_DEGREES))
+    corner_vertex = faces.reshape(-1).numpy()
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(int(joined.sum())), (corner_vertex[first[joined]], corner_vertex[second[joined]])),
+        shape=(len(own), len(own)),
     )
-    pair_face = corner_order[starts[position[pair_vertex]] + offset] // 3
-    cosine = (
-        torch.nn.functional.normalize(cross, dim=1)[pair_face] * torch.nn.functional.normalize(own, dim=1)[pair_vertex]
-    ).sum(1)
-    keep = cosine >= np.cos(np.radians(_HARD_EDGE_DEGREES))
-    keep |= (faces[pair_face] == pair_vertex[:, None]).any(dim=1)  # its own faces always count
-    return torch.zeros_like(own).index_add(0, pair_vertex[keep], cross[pair_face[keep]])
+    _, group = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    group = torch.from_numpy(group).long()
+    return torch.zeros_like(own).index_add(0, group, own)[group]
 
 
 class _GlbBuilder:
@@ -901,18 +960,27 @@ def _write_obj(mesh: Mesh, path: Path) -> None:
         mtl = f"newmtl material0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {png_path.name}\n"
         companions = [(mtl_path, mtl.encode()), (png_path, png_bytes(colors_to_uint8(mesh.texture)))]
         lines += [f"mtllib {mtl_path.name}", "usemtl material0"]
-    verts = mesh.verts.detach().cpu().float().numpy().astype(np.float64)  # %.9g keeps float32 values exact
-    if mesh.vertex_colors is not None:
-        colors = mesh.vertex_colors.detach().cpu().double().numpy()
-        lines += _format_rows("v", np.concatenate([verts, colors], axis=1))
-    else:
-        lines += _format_rows("v", verts)
-    faces = mesh.faces.cpu().numpy() + 1  # OBJ indices are 1-based
-    if mesh.uvs is not None and mesh.texture is not None:
+    # %.9g keeps float32 values exact. Each distinct position (with its colour) is one `v`, so that copies of a vertex
+    # split at a UV seam or a hard edge stay one point for importers that weld by index (Blender: no open seams).
+    points = mesh.verts.detach().cpu().float().numpy().astype(np.float64)
+    if mesh.vertex_colors is not None and mesh.texture is None:  # colours would tint the texture, as in GLB
+        points = np.concatenate([points, mesh.vertex_colors.detach().cpu().double().numpy()], axis=1)
+    _, first, point_of = np.unique(points, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # points in the order of their first vertex: a mesh with no copies keeps its order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    point_of = rank[point_of.reshape(-1)]
+    lines += _format_rows("v", points[first[order]])
+    textured = mesh.uvs is not None and mesh.texture is not None
+    if textured:
         lines += _format_rows("vt", mesh.uvs.detach().cpu().float().numpy().astype(np.float64))  # v up, as OBJ
-        lines += ["f " + " ".join(f"{i}/{i}" for i in face) for face in faces.tolist()]
-    else:
-        lines += ["f {} {} {}".format(*face) for face in faces.tolist()]
+    lines += _format_rows("vn", unit_vertex_normals(mesh).astype(np.float64))  # smooth shading, as GLB
+    lines += ["s 1"]  # smooth shading group: importers (Blender) shade with the `vn` normals, not flat
+    faces = mesh.faces.cpu().numpy()
+    fields = [point_of[faces], faces, faces] if textured else [point_of[faces], faces]  # `vt`, `vn` per vertex
+    corner = "%d/%d/%d" if textured else "%d//%d"
+    rows = np.stack(fields, axis=-1).reshape(len(faces), -1) + 1  # 1-based, like all OBJ indices
+    lines += [("f " + " ".join([corner] * 3)) % tuple(row) for row in rows.tolist()]
     obj = ("\n".join(lines) + "\n").encode()
     for companion, _ in companions:
         check_writable(companion)
