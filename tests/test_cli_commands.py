@@ -1,7 +1,11 @@
 """Every CLI command answers bad input with one line on stderr and exit code 2 (no traceback); `--version`."""
 
+import subprocess
+import sys
+
 import pytest
 
+import monorecon
 from monorecon.cli import main
 
 
@@ -196,3 +200,15 @@ def test_python_dash_m_runs_the_command(module, capsys):
     assert run.returncode == 0 and run.stdout == expected, run.stderr
     run = subprocess.run([sys.executable, "-m", module, "render"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.startswith("monorecon: error: ") and run.stderr.count("\n") == 1
+
+
+def test_the_command_line_parses_its_arguments_without_pytorch():
+    """``monorecon --help`` and argument errors answer at once: the package's public names, and the command line's
+    modules, import PyTorch (seconds) only when a command does its work."""
+    code = (
+        "import sys, monorecon, monorecon.cli, monorecon.io, monorecon.models; "
+        "print(sorted(name for name in ('torch', 'transformers', 'scipy', 'trimesh') if name in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    assert callable(monorecon.reconstruct) and monorecon.io.MESH_FORMATS[0] == "glb"  # the lazy names resolve

@@ -82,7 +82,7 @@ def turntable_from_mesh(
         ValueError: a mesh with no surface (no faces, or all of zero area): every frame would be blank.
     """
     from .core.mesh_renderer import headlight, render_mesh
-    from .core.shading import face_areas
+    from .core.shading import face_areas, vertex_normals
 
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
     verts = mesh.verts.detach()
@@ -94,6 +94,7 @@ def turntable_from_mesh(
         raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     frames = []
     with torch.inference_mode():
+        normals = vertex_normals(verts, mesh.faces)  # the mesh stays still, the camera moves: once, not per frame
         for i in tqdm(range(n_frames), desc="turntable", unit="frame", disable=not progress):
             out = render_mesh(
                 verts,
@@ -102,6 +103,7 @@ def turntable_from_mesh(
                 vertex_colors=mesh.vertex_colors,
                 uvs=mesh.uvs,
                 texture=mesh.texture,
+                normals=normals,
                 lights=headlight(cameras[i], **PREVIEW_LIGHTING),
                 shading="lambert",
             )

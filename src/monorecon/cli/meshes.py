@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from ..io.atomic import check_writable
-from ..io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
+from ..io.formats import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import EXIT_BAD_INPUT, CommandError, add_placement_options, one_line, placement_keywords
 
 

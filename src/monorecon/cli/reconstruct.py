@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io.atomic import atomic_write_csv, check_output_files, check_output_folder
-from ..io.mesh_io import MESH_FORMATS, check_unlit, gets_baked_texture
+from ..io.formats import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import (
     EXIT_BAD_INPUT,
     CommandError,

@@ -50,6 +50,15 @@ from ..core.mesh import Mesh, colors_to_uint8
 from ..core.shading import UV_TOLERANCE, face_areas, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes, check_writable
 from .color_space import linear_to_srgb, srgb_to_linear
+from .formats import (
+    _USD_FORMATS,
+    BAKED_FORMATS,
+    LOADABLE_FORMATS,
+    MESH_FORMATS,
+    UNLIT_FORMATS,
+    check_unlit,
+    gets_baked_texture,
+)
 from .gltf import PercentDecodingResolver, trimesh_glb_bytes
 from .images import png_bytes
 
@@ -67,36 +76,11 @@ __all__ = [
     "unit_vertex_normals",
 ]
 
-MESH_FORMATS = ("glb", "obj", "ply", "stl", "usdz")
-"""Formats :func:`save_mesh` writes."""
-BAKED_FORMATS = ("usdz",)
-"""Formats whose usual viewers (Quick Look, RealityKit) show textures and no vertex colours: pipelines bake for them."""
-UNLIT_FORMATS = ("glb", "usdz")
-"""Formats with an unlit material (``save_mesh(unlit=True)``): GLB's ``KHR_materials_unlit``, USDZ's emissive colour."""
-_UNTEXTURED_FORMATS = ("ply", "stl")
-_USD_FORMATS = ("usd", "usda", "usdc", "usdz")
-LOADABLE_FORMATS = ("glb", "gltf", "obj", "ply", "stl", *_USD_FORMATS)
-"""Formats :func:`load_mesh` reads."""
-
 # glTF enumerations
 _FLOAT, _UNSIGNED_INT = 5126, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE, _REPEAT = 9729, 9987, 33071, 10497
 _UNLIT = "KHR_materials_unlit"
-
-
-def gets_baked_texture(mesh_format: str, bake_texture: bool) -> bool:
-    """Whether a mesh written as ``mesh_format`` gets a baked texture: when asked for, and always for
-    :data:`BAKED_FORMATS` (the one rule of ``reconstruct``, ``convert`` and the server).
-
-    Raises:
-        ValueError: a baked texture asked for PLY or STL, which carry none.
-    """
-    if bake_texture and mesh_format in _UNTEXTURED_FORMATS:
-        raise ValueError(
-            f"{mesh_format.upper()} files carry no texture: ask for a glb, obj or usdz file, or for no baked texture"
-        )
-    return bake_texture or mesh_format in BAKED_FORMATS
 
 
 def check_savable(mesh: Mesh, mesh_format: str) -> None:
@@ -109,18 +93,6 @@ def check_savable(mesh: Mesh, mesh_format: str) -> None:
         raise ValueError(f"save_mesh expects a Mesh, got {type(mesh).__name__}")
     if mesh.texture is not None and mesh_format == "ply":
         raise ValueError("PLY files carry no texture: save a textured mesh as .glb, .obj or .usdz")
-
-
-def check_unlit(mesh_format: str, unlit: bool) -> None:
-    """Refuse an unlit material asked for a format that has none (checked by commands before their slow work).
-
-    Raises:
-        ValueError: ``unlit`` with a format outside :data:`UNLIT_FORMATS`.
-    """
-    if unlit and mesh_format not in UNLIT_FORMATS:
-        raise ValueError(
-            f"{mesh_format.upper()} files have no unlit material: unlit colours apply only to glb and usdz"
-        )
 
 
 def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = None, *, unlit: bool = False) -> Path:
