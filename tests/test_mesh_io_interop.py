@@ -3,6 +3,7 @@ and normals, normals at UV seams and hard edges, GLB names."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -129,6 +130,17 @@ def test_flat_shaded_cube_keeps_its_face_normals(with_uvs, subdivisions):
         (0, 0, -1),
     }
     np.testing.assert_allclose(unit_vertex_normals(cube), expected.numpy(), atol=1e-6)
+
+
+def test_previews_shade_with_the_exported_normals():
+    """``Mesh.vertex_normals`` (turntables, ``render(mesh)``, the web viewer) are the normals files get: a flat cube
+    renders flat (it was shaded round, every copy welded), and they stay differentiable w.r.t. the vertices."""
+    cube = _flat_cube(with_uvs=True)
+    verts = cube.verts.clone().requires_grad_(True)
+    normals = dataclasses.replace(cube, verts=verts).vertex_normals
+    np.testing.assert_allclose(normals.detach().numpy(), unit_vertex_normals(cube), atol=1e-6)
+    normals[:, 0].sum().backward()
+    assert verts.grad is not None and bool(verts.grad.abs().sum() > 0)
 
 
 def test_cylinder_with_split_caps_keeps_its_cap_edges_hard():

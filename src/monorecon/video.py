@@ -9,6 +9,7 @@ colour unchanged, so colours projected from a photo look as in the photo, and ob
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -82,7 +83,7 @@ def turntable_from_mesh(
         ValueError: a mesh with no surface (no faces, or all of zero area): every frame would be blank.
     """
     from .core.mesh_renderer import headlight, render_mesh
-    from .core.shading import face_areas, vertex_normals
+    from .core.shading import face_areas
 
     cameras = turntable_cameras(n_frames, size=size, **camera_options)
     verts = mesh.verts.detach()
@@ -94,7 +95,8 @@ def turntable_from_mesh(
         raise ValueError("the mesh has no surface to render (no faces, or all of them of zero area)")
     frames = []
     with torch.inference_mode():
-        normals = vertex_normals(verts, mesh.faces)  # the mesh stays still, the camera moves: once, not per frame
+        # Once, not per frame (the mesh stays still, the camera moves); of the framed vertices, as exports write them.
+        normals = dataclasses.replace(mesh, verts=verts).vertex_normals
         for i in tqdm(range(n_frames), desc="turntable", unit="frame", disable=not progress):
             out = render_mesh(
                 verts,

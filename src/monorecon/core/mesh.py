@@ -14,9 +14,12 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 import torch
 import trimesh
 from PIL import Image
@@ -132,16 +135,36 @@ class Mesh:
 
     @property
     def vertex_normals(self) -> torch.Tensor:
-        """(V, 3) unit vertex normals: area-weighted mean of the adjacent face normals; zero where undefined.
+        """(V, 3) unit area-weighted vertex normals, differentiable w.r.t. ``verts``; zero where undefined. The normals
+        previews render with and exports write (:func:`monorecon.io.mesh_io.unit_vertex_normals`).
 
-        Vertices at the same position (copies split at UV seams) share one normal, so seams are not shaded.
+        The vertices of one :meth:`normal_groups` group (copies of a vertex at one position) share the normal of all
+        their faces: no UV seam is shaded, and a flat-shaded cube stays flat.
         """
-        position_id = self.position_ids()
-        # First vertex at each position, gathered from verts so that gradients flow to the positions.
+        group = self.normal_groups()
+        # First vertex of each group, gathered from verts so that gradients flow to the positions.
         index = torch.arange(self.num_verts, device=self.verts.device)
-        first = torch.full_like(index[: int(position_id.max()) + 1], self.num_verts)
-        first = first.scatter_reduce(0, position_id, index, reduce="amin")
-        return vertex_normals(self.verts[first], position_id[self.faces])[position_id]
+        first = torch.full_like(index[: int(group.max()) + 1], self.num_verts)
+        first = first.scatter_reduce(0, group, index, reduce="amin")
+        return vertex_normals(self.verts[first], group[self.faces])[group]
+
+    def normal_groups(self) -> torch.Tensor:
+        """(V,) ids 0..G-1 of the vertices that share one normal.
+
+        Copies of a vertex at one position are split at UV seams, or by a mesh's author to keep edges hard. When most
+        edges where copies meet (not counting flat ones, within :data:`FLAT_DEGREES`) are sharper than
+        :data:`HARD_EDGE_DEGREES`, they are hard edges: copies with a face of one within that angle of a face of the
+        other (directly or through other copies) form a group. Otherwise they are UV seams, as in reconstructions
+        (whose rough surfaces are shaded smooth across creases): all copies at a position form one group.
+        """
+        position = self.position_ids()
+        if int(position.max()) + 1 == self.num_verts:  # no copies
+            return position
+        faces = self.faces.cpu()
+        unit = face_normals(self.verts.detach().cpu().double(), faces)
+        if not _splits_are_hard_edges(unit, faces, position.cpu()):
+            return position
+        return _hard_edge_groups(unit, faces, position.cpu()).to(position.device)
 
     def normalized(self, box: float = 1.0) -> Mesh:
         """Copy centred on its bounding-box centre and scaled so that the longest box side is ``box``."""
@@ -325,3 +348,45 @@ def _ply_vertex_colors(tm: trimesh.Trimesh) -> torch.Tensor | None:
         return None
     rgb = np.stack([np.asarray(data[name]).reshape(-1) for name in ("red", "green", "blue")], axis=1)
     return _colors_to_float(rgb) if len(rgb) == len(tm.vertices) else None
+
+
+HARD_EDGE_DEGREES = 60.0
+"""Edges where copies of vertices meet (see :meth:`Mesh.normal_groups`) that are sharper than this are hard edges."""
+FLAT_DEGREES = 1.0
+"""Faces meeting at less than this angle are flat: a split between them is neither a hard edge nor a smooth seam."""
+
+
+def _splits_are_hard_edges(unit: torch.Tensor, faces: torch.Tensor, position: torch.Tensor) -> bool:
+    """Whether most split edges (edges of the welded mesh whose two faces use different vertices there; ``position``:
+    (V,) ids) that are not flat are sharper than :data:`HARD_EDGE_DEGREES` (``unit``: (F, 3) unit face normals)."""
+    ends = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)  # (3F, 2) edges, face by face
+    points = position[ends].sort(dim=1).values
+    key = points[:, 0] * (int(position.max()) + 1) + points[:, 1]
+    order = torch.argsort(key, stable=True)
+    key, vertices, face = key[order], ends[order].sort(dim=1).values, order // 3
+    pair = torch.nonzero(key[1:] == key[:-1]).squeeze(1)  # neighbouring faces along an edge of the welded mesh
+    split = (vertices[pair] != vertices[pair + 1]).any(dim=1)
+    cosine = (unit[face[pair]] * unit[face[pair + 1]]).sum(1)[split]
+    bent = int((cosine < math.cos(math.radians(FLAT_DEGREES))).sum())
+    return bent > 0 and int((cosine < math.cos(math.radians(HARD_EDGE_DEGREES))).sum()) * 2 > bent
+
+
+def _hard_edge_groups(unit: torch.Tensor, faces: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """(V,) group ids: two copies at one position (``position``: (V,) ids) are joined when a face of one lies within
+    :data:`HARD_EDGE_DEGREES` of a face of the other (``unit``: (F, 3) unit face normals), and a chain of joined
+    copies is one group."""
+    corner_position = position[faces.reshape(-1)]
+    order = torch.argsort(corner_position, stable=True)  # the corners at each position, side by side
+    counts = torch.bincount(corner_position, minlength=len(position))
+    starts = torch.cumsum(counts, 0) - counts
+    per_corner = counts[corner_position]
+    first = torch.repeat_interleave(torch.arange(len(corner_position)), per_corner)  # every pair of corners at a point
+    offset = torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(per_corner, 0) - per_corner, per_corner)
+    second = order[starts[corner_position[first]] + offset]
+    joined = (unit[first // 3] * unit[second // 3]).sum(1) >= math.cos(math.radians(HARD_EDGE_DEGREES))
+    corner_vertex = faces.reshape(-1).numpy()
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(int(joined.sum())), (corner_vertex[first[joined]], corner_vertex[second[joined]])),
+        shape=(len(position), len(position)),
+    )
+    return torch.from_numpy(scipy.sparse.csgraph.connected_components(graph, directed=False)[1]).long()

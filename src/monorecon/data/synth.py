@@ -179,7 +179,7 @@ def render_views(mesh: Mesh, views: list[dict[str, Any]], size: int, light: dict
     lights = DirectionalLights(**{k: tuple(v) for k, v in light.items()})
     with torch.no_grad():
         # Normals from the unwelded faces: shapes duplicate vertices along sharp edges to keep those edges hard
-        # (``Mesh.vertex_normals`` welds coincident vertices, which would round them off).
+        # (as the renders of the datasets were made; ``Mesh.vertex_normals`` decides by its own rule).
         out = render_mesh(
             mesh.verts, mesh.faces, cameras, vertex_colors=mesh.vertex_colors, uvs=mesh.uvs, texture=mesh.texture,
             normals=vertex_normals(mesh.verts, mesh.faces), lights=lights, shading="phong", background=(0.0, 0.0, 0.0),

@@ -39,15 +39,13 @@ from pathlib import Path
 import numpy as np
 import plyfile
 import pygltflib
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 import trimesh
 from PIL import Image
 
 from ..core.cameras import world_to_z_up, z_up_to_world
 from ..core.mesh import Mesh, colors_to_uint8
-from ..core.shading import UV_TOLERANCE, face_areas, face_normals, repeat_uvs, sample_texture, uvs_repeat
+from ..core.shading import UV_TOLERANCE, face_normals, repeat_uvs, sample_texture, uvs_repeat
 from .atomic import atomic_path, atomic_write_bytes, check_writable
 from .color_space import linear_to_srgb, srgb_to_linear
 from .formats import (
@@ -738,80 +736,12 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False, name: str | None = None) -> b
     return b"".join(gltf.save_to_bytes())
 
 
-_HARD_EDGE_DEGREES = 60.0
-"""Split edges sharper than this are hard edges; there, copies of a vertex with no face within this angle of another
-copy's faces keep their own normals."""
-
-
 def unit_vertex_normals(mesh: Mesh) -> np.ndarray:
-    """(V, 3) float32 unit vertex normals for export (validators require unit length); +Y where none is defined.
-
-    Area-weighted means of face normals. Copies of a vertex at one position are split at UV seams or by the mesh's
-    author to keep edges hard. When most edges where copies meet (not counting flat ones) are sharper than
-    :data:`_HARD_EDGE_DEGREES`, they are hard edges: copies with a face of one within that angle of a face of the
-    other (directly or through other copies) share the faces of them all, so a flat-shaded cube stays flat and a seam
-    across its smooth parts is not shaded. Otherwise they are UV seams, as in reconstructions (whose rough surfaces
-    are shaded smooth across creases): every copy gets the welded mesh's normal, so no seam is shaded.
-    """
-    verts, faces = mesh.verts.detach().cpu().double(), mesh.faces.cpu()
-    cross = face_normals(verts, faces) * face_areas(verts, faces)[:, None]  # area-weighted
-    own = torch.zeros_like(verts).index_add(0, faces.reshape(-1), cross.repeat_interleave(3, dim=0))
-    position = mesh.position_ids().cpu()
-    if int(position.max()) + 1 < len(verts):  # copies at one position
-        if _splits_are_hard_edges(cross, faces, position):
-            own = _with_copies_faces(own, cross, faces, position)
-        else:
-            own = torch.zeros_like(own).index_add(0, position, own)[position]
-    normals = own.numpy()
-    normals[np.linalg.norm(normals, axis=1) < 1e-30] = (0.0, 1.0, 0.0)
+    """(V, 3) float32 unit vertex normals for export (validators require unit length): :attr:`Mesh.vertex_normals`
+    (copies at UV seams share one normal, hard edges stay hard), computed in float64; +Y where none is defined."""
+    normals = Mesh(mesh.verts.detach().cpu().double(), mesh.faces.cpu()).vertex_normals.numpy()
+    normals[np.linalg.norm(normals, axis=1) < 0.5] = (0.0, 1.0, 0.0)
     return (normals / np.linalg.norm(normals, axis=1, keepdims=True)).astype(np.float32)
-
-
-_FLAT_DEGREES = 1.0
-"""Faces meeting at less than this angle are flat: a split between them is neither a hard edge nor a smooth seam."""
-
-
-def _splits_are_hard_edges(cross: torch.Tensor, faces: torch.Tensor, position: torch.Tensor) -> bool:
-    """Whether most split edges (edges of the welded mesh whose two faces use different vertices there; ``position``:
-    (V,) ids) that are not flat are sharper than :data:`_HARD_EDGE_DEGREES` (``cross``: (F, 3) area-weighted face
-    normals)."""
-    ends = torch.stack([faces, faces.roll(-1, dims=1)], dim=-1).reshape(-1, 2)  # (3F, 2) edges, face by face
-    points = position[ends].sort(dim=1).values
-    key = points[:, 0] * (int(position.max()) + 1) + points[:, 1]
-    order = torch.argsort(key, stable=True)
-    key, vertices, face = key[order], ends[order].sort(dim=1).values, order // 3
-    pair = torch.nonzero(key[1:] == key[:-1]).squeeze(1)  # neighbouring faces along an edge of the welded mesh
-    split = (vertices[pair] != vertices[pair + 1]).any(dim=1)
-    unit = torch.nn.functional.normalize(cross, dim=1)
-    cosine = (unit[face[pair]] * unit[face[pair + 1]]).sum(1)[split]
-    bent = int((cosine < np.cos(np.radians(_FLAT_DEGREES))).sum())
-    return bent > 0 and int((cosine < np.cos(np.radians(_HARD_EDGE_DEGREES))).sum()) * 2 > bent
-
-
-def _with_copies_faces(
-    own: torch.Tensor, cross: torch.Tensor, faces: torch.Tensor, position: torch.Tensor
-) -> torch.Tensor:
-    """(V, 3) the summed face normals ``own`` of each vertex plus those of the copies (``position``: (V,) ids) joined
-    to it: two copies are joined when a face of one lies within :data:`_HARD_EDGE_DEGREES` of a face of the other
-    (``cross``: (F, 3) area-weighted face normals), and a chain of joined copies is one group."""
-    corner_position = position[faces.reshape(-1)]
-    order = torch.argsort(corner_position, stable=True)  # the corners at each position, side by side
-    counts = torch.bincount(corner_position, minlength=len(position))
-    starts = torch.cumsum(counts, 0) - counts
-    per_corner = counts[corner_position]
-    first = torch.repeat_interleave(torch.arange(len(corner_position)), per_corner)  # every pair of corners at a point
-    offset = torch.arange(len(first)) - torch.repeat_interleave(torch.cumsum(per_corner, 0) - per_corner, per_corner)
-    second = order[starts[corner_position[first]] + offset]
-    unit = torch.nn.functional.normalize(cross, dim=1)
-    joined = (unit[first // 3] * unit[second // 3]).sum(1) >= np.cos(np.radians(_HARD_EDGE_DEGREES))
-    corner_vertex = faces.reshape(-1).numpy()
-    graph = scipy.sparse.coo_matrix(
-        (np.ones(int(joined.sum())), (corner_vertex[first[joined]], corner_vertex[second[joined]])),
-        shape=(len(own), len(own)),
-    )
-    _, group = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    group = torch.from_numpy(group).long()
-    return torch.zeros_like(own).index_add(0, group, own)[group]
 
 
 class _GlbBuilder:
