@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -316,3 +317,12 @@ def test_load_usd_reads_instances_skips_guides_and_finds_uvs_by_role(tmp_path):
     np.testing.assert_array_equal(mesh.verts.numpy(), expected)
     assert mesh.faces.tolist() == [[0, 1, 2], [3, 4, 5]]
     np.testing.assert_array_equal(mesh.uvs.numpy(), np.concatenate([triangle[:, :2]] * 2))  # "UVMap", not "st"
+
+
+def test_a_usdz_of_vertex_colours_is_warned_of(tmp_path):
+    """Quick Look and RealityKit show no vertex colours: a script saving one gets told (the commands bake first)."""
+    with pytest.warns(UserWarning, match=r"mesh\.usdz: Quick Look and RealityKit show no vertex colours"):
+        save_mesh(_colored_sphere(), tmp_path / "mesh.usdz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_mesh(_textured_sphere(), tmp_path / "textured.usdz")

@@ -108,6 +108,9 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     Returns:
         ``path``. A textured OBJ also writes ``path.mtl`` and ``path.png`` (same stem) beside it.
 
+    Warns:
+        UserWarning: a USDZ of vertex colours (its usual viewers show none; the commands bake a texture for it).
+
     Raises:
         ValueError: unknown format, missing folder, or a texture for PLY.
     """
@@ -123,6 +126,12 @@ def save_mesh(mesh: Mesh, path: str | os.PathLike[str], format: str | None = Non
     elif fmt == "usdz":
         from .usd_io import write_usdz
 
+        if mesh.texture is None and mesh.vertex_colors is not None:  # the commands bake first (gets_baked_texture)
+            warnings.warn(
+                f"{path.name}: Quick Look and RealityKit show no vertex colours, so this USDZ will look white there: "
+                "bake a texture first (monorecon.core.bake.bake_texture, or monorecon convert)",
+                stacklevel=2,
+            )
         with atomic_path(path) as temporary:
             write_usdz(mesh, temporary, unlit=unlit)
     else:
