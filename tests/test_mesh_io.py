@@ -64,7 +64,7 @@ def _gltf_accessor(gltf: pygltflib.GLTF2, index: int) -> np.ndarray:
     """Raw accessor data read from the GLB buffer (independent of trimesh)."""
     accessor = gltf.accessors[index]
     view = gltf.bufferViews[accessor.bufferView]
-    dtype = {5126: np.float32, 5125: np.uint32, 5121: np.uint8}[accessor.componentType]
+    dtype = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}[accessor.componentType]
     width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}[accessor.type]
     blob = gltf.binary_blob()
     start = view.byteOffset + (accessor.byteOffset or 0)
@@ -312,6 +312,7 @@ def test_glb_keeps_y_up_and_raw_positions(tmp_path):
     assert gltf.accessors[primitive.attributes.POSITION].max == [1.0, 1.5, 0.5]  # apex stays at +Y
     indices = _gltf_accessor(gltf, primitive.indices).reshape(-1, 3)
     np.testing.assert_array_equal(indices, mesh.faces.numpy())
+    assert gltf.accessors[primitive.indices].componentType == 5123  # 16-bit indices where they suffice
     normals = _gltf_accessor(gltf, primitive.attributes.NORMAL)
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
     # trimesh sees the same +Y-up geometry.
@@ -433,6 +434,8 @@ def test_khronos_validator_accepts_our_glbs(tmp_path):
         "unlit": _colored_sphere(),
         "plain": _arrow(),
         "real": bunny,
+        # 3 16-bit indices (6 bytes): the colours' view after them must still start 4-byte aligned
+        "triangle": Mesh(torch.eye(3), torch.tensor([[0, 1, 2]]), vertex_colors=torch.eye(3)),
     }
     paths = []
     for name, mesh in meshes.items():
@@ -696,3 +699,17 @@ def test_validator_package_is_pinned():
     assert version[0].isdigit(), "pin an exact version"
     lock = json.loads((NODE_TOOLS / "package-lock.json").read_text())
     assert lock["packages"]["node_modules/gltf-validator"]["version"] == version
+
+
+@pytest.mark.parametrize(("num_verts", "component"), [(65535, 5123), (65536, 5125)])
+def test_glb_indices_are_16_bit_up_to_65535_vertices(tmp_path, num_verts, component):
+    """glTF's 16-bit indices reach vertex 65534 (65535 restarts strips): one vertex more takes 32-bit ones."""
+    angle = torch.linspace(0, 2 * math.pi, num_verts - 1)
+    verts = torch.cat([torch.zeros(1, 3), torch.stack([angle.cos(), angle.sin(), angle * 0.01], dim=1)])
+    faces = torch.stack([torch.zeros(num_verts - 2, dtype=torch.long), torch.arange(1, num_verts - 1),
+                         torch.arange(2, num_verts)], dim=1)  # fmt: skip
+    save_mesh(Mesh(verts, faces), tmp_path / "fan.glb")
+    gltf = pygltflib.GLTF2().load(str(tmp_path / "fan.glb"))
+    accessor = gltf.accessors[gltf.meshes[0].primitives[0].indices]
+    assert accessor.componentType == component
+    np.testing.assert_array_equal(_gltf_accessor(gltf, gltf.meshes[0].primitives[0].indices).reshape(-1, 3), faces)

@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 # glTF enumerations
-_FLOAT, _UNSIGNED_INT = 5126, 5125
+_FLOAT, _UNSIGNED_SHORT, _UNSIGNED_INT = 5126, 5123, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE, _REPEAT = 9729, 9987, 33071, 10497
 _UNLIT = "KHR_materials_unlit"
@@ -705,8 +705,12 @@ def _glb_bytes(mesh: Mesh, *, unlit: bool = False, name: str | None = None) -> b
         POSITION=builder.accessor(verts, "VEC3", _FLOAT, _ARRAY_BUFFER, with_bounds=True),
         NORMAL=builder.accessor(normals, "VEC3", _FLOAT, _ARRAY_BUFFER),
     )
+    short = mesh.num_verts <= 65535  # 16-bit indices where they suffice: half the bytes (65535 is glTF's restart value)
     indices = builder.accessor(
-        mesh.faces.cpu().numpy().astype(np.uint32).reshape(-1), "SCALAR", _UNSIGNED_INT, _ELEMENT_ARRAY_BUFFER
+        mesh.faces.cpu().numpy().astype(np.uint16 if short else np.uint32).reshape(-1),
+        "SCALAR",
+        _UNSIGNED_SHORT if short else _UNSIGNED_INT,
+        _ELEMENT_ARRAY_BUFFER,
     )
     pbr = pygltflib.PbrMetallicRoughness(metallicFactor=0.0, roughnessFactor=1.0)
     gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="monorecon"))
