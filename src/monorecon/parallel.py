@@ -2,7 +2,8 @@
 
 Workers are started with ``spawn`` (a forked torch can deadlock) and run one torch thread each, so ``N`` workers use
 about ``N`` cores. With one worker the jobs run in this process, with its threads. While the workers run, SIGTERM
-(``kill``, a job scheduler) terminates them too and raises ``SystemExit(143)`` in this process.
+(``kill``, a job scheduler) terminates them too and raises ``SystemExit(143)`` in this process (or what a SIGTERM
+handler set before raises).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _map_in_pool(
 
 @contextlib.contextmanager
 def _terminate_on_sigterm(pool: ProcessPoolExecutor) -> Iterator[None]:
-    """While open, SIGTERM terminates the pool's workers and raises ``SystemExit(128 + SIGTERM)`` here.
+    """While open, SIGTERM terminates the pool's workers, then calls the handler set before (the command line's raises
+    its own exception) or else raises ``SystemExit(128 + SIGTERM)`` here.
 
     SIGTERM's default action kills this process alone: its workers, adopted by init, would go on with their jobs (Ctrl-C
     reaches the whole process group instead). Only the main thread can set a signal handler; elsewhere nothing changes.
@@ -86,6 +88,8 @@ def _terminate_on_sigterm(pool: ProcessPoolExecutor) -> Iterator[None]:
         # Python 3.14 has pool.terminate_workers(); before it the processes are only reachable here.
         for process in list((pool._processes or {}).values()):
             process.terminate()
+        if callable(previous):  # the caller's own handler (the command line's, which reports the termination)
+            previous(signum, frame)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -95,15 +99,27 @@ def _terminate_on_sigterm(pool: ProcessPoolExecutor) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-# In a worker process: the `shared` argument of the one `map_in_processes` call it serves.
+# In a worker process: the `shared` argument of the one `map_in_processes` call it serves; whether it got SIGTERM.
 _worker_shared: Any = None
+_worker_stopping = False
 
 
 def _start_worker(shared: Any) -> None:
     global _worker_shared
     torch.set_num_threads(1)
     _worker_shared = shared
+    signal.signal(signal.SIGTERM, _stop_worker)
+
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker (sent by :func:`_terminate_on_sigterm`): its job unwinds as on Ctrl-C, removing what it
+    had half written, and the jobs already queued to it do not start."""
+    global _worker_stopping
+    _worker_stopping = True
+    raise SystemExit(128 + signum)
 
 
 def _run_job(function: Callable[[Any, Any], Any], item: Any) -> Any:
+    if _worker_stopping:
+        raise SystemExit(128 + signal.SIGTERM)
     return function(_worker_shared, item)

@@ -10,8 +10,10 @@ colour unchanged, so colours projected from a photo look as in the photo, and ob
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,14 +144,45 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
         even = [
             np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge") for frame in frames
         ]
-        imageio.mimwrite(tmp, even, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG")
+        try:  # ffmpeg quiet: a failure is reported as one line naming the file (ffmpeg's own lines are raw)
+            imageio.mimwrite(
+                tmp, even, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG", ffmpeg_log_level="quiet"
+            )
+        except OSError as err:
+            raise _write_error(err, tmp, mp4, "the video encoder (ffmpeg) failed") from None
         if not Path(tmp).stat().st_size:  # ffmpeg reports its failures on stderr only
             raise ValueError(f"ffmpeg wrote no video for {mp4.name}")
     try:
         with atomic_path(gif) as tmp:
             step, delay_ms = gif_timing(fps)
-            imageio.mimwrite(tmp, frames[::step], duration=delay_ms, loop=0, format="GIF")
+            try:
+                imageio.mimwrite(tmp, frames[::step], duration=delay_ms, loop=0, format="GIF")
+            except OSError as err:
+                raise _write_error(err, tmp, gif, "the GIF writer failed") from None
     except BaseException:
         mp4.unlink(missing_ok=True)
         raise
     return mp4, gif
+
+
+#: Free space under which a writer's failure is taken for a full disk (ffmpeg then stops, and its writer reports only
+#: the pipe it was fed through: ``[Errno 32] Broken pipe``).
+_FULL_DISK_BYTES = 1 << 20
+
+
+def _write_error(err: OSError, tmp: Path, path: Path, failed: str) -> OSError:
+    """A writer's ``err`` (writing ``tmp``, the temporary file of ``path``) as an ``OSError`` naming ``path`` and the
+    cause: a full disk (``ENOSPC``), the error's own (``EACCES``), or else ``failed`` and the first line of its
+    message."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full:
+        try:
+            full = shutil.disk_usage(tmp.parent).free < _FULL_DISK_BYTES
+        except OSError:
+            pass
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if err.errno is not None and err.errno != errno.EPIPE and err.strerror:
+        return OSError(err.errno, err.strerror, str(path))
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OSError(f"cannot write {path}: {failed} ({first_line})")

@@ -45,6 +45,23 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"monorecon: error: {message} (see `{self.prog} --help`)\n")
 
 
+#: The help of every command's ``--quiet``.
+QUIET_HELP = "no progress bars or status lines; errors and warnings still print"
+
+
+def add_quiet_option(p: argparse.ArgumentParser, help: str = QUIET_HELP) -> None:
+    """``--quiet``, with the common help or a command's own ``help``."""
+    p.add_argument("--quiet", action="store_true", help=help)
+
+
+def add_dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32",
+        help="precision of the model: float32 (default) or bfloat16 (faster only on GPUs and on CPUs with AMX / "
+        "AVX512-BF16, much slower on other CPUs; the meshes differ slightly)",
+    )  # fmt: skip
+
+
 def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto",

@@ -10,6 +10,7 @@ from typing import Any
 from .common import (
     CommandError,
     add_device_option,
+    add_quiet_option,
     checked_device,
     checked_workers,
     import_python_object,
@@ -79,7 +80,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="--model inflation: half-thickness = the silhouette's distance transform dt (cone, default) or "
         "sqrt(dt (2 max dt - dt)) (round: a disc becomes a sphere)",
     )  # fmt: skip
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_eval)
 
 

@@ -7,27 +7,38 @@ import warnings
 from pathlib import Path
 
 from ..io.atomic import check_output_files, check_output_folder
-from .common import CommandError, CommandParser, add_placement_options, placement_keywords
+from .common import CommandError, CommandParser, add_placement_options, add_quiet_option, placement_keywords
 
 
 def add_fit_pose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-pose", help="recover the camera that sees MESH as in IMAGE (differentiable rendering)")
-    p.add_argument("mesh", type=Path)
+    p.add_argument("mesh", type=Path, help="the mesh to place (GLB, OBJ, PLY, STL, USD)")
     p.add_argument("image", type=Path, help="reference image: RGBA, or RGB on a plain background (its border's colour)")
-    p.add_argument("-o", "--output", type=Path, default=Path("pose_fit"))
-    p.add_argument("--fov", type=float, default=60.0, help="vertical field of view in degrees")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("pose_fit"),
+        help="output folder: camera.json, overlay.png (and fit.mp4 / fit.gif with --video; default: pose_fit)",
+    )  # fmt: skip
+    p.add_argument("--fov", type=float, default=60.0, help="vertical field of view in degrees (default 60)")
     p.add_argument(
         "--znear", type=float, default=1.0, help="near clipping depth (default 1: lower it for a small mesh seen close)"
     )
     p.add_argument("--zfar", type=float, default=100.0, help="far clipping depth (default 100)")
     p.add_argument("--restarts", type=int, default=8, help="extra starts spread around the mesh (0 to 1000, default 8)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--loss", choices=["silhouette", "silhouette+shading"], default="silhouette")
-    p.add_argument("--parameterisation", choices=["position", "full"], default="position")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps of each start (default 200)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument(
+        "--loss", choices=["silhouette", "silhouette+shading"], default="silhouette",
+        help="silhouette (default): compare the outlines; silhouette+shading: also the colours of the shaded mesh with "
+        "the image's (for a reference rendered with the same shading)",
+    )  # fmt: skip
+    p.add_argument(
+        "--parameterisation", choices=["position", "full"], default="position",
+        help="position (default): the camera's position, always looking at the origin; full: also its rotation and "
+        "field of view",
+    )  # fmt: skip
     p.add_argument("--video", action="store_true", help="also save the optimisation as MP4 + GIF")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (default 0; the fit itself is deterministic)")
+    add_quiet_option(p)
     p.set_defaults(func=_run_fit_pose)
 
 
@@ -60,7 +71,7 @@ def add_invert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("invert", help="MeshInversion: fit a trained mesh generator's latent and camera to an image")
     p.add_argument("image", type=Path, help="RGBA image (or RGB on a plain background)")
     p.add_argument("--generator", type=Path, required=True, help="generator.safetensors or its training folder")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (mesh.glb, views, result.json)")
     p.add_argument(
         "--n-init", type=int, default=500, help="random latents tried for the initialisation (1 to 50000, default 500)"
     )
@@ -72,8 +83,10 @@ def add_invert(sub: argparse._SubParsersAction) -> None:
         help="keep the generated texture (default: the image's colours where it sees the surface; not in the paper)",
     )
     add_placement_options(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial latents and the point subsampling (default 0)"
+    )
+    add_quiet_option(p)
     p.set_defaults(func=_run_invert)
 
 
@@ -132,7 +145,7 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     lift.add_argument(
         "--model", type=Path, required=True, help="trained G3DR folder (model.safetensors + config), or a file in it"
     )
-    lift.add_argument("-o", "--output", type=Path, required=True)
+    lift.add_argument("-o", "--output", type=Path, required=True, help="output folder (mesh.glb, turntable)")
     _add_g3dr_mesh_options(lift)
     lift.add_argument(
         "--no-project-input",
@@ -141,9 +154,10 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     lift.add_argument("--unlit", action="store_true", help="mark the GLB material unlit (as reconstruct --unlit)")
     add_placement_options(lift)
+    add_quiet_option(lift, "no closing line listing the files written; errors and warnings still print")
     sample = CommandParser(prog="monorecon g3dr sample", description="generate RGB-D images, lift to 3-D")
     sample.add_argument("--class", dest="class_name", required=True, help="synthetic object class")
-    sample.add_argument("-n", type=int, default=8)
+    sample.add_argument("-n", type=int, default=8, help="number of samples (1 to 256, default 8)")
     sample.add_argument("--diffusion", type=Path, required=True, help="trained RGB-D diffusion model folder")
     sample.add_argument("--model", type=Path, required=True, help="trained G3DR folder")
     sample.add_argument(
@@ -155,7 +169,8 @@ def _g3dr_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="DDIM sampling steps, 1 to the diffusion model's training timesteps (default: min(50, timesteps))",
     )
     _add_g3dr_mesh_options(sample)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    add_quiet_option(sample, "no closing line; errors and warnings (samples that got no mesh) still print")
     return lift, sample
 
 
@@ -211,7 +226,8 @@ def _run_g3dr_sample(opts: argparse.Namespace) -> int:
         raise CommandError(str(err).replace("n_steps", "--steps")) from None
     folders = sample_to_folder(diffusion, generator, opts.class_name, opts.n, opts.output, seed=opts.seed,
                                n_steps=steps, mesh_resolution=opts.resolution, threshold=opts.threshold)  # fmt: skip
-    print(f"{opts.n} samples of {opts.class_name} ({len(folders)} with a mesh) -> {opts.output}")
+    if not opts.quiet:
+        print(f"{opts.n} samples of {opts.class_name} ({len(folders)} with a mesh) -> {opts.output}")
     if len(folders) < opts.n:
         print(f"monorecon: {opts.n - len(folders)} of {opts.n} samples got no mesh (the warnings above say why)",
               file=sys.stderr)  # fmt: skip
@@ -235,5 +251,6 @@ def _run_g3dr(args: argparse.Namespace) -> int:
     paths = reconstruct_to_folder(opts.model, opts.image, depth, opts.output, resolution=opts.resolution,
                                   threshold=opts.threshold, project_input=not opts.no_project_input,
                                   unlit=opts.unlit, **placement_keywords(opts))  # fmt: skip
-    print(", ".join(str(p) for p in paths.values()))
+    if not opts.quiet:
+        print(", ".join(str(p) for p in paths.values()))
     return 0

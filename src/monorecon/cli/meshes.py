@@ -10,7 +10,14 @@ from pathlib import Path
 
 from ..io.atomic import check_writable
 from ..io.formats import MESH_FORMATS, check_unlit, gets_baked_texture
-from .common import EXIT_BAD_INPUT, CommandError, add_placement_options, one_line, placement_keywords
+from .common import (
+    EXIT_BAD_INPUT,
+    CommandError,
+    add_placement_options,
+    add_quiet_option,
+    one_line,
+    placement_keywords,
+)
 
 
 def add_render(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +34,9 @@ def add_render(sub: argparse._SubParsersAction) -> None:
         help="output stem: STEM.mp4, STEM.gif (and STEM.html with --html); an existing folder gets its turntable.* "
         "and viewer.html (default: RESULT's folder)",
     )
-    p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
+    p.add_argument("--frames", type=int, default=60, help="frames of a full turn (1 to 3600, default 60)")
+    p.add_argument("--size", type=int, default=256, help="frame side in pixels (16 to 2048, default 256)")
+    p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees (default 15)")
     p.add_argument(
         "--distance",
         type=float,
@@ -51,7 +58,7 @@ def add_render(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also save the mesh in an interactive 3-D view, one HTML file (OUTPUT.html, default RESULT's viewer.html)",
     )
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_render)
 
 
@@ -144,7 +151,7 @@ def add_overlay(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-side", type=int, default=1024, help="the overlay's longer side at most this many pixels (1024)"
     )
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_overlay)
 
 
@@ -249,7 +256,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--texture-resolution", type=int, default=1024, help="baked texture side in pixels (default 1024)")
     p.add_argument("--unlit", action="store_true", help="GLB, USDZ: show the colours without lighting (as reconstruct)")
     add_placement_options(p)
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_convert)
 
 
@@ -319,7 +326,7 @@ def add_metrics(sub: argparse._SubParsersAction) -> None:
         "64); n/a unless both meshes are closed (an open surface bounds no solid)",
     )
     p.add_argument("--same-frame", action="store_true", help="no rotation search: ICP from the meshes' own frames")
-    p.add_argument("--seed", type=int, default=0, help="sampling and alignment seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling and alignment seed (default 0)")
     p.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     p.set_defaults(func=_run_metrics)
 

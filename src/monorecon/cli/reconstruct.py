@@ -19,8 +19,10 @@ from .common import (
     EXIT_BAD_INPUT,
     CommandError,
     add_device_option,
+    add_dtype_option,
     add_own_model_option,
     add_placement_options,
+    add_quiet_option,
     checked_device,
     checked_workers,
     errors_naming_flags,
@@ -37,7 +39,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="image(s) -> textured 3D mesh(es)", description=_doc_reconstruct)
-    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (one sub-folder per image)")
     p.add_argument("--weights", help="model weights (.ckpt/.safetensors), a folder, or a HF repo id; default: bundled")
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
@@ -107,14 +109,14 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timings", action="store_true", help="print the seconds each stage took for each input (where time goes)"
     )
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_dtype_option(p)
     add_device_option(p)
     p.add_argument(
         "--workers", type=int, default=1,
         help="CPU processes reconstructing the inputs side by side (default 1; one torch thread each)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--seed", type=int, default=0, help="torch seed of each reconstruction (default 0)")
+    add_quiet_option(p)
     p.set_defaults(func=_run_reconstruct)
 
 
@@ -134,27 +136,34 @@ DEFAULT_RENDER_SIZE = 256
 BATCH_CSV = "batch.csv"
 
 
-def collect_images(inputs: Iterable[Path]) -> list[Path]:
-    images: list[Path] = []
-    for path in inputs:
+def collect_images(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The images to reconstruct: each file given, and the images of each folder given (sorted by name).
+
+    Raises:
+        CommandError: an input that does not exist, a folder with no images, or two images whose output folders
+            would be the same (named as given: ``car.png`` and ``./car.png``).
+    """
+    found: list[tuple[Path, str]] = []  # (image, its name as given on the command line, or its path in a folder)
+    for given in inputs:
+        path = Path(given)
         if path.is_dir():
             # not is_file(): a broken link named *.png is an input that fails (reported), not one silently left out
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
-            if not found:
-                raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-            images.extend(found)
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            if not images:
+                raise CommandError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {given}")
+            found += [(image, str(image)) for image in images]
         elif path.exists():
-            images.append(path)
+            found.append((path, os.fspath(given)))
         else:
-            raise CommandError(f"input not found: {path}")
-    seen: dict[str, Path] = {}
-    for image in images:  # each image writes OUTPUT/<stem>/: two with one stem would overwrite each other
+            raise CommandError(f"input not found: {given}")
+    seen: dict[str, str] = {}
+    for image, shown in found:  # each image writes OUTPUT/<stem>/: two with one stem would overwrite each other
         if image.stem in ("", ".", "..", BATCH_CSV):  # "...png": OUTPUT/../ ; "batch.csv.png": the batch's table
-            raise CommandError(f"input {image}: its name {image.stem!r} cannot name its output folder; rename it")
+            raise CommandError(f"input {shown}: its name {image.stem!r} cannot name its output folder; rename it")
         if image.stem in seen:
-            raise CommandError(f"inputs {seen[image.stem]} and {image} would both write to the folder {image.stem!r}")
-        seen[image.stem] = image
-    return images
+            raise CommandError(f"inputs {seen[image.stem]} and {shown} would both write to the folder {image.stem!r}")
+        seen[image.stem] = shown
+    return [image for image, _ in found]
 
 
 #: API fields of :class:`monorecon.api.ReconstructOptions` -> the ``reconstruct`` flags that set them (error messages).

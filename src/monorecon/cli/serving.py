@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CommandError, add_device_option, add_own_model_option, checked_device, own_model
+from .common import (
+    CommandError,
+    add_device_option,
+    add_dtype_option,
+    add_own_model_option,
+    add_quiet_option,
+    checked_device,
+    own_model,
+)
 
 
 def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
@@ -13,9 +21,10 @@ def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--config", type=Path, help="model config.yaml (default: beside the weights)")
     add_own_model_option(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: no authentication)")
-    p.add_argument("--port", type=int, default=port)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--port", type=int, default=port, help=f"listen port (default {port})")
+    add_dtype_option(p)
     add_device_option(p)
+    add_quiet_option(p, "log warnings and errors only (no start-up lines, no line per request)")
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +49,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict:
     return {
         "host": args.host, "port": args.port, "weights": args.weights, "config": args.config,
         "device": checked_device(args), "dtype": dtype, "model": None if args.model is None else own_model(args),
+        "log_level": "warning" if args.quiet else "info",
     }  # fmt: skip
 
 

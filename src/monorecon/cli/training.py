@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import CommandError, CommandFailed, errors_naming_flags
+from .common import CommandError, CommandFailed, add_quiet_option, errors_naming_flags
 
 
 @contextmanager
@@ -57,15 +57,15 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--workers", type=int, default=1, help="processes rendering objects side by side (default 1; same dataset)"
     )
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("-o", "--output", type=Path, required=True, help="dataset folder (made if missing)")
+    add_quiet_option(s)
     s.set_defaults(func=_run_data_synth)
 
 
 #: ``synthesize_dataset`` / ``ViewSampling`` arguments -> the ``data synth`` flags that set them (error messages).
 _SYNTH_FLAGS = {
     "n_objects": "--n", "n_views": "--views", "size": "--size", "seed": "--seed", "workers": "--workers",
-    "stretch": "--stretch", "elevation_range_deg": "--elevations LOW HIGH",
+    "stretch": "--stretch", "elevation_range_deg": "--elevations LOW HIGH", "out_dir": "-o/--output",
 }  # fmt: skip
 
 
@@ -100,7 +100,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         description="Multi-process: torchrun --nproc_per_node N -m monorecon.train.triposr_trainer CONFIG.yaml",
     )
     p.add_argument("config", type=Path, help="training config YAML (see configs/triposr_small.yaml)")
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_train)
 
 
@@ -135,7 +135,7 @@ def add_train_meshgan(sub: argparse._SubParsersAction) -> None:
         help="start over: the folder's checkpoint and generator are deleted first (default: resume a checkpoint "
         "written with the same config; steps may grow, lr_g / lr_d may change)",
     )
-    p.add_argument("--quiet", action="store_true")
+    add_quiet_option(p)
     p.set_defaults(func=_run_train_meshgan)
 
 
@@ -157,7 +157,7 @@ def add_train_g3dr(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_quiet_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bar or closing line (as `quiet: true`)")
+    add_quiet_option(p, "no progress bar or closing line (as `quiet: true`); errors and warnings still print")
 
 
 def _run_train_g3dr(args: argparse.Namespace) -> int:

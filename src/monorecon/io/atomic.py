@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -24,6 +25,10 @@ __all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_cs
 # The process umask, read once: mkstemp creates files 0600, but written outputs should get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+#: Errors of a write that found no room (a full disk, a quota, a file size limit): :func:`atomic_path` names the
+#: destination in them, which the file object's write does not.
+_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 #: What :func:`atomic_path` names its temporary files: ``.NAME.`` + mkstemp's 8 random characters + ``.tmpSUFFIX``.
 _TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -100,9 +105,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(tmp_name)
         os.chmod(tmp_name, 0o666 & ~_UMASK)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.errno in _FULL_ERRORS and err.filename is None:  # a write's: unnamed
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

@@ -172,6 +172,8 @@ def load_mesh(path: str | os.PathLike[str]) -> Mesh:
     """
     path = Path(path)
     fmt = _format_of(path, None, LOADABLE_FORMATS)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a mesh file")
     if not path.is_file():
         raise ValueError(f"mesh file not found: {path}")
     if path.stat().st_size == 0:
