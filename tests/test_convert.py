@@ -120,3 +120,31 @@ def test_a_mesh_without_colours_is_written_plain_and_the_missing_bake_is_said(ta
     assert out.strip().endswith(f"({blob.num_verts:,} vertices, {blob.num_faces:,} faces, no colours)")
     written = load_mesh(tmp_path / target)
     assert written.texture is None and written.vertex_colors is None and written.num_faces == blob.num_faces
+
+
+def test_target_faces_decimates_before_the_bake_and_keeps_the_surface_closed(tmp_path, capsys):
+    source = save_mesh(_coloured_blob(), tmp_path / "blob.glb")  # 1280 faces
+    argv = ["convert", str(source), str(tmp_path / "small.usdz"), "--texture-resolution", "64", "--target-faces", "300"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "decimating 1,280 faces to about 300" in out and "baking the vertex colours of 3" in out
+    usdz = load_mesh(tmp_path / "small.usdz")
+    assert usdz.texture is not None and abs(usdz.num_faces - 300) <= 8 and usdz.is_closed
+    assert main(["convert", str(source), str(tmp_path / "small.glb"), "--target-faces", "300", "--quiet"]) == 0
+    glb = load_mesh(tmp_path / "small.glb")
+    assert glb.vertex_colors is not None and abs(glb.num_faces - 300) <= 8 and glb.is_closed
+    # A target above the face count keeps every face.
+    assert main(["convert", str(source), str(tmp_path / "same.glb"), "--target-faces", "5000", "--quiet"]) == 0
+    assert load_mesh(tmp_path / "same.glb").num_faces == 1280
+
+
+def test_target_faces_is_checked_and_a_textured_mesh_refused(tmp_path, capsys):
+    source = save_mesh(_coloured_blob(), tmp_path / "blob.glb")
+    for value in ("3", "-1"):
+        assert main(["convert", str(source), str(tmp_path / "out.glb"), "--target-faces", value]) == 2
+        assert f"--target-faces must lie in [4, {1 << 31}], got {value}" in capsys.readouterr().err
+    textured = tmp_path / "blob.usdz"
+    assert main(["convert", str(source), str(textured), "--texture-resolution", "64", "--quiet"]) == 0
+    assert main(["convert", str(textured), str(tmp_path / "out.glb"), "--target-faces", "300"]) == 2
+    assert "has UVs (a texture), which decimation cannot keep" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.glb", "blob.usdz"]

@@ -22,7 +22,15 @@ from tqdm import tqdm
 
 from .core.cameras import CAMERA_CONVENTION, PerspectiveCameras
 from .core.carving import SilhouetteFill, SilhouetteHull
-from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_bool, check_device, check_int, check_positive
+from .core.checks import (
+    SEED_RANGE,
+    TARGET_FACES_RANGE,
+    TEXTURE_RESOLUTION_RANGE,
+    check_bool,
+    check_device,
+    check_int,
+    check_positive,
+)
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import Mesh, check_placement
 from .io.images import load_image, pil_to_array
@@ -179,7 +187,7 @@ class ReconstructOptions:
         if self.fill is not None and not isinstance(self.fill, bool):
             raise ValueError(f"fill must be True, False or None (the model's setting), got {self.fill!r}")
         if self.target_faces is not None:
-            check_int(self.target_faces, "target_faces", 4, 1 << 31)
+            check_int(self.target_faces, "target_faces", *TARGET_FACES_RANGE)
         check_int(self.smooth_iterations, "smooth_iterations", 0, MAX_SMOOTH_ITERATIONS)
         check_placement(self.object_height, self.origin, "object_height")
         check_int(self.seed, "seed", *SEED_RANGE)

@@ -253,6 +253,13 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bake-texture", action="store_true", help="bake the vertex colours into a UV texture for GLB / OBJ too"
     )
+    p.add_argument(
+        "--target-faces",
+        type=int,
+        metavar="N",
+        help="decimate the mesh to about N faces first (as reconstruct's; before any bake, which it speeds up); "
+        "not for a mesh with UVs",
+    )
     p.add_argument("--texture-resolution", type=int, default=1024, help="baked texture side in pixels (default 1024)")
     p.add_argument("--unlit", action="store_true", help="GLB, USDZ: show the colours without lighting (as reconstruct)")
     add_placement_options(p)
@@ -262,7 +269,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     from ..core.bake import bake_texture
-    from ..core.checks import TEXTURE_RESOLUTION_RANGE, check_int
+    from ..core.checks import TARGET_FACES_RANGE, TEXTURE_RESOLUTION_RANGE, check_int
+    from ..core.extract import cleanup_mesh
     from ..io.mesh_io import load_mesh, mesh_files, save_mesh, source_files
 
     fmt = args.output.suffix.lstrip(".").lower()
@@ -273,10 +281,21 @@ def _run_convert(args: argparse.Namespace) -> int:
         check_int(args.texture_resolution, "--texture-resolution", *TEXTURE_RESOLUTION_RANGE)
         wants_texture = gets_baked_texture(fmt, args.bake_texture)
         check_unlit(fmt, args.unlit)
+        if args.target_faces is not None:
+            check_int(args.target_faces, "--target-faces", *TARGET_FACES_RANGE)
     except ValueError as err:
         raise CommandError(str(err)) from None
     placement = placement_keywords(args)
     mesh = load_mesh(args.input)
+    if args.target_faces is not None and args.target_faces < mesh.num_faces:
+        if mesh.uvs is not None:
+            raise CommandError(
+                f"--target-faces: {args.input} has UVs (a texture), which decimation cannot keep; "
+                "decimate a vertex-coloured mesh"
+            )
+        if not args.quiet:
+            print(f"decimating {mesh.num_faces:,} faces to about {args.target_faces:,}")
+        mesh = cleanup_mesh(mesh, min_component_fraction=0.0, target_faces=args.target_faces)
     if wants_texture and mesh.texture is None and mesh.vertex_colors is None:  # said, not silently left out
         warnings.warn(f"{args.input} has no colours to bake: {args.output} is written without a texture", stacklevel=1)
     elif wants_texture and mesh.texture is None:

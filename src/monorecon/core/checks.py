@@ -18,6 +18,9 @@ ShapeSpec = Sequence[int | str | None]
 #: Sides of a baked texture, in texels, that every entry point accepts.
 TEXTURE_RESOLUTION_RANGE = (64, 8192)
 
+#: Face counts that ``target_faces`` (reconstruct, convert) accepts: a mesh decimated to fewer than 4 is no solid.
+TARGET_FACES_RANGE = (4, 1 << 31)
+
 #: Seeds that reconstruction and evaluation accept (those a browser's number field holds exactly).
 SEED_RANGE = (0, 2**31 - 1)
 

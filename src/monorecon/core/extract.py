@@ -40,6 +40,10 @@ __all__ = ["MAX_RESOLUTION", "MAX_SMOOTH_ITERATIONS", "cleanup_mesh", "extract_i
 MAX_RESOLUTION = 2048
 #: Upper bound of ``cleanup_mesh(smooth_iterations=...)`` (far beyond any useful value: it bounds the run time).
 MAX_SMOOTH_ITERATIONS = 10000
+#: Decimation stops once the face count is at most this fraction above ``cleanup_mesh(target_faces=...)``.
+DECIMATE_TOLERANCE = 0.02
+#: Most simplification passes of one decimation (each after the first decimates what earlier passes left).
+_DECIMATE_PASSES = 6
 QueryFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -162,8 +166,10 @@ def cleanup_mesh(
         min_component_fraction: connected pieces with fewer faces than this fraction of all faces are dropped
             (the largest piece is always kept); 0 keeps everything.
         target_faces: if given and smaller than the face count, decimate by quadric edge collapse
-            (``fast_simplification``, an optional dependency) to about this many faces; vertex colours are carried
-            over from the nearest original vertex. Not available for meshes with UVs (decimate before unwrapping).
+            (``fast_simplification``, an optional dependency) to about this many faces (at most
+            :data:`DECIMATE_TOLERANCE` more), keeping the topology: a closed manifold stays closed and manifold, no
+            piece splits off or vanishes; vertex colours are carried over from the nearest original vertex. Not
+            available for meshes with UVs (decimate before unwrapping).
         smooth_iterations: iterations of Taubin's lambda|mu smoothing (``trimesh.smoothing.filter_taubin``, lambda
             0.5, mu -0.53): a low-pass filter of the surface that, unlike plain Laplacian smoothing, nearly keeps
             its volume. Each iteration reaches about one edge further, so the count to use grows with the
@@ -391,25 +397,158 @@ def _smooth(mesh: Mesh, iterations: int) -> Mesh:
 
 
 def _decimate(mesh: Mesh, target_faces: int) -> Mesh:
+    """Quadric edge collapse to about ``target_faces`` faces that keeps the surface's topology.
+
+    fast_simplification (Fast-Quadric-Mesh-Simplification) collapses edges without checking the link condition:
+    on a closed mesh it pinches thin tunnels into edges shared by four faces, folds tetrahedra into back-to-back
+    face pairs and lets small closed pieces split off. Its collapses are therefore replayed and those that would
+    change the topology are left out (:func:`_legal_collapses`); the faces those leave are decimated again by
+    further passes (asking the simplifier for more collapses, replaying legal ones down to the target) until the
+    count is within :data:`DECIMATE_TOLERANCE` above the target or no collapse is legal.
+    Vertices at the same position are welded first, so seams split for colours or normals do not tear open.
+    """
     try:
         import fast_simplification
     except ImportError as exc:
         raise ImportError(
             "decimation needs the optional package fast-simplification (pip install fast-simplification==0.2.0)"
         ) from exc
-    verts = mesh.verts.detach().cpu().double().numpy()
-    new_verts, new_faces = fast_simplification.simplify(verts, mesh.faces.cpu().numpy(), target_count=target_faces)
+    original = mesh.verts.detach().cpu().double().numpy()
+    position_id, counts = _row_ids(original)
+    verts = np.zeros((len(counts), 3))
+    verts[position_id] = original
+    verts, faces = _compact(verts, _drop_degenerate(position_id[mesh.faces.cpu().numpy()]))
+    request = target_faces
+    for _ in range(_DECIMATE_PASSES):
+        if len(faces) <= target_faces * (1 + DECIMATE_TOLERANCE):
+            break
+        new_verts, new_faces, collapses = fast_simplification.simplify(
+            verts, faces, target_count=request, return_collapses=True
+        )
+        if request == target_faces and _topology_signature(new_faces) == _topology_signature(faces):
+            verts, faces = new_verts, new_faces.astype(np.int64)  # every collapse was legal: keep them all
+            continue
+        legal = _legal_collapses(faces, len(verts), collapses, len(faces) - target_faces)
+        if not legal.any():
+            break
+        verts, faces = _apply_collapses(verts, faces, collapses, legal, new_verts)
+        # The simplifier proposes the left-out collapses first again: ask it for more (legal ones stop at the target).
+        request = max(4, target_faces - (len(faces) - target_faces))
     vertex_colors = None
     if mesh.vertex_colors is not None:
         from scipy.spatial import cKDTree
 
-        _, nearest = cKDTree(verts).query(new_verts)
+        _, nearest = cKDTree(original).query(verts)
         vertex_colors = mesh.vertex_colors[torch.from_numpy(nearest).to(mesh.vertex_colors.device)]
     return Mesh(
-        verts=torch.from_numpy(new_verts).to(mesh.verts),
-        faces=torch.from_numpy(np.asarray(new_faces, dtype=np.int64)).to(mesh.faces.device),
+        verts=torch.from_numpy(verts).to(mesh.verts),
+        faces=torch.from_numpy(faces).to(mesh.faces.device),
         vertex_colors=vertex_colors,
     )
+
+
+def _drop_degenerate(faces: np.ndarray) -> np.ndarray:
+    """Faces without a repeated vertex index."""
+    return faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+
+
+def _topology_signature(faces: np.ndarray) -> tuple[int, int, int]:
+    """(Euler characteristic V - E + F, edges shared by more than two faces, faces on the vertices of another).
+
+    A topology-preserving edge collapse keeps the Euler characteristic and adds no such edge or face.
+    """
+    _, edge_counts = _row_ids(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1))
+    _, face_counts = _row_ids(np.sort(faces, axis=1))
+    euler = len(np.unique(faces)) - len(edge_counts) + len(faces)
+    return euler, int((edge_counts > 2).sum()), int(face_counts[face_counts > 1].sum())
+
+
+def _row_ids(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) the same id 0..U-1 for equal rows of an (N, K) array, and (U,) how often each occurs."""
+    _, ids, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    return ids.reshape(-1), counts
+
+
+def _legal_collapses(faces: np.ndarray, num_verts: int, collapses: np.ndarray, max_removed: int) -> np.ndarray:
+    """(C,) bool: which collapses ``(keep, drop)`` to replay, in order, so that the topology stays as it is.
+
+    A collapse is legal when its vertices are still joined by an edge, their common neighbours are exactly the
+    vertices opposite that edge (the link condition: nothing is pinched, no face doubled) and they are not two
+    vertices of a tetrahedron (which would fold flat). Collapses are checked against the mesh as the legal ones
+    before them leave it; none once they have removed ``max_removed`` faces.
+    """
+    face_list = faces.tolist()
+    vertex_faces = _grouped_sets(faces.reshape(-1), np.repeat(np.arange(len(faces)), 3), num_verts)
+    ends = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # directed edges; a closed mesh has both directions
+    neighbours = _grouped_sets(
+        np.concatenate([ends[:, 0], ends[:, 1]]), np.concatenate([ends[:, 1], ends[:, 0]]), num_verts
+    )
+    legal = np.zeros(len(collapses), dtype=bool)
+    for i, (keep, drop) in enumerate(collapses.tolist()):
+        if max_removed <= 0:
+            break
+        kept_neighbours, dropped_neighbours = neighbours[keep], neighbours[drop]
+        if keep not in dropped_neighbours or (len(kept_neighbours) == 3 and len(dropped_neighbours) == 3):
+            continue
+        shared = vertex_faces[keep] & vertex_faces[drop]
+        opposite = {v for f in shared for v in face_list[f]} - {keep, drop}
+        if kept_neighbours & dropped_neighbours != opposite:
+            continue
+        legal[i] = True
+        max_removed -= len(shared)
+        for f in shared:
+            for v in face_list[f]:
+                vertex_faces[v].discard(f)
+        for f in vertex_faces[drop]:
+            face = face_list[f]
+            face[face.index(drop)] = keep
+        vertex_faces[keep] |= vertex_faces[drop]
+        vertex_faces[drop] = set()
+        dropped_neighbours.discard(keep)
+        kept_neighbours.discard(drop)
+        for v in dropped_neighbours:
+            neighbours[v].discard(drop)
+            neighbours[v].add(keep)
+        kept_neighbours |= dropped_neighbours
+        neighbours[drop] = set()
+    return legal
+
+
+def _grouped_sets(keys: np.ndarray, values: np.ndarray, num_keys: int) -> list[set[int]]:
+    """For each key 0..num_keys-1, the set of values paired with it."""
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(num_keys + 1)).tolist()
+    values = values[order].tolist()
+    return [set(values[begin:end]) for begin, end in itertools.pairwise(bounds)]
+
+
+def _apply_collapses(
+    verts: np.ndarray, faces: np.ndarray, collapses: np.ndarray, legal: np.ndarray, simplified_verts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh after the ``legal`` collapses, vertices placed where the simplifier put them (unused ones removed).
+
+    ``simplified_verts`` are the simplifier's vertices after all collapses: the vertices its faces still use, in
+    input order. A vertex that one of the left-out collapses would have removed keeps its input position; one that
+    only left-out collapses after it would have grown stays where the simplifier placed the grown vertex (which
+    minimises the quadric error of a few more faces, all near it).
+    """
+
+    def roots(pairs: np.ndarray) -> np.ndarray:
+        parent = np.arange(len(verts))
+        parent[pairs[:, 1]] = pairs[:, 0]  # a vertex is removed once, into a vertex still there
+        while not np.array_equal(parent[parent], parent):
+            parent = parent[parent]
+        return parent
+
+    positions = verts.copy()
+    positions[np.unique(_drop_degenerate(roots(collapses)[faces]))] = simplified_verts
+    return _compact(positions, _drop_degenerate(roots(collapses[legal])[faces]))
+
+
+def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vertices that faces use (order kept) and the faces renumbered."""
+    used, faces = np.unique(faces, return_inverse=True)
+    return verts[used], faces.reshape(-1, 3).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
