@@ -18,7 +18,7 @@ import numpy as np
 import xatlas
 
 from monorecon.api import BAKE_MAX_FACES, ReconstructOptions, load_model, reconstruct_full
-from monorecon.core.bake import atlas_pack_options
+from monorecon.core._unwrap_worker import atlas_pack_options
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.png"))
 

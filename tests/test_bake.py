@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -278,3 +280,33 @@ def test_bake_in_small_chunks_colours_every_covered_texel():
     positions, covered = rasterize_uv_positions(baked, 64)
     assert sum(calls) == int(covered.sum()) and max(calls) == 1000 and len(calls) > 2
     torch.testing.assert_close(baked.texture[covered], linear_field(positions[covered]), atol=1e-5, rtol=0)
+
+
+def test_a_crash_of_xatlas_is_an_error_not_the_end_of_the_process():
+    """xatlas 0.0.11 crashes (segmentation fault) on a regular 81,920-face icosphere; in its child process that is a
+    one-line ValueError here."""
+    sphere = trimesh.creation.icosphere(subdivisions=6)
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    with pytest.raises(ValueError, match=r"^UV unwrapping \(xatlas\) failed on this mesh of 81920 faces: crashed "):
+        unwrap_uv(mesh, 1024)
+
+
+def test_other_threads_run_while_xatlas_unwraps():
+    """xatlas holds Python's global lock while it works: in this process a server's other threads would stop."""
+    sphere = trimesh.creation.icosphere(subdivisions=4)  # ~1 s of xatlas here
+    mesh = Mesh(torch.tensor(sphere.vertices, dtype=torch.float32), torch.tensor(sphere.faces))
+    ticks, done = [], threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        unwrap_uv(mesh, 512)
+    finally:
+        done.set()
+        ticker.join()
+    assert max(np.diff(ticks)) < 0.3  # the longest pause of the ticking thread

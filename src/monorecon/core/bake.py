@@ -7,7 +7,12 @@ image; texture row 0 is the top of the image.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +28,10 @@ ColourFn = Callable[[torch.Tensor], torch.Tensor]
 def unwrap_uv(mesh: Mesh, resolution: int | None = None, padding: int = 4) -> Mesh:
     """Split the mesh at UV seams and give every vertex a UV coordinate in [0, 1]^2 (xatlas).
 
+    xatlas runs in a child process (:mod:`monorecon.core._unwrap_worker`): it crashes on some meshes, which then
+    get an error instead of ending this process, and it holds Python's global lock while it works, which would stop
+    this process's other threads (a server's) for seconds.
+
     Args:
         mesh: the mesh to unwrap.
         resolution: texture side the atlas is packed for (None: xatlas picks one).
@@ -31,19 +40,33 @@ def unwrap_uv(mesh: Mesh, resolution: int | None = None, padding: int = 4) -> Me
 
     Returns:
         A new mesh whose ``uvs`` are per vertex (V', 2); vertex colours are carried over.
-    """
-    import xatlas
 
-    verts = mesh.verts.detach().cpu().numpy().astype(np.float32)
-    faces = mesh.faces.detach().cpu().numpy().astype(np.uint32)
-    for target in (resolution or 0, 0):
-        pack = atlas_pack_options(target, padding)
-        atlas = xatlas.Atlas()
-        atlas.add_mesh(verts, faces)
-        atlas.generate(pack_options=pack)
-        if atlas.atlas_count == 1:  # a fixed resolution can overflow into several (overlapping) atlases: then retry
-            break
-    vmapping, indices, uvs = atlas[0]
+    Raises:
+        ValueError: xatlas failed on the mesh (a crash, named by its signal).
+    """
+    with tempfile.TemporaryDirectory(prefix="monorecon-unwrap-") as folder:
+        source, target = Path(folder) / "mesh.npz", Path(folder) / "atlas.npz"
+        np.savez(
+            source,
+            verts=mesh.verts.detach().cpu().numpy().astype(np.float32),
+            faces=mesh.faces.detach().cpu().numpy().astype(np.uint32),
+            resolution=resolution or 0,
+            padding=padding,
+        )
+        worker = Path(__file__).with_name("_unwrap_worker.py")
+        done = subprocess.run([sys.executable, str(worker), str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (
+                f"crashed ({signal.Signals(-done.returncode).name})"
+                if done.returncode < 0
+                else (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            )
+            raise ValueError(
+                f"UV unwrapping (xatlas) failed on this mesh of {mesh.num_faces} faces: {reason}; decimating it first "
+                "(--target-faces) changes what xatlas is given"
+            )
+        with np.load(target) as atlas:
+            vmapping, indices, uvs = atlas["vmapping"], atlas["indices"], atlas["uvs"]
     vmapping = torch.from_numpy(vmapping.astype(np.int64))
     colours = None if mesh.vertex_colors is None else mesh.vertex_colors[vmapping]
     return Mesh(
@@ -52,19 +75,6 @@ def unwrap_uv(mesh: Mesh, resolution: int | None = None, padding: int = 4) -> Me
         vertex_colors=colours,
         uvs=torch.from_numpy(uvs.astype(np.float32)),
     )
-
-
-def atlas_pack_options(resolution: int, padding: int) -> object:
-    """xatlas ``PackOptions`` of :func:`unwrap_uv` (``resolution`` 0: xatlas picks the atlas size).
-
-    Charts are turned to their axis but not tried at other rotations while packing: x1.75 less CPU time for the same
-    use of the atlas (the example meshes at 50,000 faces, ``benchmarks/bench_unwrap.py``).
-    """
-    import xatlas
-
-    pack = xatlas.PackOptions()
-    pack.resolution, pack.padding, pack.bilinear, pack.rotate_charts = resolution, padding, True, False
-    return pack
 
 
 def rasterize_uv_positions(mesh: Mesh, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
