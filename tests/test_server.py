@@ -286,7 +286,8 @@ def test_bundle_zips_what_the_reconstruct_command_writes(client, tmp_path, place
         assert sorted(archive.namelist()) == ["input.png", "mesh.mtl", "mesh.obj", "mesh.png", "result.json"]
         archive.extractall(tmp_path)
     record = json.loads((tmp_path / "result.json").read_text())
-    assert record["input"] == "my mug.jpg" and record["model"] == {"weights": "injected", "config": None}
+    assert record["input"] == "my mug.jpg"
+    assert record["model"] == {"weights": "injected", "config": None, "device": None, "dtype": "float32"}
     assert record["mesh_file"] == "mesh.obj" and record["unlit"] is False
     assert record["options"]["bake_texture"] is True and record["options"]["texture_resolution"] == 64
     assert record["options"]["origin"] == placement.get("origin", "model")
@@ -842,7 +843,8 @@ def test_run_server_passes_its_options_and_warns_off_loopback(monkeypatch, caplo
         run_server("0.0.0.0", 8123, "w.safetensors", device="cpu", settings=SMALL_SETTINGS, ui=False, log_level="debug")
     assert "no authentication" in caplog.text
     options = {"config": None, "device": "cpu", "dtype": torch.float32, "settings": SMALL_SETTINGS, "ui": False}
-    assert created == [{"model": None, "weights": "w.safetensors", **options}]
+    hosts = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+    assert created == [{"model": None, "weights": "w.safetensors", **options, "allowed_hosts": hosts}]
     assert served == [("app", {"host": "0.0.0.0", "port": 8123, "log_level": "debug"})]
     for host in ("127.0.0.1", "::1", "localhost"):
         caplog.clear()

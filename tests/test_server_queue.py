@@ -92,7 +92,7 @@ def test_a_full_queue_answers_503_at_once_with_retry_after():
         thread.start()
         wait_until(lambda: len(held.service._waiting) == 1, "the first request to queue")
         response = post(client)
-        assert "1 requests are waiting" in assert_one_line_error(response, 503)
+        assert "1 request is waiting" in assert_one_line_error(response, 503)
         assert int(response.headers["retry-after"]) >= 1
     finally:
         held.release()

@@ -187,6 +187,27 @@ for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_form
     assert ("disabled" not in form["controls"]["project_input"]) == (mesh_format != "stl")  # STL has no colours
 
 
+@pytest.mark.parametrize("background", ["true", "false"])
+def test_the_object_size_is_disabled_when_the_image_is_kept_as_it_is(chromium, client, tmp_path, background):
+    """In headless Chromium: "keep the image as it is" disables (and so leaves out of the request) the object size,
+    which frames what background removal finds; the server refuses the pair."""
+    choose = f"""<script>
+const select = document.getElementById("remove_background");
+select.value = "{background}";
+select.dispatchEvent(new Event("change"));
+document.body.dataset.sent = [...new FormData(document.getElementById("reconstruct-form")).keys()].join(" ");
+</script></body>"""
+    page = tmp_path / "page.html"
+    page.write_text(client.get("/").text.replace("</body>", choose))
+    dom = chromium(["--dump-dom", page.as_uri()], tmp_path)
+    parser = FormParser()
+    parser.feed(dom)
+    (form,) = parser.forms
+    assert ("disabled" in form["controls"]["foreground_ratio"]) == (background == "false")
+    sent = re.search(r'data-sent="([^"]*)"', dom).group(1).split()
+    assert ("foreground_ratio" in sent) == (background == "true") and "remove_background" in sent
+
+
 def test_a_new_run_hides_the_previous_result_and_carving_off_disables_the_fill(chromium, client, tmp_path):
     """In headless Chromium: with a result on show, a submission that fails (from a file:// page the request cannot
     be sent) shows its error alone; carving off disables the fill select."""
@@ -342,7 +363,10 @@ def test_form_ranges_and_defaults_are_the_schemas(client, form):
             continue
         if control.get("type") == "file":
             continue
-        assert float(control["min"]) == schema.get("minimum") if "min" in control else "minimum" not in schema, name
+        if "exclusiveMinimum" in schema:  # an HTML min is inclusive: the smallest positive step the page allows
+            assert 0 < float(control["min"]) - schema["exclusiveMinimum"] <= 1e-6, name
+        else:
+            assert float(control["min"]) == schema.get("minimum") if "min" in control else "minimum" not in schema, name
         assert float(control["max"]) == schema.get("maximum") if "max" in control else "maximum" not in schema, name
         if schema.get("default") is not None:
             assert float(control["value"]) == schema["default"], name
@@ -350,7 +374,7 @@ def test_form_ranges_and_defaults_are_the_schemas(client, form):
                   "smooth": (0, 10000), "object_height": (0, 1000), "seed": (0, 2**31 - 1)}  # fmt: skip
     for name, (low, high) in documented.items():
         assert (float(controls[name]["min"]), float(controls[name]["max"])) == (low, high), name
-    assert "min" not in controls["threshold"] and "max" not in controls["threshold"]  # any level > 0
+    assert float(controls["threshold"]["min"]) > 0 and "max" not in controls["threshold"]  # any level > 0
     firsts = {name: controls[name]["options"][0] for name in ("format", "remove_background", "carve", "bake_texture",
                                                                "project_input", "unlit", "origin")}  # fmt: skip
     assert firsts == {"format": "glb", "remove_background": "true", "carve": "true", "bake_texture": "false",

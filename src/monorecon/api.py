@@ -75,6 +75,30 @@ def load_model(
     return load_triposr(weights, config, device=device, dtype=dtype)
 
 
+def model_record(
+    weights: str | os.PathLike | None,
+    config: str | os.PathLike | None,
+    device: str | torch.device,
+    dtype: str | torch.dtype,
+) -> dict[str, str | None]:
+    """The ``model`` entry of a ``result.json`` (``monorecon reconstruct``, the REST API's ``bundle``): the weights
+    and config as given to :func:`load_model` (a local file or folder as an absolute path, so that the record is read
+    from anywhere; None weights: ``"bundled default model"``), the device and the dtype (bfloat16 meshes differ
+    slightly)."""
+
+    def recorded(value: str | os.PathLike | None) -> str | None:
+        if value is None:
+            return None
+        return str(Path(value).resolve()) if Path(value).exists() else str(value)
+
+    return {
+        "weights": "bundled default model" if weights is None else recorded(weights),
+        "config": recorded(config),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
 def model_mesh_threshold(model) -> float:
     """The density iso level of ``model``'s surface: its config's ``renderer.mesh_threshold`` (TripoSR: 25)."""
     renderer = getattr(getattr(model, "config", None), "renderer", None)

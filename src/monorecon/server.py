@@ -15,10 +15,12 @@ Endpoints:
   scripts are served by the app itself (``fastapi-offline``), so they work with no internet.
 
 Errors are JSON ``{"detail": "<one line>"}``: 400 for an upload that is not a readable image (empty, corrupt, too
-large a side), 422 for bad options (unknown or repeated form fields too) and for images the pipeline cannot use
-(empty alpha, background not plain, no surface at the threshold), 413 for a request body over the size limit, 503
-(with ``Retry-After``) when the queue is full or its wait times out, and 500 (no traceback; logged on the server) for
-anything unexpected. Options and the image's header are checked before a request joins the queue.
+large a side), 403 for a ``Host`` header off the allow-list or a cross-site ``Origin`` (:class:`HostOriginCheck`),
+408 for a request body that stalls, 422 for bad options (unknown, repeated or empty form fields too) and for images
+the pipeline cannot use (empty alpha, background not plain, no surface at the threshold), 413 for a request body over
+the size limit, 503 (with ``Retry-After``) when the queue is full or its wait times out, and 500 (no traceback; logged
+on the server) for anything unexpected. A full queue is refused before the body is read; options and the image's
+header are checked before a request joins the queue.
 
 One model is loaded when the app is created; reconstructions run one at a time, first come first served, since each
 one already uses every CPU core. A request whose client disconnects while it waits leaves the queue without running.
@@ -40,7 +42,7 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -61,11 +64,12 @@ from .api import (
     load_model,
     model_foreground_ratio,
     model_mesh_threshold,
+    model_record,
     model_silhouette_fill,
     reconstruct_full,
     timed,
 )
-from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_int
+from .core.checks import SEED_RANGE, TEXTURE_RESOLUTION_RANGE, check_device, check_int
 from .core.extract import MAX_SMOOTH_ITERATIONS
 from .core.mesh import MAX_PLACED_HEIGHT, MIN_PLACED_HEIGHT, PLACEMENT_ORIGINS, Mesh
 from .io.images import check_image_header, load_image
@@ -73,8 +77,10 @@ from .io.mesh_io import check_unlit, gets_baked_texture, save_mesh
 from .preprocess import PreprocessConfig
 
 __all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
     "MESH_MEDIA_TYPES",
     "BodySizeLimit",
+    "HostOriginCheck",
     "MeshForm",
     "ReconstructionService",
     "ServerSettings",
@@ -97,6 +103,13 @@ MESH_MEDIA_TYPES = {
 }
 _DOWNLOAD_SUFFIX = {"glb": ".glb", "obj": ".zip", "ply": ".ply", "stl": ".stl", "usdz": ".usdz"}
 
+#: ``Host`` names a server run by :func:`run_server` answers to besides the address it listens on (the loopback
+#: names); others get HTTP 403, so that a web page cannot reach the server through a DNS name of its own.
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+#: Paths whose requests wait in the model's queue (a full queue refuses them before their body is read).
+_QUEUED_PATHS = frozenset({"/reconstruct", "/preview"})
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -108,6 +121,8 @@ class ServerSettings:
         max_mc_resolution: cap on ``mc_resolution`` so that one request cannot take minutes.
         max_texture_resolution: cap on ``texture_resolution``.
         queue_timeout_s: how long a request waits for its turn before HTTP 503.
+        body_timeout_s: how long the server waits for the next part of a request body before HTTP 408 (a stalled
+            upload).
         max_queued: requests that may wait beside the running one; more get HTTP 503 at once (each waiting request
             holds its upload).
         preview_frames: frames of the web page's turntable GIF.
@@ -119,6 +134,7 @@ class ServerSettings:
     max_mc_resolution: int = 256
     max_texture_resolution: int = 2048
     queue_timeout_s: float = 600.0
+    body_timeout_s: float = 30.0
     max_queued: int = 16
     preview_frames: int = 12
     preview_size: int = 160
@@ -133,6 +149,8 @@ class ServerSettings:
         check_int(self.max_texture_resolution, "max_texture_resolution", *TEXTURE_RESOLUTION_RANGE)
         if not self.queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be positive, got {self.queue_timeout_s}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be positive, got {self.body_timeout_s}")
         check_int(self.max_queued, "max_queued", 0, 1000)
         if not 1 <= self.preview_frames <= 120:
             raise ValueError(f"preview_frames must lie in [1, 120], got {self.preview_frames}")
@@ -196,10 +214,14 @@ class MeshForm:
         """The :class:`ReconstructOptions` of this request.
 
         Raises:
-            ValueError: options that the API refuses, a texture asked for PLY or STL, or ``unlit`` for a format
-                without an unlit material.
+            ValueError: options that the API refuses, a texture asked for PLY or STL, ``unlit`` for a format
+                without an unlit material, or ``foreground_ratio`` without background removal.
         """
         check_unlit(self.mesh_format, self.unlit)
+        if self.foreground_ratio is not None and not self.remove_background:
+            raise ValueError(
+                "foreground_ratio frames the object that background removal finds: not with remove_background=false"
+            )
         if 0 < self.object_height < MIN_PLACED_HEIGHT:
             raise ValueError(
                 f"object_height must be 0 (the model's scale) or lie in [{MIN_PLACED_HEIGHT:g}, "
@@ -313,8 +335,13 @@ def mesh_form_dependency(settings: ServerSettings) -> Callable[..., Awaitable[Me
         repeated = sorted(name for name in set(fields) if len(fields.getlist(name)) > 1)
         if repeated:
             raise HTTPException(422, f"form field {', '.join(repeated)} given more than once")
+        empty = sorted(name for name, value in fields.multi_items() if value == "")  # FastAPI reads "" as left out
+        if empty:
+            raise HTTPException(422, f"form field {', '.join(empty)} is empty; leave it out for the default")
+        data = await image.read()
+        await image.close()  # its spooled copy: a waiting request holds the bytes once
         return MeshForm(
-            image=await image.read(),
+            image=data,
             filename=image.filename or "",
             mesh_format=mesh_format,
             mc_resolution=mc_resolution,
@@ -357,17 +384,29 @@ class ReconstructionService:
     """The loaded model, the queue of requests for it, and the server limits.
 
     The model is used by one request at a time: :meth:`turn` (async, for request handlers) queues first come first
-    served; :meth:`exclusive` (blocking) holds the model from other code. Errors come out as
-    :class:`fastapi.HTTPException` with a one-line ``detail``.
+    served; :meth:`exclusive` (blocking) holds the model from other code (embedding code, the tests). Errors come out
+    as :class:`fastapi.HTTPException` with a one-line ``detail``.
+
+    Attributes:
+        model_record: the ``model`` entry of a bundle's ``result.json`` (:func:`monorecon.api.model_record`, as
+            ``monorecon reconstruct`` writes it).
     """
 
     def __init__(
-        self, model: Any, settings: ServerSettings, model_source: str = "injected", config_source: str | None = None
+        self,
+        model: Any,
+        settings: ServerSettings,
+        model_source: str = "injected",
+        model_record: dict[str, str | None] | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.model_source = model_source
-        self.config_source = config_source
+        if model_record is None:  # an injected model: where it runs as /health finds it
+            summary = self.model_summary()
+            model_record = {"weights": model_source, "config": None, "device": summary.get("device")}
+            model_record["dtype"] = summary["compute_dtype"]
+        self.model_record = model_record
         # A plain lock, not re-entrant: a handler takes it in the event loop, its work runs in a worker thread.
         self._lock = threading.Lock()
         self._waiting: collections.deque[object] = collections.deque()  # tickets of queued requests, in order
@@ -391,8 +430,8 @@ class ReconstructionService:
             HTTPException: 503 when ``max_queued`` requests already wait or after ``queue_timeout_s``; 499 (which
                 nobody receives) when the client disconnects while waiting: its request never runs.
         """
-        if len(self._waiting) >= self.settings.max_queued and self._lock.locked():
-            raise self._busy(f"server busy: {len(self._waiting)} requests are waiting already; retry later")
+        if self.queue_full():
+            raise self.queue_full_error()
         ticket = object()
         self._waiting.append(ticket)
         deadline = time.monotonic() + self.settings.queue_timeout_s
@@ -413,6 +452,16 @@ class ReconstructionService:
         finally:
             self._lock.release()
 
+    def queue_full(self) -> bool:
+        """Whether ``max_queued`` requests already wait beside the running one (a new one gets HTTP 503)."""
+        return len(self._waiting) >= self.settings.max_queued and self._lock.locked()
+
+    def queue_full_error(self) -> HTTPException:
+        """The HTTP 503 of a request that finds the queue full."""
+        waiting = len(self._waiting)
+        verb = "request is" if waiting == 1 else "requests are"
+        return self._busy(f"server busy: {waiting} {verb} waiting already; retry later")
+
     def _busy(self, message: str) -> HTTPException:
         """HTTP 503 with a ``Retry-After`` of the last reconstruction's time for each request ahead."""
         wait = max(1, math.ceil(self._last_seconds * (len(self._waiting) + 1)))
@@ -420,12 +469,11 @@ class ReconstructionService:
 
     def answer_file(self, result: Reconstruction, form: MeshForm) -> tuple[bytes, str, str]:
         """The file a request asked for: the mesh (:func:`mesh_file`), or with ``bundle`` the zip of what
-        ``monorecon reconstruct`` writes (:func:`result_bundle`; ``result.json`` names the upload and the model's
-        weights and config). Returns (bytes, media type, download name)."""
+        ``monorecon reconstruct`` writes (:func:`result_bundle`; ``result.json`` names the upload and the model:
+        :attr:`model_record`). Returns (bytes, media type, download name)."""
         if not form.bundle:
             return mesh_file(result.mesh, form.mesh_format, form.stem, unlit=form.unlit)
-        model = {"weights": self.model_source, "config": self.config_source}
-        record = {"input": form.filename or "upload", "model": model}
+        record = {"input": form.filename or "upload", "model": self.model_record}
         return result_bundle(result, form.mesh_format, form.stem, unlit=form.unlit, record=record)
 
     def model_summary(self) -> dict[str, Any]:
@@ -490,13 +538,19 @@ class ReconstructionService:
         try:
             result = reconstruct_full(image, self.model, options)
         except ValueError as err:
-            raise HTTPException(422, _one_line(str(err))) from None
+            message = _one_line(str(err))
+            if message.startswith(_NOT_PLAIN):  # its advice names command-line options
+                message = f"{_NOT_PLAIN}: send an RGBA image (alpha = the object), or remove_background=false"
+            raise HTTPException(422, message) from None
         self._last_seconds = time.perf_counter() - start
         log.info(
             "reconstructed %s: %d faces in %.1f s", form.filename or "upload", result.mesh.num_faces, self._last_seconds
         )
         return result
 
+
+_NOT_PLAIN = "background is not plain"
+"""How :func:`monorecon.preprocess.border_alpha`'s error starts (its advice is the command line's)."""
 
 _QUEUE_POLL_S = 0.05
 """How often a queued request looks whether it is its turn, and whether its client is still there."""
@@ -583,6 +637,7 @@ def create_app(
     dtype: torch.dtype = torch.float32,
     settings: ServerSettings | None = None,
     ui: bool = True,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """Build the FastAPI app (the model is loaded here, once).
 
@@ -593,6 +648,8 @@ def create_app(
             weights: the bundled default model).
         settings: limits (default :class:`ServerSettings`).
         ui: also serve the web page at ``GET /`` and its ``POST /preview``.
+        allowed_hosts: the ``Host`` names requests may carry (:class:`HostOriginCheck`; ``"*"``: any); None: any
+            (in-process use such as a test client; :func:`run_server` passes its own list).
 
     Raises:
         ValueError: the model cannot be loaded.
@@ -601,16 +658,27 @@ def create_app(
     if model is None:
         model = load_model(weights, config, device=device, dtype=dtype)
         source = str(weights) if weights is not None else "bundled default model"
+        record = model_record(weights, config, check_device(device), dtype)
     else:
-        source = "injected"
-    service = ReconstructionService(model, settings, source, None if config is None else str(config))
+        source, record = "injected", None
+    service = ReconstructionService(model, settings, source, record)
+    summary = service.model_summary()
+    log.info(
+        "model %s (%s) on %s, %s",
+        summary["class"], source, summary.get("device", "cpu"), summary["compute_dtype"],
+    )  # fmt: skip
+    log.info("limits: %s", ", ".join(f"{key} {value}" for key, value in dataclasses.asdict(settings).items()))
 
     app = FastAPIOffline(
         title="monorecon",
         description="Single-image 3D reconstruction: upload an image, get a mesh (+Y up, front +Z, glTF frame).",
     )
     app.state.service = service
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s, service=service
+    )
+    app.add_middleware(HostOriginCheck, allowed_hosts=None if allowed_hosts is None else tuple(allowed_hosts))
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     mesh_form = mesh_form_dependency(settings)
@@ -669,11 +737,14 @@ def run_server(
     ui: bool = True,
     log_level: str = "info",
     model: ReconstructionModel | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Load the model and serve the API (and web page) with uvicorn until interrupted.
 
     The server has no authentication: keep the default loopback ``host`` unless a proxy in front controls access.
     ``model``: a model already loaded, or of one's own (:func:`create_app`), instead of ``weights``.
+    ``allowed_hosts``: ``Host`` names to answer besides ``host`` and :data:`DEFAULT_ALLOWED_HOSTS` (the names clients
+    use to reach a server listening on another address; ``"*"``: any).
 
     Raises:
         ValueError: a bad port, a host or port that cannot be listened on, or a model that cannot be loaded.
@@ -685,26 +756,89 @@ def run_server(
     check_listen_address(host, port)  # before the model loads: uvicorn would only log it, after
     if not _is_loopback(host):
         log.warning("serving on %s: the API has no authentication; anyone who can reach it can use it", host)
-    app = create_app(model=model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui)
+    hosts = (*DEFAULT_ALLOWED_HOSTS, host, *allowed_hosts)
+    if _is_wildcard(host) and not allowed_hosts:
+        log.warning("serving on %s: requests must name a host in %s; add others with --allowed-host", host, hosts)
+    app = create_app(
+        model=model, weights=weights, config=config, device=device, dtype=dtype, settings=settings, ui=ui,
+        allowed_hosts=hosts,
+    )  # fmt: skip
+    log.info("answering requests for host %s", ", ".join(dict.fromkeys(hosts)))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Request size limit and error responses
 # --------------------------------------------------------------------------------------------------------------------
+class HostOriginCheck:
+    """ASGI middleware: refuses (HTTP 403) a ``Host`` header off the allow-list, and a state-changing request (any
+    method but GET, HEAD and OPTIONS) whose ``Origin`` header is present and is not the server's own.
+
+    A web page on another site can post a form to a local server, and with a DNS name of its own pointed at the
+    loopback address (DNS rebinding) also read the answer: the ``Origin`` check stops the first, the ``Host`` check the
+    second. The server's own web page sends its own origin; clients such as curl send no ``Origin``.
+    """
+
+    def __init__(self, app: Callable, allowed_hosts: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.allowed = None if allowed_hosts is None or "*" in allowed_hosts else {_host_name(h) for h in allowed_hosts}
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if self.allowed is not None and _host_name(host) not in self.allowed:
+            await _refuse(scope, receive, send, 403, f"host {host or '(none)'!r} is not one this server answers to")
+        elif origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _same_origin(origin, host):
+            await _refuse(scope, receive, send, 403, f"cross-site request from {origin} refused")
+        else:
+            await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header value or an address, without its port and brackets, in lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:  # name:port (an unbracketed IPv6 address has several colons)
+        return host.split(":")[0]
+    return host
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names the server the request reached (its ``Host``; the scheme is not compared,
+    as a TLS proxy in front may change it)."""
+    parts = urllib.parse.urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower() != ""
+
+
 class BodySizeLimit:
     """ASGI middleware: reads request bodies up to ``max_bytes`` (HTTP 413 past it), then hands them on.
 
-    The declared ``Content-Length`` is checked first so that an oversized upload is refused before it is read.
+    The declared ``Content-Length`` is checked first so that an oversized upload is refused before it is read; a
+    request for the model's queue finds it full (HTTP 503) before its body is read too. A body that stalls for
+    ``timeout_s`` between two of its parts gets HTTP 408. The body is held once: the chunks are joined and let go,
+    and the joined body is let go once the app has taken it.
     """
 
-    def __init__(self, app: Callable, max_bytes: int) -> None:
+    def __init__(
+        self, app: Callable, max_bytes: int, timeout_s: float = 30.0, service: "ReconstructionService | None" = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.service = service
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
+            return
+        if self.service is not None and scope["path"] in _QUEUED_PATHS and self.service.queue_full():
+            busy = self.service.queue_full_error()
+            await _refuse(scope, receive, send, busy.status_code, busy.detail, busy.headers)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -712,7 +846,12 @@ class BodySizeLimit:
             return
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                detail = f"the request body stalled: nothing received for {self.timeout_s:g} s"
+                await _refuse(scope, receive, send, 408, detail, {"Connection": "close"})
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -723,21 +862,35 @@ class BodySizeLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body, delivered = b"".join(chunks), False
+        body = b"".join(chunks)
+        chunks.clear()
 
         async def replay() -> dict:
-            nonlocal delivered
-            if delivered:
+            nonlocal body
+            if body is None:
                 return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            message, body = {"type": "http.request", "body": body, "more_body": False}, None
+            return message
 
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: dict, receive: Callable, send: Callable) -> None:
         limit = size_text(self.max_bytes)
-        response = JSONResponse({"detail": f"request body larger than the {limit} limit"}, status_code=413)
-        await response(scope, receive, send)
+        await _refuse(scope, receive, send, 413, f"request body larger than the {limit} limit")
+
+
+async def _refuse(
+    scope: dict, receive: Callable, send: Callable, status: int, detail: str, headers: dict | None = None
+) -> None:
+    """Answer a request from a middleware with an error (a one-line JSON ``detail``, as the app's errors), logged."""
+    log.info("%s %s: %d %s", scope["method"], scope["path"], status, detail)
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """The app's own refusals (4xx, 503), logged with their reason (the access log gives the status alone)."""
+    log.info("%s %s: %d %s", request.method, request.url.path, exc.status_code, exc.detail)
+    return await http_exception_handler(request, exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -749,7 +902,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         if "Expected UploadFile" in message:  # a part without a filename is a text field
             message = "expected a file (a multipart part with a filename), got a text field"
         parts.append(f"{field}: {message}" if field else message)
-    return JSONResponse({"detail": _one_line("; ".join(parts) or "invalid request")}, status_code=422)
+    detail = _one_line("; ".join(parts) or "invalid request")
+    log.info("%s %s: 422 %s", request.method, request.url.path, detail)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -785,6 +940,14 @@ def check_listen_address(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as err:
             raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` is the any-address (0.0.0.0, ::), which clients do not use as a name."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ app of :mod:`monorecon.server`. Its form posts the same multipart fields as ``PO
 import base64
 import html
 import io
+import json
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -48,6 +49,9 @@ log = logging.getLogger("monorecon.webui")
 
 #: Longer side in pixels of the preview's overlay of the mesh on the processed input (the page shows 240 px).
 PREVIEW_OVERLAY_SIDE = 256
+
+#: ``min`` of the page's threshold field: the API takes any level > 0, which an HTML ``min`` (inclusive) cannot say.
+THRESHOLD_MIN = 1e-6
 
 #: Frame rate of the turntable GIF (GIF stores frame times in whole centiseconds).
 PREVIEW_FPS = 10
@@ -80,9 +84,11 @@ def build_ui(service: ReconstructionService) -> APIRouter:
         return HTMLResponse(page)
 
     @router.post(
-        "/preview", summary="image -> mesh file, processed input, turntable and viewer arrays (JSON, for the web page)"
+        "/preview",
+        summary="image -> mesh file, processed input, turntable and viewer arrays (JSON, for the web page)",
+        response_class=JSONResponse,
     )
-    async def preview(request: Request, form: Annotated[MeshForm, Depends(mesh_form)]) -> dict[str, Any]:
+    async def preview(request: Request, form: Annotated[MeshForm, Depends(mesh_form)]) -> Response:
         from .overlay import overlay_mesh
         from .video import turntable_from_mesh
 
@@ -101,24 +107,32 @@ def build_ui(service: ReconstructionService) -> APIRouter:
                 )
             return result, overlay, frames, timings
 
+        def answer(
+            result: Reconstruction, overlay: np.ndarray, frames: list[np.ndarray], timings: dict[str, float]
+        ) -> Response:
+            """The JSON answer, encoded here: a large mesh's viewer arrays, images and JSON take seconds."""
+            with timed(timings, "write"):
+                data, media_type, filename = service.answer_file(result, form)
+            payload = {
+                "filename": download_names(form, filename)[1],
+                "media_type": media_type,
+                "mesh_base64": base64.b64encode(data).decode("ascii"),
+                "input_png_base64": base64.b64encode(png_bytes(result.prepared.rgb)).decode("ascii"),
+                "overlay_png_base64": base64.b64encode(png_bytes(overlay)).decode("ascii"),
+                "turntable_gif_base64": base64.b64encode(gif_bytes(frames)).decode("ascii"),
+                "viewer": viewer_payload(result.mesh),
+                "vertices": result.mesh.num_verts,
+                "faces": result.mesh.num_faces,
+                "textured": result.mesh.texture is not None,
+                "seconds": round(time.perf_counter() - start, 2),
+                "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+            }
+            return Response(json.dumps(payload).encode(), media_type="application/json")
+
         async with service.turn(request):  # the turntable render is CPU work too
-            result, overlay, frames, timings = await run_in_threadpool(reconstruct_and_render)
-        with timed(timings, "write"):
-            data, media_type, filename = await run_in_threadpool(service.answer_file, result, form)
-        return {
-            "filename": download_names(form, filename)[1],
-            "media_type": media_type,
-            "mesh_base64": base64.b64encode(data).decode("ascii"),
-            "input_png_base64": base64.b64encode(png_bytes(result.prepared.rgb)).decode("ascii"),
-            "overlay_png_base64": base64.b64encode(png_bytes(overlay)).decode("ascii"),
-            "turntable_gif_base64": base64.b64encode(gif_bytes(frames)).decode("ascii"),
-            "viewer": viewer_payload(result.mesh),
-            "vertices": result.mesh.num_verts,
-            "faces": result.mesh.num_faces,
-            "textured": result.mesh.texture is not None,
-            "seconds": round(time.perf_counter() - start, 2),
-            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-        }
+            rendered = await run_in_threadpool(reconstruct_and_render)
+        # in a worker thread too, not holding the model: the event loop keeps answering (e.g. /health)
+        return await run_in_threadpool(answer, *rendered)
 
     return router
 
@@ -156,10 +170,10 @@ def render_page(settings: ServerSettings, model_summary: dict[str, Any]) -> str:
                 "USDZ always gets a baked texture (AR viewers show no vertex colours); STL is geometry only, +Z up"),
         _number("mc_resolution", "Mesh resolution", settings.default_mc_resolution, 8, settings.max_mc_resolution, 1,
                 "marching-cubes grid; higher is finer and slower"),
-        _number("threshold", "Density threshold", model_summary.get("mesh_threshold", 25.0), None, None, "any",
-                "iso level of the surface"),
+        _number("threshold", "Density threshold", model_summary.get("mesh_threshold", 25.0), THRESHOLD_MIN, None,
+                "any", "iso level of the surface (> 0)"),
         _select("remove_background", "Background", [("true", "remove"), ("false", "keep the image as it is")],
-                "uses an RGBA image's alpha, else a plain background"),
+                "uses an RGBA image's alpha, else a plain background; keeping it also keeps the framing"),
         _number("foreground_ratio", "Object size", model_summary.get("foreground_ratio", DEFAULT_FOREGROUND_RATIO),
                 0.05, 1.0, 0.01,
                 "share of the frame taken by the object"),
@@ -340,18 +354,22 @@ const material = document.getElementById("unlit");
 const photoColours = document.getElementById("project_input");
 const carve = document.getElementById("carve");
 const fill = document.getElementById("fill");
+const removeBackground = document.getElementById("remove_background");
+const foregroundRatio = document.getElementById("foreground_ratio");
 // USDZ always gets a baked texture (the server bakes for it), so its size applies whatever the colours select says;
 // PLY and STL carry none, so a baked texture cannot be asked for (a disabled select is not sent: vertex colours).
-// Only GLB and USDZ have an unlit material (disabled: not sent, lit). STL has no colours at all; the fill is part
-// of carving.
+// Only GLB and USDZ have an unlit material (disabled: not sent, lit). An STL file has no colours (the preview still
+// shows them); the fill is part of carving; the object size frames what background removal finds (the server refuses
+// it with the image kept as it is).
 function syncControls() {
   bake.disabled = meshFormat.value === "ply" || meshFormat.value === "stl";
   textureSize.disabled = (bake.disabled || bake.value !== "true") && meshFormat.value !== "usdz";
   material.disabled = meshFormat.value !== "glb" && meshFormat.value !== "usdz";
   photoColours.disabled = meshFormat.value === "stl";
   fill.disabled = carve.value !== "true";
+  foregroundRatio.disabled = removeBackground.value !== "true";
 }
-for (const control of [bake, meshFormat, carve]) control.addEventListener("change", syncControls);
+for (const control of [bake, meshFormat, carve, removeBackground]) control.addEventListener("change", syncControls);
 syncControls();
 
 document.getElementById("image").addEventListener("change", (event) => {
@@ -364,7 +382,7 @@ document.getElementById("image").addEventListener("change", (event) => {
 });
 
 function colourNote(payload) {
-  if (payload.media_type === "model/stl") return ", no colours (STL holds geometry only)";
+  if (payload.media_type === "model/stl") return "; the STL file holds the geometry only (the views show its colours)";
   return payload.textured ? ", baked texture" : ", vertex colours";
 }
 

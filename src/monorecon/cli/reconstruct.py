@@ -329,14 +329,6 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     return _Written(out_dir / f"mesh.{job.mesh_format}", result.mesh.num_faces, timings)
 
 
-def _recorded_path(value: str | Path | None) -> str | None:
-    """A --weights / --config value for result.json: a local file or folder as an absolute path (the record is read
-    from anywhere, as its input's path is), anything else (a Hugging Face id) as given."""
-    if value is None:
-        return None
-    return str(Path(value).resolve()) if Path(value).exists() else str(value)
-
-
 def _format_timings(timings: dict[str, float]) -> str:
     """``{"encode": 0.12, "extract": 5.1}`` -> ``"encode 0.12 s, extract 5.10 s (total 5.22 s)"``."""
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
@@ -347,7 +339,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..api import load_model
+    from ..api import load_model, model_record
     from ..parallel import map_in_processes
     from ..video import check_turntable_size
 
@@ -376,10 +368,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         if args.config is not None and args.weights is None:
             raise CommandError("--config is the config of the --weights given: give both")
         model = load_model(args.weights, args.config, device=device, dtype=dtype)
-        model_source = {"weights": _recorded_path(args.weights), "config": _recorded_path(args.config)}
-        if args.weights is None:
-            model_source["weights"] = "bundled default model"
-        model_source |= {"device": str(device), "dtype": args.dtype}  # bfloat16 meshes differ slightly
+        model_source = model_record(args.weights, args.config, device, dtype)
     job = _BatchJob(
         model, options, args.output, args.format, args.unlit, args.render, render_size, args.html,
         progress=not args.quiet and workers == 1, model_source=model_source,

@@ -22,6 +22,11 @@ def _add_server_options(p: argparse.ArgumentParser, port: int) -> None:
     add_own_model_option(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback: no authentication)")
     p.add_argument("--port", type=int, default=port, help=f"listen port (default {port})")
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="a Host name clients use to reach the server, besides --host, localhost, 127.0.0.1 and ::1 (others get "
+        "HTTP 403, against DNS rebinding); repeatable; '*' allows any (default: none)",
+    )  # fmt: skip
     add_dtype_option(p)
     add_device_option(p)
     add_quiet_option(p, "log warnings and errors only (no start-up lines, no line per request)")
@@ -49,7 +54,7 @@ def _server_kwargs(args: argparse.Namespace) -> dict:
     return {
         "host": args.host, "port": args.port, "weights": args.weights, "config": args.config,
         "device": checked_device(args), "dtype": dtype, "model": None if args.model is None else own_model(args),
-        "log_level": "warning" if args.quiet else "info",
+        "log_level": "warning" if args.quiet else "info", "allowed_hosts": tuple(args.allowed_host),
     }  # fmt: skip
 
 

@@ -51,7 +51,7 @@ def load_image(path: str | os.PathLike, *, max_side: int = MAX_IMAGE_SIDE, exif_
                 img.load()
                 return pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+        raise _open_error(err, path, max_side) from None
 
 
 def check_image_header(data: bytes, name: str, *, max_side: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
@@ -71,7 +71,19 @@ def check_image_header(data: bytes, name: str, *, max_side: int = MAX_IMAGE_SIDE
                 _check_side(img, name, max_side)
                 return img.size
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {name}: {err}") from None
+        raise _open_error(err, name, max_side) from None
+
+
+def _open_error(err: Exception, name: object, max_side: int) -> ValueError:
+    """The one-line error of an image PIL cannot open: no object addresses (PIL's "cannot identify image file
+    <_io.BytesIO object at 0x...>"), and the side limit rather than PIL's decompression-bomb check where that
+    limit alone refuses the image."""
+    if isinstance(err, UnidentifiedImageError):
+        return ValueError(f"cannot read image {name}: not an image PIL can read")
+    refused = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses above twice its limit, before the size is known
+    if isinstance(err, Image.DecompressionBombError) and max_side**2 <= refused:
+        return ValueError(f"image {name} is larger than the maximum side {max_side} (over {refused:,} pixels)")
+    return ValueError(f"cannot read image {name}: {err}")
 
 
 def _check_side(img: Image.Image, name: object, max_side: int) -> None:
