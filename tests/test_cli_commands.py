@@ -15,7 +15,7 @@ from monorecon.cli import main
         (["render", "{tmp}/missing.glb"], "missing.glb"),
         (["render", "{tmp}/empty"], "no mesh"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t"], "every triangle has zero area (no surface)"),
-        (["render", "{tmp}/flat.obj", "-o", "{tmp}/missing/t"], "folder {tmp}/missing does not exist"),
+        (["render", "{tmp}/flat.obj", "-o", "{tmp}/corrupt.ply/new/t"], "{tmp}/corrupt.ply is a file"),
         (["render", "{tmp}/flat.obj", "-o", "{tmp}/t", "--fps", "0"], "--fps must lie in [1, 240]"),
         (["render", "{tmp}/flat.obj", "--frames", "0"], "--frames must lie in [1, 3600], got 0"),
         (["render", "{tmp}/flat.obj", "--size", "4000"], "--size must lie in [16, 2048], got 4000"),

@@ -109,7 +109,7 @@ def test_unlit_flag_reaches_the_written_material(tmp_path, unlit):
     assert (tuple(surface.GetInput(other).Get()) == (0.0, 0.0, 0.0)) if unlit else not surface.GetInput(other)
 
 
-@pytest.mark.parametrize("target, flags", [("plain.glb", ["--bake-texture"]), ("plain.usdz", [])])
+@pytest.mark.parametrize("target, flags", [("plain.glb", ["--bake-texture"]), ("plain.usdz", ["--object-height", "1"])])
 def test_a_mesh_without_colours_is_written_plain_and_the_missing_bake_is_said(target, flags, tmp_path, capsys):
     blob = _coloured_blob()
     source = save_mesh(Mesh(blob.verts, blob.faces), tmp_path / "plain.ply")

@@ -120,11 +120,12 @@ FLAG_OPTIONS = {
     "threshold": (["--threshold", "2.5"], {"threshold": 2.5}),
     "mc-resolution": (["--mc-resolution", "40"], {"mc_resolution": 40}),
     "foreground-ratio": (["--foreground-ratio", "0.6"], {"preprocess": PreprocessConfig(foreground_ratio=0.6)}),
+    "border-tolerance": (["--border-tolerance", "0.3"], {"preprocess": PreprocessConfig(border_tolerance=0.3)}),
     "bake-texture": (
         ["--bake-texture", "--texture-resolution", "99"],
         {"bake_texture": True, "texture_resolution": 99},
     ),
-    "usdz-bakes": (["--format", "usdz"], {"bake_texture": True}),
+    "usdz-bakes": (["--format", "usdz", "--object-height", "0.3"], {"bake_texture": True, "object_height": 0.3}),
     "target-faces": (["--target-faces", "900"], {"target_faces": 900}),
     "smooth": (["--smooth", "12"], {"smooth_iterations": 12}),
     "placement": (["--object-height", "0.3", "--origin", "bottom"], {"object_height": 0.3, "origin": "bottom"}),

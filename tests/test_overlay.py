@@ -246,6 +246,14 @@ def white_photo(folder) -> str:
     return str(save_image(np.ones((PHOTO_HEIGHT, PHOTO_WIDTH, 3), np.float32), folder / "white.png"))
 
 
+def test_overlay_output_in_new_folders_makes_them(reconstructions, tmp_path, capsys):
+    """-o in folders that do not exist yet makes them, as reconstruct -o does (it was refused)."""
+    output = tmp_path / "overlays" / "disc" / "o.png"
+    code, _, err = run(["overlay", str(reconstructions["plain"]), "-o", str(output), "--view", "input"], capsys)
+    assert code == 0, err
+    assert Image.open(output).size == Image.open(reconstructions["plain"] / "input.png").size
+
+
 def test_overlay_command_on_the_prepared_input(reconstructions, capsys):
     result = reconstructions["placed"]
     code, _, err = run(["overlay", str(result), "--view", "input", "--quiet"], capsys)
@@ -282,7 +290,7 @@ def test_overlay_command_bad_input(reconstructions, tmp_path, capsys):
     refused(str(result), "--image", wrong_size, needle="another aspect ratio")
     refused(str(result), "--opacity", "1.5", needle="--opacity")
     refused(str(result), "--max-side", "8", needle="--max-side")
-    refused(str(result), "-o", str(tmp_path / "missing" / "o.png"), needle="does not exist")
+    refused(str(result), "-o", str(result / "mesh.glb" / "o.png"), needle="mesh.glb is a file")
     record = json.loads((result / "result.json").read_text())
     (result / "result.json").write_text(json.dumps(record | {"input": str(tmp_path / "gone.png")}))
     before = files_under(tmp_path)

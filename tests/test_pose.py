@@ -323,3 +323,35 @@ def test_fit_pose_command_passes_its_clipping_and_warns_on_a_failed_fit(tmp_path
     assert main(argv) == 0
     assert (seen["znear"], seen["zfar"]) == (0.01, 100.0)
     assert "the fitted camera does not match the reference (silhouette IoU 0." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("refine_steps", [None, "0", "3"])
+def test_fit_pose_refine_steps_flag(tmp_path, monkeypatch, refine_steps):
+    """The refinement at full size that follows --steps was hidden (always 60 steps): --refine-steps N sets it, 0 runs
+    none, and the default stays 60."""
+    import trimesh
+
+    from monorecon.cli import main
+    from monorecon.fit import pose
+
+    phases = []
+    real_optimise = pose._optimise
+
+    def spy(mesh, model, phase, *args, **kwargs):
+        phases.append((phase.desc, phase.steps))
+        return real_optimise(mesh, model, phase, *args, **kwargs)
+
+    monkeypatch.setattr(pose, "_optimise", spy)
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    sphere.export(tmp_path / "ball.ply")
+    rows, cols = np.mgrid[:32, :32] + 0.5
+    image = np.zeros((32, 32, 4), np.float32)
+    image[np.hypot(rows - 16, cols - 16) < 8] = 1.0
+    save_image(image, tmp_path / "ball.png")
+    argv = ["fit-pose", str(tmp_path / "ball.ply"), str(tmp_path / "ball.png"), "-o", str(tmp_path / "out"),
+            "--steps", "2", "--restarts", "0", "--quiet"]  # fmt: skip
+    assert main(argv + ([] if refine_steps is None else ["--refine-steps", refine_steps])) == 0
+    expected = {None: [("pose refinement", 60)], "0": [], "3": [("pose refinement", 3)]}[refine_steps]
+    assert phases == [("pose", 2), *expected]
+    history = json.loads((tmp_path / "out" / "camera.json").read_text())["history"]
+    assert len(history) == 3 + (expected[0][1] + 1 if expected else 0)  # each phase: its start, then each step

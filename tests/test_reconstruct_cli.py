@@ -840,3 +840,114 @@ def test_a_models_own_failure_on_one_input_does_not_stop_the_folder(tmp_path, mo
     assert not (tmp_path / "out" / "a").exists() and (tmp_path / "out" / "b" / "mesh.glb").is_file()
     rows = list(csv.DictReader(open(tmp_path / "out" / "batch.csv")))
     assert [row["input"].endswith(name) for row, name in zip(rows, ("a.png", "b.png"), strict=True)] == [True, True]
+
+
+def test_a_corrupt_image_is_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A corrupt image is decoded, and refused, before the (slow) model loading, as a missing file is: one input
+    loads no model at all."""
+    import monorecon.api
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(monorecon.api, "load_model", no_model)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    code, _, err = reconstruct([bad], tmp_path / "out", capsys=capsys)
+    assert_one_line_error(code, err, "bad.png", "cannot read image")
+    assert files_under(tmp_path / "out") == []
+
+
+USDZ_SIZE_WARNING = "USDZ is in metres: without --object-height the object is"
+
+
+@pytest.mark.parametrize("height", [None, "0.12"])
+def test_usdz_without_object_height_warns_of_its_size_in_metres(image_path, tmp_path, capsys, monkeypatch, height):
+    """A reconstruction is about 1 unit tall, which AR viewers read as 1 m: said in one line, naming the option,
+    before the model loads (stopped here at the loading); not said once the height is given."""
+    import monorecon.api
+    from monorecon.cli.common import CommandError
+
+    def stop(*args, **kwargs):
+        raise CommandError("stopped at the model")
+
+    monkeypatch.setattr(monorecon.api, "load_model", stop)
+    extra = ["--format", "usdz", *([] if height is None else ["--object-height", height])]
+    code, _, err = reconstruct([image_path], tmp_path / "out", *extra, capsys=capsys)
+    assert code == 2 and err.strip().endswith("monorecon: error: stopped at the model"), err
+    lines = [line for line in err.splitlines() if USDZ_SIZE_WARNING in line]
+    if height is None:
+        assert lines == [f"monorecon: warning: {USDZ_SIZE_WARNING} about 1 m tall in AR; give its real height, "
+                         "e.g. --object-height 0.12 for a mug"], err  # fmt: skip
+    else:
+        assert lines == []
+
+
+def test_convert_to_usdz_without_object_height_warns_with_the_meshs_height(tmp_path, capsys):
+    from monorecon.core.mesh import Mesh
+    from monorecon.io import save_mesh
+
+    box = trimesh.creation.box((0.5, 2.0, 0.5))
+    mesh = Mesh(torch.tensor(box.vertices, dtype=torch.float32), torch.tensor(box.faces))
+    source = save_mesh(mesh, tmp_path / "box.ply")
+    assert cli.main(["convert", str(source), str(tmp_path / "box.usdz"), "--quiet"]) == 0
+    assert f"{USDZ_SIZE_WARNING} 2 m tall in AR" in capsys.readouterr().err
+    assert cli.main(["convert", str(source), str(tmp_path / "box.usdz"), "--quiet", "--object-height", "0.3"]) == 0
+    assert USDZ_SIZE_WARNING not in capsys.readouterr().err
+    assert cli.main(["convert", str(source), str(tmp_path / "box.glb"), "--quiet"]) == 0
+    assert USDZ_SIZE_WARNING not in capsys.readouterr().err
+
+
+def test_result_json_records_every_stage_the_timings_print(image_path, tmp_path, capsys):
+    """result.json's timings were those before the files were written: no write, turntable nor html, which
+    --timings prints. Now the same stages and seconds as the printed line."""
+    extra = ["--render", "2", "--render-size", "16", "--html", "--timings"]
+    code, out, err = reconstruct([image_path], tmp_path / "out", *extra, capsys=capsys)
+    assert code == 0, err
+    timings = json.loads((tmp_path / "out" / "thing" / "result.json").read_text())["timings"]
+    assert list(timings)[-3:] == ["write", "turntable", "html"]
+    printed = out.splitlines()[-1].removeprefix("  time: ").split(" (total ")[0]
+    assert printed == ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items())
+    assert_no_temporaries(tmp_path / "out")
+
+
+def shadowed_box(size: int = 64) -> np.ndarray:
+    """(size, size, 3): a blue box 21 wide and 33 tall standing on a soft grey contact shadow (0.8 at its darkest,
+    wider than the box), on a light grey (0.96) background: a product photo."""
+    rows, cols = np.mgrid[:size, :size] + 0.5
+    image = np.full((size, size, 3), 0.96, np.float32)
+    shade = np.clip(1 - np.hypot((cols - 32) / 26, (rows - 45) / 6), 0, 1)
+    image -= 0.16 * shade[..., None]
+    image[12:45, 22:43] = (0.1, 0.3, 0.7)
+    return image
+
+
+def test_border_tolerance_leaves_out_a_soft_shadow(tmp_path, capsys):
+    """A soft contact shadow is farther than 0.1 from the background's colour: the default mask takes it in (a plinth
+    under the mesh); --border-tolerance 0.3 leaves it out and keeps the box whole, as input.png shows (its alpha's
+    box has the photo's box's shape, 21 x 33)."""
+    photo = save_image(shadowed_box(), tmp_path / "box.png")
+    aspects = {}
+    for tolerance in (None, "0.3"):
+        out = tmp_path / f"out{tolerance}"
+        code, _, err = reconstruct([photo], out, *([] if tolerance is None else ["--border-tolerance", tolerance]),
+                                   capsys=capsys)  # fmt: skip
+        assert code == 0, err
+        rows, cols = np.nonzero(iio.imread(out / "box" / "input.png")[..., 3] > 127)
+        aspects[tolerance] = (np.ptp(cols) + 1) / (np.ptp(rows) + 1)
+        options = json.loads((out / "box" / "result.json").read_text())["options"]["preprocess"]
+        assert options["border_tolerance"] == (0.1 if tolerance is None else 0.3)
+    assert aspects["0.3"] == pytest.approx(21 / 33, abs=0.03)
+    assert aspects[None] > 0.85  # the shadow's width: 34 x 37 pixels
+
+
+def test_border_tolerance_flag_is_documented_and_checked(image_path, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["reconstruct", "--help"])
+    assert "--border-tolerance D" in (help_text := " ".join(capsys.readouterr().out.split()))
+    assert "(RGB in 0..1; default 0.1)" in help_text and "soft contact shadow" in help_text
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--border-tolerance", "2", capsys=capsys)
+    assert_one_line_error(code, err, "--border-tolerance must lie in")
+    code, _, err = reconstruct([image_path], tmp_path / "out", "--border-tolerance", "0.3", "--no-remove-bg",
+                               capsys=capsys)  # fmt: skip
+    assert_one_line_error(code, err, "--border-tolerance is of the plain-background removal")

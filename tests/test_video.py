@@ -1,5 +1,7 @@
 """Turntables (monorecon.video): where the cameras go and how the light shows the colours."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -103,22 +105,36 @@ def test_turntable_headlight_shades_by_the_cosine_to_the_eye():
         np.testing.assert_allclose(frame[32, column], expected, atol=0.006, err_msg=f"column {column}")  # 1.5 levels
 
 
-@pytest.mark.parametrize(
-    ("fps", "step", "delay_ms"), [(24, 1, 40), (30, 1, 30), (15, 1, 70), (60, 2, 30), (240, 5, 20)]
-)
-def test_the_gif_lasts_as_long_as_the_mp4(tmp_path, fps, step, delay_ms):
-    """GIF delays are whole hundredths, and browsers play those under 2 as 10: 60 fps stored 10 ms played 6x slow."""
+def gif_delays(path) -> list[int]:
+    """The delay of each frame of a GIF file, in milliseconds, as PIL decodes them."""
     from PIL import Image
 
-    frames = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(12)]
-    _, gif = save_turntable(frames, tmp_path / "spin", fps=fps)
-    with Image.open(gif) as animation:
+    with Image.open(path) as animation:
         delays = []
         for index in range(animation.n_frames):
             animation.seek(index)
             delays.append(animation.info["duration"])
-    assert delays == [delay_ms] * len(range(0, 12, step))
-    assert abs(sum(delays) - 12 * 1000 / fps) <= 10 * len(delays) / 2  # within half a hundredth a frame
+    return delays
+
+
+@pytest.mark.parametrize(
+    ("fps", "n_frames", "kept"),
+    [(12, 24, 24), (24, 30, 30), (30, 25, 25), (60, 24, 12), (15, 12, 12), (240, 12, 2), (24, 1, 1)],
+)
+def test_the_gif_lasts_as_long_as_the_mp4(tmp_path, fps, n_frames, kept):
+    """GIF delays are whole hundredths: 12 fps (83.3 ms) stored as 80 ms a frame made 24 frames last 1.92 s, not the
+    MP4's 2 s. The delays alternate (80, 90, 80, ...) so that the GIF lasts frames / fps to the hundredth, and none is
+    under 2 hundredths, which browsers play as 10 (60 fps keeps every 2nd frame; 240 fps every 5th, the short last one
+    merged into the one before)."""
+    frames = [np.full((16, 16, 3), 8 * i, np.uint8) for i in range(n_frames)]  # distinct: PIL merges equal frames
+    _, gif = save_turntable(frames, tmp_path / "spin", fps=fps)
+    delays = gif_delays(gif)
+    assert len(delays) == kept and min(delays) >= 20
+    assert sum(delays) == 10 * round(100 * n_frames / fps)
+    # after each frame, the nearest hundredth to the MP4's time (the delays never drift apart from the video)
+    step = math.ceil(fps / 50)
+    for index in range(kept - 1):
+        assert abs(sum(delays[: index + 1]) - 1000 * step * (index + 1) / fps) <= 5
 
 
 def test_render_output_stems_and_folders(tmp_path):
@@ -132,6 +148,10 @@ def test_render_output_stems_and_folders(tmp_path):
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["turntable.gif", "turntable.mp4", "viewer.html"]
     assert not list(tmp_path.glob("dest.*"))
+    # A stem in folders that do not exist yet makes them, as reconstruct -o does.
+    argv = ["render", str(tmp_path / "box.ply"), "-o", str(tmp_path / "rend" / "deep" / "box"), "--frames", "2"]
+    assert main([*argv, "--html", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rend" / "deep").iterdir()) == ["box.gif", "box.html", "box.mp4"]
 
 
 def test_turntable_frame_count_must_be_an_integer():

@@ -273,6 +273,13 @@ class Reconstruction:
             "timings": dict(self.timings),
         }
 
+    def result_json(self, mesh_format: str = "glb", *, unlit: bool = False, record: dict | None = None) -> dict:
+        """What :meth:`save` writes to ``result.json``: ``input``, ``record``'s entries, ``mesh_file``, ``unlit``,
+        then the rest of :meth:`summary` (its ``timings`` as they are now)."""
+        summary = self.summary()
+        result = {"input": summary.pop("input"), **(record or {}), "mesh_file": f"mesh.{mesh_format}", "unlit": unlit}
+        return result | summary
+
     def save(
         self, folder: str | os.PathLike, mesh_format: str = "glb", *, unlit: bool = False, record: dict | None = None
     ) -> list[Path]:
@@ -312,11 +319,8 @@ class Reconstruction:
             if self.mesh.texture is not None and mesh_format == "obj":  # companions: removed too if the OBJ fails
                 written += [mesh_path.with_suffix(".mtl"), mesh_path.with_suffix(".png")]
             written.append(save_mesh(self.mesh, mesh_path, unlit=unlit))
-            summary = self.summary()
-            result = {"input": summary.pop("input"), **(record or {}), "mesh_file": mesh_path.name, "unlit": unlit}
-            result |= summary
             written.append(folder / "result.json")
-            atomic_write_json(written[-1], result, indent=2)
+            atomic_write_json(written[-1], self.result_json(mesh_format, unlit=unlit, record=record), indent=2)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)

@@ -122,11 +122,18 @@ def turntable_paths(stem: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".mp4"), stem.with_name(stem.name + ".gif")
 
 
-def gif_timing(fps: int) -> tuple[int, int]:
-    """(every how many frames the GIF keeps, its delay in milliseconds): GIF delays are whole hundredths of a second
-    and browsers play those under 2 as 10, so above :data:`GIF_MAX_FPS` frames are dropped to keep the duration."""
+def gif_timing(fps: int, n_frames: int) -> tuple[int, list[int]]:
+    """(every how many frames the GIF keeps, the delay of each kept frame in milliseconds) of ``n_frames`` at
+    ``fps``: GIF delays are whole hundredths of a second, so they alternate (83.3 ms: 80, 90, 80, ...) such that the
+    time after each frame is the nearest hundredth to the MP4's, and the whole lasts as long as the MP4. Browsers play
+    delays under 2 hundredths as 10: above :data:`GIF_MAX_FPS` frames are dropped, and a short last frame is merged
+    into the one before."""
     step = math.ceil(fps / GIF_MAX_FPS)
-    return step, 10 * max(2, round(100 * step / fps))
+    ends = [10 * round(100 * min(end, n_frames) / fps) for end in range(step, n_frames + step, step)]
+    delays = [end - start for start, end in zip([0, *ends], ends, strict=False)]
+    if len(delays) > 1 and delays[-1] < 20:
+        delays[-2:] = [delays[-2] + delays[-1]]
+    return step, [max(20, delay) for delay in delays]
 
 
 def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int = 24) -> tuple[Path, Path]:
@@ -154,9 +161,10 @@ def save_turntable(frames: list[np.ndarray], stem: str | os.PathLike, fps: int =
             raise ValueError(f"ffmpeg wrote no video for {mp4.name}")
     try:
         with atomic_path(gif) as tmp:
-            step, delay_ms = gif_timing(fps)
+            step, delays_ms = gif_timing(fps, len(frames))
             try:
-                imageio.mimwrite(tmp, frames[::step], duration=delay_ms, loop=0, format="GIF")
+                duration = delays_ms if len(delays_ms) > 1 else delays_ms[0]  # PIL takes a list for 2 frames or more
+                imageio.mimwrite(tmp, frames[::step][: len(delays_ms)], duration=duration, loop=0, format="GIF")
             except OSError as err:
                 raise _write_error(err, tmp, gif, "the GIF writer failed") from None
     except BaseException:

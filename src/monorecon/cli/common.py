@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -125,6 +126,19 @@ def placement_keywords(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as err:
         raise CommandError(str(err)) from None
     return {"object_height": args.object_height, "origin": args.origin}
+
+
+def warn_unsized_usdz(mesh_format: str, object_height: float | None, height: float | None = None) -> None:
+    """Warn that a USDZ written without ``--object-height`` has the size of the mesh's units read as metres: a
+    reconstruction about 1 m tall in AR (``height``: the mesh's own height, where known)."""
+    if mesh_format != "usdz" or object_height is not None:
+        return
+    size = "about 1 m" if height is None else f"{height:.3g} m"
+    warnings.warn(
+        f"USDZ is in metres: without --object-height the object is {size} tall in AR; give its real height, "
+        "e.g. --object-height 0.12 for a mug",
+        stacklevel=2,
+    )
 
 
 def add_own_model_option(p: argparse.ArgumentParser) -> None:

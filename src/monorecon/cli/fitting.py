@@ -24,7 +24,15 @@ def add_fit_pose(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--zfar", type=float, default=100.0, help="far clipping depth (default 100)")
     p.add_argument("--restarts", type=int, default=8, help="extra starts spread around the mesh (0 to 1000, default 8)")
-    p.add_argument("--steps", type=int, default=200, help="optimisation steps of each start (default 200)")
+    p.add_argument(
+        "--steps", type=int, default=200,
+        help="optimisation steps of each start at a coarse size (default 200); the best starts are then refined at "
+        "full size (--refine-steps)",
+    )  # fmt: skip
+    p.add_argument(
+        "--refine-steps", type=int, default=60, metavar="N",
+        help="steps of the pose refinement at full size that follows (default 60; 0: none)",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     p.add_argument(
         "--loss", choices=["silhouette", "silhouette+shading"], default="silhouette",
@@ -47,12 +55,14 @@ def _run_fit_pose(args: argparse.Namespace) -> int:
     from ..io.images import load_image
     from ..io.mesh_io import load_mesh
 
+    if args.refine_steps < 0:
+        raise CommandError(f"--refine-steps must be >= 0 (0: no refinement), got {args.refine_steps}")
     check_output_files(args.output, pose_result_files(args.video))  # before the (slow) fit
     mesh = load_mesh(args.mesh)
     result = fit_pose(
         mesh, load_image(args.image), fov_deg=args.fov, znear=args.znear, zfar=args.zfar, restarts=args.restarts,
-        steps=args.steps, lr=args.lr, loss=args.loss, parameterisation=args.parameterisation, seed=args.seed,
-        progress=not args.quiet,
+        steps=args.steps, refine_steps=args.refine_steps, lr=args.lr, loss=args.loss,
+        parameterisation=args.parameterisation, seed=args.seed, progress=not args.quiet,
     )  # fmt: skip
     paths = save_pose_result(result, args.output, video=args.video)
     iou = result.silhouette_iou(mesh)

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..io.atomic import check_writable
+from ..io.atomic import check_output_file, check_writable
 from ..io.formats import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import (
     EXIT_BAD_INPUT,
@@ -17,6 +17,7 @@ from .common import (
     add_quiet_option,
     one_line,
     placement_keywords,
+    warn_unsized_usdz,
 )
 
 
@@ -32,7 +33,7 @@ def add_render(sub: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         help="output stem: STEM.mp4, STEM.gif (and STEM.html with --html); an existing folder gets its turntable.* "
-        "and viewer.html (default: RESULT's folder)",
+        "and viewer.html (default: RESULT's folder); missing folders are made",
     )
     p.add_argument("--frames", type=int, default=60, help="frames of a full turn (1 to 3600, default 60)")
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (16 to 2048, default 256)")
@@ -82,14 +83,17 @@ def _run_render(args: argparse.Namespace) -> int:
         stem, html_path = folder / "turntable", folder / "viewer.html"
     else:
         stem, html_path = args.output, args.output.with_name(args.output.name + ".html")
-    for output in (*turntable_paths(stem), *([html_path] if args.html else [])):
-        check_writable(output)  # all of them before the (slow) render: none or all written
+    outputs = (*turntable_paths(stem), *([html_path] if args.html else []))
+    for output in outputs:
+        check_output_file(output)  # all of them before the (slow) render: none or all written
     check_int(args.fps, "--fps", *TURNTABLE_FPS_RANGE)
     mesh = load_mesh(path)
     frames = turntable_from_mesh(
         mesh, args.frames, size=args.size, progress=not args.quiet, fit=not args.no_fit, elevation_deg=args.elevation,
         distance=args.distance,
     )  # fmt: skip
+    for output in outputs:  # -o new/mug makes new/, as reconstruct -o makes its folder
+        output.parent.mkdir(parents=True, exist_ok=True)
     written = list(save_turntable(frames, stem, fps=args.fps))
     if args.html:
         from ..viewer import save_viewer_html
@@ -132,7 +136,10 @@ def add_overlay(sub: argparse._SubParsersAction) -> None:
         "folder of a batch: each of its folders with a result.json is drawn (one that cannot be drawn is named and "
         "skipped; exit code 2 then)",
     )
-    p.add_argument("-o", "--output", type=Path, help="PNG to write (default: RESULT/overlay.png, or overlay_input.png)")
+    p.add_argument(
+        "-o", "--output", type=Path,
+        help="PNG to write, missing folders made (default: RESULT/overlay.png, or overlay_input.png)",
+    )  # fmt: skip
     p.add_argument(
         "--view",
         choices=("photo", "input"),
@@ -225,7 +232,7 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
         if not image_path.is_file():
             raise CommandError(f"the photo {record['input']!r} that {record_path} names is not found: pass --image")
     output = args.output or folder / ("overlay.png" if args.view == "photo" else "overlay_input.png")
-    check_writable(output)
+    check_output_file(output)
     image = load_image(image_path)
     mesh = load_mesh(folder / mesh_file)
     try:
@@ -234,6 +241,7 @@ def _overlay_result_folder(folder: Path, args: argparse.Namespace) -> Path:
         )
     except ValueError as err:
         raise CommandError(f"{image_path}: {err}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
     save_image(drawn / 255.0, output)
     return output
 
@@ -287,6 +295,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     placement = placement_keywords(args)
     mesh = load_mesh(args.input)
+    warn_unsized_usdz(fmt, args.object_height, float(mesh.bounds[1, 1] - mesh.bounds[0, 1]))
     if args.target_faces is not None and args.target_faces < mesh.num_faces:
         if mesh.uvs is not None:
             raise CommandError(

@@ -8,12 +8,12 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.atomic import atomic_write_csv, check_output_files, check_output_folder
+from ..io.atomic import atomic_write_csv, atomic_write_json, check_output_files, check_output_folder
 from ..io.formats import MESH_FORMATS, check_unlit, gets_baked_texture
 from .common import (
     EXIT_BAD_INPUT,
@@ -28,6 +28,7 @@ from .common import (
     errors_naming_flags,
     one_line,
     own_model,
+    warn_unsized_usdz,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,12 @@ def add_reconstruct(sub: argparse._SubParsersAction) -> None:
         help="use the image as it is: no background removal, no framing (an RGBA image keeps its alpha, over grey)",
     )
     p.add_argument("--matting-model", type=Path, help="salient-object ONNX model (U2Net/ISNet) for cluttered photos")
+    p.add_argument(
+        "--border-tolerance", type=float, metavar="D",
+        help="an RGB photo's background: the pixels joined to the border within colour distance D of its colour "
+        "(RGB in 0..1; default 0.1). A larger D, e.g. 0.3, leaves out a soft contact shadow on a light background, "
+        "which otherwise becomes part of the object, but also parts of the object close to the background's colour",
+    )  # fmt: skip
     p.add_argument("--keep-floaters", action="store_true", help="keep small disconnected mesh components")
     p.add_argument(
         "--no-carve", action="store_true", help="do not cut the shape to the input silhouette's cone (see the README)"
@@ -175,6 +182,7 @@ _RECONSTRUCT_FLAGS = {
     "smooth_iterations": "--smooth",
     "object_height": "--object-height",
     "foreground_ratio": "--foreground-ratio",
+    "border_tolerance": "--border-tolerance",
     "seed": "--seed",
 }
 
@@ -197,6 +205,7 @@ def _reconstruct_options(args: argparse.Namespace) -> ReconstructOptions:
                 remove_background=not args.no_remove_bg,
                 foreground_ratio=args.foreground_ratio,
                 matting_model=args.matting_model,
+                **({} if args.border_tolerance is None else {"border_tolerance": args.border_tolerance}),
             ),
             mc_resolution=args.mc_resolution,
             threshold=args.threshold,
@@ -302,14 +311,15 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
     try:
         _check_result_folder(job, out_dir)  # before the (slow) reconstruction
         result = reconstruct_full(image_path, job.model, job.options)
-        timings = dict(result.timings)
+        timings = result.timings  # the stages below join it: result.json, written again last, records them all
         # Written beside, then moved in once complete: a failure leaves an earlier result of the folder as it was.
         job.output.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=job.output))
         try:
+            record = {"model": job.model_source}
             with timed(timings, "write"):
                 # result.json's input is the photo's absolute path: `overlay` finds it from any working folder
-                result.save(staging, job.mesh_format, unlit=job.unlit, record={"model": job.model_source})
+                result.save(staging, job.mesh_format, unlit=job.unlit, record=record)
             if job.render:
                 from ..video import save_turntable, turntable_from_mesh
 
@@ -321,6 +331,8 @@ def _reconstruct_into_folder(job: _BatchJob, image_path: Path) -> _Written | str
 
                 with timed(timings, "html"):
                     save_viewer_html(result.mesh, staging / "viewer.html", title=image_path.stem)
+            result_json = result.result_json(job.mesh_format, unlit=job.unlit, record=record)
+            atomic_write_json(staging / "result.json", result_json, indent=2)  # with every stage's time
             _move_into_place(staging, out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -335,11 +347,23 @@ def _format_timings(timings: dict[str, float]) -> str:
     return f"{stages} (total {sum(timings.values()):.2f} s)"
 
 
+def _unreadable_images(images: list[Path]) -> dict[Path, str]:
+    """The images that cannot be decoded (corrupt, unreadable, too large), each with its one-line error: found before
+    the (slow) model loading, as a missing file is."""
+    from ..io.images import load_image
+
+    errors = {}
+    for image in images:
+        try:
+            load_image(image)
+        except ValueError as err:
+            errors[image] = one_line(err)
+    return errors
+
+
 def _run_reconstruct(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
-    from ..api import load_model, model_record
     from ..parallel import map_in_processes
     from ..video import check_turntable_size
 
@@ -356,28 +380,27 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         check_turntable_size(args.render, render_size, ("--render", "--render-size"))
     if args.no_remove_bg and args.foreground_ratio is not None:
         raise CommandError("--foreground-ratio frames the object background removal finds: not with --no-remove-bg")
+    if args.border_tolerance is not None and (args.no_remove_bg or args.matting_model is not None):
+        raise CommandError("--border-tolerance is of the plain-background removal: not with --no-remove-bg nor "
+                           "--matting-model")  # fmt: skip
     check_output_folder(args.output)
+    warn_unsized_usdz(args.format, args.object_height)
     _remove_dead_staging(args.output)
     device = checked_device(args)
-    workers = min(checked_workers(args, device), len(images))
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    if args.model is not None:
-        model = own_model(args)
-        model_source = {"weights": None, "config": None, "module": args.model}
-    else:
-        if args.config is not None and args.weights is None:
-            raise CommandError("--config is the config of the --weights given: give both")
-        model = load_model(args.weights, args.config, device=device, dtype=dtype)
-        model_source = model_record(args.weights, args.config, device, dtype)
-    job = _BatchJob(
-        model, options, args.output, args.format, args.unlit, args.render, render_size, args.html,
-        progress=not args.quiet and workers == 1, model_source=model_source,
-    )  # fmt: skip
-    outcomes = map_in_processes(_reconstruct_into_folder, images, workers, shared=job)
-    bar = tqdm(outcomes, total=len(images), desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
+    if args.model is None and args.config is not None and args.weights is None:
+        raise CommandError("--config is the config of the --weights given: give both")
+    unreadable = _unreadable_images(images)  # reported without loading the model, as a missing file is
+    readable = [image for image in images if image not in unreadable]
+    workers = min(checked_workers(args, device), max(1, len(readable)))
+    outcomes: Iterator[_Written | str] = iter([])
+    if readable:
+        job = _batch_job(args, device, workers, render_size, options)
+        outcomes = map_in_processes(_reconstruct_into_folder, readable, workers, shared=job)
+    bar = tqdm(images, desc="reconstruct", unit="image", disable=args.quiet or len(images) == 1)
     failures = 0
     rows = []
-    for image_path, outcome in zip(images, bar, strict=True):
+    for image_path in bar:  # in input order: the unreadable ones among the others
+        outcome = unreadable[image_path] if image_path in unreadable else next(outcomes)
         if isinstance(outcome, str):
             failures += 1
             bar.write(f"monorecon: {image_path}: {outcome}", file=sys.stderr)
@@ -396,3 +419,24 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
             print(f"monorecon: {failures} of {len(images)} inputs failed", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _batch_job(
+    args: argparse.Namespace, device: Any, workers: int, render_size: int, options: ReconstructOptions
+) -> _BatchJob:
+    """Load the model (``--weights`` / ``--model``) and gather what every input of the run shares."""
+    import torch
+
+    from ..api import load_model, model_record
+
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    if args.model is not None:
+        model = own_model(args)
+        model_source = {"weights": None, "config": None, "module": args.model}
+    else:
+        model = load_model(args.weights, args.config, device=device, dtype=dtype)
+        model_source = model_record(args.weights, args.config, device, dtype)
+    return _BatchJob(
+        model, options, args.output, args.format, args.unlit, args.render, render_size, args.html,
+        progress=not args.quiet and workers == 1, model_source=model_source,
+    )  # fmt: skip

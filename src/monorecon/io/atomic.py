@@ -142,6 +142,16 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; ValueError if it is a folder or if the folders it goes in, where missing, cannot be made
+    (the writer makes them: ``path.parent.mkdir(parents=True, exist_ok=True)``). Checked before slow work."""
+    path = Path(path)
+    if path.parent.exists():
+        return check_writable(path)
+    check_output_folder(path.parent)
+    return path
+
+
 def check_output_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` as a Path; ValueError if it exists and is not a folder, or if files cannot be made there (it, or the
     folder it would be created in, refuses a new entry). Checked before slow work whose output would otherwise be
