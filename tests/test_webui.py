@@ -158,6 +158,17 @@ def test_page_script_parses(client, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def _form_after_script(chromium, client, tmp_path, script: str) -> tuple[dict, str]:
+    """The page's form, and its DOM, as headless Chromium leaves them after ``script`` (ending ``</body>``) ran."""
+    page = tmp_path / "page.html"
+    page.write_text(client.get("/").text.replace("</body>", script))
+    dom = chromium(["--dump-dom", page.as_uri()], tmp_path)
+    parser = FormParser()
+    parser.feed(dom)
+    (form,) = parser.forms
+    return form, dom
+
+
 @pytest.mark.parametrize(
     ("mesh_format", "colours", "bake_enabled", "size_enabled", "material_enabled"),
     [("glb", "false", True, False, True), ("glb", "true", True, True, True), ("usdz", "false", True, True, True),
@@ -175,12 +186,7 @@ for (const [id, value] of [["bake_texture", "{colours}"], ["format", "{mesh_form
   select.dispatchEvent(new Event("change"));
 }}
 </script></body>"""
-    page = tmp_path / "page.html"
-    page.write_text(client.get("/").text.replace("</body>", choose))
-    dom = chromium(["--dump-dom", page.as_uri()], tmp_path)
-    parser = FormParser()
-    parser.feed(dom)
-    (form,) = parser.forms
+    form, _ = _form_after_script(chromium, client, tmp_path, choose)
     assert ("disabled" not in form["controls"]["bake_texture"]) == bake_enabled
     assert ("disabled" not in form["controls"]["texture_resolution"]) == size_enabled
     assert ("disabled" not in form["controls"]["unlit"]) == material_enabled
@@ -197,12 +203,7 @@ select.value = "{background}";
 select.dispatchEvent(new Event("change"));
 document.body.dataset.sent = [...new FormData(document.getElementById("reconstruct-form")).keys()].join(" ");
 </script></body>"""
-    page = tmp_path / "page.html"
-    page.write_text(client.get("/").text.replace("</body>", choose))
-    dom = chromium(["--dump-dom", page.as_uri()], tmp_path)
-    parser = FormParser()
-    parser.feed(dom)
-    (form,) = parser.forms
+    form, dom = _form_after_script(chromium, client, tmp_path, choose)
     assert ("disabled" in form["controls"]["foreground_ratio"]) == (background == "false")
     sent = re.search(r'data-sent="([^"]*)"', dom).group(1).split()
     assert ("foreground_ratio" in sent) == (background == "true") and "remove_background" in sent
