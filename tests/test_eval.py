@@ -543,10 +543,11 @@ def test_other_methods_meshes_are_scored_from_a_predictions_folder(tmp_path, cap
     meshes.mkdir()
     trimesh.creation.box((0.2, 0.4, 0.8)).export(meshes / "slab.ply")
     trimesh.creation.icosphere(subdivisions=3).export(meshes / "ball.ply")
-    common = ["--data", str(meshes), "--azimuths", "0,90,180", "--elevation", "20", "--points", "2000", "--quiet"]
+    cases_options = ["--data", str(meshes), "--azimuths", "0,90,180", "--elevation", "20", "--quiet"]
+    common = [*cases_options, "--points", "2000"]  # scoring's: --export-inputs refuses --points
 
     # The exported inputs are the harness's own input images (8-bit PNG).
-    assert cli.main(["eval", "--export-inputs", *common, "-o", str(tmp_path / "inputs")]) == 0
+    assert cli.main(["eval", "--export-inputs", *cases_options, "-o", str(tmp_path / "inputs")]) == 0
     cases = {c.object_id: c for c in load_cases(meshes, mesh_azimuths=(0.0, 90.0, 180.0), mesh_elevation=20.0)}
     assert sorted(p.stem for p in (tmp_path / "inputs").iterdir()) == sorted(cases)
     for object_id, case in cases.items():
@@ -606,9 +607,10 @@ def test_reconstruct_command_scores_as_the_harness_measures_the_bundled_model(tm
     torus = trimesh.creation.torus(0.3, 0.12)
     torus.apply_transform(trimesh.transformations.rotation_matrix(0.6, [1.0, 0.0, 0.0]))
     torus.export(meshes / "ring.ply")
-    common = ["--data", str(meshes), "--azimuths", "30", "--points", "4000", "--quiet"]
+    cases_options = ["--data", str(meshes), "--azimuths", "30", "--quiet"]
+    common = [*cases_options, "--points", "4000"]  # scoring's: --export-inputs refuses --points
     assert cli.main(["eval", "--model", "default", *common, "-o", str(tmp_path / "harness")]) == 0
-    assert cli.main(["eval", "--export-inputs", *common, "-o", str(tmp_path / "inputs")]) == 0
+    assert cli.main(["eval", "--export-inputs", *cases_options, "-o", str(tmp_path / "inputs")]) == 0
     assert cli.main(["reconstruct", str(tmp_path / "inputs"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
     assert cli.main(["eval", "--predictions", str(tmp_path / "out"), *common, "-o", str(tmp_path / "user")]) == 0
     harness, user = (
