@@ -320,7 +320,7 @@ def test_bundle_records_weights_and_config_and_carries_unlit():
         record = json.loads(archive.read("result.json"))
         glb = archive.read("mesh.glb")
         alpha = np.asarray(Image.open(io.BytesIO(archive.read("input.png"))))[..., 3] > 127
-    assert record["model"] == {"weights": str(weights), "config": str(config)}
+    assert record["model"] == {"weights": str(weights), "config": str(config), "device": "cpu", "dtype": "float32"}
     assert record["unlit"] is True and record["input"] == "l.png"
     materials = glb_json(glb)["materials"]
     assert materials and all("KHR_materials_unlit" in m.get("extensions", {}) for m in materials)
