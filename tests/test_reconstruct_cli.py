@@ -470,7 +470,7 @@ def test_unreadable_image(image_path, tmp_path, capsys, monkeypatch):
         original_open = Image.open
 
         def refusing_open(fp, *args, **kwargs):
-            if Path(fp) == path:
+            if isinstance(fp, str | os.PathLike) and Path(fp) == path:
                 raise PermissionError(13, "Permission denied", str(fp))
             return original_open(fp, *args, **kwargs)
 

@@ -348,15 +348,16 @@ def _format_timings(timings: dict[str, float]) -> str:
 
 
 def _unreadable_images(images: list[Path]) -> dict[Path, str]:
-    """The images that cannot be decoded (corrupt, unreadable, too large), each with its one-line error: found before
-    the (slow) model loading, as a missing file is."""
-    from ..io.images import load_image
+    """The images whose header cannot be read (not an image, empty, too large a side), each with its one-line error:
+    found before the (slow) model loading, as a missing file is, without decoding every image twice (pixel data
+    found corrupt later fails its image alone)."""
+    from ..io.images import check_image_header
 
     errors = {}
     for image in images:
         try:
-            load_image(image)
-        except ValueError as err:
+            check_image_header(image.read_bytes(), str(image))
+        except (ValueError, OSError) as err:
             errors[image] = one_line(err)
     return errors
 

@@ -351,16 +351,12 @@ def _edge_keys(block_verts: np.ndarray, start: np.ndarray, resolution: int) -> n
 def _weld(keys: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge vertices with equal edge keys, drop degenerate faces and unused vertices, and order canonically."""
     _, first, key_id = np.unique(keys, return_index=True, return_inverse=True)  # vertices sorted by edge key
-    faces = key_id.reshape(-1)[faces]
-    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-    used = np.zeros(len(first), dtype=bool)
-    used[faces.reshape(-1)] = True
-    faces = (np.cumsum(used) - 1)[faces]
+    verts, faces = _compact(verts[first], _drop_degenerate(key_id.reshape(-1)[faces]))
     # Rotate each face to start at its smallest index (same orientation), then sort the faces.
     shift = np.argmin(faces, axis=1)
     faces = np.take_along_axis(faces, (shift[:, None] + np.arange(3)) % 3, axis=1)
     faces = faces[np.lexsort((faces[:, 2], faces[:, 1], faces[:, 0]))]
-    return verts[first[used]], faces
+    return verts, faces
 
 
 def _face_components(faces: np.ndarray, num_verts: int) -> np.ndarray:
@@ -414,10 +410,8 @@ def _decimate(mesh: Mesh, target_faces: int) -> Mesh:
             "decimation needs the optional package fast-simplification (pip install fast-simplification==0.2.0)"
         ) from exc
     original = mesh.verts.detach().cpu().double().numpy()
-    position_id, counts = _row_ids(original)
-    verts = np.zeros((len(counts), 3))
-    verts[position_id] = original
-    verts, faces = _compact(verts, _drop_degenerate(position_id[mesh.faces.cpu().numpy()]))
+    verts, position_id = np.unique(original, axis=0, return_inverse=True)  # welded: seams do not tear open
+    verts, faces = _compact(verts, _drop_degenerate(position_id.reshape(-1)[mesh.faces.cpu().numpy()]))
     request = target_faces
     for _ in range(_DECIMATE_PASSES):
         if len(faces) <= target_faces * (1 + DECIMATE_TOLERANCE):
@@ -457,16 +451,10 @@ def _topology_signature(faces: np.ndarray) -> tuple[int, int, int]:
 
     A topology-preserving edge collapse keeps the Euler characteristic and adds no such edge or face.
     """
-    _, edge_counts = _row_ids(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1))
-    _, face_counts = _row_ids(np.sort(faces, axis=1))
+    _, edge_counts = np.unique(np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1), axis=0, return_counts=True)
+    _, face_counts = np.unique(np.sort(faces, axis=1), axis=0, return_counts=True)
     euler = len(np.unique(faces)) - len(edge_counts) + len(faces)
     return euler, int((edge_counts > 2).sum()), int(face_counts[face_counts > 1].sum())
-
-
-def _row_ids(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) the same id 0..U-1 for equal rows of an (N, K) array, and (U,) how often each occurs."""
-    _, ids, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
-    return ids.reshape(-1), counts
 
 
 def _legal_collapses(faces: np.ndarray, num_verts: int, collapses: np.ndarray, max_removed: int) -> np.ndarray:
@@ -547,8 +535,9 @@ def _apply_collapses(
 
 def _compact(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The vertices that faces use (order kept) and the faces renumbered."""
-    used, faces = np.unique(faces, return_inverse=True)
-    return verts[used], faces.reshape(-1, 3).astype(np.int64)
+    used = np.zeros(len(verts), dtype=bool)
+    used[faces.reshape(-1)] = True
+    return verts[used], (np.cumsum(used) - 1)[faces].reshape(-1, 3).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
