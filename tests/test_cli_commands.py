@@ -105,6 +105,14 @@ from monorecon.cli import main
         (["eval", "--model", "default", "--data", "{tmp}/empty", "-o", "{tmp}/r", "--volume-iou", "4"], "--volume-iou"),
         (["metrics", "{tmp}/corrupt.ply", "{tmp}/corrupt.ply", "--volume-iou", "-1"], "--volume-iou must lie in"),
         (["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p"], "missing"),
+        (
+            ["fit-pose", "{tmp}/missing.ply", "{tmp}/missing.png", "-o", "{tmp}/p", "--refine-steps", "-1"],
+            "--refine-steps must be >= 0 (0: no refinement), got -1",
+        ),
+        (
+            ["convert", "{tmp}/flat.obj", "{tmp}/x.glb", "--target-faces", "2"],
+            "--target-faces must lie in [4,",
+        ),
         (["fit-pose", "{tmp}/corrupt.ply", "{tmp}/corrupt.png", "-o", "{tmp}/p"], "corrupt"),
         (["train-meshgan", "{tmp}/missing.yaml", "-o", "{tmp}/g"], "missing.yaml"),
         (["invert", "{tmp}/corrupt.png", "--generator", "{tmp}/missing", "-o", "{tmp}/i"], "missing"),

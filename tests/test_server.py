@@ -613,6 +613,8 @@ def test_busy_server_answers_503_after_the_queue_timeout(stub):
         ({"max_mc_resolution": 4}, "max_mc_resolution"),
         ({"max_upload_bytes": 10}, "max_upload_bytes"),
         ({"queue_timeout_s": 0.0}, "queue_timeout_s"),
+        ({"body_timeout_s": 0.0}, "body_timeout_s"),
+        ({"body_timeout_s": float("nan")}, "body_timeout_s"),
         ({"max_queued": -1}, "max_queued"),
         ({"max_queued": 10**6}, "max_queued"),
         ({"preview_frames": 0}, "preview_frames"),
